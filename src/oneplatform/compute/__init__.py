@@ -1,0 +1,1 @@
+"""Compute: types, pools, hosts, flavors, instances, scheduler and drivers."""

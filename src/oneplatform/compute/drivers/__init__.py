@@ -1,0 +1,30 @@
+"""Compute drivers, one per compute type, and the registry that finds them."""
+
+from __future__ import annotations
+
+from oneplatform.compute.drivers.base import ComputeDriver, HostRef
+from oneplatform.compute.states import ComputeType
+from oneplatform.errors import InvalidInput
+
+
+def driver_class(compute_type: ComputeType) -> type[ComputeDriver]:
+    """The driver class of a compute type. Imported lazily: a missing binding disables one."""
+    if compute_type is ComputeType.CONTAINER:
+        from oneplatform.compute.drivers.container import PodmanDriver
+
+        return PodmanDriver
+    raise InvalidInput(f"compute type {compute_type.value!r} has no driver in this build")
+
+
+def available_driver_classes() -> dict[ComputeType, type[ComputeDriver]]:
+    found: dict[ComputeType, type[ComputeDriver]] = {}
+    for ct in ComputeType:
+        try:
+            found[ct] = driver_class(ct)
+        except InvalidInput:
+            continue
+    return found
+
+
+def driver_for(host: HostRef) -> ComputeDriver:
+    return driver_class(host.compute_type)(host)

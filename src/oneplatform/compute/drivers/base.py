@@ -1,0 +1,229 @@
+"""The driver contract: a small common core plus capability mixins.
+
+Every driver is synchronous, stateless and idempotent. It tags each backend object with our
+instance id and looks before it creates, so a retried step never makes a second object.
+Drivers never import the store: they get typed specs in and give typed records back.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from oneplatform.compute.capabilities import Capability
+from oneplatform.compute.states import ComputeType, PowerState
+
+
+@dataclass(frozen=True)
+class HostRef:
+    """How to reach one host: everything a driver needs, nothing from the store."""
+
+    id: str
+    name: str
+    compute_type: ComputeType
+    uri: str
+    bind_address: str = "127.0.0.1"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    name: str
+    guest_port: int
+    host_port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class FileMount:
+    """A file the instance must see at ``guest_path`` (for containers: a bind mount)."""
+
+    source: Path
+    guest_path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class ImageArtifact:
+    """A built image as a host needs it: a reference and where to load it from."""
+
+    name: str
+    ref: str  # the backend's name for it, e.g. an OCI reference
+    rootfs: Path | None  # root filesystem tarball the host can import
+    command: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    instance_id: str
+    name: str
+    image: ImageArtifact
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    ports: Sequence[PortMapping] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    files: Sequence[FileMount] = ()
+
+
+@dataclass(frozen=True)
+class BackendInstance:
+    """What the backend says about one of our instances."""
+
+    instance_id: str
+    backend_id: str
+    power_state: PowerState
+    backend_state: str
+    ports: Sequence[PortMapping] = ()
+
+
+@dataclass(frozen=True)
+class HostInventory:
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: str
+
+
+class ComputeDriver(abc.ABC):
+    """The common core every compute type really has."""
+
+    compute_type: ClassVar[ComputeType]
+    # Why this compute type cannot do what its mixins do not provide.
+    UNSUPPORTED: ClassVar[Mapping[Capability, str]] = {}
+
+    def __init__(self, host: HostRef) -> None:
+        self.host = host  # no I/O here
+
+    @abc.abstractmethod
+    def inventory(self) -> HostInventory:
+        """The host's total capacity. Calls the backend."""
+
+    @abc.abstractmethod
+    def ensure_image(self, image: ImageArtifact) -> None:
+        """Make the image available on the host; returns at once if it already is."""
+
+    @abc.abstractmethod
+    def create(self, spec: InstanceSpec) -> BackendInstance:
+        """Create and start the instance; returns when the backend has started it.
+
+        Idempotent: an existing backend object tagged with ``spec.instance_id`` is returned
+        (and started if stopped) instead of a second one being made.
+        """
+
+    @abc.abstractmethod
+    def get(self, instance_id: str) -> BackendInstance | None:
+        """The backend's view of the instance, or None if it has no such object."""
+
+    @abc.abstractmethod
+    def start(self, instance_id: str) -> None:
+        """Start a stopped instance; silent if already running."""
+
+    @abc.abstractmethod
+    def stop(self, instance_id: str) -> None:
+        """Stop gracefully (forcing after a grace period); silent if already stopped."""
+
+    @abc.abstractmethod
+    def reboot(self, instance_id: str) -> None:
+        """Restart the instance; returns when the backend has restarted it."""
+
+    @abc.abstractmethod
+    def delete(self, instance_id: str) -> None:
+        """Remove the instance and the backend objects it owns; silent if already gone."""
+
+    @abc.abstractmethod
+    def console_log(self, instance_id: str, tail: int = 200) -> str:
+        """The last ``tail`` lines the instance wrote to its console."""
+
+    @abc.abstractmethod
+    def list_instances(self) -> list[BackendInstance]:
+        """Every backend object on this host that carries one of our instance ids."""
+
+    @classmethod
+    def capabilities(cls) -> dict[Capability, bool]:
+        return {cap: issubclass(cls, mixin) for cap, mixin in CAPABILITY_MIXINS.items()}
+
+    @classmethod
+    def unsupported_reason(cls, capability: Capability) -> str | None:
+        """None when supported; otherwise the reason, which every driver must state."""
+        if issubclass(cls, CAPABILITY_MIXINS[capability]):
+            return None
+        return cls.UNSUPPORTED.get(
+            capability, f"{cls.compute_type.value} instances do not support {capability.value}"
+        )
+
+
+class SupportsExec(abc.ABC):
+    @abc.abstractmethod
+    def exec(self, instance_id: str, argv: Sequence[str], timeout: float = 60.0) -> ExecResult:
+        """Run ``argv`` inside the running instance and return its exit code and output."""
+
+
+class SupportsSnapshot(abc.ABC):
+    @abc.abstractmethod
+    def snapshot(self, instance_id: str, name: str) -> str:
+        """Take a snapshot; returns its backend id."""
+
+
+class SupportsResize(abc.ABC):
+    @abc.abstractmethod
+    def resize(self, instance_id: str, vcpus: int, ram_mb: int) -> None:
+        """Change the instance's size, restarting it if the backend needs that."""
+
+
+class SupportsLiveMigrate(abc.ABC):
+    @abc.abstractmethod
+    def live_migrate(self, instance_id: str, target: HostRef) -> None:
+        """Move the running instance to ``target``."""
+
+
+class SupportsSerialConsole(abc.ABC):
+    @abc.abstractmethod
+    def serial_console_log(self, instance_id: str) -> str:
+        """The machine's serial console output."""
+
+
+class SupportsForcedReboot(abc.ABC):
+    @abc.abstractmethod
+    def force_reboot(self, instance_id: str) -> None:
+        """Reset without asking the guest."""
+
+
+class SupportsBootDevice(abc.ABC):
+    @abc.abstractmethod
+    def set_boot_device(self, instance_id: str, device: str, persistent: bool) -> None:
+        """Choose what the machine boots from."""
+
+
+class SupportsVirtualMedia(abc.ABC):
+    @abc.abstractmethod
+    def insert_media(self, instance_id: str, url: str) -> None:
+        """Attach an ISO by URL."""
+
+
+class SupportsPowerCycle(abc.ABC):
+    @abc.abstractmethod
+    def power_cycle(self, instance_id: str) -> None:
+        """Switch power off and on."""
+
+
+CAPABILITY_MIXINS: dict[Capability, type[abc.ABC]] = {
+    Capability.EXEC: SupportsExec,
+    Capability.SNAPSHOT: SupportsSnapshot,
+    Capability.RESIZE: SupportsResize,
+    Capability.LIVE_MIGRATE: SupportsLiveMigrate,
+    Capability.SERIAL_CONSOLE: SupportsSerialConsole,
+    Capability.FORCED_REBOOT: SupportsForcedReboot,
+    Capability.BOOT_DEVICE: SupportsBootDevice,
+    Capability.VIRTUAL_MEDIA: SupportsVirtualMedia,
+    Capability.POWER_CYCLE: SupportsPowerCycle,
+}

@@ -1,0 +1,60 @@
+"""One typed Settings object; every knob is an ``ONEP_*`` environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".local" / "share" / "oneplatform"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ONEP_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="State directory.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the store; SQLite under home by default."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8470
+    bind_address: str = Field(
+        default="127.0.0.1", description="Address on which instance service ports are published."
+    )
+    lease_seconds: float = Field(default=20.0, gt=0, description="Operation lease length.")
+    worker_poll_seconds: float = Field(default=0.2, gt=0)
+    workers: int = Field(default=2, ge=0, description="Worker threads inside `onep up`.")
+    image_cache: Path | None = Field(
+        default=None, description="Where built root filesystems are kept; home/images by default."
+    )
+    podman_runtime: str = "runc"
+    port_range_start: int = Field(default=20000, ge=1024, le=65535)
+    port_range_end: int = Field(default=29999, ge=1024, le=65535)
+    ready_timeout_seconds: float = Field(default=300.0, gt=0)
+
+    @property
+    def store_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'oneplatform.db'}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.image_cache or self.home / "images"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.home / "admin-token"
+
+    @property
+    def cli_config_file(self) -> Path:
+        return self.home / "cli.json"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
