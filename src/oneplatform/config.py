@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=0.2, gt=0)
     workers: int = Field(default=2, ge=0, description="Worker threads inside `onep up`.")
     image_cache: Path | None = Field(
-        default=None, description="Where built root filesystems are kept; home/images by default."
+        default=None,
+        description="Where built root filesystems are kept (shared by every home on the "
+        "machine): ~/.cache/oneplatform/images by default.",
     )
     podman_runtime: str = "runc"
     port_range_start: int = Field(default=20000, ge=1024, le=65535)
@@ -44,7 +46,7 @@ class Settings(BaseSettings):
 
     @property
     def images_dir(self) -> Path:
-        return self.image_cache or self.home / "images"
+        return self.image_cache or Path.home() / ".cache" / "oneplatform" / "images"
 
     @property
     def admin_token_file(self) -> Path:

@@ -12,12 +12,14 @@ from typing import Any, ClassVar
 class PlatformError(Exception):
     """Base of every error the platform raises on purpose."""
 
-    code: ClassVar[str] = "internal_error"
+    code: str = "internal_error"
     status: ClassVar[int] = 500
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
+        if code:
+            self.code = code
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +102,7 @@ class ImageBuildError(PlatformError):
     status = 500
 
 
-class NotYet(Exception):  # noqa: N818 - a signal, not an error
+class NotYet(Exception):
     """Raised by an operation step that must be called again later (polling)."""
 
     def __init__(self, reason: str, retry_after: float = 1.0) -> None:
@@ -109,5 +111,5 @@ class NotYet(Exception):  # noqa: N818 - a signal, not an error
         self.retry_after = retry_after
 
 
-class LeaseLost(Exception):  # noqa: N818
+class LeaseLost(Exception):
     """The worker no longer holds the operation's lease; it must stop writing."""

@@ -1,0 +1,44 @@
+# OnePlatform developer and CI entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+VENV := .venv
+PY := $(VENV)/bin/python
+CODE := src tests bench
+
+.PHONY: setup run test lint format bench clean distclean
+
+setup:
+	scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/onep up
+
+lint: setup
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix $(CODE)
+	$(VENV)/bin/ruff format $(CODE)
+
+test: setup
+	scripts/test-postgres.sh start
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
+	$(VENV)/bin/mypy
+	ONEP_TEST_DATABASE_URL="$$(scripts/test-postgres.sh url)" $(PY) -m pytest -q -ra tests
+
+bench: setup
+	$(PY) -m bench
+
+# Tool caches and the throwaway test database; keeps the (slow to build) image cache.
+clean:
+	-scripts/test-postgres.sh stop
+	rm -rf .cache/pgtest .cache/pgtest-run .pytest_cache .mypy_cache .ruff_cache build dist
+	find src tests bench -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Everything set-up made: also the image cache and the virtualenv.
+distclean: clean
+	rm -rf .cache $(VENV)

@@ -1,0 +1,72 @@
+"""The FastAPI application: routers, and one handler that maps our errors to responses."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from oneplatform import __version__
+from oneplatform.api.deps import Platform
+from oneplatform.api.routes import (
+    compute_types,
+    flavors,
+    hosts,
+    images,
+    instances,
+    operations,
+    pools,
+    projects,
+)
+from oneplatform.errors import PlatformError
+
+
+def create_app(platform: Platform) -> FastAPI:
+    app = FastAPI(
+        title="OnePlatform",
+        version=__version__,
+        description="Databases as a service on containers, VMs and bare metal.",
+    )
+    app.state.platform = platform
+    for module in (
+        compute_types,
+        pools,
+        hosts,
+        flavors,
+        images,
+        instances,
+        operations,
+        projects,
+    ):
+        app.include_router(module.router, prefix="/v1")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.exception_handler(PlatformError)
+    async def platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            status_code=exc.status, content={"error": exc.to_dict()}, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        return JSONResponse(
+            status_code=422,
+            content={
+                "error": {
+                    "code": "invalid_input",
+                    "message": f"invalid request: {summary}",
+                    "details": {"problems": problems},
+                }
+            },
+        )
+
+    return app

@@ -1,0 +1,40 @@
+"""FastAPI dependencies: the platform's services and the authenticated caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from oneplatform.config import Settings
+from oneplatform.iam import Caller, authenticate
+from oneplatform.store.db import Store
+
+
+@dataclass
+class Platform:
+    """What the routers need, built once at start-up."""
+
+    store: Store
+    settings: Settings
+
+
+def get_platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_caller(
+    platform: Annotated[Platform, Depends(get_platform)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    return authenticate(platform.store, credentials.credentials if credentials else None)
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.schemas import FlavorCreate, FlavorOut
+from oneplatform.compute import catalog
+
+router = APIRouter(tags=["flavors"])
+
+
+@router.get("/flavors", response_model=list[FlavorOut])
+def list_flavors(platform: PlatformDep, _caller: CallerDep) -> list[FlavorOut]:
+    return catalog.list_flavors(platform.store)
+
+
+@router.post("/flavors", response_model=FlavorOut, status_code=status.HTTP_201_CREATED)
+def create_flavor(body: FlavorCreate, platform: PlatformDep, caller: CallerDep) -> FlavorOut:
+    return catalog.create_flavor(platform.store, caller, body)

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.schemas import PoolCreate, PoolOut
+from oneplatform.compute import catalog
+
+router = APIRouter(tags=["pools"])
+
+
+@router.get("/pools", response_model=list[PoolOut])
+def list_pools(platform: PlatformDep, _caller: CallerDep) -> list[PoolOut]:
+    return catalog.list_pools(platform.store)
+
+
+@router.post("/pools", response_model=PoolOut, status_code=status.HTTP_201_CREATED)
+def create_pool(body: PoolCreate, platform: PlatformDep, caller: CallerDep) -> PoolOut:
+    return catalog.create_pool(platform.store, caller, body)

@@ -1,0 +1,1 @@
+"""The `onep` command line, built on the SDK."""

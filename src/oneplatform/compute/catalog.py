@@ -1,0 +1,188 @@
+"""Compute types, pools, hosts and flavors."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from oneplatform.api.schemas import (
+    CapabilityOut,
+    ComputeTypeOut,
+    FlavorCreate,
+    FlavorOut,
+    HostCreate,
+    HostOut,
+    PoolCreate,
+    PoolOut,
+)
+from oneplatform.compute.capabilities import CAPABILITY_HELP, Capability
+from oneplatform.compute.drivers import available_driver_classes, driver_class, driver_for
+from oneplatform.compute.drivers.base import ComputeDriver, HostRef
+from oneplatform.compute.scheduler import host_states
+from oneplatform.compute.states import ComputeType
+from oneplatform.errors import AlreadyExists, CapabilityNotSupported, Conflict, NotFound
+from oneplatform.iam import Caller
+from oneplatform.store.db import Store
+from oneplatform.store.models import Flavor, Host, Pool
+
+
+# -- compute types and capabilities -------------------------------------------------------
+def describe_compute_type(cls: type[ComputeDriver]) -> ComputeTypeOut:
+    return ComputeTypeOut(
+        name=cls.compute_type,
+        driver=cls.__name__,
+        capabilities=[
+            CapabilityOut(
+                name=cap.value,
+                supported=supported,
+                description=CAPABILITY_HELP[cap],
+                reason=cls.unsupported_reason(cap),
+            )
+            for cap, supported in cls.capabilities().items()
+        ],
+    )
+
+
+def list_compute_types() -> list[ComputeTypeOut]:
+    return [describe_compute_type(cls) for cls in available_driver_classes().values()]
+
+
+def require_capability(compute_type: str, capability: Capability) -> None:
+    """Refuse up front, with the driver's reason, what a compute type cannot do."""
+    reason = driver_class(ComputeType(compute_type)).unsupported_reason(capability)
+    if reason is not None:
+        raise CapabilityNotSupported(
+            f"{compute_type} instances cannot {capability.value}: {reason}",
+            capability=capability.value,
+            compute_type=compute_type,
+        )
+
+
+# -- pools ---------------------------------------------------------------------------------
+def create_pool(store: Store, caller: Caller, req: PoolCreate) -> PoolOut:
+    caller.require_admin()
+    driver_class(req.compute_type)  # refuses a compute type this build cannot drive
+    try:
+        with store.session() as session:
+            pool = Pool(name=req.name, compute_type=req.compute_type.value, settings=req.settings)
+            session.add(pool)
+            session.flush()
+            return PoolOut.model_validate(pool)
+    except IntegrityError:
+        raise AlreadyExists(f"pool {req.name!r} already exists", code="pool_exists") from None
+
+
+def list_pools(store: Store) -> list[PoolOut]:
+    with store.session() as session:
+        return [
+            PoolOut.model_validate(p) for p in session.scalars(select(Pool).order_by(Pool.name))
+        ]
+
+
+def _pool_by_name(session: Session, name: str) -> Pool:
+    pool = session.scalars(select(Pool).where(Pool.name == name)).first()
+    if pool is None:
+        raise NotFound(f"pool {name!r} not found", code="pool_not_found")
+    return pool
+
+
+# -- hosts ---------------------------------------------------------------------------------
+def host_ref(host: Host, pool: Pool) -> HostRef:
+    return HostRef(
+        id=host.id,
+        name=host.name,
+        compute_type=ComputeType(pool.compute_type),
+        uri=host.uri,
+        bind_address=host.bind_address,
+        settings=dict(pool.settings or {}),
+    )
+
+
+def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
+    """Add a host to a pool after asking its backend for its inventory."""
+    caller.require_admin()
+    if req.port_range_end <= req.port_range_start:
+        raise Conflict("port_range_end must be above port_range_start", code="invalid_port_range")
+    with store.session() as session:
+        pool = _pool_by_name(session, req.pool)
+        if session.scalars(select(Host).where(Host.name == req.name)).first():
+            raise AlreadyExists(f"host {req.name!r} already exists", code="host_exists")
+        probe = Host(id="probe", name=req.name, uri=req.uri, bind_address=req.bind_address)
+        ref = host_ref(probe, pool)
+    inventory = driver_for(ref).inventory()  # I/O outside any transaction
+    try:
+        with store.session() as session:
+            pool = _pool_by_name(session, req.pool)
+            host = Host(
+                name=req.name,
+                pool_id=pool.id,
+                uri=req.uri,
+                bind_address=req.bind_address,
+                vcpus=inventory.vcpus,
+                ram_mb=inventory.ram_mb,
+                disk_gb=inventory.disk_gb,
+                traits=req.traits,
+                port_range_start=req.port_range_start,
+                port_range_end=req.port_range_end,
+            )
+            session.add(host)
+            session.flush()
+            return _host_out(host, pool)
+    except IntegrityError:
+        raise AlreadyExists(f"host {req.name!r} already exists", code="host_exists") from None
+
+
+def _host_out(host: Host, pool: Pool, used: tuple[int, int, int] = (0, 0, 0)) -> HostOut:
+    return HostOut(
+        id=host.id,
+        name=host.name,
+        pool=pool.name,
+        compute_type=pool.compute_type,
+        uri=host.uri,
+        bind_address=host.bind_address,
+        vcpus=host.vcpus,
+        ram_mb=host.ram_mb,
+        disk_gb=host.disk_gb,
+        used_vcpus=used[0],
+        used_ram_mb=used[1],
+        used_disk_gb=used[2],
+        traits=list(host.traits or []),
+        enabled=host.enabled,
+    )
+
+
+def list_hosts(store: Store, caller: Caller) -> list[HostOut]:
+    caller.require_admin()
+    with store.session() as session:
+        return [
+            _host_out(s.host, s.pool, (s.used_vcpus, s.used_ram_mb, s.used_disk_gb))
+            for s in host_states(session, lock=False)
+        ]
+
+
+# -- flavors -------------------------------------------------------------------------------
+def create_flavor(store: Store, caller: Caller, req: FlavorCreate) -> FlavorOut:
+    caller.require_admin()
+    driver_class(req.compute_type)
+    try:
+        with store.session() as session:
+            flavor = Flavor(**req.model_dump(mode="json"))
+            session.add(flavor)
+            session.flush()
+            return FlavorOut.model_validate(flavor)
+    except IntegrityError:
+        raise AlreadyExists(f"flavor {req.name!r} already exists", code="flavor_exists") from None
+
+
+def list_flavors(store: Store) -> list[FlavorOut]:
+    with store.session() as session:
+        rows = session.scalars(select(Flavor).order_by(Flavor.compute_type, Flavor.vcpus))
+        return [FlavorOut.model_validate(f) for f in rows]
+
+
+def flavor_by_name(session: Session, name: str) -> Flavor:
+    flavor = session.scalars(select(Flavor).where(Flavor.name == name)).first()
+    if flavor is None:
+        raise NotFound(f"flavor {name!r} not found", code="flavor_not_found")
+    return flavor

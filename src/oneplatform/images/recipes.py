@@ -1,0 +1,174 @@
+"""Datastore image recipes: what goes into a root filesystem, declared as TOML.
+
+A recipe lives in ``recipes/<name>.toml``; the files it installs into the image live in
+``recipes/files/``. Nothing is read at import time: :func:`load_recipe` reads on demand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from oneplatform.errors import ImageBuildError, NotFound
+
+# Bump when the builder changes how a recipe turns into a root filesystem, so every cached
+# build is made again.
+BUILDER_VERSION = "1"
+
+RECIPES_DIR = Path(__file__).with_name("recipes")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+_TOML_KEYS = frozenset(
+    {
+        "description",
+        "suite",
+        "extra_suites",
+        "mirror",
+        "security_mirror",
+        "components",
+        "packages",
+        "files",
+        "command",
+        "env",
+        "ports",
+        "customize",
+        "path_excludes",
+    }
+)
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One datastore image. ``files`` maps a guest path to the packaged file to put there."""
+
+    name: str
+    description: str
+    packages: tuple[str, ...]
+    command: tuple[str, ...]
+    suite: str = "bookworm"
+    extra_suites: tuple[str, ...] = ("bookworm-updates", "bookworm-security")
+    mirror: str = DEBIAN_MIRROR
+    security_mirror: str = DEBIAN_SECURITY_MIRROR
+    components: tuple[str, ...] = ("main",)
+    files: Mapping[str, Path] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: Mapping[str, int] = field(default_factory=dict)
+    # Shell commands run inside the finished root filesystem (chroot) at build time.
+    customize: tuple[str, ...] = ()
+    # Extra dpkg path-exclude globs: files of installed packages the image does not need.
+    path_excludes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for attr in ("files", "env", "ports"):
+            object.__setattr__(self, attr, _frozen(getattr(self, attr)))
+        for guest_path in self.files:
+            if not guest_path.startswith("/") or ".." in guest_path.split("/"):
+                raise ImageBuildError(
+                    f"recipe {self.name}: guest path must be absolute: {guest_path!r}"
+                )
+
+    def apt_sources(self) -> tuple[str, ...]:
+        """One-line apt sources, main suite first; ``*-security`` suites use that mirror."""
+        components = " ".join(self.components)
+        lines = [f"deb {self.mirror} {self.suite} {components}"]
+        for suite in self.extra_suites:
+            mirror = self.security_mirror if suite.endswith("-security") else self.mirror
+            lines.append(f"deb {mirror} {suite} {components}")
+        return tuple(lines)
+
+    def canonical(self) -> dict[str, Any]:
+        """Every field as plain JSON data (files by name; their bytes go into the hash)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "suite": self.suite,
+            "extra_suites": list(self.extra_suites),
+            "mirror": self.mirror,
+            "security_mirror": self.security_mirror,
+            "components": list(self.components),
+            "packages": list(self.packages),
+            "files": {guest: src.name for guest, src in sorted(self.files.items())},
+            "command": list(self.command),
+            "env": dict(sorted(self.env.items())),
+            "ports": dict(sorted(self.ports.items())),
+            "customize": list(self.customize),
+            "path_excludes": list(self.path_excludes),
+        }
+
+    def content_hash(self) -> str:
+        """sha256 over the builder version, the canonical recipe and every packaged file."""
+        digest = hashlib.sha256()
+        digest.update(f"oneplatform-image-builder/{BUILDER_VERSION}\n".encode())
+        digest.update(json.dumps(self.canonical(), sort_keys=True).encode())
+        for guest_path, source in sorted(self.files.items()):
+            try:
+                data = source.read_bytes()
+            except OSError as exc:
+                raise ImageBuildError(
+                    f"recipe {self.name}: cannot read {source} for {guest_path}: {exc}"
+                ) from exc
+            digest.update(f"\nfile {guest_path} {len(data)}\n".encode())
+            digest.update(data)
+        return digest.hexdigest()
+
+
+def list_recipes(recipes_dir: Path | None = None) -> list[str]:
+    """The names of every recipe, sorted."""
+    directory = recipes_dir or RECIPES_DIR
+    return sorted(p.stem for p in directory.glob("*.toml") if _NAME_RE.match(p.stem))
+
+
+def load_recipe(name: str, recipes_dir: Path | None = None) -> Recipe:
+    """Read ``<name>.toml``; raises :class:`NotFound` for an unknown name."""
+    directory = recipes_dir or RECIPES_DIR
+    path = directory / f"{name}.toml"
+    if not _NAME_RE.match(name) or not path.is_file():
+        raise NotFound(f"no image recipe named {name!r}", recipe=name)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ImageBuildError(f"recipe {name}: invalid TOML: {exc}") from exc
+    return _recipe_from_toml(name, data, directory)
+
+
+def _recipe_from_toml(name: str, data: dict[str, Any], directory: Path) -> Recipe:
+    unknown = set(data) - _TOML_KEYS
+    if unknown:
+        raise ImageBuildError(f"recipe {name}: unknown keys {sorted(unknown)}")
+    files_dir = (directory / "files").resolve()
+    files: dict[str, Path] = {}
+    for guest_path, source in data.get("files", {}).items():
+        resolved = (directory / source).resolve()
+        if not resolved.is_relative_to(files_dir):
+            raise ImageBuildError(f"recipe {name}: {source!r} is outside {files_dir}")
+        files[guest_path] = resolved
+    optional: dict[str, Any] = {}
+    for key in ("suite", "mirror", "security_mirror"):
+        if key in data:
+            optional[key] = str(data[key])
+    for key in ("extra_suites", "components", "customize", "path_excludes"):
+        if key in data:
+            optional[key] = tuple(str(v) for v in data[key])
+    return Recipe(
+        name=name,
+        description=str(data.get("description", "")),
+        packages=tuple(str(p) for p in data.get("packages", ())),
+        command=tuple(str(c) for c in data.get("command", ())),
+        files=files,
+        env={str(k): str(v) for k, v in data.get("env", {}).items()},
+        ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
+        **optional,
+    )

@@ -1,0 +1,67 @@
+"""Reading operations."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from oneplatform.api.schemas import OperationOut
+from oneplatform.errors import NotFound
+from oneplatform.iam import Caller
+from oneplatform.ops.model import OperationStatus, StepStatus
+from oneplatform.store.db import Store
+from oneplatform.store.models import Operation
+
+
+def to_out(op: Operation) -> OperationOut:
+    steps = op.steps or []
+    done = sum(1 for s in steps if s["status"] == StepStatus.DONE.value)
+    progress = 1.0 if op.status == OperationStatus.SUCCEEDED.value else done / max(len(steps), 1)
+    return OperationOut.model_validate(
+        {
+            "id": op.id,
+            "kind": op.kind,
+            "resource_type": op.resource_type,
+            "resource_id": op.resource_id,
+            "status": op.status,
+            "steps": steps,
+            "progress": round(progress, 3),
+            "error_code": op.error_code,
+            "error_message": op.error_message,
+            "created_at": op.created_at,
+            "updated_at": op.updated_at,
+            "finished_at": op.finished_at,
+        }
+    )
+
+
+def _visible(op: Operation | None, caller: Caller) -> bool:
+    if op is None:
+        return False
+    if op.project_id is None:  # platform work (image builds) is visible to admins
+        return caller.is_admin
+    return op.project_id == caller.project_id
+
+
+def get_operation(store: Store, caller: Caller, operation_id: str) -> OperationOut:
+    with store.session() as session:
+        op = session.get(Operation, operation_id)
+        if not _visible(op, caller):
+            raise NotFound(f"operation {operation_id!r} not found", code="operation_not_found")
+        assert op is not None
+        return to_out(op)
+
+
+def list_operations(
+    store: Store, caller: Caller, resource_id: str | None = None, limit: int = 100
+) -> list[OperationOut]:
+    with store.session() as session:
+        query = select(Operation).order_by(Operation.created_at.desc()).limit(limit)
+        if caller.is_admin:
+            query = query.where(
+                (Operation.project_id == caller.project_id) | Operation.project_id.is_(None)
+            )
+        else:
+            query = query.where(Operation.project_id == caller.project_id)
+        if resource_id:
+            query = query.where(Operation.resource_id == resource_id)
+        return [to_out(op) for op in session.scalars(query)]

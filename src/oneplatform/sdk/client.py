@@ -1,0 +1,233 @@
+"""A typed client for the OnePlatform API.
+
+from oneplatform.sdk import Client
+client = Client.from_home()            # finds $ONEP_HOME/cli.json, written by `onep up`
+accepted = client.instances.create("web1", flavor="container.small", image="postgresql-15")
+client.operations.wait(accepted.operation.id)
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from oneplatform.api import schemas as s
+
+M = TypeVar("M", bound=BaseModel)
+FINAL = frozenset({"SUCCEEDED", "FAILED"})
+
+
+class ApiError(Exception):
+    """An error answer from the API, with its stable code."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any]) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class OperationFailed(ApiError):
+    def __init__(self, op: s.OperationOut) -> None:
+        super().__init__(
+            500, op.error_code or "operation_failed", op.error_message or "failed", {"op": op.id}
+        )
+        self.operation = op
+
+
+def default_home() -> Path:
+    from oneplatform.config import Settings
+
+    return Settings().home
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.url = url
+        self.instances = Instances(self)
+        self.operations = Operations(self)
+        self.flavors = Flavors(self)
+        self.images = Images(self)
+        self.compute_types = ComputeTypes(self)
+        self.projects = Projects(self)
+        self.pools = Pools(self)
+        self.hosts = Hosts(self)
+
+    @classmethod
+    def from_home(cls, home: Path | None = None) -> Client:
+        """ONEP_URL/ONEP_TOKEN if set, else the cli.json that `onep up` wrote in home."""
+        url, token = os.environ.get("ONEP_URL"), os.environ.get("ONEP_TOKEN")
+        config = (home or default_home()) / "cli.json"
+        if (not url or not token) and config.exists():
+            saved = json.loads(config.read_text())
+            url, token = url or saved["url"], token or saved["token"]
+        return cls(url or "http://127.0.0.1:8470", token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(
+                503, "unreachable", f"cannot reach the platform at {self.url}: {exc}", {}
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                err = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                err = {"code": "http_error", "message": response.text[:500]}
+            raise ApiError(
+                response.status_code,
+                err.get("code", "error"),
+                err.get("message", ""),
+                err.get("details") or {},
+            )
+        return response.json()
+
+    def get(self, path: str, model: type[M], **params: Any) -> M:
+        return model.model_validate(self.request("GET", path, params=params or None))
+
+    def get_list(self, path: str, model: type[M], **params: Any) -> builtins.list[M]:
+        return TypeAdapter(builtins.list[model]).validate_python(  # type: ignore[valid-type]
+            self.request("GET", path, params=params or None)
+        )
+
+    def send(self, method: str, path: str, model: type[M], body: BaseModel | None = None) -> M:
+        payload = body.model_dump(mode="json") if body is not None else None
+        return model.model_validate(self.request(method, path, json=payload))
+
+
+class _Resource:
+    def __init__(self, client: Client) -> None:
+        self.c = client
+
+
+class Instances(_Resource):
+    def list(self) -> builtins.list[s.InstanceOut]:
+        return self.c.get_list("/v1/instances", s.InstanceOut)
+
+    def get(self, ident: str) -> s.InstanceOut:
+        return self.c.get(f"/v1/instances/{ident}", s.InstanceOut)
+
+    def create(self, name: str, flavor: str, image: str) -> s.InstanceAccepted:
+        body = s.InstanceCreate(name=name, flavor=flavor, image=image)
+        return self.c.send("POST", "/v1/instances", s.InstanceAccepted, body)
+
+    def delete(self, ident: str) -> s.InstanceAccepted:
+        return self.c.send("DELETE", f"/v1/instances/{ident}", s.InstanceAccepted)
+
+    def action(self, ident: str, action: str) -> s.InstanceAccepted:
+        body = s.InstanceAction.model_validate({"action": action})
+        return self.c.send("POST", f"/v1/instances/{ident}/action", s.InstanceAccepted, body)
+
+    def console(self, ident: str, tail: int = 200) -> str:
+        return self.c.get(f"/v1/instances/{ident}/console", s.ConsoleOut, tail=tail).output
+
+    def exec(self, ident: str, command: builtins.list[str], timeout: float = 60.0) -> s.ExecOut:
+        body = s.ExecRequest(command=command, timeout=timeout)
+        return self.c.send("POST", f"/v1/instances/{ident}/exec", s.ExecOut, body)
+
+    def snapshot(self, ident: str, name: str) -> s.InstanceAccepted:
+        body = s.SnapshotRequest(name=name)
+        return self.c.send("POST", f"/v1/instances/{ident}/snapshot", s.InstanceAccepted, body)
+
+
+class Operations(_Resource):
+    def get(self, operation_id: str) -> s.OperationOut:
+        return self.c.get(f"/v1/operations/{operation_id}", s.OperationOut)
+
+    def list(self, resource_id: str | None = None) -> builtins.list[s.OperationOut]:
+        params = {"resource_id": resource_id} if resource_id else {}
+        return self.c.get_list("/v1/operations", s.OperationOut, **params)
+
+    def wait(
+        self,
+        operation_id: str,
+        timeout: float = 900.0,
+        poll: float = 0.25,
+        on_progress: Callable[[s.OperationOut], None] | None = None,
+        raise_on_failure: bool = True,
+    ) -> s.OperationOut:
+        """Poll until the operation ends; raises OperationFailed if it failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            op = self.get(operation_id)
+            if on_progress is not None:
+                on_progress(op)
+            if op.status in FINAL:
+                if op.status == "FAILED" and raise_on_failure:
+                    raise OperationFailed(op)
+                return op
+            if time.monotonic() > deadline:
+                raise ApiError(408, "wait_timeout", f"operation {operation_id} not done", {})
+            time.sleep(poll)
+
+
+class Flavors(_Resource):
+    def list(self) -> builtins.list[s.FlavorOut]:
+        return self.c.get_list("/v1/flavors", s.FlavorOut)
+
+    def create(self, body: s.FlavorCreate) -> s.FlavorOut:
+        return self.c.send("POST", "/v1/flavors", s.FlavorOut, body)
+
+
+class Images(_Resource):
+    def list(self) -> builtins.list[s.ImageOut]:
+        return self.c.get_list("/v1/images", s.ImageOut)
+
+    def get(self, name: str) -> s.ImageOut:
+        return self.c.get(f"/v1/images/{name}", s.ImageOut)
+
+    def build(self, name: str) -> s.ImageBuildAccepted:
+        return self.c.send("POST", f"/v1/images/{name}/build", s.ImageBuildAccepted)
+
+
+class ComputeTypes(_Resource):
+    def list(self) -> builtins.list[s.ComputeTypeOut]:
+        return self.c.get_list("/v1/compute-types", s.ComputeTypeOut)
+
+
+class Projects(_Resource):
+    def list(self) -> builtins.list[s.ProjectOut]:
+        return self.c.get_list("/v1/projects", s.ProjectOut)
+
+    def create(self, name: str) -> s.ProjectCreated:
+        return self.c.send("POST", "/v1/projects", s.ProjectCreated, s.ProjectCreate(name=name))
+
+    def whoami(self) -> s.WhoAmI:
+        return self.c.get("/v1/whoami", s.WhoAmI)
+
+
+class Pools(_Resource):
+    def list(self) -> builtins.list[s.PoolOut]:
+        return self.c.get_list("/v1/pools", s.PoolOut)
+
+    def create(self, body: s.PoolCreate) -> s.PoolOut:
+        return self.c.send("POST", "/v1/pools", s.PoolOut, body)
+
+
+class Hosts(_Resource):
+    def list(self) -> builtins.list[s.HostOut]:
+        return self.c.get_list("/v1/hosts", s.HostOut)
+
+    def create(self, body: s.HostCreate) -> s.HostOut:
+        return self.c.send("POST", "/v1/hosts", s.HostOut, body)

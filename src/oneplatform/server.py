@@ -1,0 +1,97 @@
+"""`onep up` and `onep worker`: the control plane as processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from oneplatform import iam
+from oneplatform.api.app import create_app
+from oneplatform.api.deps import Platform
+from oneplatform.config import Settings
+from oneplatform.defaults import ensure_defaults, ensure_images
+from oneplatform.ops.engine import Worker
+from oneplatform.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+def _load_kinds() -> None:
+    """Import the modules that register operation kinds, so workers can run any of them."""
+    import oneplatform.compute.operations
+    import oneplatform.images.service  # noqa: F401
+
+
+def prepare(settings: Settings) -> tuple[Store, str]:
+    """Create home, migrate the store, make the admin token. Returns the store and token."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.store_url)
+    store.migrate()
+    token_file = settings.admin_token_file
+    existing = token_file.read_text().strip() if token_file.exists() else None
+    token = iam.ensure_admin(store, existing) or existing
+    assert token is not None
+    _write_private(token_file, token + "\n")
+    return store, token
+
+
+def write_cli_config(settings: Settings, url: str, token: str) -> None:
+    _write_private(settings.cli_config_file, json.dumps({"url": url, "token": token}) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def start_workers(
+    store: Store, settings: Settings, count: int, stop: threading.Event
+) -> list[threading.Thread]:
+    _load_kinds()
+    threads = []
+    for i in range(count):
+        worker = Worker(store, settings, name=f"{os.uname().nodename}-{os.getpid()}-{i}")
+        thread = threading.Thread(
+            target=worker.run_forever, args=(stop,), name=f"worker-{i}", daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+def run_up(settings: Settings, announce: Callable[[str, str, list[str]], None]) -> None:
+    """Run API and workers in this process until interrupted."""
+    import uvicorn
+
+    store, token = prepare(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    write_cli_config(settings, url, token)
+    ensure_defaults(store, settings)
+    builds = ensure_images(store)
+    stop = threading.Event()
+    start_workers(store, settings, settings.workers, stop)
+    app = create_app(Platform(store, settings))
+    announce(url, str(settings.home), builds)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        stop.set()
+        store.dispose()
+
+
+def run_worker(settings: Settings, count: int) -> None:
+    store, _ = prepare(settings)
+    stop = threading.Event()
+    threads = start_workers(store, settings, count, stop)
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:
+        stop.set()

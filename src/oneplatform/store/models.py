@@ -1,0 +1,210 @@
+"""SQLAlchemy models. Every schema change comes with an Alembic migration."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC on the way out, whatever the backend stores."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Timestamps:
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Project(Timestamps, Base):
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+
+
+class Token(Timestamps, Base):
+    __tablename__ = "tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | member
+
+
+class Pool(Timestamps, Base):
+    __tablename__ = "pools"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    compute_type: Mapped[str] = mapped_column(String(16))
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Host(Timestamps, Base):
+    __tablename__ = "hosts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id"))
+    uri: Mapped[str] = mapped_column(String(255))
+    bind_address: Mapped[str] = mapped_column(String(64), default="127.0.0.1")
+    vcpus: Mapped[int] = mapped_column(Integer)
+    ram_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    cpu_allocation_ratio: Mapped[float] = mapped_column(default=4.0)
+    ram_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
+    traits: Mapped[list[Any]] = mapped_column(default=list)
+    port_range_start: Mapped[int] = mapped_column(Integer, default=20000)
+    port_range_end: Mapped[int] = mapped_column(Integer, default=29999)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Bumped by every placement on this host: a compare-and-set guard against overcommit.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Flavor(Timestamps, Base):
+    __tablename__ = "flavors"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    compute_type: Mapped[str] = mapped_column(String(16))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    ram_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    traits: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class Image(Timestamps, Base):
+    __tablename__ = "images"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # BUILDING | READY | ERROR
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    formats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    ports: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Instance(Timestamps, Base):
+    __tablename__ = "instances"
+    __table_args__ = (
+        # Names are unique per project among live instances; a deleted name is free again.
+        Index(
+            "uq_instances_project_name_live",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    flavor_id: Mapped[str] = mapped_column(ForeignKey("flavors.id"))
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), index=True)
+    compute_type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    power_state: Mapped[str] = mapped_column(String(16), default="unknown")
+    # Capacity held on the host while the instance is not deleted.
+    vcpus: Mapped[int] = mapped_column(Integer)
+    ram_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class PortAllocation(Base):
+    __tablename__ = "port_allocations"
+    __table_args__ = (UniqueConstraint("host_id", "host_port"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"))
+    host_port: Mapped[int] = mapped_column(Integer)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    guest_port: Mapped[int] = mapped_column(Integer)
+
+
+class Operation(Timestamps, Base):
+    __tablename__ = "operations"
+    __table_args__ = (Index("ix_operations_claim", "status", "not_before"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(63))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # PENDING RUNNING SUCCEEDED FAILED
+    steps: Mapped[list[Any]] = mapped_column(default=list)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error_code: Mapped[str | None] = mapped_column(String(63), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    not_before: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    fencing_token: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(32), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

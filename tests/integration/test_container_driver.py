@@ -1,0 +1,376 @@
+"""The Podman driver against the real Podman on this machine."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from oneplatform.compute.capabilities import Capability
+from oneplatform.compute.drivers.base import (
+    CAPABILITY_MIXINS,
+    BackendInstance,
+    FileMount,
+    ImageArtifact,
+    InstanceSpec,
+    PortMapping,
+)
+from oneplatform.compute.drivers.container import (
+    LABEL_INSTANCE,
+    PODMAN_STATES,
+    PodmanDriver,
+    container_name,
+    map_state,
+)
+from oneplatform.compute.states import PowerState
+from oneplatform.errors import BackendError, BackendNotFound
+
+pytestmark = pytest.mark.integration
+
+NewId = Callable[[], str]
+TEST_PORT = 5432  # what the test image (conftest.test_image) listens on
+
+
+def make_spec(
+    instance_id: str, image: ImageArtifact, host_port: int, files: tuple[FileMount, ...] = ()
+) -> InstanceSpec:
+    return InstanceSpec(
+        instance_id=instance_id,
+        name=f"test-{instance_id[:8]}",
+        image=image,
+        vcpus=1,
+        ram_mb=128,
+        disk_gb=1,
+        ports=(PortMapping(name="db", guest_port=TEST_PORT, host_port=host_port),),
+        env={"ONEP_TEST": "1"},
+        files=files,
+    )
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    """Connect to 127.0.0.1:port and get an HTTP answer, retrying until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/"):
+                    return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"127.0.0.1:{port} did not answer within {timeout}s: {last}")
+
+
+def count_containers(instance_id: str) -> int:
+    proc = subprocess.run(
+        ["podman", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance_id}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return len(proc.stdout.split())
+
+
+def wait_for_log(driver: PodmanDriver, instance_id: str, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    log = ""
+    while time.monotonic() < deadline:
+        log = driver.console_log(instance_id)
+        if text in log:
+            return log
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in console log: {log!r}")
+
+
+@pytest.fixture
+def running(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_instance_id: NewId,
+    free_port: Callable[[], int],
+) -> tuple[str, int, BackendInstance]:
+    instance_id = new_instance_id()
+    port = free_port()
+    created = podman_driver.create(make_spec(instance_id, test_image, port))
+    return instance_id, port, created
+
+
+# ---------------------------------------------------------------- no podman needed
+
+
+def test_map_state_table() -> None:
+    assert map_state("running") is PowerState.RUNNING
+    assert map_state("Running") is PowerState.RUNNING
+    assert map_state("exited") is PowerState.STOPPED
+    assert map_state("stopped") is PowerState.STOPPED
+    assert map_state("created") is PowerState.STOPPED
+    assert map_state("configured") is PowerState.STOPPED
+    assert map_state("paused") is PowerState.PAUSED
+    assert map_state("stopping") is PowerState.STOPPING
+    assert map_state("removing") is PowerState.STOPPING
+    assert map_state("initialized") is PowerState.STARTING
+    assert map_state("dead") is PowerState.CRASHED
+    assert map_state("something-new") is PowerState.UNKNOWN
+    assert map_state("") is PowerState.UNKNOWN
+    assert all(isinstance(v, PowerState) for v in PODMAN_STATES.values())
+
+
+def test_every_missing_capability_has_a_reason() -> None:
+    caps = PodmanDriver.capabilities()
+    assert caps[Capability.EXEC] is True
+    assert PodmanDriver.unsupported_reason(Capability.EXEC) is None
+    for cap in Capability:
+        if issubclass(PodmanDriver, CAPABILITY_MIXINS[cap]):
+            continue
+        assert caps[cap] is False
+        assert cap in PodmanDriver.UNSUPPORTED, f"no reason given for {cap.value}"
+        reason = PodmanDriver.unsupported_reason(cap)
+        assert reason and len(reason) > 20
+
+
+def test_init_does_no_io(podman_host: object) -> None:
+    from oneplatform.compute.drivers.base import HostRef
+    from oneplatform.compute.states import ComputeType
+
+    host = HostRef(id="x", name="x", compute_type=ComputeType.CONTAINER, uri="local://")
+    driver = PodmanDriver(host)
+    assert driver.host is host
+
+
+# ---------------------------------------------------------------- real podman
+
+
+def test_ensure_image_twice_is_fine(podman_driver: PodmanDriver, test_image: ImageArtifact) -> None:
+    podman_driver.ensure_image(test_image)
+    podman_driver.ensure_image(test_image)
+    exists = subprocess.run(["podman", "image", "exists", test_image.ref], timeout=60)
+    assert exists.returncode == 0
+
+
+def test_ensure_image_without_rootfs_is_a_clear_error(podman_driver: PodmanDriver) -> None:
+    image = ImageArtifact(name="nope", ref="localhost/oneplatform-test/absent:1", rootfs=None)
+    with pytest.raises(BackendError, match="no rootfs"):
+        podman_driver.ensure_image(image)
+
+
+def test_inventory(podman_driver: PodmanDriver) -> None:
+    inv = podman_driver.inventory()
+    assert inv.vcpus >= 1
+    assert inv.ram_mb >= 256
+    assert inv.disk_gb >= 1
+
+
+def test_create_runs_and_publishes_port(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, port, created = running
+    assert created.instance_id == instance_id
+    assert created.power_state is PowerState.RUNNING
+    assert created.backend_state == "running"
+    assert created.ports == (PortMapping(name="db", guest_port=TEST_PORT, host_port=port),)
+    wait_for_port(port)
+    got = podman_driver.get(instance_id)
+    assert got is not None and got.backend_id == created.backend_id
+
+
+def test_create_passes_limits_env_and_runtime(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, _port, _ = running
+    proc = subprocess.run(
+        ["podman", "inspect", container_name(instance_id), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    import json
+
+    info = json.loads(proc.stdout)[0]
+    assert info["OCIRuntime"] == "runc"
+    assert info["HostConfig"]["Memory"] == 128 * 1024 * 1024
+    assert info["HostConfig"]["NanoCpus"] == 1_000_000_000
+    assert "ONEP_TEST=1" in info["Config"]["Env"]
+    ulimits = {u["Name"]: (u["Soft"], u["Hard"]) for u in info["HostConfig"]["Ulimits"]}
+    assert ulimits["RLIMIT_NOFILE"] == (1024, 1024)
+    assert ulimits["RLIMIT_NPROC"] == (4096, 4096)
+
+
+def test_create_twice_makes_one_container(
+    podman_driver: PodmanDriver,
+    running: tuple[str, int, BackendInstance],
+    test_image: ImageArtifact,
+) -> None:
+    instance_id, port, created = running
+    again = podman_driver.create(make_spec(instance_id, test_image, port))
+    assert again.backend_id == created.backend_id
+    assert count_containers(instance_id) == 1
+
+
+def test_create_starts_an_existing_stopped_container(
+    podman_driver: PodmanDriver,
+    running: tuple[str, int, BackendInstance],
+    test_image: ImageArtifact,
+) -> None:
+    instance_id, port, created = running
+    podman_driver.stop(instance_id)
+    again = podman_driver.create(make_spec(instance_id, test_image, port))
+    assert again.backend_id == created.backend_id
+    assert again.power_state is PowerState.RUNNING
+    assert count_containers(instance_id) == 1
+
+
+def test_stop_start_reboot(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, port, _ = running
+    t0 = time.monotonic()
+    podman_driver.stop(instance_id)
+    assert time.monotonic() - t0 < 8, "PID 1 should exit on SIGTERM well before the grace period"
+    got = podman_driver.get(instance_id)
+    assert got is not None and got.power_state is PowerState.STOPPED
+    podman_driver.stop(instance_id)  # silent when already stopped
+
+    podman_driver.start(instance_id)
+    got = podman_driver.get(instance_id)
+    assert got is not None and got.power_state is PowerState.RUNNING
+    podman_driver.start(instance_id)  # silent when already running
+    wait_for_port(port)
+
+    podman_driver.reboot(instance_id)
+    got = podman_driver.get(instance_id)
+    assert got is not None and got.power_state is PowerState.RUNNING
+    wait_for_port(port)
+
+
+def test_console_log_has_startup_output(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, _port, _ = running
+    log = wait_for_log(podman_driver, instance_id, "started")
+    # The image's ENV (a value with spaces) reached the process.
+    assert "greeting=hello from the image" in log
+    assert podman_driver.console_log(instance_id, tail=1).count("\n") <= 1
+
+
+def test_console_log_merges_stderr(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, _port, _ = running
+    # exec output does not go to the log; write to PID 1's stderr instead.
+    podman_driver.exec(instance_id, ["/bin/sh", "-c", "echo to-stderr >/proc/1/fd/2"])
+    wait_for_log(podman_driver, instance_id, "to-stderr")
+
+
+def test_exec(podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]) -> None:
+    instance_id, _port, _ = running
+    ok = podman_driver.exec(instance_id, ["echo", "hello"])
+    assert ok.exit_code == 0
+    assert ok.output.strip() == "hello"
+    failed = podman_driver.exec(instance_id, ["/bin/sh", "-c", "echo oops >&2; exit 3"])
+    assert failed.exit_code == 3
+    assert "oops" in failed.output
+    missing = podman_driver.exec(instance_id, ["/no/such/binary"])
+    assert missing.exit_code in (126, 127)
+
+
+def test_exec_timeout_raises(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, _port, _ = running
+    with pytest.raises(BackendError, match="timed out"):
+        podman_driver.exec(instance_id, ["sleep", "30"], timeout=1)
+
+
+def test_exec_in_stopped_container_raises(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, _port, _ = running
+    podman_driver.stop(instance_id)
+    with pytest.raises(BackendError):
+        podman_driver.exec(instance_id, ["true"])
+
+
+def test_file_mount(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_instance_id: NewId,
+    free_port: Callable[[], int],
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_text("setting=42\n")
+    instance_id = new_instance_id()
+    mount = FileMount(source=conf, guest_path="/etc/app.conf")
+    podman_driver.create(make_spec(instance_id, test_image, free_port(), files=(mount,)))
+    shown = podman_driver.exec(instance_id, ["cat", "/etc/app.conf"])
+    assert shown.output == "setting=42\n"
+    write = podman_driver.exec(instance_id, ["/bin/sh", "-c", "echo x >> /etc/app.conf"])
+    assert write.exit_code != 0  # read-only by default
+
+
+def test_get_unknown_is_none(podman_driver: PodmanDriver) -> None:
+    assert podman_driver.get("0" * 32) is None
+
+
+def test_actions_on_unknown_raise_not_found(podman_driver: PodmanDriver) -> None:
+    with pytest.raises(BackendNotFound):
+        podman_driver.start("0" * 32)
+    with pytest.raises(BackendNotFound):
+        podman_driver.stop("0" * 32)
+
+
+def test_list_instances_sees_ours(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, _port, created = running
+    listed = {i.instance_id: i for i in podman_driver.list_instances()}
+    assert instance_id in listed
+    assert listed[instance_id].backend_id == created.backend_id
+    assert listed[instance_id].power_state is PowerState.RUNNING
+
+
+def test_delete_twice_and_gone(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, _port, _ = running
+    podman_driver.delete(instance_id)
+    assert podman_driver.get(instance_id) is None
+    assert count_containers(instance_id) == 0
+    podman_driver.delete(instance_id)  # silent when already gone
+    assert instance_id not in {i.instance_id for i in podman_driver.list_instances()}
+
+
+def test_missing_podman_is_backend_unavailable(
+    podman_host: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oneplatform.compute.drivers.base import HostRef
+    from oneplatform.compute.states import ComputeType
+    from oneplatform.errors import BackendUnavailable
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    host = HostRef(id="x", name="x", compute_type=ComputeType.CONTAINER, uri="local://")
+    with pytest.raises(BackendUnavailable, match="not installed"):
+        PodmanDriver(host).get("abc")
+
+
+def test_unreachable_remote_is_backend_unavailable(podman_available: None, tmp_path: Path) -> None:
+    from oneplatform.compute.drivers.base import HostRef
+    from oneplatform.compute.states import ComputeType
+    from oneplatform.errors import BackendUnavailable
+
+    host = HostRef(
+        id="x",
+        name="x",
+        compute_type=ComputeType.CONTAINER,
+        uri=f"unix://{tmp_path}/no-such.sock",
+    )
+    with pytest.raises(BackendUnavailable):
+        PodmanDriver(host).get("abc")
