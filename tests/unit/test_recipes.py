@@ -141,7 +141,7 @@ def test_low_disk_space_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
         "disk_usage",
         lambda _: SimpleNamespace(total=10**10, used=10**10, free=287 * 2**20),
     )
-    with pytest.raises(ImageBuildError, match="not enough free disk space.*287 MB free"):
+    with pytest.raises(ImageBuildError, match=r"not enough free disk space.*287 MB free"):
         build_rootfs(recipe, tmp_path / "cache")
     assert list((tmp_path / "cache").glob("*.tar")) == []
 

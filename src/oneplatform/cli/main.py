@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from oneplatform.api.schemas import FlavorCreate, OperationOut
+from oneplatform.api.schemas import FlavorCreate, InstanceAccepted
 from oneplatform.cli.output import (
     Format,
     OutputOpt,
@@ -134,7 +134,8 @@ def status() -> None:
 
 
 # -- instances ---------------------------------------------------------------------------------
-def _finish(c: Client, op: OperationOut, ident: str, wait: bool, fmt: Format) -> None:
+def _finish(c: Client, accepted: InstanceAccepted, wait: bool, fmt: Format) -> None:
+    op, ident, name = accepted.operation, accepted.instance.id, accepted.instance.name
     if wait:
         try:
             wait_with_progress(c, op, quiet=False)
@@ -147,7 +148,7 @@ def _finish(c: Client, op: OperationOut, ident: str, wait: bool, fmt: Format) ->
             if fmt is Format.json:
                 emit(c.operations.get(op.id), fmt, OP_COLUMNS)
             else:
-                console.print(f"deleted {ident}")
+                console.print(f"deleted {name}")
             return
         emit(c.instances.get(ident), fmt, INSTANCE_COLUMNS)
         return
@@ -168,7 +169,7 @@ def instance_create(
     """Create an instance on a host the scheduler picks for the flavor."""
     with client() as c, api_errors():
         accepted = c.instances.create(name, flavor=flavor, image=image)
-        _finish(c, accepted.operation, accepted.instance.id, wait, output)
+        _finish(c, accepted, wait, output)
 
 
 @instance_app.command("list")
@@ -190,7 +191,7 @@ def instance_show(name: str, output: Format = OutputOpt) -> None:
 def _action(name: str, action: str, wait: bool, output: Format) -> None:
     with client() as c, api_errors():
         accepted = c.instances.action(name, action)
-        _finish(c, accepted.operation, accepted.instance.id, wait, output)
+        _finish(c, accepted, wait, output)
 
 
 @instance_app.command("stop")
@@ -213,7 +214,7 @@ def instance_delete(name: str, wait: WaitOpt = False, output: Format = OutputOpt
     """Delete the instance and its backend objects."""
     with client() as c, api_errors():
         accepted = c.instances.delete(name)
-        _finish(c, accepted.operation, accepted.instance.id, wait, output)
+        _finish(c, accepted, wait, output)
 
 
 @instance_app.command("console")
@@ -248,7 +249,7 @@ def instance_snapshot(
     """Snapshot the instance's disks (compute types with the snapshot capability)."""
     with client() as c, api_errors():
         accepted = c.instances.snapshot(name, snapshot_name)
-        _finish(c, accepted.operation, accepted.instance.id, wait, output)
+        _finish(c, accepted, wait, output)
 
 
 # -- catalog -----------------------------------------------------------------------------------
