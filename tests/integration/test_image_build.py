@@ -1,6 +1,6 @@
 """Build the real postgresql-15 image with mmdebstrap and run it under the real Podman.
 
-The rootfs cache is shared across runs (``ONEP_TEST_IMAGE_CACHE`` or ``<repo>/.cache/images``),
+The rootfs cache is shared (``ONEP_TEST_IMAGE_CACHE`` or the platform's own image cache),
 so the ~35 s build happens once per machine. With ``CI=true`` a missing tool fails the test.
 """
 
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from oneplatform.compute.drivers.base import ImageArtifact
+from oneplatform.config import Settings
 from oneplatform.images.builder import artifact_for, build_rootfs
 from oneplatform.images.recipes import Recipe, load_recipe
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 READY_TIMEOUT = 60.0
 
@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cache_dir() -> Path:
-    return Path(os.environ.get("ONEP_TEST_IMAGE_CACHE") or REPO / ".cache" / "images")
+    return Path(os.environ.get("ONEP_TEST_IMAGE_CACHE") or Settings().images_dir)
 
 
 @pytest.fixture(scope="module")
