@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     port_range_start: int = Field(default=20000, ge=1024, le=65535)
     port_range_end: int = Field(default=29999, ge=1024, le=65535)
     ready_timeout_seconds: float = Field(default=300.0, gt=0)
+    failpoint: str | None = Field(
+        default=None,
+        description="Testing only: 'KIND:STEP' makes a worker hang after that step's work is "
+        "done but before it is recorded, so a test can kill the process at the worst moment.",
+    )
 
     @property
     def store_url(self) -> str:

@@ -243,6 +243,7 @@ class Worker:
         try:
             with self._heartbeat(ctx.claim):
                 fn(ctx)
+                self._failpoint(kind, name)
         except NotYet as wait:
             self._release_for_later(ctx, name, wait)
             return False
@@ -263,6 +264,12 @@ class Worker:
                 op.steps, name, status=StepStatus.DONE.value, finished_at=_iso(utcnow())
             )
         return True
+
+    def _failpoint(self, kind: OperationKind, name: str) -> None:
+        if self.settings.failpoint == f"{kind.name}:{name}":
+            log.warning("failpoint %s:%s reached: hanging until killed", kind.name, name)
+            print(f"FAILPOINT {kind.name}:{name}", flush=True)
+            threading.Event().wait()
 
     def _release_for_later(self, ctx: StepContext, name: str, wait: NotYet) -> None:
         with ctx.transaction() as session:

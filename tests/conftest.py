@@ -1,0 +1,90 @@
+"""Fixtures shared by every test: a migrated store on each backend, and settings.
+
+``store`` runs each test on SQLite (a file under tmp_path) and on PostgreSQL (a database
+of its own, created on the server ONEP_TEST_DATABASE_URL names and dropped afterwards).
+Without ONEP_TEST_DATABASE_URL the PostgreSQL half is skipped, except under CI=true, where
+a missing database fails the test: CI never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from oneplatform.config import Settings
+from oneplatform.store.db import Store
+
+# Test modules import helpers with ``from factories import ...``.
+TESTS_DIR = str(Path(__file__).resolve().parent)
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+PG_URL_ENV = "ONEP_TEST_DATABASE_URL"
+BACKENDS = ("sqlite", "postgres")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy URL (postgresql+psycopg://...) as a libpq URI for psycopg."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of this test run: "sqlite" or "postgres"."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database of ``backend``, just for this test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    server = os.environ.get(PG_URL_ENV)
+    if not server:
+        reason = f"{PG_URL_ENV} is not set (scripts/test-postgres.sh start; make test sets it)"
+        if in_ci():
+            pytest.fail(f"CI=true and PostgreSQL is missing: {reason}")
+        pytest.skip(reason)
+    name = f"onep_t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(_libpq(server), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_libpq(server), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """A Store migrated to head with Alembic (``Store.migrate``), on SQLite and PostgreSQL."""
+    s = Store(store_url)
+    s.migrate()
+    try:
+        yield s
+    finally:
+        s.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for tests: state under tmp_path, short leases, fast polling."""
+    return Settings(
+        home=tmp_path,
+        database_url=None,
+        lease_seconds=1.0,
+        worker_poll_seconds=0.05,
+        image_cache=tmp_path / "images",
+    )

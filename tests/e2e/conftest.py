@@ -1,0 +1,148 @@
+"""End-to-end fixtures: the platform as a real `onep up` process, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ONEP = str(Path(sys.executable).with_name("onep"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Platform:
+    """One `onep up` process with its own home; restartable, killable."""
+
+    home: Path
+    port: int
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def env(self, **more: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ONEP_")}
+        env.update(ONEP_HOME=str(self.home), ONEP_LEASE_SECONDS="3", **self.extra_env, **more)
+        return env
+
+    def start(self, **env: str) -> None:
+        log = open(self.home / "up.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [ONEP, "up", "--port", str(self.port)],
+            env=self.env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"onep up exited: {self.log()[-3000:]}")
+            if self.run("status", check=False).returncode == 0:
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"onep up did not come up: {self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up code runs, as after a crash or an OOM kill."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        path = self.home / "up.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 600, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [ONEP, *args], env=self.env(**env), capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"onep {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+            )
+        return proc
+
+    def json(self, *args: str, **env: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json", **env).stdout)
+
+    def wait_images_ready(self, timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            images = self.json("image", "list")
+            if all(i["status"] == "READY" for i in images):
+                return
+            assert not any(i["status"] == "ERROR" for i in images), images
+            time.sleep(1)
+        raise AssertionError("images did not become READY")
+
+
+def podman_containers(instance_id: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [
+            "podman",
+            "ps",
+            "-a",
+            "--filter",
+            f"label=oneplatform.instance={instance_id}",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out or "[]")
+
+
+def _require(ok: bool, reason: str) -> None:
+    if ok:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and an end-to-end prerequisite is missing: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    _require(shutil.which("podman") is not None, "podman is not installed")
+    _require(Path(ONEP).exists(), "the onep console script is not installed")
+    p = Platform(home=tmp_path_factory.mktemp("onep-home"), port=free_port())
+    p.start()
+    p.wait_images_ready()
+    yield p
+    _cleanup_containers(p)
+    p.stop()
+
+
+def _cleanup_containers(p: Platform) -> None:
+    """Remove whatever this platform's instances left on Podman if a test failed half-way."""
+    for inst in json.loads(p.run("instance", "list", "-o", "json", check=False).stdout or "[]"):
+        for c in podman_containers(inst["id"]):
+            subprocess.run(["podman", "rm", "-f", "-v", c["Id"]], capture_output=True)

@@ -1,0 +1,427 @@
+"""The REST API in-process: authentication, project isolation and bad input.
+
+No worker runs here: these tests are about what the API accepts, refuses and writes before
+any backend is touched. Each refusal must leave the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from oneplatform import iam
+from oneplatform.api.app import create_app
+from oneplatform.api.deps import Platform
+from oneplatform.config import Settings
+from oneplatform.images.recipes import load_recipe
+from oneplatform.store.db import Store
+from oneplatform.store.models import (
+    Event,
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Operation,
+    PortAllocation,
+    Pool,
+)
+
+IMAGE = "postgresql-15"
+
+
+@dataclass
+class Api:
+    client: TestClient
+    store: Store
+    admin: dict[str, str]
+    other: dict[str, str]
+
+    def counts(self) -> tuple[int, ...]:
+        with self.store.session() as s:
+            return tuple(
+                s.scalar(select(func.count()).select_from(m)) or 0
+                for m in (Instance, PortAllocation, Operation, Event, Flavor, Pool, Host)
+            )
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    settings = Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path / 'api.db'}")
+    store = Store(settings.store_url)
+    store.migrate()
+    admin_token = iam.ensure_admin(store, None)
+    assert admin_token
+    with store.session() as s:
+        pool = Pool(name="containers", compute_type="container", settings={})
+        s.add(pool)
+        s.flush()
+        s.add(
+            Host(
+                name="h1",
+                pool_id=pool.id,
+                uri="test://h1",
+                vcpus=2,
+                ram_mb=4096,
+                disk_gb=50,
+                traits=[],
+                port_range_start=31000,
+                port_range_end=31010,
+            )
+        )
+        s.add(
+            Flavor(
+                name="container.small",
+                compute_type="container",
+                vcpus=1,
+                ram_mb=512,
+                disk_gb=2,
+                traits=[],
+            )
+        )
+        s.add(
+            Flavor(
+                name="container.huge",
+                compute_type="container",
+                vcpus=64,
+                ram_mb=512,
+                disk_gb=2,
+                traits=[],
+            )
+        )
+        s.add(
+            Image(
+                name=IMAGE,
+                content_hash=load_recipe(IMAGE).content_hash(),
+                status="READY",
+                formats={},
+                ports={"postgresql": 5432},
+            )
+        )
+    with TestClient(create_app(Platform(store, settings))) as client:
+        created = client.post("/v1/projects", json={"name": "other"}, headers=_bearer(admin_token))
+        assert created.status_code == 201, created.text
+        yield Api(client, store, _bearer(admin_token), _bearer(created.json()["token"]))
+    store.dispose()
+
+
+def _create(
+    api: Api, name: str = "db1", headers: dict[str, str] | None = None, **body: object
+) -> dict:
+    payload = {"name": name, "flavor": "container.small", "image": IMAGE, **body}
+    response = api.client.post("/v1/instances", json=payload, headers=headers or api.admin)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def _error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert error["message"]
+    return error
+
+
+def _routes(api: Api) -> list[tuple[str, str]]:
+    """Every (method, path) the API publishes, path parameters filled with 'x'."""
+    spec = api.client.get("/openapi.json").json()
+    return [
+        (method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+        for path, methods in spec["paths"].items()
+        if path.startswith("/v1")
+        for method in methods
+    ]
+
+
+# -- authentication ----------------------------------------------------------------------------
+def test_every_endpoint_needs_a_token(api: Api) -> None:
+    routes = _routes(api)
+    assert len(routes) >= 20
+    for method, path in routes:
+        _error(api.client.request(method, path), 401, "token_missing")
+        bad = api.client.request(method, path, headers=_bearer("onep_not-a-token"))
+        _error(bad, 401, "token_invalid")
+
+
+def test_health_and_openapi_are_open(api: Api) -> None:
+    assert api.client.get("/healthz").json()["status"] == "ok"
+    spec = api.client.get("/openapi.json").json()
+    assert "/v1/instances" in spec["paths"]
+    assert "/v1/compute-types" in spec["paths"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (
+            "POST",
+            "/v1/flavors",
+            {"name": "f.x", "compute_type": "container", "vcpus": 1, "ram_mb": 512, "disk_gb": 1},
+        ),
+        ("POST", "/v1/pools", {"name": "p2", "compute_type": "container"}),
+        ("POST", "/v1/hosts", {"name": "h2", "pool": "containers", "uri": "local://"}),
+        ("POST", "/v1/projects", {"name": "third"}),
+        ("GET", "/v1/projects", None),
+        ("GET", "/v1/hosts", None),
+        ("POST", f"/v1/images/{IMAGE}/build", None),
+    ],
+)
+def test_admin_endpoints_refuse_members(api: Api, method: str, path: str, body: object) -> None:
+    before = api.counts()
+    _error(api.client.request(method, path, json=body, headers=api.other), 403, "admin_required")
+    assert api.counts() == before
+
+
+# -- isolation between projects ----------------------------------------------------------------
+INSTANCE_CALLS = [
+    ("GET", "/v1/instances/{i}", None),
+    ("DELETE", "/v1/instances/{i}", None),
+    ("POST", "/v1/instances/{i}/action", {"action": "stop"}),
+    ("POST", "/v1/instances/{i}/action", {"action": "start"}),
+    ("POST", "/v1/instances/{i}/action", {"action": "reboot"}),
+    ("GET", "/v1/instances/{i}/console", None),
+    ("POST", "/v1/instances/{i}/exec", {"command": ["true"]}),
+    ("POST", "/v1/instances/{i}/snapshot", {"name": "s1"}),
+]
+
+
+def test_instance_calls_cover_every_instance_route(api: Api) -> None:
+    covered = {(m, p.replace("{i}", "x")) for m, p, _ in INSTANCE_CALLS}
+    instance_routes = {(m, p) for m, p in _routes(api) if p.startswith("/v1/instances/")}
+    assert instance_routes <= covered
+
+
+@pytest.mark.parametrize("by", ["id", "name"])
+@pytest.mark.parametrize(("method", "path", "body"), INSTANCE_CALLS)
+def test_another_project_cannot_see_or_touch_an_instance(
+    api: Api, by: str, method: str, path: str, body: object
+) -> None:
+    instance = _create(api)["instance"]
+    before = api.counts()
+    url = path.format(i=instance[by])
+    _error(api.client.request(method, url, json=body, headers=api.other), 404, "instance_not_found")
+    assert api.counts() == before
+    assert (
+        api.client.get(
+            url.split("/console")[0].split("/action")[0].split("/exec")[0].split("/snapshot")[0],
+            headers=api.admin,
+        ).status_code
+        == 200
+    )
+
+
+def test_another_project_cannot_list_or_read_operations(api: Api) -> None:
+    accepted = _create(api)
+    op_id = accepted["operation"]["id"]
+    assert api.client.get("/v1/instances", headers=api.other).json() == []
+    assert api.client.get("/v1/operations", headers=api.other).json() == []
+    _error(api.client.get(f"/v1/operations/{op_id}", headers=api.other), 404, "operation_not_found")
+    assert api.client.get(f"/v1/operations/{op_id}", headers=api.admin).status_code == 200
+
+
+def test_same_name_in_two_projects_is_fine(api: Api) -> None:
+    a = _create(api, "shared")["instance"]
+    b = _create(api, "shared", headers=api.other)["instance"]
+    assert a["id"] != b["id"]
+    assert a["endpoints"][0]["port"] != b["endpoints"][0]["port"]
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_create_writes_desired_state_and_an_operation(api: Api) -> None:
+    accepted = _create(api)
+    op, inst = accepted["operation"], accepted["instance"]
+    assert inst["status"] == "BUILD" and inst["host"] == "h1"
+    assert inst["endpoints"] == [{"name": "postgresql", "host": "127.0.0.1", "port": 31000}]
+    assert op["status"] == "PENDING" and op["resource_id"] == inst["id"]
+    assert [s["name"] for s in op["steps"]] == [
+        "image",
+        "create",
+        "wait_running",
+        "wait_ports",
+        "finish",
+    ]
+    shown = api.client.get(f"/v1/operations/{op['id']}", headers=api.admin).json()
+    assert shown["progress"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"flavor": "no.such"}, 404, "flavor_not_found"),
+        ({"image": "no-such-image"}, 404, "image_not_found"),
+        ({"flavor": "container.huge"}, 409, "no_valid_host"),
+        ({"name": "Upper"}, 422, "invalid_input"),
+        ({"name": "-lead"}, 422, "invalid_input"),
+        ({"name": "under_score"}, 422, "invalid_input"),
+        ({"name": ""}, 422, "invalid_input"),
+        ({"name": "a" * 64}, 422, "invalid_input"),
+        ({"name": 'x"; DROP TABLE instances; --'}, 422, "invalid_input"),
+        ({"surprise": 1}, 422, "invalid_input"),
+        ({"flavor": None}, 422, "invalid_input"),
+    ],
+)
+def test_bad_create_is_refused_without_leaving_anything(
+    api: Api, body: dict, status: int, code: str
+) -> None:
+    before = api.counts()
+    payload = {"name": "db1", "flavor": "container.small", "image": IMAGE, **body}
+    _error(api.client.post("/v1/instances", json=payload, headers=api.admin), status, code)
+    assert api.counts() == before
+
+
+def test_no_valid_host_names_the_filter(api: Api) -> None:
+    payload = {"name": "big", "flavor": "container.huge", "image": IMAGE}
+    error = _error(
+        api.client.post("/v1/instances", json=payload, headers=api.admin), 409, "no_valid_host"
+    )
+    assert error["details"]["filter"] == "vcpus"
+
+
+def test_duplicate_name_is_refused(api: Api) -> None:
+    _create(api)
+    before = api.counts()
+    payload = {"name": "db1", "flavor": "container.small", "image": IMAGE}
+    _error(
+        api.client.post("/v1/instances", json=payload, headers=api.admin), 409, "instance_exists"
+    )
+    assert api.counts() == before
+
+
+def test_image_not_built_is_refused(api: Api) -> None:
+    with api.store.session() as s:
+        s.scalars(select(Image)).one().content_hash = "stale"
+    before = api.counts()
+    payload = {"name": "db1", "flavor": "container.small", "image": IMAGE}
+    _error(
+        api.client.post("/v1/instances", json=payload, headers=api.admin), 409, "image_not_ready"
+    )
+    assert api.counts() == before
+
+
+def test_host_out_of_ports_is_refused(api: Api) -> None:
+    with api.store.session() as s:
+        s.scalars(select(Host)).one().port_range_end = 31001
+    _create(api, "a1")
+    _create(api, "a2")
+    before = api.counts()
+    payload = {"name": "a3", "flavor": "container.small", "image": IMAGE}
+    _error(api.client.post("/v1/instances", json=payload, headers=api.admin), 409, "no_free_port")
+    assert api.counts() == before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"vcpus": 0},
+        {"vcpus": 1000},
+        {"ram_mb": 1},
+        {"disk_gb": 0},
+        {"name": "Bad"},
+        {"compute_type": "mainframe"},
+    ],
+)
+def test_flavor_sizes_out_of_range_are_refused(api: Api, change: dict) -> None:
+    body = {
+        "name": "c.x",
+        "compute_type": "container",
+        "vcpus": 1,
+        "ram_mb": 512,
+        "disk_gb": 1,
+        **change,
+    }
+    before = api.counts()
+    _error(api.client.post("/v1/flavors", json=body, headers=api.admin), 422, "invalid_input")
+    assert api.counts() == before
+
+
+def test_duplicate_flavor_is_refused(api: Api) -> None:
+    body = {
+        "name": "container.small",
+        "compute_type": "container",
+        "vcpus": 1,
+        "ram_mb": 512,
+        "disk_gb": 1,
+    }
+    _error(api.client.post("/v1/flavors", json=body, headers=api.admin), 409, "flavor_exists")
+
+
+def test_flavor_for_a_compute_type_without_driver_is_refused(api: Api) -> None:
+    body = {"name": "vm.tiny", "compute_type": "vm", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}
+    before = api.counts()
+    _error(api.client.post("/v1/flavors", json=body, headers=api.admin), 422, "invalid_input")
+    assert api.counts() == before
+
+
+def test_unsupported_capability_is_refused_up_front_with_the_reason(api: Api) -> None:
+    inst = _create(api)["instance"]
+    before = api.counts()
+    error = _error(
+        api.client.post(
+            f"/v1/instances/{inst['id']}/snapshot", json={"name": "s1"}, headers=api.admin
+        ),
+        409,
+        "capability_not_supported",
+    )
+    assert "container" in error["message"] and "snapshot" in error["message"]
+    assert error["details"]["capability"] == "snapshot"
+    assert api.counts() == before
+
+
+def test_action_in_the_wrong_state_is_refused(api: Api) -> None:
+    inst = _create(api)["instance"]
+    before = api.counts()
+    for action in ("stop", "start", "reboot"):
+        _error(
+            api.client.post(
+                f"/v1/instances/{inst['id']}/action", json={"action": action}, headers=api.admin
+            ),
+            409,
+            "invalid_state",
+        )
+    _error(
+        api.client.post(
+            f"/v1/instances/{inst['id']}/action", json={"action": "explode"}, headers=api.admin
+        ),
+        422,
+        "invalid_input",
+    )
+    assert api.counts() == before
+
+
+def test_delete_twice_is_refused_the_second_time(api: Api) -> None:
+    inst = _create(api)["instance"]
+    first = api.client.delete(f"/v1/instances/{inst['id']}", headers=api.admin)
+    assert first.status_code == 202 and first.json()["instance"]["status"] == "DELETING"
+    _error(
+        api.client.delete(f"/v1/instances/{inst['id']}", headers=api.admin), 409, "invalid_state"
+    )
+
+
+def test_compute_types_explain_every_missing_capability(api: Api) -> None:
+    types = api.client.get("/v1/compute-types", headers=api.other).json()
+    container = next(t for t in types if t["name"] == "container")
+    caps = {c["name"]: c for c in container["capabilities"]}
+    assert caps["exec"]["supported"] is True and caps["exec"]["reason"] is None
+    missing = [c for c in caps.values() if not c["supported"]]
+    assert {c["name"] for c in missing} >= {"snapshot", "resize", "boot_device"}
+    assert all(len(c["reason"]) > 20 for c in missing)
+
+
+def test_unknown_operation_and_image(api: Api) -> None:
+    _error(api.client.get("/v1/operations/nope", headers=api.admin), 404, "operation_not_found")
+    _error(api.client.get("/v1/images/nope", headers=api.admin), 404, "image_not_found")
+    _error(api.client.post("/v1/images/nope/build", headers=api.admin), 404, "image_not_found")
+
+
+def test_whoami(api: Api) -> None:
+    me = api.client.get("/v1/whoami", headers=api.other).json()
+    assert me["project"]["name"] == "other" and me["role"] == "member"
