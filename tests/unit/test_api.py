@@ -28,8 +28,8 @@ from oneplatform.store.models import (
     Image,
     Instance,
     Operation,
-    PortAllocation,
     Pool,
+    PortAllocation,
 )
 
 IMAGE = "postgresql-15"
