@@ -9,7 +9,6 @@ a missing database fails the test: CI never skips.
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +19,6 @@ from sqlalchemy.engine import make_url
 
 from oneplatform.config import Settings
 from oneplatform.store.db import Store
-
-# Test modules import helpers with ``from factories import ...``.
-TESTS_DIR = str(Path(__file__).resolve().parent)
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
 
 PG_URL_ENV = "ONEP_TEST_DATABASE_URL"
 BACKENDS = ("sqlite", "postgres")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from factories import make_flavor, make_instance, make_project, make_ready_image
+from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 from sqlalchemy import select
 
 from oneplatform.compute.lifecycle import set_status

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from factories import make_flavor, make_instance, make_project, make_ready_image
+from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select
 from sqlalchemy.exc import IntegrityError, StatementError
 

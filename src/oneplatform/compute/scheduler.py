@@ -55,9 +55,9 @@ FILTERS: tuple[Filter, ...] = (
 )
 
 
-def weigh(state: HostState) -> float:
-    """Spread: prefer the host with the most free RAM, then free vCPUs."""
-    return state.free_ram_mb + state.free_vcpus * 1024
+def weigh(state: HostState) -> tuple[float, float]:
+    """Spread: prefer the host with the most free RAM, then (on a tie) the most free vCPUs."""
+    return (state.free_ram_mb, state.free_vcpus)
 
 
 def host_states(session: Session, lock: bool) -> list[HostState]:
