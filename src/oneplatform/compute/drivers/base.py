@@ -58,6 +58,15 @@ class ImageArtifact:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """Persistent storage owned by the instance: it outlives restarts, not deletion."""
+
+    name: str
+    size_gb: int
+    guest_path: str
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     instance_id: str
     name: str
@@ -68,6 +77,13 @@ class InstanceSpec:
     ports: Sequence[PortMapping] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     files: Sequence[FileMount] = ()
+    volumes: Sequence[VolumeSpec] = ()
+    # The instance's config bundle (guest/bundle format). Each driver delivers it the way
+    # its compute type allows; the guest agent finds it at BUNDLE_GUEST_PATH either way.
+    config_bundle: bytes | None = None
+
+
+BUNDLE_GUEST_PATH = "/etc/oneplatform/bundle.json"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,292 @@
+"""Shared helpers for benchmarks: timing, statistics, Podman, and an `onep up` process.
+
+Everything here talks only to 127.0.0.1. Every wait is bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as _platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oneplatform.sdk.client import Client
+
+LOOPBACK = "127.0.0.1"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TCP_POLL_S = 0.02
+# A port range of its own, so the bench's instances never collide with those of a developer's
+# `onep up` or of the end-to-end tests (default 20000-29999) running at the same time.
+PORT_RANGE = (31000, 31999)
+# ONEP_* variables passed on to the bench's `onep up`: where images are cached and which OCI
+# runtime to use describe the machine, not a platform instance. Every other one is dropped.
+PASSED_ENV = frozenset({"ONEP_IMAGE_CACHE", "ONEP_PODMAN_RUNTIME"})
+
+now = time.perf_counter
+
+
+class BenchError(Exception):
+    """A benchmark could not take a sample (timeout, failed operation, podman error)."""
+
+
+# -- timing and statistics --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    """One timed run. ``seconds`` is the figure; ``phases`` are offsets from its start."""
+
+    label: str
+    round: int  # 0 is the warm-up
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        if not values:
+            raise ValueError("no samples to summarise")
+        return cls(len(values), statistics.median(values), min(values), max(values))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def tcp_accepts(port: int, host: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def wait_tcp(port: int, deadline: float, interval: float = TCP_POLL_S) -> float:
+    """Poll until 127.0.0.1:``port`` accepts a connection; returns when (``now()``) it did."""
+    while True:
+        if tcp_accepts(port):
+            return now()
+        if now() > deadline:
+            raise BenchError(f"127.0.0.1:{port} did not accept a TCP connection in time")
+        time.sleep(interval)
+
+
+# -- podman -----------------------------------------------------------------------------------
+def podman(args: Sequence[str], timeout: float = 120.0, check: bool = True) -> str:
+    """Run ``podman ARGS``; returns stdout, raises BenchError on failure when ``check``."""
+    try:
+        proc = subprocess.run(
+            ["podman", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"podman {' '.join(args[:2])} timed out after {timeout:g}s") from exc
+    if check and proc.returncode != 0:
+        raise BenchError(
+            f"podman {' '.join(args[:2])} exited {proc.returncode}: {proc.stderr.strip()}"
+        )
+    return proc.stdout
+
+
+def podman_remove_labelled(label: str) -> None:
+    """Force-remove every container carrying ``label`` (``key=value``); never raises."""
+    try:
+        ids = podman(["ps", "-a", "-q", "--filter", f"label={label}"], check=False).split()
+        if ids:
+            podman(["rm", "-f", "-v", "--ignore", *ids], check=False)
+    except BenchError:
+        pass
+
+
+# -- the platform as a process ----------------------------------------------------------------
+def onep_executable() -> str:
+    beside = Path(sys.executable).with_name("onep")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("onep")
+    if found is None:
+        raise BenchError("the onep console script is not installed (run `make setup`)")
+    return found
+
+
+class PlatformProcess:
+    """One `onep up` with a temporary ONEP_HOME and a free port, in its own process group."""
+
+    def __init__(self, keep_home: bool = False) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="onep-bench-"))
+        self.port = free_port()
+        self.keep_home = keep_home
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._client: Client | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("ONEP_") or k in PASSED_ENV
+        }
+        env.update(
+            ONEP_HOME=str(self.home),
+            ONEP_HOST=LOOPBACK,
+            ONEP_BIND_ADDRESS=LOOPBACK,
+            ONEP_PORT_RANGE_START=str(PORT_RANGE[0]),
+            ONEP_PORT_RANGE_END=str(PORT_RANGE[1]),
+        )
+        return env
+
+    def start(self, timeout: float = 120.0) -> None:
+        with (self.home / "up.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [onep_executable(), "up", "--port", str(self.port)],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = now() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"onep up exited {self.proc.returncode}:\n{self.log_tail()}")
+            if self._status_ok():
+                return
+            if now() > deadline:
+                raise BenchError(f"onep up did not answer in {timeout:g}s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def _status_ok(self) -> bool:
+        try:
+            proc = subprocess.run(
+                [onep_executable(), "status"],
+                env=self.env(),
+                capture_output=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return proc.returncode == 0
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            saved = json.loads((self.home / "cli.json").read_text())
+            self._client = Client(saved["url"], saved["token"])
+        return self._client
+
+    def wait_images_ready(self, timeout: float = 1800.0) -> None:
+        """Every image READY; the first time on a machine this is the (long) image build."""
+        deadline = now() + timeout
+        announced = False
+        while True:
+            images = self.client.images.list()
+            failed = [i for i in images if i.status == "ERROR"]
+            if failed:
+                raise BenchError(f"image build failed: {failed}")
+            if all(i.status == "READY" for i in images):
+                return
+            if not announced:
+                print("waiting for images to be built (first run on this machine)...", flush=True)
+                announced = True
+            if now() > deadline:
+                raise BenchError(f"images not READY after {timeout:g}s: {images}")
+            time.sleep(1.0)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        path = self.home / "up.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL after 20 s; removes the home unless kept."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.proc is not None and self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=20)
+        if self.proc is not None:  # stragglers the group leader left behind
+            _signal_group(self.proc.pid, signal.SIGKILL)
+        if not self.keep_home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def running_platform(keep_home: bool = False) -> Iterator[PlatformProcess]:
+    """`onep up` answering `onep status` with every image READY; stopped on exit."""
+    p = PlatformProcess(keep_home=keep_home)
+    try:
+        print(f"starting onep up on 127.0.0.1:{p.port} (ONEP_HOME={p.home})", flush=True)
+        p.start()
+        p.wait_images_ready()
+        yield p
+    except BaseException:
+        if p.proc is not None:
+            print(f"--- tail of onep up's log ---\n{p.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        p.stop()
+
+
+# -- results ----------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    version = podman(["--version"], check=False).strip()
+    return {
+        "hostname": _platform.node(),
+        "kernel": _platform.release(),
+        "cpus": os.cpu_count(),
+        "python": _platform.python_version(),
+        "podman": version,
+    }
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, Sample | Summary):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def write_results(name: str, data: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
