@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,11 +142,11 @@ class PlatformProcess:
         self.keep_home = keep_home
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: Client | None = None
+        # Every instance a benchmark created; their containers are swept after the stop.
+        self.instance_ids: set[str] = set()
 
     def env(self) -> dict[str, str]:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("ONEP_") or k in PASSED_ENV
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ONEP_") or k in PASSED_ENV}
         env.update(
             ONEP_HOME=str(self.home),
             ONEP_HOST=LOOPBACK,
@@ -169,11 +169,11 @@ class PlatformProcess:
         deadline = now() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise BenchError(f"onep up exited {self.proc.returncode}:\n{self.log_tail()}")
+                raise BenchError(f"onep up exited {self.proc.returncode} (its log is above)")
             if self._status_ok():
                 return
             if now() > deadline:
-                raise BenchError(f"onep up did not answer in {timeout:g}s:\n{self.log_tail()}")
+                raise BenchError(f"onep up did not answer in {timeout:g}s (its log is above)")
             time.sleep(0.2)
 
     def _status_ok(self) -> bool:
@@ -220,8 +220,12 @@ class PlatformProcess:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL after 20 s; removes the home unless kept."""
+        """SIGTERM the process group, SIGKILL after 20 s; then force-remove the containers of
+        every instance it knew (a create still in flight may have outlived its delete), and
+        the home unless kept."""
         if self._client is not None:
+            with suppress(Exception):
+                self.instance_ids.update(i.id for i in self._client.instances.list())
             self._client.close()
             self._client = None
         if self.proc is not None and self.proc.poll() is None:
@@ -233,15 +237,15 @@ class PlatformProcess:
                 self.proc.wait(timeout=20)
         if self.proc is not None:  # stragglers the group leader left behind
             _signal_group(self.proc.pid, signal.SIGKILL)
+        for instance_id in sorted(self.instance_ids):
+            podman_remove_labelled(f"oneplatform.instance={instance_id}")
         if not self.keep_home:
             shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @contextmanager

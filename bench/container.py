@@ -9,19 +9,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from oneplatform.config import Settings
-from oneplatform.images.builder import artifact_for
-from oneplatform.images.recipes import load_recipe
-from oneplatform.sdk.client import FINAL, ApiError, Client
-
 from bench.common import (
     LOOPBACK,
+    TCP_POLL_S,
     BenchError,
     PlatformProcess,
     Sample,
@@ -32,6 +29,11 @@ from bench.common import (
     podman_remove_labelled,
     wait_tcp,
 )
+from oneplatform.api.schemas import OperationOut
+from oneplatform.config import Settings
+from oneplatform.images.builder import artifact_for
+from oneplatform.images.recipes import load_recipe
+from oneplatform.sdk.client import FINAL, ApiError, Client
 
 NAME = "container-create"
 FLAVOR = "container.small"
@@ -92,11 +94,13 @@ def run_args(spec: RawSpec, name: str, run_id: str, host_port: int) -> list[str]
 
 
 # -- (a) the platform -------------------------------------------------------------------------
-def measure_platform(client: Client, name: str, rnd: int, timeout: float) -> Sample:
+def measure_platform(platform: PlatformProcess, name: str, rnd: int, timeout: float) -> Sample:
+    client = platform.client
     t0 = now()
     accepted = client.instances.create(name, flavor=FLAVOR, image=IMAGE)
     t_accepted = now()
     instance_id = accepted.instance.id
+    platform.instance_ids.add(instance_id)
     try:
         deadline = t0 + timeout
         op_id = accepted.operation.id
@@ -115,14 +119,30 @@ def measure_platform(client: Client, name: str, rnd: int, timeout: float) -> Sam
         if not ports:
             raise BenchError(f"instance {name} has no postgresql endpoint: {instance.endpoints}")
         t_tcp = wait_tcp(ports[0], deadline)  # always 127.0.0.1, whatever the endpoint says
-        return Sample(
-            "platform",
-            rnd,
-            t_tcp - t0,
-            {"api_accepted": t_accepted - t0, "op_succeeded": t_op - t0},
-        )
+        phases = {"api_accepted": t_accepted - t0, "op_succeeded": t_op - t0}
+        return Sample("platform", rnd, t_tcp - t0, phases | step_durations(op))
     finally:
         delete_instance(client, instance_id)
+
+
+def step_durations(op: OperationOut) -> dict[str, float]:
+    """Server-side: seconds from acceptance to the first step, and each step's duration
+    (first start to finish, retries included). Durations, not offsets from the sample start."""
+    out: dict[str, float] = {}
+    first = op.steps[0].started_at if op.steps else None
+    if first:
+        created = op.created_at if op.created_at.tzinfo else op.created_at.replace(tzinfo=dt.UTC)
+        out["srv.queued"] = (_when(first) - created).total_seconds()
+    for step in op.steps:
+        if step.started_at and step.finished_at:
+            seconds = (_when(step.finished_at) - _when(step.started_at)).total_seconds()
+            out[f"srv.{step.name}"] = seconds
+    return out
+
+
+def _when(iso: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(iso)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def delete_instance(client: Client, instance_id: str) -> None:
@@ -152,9 +172,14 @@ def measure_podman(spec: RawSpec, run_id: str, rnd: int, timeout: float) -> Samp
 
 # -- the benchmark ----------------------------------------------------------------------------
 def _show(sample: Sample) -> None:
-    phases = "  ".join(f"{k}={v:.3f}s" for k, v in sample.phases.items())
+    client_side = {k: v for k, v in sample.phases.items() if not k.startswith("srv.")}
+    server_side = {k[4:]: v for k, v in sample.phases.items() if k.startswith("srv.")}
+    phases = "  ".join(f"{k}@{v:.3f}s" for k, v in client_side.items())
     which = "warm-up" if sample.round == 0 else f"round {sample.round}"
     print(f"  {which:<9} {sample.label:<8} {sample.seconds:7.3f}s   ({phases})", flush=True)
+    if server_side:
+        steps = "  ".join(f"{k}={v:.3f}s" for k, v in server_side.items())
+        print(f"  {'':<9} {'':<8}            server steps: {steps}", flush=True)
 
 
 def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any]:
@@ -168,7 +193,7 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
         flush=True,
     )
     measures: list[Callable[[int], Sample]] = [
-        lambda rnd: measure_platform(client, f"bench-{run_id}-{rnd}", rnd, timeout),
+        lambda rnd: measure_platform(platform, f"bench-{run_id}-{rnd}", rnd, timeout),
         lambda rnd: measure_podman(spec, run_id, rnd, timeout),
     ]
     samples: list[Sample] = []
@@ -200,7 +225,7 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
         "ram_mb": spec.ram_mb,
         "runtime": spec.runtime,
         "rounds": rounds,
-        "poll_seconds": {"tcp": 0.02, "operation": OP_POLL_S},
+        "poll_seconds": {"tcp": TCP_POLL_S, "operation": OP_POLL_S},
         "samples": samples,
         "stats": stats,
         "ratio_median_platform_over_podman": ratio,

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     port_range_start: int = Field(default=20000, ge=1024, le=65535)
     port_range_end: int = Field(default=29999, ge=1024, le=65535)
     ready_timeout_seconds: float = Field(default=300.0, gt=0)
+    secret_key: str | None = Field(
+        default=None,
+        description="Fernet key for secrets at rest; $ONEP_HOME/secret.key when unset.",
+    )
+    health_interval_seconds: float = Field(default=10.0, gt=0)
     failpoint: str | None = Field(
         default=None,
         description="Testing only: 'KIND:STEP' makes a worker hang after that step's work is "

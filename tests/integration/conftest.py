@@ -168,3 +168,36 @@ def new_instance_id(podman_available: None) -> Iterator[Callable[[], str]]:
     yield make
     for instance_id in made:
         _remove_labelled(instance_id)
+
+
+def _remove_instance_storage(instance_id: str) -> None:
+    """Remove the named volumes and bundle secret of ``instance_id`` (and what uses them)."""
+    proc = subprocess.run(
+        ["podman", "volume", "ls", "-q", "--filter", f"label={LABEL_INSTANCE}={instance_id}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    names = proc.stdout.split()
+    if names:  # --force also removes containers that use them
+        subprocess.run(["podman", "volume", "rm", "-f", *names], capture_output=True, timeout=120)
+    subprocess.run(
+        ["podman", "secret", "rm", f"onep-{instance_id}-bundle"], capture_output=True, timeout=60
+    )
+
+
+@pytest.fixture
+def new_stateful_instance_id(
+    new_instance_id: Callable[[], str],
+) -> Iterator[Callable[[], str]]:
+    """Like ``new_instance_id``, and also removes the instance's volumes and bundle secret."""
+    made: list[str] = []
+
+    def make() -> str:
+        instance_id = new_instance_id()
+        made.append(instance_id)
+        return instance_id
+
+    yield make
+    for instance_id in made:
+        _remove_instance_storage(instance_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -12,19 +13,23 @@ import pytest
 
 from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.drivers.base import (
+    BUNDLE_GUEST_PATH,
     CAPABILITY_MIXINS,
     BackendInstance,
     FileMount,
     ImageArtifact,
     InstanceSpec,
     PortMapping,
+    VolumeSpec,
 )
 from oneplatform.compute.drivers.container import (
     LABEL_INSTANCE,
     PODMAN_STATES,
     PodmanDriver,
+    bundle_secret_name,
     container_name,
     map_state,
+    volume_name,
 )
 from oneplatform.compute.states import PowerState
 from oneplatform.errors import BackendError, BackendNotFound
@@ -36,7 +41,12 @@ TEST_PORT = 5432  # what the test image (conftest.test_image) listens on
 
 
 def make_spec(
-    instance_id: str, image: ImageArtifact, host_port: int, files: tuple[FileMount, ...] = ()
+    instance_id: str,
+    image: ImageArtifact,
+    host_port: int,
+    files: tuple[FileMount, ...] = (),
+    volumes: tuple[VolumeSpec, ...] = (),
+    config_bundle: bytes | None = None,
 ) -> InstanceSpec:
     return InstanceSpec(
         instance_id=instance_id,
@@ -48,6 +58,8 @@ def make_spec(
         ports=(PortMapping(name="db", guest_port=TEST_PORT, host_port=host_port),),
         env={"ONEP_TEST": "1"},
         files=files,
+        volumes=volumes,
+        config_bundle=config_bundle,
     )
 
 
@@ -191,8 +203,6 @@ def test_create_passes_limits_env_and_runtime(
         timeout=60,
         check=True,
     )
-    import json
-
     info = json.loads(proc.stdout)[0]
     assert info["OCIRuntime"] == "runc"
     assert info["HostConfig"]["Memory"] == 128 * 1024 * 1024
@@ -374,3 +384,249 @@ def test_unreachable_remote_is_backend_unavailable(podman_available: None, tmp_p
     )
     with pytest.raises(BackendUnavailable):
         PodmanDriver(host).get("abc")
+
+
+# ---------------------------------------------------------------- volumes and the config bundle
+
+DATA = VolumeSpec(name="data", size_gb=3, guest_path="/data")
+# Not valid UTF-8, with a newline and a NUL: the bundle must arrive byte for byte.
+BUNDLE = b'{"bundle": "secret-marker-7f3a"}\n\xff\x00tail'
+
+
+def podman_out(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["podman", *args], capture_output=True, timeout=60, check=check)
+
+
+def volumes_of(instance_id: str) -> list[str]:
+    out = podman_out("volume", "ls", "-q", "--filter", f"label={LABEL_INSTANCE}={instance_id}")
+    return out.stdout.decode().split()
+
+
+def secret_id(instance_id: str) -> str | None:
+    """The id of the instance's bundle secret, or None if there is none."""
+    proc = podman_out("secret", "inspect", bundle_secret_name(instance_id), check=False)
+    if proc.returncode != 0:
+        return None
+    return str(json.loads(proc.stdout)[0]["ID"])
+
+
+def count_bundle_secrets(instance_id: str) -> int:
+    out = podman_out("secret", "ls", "--format", "{{.Name}}").stdout.decode().split()
+    return out.count(bundle_secret_name(instance_id))
+
+
+def read_bundle(instance_id: str) -> bytes:
+    """The bundle file's exact bytes inside the container."""
+    return podman_out("exec", container_name(instance_id), "cat", BUNDLE_GUEST_PATH).stdout
+
+
+@pytest.fixture
+def stateful(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_stateful_instance_id: NewId,
+    free_port: Callable[[], int],
+) -> tuple[str, InstanceSpec]:
+    """A running instance with a volume at /data and the config bundle BUNDLE."""
+    instance_id = new_stateful_instance_id()
+    spec = make_spec(instance_id, test_image, free_port(), volumes=(DATA,), config_bundle=BUNDLE)
+    podman_driver.create(spec)
+    return instance_id, spec
+
+
+def test_volume_has_our_labels(stateful: tuple[str, InstanceSpec]) -> None:
+    instance_id, _spec = stateful
+    name = volume_name(instance_id, "data")
+    assert name == f"onep-{instance_id}-data"
+    assert volumes_of(instance_id) == [name]
+    info = json.loads(podman_out("volume", "inspect", name).stdout)[0]
+    assert info["Labels"] == {
+        "oneplatform.instance": instance_id,
+        "oneplatform.managed": "1",
+        "oneplatform.size_gb": "3",
+    }
+    mounts = json.loads(podman_out("inspect", container_name(instance_id)).stdout)[0]["Mounts"]
+    assert [(m["Type"], m["Name"], m["Destination"]) for m in mounts] == [("volume", name, "/data")]
+
+
+def test_volume_data_survives_stop_start_and_reboot(
+    podman_driver: PodmanDriver, stateful: tuple[str, InstanceSpec]
+) -> None:
+    instance_id, _spec = stateful
+    wrote = podman_driver.exec(instance_id, ["/bin/sh", "-c", "echo kept > /data/f"])
+    assert wrote.exit_code == 0
+    podman_driver.stop(instance_id)
+    podman_driver.start(instance_id)
+    assert podman_driver.exec(instance_id, ["cat", "/data/f"]).output == "kept\n"
+    podman_driver.reboot(instance_id)
+    assert podman_driver.exec(instance_id, ["cat", "/data/f"]).output == "kept\n"
+    assert read_bundle(instance_id) == BUNDLE  # the bundle survives restarts too
+
+
+def test_bundle_is_readable_with_exact_bytes_and_mode_0400(
+    podman_driver: PodmanDriver, stateful: tuple[str, InstanceSpec]
+) -> None:
+    instance_id, _spec = stateful
+    assert read_bundle(instance_id) == BUNDLE
+    listing = podman_driver.exec(instance_id, ["ls", "-ln", BUNDLE_GUEST_PATH]).output.split()
+    assert listing[0] == "-r--------", listing
+    assert listing[2:4] == ["0", "0"]  # owned by root
+    assert int(listing[4]) == len(BUNDLE)
+
+
+def test_bundle_bytes_are_not_in_podman_inspect(stateful: tuple[str, InstanceSpec]) -> None:
+    instance_id, _spec = stateful
+    raw = podman_out("inspect", container_name(instance_id)).stdout
+    assert b"secret-marker-7f3a" not in raw
+    info = json.loads(raw)[0]
+    assert not any("secret-marker" in arg for arg in info["Config"]["CreateCommand"])
+    assert not any("secret-marker" in e for e in info["Config"]["Env"])
+    assert not any("secret-marker" in arg for arg in [info["Path"], *info["Args"]])
+    # ...while the secret is what is mounted.
+    assert [s["Name"] for s in info["Config"]["Secrets"]] == [bundle_secret_name(instance_id)]
+    secret = podman_out("secret", "inspect", bundle_secret_name(instance_id)).stdout
+    assert b"secret-marker-7f3a" not in secret
+
+
+def test_create_twice_keeps_one_volume_and_one_secret(
+    podman_driver: PodmanDriver, stateful: tuple[str, InstanceSpec]
+) -> None:
+    instance_id, spec = stateful
+    first_secret = secret_id(instance_id)
+    podman_driver.exec(instance_id, ["/bin/sh", "-c", "echo kept > /data/f"])
+    podman_driver.create(spec)
+    podman_driver.stop(instance_id)
+    podman_driver.create(spec)  # starts the stopped container again
+    assert count_containers(instance_id) == 1
+    assert volumes_of(instance_id) == [volume_name(instance_id, "data")]
+    assert count_bundle_secrets(instance_id) == 1
+    assert secret_id(instance_id) == first_secret  # left alone while the container exists
+    assert podman_driver.exec(instance_id, ["cat", "/data/f"]).output == "kept\n"
+
+
+def test_create_replaces_a_stale_secret_and_reuses_a_volume(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_stateful_instance_id: NewId,
+    free_port: Callable[[], int],
+) -> None:
+    # What a create that failed after making its volume and secret leaves behind.
+    instance_id = new_stateful_instance_id()
+    subprocess.run(
+        ["podman", "secret", "create", bundle_secret_name(instance_id), "-"],
+        input=b"stale bundle",
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    name = volume_name(instance_id, "data")
+    podman_out("volume", "create", "--label", f"{LABEL_INSTANCE}={instance_id}", name)
+    spec = make_spec(instance_id, test_image, free_port(), volumes=(DATA,), config_bundle=BUNDLE)
+    podman_driver.create(spec)
+    assert read_bundle(instance_id) == BUNDLE
+    assert count_bundle_secrets(instance_id) == 1
+    assert volumes_of(instance_id) == [name]
+
+
+def test_create_refuses_a_foreign_volume_with_our_name(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_stateful_instance_id: NewId,
+    free_port: Callable[[], int],
+) -> None:
+    instance_id = new_stateful_instance_id()
+    name = volume_name(instance_id, "data")
+    podman_out("volume", "create", name)
+    try:
+        spec = make_spec(instance_id, test_image, free_port(), volumes=(DATA,))
+        with pytest.raises(BackendError, match="not labelled"):
+            podman_driver.create(spec)
+        assert count_containers(instance_id) == 0
+    finally:
+        podman_out("volume", "rm", "-f", name, check=False)
+
+
+def test_invalid_volume_or_bundle_is_refused_before_anything_is_made(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_stateful_instance_id: NewId,
+    free_port: Callable[[], int],
+) -> None:
+    instance_id = new_stateful_instance_id()
+    bad_path = VolumeSpec(name="data", size_gb=1, guest_path="data:ro")
+    with pytest.raises(BackendError, match="guest path"):
+        podman_driver.create(make_spec(instance_id, test_image, free_port(), volumes=(bad_path,)))
+    with pytest.raises(BackendError, match="config bundle is 0 bytes") as err:
+        podman_driver.create(
+            make_spec(instance_id, test_image, free_port(), volumes=(DATA,), config_bundle=b"")
+        )
+    assert "secret-marker" not in str(err.value)
+    assert volumes_of(instance_id) == []
+    assert secret_id(instance_id) is None
+    assert count_containers(instance_id) == 0
+
+
+def test_bundle_bytes_never_reach_argv(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_stateful_instance_id: NewId,
+    free_port: Callable[[], int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[list[str]] = []
+    real_run = subprocess.run
+
+    def spy(cmd: list[str], *args: object, **kwargs: object) -> object:
+        seen.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    instance_id = new_stateful_instance_id()
+    spec = make_spec(instance_id, test_image, free_port(), config_bundle=BUNDLE)
+    podman_driver.create(spec)
+    podman_driver.delete(instance_id)
+    monkeypatch.undo()
+    assert any("secret" in cmd for cmd in seen)
+    assert not any("secret-marker" in arg for cmd in seen for arg in cmd)
+
+
+def test_delete_removes_container_volumes_and_secret(
+    podman_driver: PodmanDriver, stateful: tuple[str, InstanceSpec]
+) -> None:
+    instance_id, _spec = stateful
+    podman_driver.delete(instance_id)
+    assert count_containers(instance_id) == 0
+    assert volumes_of(instance_id) == []
+    assert secret_id(instance_id) is None
+    podman_driver.delete(instance_id)  # silent when already gone
+
+
+def test_delete_is_silent_when_volume_and_secret_were_removed_by_hand(
+    podman_driver: PodmanDriver, stateful: tuple[str, InstanceSpec]
+) -> None:
+    instance_id, _spec = stateful
+    podman_out("secret", "rm", bundle_secret_name(instance_id))  # podman allows it while in use
+    podman_driver.delete(instance_id)
+    assert count_containers(instance_id) == 0
+    assert volumes_of(instance_id) == []
+
+
+def test_delete_is_silent_when_everything_was_removed_by_hand(
+    podman_driver: PodmanDriver, stateful: tuple[str, InstanceSpec]
+) -> None:
+    instance_id, _spec = stateful
+    podman_out("secret", "rm", bundle_secret_name(instance_id))
+    # --force removes the container that uses the volume too.
+    podman_out("volume", "rm", "--force", volume_name(instance_id, "data"))
+    assert count_containers(instance_id) == 0
+    podman_driver.delete(instance_id)
+
+
+def test_delete_cleans_up_volumes_and_secret_without_a_container(
+    podman_driver: PodmanDriver, stateful: tuple[str, InstanceSpec]
+) -> None:
+    instance_id, _spec = stateful
+    podman_out("rm", "--force", container_name(instance_id))
+    podman_driver.delete(instance_id)
+    assert volumes_of(instance_id) == []
+    assert secret_id(instance_id) is None

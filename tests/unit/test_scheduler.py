@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from tests.factories import (
     caller_for,
     make_flavor,
@@ -17,8 +19,6 @@ from tests.factories import (
     make_project,
     make_ready_image,
 )
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from oneplatform.api.schemas import InstanceCreate
 from oneplatform.compute import service

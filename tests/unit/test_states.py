@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 from sqlalchemy import select
+from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 
 from oneplatform.compute.lifecycle import set_status
 from oneplatform.compute.states import TRANSITIONS, InstanceStatus, can_transition
@@ -144,9 +144,8 @@ def test_deleted_instances_stay_deleted(store: Store) -> None:
     for new in S:
         if new is S.DELETED:
             continue
-        with store.session() as session:
-            with pytest.raises(Conflict, match="cannot go from DELETED"):
-                set_status(session, session.get_one(Instance, iid), new)
+        with store.session() as session, pytest.raises(Conflict, match="from DELETED"):
+            set_status(session, session.get_one(Instance, iid), new)
     with store.session() as session:
         row = session.get_one(Instance, iid)
         assert (row.status, row.deleted_at) == ("DELETED", deleted_at)

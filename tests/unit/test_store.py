@@ -9,9 +9,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select
 from sqlalchemy.exc import IntegrityError, StatementError
+from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 
 from oneplatform.store.db import Store, alembic_config
 from oneplatform.store.models import Base, Event, Instance, Project, utcnow
@@ -100,7 +100,7 @@ def test_timestamps_are_compared_as_instants(store: Store) -> None:
 def test_naive_datetimes_are_refused(store: Store) -> None:
     with pytest.raises(StatementError, match="naive datetime"), store.session() as session:
         project = make_project(session)
-        project.created_at = dt.datetime(2030, 1, 1)  # noqa: DTZ001 - the point of the test
+        project.created_at = dt.datetime(2030, 1, 1)  # naive: the point of the test
         session.flush()
     with store.session() as session:
         assert session.scalars(select(Project)).all() == []

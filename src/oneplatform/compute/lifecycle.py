@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from oneplatform.compute.states import InstanceStatus, can_transition
-from oneplatform.errors import Conflict
-from oneplatform.store.models import Event, Instance, utcnow
+from oneplatform.compute.states import TRANSITIONS, InstanceStatus
+from oneplatform.statemachine import transition
+from oneplatform.store.models import Instance
 
 
 def set_status(
@@ -16,25 +16,6 @@ def set_status(
 
     Setting the status it already has only updates the message (no event).
     """
-    old = InstanceStatus(instance.status)
-    if old is new:
-        instance.status_message = message
-        return
-    if not can_transition(old, new):
-        raise Conflict(
-            f"instance {instance.name!r} cannot go from {old.value} to {new.value}",
-            code="invalid_state_transition",
-        )
-    instance.status = new.value
-    instance.status_message = message
-    if new is InstanceStatus.DELETED:
-        instance.deleted_at = utcnow()
-    session.add(
-        Event(
-            resource_type="instance",
-            resource_id=instance.id,
-            from_status=old.value,
-            to_status=new.value,
-            message=message[:2000],
-        )
+    transition(
+        session, "instance", instance, new, TRANSITIONS, message, deleted=InstanceStatus.DELETED
     )

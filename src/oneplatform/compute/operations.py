@@ -16,12 +16,14 @@ from oneplatform.compute.drivers.base import (
     InstanceSpec,
     PortMapping,
     SupportsSnapshot,
+    VolumeSpec,
 )
 from oneplatform.compute.lifecycle import set_status
 from oneplatform.compute.states import InstanceStatus, PowerState
 from oneplatform.errors import BackendError, NotYet, PlatformError
 from oneplatform.images.service import ready_artifact
-from oneplatform.ops.engine import StepContext
+from oneplatform.ops.engine import StepContext, wait_for_other_operations
+from oneplatform.secrets import box_for
 from oneplatform.ops.model import OperationKind, StepFn, register
 from oneplatform.store.models import Host, Image, Instance, Pool, PortAllocation
 
@@ -38,6 +40,11 @@ class Target:
 def _target(ctx: StepContext) -> Target:
     with ctx.store.session() as session:
         instance = session.get_one(Instance, ctx.resource_id)
+        if instance.status == InstanceStatus.DELETING.value and ctx.kind != INSTANCE_DELETE.name:
+            raise PlatformError(
+                f"instance {instance.name!r} is being deleted: {ctx.kind} stops here",
+                code="superseded",
+            )
         if instance.host_id is None:
             return Target(instance.id, instance.name, None, (), "")
         host = session.get_one(Host, instance.host_id)
@@ -96,6 +103,12 @@ def step_create(ctx: StepContext) -> None:
             ram_mb=instance.ram_mb,
             disk_gb=instance.disk_gb,
             ports=target.ports,
+            volumes=tuple(VolumeSpec(**v) for v in instance.volumes or ()),
+            config_bundle=(
+                box_for(ctx.settings).decrypt(instance.bundle_enc).encode()
+                if instance.bundle_enc
+                else None
+            ),
         )
     backend = _driver(target).create(spec)  # idempotent: finds our labelled object first
     _set_power(ctx, backend.power_state)
@@ -173,6 +186,10 @@ def step_reboot(ctx: StepContext) -> None:
     _driver(_target(ctx)).reboot(ctx.resource_id)
 
 
+def step_wait_others(ctx: StepContext) -> None:
+    wait_for_other_operations(ctx, ctx.settings.ready_timeout_seconds)
+
+
 def step_delete_backend(ctx: StepContext) -> None:
     target = _target(ctx)
     if target.driver is not None:
@@ -195,8 +212,11 @@ def step_snapshot(ctx: StepContext) -> None:
 
 def _on_failure(session: Session, ctx: StepContext, err: PlatformError) -> None:
     instance = session.get_one(Instance, ctx.resource_id)
-    if instance.status != InstanceStatus.DELETED.value:
-        set_status(session, instance, InstanceStatus.ERROR, f"{ctx.step_name}: {err.message}")
+    if instance.status == InstanceStatus.DELETED.value:
+        return
+    if instance.status == InstanceStatus.DELETING.value and ctx.kind != INSTANCE_DELETE.name:
+        return  # superseded by the delete, which owns the status now
+    set_status(session, instance, InstanceStatus.ERROR, f"{ctx.step_name}: {err.message}")
 
 
 def _kind(name: str, *steps: tuple[str, StepFn], fail: bool = True) -> OperationKind:
@@ -240,6 +260,9 @@ INSTANCE_REBOOT = _kind(
     ("finish", ACTIVE),
 )
 INSTANCE_DELETE = _kind(
-    "instance.delete", ("delete_backend", step_delete_backend), ("release", step_release)
+    "instance.delete",
+    ("wait_others", step_wait_others),
+    ("delete_backend", step_delete_backend),
+    ("release", step_release),
 )
 INSTANCE_SNAPSHOT = _kind("instance.snapshot", ("snapshot", step_snapshot), fail=False)

@@ -82,10 +82,17 @@ def host_states(session: Session, lock: bool) -> list[HostState]:
 
 
 def select_host(
-    session: Session, flavor: Flavor, lock: bool, filters: Sequence[Filter] = FILTERS
+    session: Session,
+    flavor: Flavor,
+    lock: bool,
+    filters: Sequence[Filter] = FILTERS,
+    extra_disk_gb: int = 0,
 ) -> Host:
-    """The best host for ``flavor``, or NoValidHost saying which filter removed the hosts."""
+    """The best host for ``flavor`` (plus ``extra_disk_gb`` of volumes), or NoValidHost
+    saying which filter removed the last hosts."""
     candidates = host_states(session, lock)
+    for state in candidates:
+        state.used_disk_gb += extra_disk_gb
     if not candidates:
         raise NoValidHost("no hosts are registered")
     for flt in filters:
@@ -98,5 +105,5 @@ def select_host(
             )
         candidates = remaining
     best = max(candidates, key=weigh)
-    best.host.generation += 1
+    best.host.generation += 1  # a change counter: every placement bumps it
     return best.host

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Mapping
 from typing import cast
@@ -22,7 +23,7 @@ from oneplatform.compute import operations as ops
 from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.catalog import flavor_by_name, host_ref, require_capability
 from oneplatform.compute.drivers import driver_class, driver_for
-from oneplatform.compute.drivers.base import HostRef, SupportsExec
+from oneplatform.compute.drivers.base import HostRef, SupportsExec, VolumeSpec
 from oneplatform.compute.lifecycle import set_status
 from oneplatform.compute.scheduler import select_host
 from oneplatform.compute.states import ComputeType, InstanceStatus
@@ -33,7 +34,16 @@ from oneplatform.ops.engine import enqueue
 from oneplatform.ops.model import OperationKind
 from oneplatform.ops.service import to_out
 from oneplatform.store.db import Store
-from oneplatform.store.models import Event, Flavor, Host, Image, Instance, Pool, PortAllocation
+from oneplatform.store.models import (
+    Event,
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Operation,
+    Pool,
+    PortAllocation,
+)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -75,6 +85,7 @@ def find_instance(session: Session, caller: Caller, ident: str) -> Instance:
         select(Instance).where(
             Instance.project_id == caller.project_id,
             Instance.deleted_at.is_(None),
+            Instance.managed_by.is_(None),
             (Instance.id == ident) | (Instance.name == ident),
         )
     ).first()
@@ -92,7 +103,11 @@ def list_instances(store: Store, caller: Caller) -> list[InstanceOut]:
     with store.session() as session:
         rows = session.scalars(
             select(Instance)
-            .where(Instance.project_id == caller.project_id, Instance.deleted_at.is_(None))
+            .where(
+                Instance.project_id == caller.project_id,
+                Instance.deleted_at.is_(None),
+                Instance.managed_by.is_(None),
+            )
             .order_by(Instance.created_at)
         )
         return [to_out_instance(session, i) for i in rows]
@@ -104,35 +119,9 @@ def create_instance(store: Store, caller: Caller, req: InstanceCreate) -> Instan
     try:
         with store.session() as session:
             flavor = flavor_by_name(session, req.flavor)
-            driver_class(ComputeType(flavor.compute_type))
-            image = image_for_create(session, req.image)
-            _check_name_free(session, caller, req.name)
-            host = select_host(session, flavor, lock=store.postgres)
-            instance = Instance(
-                project_id=caller.project_id,
-                name=req.name,
-                flavor_id=flavor.id,
-                image_id=image.id,
-                host_id=host.id,
-                compute_type=flavor.compute_type,
-                status=InstanceStatus.BUILD.value,
-                vcpus=flavor.vcpus,
-                ram_mb=flavor.ram_mb,
-                disk_gb=flavor.disk_gb,
+            instance, op = place_instance(
+                session, store, caller.project_id, req.name, flavor, req.image
             )
-            session.add(instance)
-            session.flush()
-            allocate_ports(session, host, instance, image.ports)
-            session.add(
-                Event(
-                    resource_type="instance",
-                    resource_id=instance.id,
-                    from_status=None,
-                    to_status=InstanceStatus.BUILD.value,
-                    message=f"placed on {host.name}",
-                )
-            )
-            op = enqueue(session, ops.INSTANCE_CREATE, instance.id, caller.project_id)
             return InstanceAccepted(
                 operation=to_out(op), instance=to_out_instance(session, instance)
             )
@@ -142,10 +131,72 @@ def create_instance(store: Store, caller: Caller, req: InstanceCreate) -> Instan
         ) from None
 
 
-def _check_name_free(session: Session, caller: Caller, name: str) -> None:
+def place_instance(
+    session: Session,
+    store: Store,
+    project_id: str,
+    name: str,
+    flavor: Flavor,
+    image_name: str,
+    *,
+    managed_by: str | None = None,
+    bundle_enc: str | None = None,
+    volumes: list[VolumeSpec] | None = None,
+) -> tuple[Instance, Operation]:
+    """Place a new instance and enqueue its create, in the caller's transaction.
+
+    Used by the compute API and by services (dbaas) that own their instances. Volumes count
+    against the host's disk beside the flavor's own disk.
+    """
+    driver_class(ComputeType(flavor.compute_type))
+    image = image_for_create(session, image_name)
+    _check_name_free(session, project_id, name)
+    extra_disk = sum(v.size_gb for v in volumes or ())
+    host = select_host(session, flavor, lock=store.postgres, extra_disk_gb=extra_disk)
+    instance = Instance(
+        project_id=project_id,
+        name=name,
+        flavor_id=flavor.id,
+        image_id=image.id,
+        host_id=host.id,
+        compute_type=flavor.compute_type,
+        status=InstanceStatus.BUILD.value,
+        vcpus=flavor.vcpus,
+        ram_mb=flavor.ram_mb,
+        disk_gb=flavor.disk_gb + extra_disk,
+        managed_by=managed_by,
+        bundle_enc=bundle_enc,
+        volumes=[dataclasses.asdict(v) for v in volumes or ()],
+    )
+    session.add(instance)
+    session.flush()
+    allocate_ports(session, host, instance, image.ports)
+    session.add(
+        Event(
+            resource_type="instance",
+            resource_id=instance.id,
+            from_status=None,
+            to_status=InstanceStatus.BUILD.value,
+            message=f"placed on {host.name}",
+        )
+    )
+    op = enqueue(session, ops.INSTANCE_CREATE, instance.id, project_id)
+    return instance, op
+
+
+def request_delete(session: Session, instance: Instance, project_id: str) -> Operation | None:
+    """Move the instance to DELETING and enqueue its delete; None if already under way."""
+    current = InstanceStatus(instance.status)
+    if current in (InstanceStatus.DELETING, InstanceStatus.DELETED):
+        return None
+    set_status(session, instance, InstanceStatus.DELETING, "delete requested")
+    return enqueue(session, ops.INSTANCE_DELETE, instance.id, project_id)
+
+
+def _check_name_free(session: Session, project_id: str, name: str) -> None:
     taken = session.scalars(
         select(Instance.id).where(
-            Instance.project_id == caller.project_id,
+            Instance.project_id == project_id,
             Instance.name == name,
             Instance.deleted_at.is_(None),
         )

@@ -79,6 +79,7 @@ class StepContext:
         self.settings = settings
         self.claim = claim
         self.operation_id = op.id
+        self.kind = op.kind
         self.resource_id = op.resource_id
         self.project_id = op.project_id
         self.params: dict[str, Any] = dict(op.params or {})
@@ -217,7 +218,7 @@ class Worker:
                 continue
             started = next(s.get("started_at") for s in steps if s["name"] == name)
             if not self._run_step(ctx, kind, name, fn, started):
-                return  # released, to be polled again later
+                return  # released to be polled again later, or failed
         with ctx.transaction() as session:
             op = session.get_one(Operation, claim.operation_id)
             op.status = OperationStatus.SUCCEEDED.value
@@ -228,7 +229,8 @@ class Worker:
     def _run_step(
         self, ctx: StepContext, kind: OperationKind, name: str, fn: Any, started: str | None
     ) -> bool:
-        """Run one step; True when it is done, False when it asked to be polled later."""
+        """Run one step; True when it is done, False when the operation stops here (polled
+        again later, or failed)."""
         now = utcnow()
         ctx.step_name = name
         ctx.step_started_at = dt.datetime.fromisoformat(started) if started else now
@@ -251,13 +253,13 @@ class Worker:
             raise
         except PlatformError as err:
             self._fail(ctx, kind, name, err)
-            raise LeaseLost(ctx.operation_id) from None  # the operation is over for us
+            return False  # the operation is over
         except Exception as exc:  # a bug or an untranslated error: fail, never pretend
             log.error(
                 "operation %s step %s crashed:\n%s", ctx.operation_id, name, traceback.format_exc()
             )
             self._fail(ctx, kind, name, PlatformError(f"{type(exc).__name__}: {exc}"))
-            raise LeaseLost(ctx.operation_id) from None
+            return False
         with ctx.transaction() as session:
             op = session.get_one(Operation, ctx.operation_id)
             op.steps = _with_step(
@@ -324,6 +326,30 @@ class Worker:
             thread.join()
         if lost.is_set():
             raise LeaseLost(claim.operation_id)
+
+
+def wait_for_other_operations(ctx: StepContext, timeout: float) -> None:
+    """A step that lets any other unfinished operation on the same resource end first.
+
+    Used by deletes, which may be asked for while a create is still running: the create
+    notices the delete and stops; the delete then finds everything the create made.
+    """
+    with ctx.store.session() as session:
+        other = session.scalars(
+            select(Operation).where(
+                Operation.resource_id == ctx.resource_id,
+                Operation.id != ctx.operation_id,
+                Operation.status.in_(
+                    [OperationStatus.PENDING.value, OperationStatus.RUNNING.value]
+                ),
+            )
+        ).first()
+        if other is None:
+            return
+        other_id, other_kind = other.id, other.kind
+    if ctx.elapsed() > timeout:
+        raise PlatformError(f"operation {other_id} ({other_kind}) did not stop", code="timeout")
+    raise NotYet(f"waiting for operation {other_id} ({other_kind}) to stop", retry_after=0.5)
 
 
 def wait_for(store: Store, operation_id: str, timeout: float, poll: float = 0.2) -> Operation:

@@ -110,7 +110,7 @@ class Host(Timestamps, Base):
     port_range_start: Mapped[int] = mapped_column(Integer, default=20000)
     port_range_end: Mapped[int] = mapped_column(Integer, default=29999)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    # Bumped by every placement on this host: a compare-and-set guard against overcommit.
+    # Bumped by every placement on this host (a change counter for observers).
     generation: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -160,10 +160,53 @@ class Instance(Timestamps, Base):
     status: Mapped[str] = mapped_column(String(16))
     status_message: Mapped[str] = mapped_column(Text, default="")
     power_state: Mapped[str] = mapped_column(String(16), default="unknown")
+    # Set when a service (e.g. "dbaas") owns the instance: hidden from the compute API.
+    managed_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Encrypted config bundle and the volumes the instance owns (the compute layer passes
+    # both to the driver without looking inside the bundle).
+    bundle_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    volumes: Mapped[list[Any]] = mapped_column(default=list)
     # Capacity held on the host while the instance is not deleted.
     vcpus: Mapped[int] = mapped_column(Integer)
     ram_mb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class DbInstance(Timestamps, Base):
+    """A database server: a compute instance + datastore + storage + credentials."""
+
+    __tablename__ = "db_instances"
+    __table_args__ = (
+        Index(
+            "uq_db_instances_project_name_live",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    datastore: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(16))
+    flavor_id: Mapped[str] = mapped_column(ForeignKey("flavors.id"))
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
+    size_gb: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    health: Mapped[str] = mapped_column(String(16), default="UNKNOWN")
+    health_message: Mapped[str] = mapped_column(Text, default="")
+    health_checked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    admin_username: Mapped[str] = mapped_column(String(63))
+    # Secrets, encrypted at rest (secrets.SecretBox); never logged, never in operations.
+    admin_password_enc: Mapped[str] = mapped_column(Text)
+    admin_password_pending_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    agent_secret_enc: Mapped[str] = mapped_column(Text)
+    # Initial databases and users (with passwords) until the create has applied them.
+    pending_enc: Mapped[str | None] = mapped_column(Text, default=None)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 

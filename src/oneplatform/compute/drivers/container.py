@@ -8,11 +8,22 @@ output comes from ``--format json`` / ``inspect``, which is stable across Podman
 Backend objects carry the labels ``oneplatform.instance=<instance_id>`` and
 ``oneplatform.managed=1``; the container is named ``onep-<instance_id>``. Lookups always go
 through the label, so a retried step finds what an earlier attempt made.
+
+An instance owns up to three kinds of Podman objects, all removed by :meth:`PodmanDriver.delete`:
+
+* the container ``onep-<instance_id>``;
+* one named volume ``onep-<instance_id>-<volume name>`` per :class:`VolumeSpec` (labelled like
+  the container, plus ``oneplatform.size_gb``), which survives stop, start and reboot;
+* the secret ``onep-<instance_id>-bundle`` holding the config bundle, mounted read-only (0400)
+  at :data:`BUNDLE_GUEST_PATH`. A secret rather than a bind-mounted file because it also works
+  through ``podman --url`` on a remote host, where there is no local file to mount. The
+  bundle's bytes go to podman on stdin only: never in argv, an exception or a log.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -20,6 +31,7 @@ from typing import Any, ClassVar
 
 from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.drivers.base import (
+    BUNDLE_GUEST_PATH,
     BackendInstance,
     ComputeDriver,
     ExecResult,
@@ -28,6 +40,7 @@ from oneplatform.compute.drivers.base import (
     InstanceSpec,
     PortMapping,
     SupportsExec,
+    VolumeSpec,
 )
 from oneplatform.compute.states import ComputeType, PowerState
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
@@ -35,7 +48,14 @@ from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
 LABEL_INSTANCE = "oneplatform.instance"
 LABEL_MANAGED = "oneplatform.managed"
 LABEL_PORTS = "oneplatform.ports"  # JSON list of [name, guest_port, host_port, protocol]
+LABEL_SIZE_GB = "oneplatform.size_gb"  # on volumes: the requested size, recorded not enforced
 NAME_PREFIX = "onep-"
+BUNDLE_SECRET_SUFFIX = "-bundle"
+
+# Podman's secret size limit (4.x): "secret data must be larger than 0 and less than 512000 bytes".
+MAX_SECRET_BYTES = 512000 - 1
+# What a volume name may be (podman's own rule for names), and so part of ours.
+_VOLUME_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 LOCAL_URIS = frozenset({"", "local://"})
 
@@ -72,6 +92,16 @@ def map_state(state: str) -> PowerState:
 
 def container_name(instance_id: str) -> str:
     return f"{NAME_PREFIX}{instance_id}"
+
+
+def volume_name(instance_id: str, name: str) -> str:
+    """The Podman volume backing ``VolumeSpec(name=name)`` of the instance."""
+    return f"{NAME_PREFIX}{instance_id}-{name}"
+
+
+def bundle_secret_name(instance_id: str) -> str:
+    """The Podman secret holding the instance's config bundle."""
+    return f"{NAME_PREFIX}{instance_id}{BUNDLE_SECRET_SUFFIX}"
 
 
 class PodmanDriver(ComputeDriver, SupportsExec):
@@ -128,24 +158,27 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         timeout: float = DEFAULT_TIMEOUT_S,
         check: bool = True,
         merge_output: bool = False,
+        stdin: bytes | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run one podman command; the only place the driver starts a process.
 
         With ``check`` a non-zero exit raises: BackendUnavailable when podman is missing or
         unreachable, BackendNotFound for a missing container, BackendError otherwise. With
         ``merge_output`` stderr is merged into stdout (and is then what an error reports).
+        ``stdin`` is fed to podman as is (the way secret data travels: never through argv);
+        without it podman's stdin is /dev/null. Output is decoded as UTF-8.
         """
         cmd = [*self._base_cmd(), *args]
         what = f"podman {' '.join(args[:2])}"
         try:
-            proc = subprocess.run(
+            raw = subprocess.run(
                 cmd,
+                input=stdin,
+                stdin=None if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
-                text=True,
                 timeout=timeout,
                 check=False,
-                stdin=subprocess.DEVNULL,
             )
         except FileNotFoundError as exc:
             raise BackendUnavailable(
@@ -157,6 +190,12 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             ) from exc
         except OSError as exc:
             raise BackendUnavailable(f"cannot run podman: {exc}", host=self.host.name) from exc
+        proc = subprocess.CompletedProcess(
+            args=list(args),
+            returncode=raw.returncode,
+            stdout=_decode(raw.stdout),
+            stderr=None if merge_output else _decode(raw.stderr),
+        )
         if check and proc.returncode != 0:
             raise self._translate(what, args, proc)
         return proc
@@ -276,12 +315,24 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         """Create and start the container; returns once podman has started its process.
 
         Idempotent: an existing container labelled with ``spec.instance_id`` is returned
-        (started first if it is not running). The image must already be on the host
+        (started first if it is not running), and its volumes and bundle secret are left as
+        they are. Otherwise, before ``podman run``: each volume is created unless it already
+        exists (an existing one, with its data, is reused), and the bundle secret is made
+        afresh from ``spec.config_bundle`` (a stale one from an earlier attempt is replaced;
+        without a bundle, a stale one is removed). The image must already be on the host
         (see :meth:`ensure_image`); nothing is ever pulled.
+
+        Volume sizes are not enforced: Podman's ``local`` volume driver has no quota on a
+        plain directory store, so ``size_gb`` is only recorded as the ``oneplatform.size_gb``
+        label and a volume can grow until the host's disk is full.
         """
         existing = self._one(spec.instance_id)
         if existing is not None:
             return self._start_row(spec.instance_id, existing)
+        self._check_spec(spec)
+        for volume in spec.volumes:
+            self._ensure_volume(spec.instance_id, volume)
+        self._replace_bundle_secret(spec.instance_id, spec.config_bundle)
         args = self._run_args(spec)
         try:
             self._podman(args, timeout=RUN_TIMEOUT_S)
@@ -325,11 +376,118 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         for mount in spec.files:
             mode = "ro" if mount.read_only else "rw"
             args += ["-v", f"{mount.source}:{mount.guest_path}:{mode}"]
+        for volume in spec.volumes:
+            args += ["-v", f"{volume_name(spec.instance_id, volume.name)}:{volume.guest_path}"]
+        if spec.config_bundle is not None:
+            secret = bundle_secret_name(spec.instance_id)
+            args += ["--secret", f"{secret},type=mount,target={BUNDLE_GUEST_PATH},mode=0400"]
         for key, value in spec.env.items():
             args += ["-e", f"{key}={value}"]
         args.append(spec.image.ref)
         args += list(spec.image.command)
         return args
+
+    def _check_spec(self, spec: InstanceSpec) -> None:
+        """Refuse, before anything is made, what podman would refuse or misparse."""
+        seen: set[str] = set()
+        for volume in spec.volumes:
+            if not _VOLUME_NAME_RE.fullmatch(volume.name) or volume.name in seen:
+                raise BackendError(
+                    f"volume name {volume.name!r} is invalid or repeated: names are unique and "
+                    "made of letters, digits, '_', '.' and '-', starting with a letter or digit",
+                    host=self.host.name,
+                    instance_id=spec.instance_id,
+                )
+            seen.add(volume.name)
+            path = volume.guest_path
+            if not path.startswith("/") or ":" in path or "," in path:
+                raise BackendError(
+                    f"volume {volume.name!r} has guest path {path!r}: it must be absolute "
+                    "and contain no ':' or ','",
+                    host=self.host.name,
+                    instance_id=spec.instance_id,
+                )
+        bundle = spec.config_bundle
+        if bundle is not None and not 0 < len(bundle) <= MAX_SECRET_BYTES:
+            raise BackendError(
+                f"the config bundle is {len(bundle)} bytes; a Podman secret holds 1 to "
+                f"{MAX_SECRET_BYTES} bytes",
+                host=self.host.name,
+                instance_id=spec.instance_id,
+            )
+
+    def _ensure_volume(self, instance_id: str, volume: VolumeSpec) -> None:
+        """Create the named volume unless it exists; an existing one must be this instance's."""
+        name = volume_name(instance_id, volume.name)
+        look = ["volume", "inspect", name, "--format", "json"]
+        proc = self._podman(look, check=False)
+        if proc.returncode == 0:
+            try:
+                found = json.loads(proc.stdout or "[]") or [{}]
+                owner = (found[0].get("Labels") or {}).get(LABEL_INSTANCE)
+            except (ValueError, AttributeError, IndexError) as exc:
+                raise BackendError(
+                    f"podman volume inspect returned unexpected output: {proc.stdout[:200]!r}",
+                    host=self.host.name,
+                ) from exc
+            if owner != instance_id:
+                raise BackendError(
+                    f"volume {name} exists on host {self.host.name} but is not labelled "
+                    f"{LABEL_INSTANCE}={instance_id}; remove it or rename it",
+                    host=self.host.name,
+                    instance_id=instance_id,
+                )
+            return
+        if "no such volume" not in (proc.stderr or "").lower():
+            raise self._translate("podman volume inspect", look, proc)
+        create = [
+            "volume",
+            "create",
+            "--label",
+            f"{LABEL_INSTANCE}={instance_id}",
+            "--label",
+            f"{LABEL_MANAGED}=1",
+            "--label",
+            f"{LABEL_SIZE_GB}={volume.size_gb}",
+            name,
+        ]
+        made = self._podman(create, check=False)
+        # A concurrent create may have made it in between: that one is as good.
+        if made.returncode != 0 and "already exists" not in (made.stderr or ""):
+            raise self._translate("podman volume create", create, made)
+
+    def _secret_exists(self, name: str) -> bool:
+        args = ["secret", "inspect", name]
+        proc = self._podman(args, check=False)
+        if proc.returncode == 0:
+            return True
+        if "no such secret" in (proc.stderr or "").lower():
+            return False
+        raise self._translate("podman secret inspect", args, proc)
+
+    def _remove_secret(self, name: str) -> None:
+        """``podman secret rm``; silent if there is no such secret (4.3 has no --ignore)."""
+        args = ["secret", "rm", name]
+        proc = self._podman(args, check=False)
+        if proc.returncode != 0 and "no such secret" not in (proc.stderr or "").lower():
+            raise self._translate("podman secret rm", args, proc)
+
+    def _replace_bundle_secret(self, instance_id: str, bundle: bytes | None) -> None:
+        """Make the bundle secret hold exactly ``bundle`` (or not exist, for None).
+
+        Podman 4.3 cannot filter ``secret ls`` by label, so the secret is found by name.
+        The bytes travel on stdin only.
+        """
+        name = bundle_secret_name(instance_id)
+        if self._secret_exists(name):
+            self._remove_secret(name)
+        if bundle is None:
+            return
+        args = ["secret", "create", "--label", f"{LABEL_INSTANCE}={instance_id}", name, "-"]
+        proc = self._podman(args, check=False, stdin=bundle)
+        # "secret name in use": a concurrent create of the same spec made it in between.
+        if proc.returncode != 0 and "name in use" not in (proc.stderr or ""):
+            raise self._translate("podman secret create", args, proc)
 
     def get(self, instance_id: str) -> BackendInstance | None:
         """Podman's view of the instance, or None if it has no such container. Returns at once."""
@@ -370,12 +528,26 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         self._podman(["restart", "-t", str(STOP_GRACE_S), str(row["Id"])], timeout=STOP_TIMEOUT_S)
 
     def delete(self, instance_id: str) -> None:
-        """Force-remove the container and its anonymous volumes; silent if already gone."""
+        """Remove the container, its volumes (data included) and its bundle secret.
+
+        A running container is stopped as by ``podman rm --force``: SIGTERM, SIGKILL after
+        10 s. Returns when all are gone (about a second for a container that exits on
+        SIGTERM). Silent for whatever is already gone, so it can be retried; it also removes
+        volumes and a secret left behind without a container.
+        """
         rows = self._find(instance_id)
-        if not rows:
-            return
-        ids = [str(r["Id"]) for r in rows]
-        self._podman(["rm", "--force", "--volumes", "--ignore", *ids], timeout=STOP_TIMEOUT_S)
+        if rows:
+            ids = [str(r["Id"]) for r in rows]
+            self._podman(["rm", "--force", "--volumes", "--ignore", *ids], timeout=STOP_TIMEOUT_S)
+        volumes = self._podman(
+            ["volume", "ls", "--filter", f"label={LABEL_INSTANCE}={instance_id}", "--quiet"]
+        ).stdout.split()
+        for name in volumes:
+            args = ["volume", "rm", name]
+            proc = self._podman(args, check=False)
+            if proc.returncode != 0 and "no such volume" not in (proc.stderr or "").lower():
+                raise self._translate("podman volume rm", args, proc)
+        self._remove_secret(bundle_secret_name(instance_id))
 
     def console_log(self, instance_id: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the container's stdout and stderr, merged."""
@@ -417,6 +589,10 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         ):
             raise self._translate("podman exec", args, proc)
         return ExecResult(exit_code=proc.returncode, output=proc.stdout)
+
+
+def _decode(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", errors="replace")
 
 
 def _ports_of(row: Mapping[str, Any]) -> tuple[PortMapping, ...]:

@@ -1,0 +1,1 @@
+"""Benchmarks of OnePlatform against the bare backends it drives: ``python -m bench``."""

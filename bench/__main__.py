@@ -1,0 +1,80 @@
+"""``python -m bench [NAME ...] [--rounds N]``: run benchmarks (default: all of them).
+
+One `onep up` with a temporary home serves every benchmark of the run. Each benchmark is a
+function ``(platform, rounds, timeout) -> results``; its results go to
+``bench/results/<name>.json``. Add one by writing it in a module and listing it below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from bench import container
+from bench.common import BenchError, PlatformProcess, machine_info, running_platform, write_results
+
+Benchmark = Callable[[PlatformProcess, int, float], dict[str, Any]]
+
+BENCHMARKS: dict[str, Benchmark] = {
+    container.NAME: container.run,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Benchmarks of OnePlatform against bare Podman."
+    )
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds allowed per sample (default 120)"
+    )
+    parser.add_argument(
+        "--keep-home", action="store_true", help="keep the temporary ONEP_HOME (and its log)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally: containers, onep up
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = args.names or list(BENCHMARKS)
+    if shutil.which("podman") is None:
+        print("bench: podman is not installed", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with running_platform(keep_home=args.keep_home) as platform:
+            for name in names:
+                started = dt.datetime.now(dt.UTC)
+                results = BENCHMARKS[name](platform, args.rounds, args.timeout)
+                results.update(started_at=started.isoformat(), machine=machine_info())
+                print(f"wrote {write_results(name, results)}", flush=True)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

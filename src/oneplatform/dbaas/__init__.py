@@ -1,0 +1,1 @@
+"""Databases as a service, on whatever compute type the flavor picks."""

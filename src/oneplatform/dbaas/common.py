@@ -1,0 +1,103 @@
+"""What the database service's API calls and operation steps share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from oneplatform.compute.service import endpoints
+from oneplatform.compute.states import InstanceStatus
+from oneplatform.config import Settings
+from oneplatform.dbaas.datastores import Datastore, get_datastore
+from oneplatform.dbaas.datastores.base import ConnInfo
+from oneplatform.errors import Conflict
+from oneplatform.secrets import SecretBox
+from oneplatform.store.models import DbInstance, Host, Instance
+
+AGENT_ENDPOINT = "agent"
+DATA_VOLUME = "data"
+DATA_PATH = "/var/lib/oneplatform"
+BUNDLE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How the platform reaches one database instance's engine and agent."""
+
+    datastore: Datastore
+    engine: ConnInfo
+    agent_host: str
+    agent_port: int
+    agent_secret: str
+    instance_id: str
+
+
+def make_bundle(
+    db: DbInstance,
+    datastore: Datastore,
+    vcpus: int,
+    ram_mb: int,
+    admin_password: str,
+    agent_secret: str,
+    engine_port: int,
+    agent_port: int,
+) -> str:
+    """The config bundle the guest agent reads (format 1); the same whatever the compute type."""
+    return json.dumps(
+        {
+            "format": BUNDLE_FORMAT,
+            "instance_id": db.id,
+            "datastore": db.datastore,
+            "version": db.version,
+            "agent": {"port": agent_port, "secret": agent_secret},
+            "engine": {"port": engine_port, "settings": datastore.engine_settings(vcpus, ram_mb)},
+            "admin": {"username": db.admin_username, "password": admin_password},
+        }
+    )
+
+
+def reach(session: Session, db: DbInstance, box: SecretBox, password: str | None = None) -> Reach:
+    """Endpoints and credentials of a database instance whose compute instance is placed."""
+    datastore = get_datastore(db.datastore)
+    instance = session.get(Instance, db.instance_id) if db.instance_id else None
+    host = session.get(Host, instance.host_id) if instance and instance.host_id else None
+    if instance is None or host is None:
+        raise Conflict(
+            f"database instance {db.name!r} has no compute instance", code="invalid_state"
+        )
+    by_name = {e.name: e for e in endpoints(session, instance, host)}
+    engine, agent = by_name[datastore.engine_endpoint], by_name[AGENT_ENDPOINT]
+    return Reach(
+        datastore=datastore,
+        engine=ConnInfo(
+            engine.host,
+            engine.port,
+            db.admin_username,
+            password or box.decrypt(db.admin_password_enc),
+        ),
+        agent_host=agent.host,
+        agent_port=agent.port,
+        agent_secret=box.decrypt(db.agent_secret_enc),
+        instance_id=db.id,
+    )
+
+
+def compute_status(session: Session, db: DbInstance) -> InstanceStatus | None:
+    instance = session.get(Instance, db.instance_id) if db.instance_id else None
+    return InstanceStatus(instance.status) if instance else None
+
+
+def pending(box: SecretBox, db: DbInstance) -> dict[str, Any]:
+    if not db.pending_enc:
+        return {"databases": [], "users": []}
+    data: dict[str, Any] = json.loads(box.decrypt(db.pending_enc))
+    return data
+
+
+def agent_client(r: Reach, settings: Settings, timeout: float = 10.0) -> Any:
+    from oneplatform.guest.client import AgentClient
+
+    return AgentClient(r.agent_host, r.agent_port, r.instance_id, r.agent_secret, timeout=timeout)

@@ -1,0 +1,88 @@
+"""The engine contract every datastore implements.
+
+The platform does SQL-level work (databases, users, grants) over the engine's own port with
+the admin credentials, so nothing here knows which compute type the engine runs on.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class DatastoreVersion:
+    version: str
+    image: str
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    host: str
+    port: int
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    databases: tuple[str, ...]
+
+
+class Datastore(abc.ABC):
+    name: ClassVar[str]
+    versions: ClassVar[tuple[DatastoreVersion, ...]]
+    default_version: ClassVar[str]
+    engine_endpoint: ClassVar[str]  # the endpoint name clients connect to
+    admin_username: ClassVar[str] = "admin"
+
+    @abc.abstractmethod
+    def engine_settings(self, vcpus: int, ram_mb: int) -> dict[str, str]:
+        """Engine settings sized from the flavor."""
+
+    @abc.abstractmethod
+    def validate_database_name(self, name: str) -> None:
+        """Raise InvalidInput for a name the engine must not get."""
+
+    @abc.abstractmethod
+    def validate_user_name(self, name: str) -> None:
+        """Raise InvalidInput for a name the engine must not get."""
+
+    @abc.abstractmethod
+    def ping(self, conn: ConnInfo) -> None:
+        """Log in and run a trivial query; raise BackendError if that fails."""
+
+    @abc.abstractmethod
+    def list_databases(self, conn: ConnInfo) -> list[str]: ...
+
+    @abc.abstractmethod
+    def create_database(self, conn: ConnInfo, name: str) -> None:
+        """Create it; AlreadyExists if it exists. Nobody but the admin may connect yet."""
+
+    @abc.abstractmethod
+    def delete_database(self, conn: ConnInfo, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_users(self, conn: ConnInfo) -> list[UserInfo]: ...
+
+    @abc.abstractmethod
+    def create_user(self, conn: ConnInfo, name: str, password: str) -> None: ...
+
+    @abc.abstractmethod
+    def delete_user(self, conn: ConnInfo, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_password(self, conn: ConnInfo, name: str, password: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_admin_password(self, conn: ConnInfo, password: str) -> None:
+        """Change the password of the admin user ``conn`` logs in as."""
+
+    @abc.abstractmethod
+    def grant(self, conn: ConnInfo, user: str, database: str) -> None:
+        """Let ``user`` connect to ``database`` and create and use objects in it."""
+
+    @abc.abstractmethod
+    def revoke(self, conn: ConnInfo, user: str, database: str) -> None: ...

@@ -1,0 +1,239 @@
+"""PostgreSQL: SQL-level work over the engine's port with psycopg, every name quoted."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from oneplatform.dbaas.datastores.base import ConnInfo, Datastore, DatastoreVersion, UserInfo
+from oneplatform.errors import (
+    AlreadyExists,
+    BackendError,
+    BackendUnavailable,
+    InvalidInput,
+    NotFound,
+)
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_RESERVED = frozenset({"postgres", "template0", "template1", "public", "admin", "root"})
+
+
+class PostgreSQL(Datastore):
+    name = "postgresql"
+    versions = (DatastoreVersion("15", "postgresql-15"),)
+    default_version = "15"
+    engine_endpoint = "postgresql"
+    admin_username = "admin"
+
+    # -- sizing and names ---------------------------------------------------------------------
+    def engine_settings(self, vcpus: int, ram_mb: int) -> dict[str, str]:
+        shared = max(32, ram_mb // 4)
+        return {
+            "shared_buffers": f"{shared}MB",
+            "effective_cache_size": f"{max(64, ram_mb * 3 // 4)}MB",
+            "maintenance_work_mem": f"{min(1024, max(16, ram_mb // 16))}MB",
+            "work_mem": f"{max(1, ram_mb // 128)}MB",
+            "max_connections": str(min(500, max(50, ram_mb // 10))),
+            "max_worker_processes": str(max(2, vcpus * 2)),
+        }
+
+    def _check(self, kind: str, name: str) -> None:
+        if not _NAME.match(name):
+            raise InvalidInput(
+                f"invalid {kind} name {name!r}: use lower-case letters, digits and '_', "
+                "starting with a letter or '_', at most 63 characters",
+                code="invalid_input",
+            )
+        if name in _RESERVED or name.startswith("pg_"):
+            raise InvalidInput(f"{kind} name {name!r} is reserved", code="invalid_input")
+
+    def validate_database_name(self, name: str) -> None:
+        self._check("database", name)
+
+    def validate_user_name(self, name: str) -> None:
+        self._check("user", name)
+
+    # -- connections ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _connect(self, conn: ConnInfo, database: str = "postgres") -> Iterator[Any]:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=conn.host,
+                port=conn.port,
+                user=conn.username,
+                password=conn.password,
+                dbname=database,
+                connect_timeout=10,
+                autocommit=True,
+            ) as connection:
+                yield connection
+        except psycopg.OperationalError as exc:
+            raise BackendUnavailable(
+                f"cannot reach PostgreSQL at {conn.host}:{conn.port}: {_first_line(exc)}",
+                code="engine_unreachable",
+            ) from None
+        except psycopg.errors.DuplicateDatabase:
+            raise AlreadyExists("database already exists", code="database_exists") from None
+        except psycopg.errors.DuplicateObject:
+            raise AlreadyExists("user already exists", code="user_exists") from None
+        except psycopg.errors.InvalidCatalogName:
+            raise NotFound("database not found", code="database_not_found") from None
+        except psycopg.errors.UndefinedObject:
+            raise NotFound("user not found", code="user_not_found") from None
+        except psycopg.Error as exc:
+            raise BackendError(
+                f"PostgreSQL refused: {_first_line(exc)}", code="engine_error"
+            ) from None
+
+    def ping(self, conn: ConnInfo) -> None:
+        with self._connect(conn) as c:
+            c.execute("SELECT 1")
+
+    # -- databases --------------------------------------------------------------------------------
+    def list_databases(self, conn: ConnInfo) -> list[str]:
+        with self._connect(conn) as c:
+            rows = c.execute(
+                "SELECT datname FROM pg_database WHERE NOT datistemplate "
+                "AND datname <> 'postgres' ORDER BY datname"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def create_database(self, conn: ConnInfo, name: str) -> None:
+        from psycopg import sql
+
+        self.validate_database_name(name)
+        ident = sql.Identifier(name)
+        with self._connect(conn) as c:
+            c.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+            c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
+
+    def delete_database(self, conn: ConnInfo, name: str) -> None:
+        from psycopg import sql
+
+        self.validate_database_name(name)
+        with self._connect(conn) as c:
+            if name not in self._databases(c):
+                raise NotFound(f"database {name!r} not found", code="database_not_found")
+            c.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    @staticmethod
+    def _databases(c: Any) -> set[str]:
+        return {r[0] for r in c.execute("SELECT datname FROM pg_database").fetchall()}
+
+    # -- users ------------------------------------------------------------------------------------
+    def list_users(self, conn: ConnInfo) -> list[UserInfo]:
+        with self._connect(conn) as c:
+            rows = c.execute(
+                """
+                SELECT r.rolname,
+                       COALESCE(array_agg(d.datname ORDER BY d.datname)
+                                FILTER (WHERE d.datname IS NOT NULL), '{}')
+                FROM pg_roles r
+                LEFT JOIN (
+                    SELECT d.datname, a.grantee
+                    FROM pg_database d, aclexplode(d.datacl) a
+                    WHERE a.privilege_type = 'CONNECT'
+                ) d ON d.grantee = r.oid
+                WHERE r.rolcanlogin AND r.rolname <> %s AND r.rolname <> 'postgres'
+                  AND r.rolname NOT LIKE 'pg\\_%%'
+                GROUP BY r.rolname ORDER BY r.rolname
+                """,
+                (conn.username,),
+            ).fetchall()
+        return [UserInfo(name=r[0], databases=tuple(r[1])) for r in rows]
+
+    def create_user(self, conn: ConnInfo, name: str, password: str) -> None:
+        from psycopg import sql
+
+        self.validate_user_name(name)
+        with self._connect(conn) as c:
+            c.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(password)
+                )
+            )
+
+    def set_password(self, conn: ConnInfo, name: str, password: str) -> None:
+        from psycopg import sql
+
+        with self._connect(conn) as c:
+            self._require_user(c, name, conn)
+            c.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(password)
+                )
+            )
+
+    def set_admin_password(self, conn: ConnInfo, password: str) -> None:
+        from psycopg import sql
+
+        with self._connect(conn) as c:
+            c.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(password)))
+
+    def delete_user(self, conn: ConnInfo, name: str) -> None:
+        """Drop the user; objects it owned are handed to the admin, never dropped."""
+        from psycopg import sql
+
+        self.validate_user_name(name)
+        user, admin = sql.Identifier(name), sql.Identifier(conn.username)
+        with self._connect(conn) as c:
+            self._require_user(c, name, conn)
+            databases = [
+                r[0]
+                for r in c.execute(
+                    "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname"
+                ).fetchall()
+            ]
+        for database in databases:
+            with self._connect(conn, database) as c:
+                c.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(user, admin))
+                c.execute(sql.SQL("DROP OWNED BY {}").format(user))
+        with self._connect(conn) as c:
+            c.execute(sql.SQL("DROP ROLE {}").format(user))
+
+    def _require_user(self, c: Any, name: str, conn: ConnInfo) -> None:
+        found = c.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s AND rolcanlogin", (name,)
+        ).fetchone()
+        if found is None or name in (conn.username, "postgres"):
+            raise NotFound(f"user {name!r} not found", code="user_not_found")
+
+    # -- grants -----------------------------------------------------------------------------------
+    def grant(self, conn: ConnInfo, user: str, database: str) -> None:
+        """CONNECT, CREATE and TEMP on the database, USAGE and CREATE on its schema public
+        (PostgreSQL 15 no longer lets every user create in public)."""
+        from psycopg import sql
+
+        self.validate_user_name(user)
+        self.validate_database_name(database)
+        u, d = sql.Identifier(user), sql.Identifier(database)
+        with self._connect(conn) as c:
+            self._require_user(c, user, conn)
+            if database not in self._databases(c):
+                raise NotFound(f"database {database!r} not found", code="database_not_found")
+            c.execute(sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(d, u))
+        with self._connect(conn, database) as c:
+            c.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(u))
+
+    def revoke(self, conn: ConnInfo, user: str, database: str) -> None:
+        from psycopg import sql
+
+        self.validate_user_name(user)
+        self.validate_database_name(database)
+        u, d = sql.Identifier(user), sql.Identifier(database)
+        with self._connect(conn) as c:
+            self._require_user(c, user, conn)
+            if database not in self._databases(c):
+                raise NotFound(f"database {database!r} not found", code="database_not_found")
+        with self._connect(conn, database) as c:
+            c.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(u))
+        with self._connect(conn) as c:
+            c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(d, u))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,416 @@
+"""Database instances, their databases, users and grants.
+
+Creating, restarting and deleting a database instance are operations (202). SQL-level work
+(databases, users, grants, passwords) is done at once over the engine's port with the admin
+credentials and answered directly: it takes milliseconds, and a password never has to be
+stored in an operation to be applied later.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from oneplatform.api.schemas import (
+    Credentials,
+    DatabaseOut,
+    DatastoreOut,
+    DatastoreVersionOut,
+    DbEndpoint,
+    DbInstanceAccepted,
+    DbInstanceCreate,
+    DbInstanceOut,
+    DbUserCreate,
+    DbUserCreated,
+    DbUserOut,
+)
+from oneplatform.compute.catalog import flavor_by_name
+from oneplatform.compute.drivers.base import VolumeSpec
+from oneplatform.compute.service import endpoints, place_instance
+from oneplatform.config import Settings
+from oneplatform.dbaas import operations as ops
+from oneplatform.dbaas.common import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
+from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
+from oneplatform.dbaas.states import DbStatus, Health, set_db_status
+from oneplatform.errors import AlreadyExists, BackendError, Conflict, InvalidInput, NotFound
+from oneplatform.iam import Caller
+from oneplatform.images.recipes import load_recipe
+from oneplatform.ops.engine import enqueue
+from oneplatform.ops.service import to_out
+from oneplatform.secrets import SecretBox, box_for, generate_password, generate_token
+from oneplatform.store.db import Store
+from oneplatform.store.models import DbInstance, Event, Flavor, Host, Instance, new_id
+
+MANAGED_BY = "dbaas"
+
+
+# -- catalog -------------------------------------------------------------------------------------
+def list_datastores() -> list[DatastoreOut]:
+    return [
+        DatastoreOut(
+            name=ds.name,
+            versions=[
+                DatastoreVersionOut(
+                    version=v.version, image=v.image, default=v.version == ds.default_version
+                )
+                for v in ds.versions
+            ],
+        )
+        for ds in DATASTORES.values()
+    ]
+
+
+# -- reading ------------------------------------------------------------------------------------
+def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
+    flavor = session.get_one(Flavor, db.flavor_id)
+    instance = session.get(Instance, db.instance_id) if db.instance_id else None
+    endpoint = None
+    if instance is not None and instance.host_id and db.status != DbStatus.DELETED.value:
+        host = session.get_one(Host, instance.host_id)
+        engine_name = get_datastore(db.datastore).engine_endpoint
+        for e in endpoints(session, instance, host):
+            if e.name == engine_name:
+                endpoint = DbEndpoint(host=e.host, port=e.port)
+    return DbInstanceOut(
+        id=db.id,
+        name=db.name,
+        project_id=db.project_id,
+        status=db.status,
+        status_message=db.status_message,
+        health=db.health,
+        health_message=db.health_message,
+        datastore=db.datastore,
+        version=db.version,
+        flavor=flavor.name,
+        compute_type=flavor.compute_type,
+        size_gb=db.size_gb,
+        endpoint=endpoint,
+        created_at=db.created_at,
+        updated_at=db.updated_at,
+    )
+
+
+def find_db(session: Session, caller: Caller, ident: str) -> DbInstance:
+    db = session.scalars(
+        select(DbInstance).where(
+            DbInstance.project_id == caller.project_id,
+            DbInstance.deleted_at.is_(None),
+            (DbInstance.id == ident) | (DbInstance.name == ident),
+        )
+    ).first()
+    if db is None:
+        raise NotFound(f"database instance {ident!r} not found", code="db_instance_not_found")
+    return db
+
+
+def get_db(store: Store, caller: Caller, ident: str) -> DbInstanceOut:
+    with store.session() as session:
+        return to_out_db(session, find_db(session, caller, ident))
+
+
+def list_dbs(store: Store, caller: Caller) -> list[DbInstanceOut]:
+    with store.session() as session:
+        rows = session.scalars(
+            select(DbInstance)
+            .where(DbInstance.project_id == caller.project_id, DbInstance.deleted_at.is_(None))
+            .order_by(DbInstance.created_at)
+        )
+        return [to_out_db(session, db) for db in rows]
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+def _validate_create(req: DbInstanceCreate) -> None:
+    datastore = get_datastore(req.datastore)
+    get_version(datastore, req.version)
+    for name in req.databases:
+        datastore.validate_database_name(name)
+    if len(set(req.databases)) != len(req.databases):
+        raise InvalidInput("a database is listed twice", code="invalid_input")
+    names = [u.name for u in req.users]
+    if len(set(names)) != len(names):
+        raise InvalidInput("a user is listed twice", code="invalid_input")
+    for user in req.users:
+        datastore.validate_user_name(user.name)
+        unknown = set(user.databases) - set(req.databases)
+        if unknown:
+            raise InvalidInput(
+                f"user {user.name!r} is given databases that are not created: "
+                f"{', '.join(sorted(unknown))}",
+                code="invalid_input",
+            )
+
+
+def create_db(
+    store: Store, settings: Settings, caller: Caller, req: DbInstanceCreate
+) -> DbInstanceAccepted:
+    """Place the compute instance and write the database instance, in one transaction."""
+    _validate_create(req)
+    datastore = get_datastore(req.datastore)
+    version = get_version(datastore, req.version)
+    box = box_for(settings)
+    admin_password, agent_secret = generate_password(), generate_token()
+    ports = load_recipe(version.image).ports
+    try:
+        with store.session() as session:
+            _check_db_name_free(session, caller, req.name)
+            flavor = flavor_by_name(session, req.flavor)
+            db = DbInstance(
+                id=new_id(),
+                project_id=caller.project_id,
+                name=req.name,
+                datastore=datastore.name,
+                version=version.version,
+                flavor_id=flavor.id,
+                size_gb=req.size_gb,
+                status=DbStatus.BUILD.value,
+                health=Health.UNKNOWN.value,
+                admin_username=datastore.admin_username,
+                admin_password_enc=box.encrypt(admin_password),
+                agent_secret_enc=box.encrypt(agent_secret),
+                pending_enc=box.encrypt(
+                    json.dumps(
+                        {
+                            "databases": req.databases,
+                            "users": [u.model_dump() for u in req.users],
+                        }
+                    )
+                ),
+            )
+            bundle = make_bundle(
+                db,
+                datastore,
+                flavor.vcpus,
+                flavor.ram_mb,
+                admin_password,
+                agent_secret,
+                engine_port=int(ports[datastore.engine_endpoint]),
+                agent_port=int(ports["agent"]),
+            )
+            instance, _ = place_instance(
+                session,
+                store,
+                caller.project_id,
+                f"db-{db.id[:12]}",
+                flavor,
+                version.image,
+                managed_by=MANAGED_BY,
+                bundle_enc=box.encrypt(bundle),
+                volumes=[VolumeSpec(DATA_VOLUME, req.size_gb, DATA_PATH)],
+            )
+            db.instance_id = instance.id
+            session.add(db)
+            session.flush()
+            session.add(
+                Event(
+                    resource_type="db_instance",
+                    resource_id=db.id,
+                    from_status=None,
+                    to_status=DbStatus.BUILD.value,
+                    message="create requested",
+                )
+            )
+            op = enqueue(session, ops.DB_CREATE, db.id, caller.project_id)
+            return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
+    except IntegrityError:
+        raise AlreadyExists(
+            f"a database instance named {req.name!r} already exists", code="db_instance_exists"
+        ) from None
+
+
+def _check_db_name_free(session: Session, caller: Caller, name: str) -> None:
+    taken = session.scalars(
+        select(DbInstance.id).where(
+            DbInstance.project_id == caller.project_id,
+            DbInstance.name == name,
+            DbInstance.deleted_at.is_(None),
+        )
+    ).first()
+    if taken:
+        raise AlreadyExists(
+            f"a database instance named {name!r} already exists", code="db_instance_exists"
+        )
+
+
+def delete_db(store: Store, caller: Caller, ident: str) -> DbInstanceAccepted:
+    """Delete the database instance: its compute instance and its data volume."""
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        if db.status == DbStatus.DELETING.value:
+            raise Conflict(
+                f"database instance {db.name!r} is already being deleted",
+                code="invalid_state",
+                status=db.status,
+            )
+        set_db_status(session, db, DbStatus.DELETING, "delete requested")
+        op = enqueue(session, ops.DB_DELETE, db.id, caller.project_id)
+        return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
+
+
+def restart_db(store: Store, caller: Caller, ident: str) -> DbInstanceAccepted:
+    """Restart the engine through the guest agent."""
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        if db.status not in (DbStatus.ACTIVE.value, DbStatus.ERROR.value):
+            raise Conflict(
+                f"cannot restart database instance {db.name!r} while it is {db.status}",
+                code="invalid_state",
+                status=db.status,
+            )
+        set_db_status(session, db, DbStatus.RESTARTING, "restart requested")
+        op = enqueue(session, ops.DB_RESTART, db.id, caller.project_id)
+        return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
+
+
+# -- credentials --------------------------------------------------------------------------------
+def credentials(store: Store, settings: Settings, caller: Caller, ident: str) -> Credentials:
+    box = box_for(settings)
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        return Credentials(username=db.admin_username, password=box.decrypt(db.admin_password_enc))
+
+
+def reset_admin_password(
+    store: Store, settings: Settings, caller: Caller, ident: str
+) -> Credentials:
+    """New admin password, applied in two phases so that a crash never loses it: the new one
+    is stored as pending, applied to the engine, then made current."""
+    box = box_for(settings)
+    new = generate_password()
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        _require_active(db)
+        db.admin_password_pending_enc = box.encrypt(new)
+        r = reach(session, db, box)
+    r.datastore.set_admin_password(r.engine, new)
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        db.admin_password_enc, db.admin_password_pending_enc = box.encrypt(new), None
+        return Credentials(username=db.admin_username, password=new)
+
+
+# -- databases, users, grants ---------------------------------------------------------------------
+def _require_active(db: DbInstance) -> None:
+    if db.status != DbStatus.ACTIVE.value:
+        raise Conflict(
+            f"database instance {db.name!r} is {db.status}, not ACTIVE",
+            code="invalid_state",
+            status=db.status,
+        )
+
+
+def _reach_active(store: Store, settings: Settings, caller: Caller, ident: str) -> Reach:
+    box = box_for(settings)
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        _require_active(db)
+        return _reach_reconciled(session, db, box)
+
+
+def _reach_reconciled(session: Session, db: DbInstance, box: SecretBox) -> Reach:
+    """Reach the engine; if a password reset was cut off half-way, finish it first."""
+    r = reach(session, db, box)
+    pending_enc = db.admin_password_pending_enc
+    if pending_enc is None:
+        return r
+    try:
+        r.datastore.ping(r.engine)
+        db.admin_password_pending_enc = None
+        return r
+    except BackendError:
+        r = reach(session, db, box, password=box.decrypt(pending_enc))
+        r.datastore.ping(r.engine)
+        db.admin_password_enc, db.admin_password_pending_enc = pending_enc, None
+        return r
+
+
+def list_databases(
+    store: Store, settings: Settings, caller: Caller, ident: str
+) -> list[DatabaseOut]:
+    r = _reach_active(store, settings, caller, ident)
+    return [DatabaseOut(name=n) for n in r.datastore.list_databases(r.engine)]
+
+
+def create_database(
+    store: Store, settings: Settings, caller: Caller, ident: str, name: str
+) -> DatabaseOut:
+    r = _reach_active(store, settings, caller, ident)
+    r.datastore.create_database(r.engine, name)
+    return DatabaseOut(name=name)
+
+
+def delete_database(
+    store: Store, settings: Settings, caller: Caller, ident: str, name: str
+) -> None:
+    r = _reach_active(store, settings, caller, ident)
+    r.datastore.delete_database(r.engine, name)
+
+
+def list_users(store: Store, settings: Settings, caller: Caller, ident: str) -> list[DbUserOut]:
+    r = _reach_active(store, settings, caller, ident)
+    return [
+        DbUserOut(name=u.name, databases=list(u.databases))
+        for u in r.datastore.list_users(r.engine)
+    ]
+
+
+def create_user(
+    store: Store, settings: Settings, caller: Caller, ident: str, req: DbUserCreate
+) -> DbUserCreated:
+    r = _reach_active(store, settings, caller, ident)
+    ds = r.datastore
+    ds.validate_user_name(req.name)
+    for database in req.databases:
+        ds.validate_database_name(database)
+    missing = set(req.databases) - set(ds.list_databases(r.engine))
+    if missing:
+        raise NotFound(
+            f"database(s) not found: {', '.join(sorted(missing))}", code="database_not_found"
+        )
+    password = req.password or generate_password()
+    ds.create_user(r.engine, req.name, password)
+    for database in req.databases:
+        ds.grant(r.engine, req.name, database)
+    return DbUserCreated(
+        user=DbUserOut(name=req.name, databases=sorted(req.databases)), password=password
+    )
+
+
+def delete_user(store: Store, settings: Settings, caller: Caller, ident: str, name: str) -> None:
+    r = _reach_active(store, settings, caller, ident)
+    r.datastore.delete_user(r.engine, name)
+
+
+def set_user_password(
+    store: Store, settings: Settings, caller: Caller, ident: str, name: str, password: str | None
+) -> Credentials:
+    r = _reach_active(store, settings, caller, ident)
+    r.datastore.validate_user_name(name)
+    new = password or generate_password()
+    r.datastore.set_password(r.engine, name, new)
+    return Credentials(username=name, password=new)
+
+
+def grant(
+    store: Store, settings: Settings, caller: Caller, ident: str, user: str, database: str
+) -> DbUserOut:
+    r = _reach_active(store, settings, caller, ident)
+    r.datastore.grant(r.engine, user, database)
+    return _user(r, user)
+
+
+def revoke(
+    store: Store, settings: Settings, caller: Caller, ident: str, user: str, database: str
+) -> DbUserOut:
+    r = _reach_active(store, settings, caller, ident)
+    r.datastore.revoke(r.engine, user, database)
+    return _user(r, user)
+
+
+def _user(r: Reach, name: str) -> DbUserOut:
+    for u in r.datastore.list_users(r.engine):
+        if u.name == name:
+            return DbUserOut(name=u.name, databases=list(u.databases))
+    raise NotFound(f"user {name!r} not found", code="user_not_found")
