@@ -7,6 +7,7 @@ store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets as _random
 from functools import lru_cache
@@ -50,10 +51,8 @@ def _box_from_file(path: Path) -> SecretBox:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(Fernet.generate_key())
-        try:
+        with contextlib.suppress(FileExistsError):
             os.link(tmp, path)  # never replace a key another process just made
-        except FileExistsError:
-            pass
         tmp.unlink()
     return SecretBox(path.read_bytes().strip())
 

@@ -13,6 +13,7 @@ from oneplatform import iam
 from oneplatform.api.app import create_app
 from oneplatform.api.deps import Platform
 from oneplatform.config import Settings
+from oneplatform.dbaas.health import run_health_checker
 from oneplatform.defaults import ensure_defaults, ensure_images
 from oneplatform.ops.engine import Worker
 from oneplatform.store.db import Store
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 def _load_kinds() -> None:
     """Import the modules that register operation kinds, so workers can run any of them."""
     import oneplatform.compute.operations
+    import oneplatform.dbaas.operations
     import oneplatform.images.service  # noqa: F401
 
 
@@ -77,6 +79,9 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str]], None]) 
     builds = ensure_images(store)
     stop = threading.Event()
     start_workers(store, settings, settings.workers, stop)
+    threading.Thread(
+        target=run_health_checker, args=(store, settings, stop), name="health", daemon=True
+    ).start()
     app = create_app(Platform(store, settings))
     announce(url, str(settings.home), builds)
     try:

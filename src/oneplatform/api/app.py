@@ -10,6 +10,8 @@ from oneplatform import __version__
 from oneplatform.api.deps import Platform
 from oneplatform.api.routes import (
     compute_types,
+    datastores,
+    db_instances,
     flavors,
     hosts,
     images,
@@ -37,6 +39,8 @@ def create_app(platform: Platform) -> FastAPI:
         instances,
         operations,
         projects,
+        datastores,
+        db_instances,
     ):
         app.include_router(module.router, prefix="/v1")
 

@@ -23,8 +23,8 @@ from oneplatform.compute.states import InstanceStatus, PowerState
 from oneplatform.errors import BackendError, NotYet, PlatformError
 from oneplatform.images.service import ready_artifact
 from oneplatform.ops.engine import StepContext, wait_for_other_operations
-from oneplatform.secrets import box_for
 from oneplatform.ops.model import OperationKind, StepFn, register
+from oneplatform.secrets import box_for
 from oneplatform.store.models import Host, Image, Instance, Pool, PortAllocation
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from sqlalchemy.orm import Session
 
 from oneplatform.compute.service import request_delete
@@ -73,10 +75,8 @@ def step_initialize(ctx: StepContext) -> None:
         todo = pending(box, db)
     ds = r.datastore
     for name in todo["databases"]:
-        try:
+        with contextlib.suppress(AlreadyExists):
             ds.create_database(r.engine, name)
-        except AlreadyExists:
-            pass
     for user in todo["users"]:
         try:
             ds.create_user(r.engine, user["name"], user["password"])

@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from oneplatform.api import schemas as s
+from oneplatform.sdk.db import DbInstances
 
 M = TypeVar("M", bound=BaseModel)
 FINAL = frozenset({"SUCCEEDED", "FAILED"})
@@ -63,6 +64,7 @@ class Client:
         self.projects = Projects(self)
         self.pools = Pools(self)
         self.hosts = Hosts(self)
+        self.db = DbInstances(self)
 
     @classmethod
     def from_home(cls, home: Path | None = None) -> Client:
@@ -90,6 +92,8 @@ class Client:
             raise ApiError(
                 503, "unreachable", f"cannot reach the platform at {self.url}: {exc}", {}
             ) from exc
+        if response.status_code == 204:
+            return None
         if response.status_code >= 400:
             try:
                 err = response.json()["error"]

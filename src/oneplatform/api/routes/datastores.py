@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from oneplatform.api.deps import CallerDep
+from oneplatform.api.schemas import DatastoreOut
+from oneplatform.dbaas import service
+
+router = APIRouter(tags=["datastores"])
+
+
+@router.get("/datastores", response_model=list[DatastoreOut])
+def list_datastores(_caller: CallerDep) -> list[DatastoreOut]:
+    """Database engines and versions a database instance can be created with."""
+    return service.list_datastores()

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.schemas import (
+    Credentials,
+    DatabaseCreate,
+    DatabaseOut,
+    DbInstanceAccepted,
+    DbInstanceCreate,
+    DbInstanceOut,
+    DbUserCreate,
+    DbUserCreated,
+    DbUserOut,
+    GrantRequest,
+    PasswordChange,
+)
+from oneplatform.dbaas import service
+
+router = APIRouter(prefix="/db/instances", tags=["db-instances"])
+ACCEPTED = status.HTTP_202_ACCEPTED
+CREATED = status.HTTP_201_CREATED
+NO_CONTENT = status.HTTP_204_NO_CONTENT
+
+
+@router.get("", response_model=list[DbInstanceOut])
+def list_db_instances(platform: PlatformDep, caller: CallerDep) -> list[DbInstanceOut]:
+    return service.list_dbs(platform.store, caller)
+
+
+@router.post("", response_model=DbInstanceAccepted, status_code=ACCEPTED)
+def create_db_instance(
+    body: DbInstanceCreate, platform: PlatformDep, caller: CallerDep
+) -> DbInstanceAccepted:
+    """Create a database server on the flavor's compute type; returns the operation."""
+    return service.create_db(platform.store, platform.settings, caller, body)
+
+
+@router.get("/{ident}", response_model=DbInstanceOut)
+def show_db_instance(ident: str, platform: PlatformDep, caller: CallerDep) -> DbInstanceOut:
+    return service.get_db(platform.store, caller, ident)
+
+
+@router.delete("/{ident}", response_model=DbInstanceAccepted, status_code=ACCEPTED)
+def delete_db_instance(ident: str, platform: PlatformDep, caller: CallerDep) -> DbInstanceAccepted:
+    """Delete the database server, its data and its compute."""
+    return service.delete_db(platform.store, caller, ident)
+
+
+@router.post("/{ident}/restart", response_model=DbInstanceAccepted, status_code=ACCEPTED)
+def restart_db_instance(ident: str, platform: PlatformDep, caller: CallerDep) -> DbInstanceAccepted:
+    return service.restart_db(platform.store, caller, ident)
+
+
+@router.get("/{ident}/credentials", response_model=Credentials)
+def credentials(ident: str, platform: PlatformDep, caller: CallerDep) -> Credentials:
+    """The admin user's name and password (owning project only)."""
+    return service.credentials(platform.store, platform.settings, caller, ident)
+
+
+@router.post("/{ident}/reset-password", response_model=Credentials)
+def reset_admin_password(ident: str, platform: PlatformDep, caller: CallerDep) -> Credentials:
+    """A new generated admin password, applied to the engine and returned once."""
+    return service.reset_admin_password(platform.store, platform.settings, caller, ident)
+
+
+@router.get("/{ident}/databases", response_model=list[DatabaseOut])
+def list_databases(ident: str, platform: PlatformDep, caller: CallerDep) -> list[DatabaseOut]:
+    return service.list_databases(platform.store, platform.settings, caller, ident)
+
+
+@router.post("/{ident}/databases", response_model=DatabaseOut, status_code=CREATED)
+def create_database(
+    ident: str, body: DatabaseCreate, platform: PlatformDep, caller: CallerDep
+) -> DatabaseOut:
+    return service.create_database(platform.store, platform.settings, caller, ident, body.name)
+
+
+@router.delete("/{ident}/databases/{name}", status_code=NO_CONTENT)
+def delete_database(ident: str, name: str, platform: PlatformDep, caller: CallerDep) -> Response:
+    service.delete_database(platform.store, platform.settings, caller, ident, name)
+    return Response(status_code=NO_CONTENT)
+
+
+@router.get("/{ident}/users", response_model=list[DbUserOut])
+def list_users(ident: str, platform: PlatformDep, caller: CallerDep) -> list[DbUserOut]:
+    return service.list_users(platform.store, platform.settings, caller, ident)
+
+
+@router.post("/{ident}/users", response_model=DbUserCreated, status_code=CREATED)
+def create_user(
+    ident: str, body: DbUserCreate, platform: PlatformDep, caller: CallerDep
+) -> DbUserCreated:
+    """Create a user (password generated when omitted, shown once) with access to databases."""
+    return service.create_user(platform.store, platform.settings, caller, ident, body)
+
+
+@router.delete("/{ident}/users/{name}", status_code=NO_CONTENT)
+def delete_user(ident: str, name: str, platform: PlatformDep, caller: CallerDep) -> Response:
+    """Drop the user; what it owned passes to the admin user, nothing is dropped."""
+    service.delete_user(platform.store, platform.settings, caller, ident, name)
+    return Response(status_code=NO_CONTENT)
+
+
+@router.put("/{ident}/users/{name}/password", response_model=Credentials)
+def set_user_password(
+    ident: str, name: str, body: PasswordChange, platform: PlatformDep, caller: CallerDep
+) -> Credentials:
+    return service.set_user_password(
+        platform.store, platform.settings, caller, ident, name, body.password
+    )
+
+
+@router.post("/{ident}/users/{name}/grants", response_model=DbUserOut)
+def grant(
+    ident: str, name: str, body: GrantRequest, platform: PlatformDep, caller: CallerDep
+) -> DbUserOut:
+    """Let the user connect to the database and create and use tables in it."""
+    return service.grant(platform.store, platform.settings, caller, ident, name, body.database)
+
+
+@router.delete("/{ident}/users/{name}/grants/{database}", response_model=DbUserOut)
+def revoke(
+    ident: str, name: str, database: str, platform: PlatformDep, caller: CallerDep
+) -> DbUserOut:
+    return service.revoke(platform.store, platform.settings, caller, ident, name, database)
