@@ -44,7 +44,7 @@ class DbInstances:
             version=version,
             size_gb=size_gb,
             databases=databases or [],
-            users=users or [],
+            users=[s.DbUserSpec.model_construct(**u) for u in users or []],
         )
         return self.c.send("POST", BASE, s.DbInstanceAccepted, body)
 
