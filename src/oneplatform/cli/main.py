@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from oneplatform.api.schemas import FlavorCreate, InstanceAccepted
+from oneplatform.cli.db import datastore_app, db_app
 from oneplatform.cli.output import (
     Format,
     OutputOpt,
@@ -32,6 +33,8 @@ project_app = typer.Typer(help="Projects and tokens (admin).", no_args_is_help=T
 pool_app = typer.Typer(help="Pools of hosts (admin).", no_args_is_help=True)
 host_app = typer.Typer(help="Hosts (admin).", no_args_is_help=True)
 for sub, name in (
+    (db_app, "db"),
+    (datastore_app, "datastore"),
     (instance_app, "instance"),
     (flavor_app, "flavor"),
     (image_app, "image"),
