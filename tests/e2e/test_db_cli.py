@@ -1,0 +1,244 @@
+"""Databases as a service end to end: `onep db` against the real Podman and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.e2e.conftest import Platform, podman_containers
+
+pytestmark = pytest.mark.e2e
+ALICE_PW = "Alice-pw-7c1e9b"
+
+
+def _connect(endpoint: dict[str, Any], user: str, password: str, dbname: str) -> psycopg.Connection:
+    return psycopg.connect(
+        host=endpoint["host"],
+        port=endpoint["port"],
+        user=user,
+        password=password,
+        dbname=dbname,
+        connect_timeout=10,
+        autocommit=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def pgdb(platform: Platform) -> Iterator[dict[str, Any]]:
+    db = platform.json(
+        "db",
+        "create",
+        "pgc",
+        "--datastore",
+        "postgresql",
+        "--version",
+        "15",
+        "--flavor",
+        "container.small",
+        "--size-gb",
+        "1",
+        "--database",
+        "appdb",
+        "--user",
+        f"alice:{ALICE_PW}",
+        "--wait",
+    )
+    yield db
+    platform.run("db", "delete", "pgc", "--wait", check=False)
+
+
+def test_create_gives_an_endpoint_and_working_credentials(
+    platform: Platform, pgdb: dict[str, Any]
+) -> None:
+    assert pgdb["status"] == "ACTIVE" and pgdb["health"] == "HEALTHY"
+    assert pgdb["datastore"] == "postgresql" and pgdb["version"] == "15"
+    assert pgdb["flavor"] == "container.small" and pgdb["compute_type"] == "container"
+    endpoint = pgdb["endpoint"]
+    assert endpoint["host"] == "127.0.0.1" and endpoint["port"] > 0
+    creds = platform.json("db", "credentials", "pgc")
+    assert set(creds) == {"username", "password"} and len(creds["password"]) >= 24
+    with _connect(endpoint, creds["username"], creds["password"], "postgres") as c:
+        assert c.execute(
+            "SELECT current_setting('server_version_num')::int / 10000"
+        ).fetchone() == (15,)
+        # engine settings are sized from the flavor (container.small: 512 MB -> 128MB)
+        assert c.execute("SHOW shared_buffers").fetchone() == ("128MB",)
+    out = subprocess.run(
+        [
+            "psql",
+            "-h",
+            endpoint["host"],
+            "-p",
+            str(endpoint["port"]),
+            "-U",
+            "alice",
+            "-d",
+            "appdb",
+            "-tAc",
+            "SELECT current_user",
+        ],
+        env={"PGPASSWORD": ALICE_PW, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "alice", out.stderr
+    # the compute instance behind it is the service's, not shown as the user's own
+    assert platform.json("instance", "list") == []
+
+
+def test_initial_user_can_create_and_use_tables(pgdb: dict[str, Any]) -> None:
+    with _connect(pgdb["endpoint"], "alice", ALICE_PW, "appdb") as c:
+        c.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
+        c.execute("INSERT INTO notes (body) VALUES ('kept')")
+        assert c.execute("SELECT body FROM notes").fetchall() == [("kept",)]
+
+
+def test_databases_users_and_grants_behave_as_postgresql(
+    platform: Platform, pgdb: dict[str, Any]
+) -> None:
+    endpoint = pgdb["endpoint"]
+    platform.run("db", "database", "create", "pgc", "reports")
+    names = [d["name"] for d in platform.json("db", "database", "list", "pgc")]
+    assert names == ["appdb", "reports"]
+
+    created = platform.json("db", "user", "create", "pgc", "bob")  # password generated
+    bob_pw = created["password"]
+    assert len(bob_pw) >= 24 and created["user"]["databases"] == []
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        _connect(endpoint, "bob", bob_pw, "reports")
+
+    granted = platform.json("db", "user", "grant", "pgc", "bob", "reports")
+    assert granted["databases"] == ["reports"]
+    with _connect(endpoint, "bob", bob_pw, "reports") as c:
+        c.execute("CREATE TABLE t (x int)")  # PostgreSQL 15: needs CREATE on schema public
+        c.execute("INSERT INTO t VALUES (42)")
+        assert c.execute("SELECT x FROM t").fetchone() == (42,)
+    users = {u["name"]: u["databases"] for u in platform.json("db", "user", "list", "pgc")}
+    assert users == {"alice": ["appdb"], "bob": ["reports"]}
+
+    platform.run("db", "user", "revoke", "pgc", "bob", "reports")
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        _connect(endpoint, "bob", bob_pw, "reports")
+
+    changed = platform.json("db", "user", "password", "pgc", "bob", "--password", "Bob-new-pw-99")
+    assert changed == {"username": "bob", "password": "Bob-new-pw-99"}
+    platform.run("db", "user", "grant", "pgc", "bob", "reports")
+    with _connect(endpoint, "bob", "Bob-new-pw-99", "reports") as c:
+        assert c.execute("SELECT count(*) FROM t").fetchone() == (1,)
+
+    platform.run("db", "user", "delete", "pgc", "bob")
+    assert "bob" not in {u["name"] for u in platform.json("db", "user", "list", "pgc")}
+    admin = platform.json("db", "credentials", "pgc")
+    with _connect(endpoint, admin["username"], admin["password"], "reports") as c:
+        # bob's table was handed to the admin, not dropped
+        assert c.execute("SELECT x FROM t").fetchone() == (42,)
+
+    platform.run("db", "database", "delete", "pgc", "reports")
+    assert [d["name"] for d in platform.json("db", "database", "list", "pgc")] == ["appdb"]
+
+
+@pytest.mark.parametrize("evil", ['x"; DROP DATABASE appdb; --', "Robert'); DROP", "pg_x", "a b"])
+def test_hostile_names_are_refused(platform: Platform, pgdb: dict[str, Any], evil: str) -> None:
+    for args in (
+        ["db", "database", "create", "pgc", evil],
+        ["db", "user", "create", "pgc", evil, "--password", "Whatever-123"],
+    ):
+        out = platform.run(*args, check=False)
+        assert out.returncode == 1 and "invalid_input" in out.stderr, out.stderr
+    assert "appdb" in [d["name"] for d in platform.json("db", "database", "list", "pgc")]
+
+
+def test_restart_keeps_data_and_reports_health(platform: Platform, pgdb: dict[str, Any]) -> None:
+    restarted = platform.json("db", "restart", "pgc", "--wait")
+    assert restarted["status"] == "ACTIVE" and restarted["health"] == "HEALTHY"
+    with _connect(pgdb["endpoint"], "alice", ALICE_PW, "appdb") as c:
+        assert c.execute("SELECT body FROM notes").fetchall() == [("kept",)]
+
+
+def test_reset_admin_password(platform: Platform, pgdb: dict[str, Any]) -> None:
+    old = platform.json("db", "credentials", "pgc")
+    new = platform.json("db", "reset-password", "pgc")
+    assert new["password"] != old["password"]
+    assert platform.json("db", "credentials", "pgc") == new
+    with _connect(pgdb["endpoint"], new["username"], new["password"], "postgres") as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _connect(pgdb["endpoint"], old["username"], old["password"], "postgres")
+
+
+def test_another_project_cannot_see_the_database(platform: Platform, pgdb: dict[str, Any]) -> None:
+    token = platform.json("project", "create", "dbtenant")["token"]
+    assert platform.json("db", "list", ONEP_TOKEN=token) == []
+    for args in (
+        ["show", "pgc"],
+        ["credentials", "pgc"],
+        ["restart", "pgc"],
+        ["database", "list", "pgc"],
+        ["user", "list", "pgc"],
+        ["delete", "pgc"],
+    ):
+        out = platform.run("db", *args, check=False, ONEP_TOKEN=token)
+        assert out.returncode == 1 and "db_instance_not_found" in out.stderr, out.stderr
+
+
+def test_secrets_never_reach_logs_store_or_operations(
+    platform: Platform, pgdb: dict[str, Any]
+) -> None:
+    admin_pw = platform.json("db", "credentials", "pgc")["password"]
+    secrets = [admin_pw, ALICE_PW]
+    raw_store = b"".join(p.read_bytes() for p in platform.home.glob("oneplatform.db*"))
+    assert raw_store, "the SQLite store was not found"
+    for secret in secrets:
+        assert secret.encode() not in raw_store
+        assert secret not in platform.log()
+    # and readable columns of the store hold no plaintext either
+    with sqlite3.connect(platform.home / "oneplatform.db") as conn:
+        dump = "\n".join(conn.iterdump())
+    for secret in secrets:
+        assert secret not in dump
+    ops = json.dumps(platform.json("operation", "list"))
+    for secret in secrets:
+        assert secret not in ops
+    db_id = pgdb["id"]
+    inst_logs = subprocess.run(
+        ["podman", "ps", "-a", "--format", "json", "--filter", "label=oneplatform.managed=1"],
+        capture_output=True,
+        text=True,
+    )
+    for c in json.loads(inst_logs.stdout or "[]"):
+        logs = subprocess.run(["podman", "logs", c["Id"]], capture_output=True, text=True)
+        for secret in secrets:
+            assert secret not in logs.stdout + logs.stderr
+    assert db_id
+
+
+def test_delete_removes_data_and_compute(platform: Platform) -> None:
+    db = platform.json("db", "create", "gone", "--flavor", "container.small", "--wait")
+    inst_ids = {c["Labels"]["oneplatform.instance"] for c in _managed()}
+    platform.run("db", "delete", "gone", "--wait")
+    assert platform.run("db", "show", "gone", check=False).returncode == 1
+    remaining = {c["Labels"]["oneplatform.instance"] for c in _managed()}
+    volumes = subprocess.run(
+        ["podman", "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True
+    ).stdout.split()
+    gone = inst_ids - remaining
+    assert len(gone) == 1
+    (instance_id,) = gone
+    assert not [v for v in volumes if instance_id in v]
+    assert podman_containers(instance_id) == []
+    assert db["status"] == "ACTIVE"
+
+
+def _managed() -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["podman", "ps", "-a", "--format", "json", "--filter", "label=oneplatform.managed=1"],
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout or "[]")
