@@ -78,9 +78,11 @@ def imported(recipe: Recipe, cache_dir: Path, rootfs: Path) -> ImageArtifact:
     artifact = artifact_for(recipe, cache_dir)
     assert artifact.rootfs == rootfs
     if _run("podman", "image", "exists", artifact.ref, check=False).returncode != 0:
-        changes = ["--change", f"CMD={json.dumps(list(artifact.command))}"]
+        # "CMD <json>": with "CMD=<json>" podman 4.3 reads up to the first space as the
+        # instruction and fails ('invalid instruction') once the command has two words.
+        changes = ["--change", f"CMD {json.dumps(list(artifact.command))}"]
         for key, value in artifact.env.items():
-            changes += ["--change", f"ENV={key}={value}"]
+            changes += ["--change", f"ENV {key}={value}"]
         _run("podman", "import", *changes, str(rootfs), artifact.ref)
     return artifact
 
@@ -118,14 +120,14 @@ def _tar_names(path: Path) -> set[str]:
         return {name.removeprefix("./") for name in tar.getnames()}
 
 
-def test_rootfs_contains_postgres_and_start_script(rootfs: Path) -> None:
+def test_rootfs_contains_postgres_and_the_agent(rootfs: Path) -> None:
     names = _tar_names(rootfs)
     assert "usr/lib/postgresql/15/bin/postgres" in names
-    assert "usr/local/bin/onep-pg-start" in names
+    assert "usr/local/lib/oneplatform/agent.py" in names
     assert not any(n.startswith("usr/share/doc/") and n.count("/") > 3 for n in names)
     with tarfile.open(rootfs) as tar:
-        script = tar.getmember("./usr/local/bin/onep-pg-start")
-        assert script.mode & 0o777 == 0o755
+        agent = tar.getmember("./usr/local/lib/oneplatform/agent.py")
+        assert agent.mode & 0o777 == 0o644
 
 
 def test_second_build_is_cached(recipe: Recipe, cache_dir: Path, rootfs: Path) -> None:

@@ -34,10 +34,10 @@ def test_postgresql_recipe_loads() -> None:
     assert "postgresql-15" in list_recipes()
     assert recipe.suite == "bookworm"
     assert "postgresql-15" in recipe.packages
-    assert recipe.ports == {"postgresql": 5432}
-    assert recipe.command == ("/usr/local/bin/onep-pg-start",)
-    source = recipe.files["/usr/local/bin/onep-pg-start"]
-    assert source.read_bytes().startswith(b"#!/bin/sh")
+    assert recipe.ports == {"postgresql": 5432, "agent": 8471}
+    assert recipe.command == ("/usr/bin/python3", "/usr/local/lib/oneplatform/agent.py")
+    source = recipe.files["/usr/local/lib/oneplatform/agent.py"]
+    assert source.name == "agent.py" and source.parent.name == "guest"
     assert recipe.apt_sources() == (
         "deb http://deb.debian.org/debian bookworm main",
         "deb http://deb.debian.org/debian bookworm-updates main",

@@ -10,17 +10,17 @@ from sqlalchemy.orm import Session
 
 from oneplatform.compute.service import endpoints
 from oneplatform.compute.states import InstanceStatus
-from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import Datastore, get_datastore
 from oneplatform.dbaas.datastores.base import ConnInfo
 from oneplatform.errors import Conflict
+from oneplatform.guest import AdminCredentials, AgentSettings, Bundle, EngineSettings
+from oneplatform.guest.client import AgentClient
 from oneplatform.secrets import SecretBox
 from oneplatform.store.models import DbInstance, Host, Instance
 
 AGENT_ENDPOINT = "agent"
 DATA_VOLUME = "data"
 DATA_PATH = "/var/lib/oneplatform"
-BUNDLE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,15 @@ def make_bundle(
     engine_port: int,
     agent_port: int,
 ) -> str:
-    """The config bundle the guest agent reads (format 1); the same whatever the compute type."""
-    return json.dumps(
-        {
-            "format": BUNDLE_FORMAT,
-            "instance_id": db.id,
-            "datastore": db.datastore,
-            "version": db.version,
-            "agent": {"port": agent_port, "secret": agent_secret},
-            "engine": {"port": engine_port, "settings": datastore.engine_settings(vcpus, ram_mb)},
-            "admin": {"username": db.admin_username, "password": admin_password},
-        }
-    )
+    """The config bundle the guest agent reads; the same whatever the compute type."""
+    return Bundle(
+        instance_id=db.id,
+        datastore=db.datastore,
+        version=db.version,
+        agent=AgentSettings(secret=agent_secret, port=agent_port),
+        engine=EngineSettings(port=engine_port, settings=datastore.engine_settings(vcpus, ram_mb)),
+        admin=AdminCredentials(username=db.admin_username, password=admin_password),
+    ).to_json()
 
 
 def reach(session: Session, db: DbInstance, box: SecretBox, password: str | None = None) -> Reach:
@@ -97,7 +94,5 @@ def pending(box: SecretBox, db: DbInstance) -> dict[str, Any]:
     return data
 
 
-def agent_client(r: Reach, settings: Settings, timeout: float = 10.0) -> Any:
-    from oneplatform.guest.client import AgentClient
-
+def agent_client(r: Reach, timeout: float = 10.0) -> AgentClient:
     return AgentClient(r.agent_host, r.agent_port, r.instance_id, r.agent_secret, timeout=timeout)

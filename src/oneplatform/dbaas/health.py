@@ -38,13 +38,13 @@ def probe(store: Store, settings: Settings, db_id: str) -> tuple[Health, str]:
         except PlatformError as err:
             return Health.UNKNOWN, err.message
     try:
-        answer = agent_client(r, settings, timeout=3.0).health()
+        answer = agent_client(r, timeout=3.0).health()
     except PlatformError as err:
         return Health.UNKNOWN, f"agent did not answer: {err.message}"
-    health = ENGINE_HEALTH.get(str(answer.get("engine")), Health.UNKNOWN)
-    if health is Health.HEALTHY and not answer.get("ready"):
+    health = ENGINE_HEALTH.get(answer.engine, Health.UNKNOWN)
+    if health is Health.HEALTHY and not answer.ready:
         health = Health.STARTING
-    return health, str(answer.get("detail", ""))[:500]
+    return health, answer.detail[:500]
 
 
 def check_once(store: Store, settings: Settings) -> int:

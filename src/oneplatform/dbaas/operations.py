@@ -10,7 +10,7 @@ from oneplatform.compute.service import request_delete
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.dbaas.common import agent_client, compute_status, pending, reach
 from oneplatform.dbaas.states import DbStatus, Health, set_db_status
-from oneplatform.errors import AlreadyExists, NotYet, PlatformError
+from oneplatform.errors import AlreadyExists, BackendUnavailable, NotYet, PlatformError
 from oneplatform.ops.engine import StepContext, wait_for_other_operations
 from oneplatform.ops.model import OperationKind, StepFn, register
 from oneplatform.secrets import box_for
@@ -55,15 +55,17 @@ def step_agent(ctx: StepContext) -> None:
     """Wait for the guest agent to report the engine ready."""
     with ctx.store.session() as session:
         r = reach(session, _db(session, ctx), box_for(ctx.settings))
-    health = agent_client(r, ctx.settings, timeout=5.0).health()
-    if health.get("ready"):
+    try:
+        health = agent_client(r, timeout=5.0).health()
+    except BackendUnavailable as err:  # the agent is still starting
+        _deadline(ctx, "guest agent start")
+        raise NotYet(f"waiting for the guest agent: {err.message}", 0.5) from None
+    if health.ready:
         return
-    if health.get("engine") == "failed":
-        raise PlatformError(
-            f"the engine failed to start: {health.get('detail', '')}", code="engine_failed"
-        )
+    if health.engine == "failed":
+        raise PlatformError(f"the engine failed to start: {health.detail}", code="engine_failed")
     _deadline(ctx, "engine start")
-    raise NotYet(f"engine {health.get('engine', '?')}: {health.get('detail', '')}", 0.5)
+    raise NotYet(f"engine {health.engine}: {health.detail}", 0.5)
 
 
 def step_initialize(ctx: StepContext) -> None:
@@ -122,7 +124,7 @@ def step_delete_compute(ctx: StepContext) -> None:
 def step_restart(ctx: StepContext) -> None:
     with ctx.store.session() as session:
         r = reach(session, _db(session, ctx), box_for(ctx.settings))
-    agent_client(r, ctx.settings, timeout=ctx.settings.ready_timeout_seconds).restart_engine()
+    agent_client(r, timeout=ctx.settings.ready_timeout_seconds).restart_engine()
 
 
 def _on_failure(session: Session, ctx: StepContext, err: PlatformError) -> None:

@@ -1,12 +1,15 @@
 """Datastore image recipes: what goes into a root filesystem, declared as TOML.
 
 A recipe lives in ``recipes/<name>.toml``; the files it installs into the image live in
-``recipes/files/``. Nothing is read at import time: :func:`load_recipe` reads on demand.
+``recipes/files/``, or in one of the platform's own packages, named
+``package:oneplatform.guest/agent.py`` (how the guest agent gets into every image).
+Nothing is read at import time: :func:`load_recipe` reads on demand.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import tomllib
@@ -23,6 +26,7 @@ from oneplatform.errors import ImageBuildError, NotFound
 BUILDER_VERSION = "1"
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
+PACKAGE_SOURCE_PREFIX = "package:"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
@@ -151,6 +155,9 @@ def _recipe_from_toml(name: str, data: dict[str, Any], directory: Path) -> Recip
     files_dir = (directory / "files").resolve()
     files: dict[str, Path] = {}
     for guest_path, source in data.get("files", {}).items():
+        if str(source).startswith(PACKAGE_SOURCE_PREFIX):
+            files[guest_path] = _package_source(name, str(source))
+            continue
         resolved = (directory / source).resolve()
         if not resolved.is_relative_to(files_dir):
             raise ImageBuildError(f"recipe {name}: {source!r} is outside {files_dir}")
@@ -172,3 +179,23 @@ def _recipe_from_toml(name: str, data: dict[str, Any], directory: Path) -> Recip
         ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
         **optional,
     )
+
+
+def _package_source(name: str, source: str) -> Path:
+    """``package:oneplatform.guest/agent.py``: a file inside one of the platform's packages."""
+    package, _, relative = source.removeprefix(PACKAGE_SOURCE_PREFIX).partition("/")
+    if not relative or (package != "oneplatform" and not package.startswith("oneplatform.")):
+        raise ImageBuildError(
+            f"recipe {name}: {source!r} must be package:oneplatform[.sub]/path/to/file"
+        )
+    try:
+        spec = importlib.util.find_spec(package)
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ImageBuildError(f"recipe {name}: {source!r}: no package {package}")
+    root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root):
+        raise ImageBuildError(f"recipe {name}: {source!r} is outside the package {package}")
+    return resolved

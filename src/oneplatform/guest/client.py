@@ -1,0 +1,125 @@
+"""The platform's client for an instance's guest agent: every call signed with its secret."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from oneplatform.errors import BackendError, BackendUnavailable
+from oneplatform.guest.agent import sign_request
+
+DEFAULT_TIMEOUT = 10.0
+RESTART_TIMEOUT = 150.0  # the agent itself gives up after 120 s
+
+
+@dataclass(frozen=True)
+class AgentHealth:
+    """What ``GET /v1/health`` says: the engine's state and whether it takes connections."""
+
+    instance_id: str
+    datastore: str
+    version: str
+    engine: str  # starting | running | stopped | failed
+    ready: bool
+    detail: str
+    restarts: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AgentHealth:
+        return cls(
+            instance_id=str(data.get("instance_id") or ""),
+            datastore=str(data.get("datastore") or ""),
+            version=str(data.get("version") or ""),
+            engine=str(data.get("engine") or ""),
+            ready=bool(data.get("ready")),
+            detail=str(data.get("detail") or ""),
+            restarts=int(data.get("restarts") or 0),
+            raw=data,
+        )
+
+
+class AgentClient:
+    """Talks to one instance's agent at ``host:port`` (its published or forwarded port).
+
+    Transport failures (nothing listening yet, connection reset, timeout) raise
+    :class:`BackendUnavailable`; refusals and engine errors raise :class:`BackendError`
+    with the agent's error code in ``details["agent_code"]``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        instance_id: str,
+        secret: str,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.instance_id = instance_id
+        self._secret = secret
+        self.timeout = timeout
+        self.base_url = f"http://{host}:{port}"
+
+    def __repr__(self) -> str:
+        return f"AgentClient({self.base_url!r}, instance_id={self.instance_id!r})"
+
+    def health(self) -> AgentHealth:
+        return self._health(self._call("GET", "/v1/health"))
+
+    def restart_engine(self, timeout: float = RESTART_TIMEOUT) -> AgentHealth:
+        """Restart the engine; returns once it is ready again (the agent waits for it)."""
+        return self._health(self._call("POST", "/v1/engine/restart", timeout=timeout))
+
+    def _health(self, data: dict[str, Any]) -> AgentHealth:
+        health = AgentHealth.from_dict(data)
+        if health.instance_id != self.instance_id:
+            raise BackendError(
+                f"the agent at {self.base_url} answers for another instance",
+                instance_id=self.instance_id,
+            )
+        return health
+
+    def _call(
+        self, method: str, path: str, body: bytes = b"", timeout: float | None = None
+    ) -> dict[str, Any]:
+        headers = sign_request(self._secret, self.instance_id, method, path, body)
+        if body:
+            headers["Content-Type"] = "application/json"
+        where = f"{method} {self.base_url}{path}"
+        try:
+            # trust_env=False: never send an instance's traffic through a configured proxy.
+            with httpx.Client(timeout=timeout or self.timeout, trust_env=False) as http:
+                response = http.request(method, self.base_url + path, headers=headers, content=body)
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(
+                f"guest agent unreachable: {where}: {type(exc).__name__}: {exc}",
+                instance_id=self.instance_id,
+            ) from exc
+        try:
+            data = response.json()
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise BackendError(
+                f"guest agent sent a non-JSON answer ({response.status_code}) to {where}",
+                instance_id=self.instance_id,
+                http_status=response.status_code,
+            )
+        if response.status_code == 200:
+            return data
+        raw_error = data.get("error")
+        error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+        code = str(error.get("code") or "unknown")
+        message = str(error.get("message") or "")
+        cls = BackendUnavailable if response.status_code in (503, 504) else BackendError
+        raise cls(
+            f"guest agent refused {method} {path}: {response.status_code} {code}: {message}",
+            instance_id=self.instance_id,
+            http_status=response.status_code,
+            agent_code=code,
+        )

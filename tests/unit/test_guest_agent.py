@@ -1,0 +1,342 @@
+"""Guest agent without containers: its HTTP API and supervisor with a fake engine, the
+platform's client against it, and the PostgreSQL engine's pure helpers."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import hmac
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from oneplatform.errors import BackendError, BackendUnavailable
+from oneplatform.guest import agent as agent_mod
+from oneplatform.guest.agent import (
+    ENGINE_FAILED,
+    ENGINE_RUNNING,
+    AdminCredentials,
+    Agent,
+    AgentHTTPServer,
+    AgentSettings,
+    Bundle,
+    ChildProcesses,
+    Engine,
+    EngineError,
+    EngineSettings,
+    PostgresEngine,
+    Supervisor,
+    admin_role_sql,
+    saslprep,
+    scram_sha256_verifier,
+)
+from oneplatform.guest.client import AgentClient
+
+INSTANCE = "inst-unit"
+SECRET = "k" * 43
+
+
+class FakeEngine(Engine):
+    """A sleeping Python process stands in for the server."""
+
+    datastore = "postgresql"
+
+    def __init__(self, bundle: Bundle | None, fail_starts: int = 0) -> None:
+        super().__init__(bundle, ChildProcesses())
+        self.fail_starts = fail_starts
+        self.starts = 0
+        self.bootstraps = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def initialize(self) -> None:
+        pass
+
+    def configure(self) -> None:
+        pass
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.starts += 1
+        if self.fail_starts:
+            self.fail_starts -= 1
+            raise EngineError("cannot start (test)")
+        self.proc = self.children.popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"], stdin=subprocess.DEVNULL
+        )
+        return self.proc
+
+    def health(self) -> tuple[bool, str]:
+        ok = self.proc is not None and self.proc.poll() is None
+        return ok, "up" if ok else "down"
+
+    def bootstrap(self) -> None:
+        self.bootstraps += 1
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+        proc.terminate()
+        return proc.wait(timeout)
+
+
+def make_bundle() -> Bundle:
+    return Bundle(
+        instance_id=INSTANCE,
+        datastore="postgresql",
+        version="15",
+        agent=AgentSettings(secret=SECRET),
+        engine=EngineSettings(port=5432),
+        admin=AdminCredentials(username="admin", password="pw-unit-test"),
+    )
+
+
+def fast_supervisor(engine: Engine | None, **kwargs: float | str) -> Supervisor:
+    options: dict[str, float | str] = {
+        "ready_timeout": 10.0,
+        "stop_timeout": 5.0,
+        "backoff_initial": 0.1,
+        "backoff_max": 0.2,
+        "poll_interval": 0.02,
+    }
+    options.update(kwargs)
+    return Supervisor(engine, **options)  # type: ignore[arg-type]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Agent], int]]:
+    """Start an agent's HTTP server on a free port of 127.0.0.1; returns the port."""
+    started: list[tuple[AgentHTTPServer, Supervisor]] = []
+
+    def run(agent: Agent) -> int:
+        server = AgentHTTPServer(("127.0.0.1", 0), agent)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        agent.supervisor.start()
+        started.append((server, agent.supervisor))
+        return int(server.server_address[1])
+
+    yield run
+    for server, supervisor in started:
+        supervisor.stop(10)
+        server.shutdown()
+        server.server_close()
+
+
+def test_signed_health_and_restart_through_the_client(serve: Callable[[Agent], int]) -> None:
+    engine = FakeEngine(make_bundle())
+    port = serve(Agent(make_bundle(), fast_supervisor(engine)))
+    client = AgentClient("127.0.0.1", port, INSTANCE, SECRET)
+    wait_for(lambda: client.health().ready)
+    health = client.health()
+    assert (health.instance_id, health.datastore, health.engine) == (
+        INSTANCE,
+        "postgresql",
+        "running",
+    )
+    first = engine.proc
+    assert first is not None
+    restarted = client.restart_engine(timeout=20)
+    assert restarted.ready and restarted.engine == ENGINE_RUNNING
+    assert engine.proc is not first and first.poll() is not None
+    assert engine.starts == 2 and engine.bootstraps == 2
+
+
+def test_refusals_over_http(serve: Callable[[Agent], int]) -> None:
+    port = serve(Agent(make_bundle(), fast_supervisor(FakeEngine(make_bundle()))))
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(trust_env=False) as http:
+        r = http.get(f"{base}/v1/health")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unsigned"
+        headers = agent_mod.sign_request(SECRET, INSTANCE, "GET", "/v1/nope")
+        r = http.get(f"{base}/v1/nope", headers=headers)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        headers = agent_mod.sign_request(SECRET, INSTANCE, "POST", "/v1/health")
+        r = http.post(f"{base}/v1/health", headers=headers)
+        assert r.status_code == 405
+    with pytest.raises(BackendError) as info:
+        AgentClient("127.0.0.1", port, "other", SECRET).health()
+    assert info.value.details["agent_code"] == "wrong_instance"
+    assert info.value.details["http_status"] == 403
+    with pytest.raises(BackendError) as info:
+        AgentClient("127.0.0.1", port, INSTANCE, "w" * 43).health()
+    assert info.value.details["agent_code"] == "bad_signature"
+
+
+def test_no_bundle_refuses_everything(serve: Callable[[Agent], int]) -> None:
+    port = serve(Agent(None, fast_supervisor(FakeEngine(None)), problem="no config bundle"))
+    with pytest.raises(BackendError) as info:
+        AgentClient("127.0.0.1", port, INSTANCE, SECRET).health()
+    assert info.value.details["agent_code"] == "no_bundle"
+    assert info.value.details["http_status"] == 401
+
+
+def test_client_maps_connect_errors_to_backend_unavailable() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(BackendUnavailable):
+            AgentClient("127.0.0.1", port, INSTANCE, SECRET, timeout=2).health()
+
+
+def test_supervisor_restarts_an_engine_that_dies() -> None:
+    engine = FakeEngine(make_bundle())
+    supervisor = fast_supervisor(engine)
+    supervisor.start()
+    try:
+        wait_for(lambda: supervisor.snapshot()[0] == ENGINE_RUNNING)
+        first = engine.proc
+        assert first is not None
+        first.kill()
+        wait_for(lambda: supervisor.snapshot()[2] == 1)
+        wait_for(lambda: supervisor.snapshot()[0] == ENGINE_RUNNING and engine.proc is not first)
+        assert engine.starts == 2
+    finally:
+        supervisor.stop(10)
+    assert supervisor.snapshot()[0] == "stopped"
+    assert engine.proc is not None and engine.proc.poll() is not None
+
+
+def test_supervisor_reports_start_failures_and_retries() -> None:
+    engine = FakeEngine(make_bundle(), fail_starts=2)
+    supervisor = fast_supervisor(engine)
+    supervisor.start()
+    try:
+        wait_for(lambda: supervisor.snapshot()[0] == ENGINE_FAILED)
+        assert "cannot start (test)" in supervisor.snapshot()[1]
+        wait_for(lambda: supervisor.snapshot()[0] == ENGINE_RUNNING)
+        assert engine.starts == 3
+    finally:
+        supervisor.stop(10)
+
+
+def test_restart_reports_a_failed_start() -> None:
+    engine = FakeEngine(make_bundle())
+    supervisor = fast_supervisor(engine)
+    supervisor.start()
+    try:
+        wait_for(lambda: supervisor.snapshot()[0] == ENGINE_RUNNING)
+        engine.fail_starts = 1
+        ok, detail = supervisor.restart(10)
+        assert not ok and "cannot start (test)" in detail
+        wait_for(lambda: supervisor.snapshot()[0] == ENGINE_RUNNING)  # and it recovers
+    finally:
+        supervisor.stop(10)
+
+
+def test_supervisor_without_an_engine_reports_why() -> None:
+    supervisor = Supervisor(None, fatal="the bundle is for mariadb 10.11")
+    supervisor.start()
+    assert supervisor.snapshot()[:2] == (ENGINE_FAILED, "the bundle is for mariadb 10.11")
+    assert supervisor.restart(1) == (False, "the bundle is for mariadb 10.11")
+
+
+# --- PostgreSQL helpers
+
+
+def test_render_conf_quotes_values_and_keeps_managed_settings(tmp_path: Path) -> None:
+    bundle = Bundle(
+        instance_id=INSTANCE,
+        datastore="postgresql",
+        version="15",
+        agent=AgentSettings(secret=SECRET),
+        engine=EngineSettings(
+            port=6543,
+            settings={
+                "shared_buffers": "64MB",
+                "search_path": '"$user", it\'s',
+                "listen_addresses": "localhost",
+                "PORT": "1",
+            },
+        ),
+        admin=AdminCredentials(username="admin", password="pw"),
+    )
+    conf = PostgresEngine(bundle, ChildProcesses(), data_dir=tmp_path).render_conf()
+    lines = conf.splitlines()
+    assert "shared_buffers = '64MB'" in lines
+    assert "search_path = '\"$user\", it''s'" in lines
+    assert "listen_addresses = 'localhost'" not in lines
+    assert "PORT = '1'" not in lines
+    assert lines[-7:] == [
+        "listen_addresses = '*'",
+        "port = '6543'",
+        "unix_socket_directories = '/var/run/postgresql'",
+        "jit = 'off'",
+        "logging_collector = 'off'",
+        "log_destination = 'stderr'",
+        "password_encryption = 'scram-sha-256'",
+    ]
+
+
+def test_scram_verifier_matches_rfc_7677() -> None:
+    # RFC 7677 section 3: user "user", password "pencil"; check the server signature.
+    salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+    verifier = scram_sha256_verifier("pencil", salt=salt)
+    method, rest = verifier.split("$", 1)
+    iterations_salt, keys = rest.split("$")
+    stored_key_b64, server_key_b64 = keys.split(":")
+    assert method == "SCRAM-SHA-256"
+    assert iterations_salt == "4096:W22ZaJ0SNY7soEsUEjb6gQ=="
+    nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    auth_message = (
+        f"n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,"
+        f"c=biws,r={nonce}"
+    )
+    server_signature = hmac.new(
+        base64.b64decode(server_key_b64), auth_message.encode(), hashlib.sha256
+    ).digest()
+    assert base64.b64encode(server_signature).decode() == (
+        "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+    )
+    assert len(base64.b64decode(stored_key_b64)) == 32
+
+
+@pytest.mark.parametrize(
+    ("password", "prepared"),
+    [
+        ("plain-ASCII 'pw'", b"plain-ASCII 'pw'"),
+        ("I\u00adX", b"IX"),  # soft hyphen maps to nothing
+        ("\u2168", b"IX"),  # NFKC
+        ("a\u00a0b", b"a b"),  # non-ASCII space maps to space
+        ("p\u00e4ss", "p\u00e4ss".encode()),
+        ("x\u0007\u00e4", "x\u0007\u00e4".encode()),  # prohibited: raw bytes, as PostgreSQL
+    ],
+)
+def test_saslprep(password: str, prepared: bytes) -> None:
+    assert saslprep(password) == prepared
+
+
+def test_admin_sql_never_holds_the_password() -> None:
+    sql = admin_role_sql("admin", "s3cret'pw")
+    assert "s3cret" not in sql
+    assert (
+        'ALTER ROLE "admin" WITH LOGIN SUPERUSER CREATEDB CREATEROLE PASSWORD \'SCRAM-SHA-256$4096:'
+        in sql
+    )
+    assert "SET log_min_error_statement = 'panic';" in sql
+
+
+def test_agent_module_uses_only_the_standard_library() -> None:
+    tree = ast.parse(Path(agent_mod.__file__).read_text())
+    modules = {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert modules - {"__future__"} <= set(sys.stdlib_module_names)
