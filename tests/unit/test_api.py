@@ -22,6 +22,7 @@ from oneplatform.config import Settings
 from oneplatform.images.recipes import load_recipe
 from oneplatform.store.db import Store
 from oneplatform.store.models import (
+    DbInstance,
     Event,
     Flavor,
     Host,
@@ -46,7 +47,16 @@ class Api:
         with self.store.session() as s:
             return tuple(
                 s.scalar(select(func.count()).select_from(m)) or 0
-                for m in (Instance, PortAllocation, Operation, Event, Flavor, Pool, Host)
+                for m in (
+                    Instance,
+                    PortAllocation,
+                    Operation,
+                    Event,
+                    Flavor,
+                    Pool,
+                    Host,
+                    DbInstance,
+                )
             )
 
 
@@ -104,7 +114,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
                 content_hash=load_recipe(IMAGE).content_hash(),
                 status="READY",
                 formats={},
-                ports={"postgresql": 5432},
+                ports={"postgresql": 5432, "agent": 8471},
             )
         )
     with TestClient(create_app(Platform(store, settings))) as client:
@@ -240,7 +250,10 @@ def test_create_writes_desired_state_and_an_operation(api: Api) -> None:
     accepted = _create(api)
     op, inst = accepted["operation"], accepted["instance"]
     assert inst["status"] == "BUILD" and inst["host"] == "h1"
-    assert inst["endpoints"] == [{"name": "postgresql", "host": "127.0.0.1", "port": 31000}]
+    assert inst["endpoints"] == [
+        {"name": "agent", "host": "127.0.0.1", "port": 31000},
+        {"name": "postgresql", "host": "127.0.0.1", "port": 31001},
+    ]
     assert op["status"] == "PENDING" and op["resource_id"] == inst["id"]
     assert [s["name"] for s in op["steps"]] == [
         "image",
@@ -309,7 +322,7 @@ def test_image_not_built_is_refused(api: Api) -> None:
 
 def test_host_out_of_ports_is_refused(api: Api) -> None:
     with api.store.session() as s:
-        s.scalars(select(Host)).one().port_range_end = 31001
+        s.scalars(select(Host)).one().port_range_end = 31003
     _create(api, "a1")
     _create(api, "a2")
     before = api.counts()
@@ -425,3 +438,150 @@ def test_unknown_operation_and_image(api: Api) -> None:
 def test_whoami(api: Api) -> None:
     me = api.client.get("/v1/whoami", headers=api.other).json()
     assert me["project"]["name"] == "other" and me["role"] == "member"
+
+
+# -- databases as a service ----------------------------------------------------------------------
+def _create_db(
+    api: Api, name: str = "pg1", headers: dict[str, str] | None = None, **body: object
+) -> dict:
+    payload = {
+        "name": name,
+        "flavor": "container.small",
+        "databases": ["appdb"],
+        "users": [{"name": "alice", "password": "Alice-pw-123", "databases": ["appdb"]}],
+        **body,
+    }
+    response = api.client.post("/v1/db/instances", json=payload, headers=headers or api.admin)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+DB_CALLS = [
+    ("GET", "/v1/db/instances/{i}", None),
+    ("DELETE", "/v1/db/instances/{i}", None),
+    ("POST", "/v1/db/instances/{i}/restart", None),
+    ("GET", "/v1/db/instances/{i}/credentials", None),
+    ("POST", "/v1/db/instances/{i}/reset-password", None),
+    ("GET", "/v1/db/instances/{i}/databases", None),
+    ("POST", "/v1/db/instances/{i}/databases", {"name": "x"}),
+    ("DELETE", "/v1/db/instances/{i}/databases/appdb", None),
+    ("GET", "/v1/db/instances/{i}/users", None),
+    ("POST", "/v1/db/instances/{i}/users", {"name": "bob"}),
+    ("DELETE", "/v1/db/instances/{i}/users/alice", None),
+    ("PUT", "/v1/db/instances/{i}/users/alice/password", {"password": "Another-pw-1"}),
+    ("POST", "/v1/db/instances/{i}/users/alice/grants", {"database": "appdb"}),
+    ("DELETE", "/v1/db/instances/{i}/users/alice/grants/appdb", None),
+]
+
+
+def test_db_calls_cover_every_db_instance_route(api: Api) -> None:
+    covered = {(m, re.sub(r"/(appdb|alice)", "/x", p.replace("{i}", "x"))) for m, p, _ in DB_CALLS}
+    routes = {(m, p) for m, p in _routes(api) if p.startswith("/v1/db/instances/")}
+    assert routes <= covered, routes - covered
+
+
+def test_create_db_writes_a_db_instance_its_compute_and_an_operation(api: Api) -> None:
+    accepted = _create_db(api)
+    db, op = accepted["instance"], accepted["operation"]
+    assert db["status"] == "BUILD" and db["health"] == "UNKNOWN"
+    assert db["compute_type"] == "container" and db["version"] == "15"
+    assert db["endpoint"] == {"host": "127.0.0.1", "port": 31001}
+    assert [s["name"] for s in op["steps"]] == ["compute", "agent", "initialize", "finish"]
+    # the compute instance is the service's: not listed among the user's own instances
+    assert api.client.get("/v1/instances", headers=api.admin).json() == []
+    with api.store.session() as s:
+        instance = s.scalars(select(Instance)).one()
+        assert instance.managed_by == "dbaas" and instance.disk_gb == 2 + 1
+        assert instance.volumes == [
+            {"name": "data", "size_gb": 1, "guest_path": "/var/lib/oneplatform"}
+        ]
+        row = s.scalars(select(DbInstance)).one()
+        for column in (
+            row.admin_password_enc,
+            row.agent_secret_enc,
+            row.pending_enc,
+            instance.bundle_enc,
+        ):
+            assert column and "Alice-pw-123" not in column and "password" not in column
+    assert "Alice-pw-123" not in str(op)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), DB_CALLS)
+def test_another_project_cannot_see_or_touch_a_database(
+    api: Api, method: str, path: str, body: object
+) -> None:
+    db = _create_db(api)["instance"]
+    before = api.counts()
+    response = api.client.request(method, path.format(i=db["id"]), json=body, headers=api.other)
+    _error(response, 404, "db_instance_not_found")
+    assert api.counts() == before
+    assert api.client.get("/v1/db/instances", headers=api.other).json() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"datastore": "oracle"}, 404, "datastore_not_found"),
+        ({"version": "9"}, 404, "datastore_version_not_found"),
+        ({"flavor": "no.such"}, 404, "flavor_not_found"),
+        ({"flavor": "container.huge"}, 409, "no_valid_host"),
+        ({"size_gb": 0}, 422, "invalid_input"),
+        ({"size_gb": 5000}, 422, "invalid_input"),
+        ({"name": "Bad Name"}, 422, "invalid_input"),
+        ({"databases": ['x"; DROP DATABASE y; --']}, 422, "invalid_input"),
+        ({"databases": ["postgres"]}, 422, "invalid_input"),
+        ({"databases": ["pg_catalog2"]}, 422, "invalid_input"),
+        ({"databases": ["a", "a"]}, 422, "invalid_input"),
+        ({"users": [{"name": "bob", "password": "short"}]}, 422, "invalid_input"),
+        (
+            {"users": [{"name": "bob", "password": "Long-enough-1", "databases": ["nope"]}]},
+            422,
+            "invalid_input",
+        ),
+        ({"users": [{"name": "admin", "password": "Long-enough-1"}]}, 422, "invalid_input"),
+    ],
+)
+def test_bad_db_create_is_refused_without_leaving_anything(
+    api: Api, body: dict, status: int, code: str
+) -> None:
+    before = api.counts()
+    payload = {"name": "pg1", "flavor": "container.small", **body}
+    _error(api.client.post("/v1/db/instances", json=payload, headers=api.admin), status, code)
+    assert api.counts() == before
+
+
+def test_duplicate_db_name_is_refused(api: Api) -> None:
+    _create_db(api)
+    before = api.counts()
+    payload = {"name": "pg1", "flavor": "container.small"}
+    _error(
+        api.client.post("/v1/db/instances", json=payload, headers=api.admin),
+        409,
+        "db_instance_exists",
+    )
+    assert api.counts() == before
+
+
+def test_sql_level_calls_wait_for_active(api: Api) -> None:
+    db = _create_db(api)["instance"]
+    for method, path, body in DB_CALLS:
+        if "/databases" in path or "/users" in path or "reset-password" in path:
+            response = api.client.request(
+                method, path.format(i=db["id"]), json=body, headers=api.admin
+            )
+            _error(response, 409, "invalid_state")
+
+
+def test_credentials_are_the_owners(api: Api) -> None:
+    db = _create_db(api)["instance"]
+    creds = api.client.get(f"/v1/db/instances/{db['id']}/credentials", headers=api.admin).json()
+    assert creds["username"] == "admin" and len(creds["password"]) >= 24
+    with api.store.session() as s:
+        row = s.scalars(select(DbInstance)).one()
+        assert creds["password"] not in row.admin_password_enc
+
+
+def test_datastores_catalog(api: Api) -> None:
+    catalog = api.client.get("/v1/datastores", headers=api.other).json()
+    pg = next(d for d in catalog if d["name"] == "postgresql")
+    assert {"version": "15", "image": "postgresql-15", "default": True} in pg["versions"]
