@@ -13,7 +13,15 @@ APT_PACKAGES=(
   podman runc mmdebstrap uidmap slirp4netns
   postgresql-15 postgresql-client-15
   busybox-static ca-certificates python3-venv
+  # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
+  xorriso e2fsprogs
+  # libvirt-python (PyPI) is built from source against these.
+  libvirt-dev pkg-config gcc python3-dev
 )
+LIBVIRT_URI="qemu:///system"
+POOL_NAME="default"
+POOL_DIR="/var/lib/libvirt/images"
 
 installed() {
   # True when the package is fully installed (not merely known to dpkg).
@@ -32,7 +40,9 @@ install_packages() {
   [ "${#missing[@]}" -eq 0 ] && return 0
   log "installing ${missing[*]}"
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Wait for a dpkg lock held by another apt run instead of failing at once.
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 \
+    "${missing[@]}" >/dev/null
   for pkg in "${missing[@]}"; do
     installed "$pkg" || { log "ERROR: $pkg did not install"; exit 1; }
     log "$pkg installed"
@@ -74,7 +84,45 @@ ensure_venv() {
   log "python packages installed"
 }
 
+ensure_daemon() {
+  # No systemd here: start the daemon unless a process of that name already runs.
+  local name="$1"
+  if pgrep -x "$name" >/dev/null; then
+    log "$name running"
+  else
+    log "starting $name"
+    "$name" -d
+  fi
+}
+
+ensure_libvirt() {
+  ensure_daemon virtlogd  # libvirt needs it to start domains (their console logs)
+  ensure_daemon libvirtd
+  local i
+  for i in $(seq 1 60); do
+    virsh -q -c "$LIBVIRT_URI" version >/dev/null 2>&1 && break
+    [ "$i" -eq 60 ] && { log "ERROR: libvirtd does not answer on $LIBVIRT_URI"; exit 1; }
+    sleep 0.5
+  done
+  log "libvirt ok ($(virsh -c "$LIBVIRT_URI" version 2>/dev/null | grep -i 'running hypervisor' | sed 's/.*: *//'))"
+  # The Redfish emulator (sushy-tools) needs a storage pool named "default".
+  if ! virsh -q -c "$LIBVIRT_URI" pool-info "$POOL_NAME" >/dev/null 2>&1; then
+    log "defining the libvirt storage pool $POOL_NAME at $POOL_DIR"
+    mkdir -p "$POOL_DIR"
+    virsh -q -c "$LIBVIRT_URI" pool-define-as "$POOL_NAME" dir --target "$POOL_DIR" >/dev/null
+    virsh -q -c "$LIBVIRT_URI" pool-autostart "$POOL_NAME" >/dev/null
+  fi
+  if virsh -q -c "$LIBVIRT_URI" pool-info "$POOL_NAME" | grep -Eq '^State: +running'; then
+    log "storage pool $POOL_NAME ok"
+  else
+    mkdir -p "$POOL_DIR"
+    virsh -q -c "$LIBVIRT_URI" pool-start "$POOL_NAME" >/dev/null
+    log "storage pool $POOL_NAME started"
+  fi
+}
+
 install_packages
+ensure_libvirt
 check_python
 ensure_venv
 log "done"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 15 cluster for the store tests, on 127.0.0.1:55432 (trust auth).
+# A throwaway PostgreSQL 15 cluster for the store tests, on 127.0.0.1 (trust auth), port
+# 55432 or, if another checkout holds that, a free one recorded in .cache/pgtest-port.
 # Usage: scripts/test-postgres.sh start|stop|url|status
 set -euo pipefail
 
@@ -8,7 +9,18 @@ REPO="$(pwd)"
 PGBIN=/usr/lib/postgresql/15/bin
 PGDATA="$REPO/.cache/pgtest"
 PGRUN="$REPO/.cache/pgtest-run"   # socket and lock directory
-PORT=55432
+PORTFILE="$REPO/.cache/pgtest-port"
+# 55432 unless another checkout's cluster holds it: then a free port, remembered per checkout.
+if [ -f "$PORTFILE" ]; then
+  PORT="$(cat "$PORTFILE")"
+else
+  PORT=55432
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  fi
+  mkdir -p "$REPO/.cache"
+  echo "$PORT" >"$PORTFILE"
+fi
 URL="postgresql+psycopg://postgres@127.0.0.1:${PORT}/postgres"
 
 as_postgres() {
