@@ -1,8 +1,9 @@
 """``python -m bench [NAME ...] [--rounds N]``: run benchmarks (default: all of them).
 
 One `onep up` with a temporary home serves every benchmark of the run. Each benchmark is a
-function ``(platform, rounds, timeout) -> results``; its results go to
-``bench/results/<name>.json``. Add one by writing it in a module and listing it below.
+module with ``NAME`` (its results go to ``bench/results/<NAME>.json``; also accepted on the
+command line), ``TIMEOUT_S`` (seconds per sample unless --timeout) and a function
+``run(platform, rounds, timeout) -> results``. Add one by writing it and listing it below.
 """
 
 from __future__ import annotations
@@ -13,17 +14,28 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from bench import container
+from bench import container, db
 from bench.common import BenchError, PlatformProcess, machine_info, running_platform, write_results
 
 Benchmark = Callable[[PlatformProcess, int, float], dict[str, Any]]
 
-BENCHMARKS: dict[str, Benchmark] = {
-    container.NAME: container.run,
+
+@dataclass(frozen=True)
+class Entry:
+    run: Benchmark
+    results: str  # bench/results/<results>.json; also accepted as its name
+    timeout: float  # default seconds per sample
+
+
+BENCHMARKS: dict[str, Entry] = {
+    "container": Entry(container.run, container.NAME, container.TIMEOUT_S),
+    "db": Entry(db.run, db.NAME, db.TIMEOUT_S),
 }
+ALIASES = {entry.results: name for name, entry in BENCHMARKS.items()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,17 +50,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds allowed per sample (default 120)"
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds allowed per sample (default: the benchmark's; "
+        + ", ".join(f"{n} {e.timeout:g}" for n, e in BENCHMARKS.items())
+        + ")",
     )
     parser.add_argument(
         "--keep-home", action="store_true", help="keep the temporary ONEP_HOME (and its log)"
     )
     args = parser.parse_args(argv)
+    args.names = [ALIASES.get(n, n) for n in args.names]
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error("--timeout must be positive")
     return args
 
 
@@ -58,7 +78,7 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = args.names or list(BENCHMARKS)
+    names = list(dict.fromkeys(args.names)) or list(BENCHMARKS)
     if shutil.which("podman") is None:
         print("bench: podman is not installed", file=sys.stderr)
         return 2
@@ -67,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         with running_platform(keep_home=args.keep_home) as platform:
             for name in names:
                 started = dt.datetime.now(dt.UTC)
-                results = BENCHMARKS[name](platform, args.rounds, args.timeout)
+                entry = BENCHMARKS[name]
+                timeout = entry.timeout if args.timeout is None else args.timeout
+                results = entry.run(platform, args.rounds, timeout)
                 results.update(started_at=started.isoformat(), machine=machine_info())
-                print(f"wrote {write_results(name, results)}", flush=True)
+                print(f"wrote {write_results(entry.results, results)}", flush=True)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1

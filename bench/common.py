@@ -5,6 +5,7 @@ Everything here talks only to 127.0.0.1. Every wait is bounded by a deadline.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import platform as _platform
@@ -22,6 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oneplatform.api.schemas import OperationOut
+from oneplatform.config import Settings
+from oneplatform.images.builder import artifact_for
+from oneplatform.images.recipes import load_recipe
 from oneplatform.sdk.client import Client
 
 LOOPBACK = "127.0.0.1"
@@ -33,6 +38,11 @@ PORT_RANGE = (31000, 31999)
 # ONEP_* variables passed on to the bench's `onep up`: where images are cached and which OCI
 # runtime to use describe the machine, not a platform instance. Every other one is dropped.
 PASSED_ENV = frozenset({"ONEP_IMAGE_CACHE", "ONEP_PODMAN_RUNTIME"})
+# Label on the bare-podman containers of a run (value: the run's id), swept at its end.
+BENCH_LABEL = "oneplatform.bench"
+# What the container driver names and labels (see compute/drivers/container.py).
+INSTANCE_LABEL = "oneplatform.instance"
+INSTANCE_PREFIX = "onep-"
 
 now = time.perf_counter
 
@@ -64,6 +74,66 @@ class Summary:
         if not values:
             raise ValueError("no samples to summarise")
         return cls(len(values), statistics.median(values), min(values), max(values))
+
+
+def summarise(
+    name: str, samples: Sequence[Sample], labels: tuple[str, str], rounds: int
+) -> tuple[dict[str, Summary], float]:
+    """Print and return the statistics of the timed samples (warm-up excluded) per label,
+    and median(labels[0]) / median(labels[1])."""
+    timed = [s for s in samples if s.round > 0]
+    stats = {label: Summary.of([s.seconds for s in timed if s.label == label]) for label in labels}
+    ratio = stats[labels[0]].median / stats[labels[1]].median
+    print(f"{name} summary (seconds, {rounds} round(s), warm-up excluded):")
+    for label, st in stats.items():
+        print(f"  {label:<8} median {st.median:.3f}  min {st.min:.3f}  max {st.max:.3f}")
+    print(f"  ratio median({labels[0]})/median({labels[1]}) = {ratio:.2f}", flush=True)
+    return stats, ratio
+
+
+def show(sample: Sample) -> None:
+    """Print a sample: client-side phases on its line, then one line per group of server-side
+    step durations (phases named ``srv.STEP`` or ``srv.GROUP.STEP``)."""
+    client_side = {k: v for k, v in sample.phases.items() if not k.startswith("srv.")}
+    groups: dict[str, dict[str, float]] = {}
+    for key, value in sample.phases.items():
+        if key.startswith("srv."):
+            group, _, step = key[4:].rpartition(".")
+            groups.setdefault(group, {})[step] = value
+    phases = "  ".join(f"{k}@{v:.3f}s" for k, v in client_side.items())
+    which = "warm-up" if sample.round == 0 else f"round {sample.round}"
+    print(f"  {which:<9} {sample.label:<8} {sample.seconds:7.3f}s   ({phases})", flush=True)
+    for group, steps in groups.items():
+        title = f"{group} steps" if group else "server steps"
+        text = "  ".join(f"{k}={v:.3f}s" for k, v in steps.items())
+        print(f"  {'':<9} {'':<8}            {title}: {text}", flush=True)
+
+
+def step_durations(op: OperationOut, prefix: str = "srv.") -> dict[str, float]:
+    """Server-side: seconds from acceptance to the first step (``queued``), each step's
+    duration (first start to finish, retries included), and, once the operation ended,
+    acceptance to end (``total``). Durations, not offsets from the sample start."""
+    out: dict[str, float] = {}
+    created = aware(op.created_at)
+    first = op.steps[0].started_at if op.steps else None
+    if first:
+        out[f"{prefix}queued"] = (_when(first) - created).total_seconds()
+    for step in op.steps:
+        if step.started_at and step.finished_at:
+            seconds = (_when(step.finished_at) - _when(step.started_at)).total_seconds()
+            out[f"{prefix}{step.name}"] = seconds
+    if op.finished_at is not None:
+        out[f"{prefix}total"] = (aware(op.finished_at) - created).total_seconds()
+    return out
+
+
+def _when(iso: str) -> dt.datetime:
+    return aware(dt.datetime.fromisoformat(iso))
+
+
+def aware(value: dt.datetime) -> dt.datetime:
+    """``value`` with UTC as its zone when it has none (the API's times are UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def free_port() -> int:
@@ -120,6 +190,81 @@ def podman_remove_labelled(label: str) -> None:
             podman(["rm", "-f", "-v", "--ignore", *ids], check=False)
     except BenchError:
         pass
+
+
+def podman_remove_instance(instance_id: str) -> None:
+    """Force-remove what the container driver made for a platform instance: its container,
+    its volumes and its config-bundle secret. Never raises."""
+    podman_remove_labelled(f"{INSTANCE_LABEL}={instance_id}")
+    try:
+        volumes = podman(
+            ["volume", "ls", "-q", "--filter", f"label={INSTANCE_LABEL}={instance_id}"],
+            check=False,
+        ).split()
+        if volumes:
+            podman(["volume", "rm", "-f", *volumes], check=False)
+        # Absent (already removed, or a plain instance): podman says so and nothing happens.
+        podman(["secret", "rm", f"{INSTANCE_PREFIX}{instance_id}-bundle"], check=False)
+    except BenchError:
+        pass
+
+
+@dataclass(frozen=True)
+class RawSpec:
+    """What ``podman run`` needs to start an image the way the container driver does."""
+
+    ref: str
+    command: tuple[str, ...]
+    runtime: str
+    vcpus: int
+    ram_mb: int
+
+
+def raw_spec(client: Client, image: str, flavor_name: str) -> RawSpec:
+    """The image ref the platform built, and the flavor and runtime the platform uses."""
+    artifact = artifact_for(load_recipe(image), Settings().images_dir)
+    flavor = next((f for f in client.flavors.list() if f.name == flavor_name), None)
+    if flavor is None:
+        raise BenchError(f"the platform has no flavor {flavor_name!r}")
+    pools = [p for p in client.pools.list() if p.compute_type == flavor.compute_type]
+    runtime = str(pools[0].settings.get("runtime", "runc")) if pools else "runc"
+    return RawSpec(artifact.ref, artifact.command, runtime, flavor.vcpus, flavor.ram_mb)
+
+
+def run_args(
+    spec: RawSpec,
+    name: str,
+    run_id: str,
+    host_port: int,
+    guest_port: int,
+    command: Sequence[str] | None = None,
+) -> list[str]:
+    """``podman run`` arguments mirroring ``PodmanDriver._run_args`` (labels aside, and no
+    volumes, files or secrets). ``command``: the spec's when None, the image's own when
+    empty."""
+    return [
+        "run",
+        "--detach",
+        "--pull=never",
+        "--name",
+        name,
+        "--label",
+        f"{BENCH_LABEL}={run_id}",
+        "--runtime",
+        spec.runtime,
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--cpus",
+        str(spec.vcpus),
+        "--memory",
+        f"{spec.ram_mb}m",
+        "-p",
+        f"{LOOPBACK}:{host_port}:{guest_port}/tcp",
+        spec.ref,
+        *(spec.command if command is None else command),
+    ]
 
 
 # -- the platform as a process ----------------------------------------------------------------
@@ -220,12 +365,17 @@ class PlatformProcess:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL after 20 s; then force-remove the containers of
-        every instance it knew (a create still in flight may have outlived its delete), and
-        the home unless kept."""
+        """SIGTERM the process group, SIGKILL after 20 s; then force-remove the containers,
+        volumes and secrets of every instance it knew (a create still in flight may have
+        outlived its delete), and the home unless kept."""
         if self._client is not None:
             with suppress(Exception):
                 self.instance_ids.update(i.id for i in self._client.instances.list())
+            with suppress(Exception):  # instances made for a service (db) are not listed
+                ops = self._client.operations.list()
+                self.instance_ids.update(
+                    o.resource_id for o in ops if o.resource_type == "instance"
+                )
             self._client.close()
             self._client = None
         if self.proc is not None and self.proc.poll() is None:
@@ -238,7 +388,7 @@ class PlatformProcess:
         if self.proc is not None:  # stragglers the group leader left behind
             _signal_group(self.proc.pid, signal.SIGKILL)
         for instance_id in sorted(self.instance_ids):
-            podman_remove_labelled(f"oneplatform.instance={instance_id}")
+            podman_remove_instance(instance_id)
         if not self.keep_home:
             shutil.rmtree(self.home, ignore_errors=True)
 

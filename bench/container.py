@@ -9,30 +9,30 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from bench.common import (
-    LOOPBACK,
+    BENCH_LABEL,
     TCP_POLL_S,
     BenchError,
     PlatformProcess,
+    RawSpec,
     Sample,
-    Summary,
     free_port,
     now,
     podman,
+    podman_remove_instance,
     podman_remove_labelled,
+    raw_spec,
+    run_args,
+    show,
+    step_durations,
+    summarise,
     wait_tcp,
 )
-from oneplatform.api.schemas import OperationOut
-from oneplatform.config import Settings
-from oneplatform.images.builder import artifact_for
-from oneplatform.images.recipes import load_recipe
 from oneplatform.sdk.client import FINAL, ApiError, Client
 
 NAME = "container-create"
@@ -41,56 +41,7 @@ IMAGE = "postgresql-15"
 GUEST_PORT = 5432  # the recipe's `postgresql` port
 OP_POLL_S = 0.05
 DELETE_TIMEOUT_S = 120.0
-BENCH_LABEL = "oneplatform.bench"
-
-
-@dataclass(frozen=True)
-class RawSpec:
-    """What ``podman run`` needs to start the image the way the container driver does."""
-
-    ref: str
-    command: tuple[str, ...]
-    runtime: str
-    vcpus: int
-    ram_mb: int
-
-
-def raw_spec(client: Client) -> RawSpec:
-    """The image ref the platform built, and the flavor and runtime the platform uses."""
-    artifact = artifact_for(load_recipe(IMAGE), Settings().images_dir)
-    flavor = next((f for f in client.flavors.list() if f.name == FLAVOR), None)
-    if flavor is None:
-        raise BenchError(f"the platform has no flavor {FLAVOR!r}")
-    pools = [p for p in client.pools.list() if p.compute_type == flavor.compute_type]
-    runtime = str(pools[0].settings.get("runtime", "runc")) if pools else "runc"
-    return RawSpec(artifact.ref, artifact.command, runtime, flavor.vcpus, flavor.ram_mb)
-
-
-def run_args(spec: RawSpec, name: str, run_id: str, host_port: int) -> list[str]:
-    """``podman run`` arguments mirroring ``PodmanDriver._run_args`` (labels aside)."""
-    return [
-        "run",
-        "--detach",
-        "--pull=never",
-        "--name",
-        name,
-        "--label",
-        f"{BENCH_LABEL}={run_id}",
-        "--runtime",
-        spec.runtime,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=4096:4096",
-        "--cpus",
-        str(spec.vcpus),
-        "--memory",
-        f"{spec.ram_mb}m",
-        "-p",
-        f"{LOOPBACK}:{host_port}:{GUEST_PORT}/tcp",
-        spec.ref,
-        *spec.command,
-    ]
+TIMEOUT_S = 120.0  # per sample, unless --timeout says otherwise
 
 
 # -- (a) the platform -------------------------------------------------------------------------
@@ -125,26 +76,6 @@ def measure_platform(platform: PlatformProcess, name: str, rnd: int, timeout: fl
         delete_instance(client, instance_id)
 
 
-def step_durations(op: OperationOut) -> dict[str, float]:
-    """Server-side: seconds from acceptance to the first step, and each step's duration
-    (first start to finish, retries included). Durations, not offsets from the sample start."""
-    out: dict[str, float] = {}
-    first = op.steps[0].started_at if op.steps else None
-    if first:
-        created = op.created_at if op.created_at.tzinfo else op.created_at.replace(tzinfo=dt.UTC)
-        out["srv.queued"] = (_when(first) - created).total_seconds()
-    for step in op.steps:
-        if step.started_at and step.finished_at:
-            seconds = (_when(step.finished_at) - _when(step.started_at)).total_seconds()
-            out[f"srv.{step.name}"] = seconds
-    return out
-
-
-def _when(iso: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(iso)
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def delete_instance(client: Client, instance_id: str) -> None:
     """Delete through the API and wait; fall back to podman if that fails."""
     try:
@@ -152,14 +83,14 @@ def delete_instance(client: Client, instance_id: str) -> None:
         client.operations.wait(accepted.operation.id, timeout=DELETE_TIMEOUT_S, poll=0.1)
     except ApiError as exc:
         print(f"  warning: deleting instance {instance_id} through the API failed: {exc}")
-        podman_remove_labelled(f"oneplatform.instance={instance_id}")
+        podman_remove_instance(instance_id)
 
 
 # -- (b) bare podman --------------------------------------------------------------------------
 def measure_podman(spec: RawSpec, run_id: str, rnd: int, timeout: float) -> Sample:
     name = f"onep-bench-{run_id}-{rnd}"
     port = free_port()
-    args = run_args(spec, name, run_id, port)
+    args = run_args(spec, name, run_id, port, GUEST_PORT)
     t0 = now()
     try:
         podman(args, timeout=timeout)
@@ -171,21 +102,10 @@ def measure_podman(spec: RawSpec, run_id: str, rnd: int, timeout: float) -> Samp
 
 
 # -- the benchmark ----------------------------------------------------------------------------
-def _show(sample: Sample) -> None:
-    client_side = {k: v for k, v in sample.phases.items() if not k.startswith("srv.")}
-    server_side = {k[4:]: v for k, v in sample.phases.items() if k.startswith("srv.")}
-    phases = "  ".join(f"{k}@{v:.3f}s" for k, v in client_side.items())
-    which = "warm-up" if sample.round == 0 else f"round {sample.round}"
-    print(f"  {which:<9} {sample.label:<8} {sample.seconds:7.3f}s   ({phases})", flush=True)
-    if server_side:
-        steps = "  ".join(f"{k}={v:.3f}s" for k, v in server_side.items())
-        print(f"  {'':<9} {'':<8}            server steps: {steps}", flush=True)
-
-
 def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any]:
     """Warm up each side once, then ``rounds`` rounds of platform, podman alternately."""
     client = platform.client
-    spec = raw_spec(client)
+    spec = raw_spec(client, IMAGE, FLAVOR)
     run_id = uuid.uuid4().hex[:8]
     print(
         f"{NAME}: image {spec.ref}, flavor {FLAVOR} ({spec.vcpus} vCPU, {spec.ram_mb} MB), "
@@ -201,21 +121,12 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
         for rnd in range(rounds + 1):  # round 0: warm-up (also imports the image into podman)
             for measure in measures:
                 sample = measure(rnd)
-                _show(sample)
+                show(sample)
                 samples.append(sample)
     finally:
         podman_remove_labelled(f"{BENCH_LABEL}={run_id}")
 
-    timed = [s for s in samples if s.round > 0]
-    stats = {
-        label: Summary.of([s.seconds for s in timed if s.label == label])
-        for label in ("platform", "podman")
-    }
-    ratio = stats["platform"].median / stats["podman"].median
-    print(f"{NAME} summary (seconds, {rounds} round(s), warm-up excluded):")
-    for label, st in stats.items():
-        print(f"  {label:<8} median {st.median:.3f}  min {st.min:.3f}  max {st.max:.3f}")
-    print(f"  ratio median(platform)/median(podman) = {ratio:.2f}", flush=True)
+    stats, ratio = summarise(NAME, samples, ("platform", "podman"), rounds)
     return {
         "benchmark": NAME,
         "image": IMAGE,
@@ -225,6 +136,7 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
         "ram_mb": spec.ram_mb,
         "runtime": spec.runtime,
         "rounds": rounds,
+        "timeout_seconds": timeout,
         "poll_seconds": {"tcp": TCP_POLL_S, "operation": OP_POLL_S},
         "samples": samples,
         "stats": stats,

@@ -47,7 +47,7 @@ def step_compute(ctx: StepContext) -> None:
         return
     if status in (InstanceStatus.BUILD, InstanceStatus.STARTING, InstanceStatus.REBOOT):
         _deadline(ctx, "compute instance start")
-        raise NotYet("waiting for the compute instance to be ACTIVE", retry_after=0.5)
+        raise NotYet("waiting for the compute instance to be ACTIVE", retry_after=0.2)
     raise PlatformError(f"the compute instance is {status}: {message}", code="compute_failed")
 
 
