@@ -147,10 +147,23 @@ def step_wait_ports(ctx: StepContext) -> None:
     raise NotYet(f"waiting for {names} to accept connections", retry_after=0.25)
 
 
-def _accepts(address: str, port: int) -> bool:
+def _accepts(address: str, port: int, settle: float = 0.15) -> bool:
+    """True when a service really holds the port.
+
+    Connecting is not enough: a VM's forwarded port (QEMU user networking) is held by QEMU
+    on the host and accepts even while nothing listens in the guest, then drops the
+    connection at once. So after connecting, wait ``settle`` seconds: a connection closed in
+    that time is no service; one that stays open (or sends a greeting) is.
+    """
     try:
-        with socket.create_connection((address, port), timeout=1.0):
-            return True
+        with socket.create_connection((address, port), timeout=1.0) as sock:
+            sock.settimeout(settle)
+            try:
+                return sock.recv(1) != b""
+            except TimeoutError:
+                return True
+            except OSError:
+                return False
     except OSError:
         return False
 
