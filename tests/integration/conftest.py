@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 import shutil
 import socket
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from oneplatform.compute.drivers.base import HostRef, ImageArtifact
+from oneplatform.compute.drivers.base import HostRef, ImageArtifact, VmImage
 from oneplatform.compute.drivers.container import LABEL_INSTANCE, PodmanDriver
 from oneplatform.compute.states import ComputeType
 
@@ -201,3 +203,285 @@ def new_stateful_instance_id(
     yield make
     for instance_id in made:
         _remove_instance_storage(instance_id)
+
+
+# ---------------------------------------------------------------------------- libvirt / VMs
+
+LIBVIRT_URI = "qemu:///system"
+VM_TEST_IMAGE_REF = "localhost/oneplatform-test/vm-busybox:1"
+VM_TEST_POOL = "oneplatform"
+VM_TEST_GRACE_S = 30.0  # the test guest powers off on Ctrl-Alt-Del within a few seconds
+# Kernel modules the test guest loads (with their dependencies, from modules.dep).
+VM_GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "isofs")
+VM_CMDLINE = "console=ttyS0 quiet panic=-1"
+# With this on the kernel command line the test guest ignores Ctrl-Alt-Del.
+VM_IGNORE_CAD = "onep_test.cad=ignore"
+
+# PID 1 of the test VM (busybox sh, then busybox init): reports on the serial console what
+# the driver attached, keeps a boot counter on the data disk, serves HTTP on 5432.
+VM_TEST_INIT = r"""#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /mnt/root /mnt/config /www /etc
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+say() { echo "onep-test: $*"; }
+for m in $(cat /modules.order); do insmod "/lib/modules/$m" || say "insmod $m failed"; done
+say "booted"
+by_serial() {
+    for d in /sys/block/vd*; do
+        [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ] && { echo "${d##*/}"; return 0; }
+    done
+    return 1
+}
+for d in /sys/block/vd*; do say "disk ${d##*/} serial=$(cat "$d/serial")"; done
+if root=$(by_serial onep-root) && mount -t ext4 -o ro "/dev/$root" /mnt/root; then
+    say "root disk says $(cat /mnt/root/hello)"
+fi
+if cfg=$(by_serial onep-config) && mount -t iso9660 -o ro "/dev/$cfg" /mnt/config; then
+    f=/mnt/config/bundle.json
+    say "bundle size=$(wc -c < $f) sha256=$(sha256sum $f | cut -d' ' -f1)"
+else
+    say "no config drive"
+fi
+if data=$(by_serial onep-data); then
+    prev=$(dd if="/dev/$data" bs=64 count=1 2>/dev/null | tr -d '\000')
+    boot=$(( $(echo "$prev" | sed -n 's/^onep-data boot=\([0-9]*\)$/\1/p') + 1 ))
+    say "data disk held '$prev'"
+    printf 'onep-data boot=%s\n' "$boot" | dd of="/dev/$data" conv=notrunc,fsync 2>/dev/null
+    say "data disk now 'onep-data boot=$boot'"
+fi
+ip link set lo up
+for n in /sys/class/net/*; do
+    ifc=${n##*/}
+    [ "$ifc" = lo ] && continue
+    ip link set "$ifc" up && ip addr add 10.0.2.15/24 dev "$ifc"
+    ip route add default via 10.0.2.2
+    say "network $ifc 10.0.2.15/24"
+    break
+done
+mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
+echo "onep-test-vm vcpus=$(nproc) mem_kb=$mem_kb" > /www/index.html
+{
+    echo "::sysinit:/bin/echo onep-test: listening on 5432"
+    echo "::respawn:/bin/httpd -f -p 5432 -h /www"
+    grep -q 'onep_test.cad=ignore' /proc/cmdline || echo "::ctrlaltdel:/bin/poweroff"
+    echo "::shutdown:/bin/echo onep-test: shutting down"
+    echo "::shutdown:/bin/sync"
+} > /etc/inittab
+exec /bin/busybox init
+"""
+
+
+def _libvirt_works() -> str | None:
+    """None when libvirt-python imports and the local daemon answers; else why not."""
+    try:
+        import libvirt
+    except ImportError:
+        return "libvirt-python is not installed (pip install 'libvirt-python>=9,<12')"
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open(LIBVIRT_URI)
+    except libvirt.libvirtError as exc:
+        return f"libvirtd does not answer at {LIBVIRT_URI} (start `libvirtd -d`): {exc}"
+    try:
+        conn.getVersion()
+    finally:
+        conn.close()
+    if subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True).returncode != 0:
+        return "virtlogd is not running (start `virtlogd -d`): domains cannot start without it"
+    return None
+
+
+@pytest.fixture(scope="session")
+def libvirt_available() -> None:
+    problem = _libvirt_works()
+    require_or_fail(problem is None, problem or "")
+
+
+@pytest.fixture(scope="session")
+def libvirt_host() -> HostRef:
+    return HostRef(
+        id="host-local-libvirt",
+        name="local-libvirt",
+        compute_type=ComputeType.VM,
+        uri=LIBVIRT_URI,
+        bind_address="127.0.0.1",
+        settings={"storage_pool": VM_TEST_POOL, "stop_grace_s": VM_TEST_GRACE_S},
+    )
+
+
+def _apt_install(*packages: str) -> None:
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", *packages]
+    if subprocess.run(install, capture_output=True, env=env, timeout=900).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+        subprocess.run(install, capture_output=True, env=env, timeout=900)
+
+
+def _host_kernel() -> Path | None:
+    """The newest /boot/vmlinuz-* whose modules are installed (linux-image-cloud-amd64)."""
+
+    def found() -> Path | None:
+        kernels = [
+            k
+            for k in sorted(Path("/boot").glob("vmlinuz-*"))
+            if (Path("/lib/modules") / k.name.removeprefix("vmlinuz-") / "modules.dep").is_file()
+        ]
+        return kernels[-1] if kernels else None
+
+    if found() is None:
+        _apt_install("linux-image-cloud-amd64")
+    return found()
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """A newc cpio archive of (name, mode, data); character devices get rdev 5:1 (console)."""
+    out = bytearray()
+    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
+        raw_name = name.encode() + b"\0"
+        is_dev = (mode & 0o170000) == 0o020000
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 5 * is_dev, is_dev, len(raw_name), 0)
+        header = b"070701" + b"".join(f"{f:08x}".encode() for f in fields)
+        out += header + raw_name + b"\0" * (-(len(header) + len(raw_name)) % 4)
+        out += data + b"\0" * (-len(data) % 4)
+    return bytes(out)
+
+
+def _module_order(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
+    """Module paths (relative to ``moddir``) to insmod, dependencies first."""
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+    by_name = {Path(m).name.split(".ko")[0].replace("-", "_"): m for m in deps}
+    order: list[str] = []
+
+    def visit(mod: str) -> None:
+        if mod not in order:
+            for dep in reversed(deps[mod]):
+                visit(dep)
+            order.append(mod)
+
+    for name in wanted:
+        visit(by_name[name])
+    return order
+
+
+def _build_vm_image(dest: Path, kernel: Path, busybox: str) -> VmImage:
+    """The host's kernel, a busybox initramfs running VM_TEST_INIT, a 16 MB ext4 qcow2."""
+    moddir = Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-")
+    s_dir, s_reg, s_lnk, s_chr = 0o040000, 0o100000, 0o120000, 0o020000
+    dirs = ("bin", "dev", "proc", "sys", "etc", "lib", "lib/modules", "mnt", "www")
+    entries = [(d, s_dir | 0o755, b"") for d in dirs]
+    entries += [
+        ("dev/console", s_chr | 0o600, b""),
+        ("bin/busybox", s_reg | 0o755, Path(busybox).read_bytes()),
+        ("bin/sh", s_lnk | 0o777, b"busybox"),
+        ("init", s_reg | 0o755, VM_TEST_INIT.encode()),
+    ]
+    names = []
+    for mod in _module_order(moddir, VM_GUEST_MODULES):
+        names.append(Path(mod).name)
+        entries.append((f"lib/modules/{names[-1]}", s_reg | 0o644, (moddir / mod).read_bytes()))
+    entries.append(("modules.order", s_reg | 0o644, ("\n".join(names) + "\n").encode()))
+    initrd = dest / "initrd.img"
+    initrd.write_bytes(gzip.compress(_cpio_newc(entries), 6))
+    rootfs = dest / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "hello").write_text("hello from the base image\n")
+    raw, disk = dest / "root.raw", dest / "root.qcow2"
+    with raw.open("wb") as f:
+        f.truncate(16 * 1024 * 1024)
+    mkfs = ["mkfs.ext4", "-q", "-F", "-L", "onep-root", "-d", str(rootfs), str(raw)]
+    subprocess.run(mkfs, check=True, capture_output=True, timeout=120)
+    convert = ["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)]
+    subprocess.run(convert, check=True, capture_output=True, timeout=120)
+    raw.unlink()
+    kernel_copy = dest / "vmlinuz"
+    shutil.copyfile(kernel, kernel_copy)
+    return VmImage(disk=disk, kernel=kernel_copy, initrd=initrd, cmdline=VM_CMDLINE)
+
+
+def _delete_pool_volumes(predicate: Callable[[str], bool]) -> None:
+    import libvirt
+
+    conn = libvirt.open(LIBVIRT_URI)
+    try:
+        pool = conn.storagePoolLookupByName(VM_TEST_POOL)
+        pool.refresh(0)
+        for name in pool.listVolumes():
+            if predicate(name):
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool.storageVolLookupByName(name).delete(0)
+    except libvirt.libvirtError:
+        pass  # no pool: nothing to delete
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def vm_test_image(
+    libvirt_available: None, libvirt_host: HostRef, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ImageArtifact]:
+    """A tiny VM image (host kernel + busybox initramfs), uploaded with ``ensure_image``.
+
+    Its /init prints the virtio disks' serials, the config drive's bundle size and sha256
+    and the data disk's boot counter on ttyS0, configures 10.0.2.15/24 and serves HTTP on
+    5432 (``onep-test-vm vcpus=N mem_kb=M``). Ctrl-Alt-Del powers it off (unless the kernel
+    command line has VM_IGNORE_CAD). Its base volumes are deleted at the end of the session.
+    """
+    from oneplatform.compute.drivers.vm import LibvirtDriver
+    from oneplatform.compute.drivers.vm_domain import base_volume_names
+
+    busybox = _busybox()
+    require_or_fail(busybox, "busybox is missing and could not be installed (busybox-static)")
+    kernel = _host_kernel()
+    require_or_fail(
+        kernel, "no /boot/vmlinuz-* with modules (apt-get install linux-image-cloud-amd64)"
+    )
+    for tool, package in (("qemu-img", "qemu-utils"), ("mkfs.ext4", "e2fsprogs")):
+        require_or_fail(shutil.which(tool), f"{tool} is missing (apt-get install {package})")
+    assert busybox is not None and kernel is not None
+    vm = _build_vm_image(tmp_path_factory.mktemp("vm-image"), kernel, busybox)
+    image = ImageArtifact(name="vm-busybox-test", ref=VM_TEST_IMAGE_REF, rootfs=None, vm=vm)
+    base = base_volume_names(VM_TEST_IMAGE_REF)
+    ours = {base.disk, base.kernel, base.initrd}
+    _delete_pool_volumes(ours.__contains__)  # a stale upload from an aborted session
+    LibvirtDriver(libvirt_host).ensure_image(image)
+    yield image
+    _delete_pool_volumes(ours.__contains__)
+
+
+def _remove_vm(instance_id: str) -> None:
+    """Destroy and undefine ``onep-<instance_id>`` and delete its volumes, whatever state."""
+    import libvirt
+
+    conn = libvirt.open(LIBVIRT_URI)
+    try:
+        dom = conn.lookupByName(f"onep-{instance_id}")
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    except libvirt.libvirtError:
+        pass  # already gone
+    finally:
+        conn.close()
+    _delete_pool_volumes(lambda name: name.startswith(f"onep-{instance_id}-"))
+
+
+@pytest.fixture
+def new_vm_instance_id(libvirt_available: None) -> Iterator[Callable[[], str]]:
+    """Hands out random instance ids; their domains and volumes are removed afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(uuid.uuid4().hex)
+        return made[-1]
+
+    yield make
+    for instance_id in made:
+        _remove_vm(instance_id)

@@ -368,7 +368,7 @@ def test_duplicate_flavor_is_refused(api: Api) -> None:
 
 
 def test_flavor_for_a_compute_type_without_driver_is_refused(api: Api) -> None:
-    body = {"name": "vm.tiny", "compute_type": "vm", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}
+    body = {"name": "bm.tiny", "compute_type": "baremetal", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}
     before = api.counts()
     _error(api.client.post("/v1/flavors", json=body, headers=api.admin), 422, "invalid_input")
     assert api.counts() == before

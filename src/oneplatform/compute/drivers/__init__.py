@@ -13,6 +13,16 @@ def driver_class(compute_type: ComputeType) -> type[ComputeDriver]:
         from oneplatform.compute.drivers.container import PodmanDriver
 
         return PodmanDriver
+    if compute_type is ComputeType.VM:
+        from oneplatform.compute.drivers.vm import LibvirtDriver
+        from oneplatform.compute.drivers.vm_session import libvirt_binding_available
+
+        if not libvirt_binding_available():
+            raise InvalidInput(
+                "compute type 'vm' needs the libvirt binding (pip install libvirt-python), "
+                "which is not installed"
+            )
+        return LibvirtDriver
     raise InvalidInput(f"compute type {compute_type.value!r} has no driver in this build")
 
 
