@@ -112,7 +112,9 @@ ensure_libvirt() {
     virsh -q -c "$LIBVIRT_URI" pool-define-as "$POOL_NAME" dir --target "$POOL_DIR" >/dev/null
     virsh -q -c "$LIBVIRT_URI" pool-autostart "$POOL_NAME" >/dev/null
   fi
-  if virsh -q -c "$LIBVIRT_URI" pool-info "$POOL_NAME" | grep -Eq '^State: +running'; then
+  local info
+  info="$(virsh -q -c "$LIBVIRT_URI" pool-info "$POOL_NAME")"
+  if grep -Eq '^State: +running' <<<"$info"; then
     log "storage pool $POOL_NAME ok"
   else
     mkdir -p "$POOL_DIR"

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         "machine): ~/.cache/oneplatform/images by default.",
     )
     podman_runtime: str = "runc"
+    libvirt_uri: str = Field(
+        default="qemu:///system", description="The local libvirt registered in pool 'vms'."
+    )
     port_range_start: int = Field(default=20000, ge=1024, le=65535)
     port_range_end: int = Field(default=29999, ge=1024, le=65535)
     ready_timeout_seconds: float = Field(default=300.0, gt=0)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from oneplatform.compute.catalog import host_ref
-from oneplatform.compute.drivers import driver_for
+from oneplatform.compute.drivers import driver_class, driver_for
 from oneplatform.compute.states import ComputeType
 from oneplatform.config import Settings
+from oneplatform.errors import PlatformError
 from oneplatform.images import service as images
 from oneplatform.images.recipes import list_recipes
 from oneplatform.store.db import Store
@@ -32,18 +33,44 @@ FLAVORS = (
     DefaultFlavor("container.small", ComputeType.CONTAINER, 1, 512, 2),
     DefaultFlavor("container.medium", ComputeType.CONTAINER, 2, 2048, 10),
     DefaultFlavor("container.large", ComputeType.CONTAINER, 4, 4096, 20),
+    DefaultFlavor("vm.small", ComputeType.VM, 1, 1024, 5),
+    DefaultFlavor("vm.medium", ComputeType.VM, 2, 2048, 10),
 )
 CONTAINER_POOL = "containers"
 LOCAL_PODMAN = "local-podman"
+VM_POOL = "vms"
+LOCAL_LIBVIRT = "local-libvirt"
 
 
-def ensure_defaults(store: Store, settings: Settings) -> None:
-    """Idempotent: creates what is missing, never touches what an operator changed."""
-    _ensure_container_pool(store, settings)
+def ensure_defaults(store: Store, settings: Settings) -> list[str]:
+    """Idempotent: creates what is missing, never touches what an operator changed.
+
+    Returns warnings (e.g. a local libvirt that is not running: its pool is skipped).
+    """
+    warnings: list[str] = []
+    pools = [
+        (
+            CONTAINER_POOL,
+            ComputeType.CONTAINER,
+            LOCAL_PODMAN,
+            "local://",
+            {"runtime": settings.podman_runtime},
+        ),
+        (VM_POOL, ComputeType.VM, LOCAL_LIBVIRT, settings.libvirt_uri, {}),
+    ]
+    ready: set[ComputeType] = set()
+    for pool_name, compute_type, host_name, uri, pool_settings in pools:
+        try:
+            _ensure_pool_and_host(
+                store, settings, pool_name, compute_type, host_name, uri, pool_settings
+            )
+            ready.add(compute_type)
+        except PlatformError as err:
+            warnings.append(f"{compute_type.value}: {err.message} (pool {pool_name!r} skipped)")
     with store.session() as session:
         have = set(session.scalars(select(Flavor.name)))
         for f in FLAVORS:
-            if f.name not in have:
+            if f.name not in have and f.compute_type in ready:
                 session.add(
                     Flavor(
                         name=f.name,
@@ -54,33 +81,40 @@ def ensure_defaults(store: Store, settings: Settings) -> None:
                         traits=[],
                     )
                 )
+    return warnings
 
 
-def _ensure_container_pool(store: Store, settings: Settings) -> None:
+def _ensure_pool_and_host(
+    store: Store,
+    settings: Settings,
+    pool_name: str,
+    compute_type: ComputeType,
+    host_name: str,
+    uri: str,
+    pool_settings: dict[str, str],
+) -> None:
+    driver_class(compute_type)  # raises when this build cannot drive the type
     with store.session() as session:
-        pool = session.scalars(select(Pool).where(Pool.name == CONTAINER_POOL)).first()
+        pool = session.scalars(select(Pool).where(Pool.name == pool_name)).first()
+        if pool is not None and session.scalars(select(Host).where(Host.name == host_name)).first():
+            return
+        probe_pool = pool or Pool(
+            name=pool_name, compute_type=compute_type.value, settings=pool_settings
+        )
+        probe = Host(id="probe", name=host_name, uri=uri, bind_address=settings.bind_address)
+        ref = host_ref(probe, probe_pool)
+    inventory = driver_for(ref).inventory()  # I/O outside any transaction; may refuse
+    with store.session() as session:
+        pool = session.scalars(select(Pool).where(Pool.name == pool_name)).first()
         if pool is None:
-            pool = Pool(
-                name=CONTAINER_POOL,
-                compute_type=ComputeType.CONTAINER.value,
-                settings={"runtime": settings.podman_runtime},
-            )
+            pool = Pool(name=pool_name, compute_type=compute_type.value, settings=pool_settings)
             session.add(pool)
             session.flush()
-        if session.scalars(select(Host).where(Host.name == LOCAL_PODMAN)).first():
-            return
-        probe = Host(
-            id="probe", name=LOCAL_PODMAN, uri="local://", bind_address=settings.bind_address
-        )
-        ref = host_ref(probe, pool)
-        pool_id = pool.id
-    inventory = driver_for(ref).inventory()
-    with store.session() as session:
         session.add(
             Host(
-                name=LOCAL_PODMAN,
-                pool_id=pool_id,
-                uri="local://",
+                name=host_name,
+                pool_id=pool.id,
+                uri=uri,
                 bind_address=settings.bind_address,
                 vcpus=inventory.vcpus,
                 ram_mb=inventory.ram_mb,
@@ -90,7 +124,7 @@ def _ensure_container_pool(store: Store, settings: Settings) -> None:
                 port_range_end=settings.port_range_end,
             )
         )
-    log.info("registered the local Podman as host %s in pool %s", LOCAL_PODMAN, CONTAINER_POOL)
+    log.info("registered %s as host %s in pool %s", uri, host_name, pool_name)
 
 
 def ensure_images(store: Store) -> list[str]:

@@ -75,7 +75,8 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str]], None]) 
     store, token = prepare(settings)
     url = f"http://{settings.host}:{settings.port}"
     write_cli_config(settings, url, token)
-    ensure_defaults(store, settings)
+    for warning in ensure_defaults(store, settings):
+        log.warning("%s", warning)
     builds = ensure_images(store)
     stop = threading.Event()
     start_workers(store, settings, settings.workers, stop)

@@ -89,8 +89,8 @@ class Platform:
             )
         return proc
 
-    def json(self, *args: str, **env: str) -> Any:
-        return json.loads(self.run(*args, "-o", "json", **env).stdout)
+    def json(self, *args: str, timeout: float = 600, **env: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json", timeout=timeout, **env).stdout)
 
     def wait_images_ready(self, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout

@@ -18,10 +18,12 @@ def test_postgresql_recipe_runs_the_agent(tmp_path: Path) -> None:
     recipe = load_recipe("postgresql-15")
     assert recipe.command == ("/usr/bin/python3", AGENT_GUEST_PATH)
     assert recipe.ports == {"postgresql": 5432, "agent": agent.DEFAULT_AGENT_PORT}
-    assert recipe.files == {AGENT_GUEST_PATH: Path(agent.__file__).resolve()}
+    assert recipe.files[AGENT_GUEST_PATH] == Path(agent.__file__).resolve()
+    assert set(recipe.files) == {AGENT_GUEST_PATH, "/usr/local/sbin/onep-vm-init"}
     assert recipe.env["ONEP_DATASTORE"] == "postgresql"
     assert recipe.env["ONEP_DATASTORE_VERSION"] == "15"
-    hooks = [a for a in mmdebstrap_argv(recipe, tmp_path / "out.tar") if "agent.py" in a]
+    argv = mmdebstrap_argv(recipe, tmp_path / "out.tar")
+    hooks = [a for a in argv if "agent.py" in a and "install -D" in a]
     source = Path(agent.__file__).resolve()
     assert hooks == [f'--customize-hook=install -D -m 0644 {source} "$1"{AGENT_GUEST_PATH}']
 

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from oneplatform.errors import ImageBuildError, NotFound
 from oneplatform.images import builder, recipes
-from oneplatform.images.builder import artifact_for, build_rootfs, mmdebstrap_argv, rootfs_path
+from oneplatform.images.builder import (
+    artifact_for,
+    build_rootfs,
+    build_vm_image,
+    mmdebstrap_argv,
+    rootfs_path,
+    vm_image_if_built,
+    vm_image_path,
+)
 from oneplatform.images.recipes import Recipe, list_recipes, load_recipe
 
 
@@ -114,9 +125,10 @@ def test_mmdebstrap_command(tmp_path: Path) -> None:
     assert "--include=postgresql-15,python3" in argv
     assert "--dpkgopt=path-exclude=/usr/share/doc/*" in argv
     hooks = [a for a in argv if a.startswith("--customize-hook=")]
-    assert hooks == [
+    assert hooks[0] == (
         f'--customize-hook=install -D -m 0755 {tmp_path / "start.sh"} "$1"/usr/local/bin/start'
-    ]
+    )
+    assert len(hooks) == 2 and builder.ENTRYPOINT_PATH in hooks[1]  # for the VM init
     assert argv[-5:] == ["bookworm", str(tmp_path / "out.tar"), *recipe.apt_sources()]
 
 
@@ -168,3 +180,203 @@ def test_failed_build_reports_the_output_tail_and_leaves_no_tarball(
     assert info.value.details["exit_code"] == 1
     assert lines[0] == "I: downloading packages with apt..."
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".tar"] == []
+
+
+# --- the VM format -----------------------------------------------------------------------
+
+
+def test_vm_paths_sit_beside_the_rootfs(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path)
+    stem = rootfs_path(recipe, tmp_path).stem
+    vm = vm_image_path(recipe, tmp_path)
+    assert (vm.disk, vm.kernel, vm.initrd) == (
+        tmp_path / f"{stem}.qcow2",
+        tmp_path / f"{stem}.vmlinuz",
+        tmp_path / f"{stem}.initrd",
+    )
+    assert vm.cmdline == builder.VM_CMDLINE
+    for word in (
+        "root=LABEL=onep-root",
+        "rw",
+        "console=ttyS0",
+        "init=/usr/local/sbin/onep-vm-init",
+    ):
+        assert word in vm.cmdline.split()
+
+
+def test_artifact_has_the_vm_format_only_when_all_of_it_is_built(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path)
+    vm = vm_image_path(recipe, tmp_path)
+    assert artifact_for(recipe, tmp_path).vm is None
+    vm.disk.write_bytes(b"qcow2")
+    vm.kernel.write_bytes(b"kernel")
+    assert artifact_for(recipe, tmp_path).vm is None
+    vm.initrd.write_bytes(b"initrd")
+    assert artifact_for(recipe, tmp_path).vm == vm
+    assert vm_image_if_built(recipe, tmp_path) == vm
+
+
+def test_the_postgresql_recipe_boots_as_a_vm() -> None:
+    recipe = load_recipe("postgresql-15")
+    for package in ("linux-image-cloud-amd64", "initramfs-tools", "kmod", "e2fsprogs"):
+        assert package in recipe.packages
+    init = recipe.files[builder.VM_INIT]
+    assert init.name == "onep-vm-init" and init.read_bytes().startswith(b"#!/bin/sh\n")
+    assert recipe.extra_suites == ("bookworm-updates", "bookworm-security")
+    text = init.read_text()
+    for name in ("onep-root", "onep-config", "onep-data", "bundle.json", "ONEP_POWEROFF_ON_EXIT"):
+        assert name in text
+    assert builder.ENTRYPOINT_PATH in text
+
+
+def test_entrypoint_script_sets_the_environment_and_command(tmp_path: Path) -> None:
+    recipe = dataclasses.replace(
+        _recipe(tmp_path), env={"LANG": "C.UTF-8", "QUOTED": "it's a b"}, command=("/bin/x", "-y")
+    )
+    script = builder.entrypoint_script(recipe)
+    proc = subprocess.run(
+        ["sh", "-c", f'{script}\nfor a in "$@"; do printf "%s\\n" "$a"; done'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.splitlines() == ["LANG=C.UTF-8", "QUOTED=it's a b", "/bin/x", "-y"]
+
+
+@pytest.mark.parametrize(
+    "change", [{"env": {"BAD-NAME": "x"}}, {"command": ()}, {"command": ("A=b", "c")}]
+)
+def test_entrypoint_refuses_what_env_would_misread(tmp_path: Path, change: dict[str, Any]) -> None:
+    recipe = dataclasses.replace(_recipe(tmp_path), **change)
+    with pytest.raises(ImageBuildError):
+        builder.entrypoint_script(recipe)
+
+
+def _fake_vm_tools(bin_dir: Path, *, qemu_img_fails: bool = False) -> None:
+    """mkfs.ext4 and qemu-img stand-ins that record their arguments and write outputs."""
+    bin_dir.mkdir(exist_ok=True)
+    mkfs = bin_dir / "mkfs.ext4"
+    mkfs.write_text(
+        '#!/bin/sh\necho "$@" > "$(dirname "$0")/mkfs.args"\n'
+        'for a; do last="$a"; done\necho ext4 >> "$last"\n'
+    )
+    qemu_img = bin_dir / "qemu-img"
+    qemu_img.write_text(
+        "#!/bin/sh\necho 'qemu-img: Could not open: disk full' >&2\nexit 1\n"
+        if qemu_img_fails
+        else '#!/bin/sh\nfor a; do prev="$last"; last="$a"; done\ncp "$prev" "$last"\n'
+    )
+    for tool in (mkfs, qemu_img):
+        tool.chmod(0o755)
+
+
+def _rootfs_tar(recipe: Recipe, cache: Path, tmp_path: Path, *, kernel: bool = True) -> Path:
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/postgres").write_bytes(b"\0" * 10000)
+    if kernel:
+        for version in ("6.1.0-9-cloud-amd64", "6.1.0-10-cloud-amd64"):
+            (tree / f"boot/vmlinuz-{version}").write_bytes(f"kernel {version}".encode())
+            (tree / f"boot/initrd.img-{version}").write_bytes(f"initrd {version}".encode())
+        (tree / "boot/vmlinuz-6.1.0-11-cloud-amd64").write_bytes(b"no initrd for this one")
+    cache.mkdir(parents=True, exist_ok=True)
+    target = rootfs_path(recipe, cache)
+    with tarfile.open(target, "w") as tar:
+        tar.add(tree, arcname=".")
+    return target
+
+
+@pytest.fixture
+def vm_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    _fake_vm_tools(bin_dir)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(builder, "_SBIN_PATH", str(bin_dir))
+    monkeypatch.setattr(builder.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(builder, "_run_mmdebstrap", _no_mmdebstrap)
+    return bin_dir
+
+
+def _no_mmdebstrap(*args: object) -> None:
+    raise AssertionError("the rootfs tarball is cached: mmdebstrap must not run")
+
+
+def test_build_vm_image_exports_disk_kernel_and_initrd(tmp_path: Path, vm_tools: Path) -> None:
+    recipe = _recipe(tmp_path)
+    cache = tmp_path / "cache"
+    _rootfs_tar(recipe, cache, tmp_path)
+    lines: list[str] = []
+    vm = build_vm_image(recipe, cache, progress=lines.append)
+    assert vm == vm_image_path(recipe, cache)
+    # The newest kernel that has an initrd.
+    assert vm.kernel.read_bytes() == b"kernel 6.1.0-10-cloud-amd64"
+    assert vm.initrd.read_bytes() == b"initrd 6.1.0-10-cloud-amd64"
+    assert vm.kernel.stat().st_mode & 0o777 == 0o644
+    assert vm.disk.read_bytes().endswith(b"ext4\n")
+    args = (vm_tools / "mkfs.args").read_text().split()
+    assert args[args.index("-L") + 1] == "onep-root"
+    assert "-d" in args
+    assert all(line.startswith("vm: ") for line in lines) and lines
+    assert artifact_for(recipe, cache).vm == vm
+    # Nothing but the artifacts (and the locks) is left in the cache.
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == sorted(
+        p.name for p in (rootfs_path(recipe, cache), vm.disk, vm.kernel, vm.initrd)
+    )
+    # Cached: a second call does nothing.
+    (vm_tools / "mkfs.args").unlink()
+    assert build_vm_image(recipe, cache) == vm
+    assert not (vm_tools / "mkfs.args").exists()
+
+
+def test_failed_vm_export_leaves_no_artifact_and_no_work_dir(
+    tmp_path: Path, vm_tools: Path
+) -> None:
+    _fake_vm_tools(vm_tools, qemu_img_fails=True)
+    recipe = _recipe(tmp_path)
+    cache = tmp_path / "cache"
+    tarball = _rootfs_tar(recipe, cache, tmp_path)
+    stale = cache / f".{tarball.stem}.crashed.vm-build"
+    (stale / "root").mkdir(parents=True)
+    with pytest.raises(ImageBuildError, match="qemu-img failed with exit code 1") as info:
+        build_vm_image(recipe, cache)
+    assert "disk full" in info.value.message
+    assert vm_image_if_built(recipe, cache) is None
+    names = {p.name for p in cache.iterdir() if not p.name.endswith(".lock")}
+    assert names == {tarball.name}  # no half-made disk, no work directory (not even stale)
+
+
+def test_vm_export_needs_a_kernel_in_the_image(tmp_path: Path, vm_tools: Path) -> None:
+    recipe = _recipe(tmp_path)
+    cache = tmp_path / "cache"
+    _rootfs_tar(recipe, cache, tmp_path, kernel=False)
+    with pytest.raises(ImageBuildError, match="linux-image-cloud-amd64"):
+        build_vm_image(recipe, cache)
+    assert vm_image_if_built(recipe, cache) is None
+
+
+def test_vm_export_checks_free_space_first(
+    tmp_path: Path, vm_tools: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = _recipe(tmp_path)
+    cache = tmp_path / "cache"
+    _rootfs_tar(recipe, cache, tmp_path)
+    monkeypatch.setattr(
+        builder.shutil,
+        "disk_usage",
+        lambda _: SimpleNamespace(total=10**10, used=10**10, free=287 * 2**20),
+    )
+    with pytest.raises(ImageBuildError, match=r"not enough free disk space for a VM image"):
+        build_vm_image(recipe, cache)
+    assert not (vm_tools / "mkfs.args").exists()
+
+
+def test_vm_export_needs_root(
+    tmp_path: Path, vm_tools: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builder.os, "geteuid", lambda: 1000)
+    recipe = _recipe(tmp_path)
+    cache = tmp_path / "cache"
+    _rootfs_tar(recipe, cache, tmp_path)
+    with pytest.raises(ImageBuildError, match="needs root"):
+        build_vm_image(recipe, cache)

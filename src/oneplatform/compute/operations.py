@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from dataclasses import dataclass
 from typing import cast
@@ -21,7 +22,7 @@ from oneplatform.compute.drivers.base import (
 from oneplatform.compute.lifecycle import set_status
 from oneplatform.compute.states import InstanceStatus, PowerState
 from oneplatform.errors import BackendError, NotYet, PlatformError
-from oneplatform.images.service import ready_artifact
+from oneplatform.images.service import artifact_for_host, ready_artifact
 from oneplatform.ops.engine import StepContext, wait_for_other_operations
 from oneplatform.ops.model import OperationKind, StepFn, register
 from oneplatform.secrets import box_for
@@ -87,18 +88,21 @@ def step_image(ctx: StepContext) -> None:
             _deadline(ctx, f"image {image.name!r} build")
             raise NotYet(f"waiting for image {image.name} to be built", retry_after=2.0)
         artifact = ready_artifact(session, ctx.settings, image)
-    _driver(target).ensure_image(artifact)
+    driver = _driver(target)
+    artifact = artifact_for_host(ctx.settings, artifact, driver.compute_type, ctx.progress)
+    driver.ensure_image(artifact)
 
 
 def step_create(ctx: StepContext) -> None:
     target = _target(ctx)
+    driver = _driver(target)
     with ctx.store.session() as session:
         instance = session.get_one(Instance, ctx.resource_id)
-        image = session.get_one(Image, instance.image_id)
+        artifact = ready_artifact(session, ctx.settings, session.get_one(Image, instance.image_id))
         spec = InstanceSpec(
             instance_id=instance.id,
             name=instance.name,
-            image=ready_artifact(session, ctx.settings, image),
+            image=artifact,
             vcpus=instance.vcpus,
             ram_mb=instance.ram_mb,
             disk_gb=instance.disk_gb,
@@ -110,7 +114,9 @@ def step_create(ctx: StepContext) -> None:
                 else None
             ),
         )
-    backend = _driver(target).create(spec)  # idempotent: finds our labelled object first
+    # outside the transaction: exporting a missing format writes progress
+    image = artifact_for_host(ctx.settings, artifact, driver.compute_type, ctx.progress)
+    backend = driver.create(dataclasses.replace(spec, image=image))  # idempotent
     _set_power(ctx, backend.power_state)
 
 

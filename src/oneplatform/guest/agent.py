@@ -16,12 +16,19 @@ Every call to the agent is signed with the instance's own secret from the bundle
 Without a bundle (the image run as a plain compute instance) the agent still listens but
 refuses every call, and the engine starts with no password set, so nobody can log in
 over the network.
+
+In a virtual machine the agent is PID 1 too (``onep-vm-init`` execs it with
+``ONEP_POWEROFF_ON_EXIT=1``): Ctrl-Alt-Del and the ACPI power button then stop it like
+SIGTERM, and however it ends it leaves the disks clean and powers the machine off, since
+PID 1 exiting would panic the kernel (see :func:`run`).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import glob
 import hashlib
 import hmac
 import http.server
@@ -34,6 +41,7 @@ import secrets
 import shutil
 import signal
 import stringprep
+import struct
 import subprocess
 import sys
 import threading
@@ -1243,6 +1251,164 @@ class AgentRequestHandler(http.server.BaseHTTPRequestHandler):
         log.warning("http: %s", format % args)
 
 
+# --- VM mode: the agent as a virtual machine's PID 1 ---------------------------------
+
+POWEROFF_ENV = "ONEP_POWEROFF_ON_EXIT"
+# reboot(2) through glibc's wrapper (<sys/reboot.h>).
+RB_DISABLE_CAD = 0  # Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once
+RB_POWER_OFF = 0x4321FEDC
+RB_HALT_SYSTEM = 0xCDEF0123
+MS_RDONLY = 1
+MS_REMOUNT = 32
+# struct input_event on 64-bit Linux: struct timeval, __u16 type, __u16 code, __s32 value.
+INPUT_EVENT = struct.Struct("llHHi")
+EV_KEY = 1
+KEY_POWER = 116
+
+
+def poweroff_on_exit(environ: Mapping[str, str] | None = None, pid: int | None = None) -> bool:
+    """VM mode: asked for by the VM init, and only ever as PID 1."""
+    env = os.environ if environ is None else environ
+    return env.get(POWEROFF_ENV) == "1" and (os.getpid() if pid is None else pid) == 1
+
+
+class Machine:
+    """The system calls VM mode makes, through libc; tests replace it with a fake."""
+
+    def __init__(self) -> None:
+        self._libc: Any = None
+
+    def _call(self, name: str, *args: Any) -> None:
+        if self._libc is None:
+            self._libc = ctypes.CDLL(None, use_errno=True)  # the C library Python runs on
+        if getattr(self._libc, name)(*args) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"{name}: {os.strerror(code)}")
+
+    def disable_cad(self) -> None:
+        self._call("reboot", ctypes.c_int(RB_DISABLE_CAD))
+
+    def power_off(self) -> None:
+        self._call("reboot", ctypes.c_int(RB_POWER_OFF))
+
+    def halt(self) -> None:
+        self._call("reboot", ctypes.c_int(RB_HALT_SYSTEM))  # c_int wraps it, as C would
+
+    def sync(self) -> None:
+        os.sync()
+
+    def is_mount(self, path: str) -> bool:
+        return os.path.ismount(path)
+
+    def unmount(self, path: str) -> None:
+        self._call("umount2", ctypes.c_char_p(path.encode()), ctypes.c_int(0))
+
+    def remount_read_only(self, path: str) -> None:
+        flags = ctypes.c_ulong(MS_REMOUNT | MS_RDONLY)
+        self._call("mount", None, ctypes.c_char_p(path.encode()), None, flags, None)
+
+    def kill_all(self, sig: int) -> None:
+        """Signal every process but this one (PID 1) and kernel threads."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, sig)
+
+    def wait_children(self, timeout: float) -> bool:
+        """Reap children until none is left (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+
+    def idle_forever(self) -> None:
+        while True:  # PID 1 must never exit: that panics the kernel
+            time.sleep(3600)
+
+
+def shut_down_machine(
+    machine: Machine, mounts: tuple[str, ...] = (DATA_ROOT,), grace: float = 10.0
+) -> None:
+    """Leave the disks clean and power off. Returns only if ``machine`` lets it."""
+    log.info("powering off")
+    machine.sync()
+    machine.kill_all(signal.SIGTERM)
+    if not machine.wait_children(grace):
+        log.warning("processes left %.0f s after SIGTERM: killing them", grace)
+        machine.kill_all(signal.SIGKILL)
+        machine.wait_children(grace)
+    for path in mounts:
+        if not machine.is_mount(path):
+            continue
+        try:
+            machine.unmount(path)
+            log.info("unmounted %s", path)
+        except OSError as exc:
+            log.warning("cannot unmount %s (%s): remounting it read-only", path, exc.strerror)
+            try:
+                machine.remount_read_only(path)
+            except OSError as again:
+                log.error("cannot remount %s read-only: %s", path, again.strerror)
+    try:
+        machine.remount_read_only("/")
+    except OSError as exc:
+        log.warning("cannot remount / read-only: %s", exc.strerror)
+    machine.sync()
+    for name, action in (("power off", machine.power_off), ("halt", machine.halt)):
+        try:
+            action()
+        except OSError as exc:
+            log.error("cannot %s: %s", name, exc.strerror)
+    machine.idle_forever()
+
+
+def power_button_devices(sys_root: str = "/sys/class/input") -> list[str]:
+    """The /dev/input/event* devices of the ACPI power button(s)."""
+    found = []
+    for name_file in sorted(glob.glob(f"{sys_root}/event*/device/name")):
+        try:
+            with open(name_file, encoding="utf-8", errors="replace") as handle:
+                name = handle.read().strip()
+        except OSError:
+            continue
+        if name == "Power Button":
+            found.append("/dev/input/" + name_file.split("/")[-3])
+    return found
+
+
+def is_power_key_press(event: bytes) -> bool:
+    if len(event) != INPUT_EVENT.size:
+        return False
+    _sec, _usec, kind, code, value = INPUT_EVENT.unpack(event)
+    return kind == EV_KEY and code == KEY_POWER and value == 1
+
+
+def watch_power_button(on_press: Callable[[], None], devices: list[str] | None = None) -> int:
+    """Call ``on_press`` when the ACPI power button is pressed (the host's ACPI shutdown);
+    one daemon thread per device. Returns how many devices are watched."""
+
+    def watch(path: str) -> None:
+        try:
+            with open(path, "rb", buffering=0) as handle:
+                while True:
+                    event = handle.read(INPUT_EVENT.size)
+                    if not event:
+                        return
+                    if is_power_key_press(event):
+                        on_press()
+        except OSError as exc:
+            log.warning("stopped watching the power button %s: %s", path, exc.strerror)
+
+    paths = power_button_devices() if devices is None else devices
+    for path in paths:
+        threading.Thread(target=watch, args=(path,), name="power-button", daemon=True).start()
+    return len(paths)
+
+
 # --- main -----------------------------------------------------------------------------
 
 
@@ -1269,10 +1435,16 @@ def build(bundle: Bundle | None, problem: str = "") -> tuple[Agent, ChildProcess
     return agent, children
 
 
-def main() -> int:
+def _setup_logging() -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="onep-agent: %(levelname)s %(message)s"
     )
+
+
+def main(machine: Machine | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; with ``machine`` (VM mode) also until Ctrl-Alt-Del or
+    the power button. Returns the exit code; :func:`run` powers a VM off afterwards."""
+    _setup_logging()
     bundle_path = Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE_PATH)
     bundle, problem = load_bundle(bundle_path)
     if bundle is None:
@@ -1288,14 +1460,29 @@ def main() -> int:
     port = bundle.agent.port if bundle else DEFAULT_AGENT_PORT
 
     stop = threading.Event()
-    received: list[int] = []
+    received: list[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        received.append(signum)  # no logging here: the handler may interrupt a log call
+        received.append(signal.Signals(signum).name)  # no logging: it may interrupt a log call
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if machine is not None:
+        try:
+            machine.disable_cad()  # Ctrl-Alt-Del now sends us SIGINT
+        except OSError as exc:
+            log.warning("cannot route Ctrl-Alt-Del to the agent: %s", exc.strerror)
+
+        def on_power_button() -> None:
+            received.append("the power button")
+            stop.set()
+
+        buttons = watch_power_button(on_power_button)
+        log.info(
+            "VM mode: SIGTERM, Ctrl-Alt-Del%s stop the engine and power off",
+            " or the power button" if buttons else "",
+        )
 
     try:
         server = AgentHTTPServer(("0.0.0.0", port), agent)
@@ -1307,7 +1494,7 @@ def main() -> int:
     agent.supervisor.start()
     while not stop.wait(0.5):
         children.reap_orphans()
-    log.info("received %s: shutting down", signal.Signals(received[0]).name)
+    log.info("received %s: shutting down", received[0] if received else "a stop request")
     agent.supervisor.stop()
     server.shutdown()
     server.server_close()
@@ -1315,5 +1502,29 @@ def main() -> int:
     return 0
 
 
+def run(
+    environ: Mapping[str, str] | None = None,
+    pid: int | None = None,
+    machine_factory: Callable[[], Machine] = Machine,
+    main_fn: Callable[[Machine | None], int] = main,
+) -> int:
+    """The program. In VM mode (:func:`poweroff_on_exit`) it never returns: however
+    ``main_fn`` ends, the engine has stopped (main stops it) and the machine powers off."""
+    if not poweroff_on_exit(environ, pid):
+        return main_fn(None)
+    machine = machine_factory()
+    try:
+        code = main_fn(machine)
+        log.info("the agent stopped (exit code %s)", code)
+    except Exception:
+        _setup_logging()
+        log.exception("the agent failed")
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt: PID 1 must not just exit
+        _setup_logging()
+        log.error("the agent stopped: %r", exc)
+    shut_down_machine(machine)
+    return 1  # only if the machine did not power off (a fake one)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

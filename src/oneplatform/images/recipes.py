@@ -23,7 +23,7 @@ from oneplatform.errors import ImageBuildError, NotFound
 
 # Bump when the builder changes how a recipe turns into a root filesystem, so every cached
 # build is made again.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 PACKAGE_SOURCE_PREFIX = "package:"

@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 
 from oneplatform.api.schemas import ImageBuildAccepted, ImageOut
 from oneplatform.compute.drivers import driver_for
-from oneplatform.compute.drivers.base import ImageArtifact
+from oneplatform.compute.drivers.base import HostRef, ImageArtifact
 from oneplatform.compute.states import ComputeType
 from oneplatform.config import Settings
 from oneplatform.errors import ImageNotReady, NotFound, PlatformError
 from oneplatform.iam import Caller
-from oneplatform.images.builder import artifact_for, build_rootfs
+from oneplatform.images.builder import Progress, artifact_for, build_rootfs, build_vm_image
 from oneplatform.images.recipes import Recipe, list_recipes, load_recipe
 from oneplatform.ops.engine import StepContext, enqueue
 from oneplatform.ops.model import OperationKind, OperationStatus, register
@@ -109,6 +109,18 @@ def ready_artifact(session: Session, settings: Settings, image: Image) -> ImageA
     return artifact_for(load_recipe(image.name), settings.images_dir)
 
 
+def artifact_for_host(
+    settings: Settings, artifact: ImageArtifact, compute_type: ComputeType, progress: Progress
+) -> ImageArtifact:
+    """The artifact with the format ``compute_type`` needs, exporting it now if it is missing
+    (a VM host registered after the image was built)."""
+    if compute_type is ComputeType.VM and artifact.vm is None:
+        recipe = load_recipe(artifact.name)
+        build_vm_image(recipe, settings.images_dir, progress)
+        return artifact_for(recipe, settings.images_dir)
+    return artifact
+
+
 def image_for_create(session: Session, name: str) -> Image:
     """The image row a new instance may use: building is fine (the create waits for it)."""
     recipe = _recipe(name)
@@ -128,23 +140,38 @@ def _step_rootfs(ctx: StepContext) -> None:
     build_rootfs(recipe, ctx.settings.images_dir, progress=ctx.progress)
 
 
-def _step_export_oci(ctx: StepContext) -> None:
+def _hosts_of(ctx: StepContext, compute_type: ComputeType) -> list[HostRef]:
     from oneplatform.compute.catalog import host_ref
 
-    recipe = load_recipe(ctx.params["name"])
-    artifact = artifact_for(recipe, ctx.settings.images_dir)
     with ctx.store.session() as session:
-        refs = [
+        return [
             host_ref(host, pool)
             for host, pool in session.execute(
                 select(Host, Pool)
                 .join(Pool, Pool.id == Host.pool_id)
-                .where(Pool.compute_type == ComputeType.CONTAINER.value, Host.enabled.is_(True))
+                .where(Pool.compute_type == compute_type.value, Host.enabled.is_(True))
             ).all()
         ]
-    for ref in refs:
-        ctx.progress(f"importing into {ref.name}")
+
+
+def _load_into_hosts(ctx: StepContext, compute_type: ComputeType) -> None:
+    artifact = artifact_for(load_recipe(ctx.params["name"]), ctx.settings.images_dir)
+    for ref in _hosts_of(ctx, compute_type):
+        ctx.progress(f"loading into {ref.name}")
         driver_for(ref).ensure_image(artifact)
+
+
+def _step_export_oci(ctx: StepContext) -> None:
+    """Import the root filesystem into every container host as an OCI image."""
+    _load_into_hosts(ctx, ComputeType.CONTAINER)
+
+
+def _step_export_vm(ctx: StepContext) -> None:
+    """Make the qcow2 disk, kernel and initrd (cached), and upload them to every VM host."""
+    if not _hosts_of(ctx, ComputeType.VM):
+        return  # built on demand when a VM host is registered
+    build_vm_image(load_recipe(ctx.params["name"]), ctx.settings.images_dir, ctx.progress)
+    _load_into_hosts(ctx, ComputeType.VM)
 
 
 def _step_finish(ctx: StepContext) -> None:
@@ -155,6 +182,8 @@ def _step_finish(ctx: StepContext) -> None:
         row = session.get_one(Image, ctx.resource_id)
         row.status, row.status_message = READY, ""
         row.formats = {"oci": {"ref": artifact.ref}, "rootfs": {"path": str(rootfs)}}
+        if artifact.vm is not None:
+            row.formats["qcow2"] = {"disk": str(artifact.vm.disk)}
         row.size_bytes = rootfs.stat().st_size if rootfs and rootfs.exists() else 0
 
 
@@ -170,6 +199,7 @@ IMAGE_BUILD = register(
         steps=(
             ("rootfs", _step_rootfs),
             ("export_oci", _step_export_oci),
+            ("export_vm", _step_export_vm),
             ("finish", _step_finish),
         ),
         on_failure=_on_build_failure,

@@ -1,0 +1,138 @@
+"""The VM compute type end to end: real libvirt/QEMU (TCG here), driven through the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.e2e.conftest import Platform
+
+pytestmark = pytest.mark.e2e
+ALICE_PW = "Alice-vm-pw-31"
+
+
+def _domains() -> set[str]:
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+
+
+def _connect(endpoint: dict[str, Any], user: str, password: str, dbname: str) -> Any:
+    return psycopg.connect(
+        host=endpoint["host"],
+        port=endpoint["port"],
+        user=user,
+        password=password,
+        dbname=dbname,
+        connect_timeout=10,
+        autocommit=True,
+    )
+
+
+def test_vm_capabilities_are_served(platform: Platform) -> None:
+    types = {t["name"]: t for t in platform.json("compute-type", "list")}
+    caps = {c["name"]: c for c in types["vm"]["capabilities"]}
+    for name in ("snapshot", "resize", "serial_console", "forced_reboot"):
+        assert caps[name]["supported"] is True, name
+    assert caps["exec"]["supported"] is False and caps["exec"]["reason"]
+    flavors = {f["name"]: f for f in platform.json("flavor", "list")}
+    assert flavors["vm.small"]["compute_type"] == "vm"
+    assert "vms" in [p["name"] for p in platform.json("pool", "list")]
+
+
+def test_postgresql_database_on_a_vm(platform: Platform) -> None:
+    before = _domains()
+    db = platform.json(
+        "db",
+        "create",
+        "pgvm",
+        "--datastore",
+        "postgresql",
+        "--flavor",
+        "vm.small",
+        "--database",
+        "appdb",
+        "--user",
+        f"alice:{ALICE_PW}",
+        "--wait",
+        timeout=1200,
+    )
+    try:
+        assert db["status"] == "ACTIVE" and db["health"] == "HEALTHY"
+        assert db["compute_type"] == "vm" and db["flavor"] == "vm.small"
+        new_domains = _domains() - before
+        assert len(new_domains) == 1 and next(iter(new_domains)).startswith("onep-")
+        endpoint = db["endpoint"]
+        out = subprocess.run(
+            [
+                "psql",
+                "-h",
+                endpoint["host"],
+                "-p",
+                str(endpoint["port"]),
+                "-U",
+                "alice",
+                "-d",
+                "appdb",
+                "-tAc",
+                "CREATE TABLE t (x int); INSERT INTO t VALUES (7); SELECT x FROM t",
+            ],
+            env={"PGPASSWORD": ALICE_PW, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0 and out.stdout.strip().endswith("7"), out.stderr
+        creds = platform.json("db", "credentials", "pgvm")
+        with _connect(endpoint, creds["username"], creds["password"], "postgres") as c:
+            assert c.execute("SHOW shared_buffers").fetchone() == ("256MB",)  # 1024 MB / 4
+
+        platform.run("db", "database", "create", "pgvm", "reports")
+        bob = platform.json("db", "user", "create", "pgvm", "bob", "--database", "reports")
+        with _connect(endpoint, "bob", bob["password"], "reports") as c:
+            c.execute("CREATE TABLE r (y int)")
+        assert {u["name"] for u in platform.json("db", "user", "list", "pgvm")} == {"alice", "bob"}
+
+        restarted = platform.json("db", "restart", "pgvm", "--wait", timeout=600)
+        assert restarted["status"] == "ACTIVE"
+        with _connect(endpoint, "alice", ALICE_PW, "appdb") as c:
+            assert c.execute("SELECT x FROM t").fetchone() == (7,)
+    finally:
+        platform.run("db", "delete", "pgvm", "--wait", timeout=600, check=False)
+    assert _domains() == before
+    assert platform.json("db", "list") == []
+
+
+def test_plain_vm_instance_lifecycle(platform: Platform) -> None:
+    inst = platform.json(
+        "instance",
+        "create",
+        "vm1",
+        "--flavor",
+        "vm.small",
+        "--image",
+        "postgresql-15",
+        "--wait",
+        timeout=900,
+    )
+    try:
+        assert inst["status"] == "ACTIVE" and inst["compute_type"] == "vm"
+        refused = platform.run("instance", "exec", "vm1", "--", "true", check=False)
+        assert refused.returncode == 1 and "capability_not_supported" in refused.stderr
+        snap = platform.json("instance", "snapshot", "vm1", "snap1", "--wait", timeout=600)
+        assert snap["status"] == "ACTIVE"
+        stopped = platform.json("instance", "stop", "vm1", "--wait", timeout=600)
+        assert stopped["status"] == "SHUTOFF" and stopped["power_state"] == "stopped"
+        started = platform.json("instance", "start", "vm1", "--wait", timeout=600)
+        assert started["status"] == "ACTIVE"
+        console = platform.run("instance", "console", "vm1").stdout
+        assert "Linux version" in console or "oneplatform" in console.lower()
+    finally:
+        platform.run("instance", "delete", "vm1", "--wait", timeout=600, check=False)
+    assert platform.json("instance", "list") == []
