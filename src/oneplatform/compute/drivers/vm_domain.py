@@ -30,6 +30,7 @@ SERIAL_DATA = "onep-data"
 CONFIG_VOLUME_ID = "onep-config"
 CONFIG_FILE = "bundle.json"
 FIRST_DISK_SLOT = 0x04
+RNG_PCI_SLOT = "0x11"
 NIC_PCI_ADDR = "0x10"  # explicit, so the NIC libvirt does not know about never takes a disk's slot
 # Linux input key codes (VIR_KEYCODE_SET_LINUX) of Ctrl-Alt-Del.
 CTRL_ALT_DEL = (29, 56, 111)
@@ -205,6 +206,10 @@ def build_domain_xml(plan: DomainPlan) -> str:
     _sub(console, "target", type="serial", port="0")
     _sub(devices, "controller", type="usb", model="none")
     _sub(devices, "memballoon", model="none")
+    # Entropy from the host: without it the guest's first blocking getrandom() stalls the boot.
+    rng = _sub(devices, "rng", model="virtio")
+    _sub(rng, "backend", "/dev/urandom", model="random")
+    _sub(rng, "address", type="pci", domain="0x0000", bus="0x00", slot=RNG_PCI_SLOT)
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
     netdev = ",".join(
         ["user", "id=onepnet0", *(_hostfwd(plan.bind_address, p) for p in plan.ports)]
