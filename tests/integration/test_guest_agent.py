@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from tests.integration.conftest import find_free_port, require_or_fail
 
 from oneplatform.compute.drivers.base import BUNDLE_GUEST_PATH, ImageArtifact
 from oneplatform.config import Settings
@@ -38,6 +37,7 @@ from oneplatform.guest import (
 from oneplatform.guest.client import AgentClient, AgentHealth
 from oneplatform.images.builder import artifact_for, build_rootfs
 from oneplatform.images.recipes import Recipe, load_recipe
+from tests.integration.conftest import find_free_port, require_or_fail
 
 pytestmark = pytest.mark.integration
 

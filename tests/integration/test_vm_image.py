@@ -24,7 +24,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.integration.conftest import find_free_port, require_or_fail
 
 from oneplatform.compute.drivers.base import VmImage
 from oneplatform.config import Settings
@@ -50,6 +49,7 @@ from oneplatform.images.builder import (
     vm_image_path,
 )
 from oneplatform.images.recipes import Recipe, load_recipe
+from tests.integration.conftest import find_free_port, require_or_fail
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+
+from oneplatform.api.schemas import InstanceCreate
+from oneplatform.compute import service
+from oneplatform.compute.scheduler import FILTERS, select_host
+from oneplatform.errors import NoValidHost
+from oneplatform.ops.model import OperationStatus
+from oneplatform.store.db import Store
+from oneplatform.store.models import Event, Flavor, Host, Instance, Operation, PortAllocation
 from tests.factories import (
     caller_for,
     make_flavor,
@@ -19,14 +27,6 @@ from tests.factories import (
     make_project,
     make_ready_image,
 )
-
-from oneplatform.api.schemas import InstanceCreate
-from oneplatform.compute import service
-from oneplatform.compute.scheduler import FILTERS, select_host
-from oneplatform.errors import NoValidHost
-from oneplatform.ops.model import OperationStatus
-from oneplatform.store.db import Store
-from oneplatform.store.models import Event, Flavor, Host, Instance, Operation, PortAllocation
 
 
 def _place(store: Store, flavor: Flavor) -> Host:

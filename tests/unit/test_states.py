@@ -6,13 +6,13 @@ import itertools
 
 import pytest
 from sqlalchemy import select
-from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 
 from oneplatform.compute.lifecycle import set_status
 from oneplatform.compute.states import TRANSITIONS, InstanceStatus, can_transition
 from oneplatform.errors import Conflict
 from oneplatform.store.db import Store
 from oneplatform.store.models import Event, Instance
+from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 
 S = InstanceStatus
 ALL_EDGES = [(src, dst) for src, targets in TRANSITIONS.items() for dst in sorted(targets)]

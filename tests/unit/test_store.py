@@ -11,10 +11,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select
 from sqlalchemy.exc import IntegrityError, StatementError
-from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 
 from oneplatform.store.db import Store, alembic_config
 from oneplatform.store.models import Base, Event, Instance, Project, utcnow
+from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 
 
 def _diff(store: Store, metadata: MetaData) -> list[object]:
