@@ -36,8 +36,10 @@ def test_instance_lifecycle_through_the_cli(platform: Platform) -> None:
     assert inst["compute_type"] == "container"
     assert inst["flavor"] == "container.small"
     assert inst["host"] == "local-podman"
-    (endpoint,) = inst["endpoints"]
-    assert endpoint["name"] == "postgresql" and endpoint["host"] == "127.0.0.1"
+    endpoints = {e["name"]: e for e in inst["endpoints"]}
+    assert set(endpoints) == {"postgresql", "agent"}  # the image's services
+    endpoint = endpoints["postgresql"]
+    assert endpoint["host"] == "127.0.0.1"
     assert _accepts_tcp(endpoint["host"], endpoint["port"])
     ready = subprocess.run(
         ["pg_isready", "-h", "127.0.0.1", "-p", str(endpoint["port"])],
@@ -115,7 +117,7 @@ def test_compute_types_flavors_and_status(platform: Platform) -> None:
     assert {"container.small", "container.medium", "container.large"} <= flavors
     assert platform.run("status").returncode == 0
     pools = platform.json("pool", "list")
-    assert [p["name"] for p in pools] == ["containers"]
+    assert "containers" in [p["name"] for p in pools]
 
 
 def test_another_projects_token_sees_nothing(platform: Platform) -> None:
@@ -166,7 +168,7 @@ def test_sigkill_during_create_resumes_to_one_active_container(
         final = crashy.json("instance", "show", "phoenix")
         assert final["status"] == "ACTIVE"
         assert len(podman_containers(inst["id"])) == 1
-        assert _accepts_tcp("127.0.0.1", final["endpoints"][0]["port"])
+        assert all(_accepts_tcp(e["host"], e["port"]) for e in final["endpoints"])
         crashy.run("instance", "delete", "phoenix", "--wait")
         assert podman_containers(inst["id"]) == []
     finally:
