@@ -1,9 +1,11 @@
-"""``python -m bench [NAME ...] [--rounds N]``: run benchmarks (default: all of them).
+"""``python -m bench [NAME ...] [--rounds N]``: run benchmarks (default: ``all``, the ones
+marked default: container and db; ``vm`` boots VMs under TCG and runs only when named).
 
 One `onep up` with a temporary home serves every benchmark of the run. Each benchmark is a
 module with ``NAME`` (its results go to ``bench/results/<NAME>.json``; also accepted on the
 command line), ``TIMEOUT_S`` (seconds per sample unless --timeout) and a function
 ``run(platform, rounds, timeout) -> results``. Add one by writing it and listing it below.
+``--rounds`` defaults to the benchmark's own (``ROUNDS`` if it has one, else 5).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from bench import container, db
+from bench import container, db, vm
 from bench.common import BenchError, PlatformProcess, machine_info, running_platform, write_results
 
 Benchmark = Callable[[PlatformProcess, int, float], dict[str, Any]]
@@ -29,26 +31,39 @@ class Entry:
     run: Benchmark
     results: str  # bench/results/<results>.json; also accepted as its name
     timeout: float  # default seconds per sample
+    rounds: int = 5  # default timed rounds
+    default: bool = True  # part of `all` (what runs when no name is given)
 
 
 BENCHMARKS: dict[str, Entry] = {
     "container": Entry(container.run, container.NAME, container.TIMEOUT_S),
     "db": Entry(db.run, db.NAME, db.TIMEOUT_S),
+    "vm": Entry(vm.run, vm.NAME, vm.TIMEOUT_S, rounds=vm.ROUNDS, default=False),
 }
 ALIASES = {entry.results: name for name, entry in BENCHMARKS.items()}
+ALL = [name for name, entry in BENCHMARKS.items() if entry.default]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="Benchmarks of OnePlatform against bare Podman."
+        prog="python -m bench",
+        description="Benchmarks of OnePlatform against bare Podman and QEMU.",
     )
     parser.add_argument(
         "names",
         nargs="*",
         metavar="NAME",
-        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+        help=f"benchmarks to run: {', '.join(BENCHMARKS)}, or all "
+        f"(= {' + '.join(ALL)}; the default)",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="timed rounds (default: the benchmark's; "
+        + ", ".join(f"{n} {e.rounds}" for n, e in BENCHMARKS.items())
+        + ")",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -61,11 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-home", action="store_true", help="keep the temporary ONEP_HOME (and its log)"
     )
     args = parser.parse_args(argv)
-    args.names = [ALIASES.get(n, n) for n in args.names]
+    names = [ALIASES.get(n, n) for n in args.names or ["all"]]
+    args.names = [m for n in names for m in (ALL if n == "all" else [n])]
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         parser.error("--timeout must be positive")
@@ -78,7 +94,7 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = list(dict.fromkeys(args.names)) or list(BENCHMARKS)
+    names = list(dict.fromkeys(args.names))
     if shutil.which("podman") is None:
         print("bench: podman is not installed", file=sys.stderr)
         return 2
@@ -89,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 started = dt.datetime.now(dt.UTC)
                 entry = BENCHMARKS[name]
                 timeout = entry.timeout if args.timeout is None else args.timeout
-                results = entry.run(platform, args.rounds, timeout)
+                rounds = entry.rounds if args.rounds is None else args.rounds
+                results = entry.run(platform, rounds, timeout)
                 results.update(started_at=started.isoformat(), machine=machine_info())
                 print(f"wrote {write_results(entry.results, results)}", flush=True)
     except BenchError as exc:

@@ -18,6 +18,9 @@ APT_PACKAGES=(
   xorriso e2fsprogs
   # libvirt-python (PyPI) is built from source against these.
   libvirt-dev pkg-config gcc python3-dev
+  # Bare metal: whole-disk images with extlinux, the deploy ISO, the emulated nodes' BIOS,
+  # and a kernel for the deploy ramdisk.
+  isolinux syslinux-common extlinux dosfstools mtools seabios linux-image-cloud-amd64
 )
 LIBVIRT_URI="qemu:///system"
 POOL_NAME="default"
@@ -127,4 +130,6 @@ install_packages
 ensure_libvirt
 check_python
 ensure_venv
+# The bare-metal lab: emulated nodes (libvirt domains) behind a Redfish emulator on 127.0.0.1.
+"$REPO/scripts/bmlab.sh" up
 log "done"

@@ -44,6 +44,18 @@ class Settings(BaseSettings):
         default=None,
         description="Fernet key for secrets at rest; $ONEP_HOME/secret.key when unset.",
     )
+    node_callback_host: str = Field(
+        default="10.0.2.2",
+        description="The address nodes' deploy ramdisks reach the API on (QEMU user "
+        "networking maps the host to 10.0.2.2; on a real network, this host's address).",
+    )
+    bmc_media_host: str = Field(
+        default="127.0.0.1", description="The address BMCs download virtual media from."
+    )
+    bmlab_file: Path = Field(
+        default=Path("/var/lib/oneplatform/bmlab/nodes.json"),
+        description="Emulated bare-metal nodes made by scripts/bmlab.sh; enrolled by `onep up`.",
+    )
     health_interval_seconds: float = Field(default=10.0, gt=0)
     failpoint: str | None = Field(
         default=None,

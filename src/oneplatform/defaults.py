@@ -35,11 +35,13 @@ FLAVORS = (
     DefaultFlavor("container.large", ComputeType.CONTAINER, 4, 4096, 20),
     DefaultFlavor("vm.small", ComputeType.VM, 1, 1024, 5),
     DefaultFlavor("vm.medium", ComputeType.VM, 2, 2048, 10),
+    DefaultFlavor("baremetal.small", ComputeType.BAREMETAL, 1, 1024, 4),
 )
 CONTAINER_POOL = "containers"
 LOCAL_PODMAN = "local-podman"
 VM_POOL = "vms"
 LOCAL_LIBVIRT = "local-libvirt"
+BAREMETAL_POOL = "baremetal"
 
 
 def ensure_defaults(store: Store, settings: Settings) -> list[str]:
@@ -67,6 +69,11 @@ def ensure_defaults(store: Store, settings: Settings) -> list[str]:
             ready.add(compute_type)
         except PlatformError as err:
             warnings.append(f"{compute_type.value}: {err.message} (pool {pool_name!r} skipped)")
+    try:
+        _ensure_baremetal_pool(store)
+        ready.add(ComputeType.BAREMETAL)
+    except PlatformError as err:
+        warnings.append(f"baremetal: {err.message} (pool {BAREMETAL_POOL!r} skipped)")
     with store.session() as session:
         have = set(session.scalars(select(Flavor.name)))
         for f in FLAVORS:
@@ -125,6 +132,54 @@ def _ensure_pool_and_host(
             )
         )
     log.info("registered %s as host %s in pool %s", uri, host_name, pool_name)
+
+
+def _ensure_baremetal_pool(store: Store) -> None:
+    """A bare-metal pool has no host until nodes are enrolled (each node is a host)."""
+    driver_class(ComputeType.BAREMETAL)
+    with store.session() as session:
+        if session.scalars(select(Pool).where(Pool.name == BAREMETAL_POOL)).first() is None:
+            session.add(
+                Pool(name=BAREMETAL_POOL, compute_type=ComputeType.BAREMETAL.value, settings={})
+            )
+
+
+def enroll_lab_nodes(store: Store, settings: Settings) -> list[str]:
+    """Enroll the emulated nodes that `scripts/bmlab.sh up` made (Redfish emulator on
+    127.0.0.1), unless enrolled already. Returns the enroll operation ids."""
+    import json
+
+    from oneplatform.api.schemas import NodeEnroll, PortTarget
+    from oneplatform.iam import ADMIN, Caller
+    from oneplatform.nodes import service as nodes
+    from oneplatform.store.models import Node
+
+    path = settings.bmlab_file
+    if not path.exists():
+        return []
+    lab = json.loads(path.read_text())
+    with store.session() as session:
+        have = set(session.scalars(select(Node.name)))
+        admin = session.scalars(select(Pool.id).where(Pool.name == BAREMETAL_POOL)).first()
+    if admin is None:
+        return []
+    caller = Caller(project_id="", project_name=ADMIN, role=ADMIN, token_name="bootstrap")
+    started = []
+    for n in lab.get("nodes", []):
+        name = str(n["name"])
+        if name in have:
+            continue
+        req = NodeEnroll(
+            name=name,
+            pool=BAREMETAL_POOL,
+            bmc_address=n["bmc_url"],
+            bmc_system_id=n["system_id"],
+            bmc_username=n.get("username", ""),
+            bmc_password=n.get("password", ""),
+            port_map={g: PortTarget(host="127.0.0.1", port=int(p)) for g, p in n["ports"].items()},
+        )
+        started.append(nodes.enroll(store, settings, caller, req).operation.id)
+    return started
 
 
 def ensure_images(store: Store) -> list[str]:

@@ -14,7 +14,7 @@ from oneplatform.api.app import create_app
 from oneplatform.api.deps import Platform
 from oneplatform.config import Settings
 from oneplatform.dbaas.health import run_health_checker
-from oneplatform.defaults import ensure_defaults, ensure_images
+from oneplatform.defaults import enroll_lab_nodes, ensure_defaults, ensure_images
 from oneplatform.ops.engine import Worker
 from oneplatform.store.db import Store
 
@@ -25,7 +25,9 @@ def _load_kinds() -> None:
     """Import the modules that register operation kinds, so workers can run any of them."""
     import oneplatform.compute.operations
     import oneplatform.dbaas.operations
-    import oneplatform.images.service  # noqa: F401
+    import oneplatform.images.service
+    import oneplatform.nodes.instances
+    import oneplatform.nodes.operations  # noqa: F401
 
 
 def prepare(settings: Settings) -> tuple[Store, str]:
@@ -77,6 +79,7 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str]], None]) 
     write_cli_config(settings, url, token)
     for warning in ensure_defaults(store, settings):
         log.warning("%s", warning)
+    enroll_lab_nodes(store, settings)
     builds = ensure_images(store)
     stop = threading.Event()
     start_workers(store, settings, settings.workers, stop)

@@ -37,7 +37,14 @@ class Platform:
 
     def env(self, **more: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONEP_")}
-        env.update(ONEP_HOME=str(self.home), ONEP_LEASE_SECONDS="3", **self.extra_env, **more)
+        env.update(
+            ONEP_HOME=str(self.home),
+            ONEP_LEASE_SECONDS="3",
+            # the emulated bare-metal lab is shared: only the tests that want it enroll it
+            ONEP_BMLAB_FILE=str(self.home / "no-bmlab.json"),
+            **self.extra_env,
+            **more,
+        )
         return env
 
     def start(self, **env: str) -> None:

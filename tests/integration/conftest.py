@@ -485,3 +485,157 @@ def new_vm_instance_id(libvirt_available: None) -> Iterator[Callable[[], str]]:
     yield make
     for instance_id in made:
         _remove_vm(instance_id)
+
+
+# ---------------------------------------------------------------------------- bare metal (Redfish)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BMLAB_SCRIPT = REPO_ROOT / "scripts" / "bmlab.sh"
+BMLAB_DIR = Path(os.environ.get("ONEP_BMLAB_DIR", "/var/lib/oneplatform/bmlab"))
+BMLAB_POOL = "default"  # where the emulator uploads inserted media as <image>-<uuid>.img
+# The kernel the test ISO's boot loader looks for (and lacks): ISOLINUX prints "Loading
+# onep-bmlab-iso-booted... failed" on the node's serial console. (Its SAY and DISPLAY output
+# reach the VGA console only: the serial port is set up after the config file is read.)
+BM_ISO_MARKER = "onep-bmlab-iso-booted"
+
+
+def virsh(*args: str, check: bool = True) -> str:
+    """``virsh -q -c qemu:///system ARGS`` and its stdout (stripped)."""
+    proc = subprocess.run(
+        ["virsh", "-q", "-c", LIBVIRT_URI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"virsh {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def _bmlab_problem() -> str | None:
+    """None when the lab can be brought up here; else why not."""
+    if not BMLAB_SCRIPT.is_file():
+        return f"{BMLAB_SCRIPT} is missing"
+    try:
+        import sushy  # noqa: F401
+    except ImportError:
+        return "sushy is not installed (pip install -e '.[dev]')"
+    if os.geteuid() != 0:
+        return "the bare-metal lab needs root (libvirt qemu:///system, /var/lib/oneplatform)"
+    if shutil.which("curl") is None:
+        return "curl is missing (apt-get install curl)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def bmlab(libvirt_available: None) -> Iterator[list[dict[str, object]]]:
+    """The bare-metal lab (``scripts/bmlab.sh up``): the nodes of nodes.json, node 0 first.
+
+    Each node is a dict: name, bmc_url, system_id, system_path, username, password, mac,
+    ports ({"5432": host port, "8471": host port}), console_log, disk_volume. At the end every
+    lab node is powered off (through virsh) and media the emulator uploaded and no domain uses
+    any more is deleted; the lab itself stays up, so the next session's ``up`` is quick.
+    """
+    import json
+
+    problem = _bmlab_problem()
+    require_or_fail(problem is None, problem or "")
+    proc = subprocess.run(
+        [str(BMLAB_SCRIPT), "up"], capture_output=True, text=True, timeout=900, check=False
+    )
+    require_or_fail(
+        proc.returncode == 0,
+        f"scripts/bmlab.sh up failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}",
+    )
+    nodes: list[dict[str, object]] = json.loads((BMLAB_DIR / "nodes.json").read_text())["nodes"]
+    yield nodes
+    for node in nodes:
+        _bm_power_off(str(node["name"]))
+        _delete_unused_uploads(str(node["name"]), str(node["system_id"]))
+
+
+def _bm_power_off(name: str) -> None:
+    if virsh("domstate", name, check=False) == "running":
+        virsh("destroy", name, check=False)
+
+
+def _delete_unused_uploads(name: str, system_uuid: str) -> None:
+    """Delete the emulator's ``<image>-<uuid>.img`` uploads unless the domain still uses one."""
+    xml = virsh("dumpxml", "--inactive", name, check=False)
+    for line in virsh("vol-list", BMLAB_POOL, check=False).splitlines():
+        parts = line.split()
+        if parts and parts[0].endswith(f"-{system_uuid}.img") and parts[-1] not in xml:
+            virsh("vol-delete", "--pool", BMLAB_POOL, parts[0], check=False)
+
+
+@pytest.fixture
+def bm_node(bmlab: list[dict[str, object]]) -> Iterator[dict[str, object]]:
+    """Lab node 0 (the only one tests power on: TCG is heavy); powered off again afterwards."""
+    node = bmlab[0]
+    _bm_power_off(str(node["name"]))
+    yield node
+    _bm_power_off(str(node["name"]))
+
+
+def _make_boot_iso(dest: Path) -> Path:
+    """A tiny bootable ISO: ISOLINUX, which names BM_ISO_MARKER on the serial port, then
+    waits at its boot: prompt."""
+    isolinux = Path("/usr/lib/ISOLINUX/isolinux.bin")
+    ldlinux = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
+    if shutil.which("xorriso") is None or not isolinux.is_file() or not ldlinux.is_file():
+        _apt_install("xorriso", "isolinux", "syslinux-common")
+    require_or_fail(shutil.which("xorriso"), "xorriso is missing (apt-get install xorriso)")
+    require_or_fail(
+        isolinux.is_file() and ldlinux.is_file(),
+        "ISOLINUX is missing (apt-get install isolinux syslinux-common)",
+    )
+    root = dest / "iso-root"
+    (root / "isolinux").mkdir(parents=True)
+    shutil.copy2(isolinux, root / "isolinux" / "isolinux.bin")
+    shutil.copy2(ldlinux, root / "isolinux" / "ldlinux.c32")
+    (root / "isolinux" / "isolinux.cfg").write_text(
+        f"SERIAL 0 115200\nPROMPT 0\nDEFAULT onep\nLABEL onep\n  KERNEL {BM_ISO_MARKER}\n"
+    )
+    iso = dest / "www" / "onep-bmlab-test.iso"
+    iso.parent.mkdir()
+    cmd = [
+        "xorriso", "-as", "mkisofs", "-quiet", "-V", "ONEP_BMLAB_TEST",
+        "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
+        "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+        "-o", str(iso), str(root),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return iso
+
+
+@pytest.fixture(scope="session")
+def bm_media_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """A plain HTTP server on 127.0.0.1 serving a tiny bootable ISO (see _make_boot_iso).
+
+    Yields {"url": the ISO's URL, "requests": the list of paths asked for so far}.
+    """
+    import http.server
+    import threading
+
+    iso = _make_boot_iso(tmp_path_factory.mktemp("bm-media"))
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(iso.parent), **kwargs)  # type: ignore[arg-type]
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    yield {"url": f"http://127.0.0.1:{port}/{iso.name}", "requests": requests}
+    server.shutdown()
+    server.server_close()

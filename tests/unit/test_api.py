@@ -367,13 +367,6 @@ def test_duplicate_flavor_is_refused(api: Api) -> None:
     _error(api.client.post("/v1/flavors", json=body, headers=api.admin), 409, "flavor_exists")
 
 
-def test_flavor_for_a_compute_type_without_driver_is_refused(api: Api) -> None:
-    body = {"name": "bm.tiny", "compute_type": "baremetal", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}
-    before = api.counts()
-    _error(api.client.post("/v1/flavors", json=body, headers=api.admin), 422, "invalid_input")
-    assert api.counts() == before
-
-
 def test_unsupported_capability_is_refused_up_front_with_the_reason(api: Api) -> None:
     inst = _create(api)["instance"]
     before = api.counts()

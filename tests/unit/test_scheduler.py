@@ -56,7 +56,19 @@ FILTER_CASES: dict[str, Callable[[Session], None]] = {
 
 
 def test_every_filter_has_a_case() -> None:
-    assert [f.name for f in FILTERS] == list(FILTER_CASES)
+    # whole_node needs a bare-metal flavor: it has its own test below
+    assert [f.name for f in FILTERS] == [*FILTER_CASES, "whole_node"]
+
+
+def test_a_bare_metal_node_takes_one_instance(store: Store) -> None:
+    with store.session() as session:
+        project, image = make_project(session), make_ready_image(session)
+        pool = make_pool(session, "baremetal")
+        node = make_host(session, pool, vcpus=8, ram_mb=16384, disk_gb=100)
+        flavor = make_flavor(session, compute_type="baremetal", vcpus=1, ram_mb=1024, disk_gb=4)
+        make_instance(session, project, flavor, image, node)
+    # plenty of room by the numbers, but the node is taken
+    assert _refused_by(store, flavor) == "whole_node"
 
 
 @pytest.mark.parametrize("name", list(FILTER_CASES))

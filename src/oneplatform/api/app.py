@@ -12,10 +12,12 @@ from oneplatform.api.routes import (
     compute_types,
     datastores,
     db_instances,
+    deploy,
     flavors,
     hosts,
     images,
     instances,
+    nodes,
     operations,
     pools,
     projects,
@@ -41,6 +43,8 @@ def create_app(platform: Platform) -> FastAPI:
         projects,
         datastores,
         db_instances,
+        nodes,
+        deploy,
     ):
         app.include_router(module.router, prefix="/v1")
 

@@ -9,6 +9,7 @@ import typer
 
 from oneplatform.api.schemas import FlavorCreate, InstanceAccepted
 from oneplatform.cli.db import datastore_app, db_app
+from oneplatform.cli.nodes import node_app
 from oneplatform.cli.output import (
     Format,
     OutputOpt,
@@ -36,6 +37,7 @@ for sub, name in (
     (db_app, "db"),
     (datastore_app, "datastore"),
     (instance_app, "instance"),
+    (node_app, "node"),
     (flavor_app, "flavor"),
     (image_app, "image"),
     (ct_app, "compute-type"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,6 +23,7 @@ from oneplatform.compute.drivers import available_driver_classes, driver_class, 
 from oneplatform.compute.drivers.base import ComputeDriver, HostRef
 from oneplatform.compute.scheduler import host_states
 from oneplatform.compute.states import ComputeType
+from oneplatform.config import Settings
 from oneplatform.errors import AlreadyExists, CapabilityNotSupported, Conflict, NotFound
 from oneplatform.iam import Caller
 from oneplatform.store.db import Store
@@ -97,6 +100,17 @@ def host_ref(host: Host, pool: Pool) -> HostRef:
         bind_address=host.bind_address,
         settings=dict(pool.settings or {}),
     )
+
+
+def host_ref_in(session: Session, settings: Settings, host: Host, pool: Pool) -> HostRef:
+    """``host_ref`` plus what only the store knows: a bare-metal node's BMC and ports."""
+    ref = host_ref(host, pool)
+    if pool.compute_type != ComputeType.BAREMETAL.value:
+        return ref
+    from oneplatform.nodes.common import node_of_host, node_settings
+
+    node = node_of_host(session, host.id)
+    return dataclasses.replace(ref, settings={**ref.settings, **node_settings(node, settings)})
 
 
 def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:

@@ -10,7 +10,7 @@ from typing import cast
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from oneplatform.compute.catalog import host_ref
+from oneplatform.compute.catalog import host_ref_in
 from oneplatform.compute.drivers import driver_for
 from oneplatform.compute.drivers.base import (
     ComputeDriver,
@@ -41,7 +41,7 @@ class Target:
 def _target(ctx: StepContext) -> Target:
     with ctx.store.session() as session:
         instance = session.get_one(Instance, ctx.resource_id)
-        if instance.status == InstanceStatus.DELETING.value and ctx.kind != INSTANCE_DELETE.name:
+        if instance.status == InstanceStatus.DELETING.value and not is_delete(ctx.kind):
             raise PlatformError(
                 f"instance {instance.name!r} is being deleted: {ctx.kind} stops here",
                 code="superseded",
@@ -49,7 +49,7 @@ def _target(ctx: StepContext) -> Target:
         if instance.host_id is None:
             return Target(instance.id, instance.name, None, (), "")
         host = session.get_one(Host, instance.host_id)
-        ref = host_ref(host, session.get_one(Pool, host.pool_id))
+        ref = host_ref_in(session, ctx.settings, host, session.get_one(Pool, host.pool_id))
         ports = tuple(
             PortMapping(p.name, p.guest_port, p.host_port)
             for p in session.scalars(
@@ -233,9 +233,30 @@ def _on_failure(session: Session, ctx: StepContext, err: PlatformError) -> None:
     instance = session.get_one(Instance, ctx.resource_id)
     if instance.status == InstanceStatus.DELETED.value:
         return
-    if instance.status == InstanceStatus.DELETING.value and ctx.kind != INSTANCE_DELETE.name:
+    if instance.status == InstanceStatus.DELETING.value and not is_delete(ctx.kind):
         return  # superseded by the delete, which owns the status now
     set_status(session, instance, InstanceStatus.ERROR, f"{ctx.step_name}: {err.message}")
+
+
+def is_delete(kind: str) -> bool:
+    return kind.startswith("instance.delete")
+
+
+def create_kind(compute_type: str) -> OperationKind:
+    """Bare metal deploys through its own steps; the others share INSTANCE_CREATE."""
+    if compute_type == "baremetal":
+        from oneplatform.nodes.instances import BAREMETAL_CREATE
+
+        return BAREMETAL_CREATE
+    return INSTANCE_CREATE
+
+
+def delete_kind(compute_type: str) -> OperationKind:
+    if compute_type == "baremetal":
+        from oneplatform.nodes.instances import BAREMETAL_DELETE
+
+        return BAREMETAL_DELETE
+    return INSTANCE_DELETE
 
 
 def _kind(name: str, *steps: tuple[str, StepFn], fail: bool = True) -> OperationKind:

@@ -52,6 +52,11 @@ FILTERS: tuple[Filter, ...] = (
     Filter("ram", lambda h, f: h.free_ram_mb >= f.ram_mb),
     Filter("disk", lambda h, f: h.free_disk_gb >= f.disk_gb),
     Filter("traits", lambda h, f: set(f.traits or ()) <= set(h.host.traits or ())),
+    # A bare-metal node is one unit: nothing else goes where something already is.
+    Filter(
+        "whole_node",
+        lambda h, f: h.pool.compute_type != "baremetal" or h.used_vcpus == h.used_ram_mb == 0,
+    ),
 )
 
 

@@ -170,6 +170,8 @@ def place_instance(
     )
     session.add(instance)
     session.flush()
+    if flavor.compute_type == ComputeType.BAREMETAL.value:
+        _claim_node(session, host, instance)
     allocate_ports(session, host, instance, image.ports)
     session.add(
         Event(
@@ -180,8 +182,16 @@ def place_instance(
             message=f"placed on {host.name}",
         )
     )
-    op = enqueue(session, ops.INSTANCE_CREATE, instance.id, project_id)
+    op = enqueue(session, ops.create_kind(flavor.compute_type), instance.id, project_id)
     return instance, op
+
+
+def _claim_node(session: Session, host: Host, instance: Instance) -> None:
+    """A node is one unit: taken off the scheduler until it is cleaned again."""
+    from oneplatform.nodes.common import node_of_host
+
+    node_of_host(session, host.id).instance_id = instance.id
+    host.enabled = False
 
 
 def request_delete(session: Session, instance: Instance, project_id: str) -> Operation | None:
@@ -190,7 +200,7 @@ def request_delete(session: Session, instance: Instance, project_id: str) -> Ope
     if current in (InstanceStatus.DELETING, InstanceStatus.DELETED):
         return None
     set_status(session, instance, InstanceStatus.DELETING, "delete requested")
-    return enqueue(session, ops.INSTANCE_DELETE, instance.id, project_id)
+    return enqueue(session, ops.delete_kind(instance.compute_type), instance.id, project_id)
 
 
 def _check_name_free(session: Session, project_id: str, name: str) -> None:
@@ -208,7 +218,12 @@ def _check_name_free(session: Session, project_id: str, name: str) -> None:
 def allocate_ports(
     session: Session, host: Host, instance: Instance, services: Mapping[str, int]
 ) -> None:
-    """Give every service port of the instance a free host port, unique per host."""
+    """Give every service port of the instance a free host port, unique per host.
+
+    A bare-metal node's ports are where its network puts them (its port map)."""
+    if host.uri.startswith("node://"):
+        _node_ports(session, host, instance, services)
+        return
     used = set(
         session.scalars(select(PortAllocation.host_port).where(PortAllocation.host_id == host.id))
     )
@@ -221,6 +236,31 @@ def allocate_ports(
             PortAllocation(
                 host_id=host.id,
                 host_port=port,
+                instance_id=instance.id,
+                name=name,
+                guest_port=int(guest_port),
+            )
+        )
+    session.flush()
+
+
+def _node_ports(
+    session: Session, host: Host, instance: Instance, services: Mapping[str, int]
+) -> None:
+    from oneplatform.nodes.common import node_of_host
+
+    port_map = node_of_host(session, host.id).port_map or {}
+    for name, guest_port in sorted(services.items()):
+        target = port_map.get(str(guest_port))
+        if target is None:
+            raise NoValidHost(
+                f"node {host.name!r} has no way to reach guest port {guest_port}",
+                code="no_free_port",
+            )
+        session.add(
+            PortAllocation(
+                host_id=host.id,
+                host_port=int(target["port"]),
                 instance_id=instance.id,
                 name=name,
                 guest_port=int(guest_port),

@@ -188,17 +188,25 @@ _SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
 def _vm_tools() -> dict[str, str]:
+    return find_tools(VM_TOOLS, "a VM image")
+
+
+def find_tools(tools: Sequence[str], purpose: str) -> dict[str, str]:
+    """Each tool's path (the sbin directories searched too); needs root, as exports do.
+
+    Raises :class:`ImageBuildError` naming the first missing tool.
+    """
     if os.geteuid() != 0:
         raise ImageBuildError(
-            "building a VM image needs root: the root filesystem is unpacked keeping its owners"
+            f"building {purpose} needs root: the root filesystem is unpacked keeping its owners"
         )
     search = f"{os.environ.get('PATH', os.defpath)}:{_SBIN_PATH}"
     found: dict[str, str] = {}
-    for tool in VM_TOOLS:
+    for tool in tools:
         path = shutil.which(tool, path=search)
         if path is None:
             raise ImageBuildError(
-                f"{tool} is not installed; building a VM image needs it (run scripts/setup.sh)"
+                f"{tool} is not installed; building {purpose} needs it (run scripts/setup.sh)"
             )
         found[tool] = path
     return found
@@ -216,24 +224,8 @@ def _export_vm(
     tarball: Path, work: Path, vm: VmImage, tools: dict[str, str], say: Progress
 ) -> None:
     started = time.monotonic()
-    root = work / "root"
-    root.mkdir(mode=0o755)
-    say(f"unpacking {tarball.name}")
-    _run_tool(
-        [
-            tools["tar"],
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "-xpf",
-            str(tarball),
-            "-C",
-            str(root),
-        ],
-        say,
-    )
-    root.chmod(0o755)
-    kernel, initrd = _find_kernel(root, tarball.name)
+    root = unpack_rootfs(tarball, work / "root", tools, say)
+    kernel, initrd = find_kernel(root, tarball.name)
     kernel_part = work / "vmlinuz"
     initrd_part = work / "initrd"
     shutil.copyfile(kernel, kernel_part)
@@ -245,30 +237,8 @@ def _export_vm(
         f"({initrd.stat().st_size / MiB:.1f} MiB)"
     )
 
-    content, inodes = _tree_usage(root)
-    size = math.ceil((content * VM_DISK_GROWTH + VM_DISK_SLACK) / MiB) * MiB
     raw = work / "root.ext4"
-    with raw.open("wb") as handle:
-        handle.truncate(size)  # sparse: only what mkfs writes takes space
-    say(
-        f"making the ext4 root filesystem: {content / MiB:.0f} MiB in {inodes} files, "
-        f"disk {size / MiB:.0f} MiB"
-    )
-    _run_tool(
-        [
-            tools["mkfs.ext4"],
-            "-q",
-            "-F",
-            "-L",
-            ROOT_LABEL,
-            "-N",
-            str(inodes + inodes // 2 + 16384),
-            "-d",
-            str(root),
-            str(raw),
-        ],
-        say,
-    )
+    make_root_ext4(root, raw, tools, say)
     shutil.rmtree(root)  # frees its space before the qcow2 is written
     disk_part = work / "disk.qcow2"
     say("converting to compressed qcow2")
@@ -303,7 +273,70 @@ def _export_vm(
     )
 
 
-def _find_kernel(root: Path, source: str) -> tuple[Path, Path]:
+def unpack_rootfs(tarball: Path, root: Path, tools: dict[str, str], say: Progress) -> Path:
+    """Unpack the rootfs tarball into the new directory ``root`` keeping owners and modes.
+
+    ``tools`` comes from :func:`find_tools` (needs ``tar``). Returns ``root``.
+    """
+    root.mkdir(mode=0o755)
+    say(f"unpacking {tarball.name}")
+    _run_tool(
+        [
+            tools["tar"],
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-xpf",
+            str(tarball),
+            "-C",
+            str(root),
+        ],
+        say,
+    )
+    root.chmod(0o755)
+    return root
+
+
+def make_root_ext4(
+    root: Path,
+    raw: Path,
+    tools: dict[str, str],
+    say: Progress,
+    *,
+    growth: float = VM_DISK_GROWTH,
+    slack: int = VM_DISK_SLACK,
+) -> int:
+    """Make ``raw`` (a new sparse file) an ext4 filesystem labelled ``onep-root`` holding
+    the tree ``root``, sized ``content * growth + slack``; returns the size in bytes (a
+    whole number of MiB). ``tools`` needs ``mkfs.ext4``.
+    """
+    content, inodes = _tree_usage(root)
+    size = math.ceil((content * growth + slack) / MiB) * MiB
+    with raw.open("wb") as handle:
+        handle.truncate(size)  # sparse: only what mkfs writes takes space
+    say(
+        f"making the ext4 root filesystem: {content / MiB:.0f} MiB in {inodes} files, "
+        f"disk {size / MiB:.0f} MiB"
+    )
+    _run_tool(
+        [
+            tools["mkfs.ext4"],
+            "-q",
+            "-F",
+            "-L",
+            ROOT_LABEL,
+            "-N",
+            str(inodes + inodes // 2 + 16384),
+            "-d",
+            str(root),
+            str(raw),
+        ],
+        say,
+    )
+    return size
+
+
+def find_kernel(root: Path, source: str) -> tuple[Path, Path]:
     """The newest /boot/vmlinuz-VERSION that has its /boot/initrd.img-VERSION."""
     boot = root / "boot"
     pairs = []
@@ -486,3 +519,11 @@ def _lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- hooks for the other exporters (images/baremetal.py): one implementation of each step
+run_tool = _run_tool
+cache_lock = _lock
+require_free = _require_free
+fsync_dir = _fsync_dir
+version_key = _version_key

@@ -65,6 +65,7 @@ class Client:
         self.pools = Pools(self)
         self.hosts = Hosts(self)
         self.db = DbInstances(self)
+        self.nodes = Nodes(self)
 
     @classmethod
     def from_home(cls, home: Path | None = None) -> Client:
@@ -222,6 +223,25 @@ class Projects(_Resource):
 
     def whoami(self) -> s.WhoAmI:
         return self.c.get("/v1/whoami", s.WhoAmI)
+
+
+class Nodes(_Resource):
+    def list(self) -> builtins.list[s.NodeOut]:
+        return self.c.get_list("/v1/nodes", s.NodeOut)
+
+    def get(self, ident: str) -> s.NodeOut:
+        return self.c.get(f"/v1/nodes/{ident}", s.NodeOut)
+
+    def enroll(self, body: s.NodeEnroll) -> s.NodeAccepted:
+        return self.c.send("POST", "/v1/nodes", s.NodeAccepted, body)
+
+    def act(self, ident: str, action: str) -> s.NodeAccepted:
+        """manage, inspect or provide."""
+        return self.c.send("POST", f"/v1/nodes/{ident}/{action}", s.NodeAccepted)
+
+    def power(self, ident: str, action: str) -> s.NodeOut:
+        body = s.NodePower.model_construct(action=action)  # type: ignore[arg-type]
+        return self.c.send("POST", f"/v1/nodes/{ident}/power", s.NodeOut, body)
 
 
 class Pools(_Resource):

@@ -210,6 +210,49 @@ class DbInstance(Timestamps, Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
+class Node(Timestamps, Base):
+    """A bare-metal machine behind a BMC; one unit of capacity (its Host row)."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id"))
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), default=None)
+    state: Mapped[str] = mapped_column(String(24))
+    # the state machine's last move, for `onep node show`
+    target_state: Mapped[str | None] = mapped_column(String(24), default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    power_state: Mapped[str] = mapped_column(String(16), default="unknown")
+    bmc_protocol: Mapped[str] = mapped_column(String(16), default="redfish")
+    bmc_address: Mapped[str] = mapped_column(String(255))
+    bmc_system_id: Mapped[str] = mapped_column(String(255))
+    bmc_username: Mapped[str] = mapped_column(String(63), default="")
+    bmc_password_enc: Mapped[str] = mapped_column(Text, default="")
+    inventory: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # How the node's service ports are reached: {guest_port: {"host": ..., "port": ...}}.
+    # On a real network that is the node's address; in the emulated lab, host forwards.
+    port_map: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
+
+
+class DeployToken(Base):
+    """A per-deploy secret in the URLs a node's deploy agent fetches and reports to."""
+
+    __tablename__ = "deploy_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_enc: Mapped[str] = mapped_column(Text)  # the steps need it to build media URLs
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
+    purpose: Mapped[str] = mapped_column(String(16))  # deploy | clean
+    image_name: Mapped[str | None] = mapped_column(String(63), default=None)
+    bundle_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting ok error
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+
+
 class PortAllocation(Base):
     __tablename__ = "port_allocations"
     __table_args__ = (UniqueConstraint("host_id", "host_port"),)

@@ -23,6 +23,15 @@ def driver_class(compute_type: ComputeType) -> type[ComputeDriver]:
                 "which is not installed"
             )
         return LibvirtDriver
+    if compute_type is ComputeType.BAREMETAL:
+        from oneplatform.baremetal.redfish import sushy_available
+        from oneplatform.compute.drivers.baremetal import BaremetalDriver
+
+        if not sushy_available():
+            raise InvalidInput(
+                "compute type 'baremetal' needs sushy (pip install sushy), which is not installed"
+            )
+        return BaremetalDriver
     raise InvalidInput(f"compute type {compute_type.value!r} has no driver in this build")
 
 

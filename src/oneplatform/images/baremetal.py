@@ -1,0 +1,630 @@
+"""The bare-metal formats: a raw whole-disk image per recipe, and the deploy ISO.
+
+Beside the recipe's other artifacts in the cache (same cache key, see builder.py)::
+
+    <name>-<hash16>.disk.raw          whole-disk image: MBR (syslinux mbr.bin), p1 ext4
+                                      onep-root with extlinux booting the image's own kernel
+                                      and initrd with VM_CMDLINE (the VM init, which also
+                                      knows bare metal), p2 vfat onep-config (empty). Sparse.
+    <name>-<hash16>.disk.raw.sha256   its sha256 (sha256sum format), written at build
+
+and, shared by every recipe, the deploy ramdisk, content-addressed by its inputs (kernel,
+modules, busybox, the agent script)::
+
+    deploy-<hash16>.vmlinuz           a Debian cloud kernel (the recipe rootfs's or the host's)
+    deploy-<hash16>.initrd.gz         busybox-static, the kernel modules for virtio/SCSI/NVMe
+                                      disks, NICs and vfat, and the deploy agent as /init
+
+The deploy ISO is made **per deploy** (:func:`build_deploy_iso`): isolinux booting the
+cached kernel and ramdisk with ``onep.deploy_url=URL`` (the per-deploy token inside) on the
+kernel command line. It is ~20 MB and takes well under a second with xorriso, so the node
+needs no other way to learn its instructions (no DHCP options, no fixed URL the platform
+would have to multiplex by port); this is how Ironic does virtual-media deploys too.
+
+The disk layout and the deploy protocol are in images/deploy_agent.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import struct
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from oneplatform.errors import ImageBuildError
+from oneplatform.images import deploy_agent
+from oneplatform.images.builder import (
+    CONFIG_LABEL,
+    VM_CMDLINE,
+    VM_DISK_SLACK,
+    Progress,
+    build_rootfs,
+    cache_lock,
+    find_kernel,
+    find_tools,
+    fsync_dir,
+    make_root_ext4,
+    require_free,
+    rootfs_path,
+    run_tool,
+    unpack_rootfs,
+    version_key,
+)
+from oneplatform.images.deploy_agent import (
+    CONFIG_PARTITION_MIB,
+    DEPLOY_MODULES,
+    TYPE_FAT16_LBA,
+    TYPE_LINUX,
+    MiB,
+    check_url,
+    image_layout,
+    mbr,
+    mbr_entry,
+)
+from oneplatform.images.recipes import Recipe
+
+DISK_SUFFIX = ".disk.raw"
+DISK_WORK_SUFFIX = ".disk-build"
+DISK_TOOLS = ("tar", "mkfs.ext4", "mkfs.vfat", "extlinux", "mount", "umount")
+# Debian's paths (packages syslinux-common, isolinux, extlinux).
+MBR_BIN = Path("/usr/lib/syslinux/mbr/mbr.bin")
+ISOLINUX_BIN = Path("/usr/lib/ISOLINUX/isolinux.bin")
+LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
+EXTLINUX_DIR = "boot/extlinux"
+# The root partition's room over its content: less than a VM root disk's, since the data
+# has its own partition and the root partition is never grown (a smaller image is also
+# quicker to stream and verify during a deploy).
+ROOT_GROWTH = 1.10
+ROOT_SLACK = 256 * MiB
+DEPLOY_FORMAT = "onep-deploy-ramdisk/1"
+DEPLOY_CMDLINE = "console=tty0 console=ttyS0,115200 quiet"
+_CHUNK = MiB
+_ZEROS = bytes(_CHUNK)
+
+
+@dataclass(frozen=True)
+class DiskImage:
+    """A raw whole-disk image (sparse file) and the sha256 of all of its ``size`` bytes."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class DeployRamdisk:
+    """The deploy ISO's kernel and initramfs, cached and shared by every deploy."""
+
+    kernel: Path
+    initrd: Path
+    kernel_version: str
+
+
+# --- the whole-disk image ------------------------------------------------------------------
+
+
+def disk_image_path(recipe: Recipe, cache_dir: Path) -> Path:
+    """Where the recipe's whole-disk image is (or will be); no I/O beyond hashing."""
+    return cache_dir / f"{rootfs_path(recipe, cache_dir).stem}{DISK_SUFFIX}"
+
+
+def _sha_path(disk: Path) -> Path:
+    return disk.with_name(f"{disk.name}.sha256")
+
+
+def disk_image_if_built(recipe: Recipe, cache_dir: Path) -> DiskImage | None:
+    """The recipe's whole-disk image when it is in the cache, else None."""
+    path = disk_image_path(recipe, cache_dir)
+    try:
+        digest = _sha_path(path).read_text(encoding="ascii").split()[0]
+        size = path.stat().st_size
+    except (OSError, IndexError):
+        return None
+    return DiskImage(path, digest, size)
+
+
+def build_disk_image(
+    recipe: Recipe, cache_dir: Path, progress: Progress | None = None
+) -> DiskImage:
+    """Export the recipe's root filesystem as a bootable raw whole-disk image.
+
+    Builds (or reuses) the cached rootfs tarball; returns at once when the image is cached.
+    Takes a per-recipe lock and checks free space first; the image appears in the cache
+    only when complete (written under a temporary name, renamed). Needs root, tar,
+    mkfs.ext4, mkfs.vfat, extlinux, loop mounts, and syslinux's mbr.bin. Raises
+    :class:`ImageBuildError` when any of that fails or disk space is short.
+    """
+    built = disk_image_if_built(recipe, cache_dir)
+    if built is not None:
+        return built
+    tarball = build_rootfs(recipe, cache_dir, progress)
+    target = disk_image_path(recipe, cache_dir)
+    with cache_lock(cache_dir / f".{tarball.stem}.disk.lock"):
+        built = disk_image_if_built(recipe, cache_dir)
+        if built is not None:  # another process finished it while we waited
+            return built
+        tools = find_tools(DISK_TOOLS, "a bare-metal disk image")
+        boot_code = _syslinux_file(MBR_BIN, "syslinux-common").read_bytes()[:440]
+        for stale in cache_dir.glob(f".{tarball.stem}.*{DISK_WORK_SUFFIX}"):
+            shutil.rmtree(stale, ignore_errors=True)
+        # The unpacked tree, the root filesystem and the disk are each about the tar's size.
+        need = 3 * tarball.stat().st_size + VM_DISK_SLACK
+        require_free(cache_dir, need, "for a bare-metal disk image")
+        work = Path(
+            tempfile.mkdtemp(prefix=f".{tarball.stem}.", suffix=DISK_WORK_SUFFIX, dir=cache_dir)
+        )
+        try:
+            return _export_disk(tarball, work, target, boot_code, tools, _say(progress))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _say(progress: Progress | None, prefix: str = "disk") -> Progress:
+    def say(line: str) -> None:
+        if progress is not None:
+            progress(f"{prefix}: {line}")
+
+    return say
+
+
+def extlinux_conf(kernel: str, initrd: str, cmdline: str = VM_CMDLINE) -> str:
+    """The root partition's /boot/extlinux/extlinux.conf (paths from the filesystem root)."""
+    return (
+        "# Written by the OnePlatform image builder: boot the image's own kernel.\n"
+        "SERIAL 0 115200\n"
+        "DEFAULT onep\n"
+        "PROMPT 0\n"
+        "TIMEOUT 0\n"
+        "LABEL onep\n"
+        f"  LINUX {kernel}\n"
+        f"  INITRD {initrd}\n"
+        f"  APPEND {cmdline}\n"
+    )
+
+
+def _export_disk(
+    tarball: Path,
+    work: Path,
+    target: Path,
+    boot_code: bytes,
+    tools: dict[str, str],
+    say: Progress,
+) -> DiskImage:
+    started = time.monotonic()
+    root = unpack_rootfs(tarball, work / "root", tools, say)
+    kernel, initrd = find_kernel(root, tarball.name)
+    conf = root / EXTLINUX_DIR / "extlinux.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(extlinux_conf(f"/boot/{kernel.name}", f"/boot/{initrd.name}"))
+    root_fs = work / "root.ext4"
+    root_size = make_root_ext4(root, root_fs, tools, say, growth=ROOT_GROWTH, slack=ROOT_SLACK)
+    shutil.rmtree(root)  # frees its space before the disk is written
+    _install_extlinux(root_fs, work / "mnt", tools, say)
+    config_fs = work / "config.vfat"
+    with config_fs.open("wb") as handle:
+        handle.truncate(CONFIG_PARTITION_MIB * MiB)
+    run_tool([tools["mkfs.vfat"], "-F", "16", "-n", CONFIG_LABEL, str(config_fs)], say)
+
+    root_span, config_span, size = image_layout(root_size)
+    disk_id = int.from_bytes(hashlib.sha256(tarball.name.encode()).digest()[:4], "little")
+    table = mbr(
+        boot_code,
+        disk_id,
+        [mbr_entry(root_span, TYPE_LINUX, active=True), mbr_entry(config_span, TYPE_FAT16_LBA)],
+    )
+    part = work / "disk.raw"
+    say(f"writing the whole-disk image: {size / MiB:.0f} MiB (sparse)")
+    pieces = [
+        (0, _bytes_chunks(table)),
+        (root_span.start * 512, _file_chunks(root_fs)),
+        (config_span.start * 512, _file_chunks(config_fs)),
+    ]
+    digest = _write_sparse(part, size, pieces)
+    sha_part = work / "disk.raw.sha256"
+    sha_part.write_text(f"{digest}  {target.name}\n", encoding="ascii")
+    for path in (part, sha_part):
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    # The image last: it counts as built only when its checksum is there too.
+    os.replace(sha_part, _sha_path(target))
+    os.replace(part, target)
+    fsync_dir(target.parent)
+    used = target.stat().st_blocks * 512
+    say(
+        f"{target.name}: {size / MiB:.0f} MiB ({used / MiB:.0f} MiB allocated), sha256 "
+        f"{digest[:16]}..., built in {time.monotonic() - started:.1f} s"
+    )
+    return DiskImage(target, digest, size)
+
+
+def _install_extlinux(root_fs: Path, mnt: Path, tools: dict[str, str], say: Progress) -> None:
+    """extlinux writes its boot sector and ldlinux.sys into the mounted filesystem."""
+    mnt.mkdir()
+    run_tool([tools["mount"], "-o", "loop", str(root_fs), str(mnt)], say)
+    try:
+        ldlinux = _syslinux_file(LDLINUX_C32, "syslinux-common")
+        shutil.copyfile(ldlinux, mnt / EXTLINUX_DIR / "ldlinux.c32")
+        run_tool([tools["extlinux"], "--install", str(mnt / EXTLINUX_DIR)], say)
+    finally:
+        run_tool([tools["umount"], str(mnt)], say)
+
+
+def _bytes_chunks(data: bytes) -> Iterator[bytes]:
+    yield data
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
+
+
+def _write_sparse(out: Path, size: int, pieces: Sequence[tuple[int, Iterable[bytes]]]) -> str:
+    """Write the pieces at their offsets into a new sparse file of ``size`` bytes, skipping
+    all-zero chunks (holes read as zeros); returns the sha256 of the whole file."""
+    digest = hashlib.sha256()
+    position = 0
+    with out.open("wb") as handle:
+        handle.truncate(size)
+        for offset, chunks in sorted(pieces, key=lambda piece: piece[0]):
+            if offset < position:
+                raise ImageBuildError("the disk image's pieces overlap")
+            _hash_zeros(digest, offset - position)
+            position = offset
+            for chunk in chunks:
+                if chunk != _ZEROS[: len(chunk)]:
+                    handle.seek(position)
+                    handle.write(chunk)
+                digest.update(chunk)
+                position += len(chunk)
+        if position > size:
+            raise ImageBuildError("the disk image's pieces do not fit its size")
+        _hash_zeros(digest, size - position)
+    return digest.hexdigest()
+
+
+def _hash_zeros(digest: hashlib._Hash, count: int) -> None:
+    while count > 0:
+        step = min(count, _CHUNK)
+        digest.update(_ZEROS[:step])
+        count -= step
+
+
+def _syslinux_file(path: Path, package: str) -> Path:
+    if not path.is_file():
+        raise ImageBuildError(f"{path} is missing: install the Debian package {package}")
+    return path
+
+
+# --- the deploy ramdisk and ISO --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _KernelFiles:
+    version: str
+    kernel: bytes
+    modules: dict[str, bytes]  # path under lib/modules/VERSION -> contents (.ko)
+    modules_dep: str
+    missing: tuple[str, ...]  # wanted modules this kernel does not have (or has built in)
+
+
+def build_deploy_ramdisk(
+    cache_dir: Path, *, kernel_source: Path | None = None, progress: Progress | None = None
+) -> DeployRamdisk:
+    """The deploy kernel and initramfs, cached by the hash of everything in them.
+
+    ``kernel_source`` is a recipe's rootfs tarball (its /boot/vmlinuz-* and modules: the
+    image's own kernel), or None for the host's newest /boot/vmlinuz-* with its
+    /lib/modules (Debian's linux-image-cloud-amd64). Needs the host's busybox-static.
+    Returns at once (after hashing its inputs) when cached.
+    """
+    files = _kernel_files(kernel_source)
+    busybox = _static_busybox()
+    script = deploy_agent.agent_script()
+    key = _ramdisk_key(files, busybox, script)
+    kernel = cache_dir / f"deploy-{key[:16]}.vmlinuz"
+    initrd = cache_dir / f"deploy-{key[:16]}.initrd.gz"
+    ramdisk = DeployRamdisk(kernel, initrd, files.version)
+    if kernel.is_file() and initrd.is_file():
+        return ramdisk
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with cache_lock(cache_dir / f".deploy-{key[:16]}.lock"):
+        if kernel.is_file() and initrd.is_file():
+            return ramdisk
+        require_free(cache_dir, 256 * MiB, "for the deploy ramdisk")
+        say = _say(progress, "deploy")
+        if files.missing:
+            say(f"kernel {files.version} lacks modules: {' '.join(files.missing)}")
+        archive = gzip.compress(_initramfs(files, busybox, script), 9)
+        for path, data in ((kernel, files.kernel), (initrd, archive)):
+            part = path.with_name(f".{path.name}.{os.getpid()}.part")
+            try:
+                part.write_bytes(data)
+                part.chmod(0o644)
+                os.replace(part, path)
+            finally:
+                part.unlink(missing_ok=True)
+        fsync_dir(cache_dir)
+        say(
+            f"deploy ramdisk {initrd.name}: {len(archive) / MiB:.1f} MiB, "
+            f"{len(files.modules)} modules, kernel {files.version}"
+        )
+    return ramdisk
+
+
+def isolinux_cfg(deploy_url: str) -> str:
+    """The deploy ISO's boot menu: one entry, no prompt, the deploy URL on the cmdline."""
+    check_url(deploy_url, "deploy_url")
+    return (
+        "SERIAL 0 115200\n"
+        "DEFAULT deploy\n"
+        "PROMPT 0\n"
+        "TIMEOUT 0\n"
+        "LABEL deploy\n"
+        "  KERNEL /deploy/vmlinuz\n"
+        "  INITRD /deploy/initrd.gz\n"
+        f"  APPEND {DEPLOY_CMDLINE} {deploy_agent.CMDLINE_KEY}={deploy_url}\n"
+    )
+
+
+def build_deploy_iso(
+    cache_dir: Path,
+    deploy_url: str,
+    out_path: Path,
+    *,
+    kernel_source: Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Make the per-deploy ISO at ``out_path`` (mode 0600: the URL holds the deploy token).
+
+    Reuses the cached deploy ramdisk (built first if needed, see
+    :func:`build_deploy_ramdisk`); the ISO itself takes well under a second. Replaces
+    ``out_path`` atomically. Needs xorriso and Debian's isolinux and syslinux-common.
+    """
+    cfg = isolinux_cfg(deploy_url)
+    xorriso = shutil.which("xorriso")
+    if xorriso is None:
+        raise ImageBuildError("xorriso is not installed (Debian package xorriso)")
+    isolinux = _syslinux_file(ISOLINUX_BIN, "isolinux")
+    ldlinux = _syslinux_file(LDLINUX_C32, "syslinux-common")
+    ramdisk = build_deploy_ramdisk(cache_dir, kernel_source=kernel_source, progress=progress)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    require_free(out_path.parent, 64 * MiB, "for a deploy ISO")
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    part = stage / "deploy.iso"
+    try:
+        boot = stage / "isolinux"
+        boot.mkdir()
+        shutil.copyfile(isolinux, boot / "isolinux.bin")  # xorriso patches its boot table
+        shutil.copyfile(ldlinux, boot / "ldlinux.c32")
+        (boot / "isolinux.cfg").write_text(cfg, encoding="ascii")
+        argv = [
+            xorriso, "-as", "mkisofs", "-quiet", "-R", "-V", "ONEP_DEPLOY", "-o", str(part),
+            "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
+            "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+            "-graft-points",
+            f"/isolinux={_graft(boot)}",
+            f"/deploy/vmlinuz={_graft(ramdisk.kernel)}",
+            f"/deploy/initrd.gz={_graft(ramdisk.initrd)}",
+        ]  # fmt: skip
+        run_tool(argv, _say(progress, "deploy"))
+        part.chmod(0o600)
+        os.replace(part, out_path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_path
+
+
+def _graft(path: Path) -> str:
+    """A path for an xorriso graft point: '=' and '\\' are escaped with a backslash."""
+    return str(path).replace("\\", "\\\\").replace("=", "\\=")
+
+
+def _ramdisk_key(files: _KernelFiles, busybox: bytes, script: str) -> str:
+    digest = hashlib.sha256(DEPLOY_FORMAT.encode())
+    parts = [files.version.encode(), files.kernel, busybox, script.encode()]
+    for name in sorted(files.modules):
+        parts += [name.encode(), files.modules[name]]
+    parts.append(files.modules_dep.encode())
+    for part in parts:
+        digest.update(struct.pack("<Q", len(part)))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _kernel_files(source: Path | None) -> _KernelFiles:
+    if source is None:
+        return _host_kernel_files()
+    try:
+        with tarfile.open(source) as tar:
+            return _tar_kernel_files(tar, source.name)
+    except (OSError, tarfile.TarError) as exc:
+        raise ImageBuildError(f"cannot read the kernel from {source}: {exc}") from exc
+
+
+def _host_kernel_files() -> _KernelFiles:
+    versions = [
+        kernel.name.removeprefix("vmlinuz-")
+        for kernel in Path("/boot").glob("vmlinuz-*")
+        if (Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-") / "modules.dep").is_file()
+    ]
+    if not versions:
+        raise ImageBuildError(
+            "the host has no /boot/vmlinuz-* with its /lib/modules: install "
+            "linux-image-cloud-amd64, or build the deploy ramdisk from a recipe's rootfs"
+        )
+    version = max(versions, key=version_key)
+    moddir = Path("/lib/modules") / version
+    dep = (moddir / "modules.dep").read_text()
+    paths, missing = module_closure(dep, DEPLOY_MODULES)
+    modules = {path: (moddir / path).read_bytes() for path in paths}
+    kernel = (Path("/boot") / f"vmlinuz-{version}").read_bytes()
+    return _decompressed(_KernelFiles(version, kernel, modules, dep, missing))
+
+
+def _tar_kernel_files(tar: tarfile.TarFile, source: str) -> _KernelFiles:
+    members = {member.name.removeprefix("./"): member for member in tar.getmembers()}
+    versions = []
+    for name in members:
+        if name.startswith("boot/vmlinuz-"):
+            version = name.removeprefix("boot/vmlinuz-")
+            if _modules_root(members, version) is not None:
+                versions.append(version)
+    if not versions:
+        raise ImageBuildError(f"{source} has no /boot/vmlinuz-* with its modules")
+    version = max(versions, key=version_key)
+    moddir = _modules_root(members, version)
+    assert moddir is not None
+
+    def read(name: str) -> bytes:
+        handle = tar.extractfile(members[name])
+        if handle is None:
+            raise ImageBuildError(f"{source}: {name} is not a regular file")
+        return handle.read()
+
+    dep = read(f"{moddir}/modules.dep").decode()
+    paths, missing = module_closure(dep, DEPLOY_MODULES)
+    modules = {path: read(f"{moddir}/{path}") for path in paths}
+    kernel = read(f"boot/vmlinuz-{version}")
+    return _decompressed(_KernelFiles(version, kernel, modules, dep, missing))
+
+
+def _modules_root(members: dict[str, tarfile.TarInfo], version: str) -> str | None:
+    for prefix in ("usr/lib/modules", "lib/modules"):
+        if f"{prefix}/{version}/modules.dep" in members:
+            return f"{prefix}/{version}"
+    return None
+
+
+def module_name(path: str) -> str:
+    """kernel/drivers/block/virtio_blk.ko(.xz) -> virtio_blk ('-' read as '_')."""
+    name = path.rsplit("/", 1)[-1]
+    return name.split(".ko", 1)[0].replace("-", "_")
+
+
+def module_closure(modules_dep: str, wanted: Iterable[str]) -> tuple[list[str], tuple[str, ...]]:
+    """The module paths to ship for ``wanted`` with their dependencies (from modules.dep),
+    and the wanted names the kernel has no module for."""
+    deps: dict[str, list[str]] = {}
+    for line in modules_dep.splitlines():
+        module, sep, rest = line.partition(":")
+        if sep:
+            deps[module.strip()] = rest.split()
+    by_name = {module_name(path): path for path in deps}
+    chosen: list[str] = []
+    missing: list[str] = []
+
+    def visit(path: str) -> None:
+        if path in chosen:
+            return
+        for dep in deps.get(path, []):
+            visit(dep)
+        chosen.append(path)
+
+    for name in wanted:
+        path = by_name.get(name.replace("-", "_"))
+        if path is None:
+            missing.append(name)
+        else:
+            visit(path)
+    return chosen, tuple(missing)
+
+
+def _decompressed(files: _KernelFiles) -> _KernelFiles:
+    """busybox's modprobe loads plain .ko files: unpack .ko.xz (and say so for .ko.zst)."""
+    modules: dict[str, bytes] = {}
+    dep = files.modules_dep
+    for path, data in files.modules.items():
+        if path.endswith(".ko.xz"):
+            modules[path.removesuffix(".xz")] = lzma.decompress(data)
+            dep = dep.replace(path, path.removesuffix(".xz"))
+        elif path.endswith(".ko"):
+            modules[path] = data
+        else:
+            raise ImageBuildError(f"kernel module {path}: only .ko and .ko.xz are supported")
+    return _KernelFiles(files.version, files.kernel, modules, dep, files.missing)
+
+
+def _static_busybox() -> bytes:
+    for candidate in (shutil.which("busybox"), "/bin/busybox", "/usr/bin/busybox"):
+        if candidate and Path(candidate).is_file():
+            data = Path(candidate).read_bytes()
+            if is_static_elf(data):
+                return data
+    raise ImageBuildError(
+        "no statically linked busybox on this host: install the Debian package busybox-static"
+    )
+
+
+def is_static_elf(data: bytes) -> bool:
+    """A 64-bit little-endian ELF executable without an interpreter (PT_INTERP)."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return False
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for index in range(phnum):
+        (kind,) = struct.unpack_from("<I", data, phoff + index * phentsize)
+        if kind == 3:  # PT_INTERP: dynamically linked
+            return False
+    return True
+
+
+# --- the initramfs (newc cpio, written here: no cpio tool needed) ----------------------------
+
+S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
+
+
+def _initramfs(files: _KernelFiles, busybox: bytes, script: str) -> bytes:
+    moddir = f"lib/modules/{files.version}"
+    present = [name for name in DEPLOY_MODULES if name not in files.missing]
+    shipped = set(files.modules)
+    dep_lines = [
+        line for line in files.modules_dep.splitlines() if line.partition(":")[0].strip() in shipped
+    ]
+    regular: dict[str, tuple[int, bytes]] = {
+        "init": (0o755, script.encode()),
+        "bin/busybox": (0o755, busybox),
+        f"{moddir}/modules.dep": (0o644, ("\n".join(dep_lines) + "\n").encode()),
+        deploy_agent.MODULES_LIST.lstrip("/"): (0o644, ("\n".join(present) + "\n").encode()),
+    }
+    for path, data in files.modules.items():
+        regular[f"{moddir}/{path}"] = (0o644, data)
+    dirs = {"dev", "proc", "sys", "tmp", "run", "mnt", "sbin", "usr/bin", "usr/sbin"}
+    for name in regular:
+        parts = name.split("/")[:-1]
+        dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    entries: list[tuple[str, int, bytes, int]] = [
+        (d, S_IFDIR | 0o755, b"", 0) for d in sorted(dirs)
+    ]
+    entries.append(("dev/console", S_IFCHR | 0o600, b"", os.makedev(5, 1)))
+    entries += [
+        ("bin/sh", S_IFLNK | 0o777, b"busybox", 0),
+        ("sbin/modprobe", S_IFLNK | 0o777, b"/bin/busybox", 0),
+    ]
+    entries += [(name, S_IFREG | mode, data, 0) for name, (mode, data) in sorted(regular.items())]
+    return cpio_newc(entries)
+
+
+def cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
+    """A newc ("070701") cpio archive of (name, mode, data, rdev) owned by root."""
+    out = bytearray()
+    trailer = ("TRAILER!!!", 0, b"", 0)
+    for inode, (name, mode, data, rdev) in enumerate([*entries, trailer], start=1):
+        raw_name = name.encode() + b"\0"
+        nlink = 2 if mode & 0o170000 == S_IFDIR else 1
+        fields = (
+            inode, mode, 0, 0, nlink, 0, len(data), 0, 0,
+            os.major(rdev), os.minor(rdev), len(raw_name), 0,
+        )  # fmt: skip
+        header = b"070701" + b"".join(f"{value:08x}".encode() for value in fields)
+        out += header + raw_name + b"\0" * (-(len(header) + len(raw_name)) % 4)
+        out += data + b"\0" * (-len(data) % 4)
+    return bytes(out)

@@ -1,0 +1,1 @@
+"""Bare-metal nodes: enrollment, the node state machine, power, deploy and cleaning."""
