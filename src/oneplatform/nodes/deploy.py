@@ -188,6 +188,7 @@ def finish_ramdisk(ctx: StepContext, purpose: str, boot_disk: bool) -> None:
         bmc.set_power("on")
     with ctx.transaction() as session:
         node = _node(session, ctx)
+        node.power_state = "on" if boot_disk else "off"
         for row in session.scalars(
             select(DeployToken).where(
                 DeployToken.node_id == node.id, DeployToken.purpose == purpose
