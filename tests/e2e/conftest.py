@@ -42,9 +42,9 @@ class Platform:
             ONEP_LEASE_SECONDS="3",
             # the emulated bare-metal lab is shared: only the tests that want it enroll it
             ONEP_BMLAB_FILE=str(self.home / "no-bmlab.json"),
-            **self.extra_env,
-            **more,
         )
+        env.update(self.extra_env)
+        env.update(more)
         return env
 
     def start(self, **env: str) -> None:

@@ -107,8 +107,19 @@ def test_postgresql_on_bare_metal_then_cleaned(bm: Platform) -> None:
             c.execute("CREATE TABLE t (x int)")
             c.execute("INSERT INTO t VALUES (1)")
             assert c.execute("SELECT count(*) FROM t").fetchone() == (1,)
-            # the engine runs from the node's disk, its data on the data partition
-            assert c.execute("SHOW data_directory").fetchone()[0].startswith("/var/lib/oneplatform")
+        admin = bm.json("db", "credentials", "pgbm")
+        with psycopg.connect(
+            host=endpoint["host"],
+            port=endpoint["port"],
+            user=admin["username"],
+            password=admin["password"],
+            dbname="postgres",
+            connect_timeout=10,
+            autocommit=True,
+        ) as c:
+            # the engine's data lives on the data mount the node's init made
+            (data_dir,) = c.execute("SHOW data_directory").fetchone()
+            assert data_dir.startswith("/var/lib/oneplatform/")
         nodes = _nodes(bm)
         active = [n for n in nodes.values() if n["state"] == "active"]
         assert len(active) == 1 and active[0]["power_state"] == "on"

@@ -320,15 +320,13 @@ def act(store: Store, caller: Caller, ident: str, action: str) -> InstanceAccept
 def delete_instance(store: Store, caller: Caller, ident: str) -> InstanceAccepted:
     with store.session() as session:
         instance = find_instance(session, caller, ident)
-        current = InstanceStatus(instance.status)
-        if current is InstanceStatus.DELETING:
+        op = request_delete(session, instance, caller.project_id)
+        if op is None:
             raise Conflict(
                 f"instance {instance.name!r} is already being deleted",
                 code="invalid_state",
-                status=current.value,
+                status=instance.status,
             )
-        set_status(session, instance, InstanceStatus.DELETING, "delete requested")
-        op = enqueue(session, ops.INSTANCE_DELETE, instance.id, caller.project_id)
         return InstanceAccepted(operation=to_out(op), instance=to_out_instance(session, instance))
 
 
