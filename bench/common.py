@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,8 +36,12 @@ TCP_POLL_S = 0.02
 # `onep up` or of the end-to-end tests (default 20000-29999) running at the same time.
 PORT_RANGE = (31000, 31999)
 # ONEP_* variables passed on to the bench's `onep up`: where images are cached and which OCI
-# runtime to use describe the machine, not a platform instance. Every other one is dropped.
+# runtime to use describe the machine, not a platform instance. Every other one is dropped
+# (a benchmark may set some of its own: see PlatformProcess's extra_env).
 PASSED_ENV = frozenset({"ONEP_IMAGE_CACHE", "ONEP_PODMAN_RUNTIME"})
+# What the bench's `onep up` enrolls as bare-metal nodes unless a benchmark says otherwise:
+# a file that does not exist (in its home), so it never touches the shared bare-metal lab.
+NO_BMLAB_FILE = "no-bmlab.json"
 # Label on the bare-podman containers of a run (value: the run's id), swept at its end.
 BENCH_LABEL = "oneplatform.bench"
 # What the container driver names and labels (see compute/drivers/container.py).
@@ -279,12 +283,14 @@ def onep_executable() -> str:
 
 
 class PlatformProcess:
-    """One `onep up` with a temporary ONEP_HOME and a free port, in its own process group."""
+    """One `onep up` with a temporary ONEP_HOME and a free port, in its own process group.
+    ``extra_env``: ONEP_* variables of a benchmark's own, set last."""
 
-    def __init__(self, keep_home: bool = False) -> None:
+    def __init__(self, keep_home: bool = False, extra_env: Mapping[str, str] | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="onep-bench-"))
         self.port = free_port()
         self.keep_home = keep_home
+        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: Client | None = None
         # Every instance a benchmark created; their containers are swept after the stop.
@@ -298,7 +304,9 @@ class PlatformProcess:
             ONEP_BIND_ADDRESS=LOOPBACK,
             ONEP_PORT_RANGE_START=str(PORT_RANGE[0]),
             ONEP_PORT_RANGE_END=str(PORT_RANGE[1]),
+            ONEP_BMLAB_FILE=str(self.home / NO_BMLAB_FILE),
         )
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 120.0) -> None:
@@ -399,9 +407,11 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 @contextmanager
-def running_platform(keep_home: bool = False) -> Iterator[PlatformProcess]:
+def running_platform(
+    keep_home: bool = False, extra_env: Mapping[str, str] | None = None
+) -> Iterator[PlatformProcess]:
     """`onep up` answering `onep status` with every image READY; stopped on exit."""
-    p = PlatformProcess(keep_home=keep_home)
+    p = PlatformProcess(keep_home=keep_home, extra_env=extra_env)
     try:
         print(f"starting onep up on 127.0.0.1:{p.port} (ONEP_HOME={p.home})", flush=True)
         p.start()

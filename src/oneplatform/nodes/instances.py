@@ -14,6 +14,7 @@ from oneplatform.compute.states import InstanceStatus, PowerState
 from oneplatform.errors import NotYet, PlatformError
 from oneplatform.images.service import ready_artifact
 from oneplatform.nodes import deploy
+from oneplatform.nodes import operations as node_ops
 from oneplatform.nodes.common import bmc_for
 from oneplatform.nodes.states import NodeState
 from oneplatform.ops.engine import StepContext
@@ -82,22 +83,6 @@ def step_power_off(ctx: StepContext) -> None:
     bmc.set_power("force_off")
 
 
-def step_clean_prepare(ctx: StepContext) -> None:
-    with ctx.transaction() as session:
-        node = _node(session, ctx)
-        if NodeState(node.state) is NodeState.DELETING:
-            deploy.mark_node(session, node, NodeState.CLEANING, "cleaning")
-    deploy.prepare_ramdisk(ctx, "clean")
-
-
-def step_clean_boot(ctx: StepContext) -> None:
-    deploy.boot_ramdisk(ctx, "clean")
-
-
-def step_clean_wait(ctx: StepContext) -> None:
-    deploy.wait_ramdisk(ctx, "clean", timeout=ctx.settings.ready_timeout_seconds * 2)
-
-
 def step_release(ctx: StepContext) -> None:
     deploy.finish_ramdisk(ctx, "clean", boot_disk=False)
     with ctx.transaction() as session:
@@ -152,9 +137,7 @@ BAREMETAL_DELETE = register(
         steps=(
             ("wait_others", compute_ops.step_wait_others),
             ("power_off", step_power_off),
-            ("clean_prepare", step_clean_prepare),
-            ("clean_boot", step_clean_boot),
-            ("clean_wait", step_clean_wait),
+            *node_ops.CLEAN_STEPS[:-1],  # prepare, boot, wait: as when a node is provided
             ("release", step_release),
         ),
         on_failure=_on_delete_failure,

@@ -14,8 +14,10 @@ from oneplatform.store.models import Host, Node
 
 
 def _move(ctx: StepContext, expected: NodeState, new: NodeState, message: str = "") -> None:
+    """Move the operation's node (itself, or the node under its instance) if it is where
+    the step expects it: after a crash the step runs again and finds it moved already."""
     with ctx.transaction() as session:
-        node = session.get_one(Node, ctx.resource_id)
+        node = deploy._node(session, ctx)
         if NodeState(node.state) is expected:
             set_node_state(session, node, new, message)
 
@@ -85,8 +87,8 @@ def _kind(name: str, failed: NodeState, *steps: tuple[str, StepFn]) -> Operation
 
 # -- cleaning ----------------------------------------------------------------------------------
 def step_clean_prepare(ctx: StepContext) -> None:
-    _move(ctx, NodeState.MANAGEABLE, NodeState.CLEANING, "cleaning")
-    _move(ctx, NodeState.CLEAN_FAILED, NodeState.CLEANING, "cleaning again")
+    for state in (NodeState.MANAGEABLE, NodeState.DELETING, NodeState.CLEAN_FAILED):
+        _move(ctx, state, NodeState.CLEANING, "cleaning")
     deploy.prepare_ramdisk(ctx, "clean")
 
 

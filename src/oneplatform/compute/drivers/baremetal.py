@@ -16,7 +16,6 @@ from oneplatform.compute.drivers.base import (
     BackendInstance,
     ComputeDriver,
     HostInventory,
-    HostRef,
     ImageArtifact,
     InstanceSpec,
     PortMapping,
@@ -48,9 +47,6 @@ class BaremetalDriver(ComputeDriver, SupportsBootDevice, SupportsVirtualMedia, S
         Capability.SERIAL_CONSOLE: "serial-over-LAN is not exposed through Redfish here",
         Capability.FORCED_REBOOT: "use power_cycle: the BMC resets the machine",
     }
-
-    def __init__(self, host: HostRef) -> None:
-        super().__init__(host)
 
     def _bmc(self) -> Any:
         from oneplatform.baremetal.redfish import RedfishBmc
