@@ -125,6 +125,22 @@ def test_postgresql_on_bare_metal_then_cleaned(bm: Platform) -> None:
         assert len(active) == 1 and active[0]["power_state"] == "on"
         bob = bm.json("db", "user", "create", "pgbm", "bob", "--database", "appdb")
         assert bob["user"]["databases"] == ["appdb"]
+        bm.run("db", "database", "create", "pgbm", "reports")
+        assert [d["name"] for d in bm.json("db", "database", "list", "pgbm")] == [
+            "appdb",
+            "reports",
+        ]
+        restarted = bm.json("db", "restart", "pgbm", "--wait", timeout=600)
+        assert restarted["status"] == "ACTIVE" and restarted["health"] == "HEALTHY"
+        with psycopg.connect(
+            host=endpoint["host"],
+            port=endpoint["port"],
+            user="alice",
+            password=ALICE_PW,
+            dbname="appdb",
+            connect_timeout=10,
+        ) as c:
+            assert c.execute("SELECT x FROM t").fetchall() == [(1,)]
     finally:
         bm.run("db", "delete", "pgbm", "--wait", timeout=900, check=False)
     nodes = _wait_nodes(bm, "available", timeout=300)
