@@ -1,11 +1,14 @@
 """``python -m bench [NAME ...] [--rounds N]``: run benchmarks (default: ``all``, the ones
-marked default: container and db; ``vm`` boots VMs under TCG and runs only when named).
+marked default: container and db; ``vm`` boots VMs under TCG and ``baremetal`` deploys onto
+the emulated bare-metal lab: they run only when named).
 
-One `onep up` with a temporary home serves every benchmark of the run. Each benchmark is a
-module with ``NAME`` (its results go to ``bench/results/<NAME>.json``; also accepted on the
-command line), ``TIMEOUT_S`` (seconds per sample unless --timeout) and a function
-``run(platform, rounds, timeout) -> results``. Add one by writing it and listing it below.
-``--rounds`` defaults to the benchmark's own (``ROUNDS`` if it has one, else 5).
+One `onep up` with a temporary home serves every benchmark of the run, but those with an
+``env`` of their own (``baremetal``: it enrolls the shared bare-metal lab, which the others
+never touch), which each get their own. Each benchmark is a module with ``NAME`` (its results
+go to ``bench/results/<NAME>.json``; also accepted on the command line), ``TIMEOUT_S``
+(seconds per sample unless --timeout) and a function ``run(platform, rounds, timeout) ->
+results``. Add one by writing it and listing it below. ``--rounds`` defaults to the
+benchmark's own (``ROUNDS`` if it has one, else 5).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from bench import container, db, vm
+from bench import baremetal, container, db, vm
 from bench.common import BenchError, PlatformProcess, machine_info, running_platform, write_results
 
 Benchmark = Callable[[PlatformProcess, int, float], dict[str, Any]]
@@ -33,12 +36,23 @@ class Entry:
     timeout: float  # default seconds per sample
     rounds: int = 5  # default timed rounds
     default: bool = True  # part of `all` (what runs when no name is given)
+    # Called before an `onep up` of the benchmark's own is started (it may wait for a shared
+    # resource); returns ONEP_* variables for it. None: the run's shared `onep up`.
+    env: Callable[[], dict[str, str]] | None = None
 
 
 BENCHMARKS: dict[str, Entry] = {
     "container": Entry(container.run, container.NAME, container.TIMEOUT_S),
     "db": Entry(db.run, db.NAME, db.TIMEOUT_S),
     "vm": Entry(vm.run, vm.NAME, vm.TIMEOUT_S, rounds=vm.ROUNDS, default=False),
+    "baremetal": Entry(
+        baremetal.run,
+        baremetal.NAME,
+        baremetal.TIMEOUT_S,
+        rounds=baremetal.ROUNDS,
+        default=False,
+        env=baremetal.platform_env,
+    ),
 }
 ALIASES = {entry.results: name for name, entry in BENCHMARKS.items()}
 ALL = [name for name, entry in BENCHMARKS.items() if entry.default]
@@ -92,6 +106,22 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through every finally: containers, onep up
 
 
+def platform_groups(names: list[str]) -> list[list[str]]:
+    """The benchmarks of each `onep up`, in order: one shared by those without an ``env``
+    (where the first of them comes), one for each of the others."""
+    groups: list[list[str]] = []
+    shared: list[str] | None = None
+    for name in names:
+        if BENCHMARKS[name].env is not None:
+            groups.append([name])
+        elif shared is None:
+            shared = [name]
+            groups.append(shared)
+        else:
+            shared.append(name)
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = list(dict.fromkeys(args.names))
@@ -100,15 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        with running_platform(keep_home=args.keep_home) as platform:
-            for name in names:
-                started = dt.datetime.now(dt.UTC)
-                entry = BENCHMARKS[name]
-                timeout = entry.timeout if args.timeout is None else args.timeout
-                rounds = entry.rounds if args.rounds is None else args.rounds
-                results = entry.run(platform, rounds, timeout)
-                results.update(started_at=started.isoformat(), machine=machine_info())
-                print(f"wrote {write_results(entry.results, results)}", flush=True)
+        for group in platform_groups(names):
+            env = BENCHMARKS[group[0]].env
+            extra_env = env() if env is not None else None
+            with running_platform(keep_home=args.keep_home, extra_env=extra_env) as platform:
+                for name in group:
+                    started = dt.datetime.now(dt.UTC)
+                    entry = BENCHMARKS[name]
+                    timeout = entry.timeout if args.timeout is None else args.timeout
+                    rounds = entry.rounds if args.rounds is None else args.rounds
+                    results = entry.run(platform, rounds, timeout)
+                    results.update(started_at=started.isoformat(), machine=machine_info())
+                    print(f"wrote {write_results(entry.results, results)}", flush=True)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
