@@ -152,7 +152,8 @@ def power(store: Store, settings: Settings, caller: Caller, ident: str, action: 
                 code="invalid_state",
             )
         bmc = bmc_for(node, settings)
-    bmc.set_power({"on": "on", "off": "off", "reboot": "reboot"}[action])
+    # as in Ironic: `power off` and `reboot` are hard (a node may have no OS to ask)
+    bmc.set_power({"on": "on", "off": "force_off", "reboot": "force_reboot"}[action])
     state = bmc.power_state()
     with store.session() as session:
         node = find_node(session, ident)
