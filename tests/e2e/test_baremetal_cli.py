@@ -67,6 +67,10 @@ def test_enrolled_nodes_become_available(bm: Platform) -> None:
         inventory = bm.json("node", "show", node["name"])["inventory"]
         assert inventory["cpus"] >= 1 and inventory["memory_mb"] >= 1024
         assert inventory["disks"] and "cd" in [t.lower() for t in inventory["virtual_media_types"]]
+    on = bm.json("node", "power", "on", "onep-bm-1")
+    assert on["power_state"] == "on"
+    off = bm.json("node", "power", "off", "onep-bm-1")
+    assert off["power_state"] == "off" and off["state"] == "available"
     types = {t["name"]: t for t in bm.json("compute-type", "list")}
     caps = {c["name"]: c for c in types["baremetal"]["capabilities"]}
     for name in ("boot_device", "virtual_media", "power_cycle"):
