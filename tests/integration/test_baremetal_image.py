@@ -322,6 +322,13 @@ def boot_from_disk_and_check(node: Node, label: str) -> None:
         data_dir = conn.execute("SHOW data_directory").fetchone()
     assert data_dir == ("/var/lib/oneplatform/pgdata",)
     node.monitor(label, "system_powerdown")
+    try:
+        proc.wait(POWEROFF_TIMEOUT / 2)
+    except subprocess.TimeoutExpired:
+        # Seen once under heavy load: the first ACPI event never reached the guest's
+        # input device. A real operator presses again; the guest must then power off.
+        print(f"{label}: no power-off after the first ACPI press; pressing again")
+        node.monitor(label, "system_powerdown")
     took = node.wait_exit(proc, POWEROFF_TIMEOUT + sql_ready) - sql_ready
     print(f"{label}: powered off within {took:.1f} s of the ACPI power button")
     log = node.console_text()
