@@ -63,13 +63,14 @@ from bench.common import (
 )
 from bench.db import DATABASE, USER, try_login, wait_operation
 from bench.vm import wait_quiet
-from oneplatform.api.schemas import NodeOut, OperationOut
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore, get_version
 from oneplatform.images.baremetal import disk_image_if_built
 from oneplatform.images.recipes import load_recipe
 from oneplatform.nodes.states import NodeState
 from oneplatform.ops.model import StepStatus
+from oneplatform.schemas.nodes import NodeOut
+from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import FINAL, ApiError, Client
 
 NAME = "baremetal-deploy"

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oneplatform.api.schemas import OperationOut
 from oneplatform.config import Settings
 from oneplatform.images.builder import artifact_for
 from oneplatform.images.recipes import load_recipe
+from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import Client
 
 LOOPBACK = "127.0.0.1"

@@ -47,7 +47,7 @@ from bench.common import (
     step_durations,
     summarise,
 )
-from oneplatform.api.schemas import OperationOut
+from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import FINAL, ApiError, Client
 
 NAME = "db-create"

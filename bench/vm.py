@@ -58,7 +58,6 @@ from bench.common import (
     summarise,
 )
 from bench.db import classify, find_compute_create, step_medians, wait_operation
-from oneplatform.api.schemas import FlavorOut, OperationOut
 from oneplatform.compute.drivers.base import VmImage
 from oneplatform.compute.drivers.vm_domain import (
     CONFIG_VOLUME_ID,
@@ -81,6 +80,8 @@ from oneplatform.guest import (
 )
 from oneplatform.images.builder import vm_image_if_built
 from oneplatform.images.recipes import load_recipe
+from oneplatform.schemas.compute import FlavorOut
+from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import ApiError, Client
 
 NAME = "vm-db-create"

@@ -9,11 +9,11 @@ from sqlalchemy import select
 
 from oneplatform.compute.catalog import host_ref
 from oneplatform.compute.drivers import driver_class, driver_for
-from oneplatform.compute.states import ComputeType
 from oneplatform.config import Settings
 from oneplatform.errors import PlatformError
 from oneplatform.images import service as images
 from oneplatform.images.recipes import list_recipes
+from oneplatform.schemas.compute import ComputeType
 from oneplatform.store.db import Store
 from oneplatform.store.models import Flavor, Host, Pool
 
@@ -149,9 +149,9 @@ def enroll_lab_nodes(store: Store, settings: Settings) -> list[str]:
     127.0.0.1), unless enrolled already. Returns the enroll operation ids."""
     import json
 
-    from oneplatform.api.schemas import NodeEnroll, PortTarget
     from oneplatform.iam import ADMIN, Caller
     from oneplatform.nodes import service as nodes
+    from oneplatform.schemas.nodes import NodeEnroll, PortTarget
     from oneplatform.store.models import Node
 
     path = settings.bmlab_file

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from oneplatform.api.schemas import ProjectCreated, ProjectOut, WhoAmI
 from oneplatform.errors import AlreadyExists, Forbidden, Unauthorized
+from oneplatform.schemas.projects import ProjectCreated, ProjectOut, WhoAmI
 from oneplatform.store.db import Store
 from oneplatform.store.models import Project, Token
 

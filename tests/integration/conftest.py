@@ -17,7 +17,7 @@ import pytest
 
 from oneplatform.compute.drivers.base import HostRef, ImageArtifact, VmImage
 from oneplatform.compute.drivers.container import LABEL_INSTANCE, PodmanDriver
-from oneplatform.compute.states import ComputeType
+from oneplatform.schemas.compute import ComputeType
 
 TEST_IMAGE_REF = "localhost/oneplatform-test/busybox:1"
 TEST_PORT = 5432

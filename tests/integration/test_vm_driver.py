@@ -41,8 +41,9 @@ from oneplatform.compute.drivers.vm_domain import (
     map_state,
     root_volume_name,
 )
-from oneplatform.compute.states import ComputeType, PowerState
+from oneplatform.compute.states import PowerState
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
+from oneplatform.schemas.compute import ComputeType
 
 pytestmark = pytest.mark.integration
 

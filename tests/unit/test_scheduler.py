@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from oneplatform.api.schemas import InstanceCreate
 from oneplatform.compute import service
 from oneplatform.compute.scheduler import FILTERS, select_host
 from oneplatform.errors import NoValidHost
 from oneplatform.ops.model import OperationStatus
+from oneplatform.schemas.instances import InstanceCreate
 from oneplatform.store.db import Store
 from oneplatform.store.models import Event, Flavor, Host, Instance, Operation, PortAllocation
 from tests.factories import (

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from oneplatform.api.schemas import DbInstanceAccepted
 from oneplatform.cli.output import (
     Format,
     OutputOpt,
@@ -16,6 +15,7 @@ from oneplatform.cli.output import (
     fail,
     wait_with_progress,
 )
+from oneplatform.schemas.databases import DbInstanceAccepted
 from oneplatform.sdk.client import Client, OperationFailed
 
 db_app = typer.Typer(help="Databases as a service.", no_args_is_help=True)

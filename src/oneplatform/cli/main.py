@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from oneplatform.api.schemas import FlavorCreate, InstanceAccepted
 from oneplatform.cli.db import datastore_app, db_app
 from oneplatform.cli.nodes import node_app
 from oneplatform.cli.output import (
@@ -19,7 +18,8 @@ from oneplatform.cli.output import (
     fail,
     wait_with_progress,
 )
-from oneplatform.compute.states import ComputeType
+from oneplatform.schemas.compute import ComputeType, FlavorCreate
+from oneplatform.schemas.instances import InstanceAccepted
 from oneplatform.sdk.client import Client, OperationFailed
 
 app = typer.Typer(

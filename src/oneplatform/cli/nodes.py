@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from oneplatform.api.schemas import NodeAccepted, NodeEnroll, PortTarget
 from oneplatform.cli.output import Format, OutputOpt, api_errors, emit, fail, wait_with_progress
+from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, PortTarget
 from oneplatform.sdk.client import Client, OperationFailed
 
 node_app = typer.Typer(help="Bare-metal nodes (admin).", no_args_is_help=True)

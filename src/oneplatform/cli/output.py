@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from oneplatform.api.schemas import OperationOut
+from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import ApiError, Client
 
 console = Console()

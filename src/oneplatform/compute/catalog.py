@@ -8,8 +8,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from oneplatform.api.schemas import (
+from oneplatform.compute.capabilities import CAPABILITY_HELP, Capability
+from oneplatform.compute.drivers import available_driver_classes, driver_class, driver_for
+from oneplatform.compute.drivers.base import ComputeDriver, HostRef
+from oneplatform.compute.scheduler import host_states
+from oneplatform.config import Settings
+from oneplatform.errors import AlreadyExists, CapabilityNotSupported, Conflict, NotFound
+from oneplatform.iam import Caller
+from oneplatform.schemas.compute import (
     CapabilityOut,
+    ComputeType,
     ComputeTypeOut,
     FlavorCreate,
     FlavorOut,
@@ -18,14 +26,6 @@ from oneplatform.api.schemas import (
     PoolCreate,
     PoolOut,
 )
-from oneplatform.compute.capabilities import CAPABILITY_HELP, Capability
-from oneplatform.compute.drivers import available_driver_classes, driver_class, driver_for
-from oneplatform.compute.drivers.base import ComputeDriver, HostRef
-from oneplatform.compute.scheduler import host_states
-from oneplatform.compute.states import ComputeType
-from oneplatform.config import Settings
-from oneplatform.errors import AlreadyExists, CapabilityNotSupported, Conflict, NotFound
-from oneplatform.iam import Caller
 from oneplatform.store.db import Store
 from oneplatform.store.models import Flavor, Host, Pool
 

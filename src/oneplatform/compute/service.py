@@ -11,14 +11,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from oneplatform.api.schemas import (
-    ConsoleOut,
-    Endpoint,
-    ExecOut,
-    InstanceAccepted,
-    InstanceCreate,
-    InstanceOut,
-)
 from oneplatform.compute import operations as ops
 from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.catalog import flavor_by_name, host_ref, require_capability
@@ -26,13 +18,22 @@ from oneplatform.compute.drivers import driver_class, driver_for
 from oneplatform.compute.drivers.base import HostRef, SupportsExec, VolumeSpec
 from oneplatform.compute.lifecycle import set_status
 from oneplatform.compute.scheduler import select_host
-from oneplatform.compute.states import ComputeType, InstanceStatus
+from oneplatform.compute.states import InstanceStatus
 from oneplatform.errors import AlreadyExists, Conflict, NotFound, NoValidHost
 from oneplatform.iam import Caller
 from oneplatform.images.service import image_for_create
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.model import OperationKind
 from oneplatform.ops.service import to_out
+from oneplatform.schemas.compute import ComputeType
+from oneplatform.schemas.instances import (
+    ConsoleOut,
+    Endpoint,
+    ExecOut,
+    InstanceAccepted,
+    InstanceCreate,
+    InstanceOut,
+)
 from oneplatform.store.db import Store
 from oneplatform.store.models import (
     Event,

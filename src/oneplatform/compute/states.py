@@ -5,12 +5,6 @@ from __future__ import annotations
 import enum
 
 
-class ComputeType(enum.StrEnum):
-    CONTAINER = "container"
-    VM = "vm"
-    BAREMETAL = "baremetal"
-
-
 class InstanceStatus(enum.StrEnum):
     BUILD = "BUILD"
     ACTIVE = "ACTIVE"

@@ -14,19 +14,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from oneplatform.api.schemas import (
-    Credentials,
-    DatabaseOut,
-    DatastoreOut,
-    DatastoreVersionOut,
-    DbEndpoint,
-    DbInstanceAccepted,
-    DbInstanceCreate,
-    DbInstanceOut,
-    DbUserCreate,
-    DbUserCreated,
-    DbUserOut,
-)
 from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.service import endpoints, place_instance
@@ -40,6 +27,19 @@ from oneplatform.iam import Caller
 from oneplatform.images.recipes import load_recipe
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.service import to_out
+from oneplatform.schemas.databases import (
+    Credentials,
+    DatabaseOut,
+    DatastoreOut,
+    DatastoreVersionOut,
+    DbEndpoint,
+    DbInstanceAccepted,
+    DbInstanceCreate,
+    DbInstanceOut,
+    DbUserCreate,
+    DbUserCreated,
+    DbUserOut,
+)
 from oneplatform.secrets import SecretBox, box_for, generate_password, generate_token
 from oneplatform.store.db import Store
 from oneplatform.store.models import DbInstance, Event, Flavor, Host, Instance, new_id

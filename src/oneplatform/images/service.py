@@ -7,10 +7,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from oneplatform.api.schemas import ImageBuildAccepted, ImageOut
 from oneplatform.compute.drivers import driver_for
 from oneplatform.compute.drivers.base import HostRef, ImageArtifact
-from oneplatform.compute.states import ComputeType
 from oneplatform.config import Settings
 from oneplatform.errors import ImageNotReady, NotFound, PlatformError
 from oneplatform.iam import Caller
@@ -19,6 +17,8 @@ from oneplatform.images.recipes import Recipe, list_recipes, load_recipe
 from oneplatform.ops.engine import StepContext, enqueue
 from oneplatform.ops.model import OperationKind, OperationStatus, register
 from oneplatform.ops.service import to_out
+from oneplatform.schemas.compute import ComputeType
+from oneplatform.schemas.images import ImageBuildAccepted, ImageOut
 from oneplatform.store.db import Store
 from oneplatform.store.models import Host, Image, Operation, Pool
 

@@ -6,8 +6,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from oneplatform.api.schemas import NodeAccepted, NodeEnroll, NodeOut
-from oneplatform.compute.states import ComputeType
 from oneplatform.config import Settings
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from oneplatform.iam import Caller
@@ -16,6 +14,8 @@ from oneplatform.nodes.common import bmc_for, find_node
 from oneplatform.nodes.states import ACTIONS, NodeState, set_node_state
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.service import to_out
+from oneplatform.schemas.compute import ComputeType
+from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
 from oneplatform.store.models import Event, Host, Instance, Node, Pool

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from oneplatform.api.schemas import OperationOut
 from oneplatform.errors import NotFound
 from oneplatform.iam import Caller
 from oneplatform.ops.model import OperationStatus, StepStatus
+from oneplatform.schemas.operations import OperationOut
 from oneplatform.store.db import Store
 from oneplatform.store.models import Operation
 

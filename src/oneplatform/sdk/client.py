@@ -19,7 +19,29 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from oneplatform.api import schemas as s
+from oneplatform.schemas.compute import (
+    ComputeTypeOut,
+    FlavorCreate,
+    FlavorOut,
+    HostCreate,
+    HostOut,
+    PoolCreate,
+    PoolOut,
+)
+from oneplatform.schemas.images import ImageBuildAccepted, ImageOut
+from oneplatform.schemas.instances import (
+    ConsoleOut,
+    ExecOut,
+    ExecRequest,
+    InstanceAccepted,
+    InstanceAction,
+    InstanceCreate,
+    InstanceOut,
+    SnapshotRequest,
+)
+from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut, NodePower
+from oneplatform.schemas.operations import OperationOut
+from oneplatform.schemas.projects import ProjectCreate, ProjectCreated, ProjectOut, WhoAmI
 from oneplatform.sdk.db import DbInstances
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,7 +60,7 @@ class ApiError(Exception):
 
 
 class OperationFailed(ApiError):
-    def __init__(self, op: s.OperationOut) -> None:
+    def __init__(self, op: OperationOut) -> None:
         super().__init__(
             500, op.error_code or "operation_failed", op.error_message or "failed", {"op": op.id}
         )
@@ -129,51 +151,51 @@ class _Resource:
 
 
 class Instances(_Resource):
-    def list(self) -> builtins.list[s.InstanceOut]:
-        return self.c.get_list("/v1/instances", s.InstanceOut)
+    def list(self) -> builtins.list[InstanceOut]:
+        return self.c.get_list("/v1/instances", InstanceOut)
 
-    def get(self, ident: str) -> s.InstanceOut:
-        return self.c.get(f"/v1/instances/{ident}", s.InstanceOut)
+    def get(self, ident: str) -> InstanceOut:
+        return self.c.get(f"/v1/instances/{ident}", InstanceOut)
 
-    def create(self, name: str, flavor: str, image: str) -> s.InstanceAccepted:
-        body = s.InstanceCreate.model_construct(name=name, flavor=flavor, image=image)
-        return self.c.send("POST", "/v1/instances", s.InstanceAccepted, body)
+    def create(self, name: str, flavor: str, image: str) -> InstanceAccepted:
+        body = InstanceCreate.model_construct(name=name, flavor=flavor, image=image)
+        return self.c.send("POST", "/v1/instances", InstanceAccepted, body)
 
-    def delete(self, ident: str) -> s.InstanceAccepted:
-        return self.c.send("DELETE", f"/v1/instances/{ident}", s.InstanceAccepted)
+    def delete(self, ident: str) -> InstanceAccepted:
+        return self.c.send("DELETE", f"/v1/instances/{ident}", InstanceAccepted)
 
-    def action(self, ident: str, action: str) -> s.InstanceAccepted:
-        body = s.InstanceAction.model_construct(action=action)  # type: ignore[arg-type]
-        return self.c.send("POST", f"/v1/instances/{ident}/action", s.InstanceAccepted, body)
+    def action(self, ident: str, action: str) -> InstanceAccepted:
+        body = InstanceAction.model_construct(action=action)  # type: ignore[arg-type]
+        return self.c.send("POST", f"/v1/instances/{ident}/action", InstanceAccepted, body)
 
     def console(self, ident: str, tail: int = 200) -> str:
-        return self.c.get(f"/v1/instances/{ident}/console", s.ConsoleOut, tail=tail).output
+        return self.c.get(f"/v1/instances/{ident}/console", ConsoleOut, tail=tail).output
 
-    def exec(self, ident: str, command: builtins.list[str], timeout: float = 60.0) -> s.ExecOut:
-        body = s.ExecRequest.model_construct(command=command, timeout=timeout)
-        return self.c.send("POST", f"/v1/instances/{ident}/exec", s.ExecOut, body)
+    def exec(self, ident: str, command: builtins.list[str], timeout: float = 60.0) -> ExecOut:
+        body = ExecRequest.model_construct(command=command, timeout=timeout)
+        return self.c.send("POST", f"/v1/instances/{ident}/exec", ExecOut, body)
 
-    def snapshot(self, ident: str, name: str) -> s.InstanceAccepted:
-        body = s.SnapshotRequest.model_construct(name=name)
-        return self.c.send("POST", f"/v1/instances/{ident}/snapshot", s.InstanceAccepted, body)
+    def snapshot(self, ident: str, name: str) -> InstanceAccepted:
+        body = SnapshotRequest.model_construct(name=name)
+        return self.c.send("POST", f"/v1/instances/{ident}/snapshot", InstanceAccepted, body)
 
 
 class Operations(_Resource):
-    def get(self, operation_id: str) -> s.OperationOut:
-        return self.c.get(f"/v1/operations/{operation_id}", s.OperationOut)
+    def get(self, operation_id: str) -> OperationOut:
+        return self.c.get(f"/v1/operations/{operation_id}", OperationOut)
 
-    def list(self, resource_id: str | None = None) -> builtins.list[s.OperationOut]:
+    def list(self, resource_id: str | None = None) -> builtins.list[OperationOut]:
         params = {"resource_id": resource_id} if resource_id else {}
-        return self.c.get_list("/v1/operations", s.OperationOut, **params)
+        return self.c.get_list("/v1/operations", OperationOut, **params)
 
     def wait(
         self,
         operation_id: str,
         timeout: float = 900.0,
         poll: float = 0.25,
-        on_progress: Callable[[s.OperationOut], None] | None = None,
+        on_progress: Callable[[OperationOut], None] | None = None,
         raise_on_failure: bool = True,
-    ) -> s.OperationOut:
+    ) -> OperationOut:
         """Poll until the operation ends; raises OperationFailed if it failed."""
         deadline = time.monotonic() + timeout
         while True:
@@ -190,71 +212,71 @@ class Operations(_Resource):
 
 
 class Flavors(_Resource):
-    def list(self) -> builtins.list[s.FlavorOut]:
-        return self.c.get_list("/v1/flavors", s.FlavorOut)
+    def list(self) -> builtins.list[FlavorOut]:
+        return self.c.get_list("/v1/flavors", FlavorOut)
 
-    def create(self, body: s.FlavorCreate) -> s.FlavorOut:
-        return self.c.send("POST", "/v1/flavors", s.FlavorOut, body)
+    def create(self, body: FlavorCreate) -> FlavorOut:
+        return self.c.send("POST", "/v1/flavors", FlavorOut, body)
 
 
 class Images(_Resource):
-    def list(self) -> builtins.list[s.ImageOut]:
-        return self.c.get_list("/v1/images", s.ImageOut)
+    def list(self) -> builtins.list[ImageOut]:
+        return self.c.get_list("/v1/images", ImageOut)
 
-    def get(self, name: str) -> s.ImageOut:
-        return self.c.get(f"/v1/images/{name}", s.ImageOut)
+    def get(self, name: str) -> ImageOut:
+        return self.c.get(f"/v1/images/{name}", ImageOut)
 
-    def build(self, name: str) -> s.ImageBuildAccepted:
-        return self.c.send("POST", f"/v1/images/{name}/build", s.ImageBuildAccepted)
+    def build(self, name: str) -> ImageBuildAccepted:
+        return self.c.send("POST", f"/v1/images/{name}/build", ImageBuildAccepted)
 
 
 class ComputeTypes(_Resource):
-    def list(self) -> builtins.list[s.ComputeTypeOut]:
-        return self.c.get_list("/v1/compute-types", s.ComputeTypeOut)
+    def list(self) -> builtins.list[ComputeTypeOut]:
+        return self.c.get_list("/v1/compute-types", ComputeTypeOut)
 
 
 class Projects(_Resource):
-    def list(self) -> builtins.list[s.ProjectOut]:
-        return self.c.get_list("/v1/projects", s.ProjectOut)
+    def list(self) -> builtins.list[ProjectOut]:
+        return self.c.get_list("/v1/projects", ProjectOut)
 
-    def create(self, name: str) -> s.ProjectCreated:
-        body = s.ProjectCreate.model_construct(name=name)
-        return self.c.send("POST", "/v1/projects", s.ProjectCreated, body)
+    def create(self, name: str) -> ProjectCreated:
+        body = ProjectCreate.model_construct(name=name)
+        return self.c.send("POST", "/v1/projects", ProjectCreated, body)
 
-    def whoami(self) -> s.WhoAmI:
-        return self.c.get("/v1/whoami", s.WhoAmI)
+    def whoami(self) -> WhoAmI:
+        return self.c.get("/v1/whoami", WhoAmI)
 
 
 class Nodes(_Resource):
-    def list(self) -> builtins.list[s.NodeOut]:
-        return self.c.get_list("/v1/nodes", s.NodeOut)
+    def list(self) -> builtins.list[NodeOut]:
+        return self.c.get_list("/v1/nodes", NodeOut)
 
-    def get(self, ident: str) -> s.NodeOut:
-        return self.c.get(f"/v1/nodes/{ident}", s.NodeOut)
+    def get(self, ident: str) -> NodeOut:
+        return self.c.get(f"/v1/nodes/{ident}", NodeOut)
 
-    def enroll(self, body: s.NodeEnroll) -> s.NodeAccepted:
-        return self.c.send("POST", "/v1/nodes", s.NodeAccepted, body)
+    def enroll(self, body: NodeEnroll) -> NodeAccepted:
+        return self.c.send("POST", "/v1/nodes", NodeAccepted, body)
 
-    def act(self, ident: str, action: str) -> s.NodeAccepted:
+    def act(self, ident: str, action: str) -> NodeAccepted:
         """manage, inspect or provide."""
-        return self.c.send("POST", f"/v1/nodes/{ident}/{action}", s.NodeAccepted)
+        return self.c.send("POST", f"/v1/nodes/{ident}/{action}", NodeAccepted)
 
-    def power(self, ident: str, action: str) -> s.NodeOut:
-        body = s.NodePower.model_construct(action=action)  # type: ignore[arg-type]
-        return self.c.send("POST", f"/v1/nodes/{ident}/power", s.NodeOut, body)
+    def power(self, ident: str, action: str) -> NodeOut:
+        body = NodePower.model_construct(action=action)  # type: ignore[arg-type]
+        return self.c.send("POST", f"/v1/nodes/{ident}/power", NodeOut, body)
 
 
 class Pools(_Resource):
-    def list(self) -> builtins.list[s.PoolOut]:
-        return self.c.get_list("/v1/pools", s.PoolOut)
+    def list(self) -> builtins.list[PoolOut]:
+        return self.c.get_list("/v1/pools", PoolOut)
 
-    def create(self, body: s.PoolCreate) -> s.PoolOut:
-        return self.c.send("POST", "/v1/pools", s.PoolOut, body)
+    def create(self, body: PoolCreate) -> PoolOut:
+        return self.c.send("POST", "/v1/pools", PoolOut, body)
 
 
 class Hosts(_Resource):
-    def list(self) -> builtins.list[s.HostOut]:
-        return self.c.get_list("/v1/hosts", s.HostOut)
+    def list(self) -> builtins.list[HostOut]:
+        return self.c.get_list("/v1/hosts", HostOut)
 
-    def create(self, body: s.HostCreate) -> s.HostOut:
-        return self.c.send("POST", "/v1/hosts", s.HostOut, body)
+    def create(self, body: HostCreate) -> HostOut:
+        return self.c.send("POST", "/v1/hosts", HostOut, body)

@@ -5,7 +5,21 @@ from __future__ import annotations
 import builtins
 from typing import TYPE_CHECKING, Any
 
-from oneplatform.api import schemas as s
+from oneplatform.schemas.databases import (
+    Credentials,
+    DatabaseCreate,
+    DatabaseOut,
+    DatastoreOut,
+    DbInstanceAccepted,
+    DbInstanceCreate,
+    DbInstanceOut,
+    DbUserCreate,
+    DbUserCreated,
+    DbUserOut,
+    DbUserSpec,
+    GrantRequest,
+    PasswordChange,
+)
 
 if TYPE_CHECKING:
     from oneplatform.sdk.client import Client
@@ -17,14 +31,14 @@ class DbInstances:
     def __init__(self, client: Client) -> None:
         self.c = client
 
-    def datastores(self) -> builtins.list[s.DatastoreOut]:
-        return self.c.get_list("/v1/datastores", s.DatastoreOut)
+    def datastores(self) -> builtins.list[DatastoreOut]:
+        return self.c.get_list("/v1/datastores", DatastoreOut)
 
-    def list(self) -> builtins.list[s.DbInstanceOut]:
-        return self.c.get_list(BASE, s.DbInstanceOut)
+    def list(self) -> builtins.list[DbInstanceOut]:
+        return self.c.get_list(BASE, DbInstanceOut)
 
-    def get(self, ident: str) -> s.DbInstanceOut:
-        return self.c.get(f"{BASE}/{ident}", s.DbInstanceOut)
+    def get(self, ident: str) -> DbInstanceOut:
+        return self.c.get(f"{BASE}/{ident}", DbInstanceOut)
 
     def create(
         self,
@@ -35,45 +49,45 @@ class DbInstances:
         size_gb: int = 1,
         databases: builtins.list[str] | None = None,
         users: builtins.list[dict[str, Any]] | None = None,
-    ) -> s.DbInstanceAccepted:
+    ) -> DbInstanceAccepted:
         """``users``: ``[{"name": ..., "password": ..., "databases": [...]}]``."""
-        body = s.DbInstanceCreate.model_construct(
+        body = DbInstanceCreate.model_construct(
             name=name,
             flavor=flavor,
             datastore=datastore,
             version=version,
             size_gb=size_gb,
             databases=databases or [],
-            users=[s.DbUserSpec.model_construct(**u) for u in users or []],
+            users=[DbUserSpec.model_construct(**u) for u in users or []],
         )
-        return self.c.send("POST", BASE, s.DbInstanceAccepted, body)
+        return self.c.send("POST", BASE, DbInstanceAccepted, body)
 
-    def delete(self, ident: str) -> s.DbInstanceAccepted:
-        return self.c.send("DELETE", f"{BASE}/{ident}", s.DbInstanceAccepted)
+    def delete(self, ident: str) -> DbInstanceAccepted:
+        return self.c.send("DELETE", f"{BASE}/{ident}", DbInstanceAccepted)
 
-    def restart(self, ident: str) -> s.DbInstanceAccepted:
-        return self.c.send("POST", f"{BASE}/{ident}/restart", s.DbInstanceAccepted)
+    def restart(self, ident: str) -> DbInstanceAccepted:
+        return self.c.send("POST", f"{BASE}/{ident}/restart", DbInstanceAccepted)
 
-    def credentials(self, ident: str) -> s.Credentials:
-        return self.c.get(f"{BASE}/{ident}/credentials", s.Credentials)
+    def credentials(self, ident: str) -> Credentials:
+        return self.c.get(f"{BASE}/{ident}/credentials", Credentials)
 
-    def reset_password(self, ident: str) -> s.Credentials:
-        return self.c.send("POST", f"{BASE}/{ident}/reset-password", s.Credentials)
+    def reset_password(self, ident: str) -> Credentials:
+        return self.c.send("POST", f"{BASE}/{ident}/reset-password", Credentials)
 
     # databases
-    def list_databases(self, ident: str) -> builtins.list[s.DatabaseOut]:
-        return self.c.get_list(f"{BASE}/{ident}/databases", s.DatabaseOut)
+    def list_databases(self, ident: str) -> builtins.list[DatabaseOut]:
+        return self.c.get_list(f"{BASE}/{ident}/databases", DatabaseOut)
 
-    def create_database(self, ident: str, name: str) -> s.DatabaseOut:
-        body = s.DatabaseCreate.model_construct(name=name)
-        return self.c.send("POST", f"{BASE}/{ident}/databases", s.DatabaseOut, body)
+    def create_database(self, ident: str, name: str) -> DatabaseOut:
+        body = DatabaseCreate.model_construct(name=name)
+        return self.c.send("POST", f"{BASE}/{ident}/databases", DatabaseOut, body)
 
     def delete_database(self, ident: str, name: str) -> None:
         self.c.request("DELETE", f"{BASE}/{ident}/databases/{name}")
 
     # users and grants
-    def list_users(self, ident: str) -> builtins.list[s.DbUserOut]:
-        return self.c.get_list(f"{BASE}/{ident}/users", s.DbUserOut)
+    def list_users(self, ident: str) -> builtins.list[DbUserOut]:
+        return self.c.get_list(f"{BASE}/{ident}/users", DbUserOut)
 
     def create_user(
         self,
@@ -81,22 +95,20 @@ class DbInstances:
         name: str,
         password: str | None = None,
         databases: builtins.list[str] | None = None,
-    ) -> s.DbUserCreated:
-        body = s.DbUserCreate.model_construct(
-            name=name, password=password, databases=databases or []
-        )
-        return self.c.send("POST", f"{BASE}/{ident}/users", s.DbUserCreated, body)
+    ) -> DbUserCreated:
+        body = DbUserCreate.model_construct(name=name, password=password, databases=databases or [])
+        return self.c.send("POST", f"{BASE}/{ident}/users", DbUserCreated, body)
 
     def delete_user(self, ident: str, name: str) -> None:
         self.c.request("DELETE", f"{BASE}/{ident}/users/{name}")
 
-    def set_password(self, ident: str, name: str, password: str | None = None) -> s.Credentials:
-        body = s.PasswordChange.model_construct(password=password)
-        return self.c.send("PUT", f"{BASE}/{ident}/users/{name}/password", s.Credentials, body)
+    def set_password(self, ident: str, name: str, password: str | None = None) -> Credentials:
+        body = PasswordChange.model_construct(password=password)
+        return self.c.send("PUT", f"{BASE}/{ident}/users/{name}/password", Credentials, body)
 
-    def grant(self, ident: str, user: str, database: str) -> s.DbUserOut:
-        body = s.GrantRequest.model_construct(database=database)
-        return self.c.send("POST", f"{BASE}/{ident}/users/{user}/grants", s.DbUserOut, body)
+    def grant(self, ident: str, user: str, database: str) -> DbUserOut:
+        body = GrantRequest.model_construct(database=database)
+        return self.c.send("POST", f"{BASE}/{ident}/users/{user}/grants", DbUserOut, body)
 
-    def revoke(self, ident: str, user: str, database: str) -> s.DbUserOut:
-        return self.c.send("DELETE", f"{BASE}/{ident}/users/{user}/grants/{database}", s.DbUserOut)
+    def revoke(self, ident: str, user: str, database: str) -> DbUserOut:
+        return self.c.send("DELETE", f"{BASE}/{ident}/users/{user}/grants/{database}", DbUserOut)

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from oneplatform.api.deps import CallerDep
-from oneplatform.api.schemas import ComputeTypeOut
 from oneplatform.compute import catalog
+from oneplatform.schemas.compute import ComputeTypeOut
 
 router = APIRouter(tags=["compute-types"])
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from oneplatform.api.deps import CallerDep
-from oneplatform.api.schemas import DatastoreOut
 from oneplatform.dbaas import service
+from oneplatform.schemas.databases import DatastoreOut
 
 router = APIRouter(tags=["datastores"])
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.schemas import (
+from oneplatform.dbaas import service
+from oneplatform.schemas.databases import (
     Credentials,
     DatabaseCreate,
     DatabaseOut,
@@ -16,7 +17,6 @@ from oneplatform.api.schemas import (
     GrantRequest,
     PasswordChange,
 )
-from oneplatform.dbaas import service
 
 router = APIRouter(prefix="/db/instances", tags=["db-instances"])
 ACCEPTED = status.HTTP_202_ACCEPTED

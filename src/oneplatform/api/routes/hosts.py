@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.schemas import HostCreate, HostOut
 from oneplatform.compute import catalog
+from oneplatform.schemas.compute import HostCreate, HostOut
 
 router = APIRouter(tags=["hosts"])
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.schemas import ImageBuildAccepted, ImageOut
 from oneplatform.images import service
+from oneplatform.schemas.images import ImageBuildAccepted, ImageOut
 
 router = APIRouter(tags=["images"])
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.schemas import (
+from oneplatform.compute import service
+from oneplatform.schemas.instances import (
     ConsoleOut,
     ExecOut,
     ExecRequest,
@@ -13,7 +14,6 @@ from oneplatform.api.schemas import (
     InstanceOut,
     SnapshotRequest,
 )
-from oneplatform.compute import service
 
 router = APIRouter(tags=["instances"])
 ACCEPTED = status.HTTP_202_ACCEPTED

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.schemas import NodeAccepted, NodeEnroll, NodeOut, NodePower
 from oneplatform.nodes import service
+from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut, NodePower
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 ACCEPTED = status.HTTP_202_ACCEPTED

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.schemas import OperationOut
 from oneplatform.ops import service
+from oneplatform.schemas.operations import OperationOut
 
 router = APIRouter(tags=["operations"])
 

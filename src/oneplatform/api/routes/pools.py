@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.schemas import PoolCreate, PoolOut
 from oneplatform.compute import catalog
+from oneplatform.schemas.compute import PoolCreate, PoolOut
 
 router = APIRouter(tags=["pools"])
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter, status
 
 from oneplatform import iam
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.schemas import ProjectCreate, ProjectCreated, ProjectOut, WhoAmI
+from oneplatform.schemas.projects import ProjectCreate, ProjectCreated, ProjectOut, WhoAmI
 
 router = APIRouter(tags=["projects"])
 

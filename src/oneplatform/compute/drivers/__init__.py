@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from oneplatform.compute.drivers.base import ComputeDriver, HostRef
-from oneplatform.compute.states import ComputeType
 from oneplatform.errors import InvalidInput
+from oneplatform.schemas.compute import ComputeType
 
 
 def driver_class(compute_type: ComputeType) -> type[ComputeDriver]:

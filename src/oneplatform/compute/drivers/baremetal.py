@@ -23,7 +23,8 @@ from oneplatform.compute.drivers.base import (
     SupportsPowerCycle,
     SupportsVirtualMedia,
 )
-from oneplatform.compute.states import ComputeType, PowerState
+from oneplatform.compute.states import PowerState
+from oneplatform.schemas.compute import ComputeType
 
 # BMC power states to ours; anything else is UNKNOWN.
 POWER_STATES: Mapping[str, PowerState] = {

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from oneplatform.compute.capabilities import Capability
-from oneplatform.compute.states import ComputeType, PowerState
+from oneplatform.compute.states import PowerState
+from oneplatform.schemas.compute import ComputeType
 
 
 @dataclass(frozen=True)

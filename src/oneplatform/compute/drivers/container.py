@@ -42,8 +42,9 @@ from oneplatform.compute.drivers.base import (
     SupportsExec,
     VolumeSpec,
 )
-from oneplatform.compute.states import ComputeType, PowerState
+from oneplatform.compute.states import PowerState
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
+from oneplatform.schemas.compute import ComputeType
 
 LABEL_INSTANCE = "oneplatform.instance"
 LABEL_MANAGED = "oneplatform.managed"

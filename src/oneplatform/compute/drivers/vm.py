@@ -109,8 +109,8 @@ from oneplatform.compute.drivers.vm_session import (
     LibvirtSession,
     libvirt_module,
 )
-from oneplatform.compute.states import ComputeType
 from oneplatform.errors import BackendError, BackendNotFound
+from oneplatform.schemas.compute import ComputeType
 
 DEFAULT_STOP_GRACE_S = 60.0
 STOP_POLL_S = 0.5

@@ -1,0 +1,114 @@
+"""Databases as a service: datastores, database instances, databases, users."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from oneplatform.schemas.base import CatalogName, Request, ResourceName, Response
+from oneplatform.schemas.operations import OperationOut
+
+DbObjectName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$"),
+    Field(description="Lower-case letters, digits and '_', starting with a letter or '_'."),
+]
+Password = Annotated[
+    str,
+    StringConstraints(min_length=8, max_length=128, pattern=r"^[\x21-\x7e]+$"),
+    Field(description="8-128 printable ASCII characters without spaces."),
+]
+
+
+class DatastoreVersionOut(Response):
+    version: str
+    image: str
+    default: bool
+
+
+class DatastoreOut(Response):
+    name: str
+    versions: list[DatastoreVersionOut]
+
+
+class DbUserSpec(Request):
+    name: DbObjectName
+    password: Password
+    databases: list[DbObjectName] = []
+
+
+class DbInstanceCreate(Request):
+    name: ResourceName
+    datastore: str = "postgresql"
+    version: str | None = None
+    flavor: CatalogName
+    size_gb: int = Field(default=1, ge=1, le=1024, description="Data volume size.")
+    databases: list[DbObjectName] = Field(default=[], max_length=64)
+    users: list[DbUserSpec] = Field(default=[], max_length=64)
+
+
+class DbEndpoint(Response):
+    host: str
+    port: int
+
+
+class DbInstanceOut(Response):
+    id: str
+    name: str
+    project_id: str
+    status: str
+    status_message: str = ""
+    health: str
+    health_message: str = ""
+    datastore: str
+    version: str
+    flavor: str
+    compute_type: str
+    size_gb: int
+    endpoint: DbEndpoint | None = None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class DbInstanceAccepted(Response):
+    operation: OperationOut
+    instance: DbInstanceOut
+
+
+class Credentials(Response):
+    username: str
+    password: str
+
+
+class DatabaseCreate(Request):
+    name: DbObjectName
+
+
+class DatabaseOut(Response):
+    name: str
+
+
+class DbUserCreate(Request):
+    name: DbObjectName
+    password: Password | None = Field(default=None, description="Generated when omitted.")
+    databases: list[DbObjectName] = []
+
+
+class DbUserOut(Response):
+    name: str
+    databases: list[str] = []
+
+
+class DbUserCreated(Response):
+    user: DbUserOut
+    password: str = Field(description="Shown once.")
+
+
+class PasswordChange(Request):
+    password: Password | None = Field(default=None, description="Generated when omitted.")
+
+
+class GrantRequest(Request):
+    database: DbObjectName

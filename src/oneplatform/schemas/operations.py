@@ -1,0 +1,30 @@
+"""Operations: long-running requests, their steps and progress."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from oneplatform.schemas.base import Response
+
+
+class StepOut(Response):
+    name: str
+    status: str
+    message: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class OperationOut(Response):
+    id: str
+    kind: str
+    resource_type: str
+    resource_id: str
+    status: str
+    steps: list[StepOut] = []
+    progress: float = 0.0
+    error_code: str | None = None
+    error_message: str | None = None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None = None
