@@ -63,12 +63,12 @@ from bench.common import (
 )
 from bench.db import DATABASE, USER, try_login, wait_operation
 from bench.vm import wait_quiet
+from oneplatform.baremetal.states import NODES, NodeState
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore, get_version
 from oneplatform.images.baremetal import disk_image_if_built
 from oneplatform.images.recipes import load_recipe
-from oneplatform.nodes.states import NodeState
-from oneplatform.ops.model import StepStatus
+from oneplatform.ops.kinds import StepStatus
 from oneplatform.schemas.nodes import NodeOut
 from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import FINAL, ApiError, Client
@@ -508,7 +508,7 @@ def current_step(op: OperationOut) -> str:
     return f"{step.name}: {step.message}" if step else "-"
 
 
-SETTLED = frozenset(s.value for s in NodeState if s.is_stable and s is not NodeState.ENROLL)
+SETTLED = frozenset(s.value for s in NodeState if NODES.is_stable(s) and s is not NodeState.ENROLL)
 
 
 def wait_nodes(

@@ -58,7 +58,6 @@ from bench.common import (
     summarise,
 )
 from bench.db import classify, find_compute_create, step_medians, wait_operation
-from oneplatform.compute.drivers.base import VmImage
 from oneplatform.compute.drivers.vm_domain import (
     CONFIG_VOLUME_ID,
     FIRST_DISK_SLOT,
@@ -78,6 +77,7 @@ from oneplatform.guest import (
     EngineSettings,
     generate_secret,
 )
+from oneplatform.images.artifacts import VmImage
 from oneplatform.images.builder import vm_image_if_built
 from oneplatform.images.recipes import load_recipe
 from oneplatform.schemas.compute import FlavorOut

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+import oneplatform.assembly  # noqa: F401  (compute types, drivers and operation kinds)
 from oneplatform.config import Settings
 from oneplatform.store.db import Store
 

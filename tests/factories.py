@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.iam import ADMIN, MEMBER, Caller
+from oneplatform.images.catalog import ImageStatus
 from oneplatform.images.recipes import load_recipe
-from oneplatform.images.service import READY
 from oneplatform.store.models import Flavor, Host, Image, Instance, Pool, Project, utcnow
 
 DEFAULT_IMAGE = "postgresql-15"
@@ -110,11 +110,16 @@ def make_flavor(
 
 def make_ready_image(session: Session, recipe: str = DEFAULT_IMAGE) -> Image:
     """The READY image row of a packaged recipe, as a finished build leaves it: its
-    content_hash is the recipe's, so images.service.image_for_create accepts it."""
+    content_hash is the recipe's, so images.catalog.image_for_create accepts it."""
     r = load_recipe(recipe)
     return _add(
         session,
-        Image(name=r.name, content_hash=r.content_hash(), status=READY, ports=dict(r.ports)),
+        Image(
+            name=r.name,
+            content_hash=r.content_hash(),
+            status=ImageStatus.READY.value,
+            ports=dict(r.ports),
+        ),
     )
 
 

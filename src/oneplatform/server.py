@@ -9,25 +9,17 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import oneplatform.assembly  # noqa: F401  (registers compute types and operation kinds)
 from oneplatform import iam
 from oneplatform.api.app import create_app
 from oneplatform.api.deps import Platform
+from oneplatform.bootstrap import enroll_lab_nodes, ensure_defaults, ensure_images
 from oneplatform.config import Settings
 from oneplatform.dbaas.health import run_health_checker
-from oneplatform.defaults import enroll_lab_nodes, ensure_defaults, ensure_images
 from oneplatform.ops.engine import Worker
 from oneplatform.store.db import Store
 
 log = logging.getLogger(__name__)
-
-
-def _load_kinds() -> None:
-    """Import the modules that register operation kinds, so workers can run any of them."""
-    import oneplatform.compute.operations
-    import oneplatform.dbaas.operations
-    import oneplatform.images.service
-    import oneplatform.nodes.instances
-    import oneplatform.nodes.operations  # noqa: F401
 
 
 def prepare(settings: Settings) -> tuple[Store, str]:
@@ -58,7 +50,6 @@ def _write_private(path: Path, text: str) -> None:
 def start_workers(
     store: Store, settings: Settings, count: int, stop: threading.Event
 ) -> list[threading.Thread]:
-    _load_kinds()
     threads = []
     for i in range(count):
         worker = Worker(store, settings, name=f"{os.uname().nodename}-{os.getpid()}-{i}")

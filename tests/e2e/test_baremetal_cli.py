@@ -63,17 +63,17 @@ def test_enrolled_nodes_become_available(bm: Platform) -> None:
     assert set(nodes) >= {"onep-bm-0", "onep-bm-1"}
     for node in nodes.values():
         assert node["pool"] == "baremetal" and node["instance"] is None
-        assert node["power_state"] in ("off", "on")
+        assert node["power_state"] in ("stopped", "running")
         inventory = bm.json("node", "show", node["name"])["inventory"]
         assert inventory["cpus"] >= 1 and inventory["memory_mb"] >= 1024
         assert inventory["disks"] and "cd" in [t.lower() for t in inventory["virtual_media_types"]]
     on = bm.json("node", "power", "on", "onep-bm-1")
-    assert on["power_state"] == "on"
+    assert on["power_state"] == "running"
     off = bm.json("node", "power", "off", "onep-bm-1")
-    assert off["power_state"] == "off" and off["state"] == "available"
+    assert off["power_state"] == "stopped" and off["state"] == "available"
     types = {t["name"]: t for t in bm.json("compute-type", "list")}
     caps = {c["name"]: c for c in types["baremetal"]["capabilities"]}
-    for name in ("boot_device", "virtual_media", "power_cycle"):
+    for name in ("boot_device", "virtual_media", "forced_reboot"):
         assert caps[name]["supported"] is True
     for name in ("snapshot", "resize", "exec"):
         assert caps[name]["supported"] is False and caps[name]["reason"]
@@ -126,7 +126,7 @@ def test_postgresql_on_bare_metal_then_cleaned(bm: Platform) -> None:
             assert data_dir.startswith("/var/lib/oneplatform/")
         nodes = _nodes(bm)
         active = [n for n in nodes.values() if n["state"] == "active"]
-        assert len(active) == 1 and active[0]["power_state"] == "on"
+        assert len(active) == 1 and active[0]["power_state"] == "running"
         bob = bm.json("db", "user", "create", "pgbm", "bob", "--database", "appdb")
         assert bob["user"]["databases"] == ["appdb"]
         bm.run("db", "database", "create", "pgbm", "reports")

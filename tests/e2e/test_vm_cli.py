@@ -40,7 +40,7 @@ def _connect(endpoint: dict[str, Any], user: str, password: str, dbname: str) ->
 def test_vm_capabilities_are_served(platform: Platform) -> None:
     types = {t["name"]: t for t in platform.json("compute-type", "list")}
     caps = {c["name"]: c for c in types["vm"]["capabilities"]}
-    for name in ("snapshot", "resize", "serial_console", "forced_reboot"):
+    for name in ("snapshot", "resize", "forced_reboot"):
         assert caps[name]["supported"] is True, name
     assert caps["exec"]["supported"] is False and caps["exec"]["reason"]
     flavors = {f["name"]: f for f in platform.json("flavor", "list")}

@@ -31,8 +31,8 @@ from oneplatform.compute.drivers.container import (
     map_state,
     volume_name,
 )
-from oneplatform.compute.states import PowerState
 from oneplatform.errors import BackendError, BackendNotFound
+from oneplatform.schemas.compute import PowerState
 
 pytestmark = pytest.mark.integration
 

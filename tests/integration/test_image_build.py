@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from oneplatform.compute.drivers.base import ImageArtifact
 from oneplatform.config import Settings
+from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import artifact_for, build_rootfs
 from oneplatform.images.recipes import Recipe, load_recipe
 

@@ -91,7 +91,7 @@ def test_inspect_reports_the_domain(bm_node: dict[str, object]) -> None:
     assert list(inv.nics) == macs == [bm_node["mac"]]
     assert inv.boot_modes == (BootMode.BIOS,)  # SeaBIOS: Redfish says Legacy
     assert MediaType.CD in inv.virtual_media_types
-    assert inv.power_state is PowerState.OFF
+    assert inv.power_state is PowerState.STOPPED
     assert inv.to_dict()["disks"][0]["size_gb"] == inv.disks[0].size_gb
 
 
@@ -99,10 +99,10 @@ def test_power_on_reboot_and_off(bm_node: dict[str, object]) -> None:
     name = str(bm_node["name"])
     with bmc_of(bm_node) as bmc:
         assert bmc.allowed_power_actions() == frozenset(PowerAction)
-        assert bmc.power_state() is PowerState.OFF
+        assert bmc.power_state() is PowerState.STOPPED
         bmc.set_power(PowerAction.FORCE_OFF)  # already off: silent
         bmc.set_power("on")
-        bmc.wait_for_power(PowerState.ON, POWER_TIMEOUT_S)
+        bmc.wait_for_power(PowerState.RUNNING, POWER_TIMEOUT_S)
         assert virsh("domstate", name) == "running"
         first_id = virsh("domid", name)
 
@@ -110,15 +110,15 @@ def test_power_on_reboot_and_off(bm_node: dict[str, object]) -> None:
         assert virsh("domid", name) == first_id
 
         bmc.set_power(PowerAction.FORCE_REBOOT)  # the emulator destroys and starts the domain
-        bmc.wait_for_power(PowerState.ON, POWER_TIMEOUT_S)
+        bmc.wait_for_power(PowerState.RUNNING, POWER_TIMEOUT_S)
         wait_until(lambda: virsh("domstate", name) == "running", POWER_TIMEOUT_S, "running")
         assert virsh("domid", name) != first_id
 
         bmc.set_power(PowerAction.REBOOT)  # graceful: accepted (no OS here to act on it)
-        assert bmc.power_state() is PowerState.ON
+        assert bmc.power_state() is PowerState.RUNNING
 
         bmc.set_power(PowerAction.FORCE_OFF)
-        bmc.wait_for_power(PowerState.OFF, POWER_TIMEOUT_S)
+        bmc.wait_for_power(PowerState.STOPPED, POWER_TIMEOUT_S)
         assert virsh("domstate", name) == "shut off"
         bmc.set_power("off")  # already off: silent
 
@@ -141,7 +141,7 @@ def test_boot_from_virtual_media_once_then_disk(
         assert first_boot_device(name) == "cdrom"
 
         bmc.set_power(PowerAction.ON)
-        bmc.wait_for_power(PowerState.ON, POWER_TIMEOUT_S)
+        bmc.wait_for_power(PowerState.RUNNING, POWER_TIMEOUT_S)
         console = Path(str(bm_node["console_log"]))
         wait_until(
             lambda: console.is_file() and BM_ISO_MARKER in console.read_text(errors="replace"),
@@ -149,7 +149,7 @@ def test_boot_from_virtual_media_once_then_disk(
             f"{BM_ISO_MARKER!r} on {name}'s serial console",
         )
         bmc.set_power(PowerAction.FORCE_OFF)
-        bmc.wait_for_power(PowerState.OFF, POWER_TIMEOUT_S)
+        bmc.wait_for_power(PowerState.STOPPED, POWER_TIMEOUT_S)
 
         bmc.set_boot_device("hdd", persistent=True)
         setting = bmc.boot_setting()

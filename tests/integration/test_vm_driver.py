@@ -41,9 +41,8 @@ from oneplatform.compute.drivers.vm_domain import (
     map_state,
     root_volume_name,
 )
-from oneplatform.compute.states import PowerState
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
-from oneplatform.schemas.compute import ComputeType
+from oneplatform.schemas.compute import ComputeType, PowerState
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +107,7 @@ def wait_console(driver: LibvirtDriver, instance_id: str, pattern: str, timeout:
     deadline = time.monotonic() + timeout
     log = ""
     while time.monotonic() < deadline:
-        log = driver.serial_console_log(instance_id)
+        log = driver.console_log(instance_id, tail=100_000)
         if re.search(pattern, log):
             return log
         time.sleep(0.5)
@@ -201,7 +200,6 @@ def test_registered_with_capabilities_and_reasons(libvirt_available: None) -> No
     for cap in (
         Capability.SNAPSHOT,
         Capability.RESIZE,
-        Capability.SERIAL_CONSOLE,
         Capability.FORCED_REBOOT,
     ):
         assert caps[cap] and LibvirtDriver.unsupported_reason(cap) is None
@@ -212,7 +210,6 @@ def test_registered_with_capabilities_and_reasons(libvirt_available: None) -> No
         Capability.LIVE_MIGRATE,
         Capability.BOOT_DEVICE,
         Capability.VIRTUAL_MEDIA,
-        Capability.POWER_CYCLE,
     ):
         assert not caps[cap]
         assert cap in LibvirtDriver.UNSUPPORTED, f"{cap} needs a stated reason"
@@ -380,7 +377,7 @@ def test_stop_start_keeps_the_data_disk(
     assert inst is not None and inst.power_state is PowerState.STOPPED
     assert inst.backend_state == "shutoff"
     # The guest powered itself off on Ctrl-Alt-Del, well within the grace period.
-    log = libvirt_driver.serial_console_log(instance_id)
+    log = libvirt_driver.console_log(instance_id, tail=100_000)
     assert "onep-test: shutting down" in log and "reboot: Power down" in log
     assert took < 20
     libvirt_driver.stop(instance_id)  # silent when already off
@@ -417,7 +414,7 @@ def test_stop_destroys_a_guest_that_ignores_ctrl_alt_del(
     assert grace <= took < grace + 10
     inst = driver.get(instance_id)
     assert inst is not None and inst.power_state is PowerState.STOPPED
-    assert "reboot: Power down" not in driver.serial_console_log(instance_id)
+    assert "reboot: Power down" not in driver.console_log(instance_id, tail=100_000)
 
 
 def test_reboot_and_force_reboot(
@@ -453,7 +450,9 @@ def test_console_log_tail(
     assert "\r" not in full
     tail = libvirt_driver.console_log(instance_id, tail=3)
     assert len(tail.splitlines()) == 3
-    assert full.endswith(tail) or libvirt_driver.serial_console_log(instance_id).endswith(tail)
+    assert full.endswith(tail) or libvirt_driver.console_log(instance_id, tail=100_000).endswith(
+        tail
+    )
     assert libvirt_driver.console_log(instance_id, tail=0) == ""
     # The log is a file in the storage pool, written by virtlogd.
     assert console_log_name(instance_id) in instance_volumes(instance_id)

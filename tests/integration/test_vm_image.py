@@ -25,7 +25,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from oneplatform.compute.drivers.base import VmImage
 from oneplatform.config import Settings
 from oneplatform.errors import BackendError, BackendUnavailable
 from oneplatform.guest import (
@@ -37,6 +36,7 @@ from oneplatform.guest import (
     generate_secret,
 )
 from oneplatform.guest.client import AgentClient
+from oneplatform.images.artifacts import VmImage
 from oneplatform.images.builder import (
     CONFIG_LABEL,
     CONFIG_SERIAL,

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from oneplatform.config import Settings
 from oneplatform.errors import Conflict, LeaseLost, NotYet, PlatformError
 from oneplatform.ops.engine import StepContext, Worker, enqueue
-from oneplatform.ops.model import OperationKind, OperationStatus, StepStatus, register
+from oneplatform.ops.kinds import Intent, OperationKind, OperationStatus, StepStatus, register
 from oneplatform.ops.service import to_out
 from oneplatform.store.db import Store
 from oneplatform.store.models import Event, Operation, new_id, utcnow
@@ -88,6 +88,7 @@ def kind_of(
         OperationKind(
             name=f"test.{uuid.uuid4().hex[:16]}",
             resource_type="test",
+            intent=Intent.ACTION,
             steps=tuple((n, step(n)) for n in names),
             on_failure=on_failure,
         )
@@ -250,12 +251,13 @@ def _event_count(store: Store) -> int:
 
 def test_a_worker_that_lost_its_claim_cannot_write(store: Store, settings: Settings) -> None:
     rec = Recorder()
-    op_id = submit(store, kind_of(rec), {"owner": "nobody"})
+    kind = kind_of(rec)
+    op_id = submit(store, kind, {"owner": "nobody"})
     a, b = Worker(store, settings, "A"), Worker(store, settings, "B")
 
     claim_a = a.claim()
     assert claim_a is not None
-    ctx_a = StepContext(store, settings, claim_a, load(store, op_id))
+    ctx_a = StepContext(store, settings, claim_a, load(store, op_id), kind)
     ctx_a.step_name = "a"
     with ctx_a.transaction() as session:  # while A holds it, A may write
         session.get_one(Operation, op_id).params = {"owner": "A"}
@@ -280,7 +282,7 @@ def test_a_worker_that_lost_its_claim_cannot_write(store: Store, settings: Setti
     assert _event_count(store) == 0
 
     # B, the holder, writes fine.
-    ctx_b = StepContext(store, settings, claim_b, load(store, op_id))
+    ctx_b = StepContext(store, settings, claim_b, load(store, op_id), kind)
     with ctx_b.transaction() as session:
         session.get_one(Operation, op_id).params = {"owner": "B"}
     assert load(store, op_id).params == {"owner": "B"}

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from oneplatform.compute.operations import _accepts
+from oneplatform.compute.operations import accepts
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def _port(sock: socket.socket) -> int:
 
 
 def test_a_listening_service_is_ready(listener: socket.socket) -> None:
-    assert _accepts("127.0.0.1", _port(listener))
+    assert accepts("127.0.0.1", _port(listener))
 
 
 def test_a_service_that_greets_is_ready(listener: socket.socket) -> None:
@@ -34,7 +34,7 @@ def test_a_service_that_greets_is_ready(listener: socket.socket) -> None:
         conn.sendall(b"hello\n")
 
     threading.Thread(target=greet, daemon=True).start()
-    assert _accepts("127.0.0.1", _port(listener))
+    assert accepts("127.0.0.1", _port(listener))
 
 
 def test_a_port_that_accepts_and_drops_is_not_ready(listener: socket.socket) -> None:
@@ -49,7 +49,7 @@ def test_a_port_that_accepts_and_drops_is_not_ready(listener: socket.socket) -> 
             conn.close()
 
     threading.Thread(target=drop, daemon=True).start()
-    assert not _accepts("127.0.0.1", _port(listener))
+    assert not accepts("127.0.0.1", _port(listener))
 
 
 def test_a_closed_port_is_not_ready() -> None:
@@ -57,4 +57,4 @@ def test_a_closed_port_is_not_ready() -> None:
     sock.bind(("127.0.0.1", 0))
     port = _port(sock)
     sock.close()
-    assert not _accepts("127.0.0.1", port)
+    assert not accepts("127.0.0.1", port)

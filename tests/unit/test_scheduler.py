@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from oneplatform.compute import service
+from oneplatform.compute import instances as service
 from oneplatform.compute.scheduler import FILTERS, select_host
 from oneplatform.errors import NoValidHost
-from oneplatform.ops.model import OperationStatus
+from oneplatform.ops.kinds import OperationStatus
 from oneplatform.schemas.instances import InstanceCreate
 from oneplatform.store.db import Store
 from oneplatform.store.models import Event, Flavor, Host, Instance, Operation, PortAllocation
@@ -56,8 +56,8 @@ FILTER_CASES: dict[str, Callable[[Session], None]] = {
 
 
 def test_every_filter_has_a_case() -> None:
-    # whole_node needs a bare-metal flavor: it has its own test below
-    assert [f.name for f in FILTERS] == [*FILTER_CASES, "whole_node"]
+    # whole_host needs a bare-metal flavor: it has its own test below
+    assert [f.name for f in FILTERS] == [*FILTER_CASES, "whole_host"]
 
 
 def test_a_bare_metal_node_takes_one_instance(store: Store) -> None:
@@ -68,7 +68,7 @@ def test_a_bare_metal_node_takes_one_instance(store: Store) -> None:
         flavor = make_flavor(session, compute_type="baremetal", vcpus=1, ram_mb=1024, disk_gb=4)
         make_instance(session, project, flavor, image, node)
     # plenty of room by the numbers, but the node is taken
-    assert _refused_by(store, flavor) == "whole_node"
+    assert _refused_by(store, flavor) == "whole_host"
 
 
 @pytest.mark.parametrize("name", list(FILTER_CASES))

@@ -17,22 +17,15 @@ from __future__ import annotations
 import abc
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 from oneplatform.errors import BackendError, InvalidInput
+from oneplatform.schemas.compute import PowerState
 
 E = TypeVar("E", bound=enum.StrEnum)
-
-
-class PowerState(enum.StrEnum):
-    ON = "on"
-    OFF = "off"
-    POWERING_ON = "powering_on"
-    POWERING_OFF = "powering_off"
-    UNKNOWN = "unknown"
 
 
 class PowerAction(enum.StrEnum):
@@ -173,12 +166,12 @@ def power_request(action: PowerAction, current: PowerState) -> PowerAction | Non
     powering off too. A reboot of a node that is off powers it on.
     """
     if action is PowerAction.ON:
-        return None if current in (PowerState.ON, PowerState.POWERING_ON) else action
+        return None if current in (PowerState.RUNNING, PowerState.STARTING) else action
     if action is PowerAction.OFF:
-        return None if current in (PowerState.OFF, PowerState.POWERING_OFF) else action
+        return None if current in (PowerState.STOPPED, PowerState.STOPPING) else action
     if action is PowerAction.FORCE_OFF:
-        return None if current is PowerState.OFF else action
-    if current is PowerState.OFF:
+        return None if current is PowerState.STOPPED else action
+    if current is PowerState.STOPPED:
         return PowerAction.ON
     return action
 
@@ -271,3 +264,30 @@ class Bmc(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# -- protocols -------------------------------------------------------------------------------
+BmcFactory = Callable[[str, str, str, str], Bmc]
+_PROTOCOLS: dict[str, Callable[[], BmcFactory]] = {}
+
+
+def register_bmc(protocol: str, load: Callable[[], BmcFactory]) -> None:
+    """Make ``protocol`` reachable; ``load`` returns a factory ``(address, username, password,
+    system_id) -> Bmc`` and raises InvalidInput when the protocol's library is missing."""
+    _PROTOCOLS[protocol] = load
+
+
+def bmc_protocols() -> list[str]:
+    return sorted(_PROTOCOLS)
+
+
+def open_bmc(protocol: str, address: str, username: str, password: str, system_id: str) -> Bmc:
+    """A BMC client for one node; no I/O until its first call."""
+    load = _PROTOCOLS.get(protocol)
+    if load is None:
+        raise InvalidInput(
+            f"BMC protocol {protocol!r} is not supported (supported: "
+            f"{', '.join(bmc_protocols()) or 'none'})",
+            code="bmc_protocol_not_supported",
+        )
+    return load()(address, username, password, system_id)

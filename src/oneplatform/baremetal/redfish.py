@@ -58,10 +58,10 @@ SERVER_SIDE_RETRIES = 3
 RETRY_DELAY_S = 1
 
 POWER_STATES: dict[str, PowerState] = {
-    "On": PowerState.ON,
-    "Off": PowerState.OFF,
-    "PoweringOn": PowerState.POWERING_ON,
-    "PoweringOff": PowerState.POWERING_OFF,
+    "On": PowerState.RUNNING,
+    "Off": PowerState.STOPPED,
+    "PoweringOn": PowerState.STARTING,
+    "PoweringOff": PowerState.STOPPING,
 }
 # Redfish ResetType values for each action, in order of preference.
 RESET_TYPES: dict[PowerAction, tuple[str, ...]] = {

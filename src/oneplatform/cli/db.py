@@ -16,6 +16,7 @@ from oneplatform.cli.output import (
     wait_with_progress,
 )
 from oneplatform.schemas.databases import DbInstanceAccepted
+from oneplatform.schemas.operations import Intent
 from oneplatform.sdk.client import Client, OperationFailed
 
 db_app = typer.Typer(help="Databases as a service.", no_args_is_help=True)
@@ -52,7 +53,7 @@ def _finish(c: Client, accepted: DbInstanceAccepted, wait: bool, fmt: Format) ->
         raise fail(
             f"{failed.operation.kind} failed: {failed.message} [{failed.code}] (operation {op.id})"
         ) from None
-    if op.kind == "db.delete":
+    if op.intent is Intent.DELETE:
         if fmt is Format.json:
             emit(c.operations.get(op.id), fmt, ())
         else:

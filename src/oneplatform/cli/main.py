@@ -20,6 +20,7 @@ from oneplatform.cli.output import (
 )
 from oneplatform.schemas.compute import ComputeType, FlavorCreate
 from oneplatform.schemas.instances import InstanceAccepted
+from oneplatform.schemas.operations import Intent
 from oneplatform.sdk.client import Client, OperationFailed
 
 app = typer.Typer(
@@ -149,7 +150,7 @@ def _finish(c: Client, accepted: InstanceAccepted, wait: bool, fmt: Format) -> N
                 f"{failed.operation.kind} failed: {failed.message} "
                 f"[{failed.code}] (operation {op.id})"
             ) from None
-        if op.kind == "instance.delete":
+        if op.intent is Intent.DELETE:
             if fmt is Format.json:
                 emit(c.operations.get(op.id), fmt, OP_COLUMNS)
             else:
@@ -193,9 +194,9 @@ def instance_show(name: str, output: Format = OutputOpt) -> None:
         )
 
 
-def _action(name: str, action: str, wait: bool, output: Format) -> None:
+def _action(name: str, action: str, wait: bool, output: Format, force: bool = False) -> None:
     with client() as c, api_errors():
-        accepted = c.instances.action(name, action)
+        accepted = c.instances.action(name, action, force=force)
         _finish(c, accepted, wait, output)
 
 
@@ -210,8 +211,28 @@ def instance_start(name: str, wait: WaitOpt = False, output: Format = OutputOpt)
 
 
 @instance_app.command("reboot")
-def instance_reboot(name: str, wait: WaitOpt = False, output: Format = OutputOpt) -> None:
-    _action(name, "reboot", wait, output)
+def instance_reboot(
+    name: str,
+    force: Annotated[
+        bool, typer.Option("--force", help="Reset without asking the guest (forced_reboot).")
+    ] = False,
+    wait: WaitOpt = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Reboot gracefully, or reset with --force where the compute type can."""
+    _action(name, "reboot", wait, output, force=force)
+
+
+@instance_app.command("resize")
+def instance_resize(
+    name: str,
+    flavor: Annotated[str, typer.Option(help="A flavor of the instance's compute type.")],
+    wait: WaitOpt = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Change vCPUs and RAM in place (compute types with the resize capability)."""
+    with client() as c, api_errors():
+        _finish(c, c.instances.resize(name, flavor), wait, output)
 
 
 @instance_app.command("delete")

@@ -2,7 +2,10 @@
 
 A driver *is* capable of something by implementing the matching mixin from
 ``compute.drivers.base``; a driver that is not says why in ``UNSUPPORTED``. The support matrix
-served at ``GET /v1/compute-types`` is derived from the classes, never written by hand.
+served at ``GET /v1/compute-types`` is derived from the classes, never written by hand, and
+every capability advertised is one the platform calls: exec, snapshot, resize and forced
+reboot through the instance API, boot device and virtual media through the bare-metal
+deploy.
 """
 
 from __future__ import annotations
@@ -15,11 +18,9 @@ class Capability(enum.StrEnum):
     SNAPSHOT = "snapshot"
     RESIZE = "resize"
     LIVE_MIGRATE = "live_migrate"
-    SERIAL_CONSOLE = "serial_console"
     FORCED_REBOOT = "forced_reboot"
     BOOT_DEVICE = "boot_device"
     VIRTUAL_MEDIA = "virtual_media"
-    POWER_CYCLE = "power_cycle"
 
 
 CAPABILITY_HELP: dict[Capability, str] = {
@@ -27,9 +28,7 @@ CAPABILITY_HELP: dict[Capability, str] = {
     Capability.SNAPSHOT: "take a point-in-time copy of the instance's disks",
     Capability.RESIZE: "change vCPUs and RAM of an existing instance",
     Capability.LIVE_MIGRATE: "move a running instance to another host",
-    Capability.SERIAL_CONSOLE: "read the serial console of the machine",
-    Capability.FORCED_REBOOT: "reset the machine without asking the guest",
+    Capability.FORCED_REBOOT: "reset the machine without asking the guest (reboot --force)",
     Capability.BOOT_DEVICE: "choose the device the machine boots from",
     Capability.VIRTUAL_MEDIA: "attach an ISO image as a virtual CD",
-    Capability.POWER_CYCLE: "switch the machine's power off and on",
 }

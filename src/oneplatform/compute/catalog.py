@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from oneplatform.compute.capabilities import CAPABILITY_HELP, Capability
-from oneplatform.compute.drivers import available_driver_classes, driver_class, driver_for
-from oneplatform.compute.drivers.base import ComputeDriver, HostRef
+from oneplatform.compute.drivers import driver_class, driver_for
+from oneplatform.compute.drivers.base import ComputeDriver
+from oneplatform.compute.hosts import host_ref
 from oneplatform.compute.scheduler import host_states
-from oneplatform.config import Settings
-from oneplatform.errors import AlreadyExists, CapabilityNotSupported, Conflict, NotFound
+from oneplatform.compute.types import registered, spec_for
+from oneplatform.errors import (
+    AlreadyExists,
+    CapabilityNotSupported,
+    Conflict,
+    InvalidInput,
+    NotFound,
+)
 from oneplatform.iam import Caller
 from oneplatform.schemas.compute import (
     CapabilityOut,
@@ -48,7 +53,14 @@ def describe_compute_type(cls: type[ComputeDriver]) -> ComputeTypeOut:
 
 
 def list_compute_types() -> list[ComputeTypeOut]:
-    return [describe_compute_type(cls) for cls in available_driver_classes().values()]
+    """Every registered compute type whose default driver works in this build."""
+    found = []
+    for spec in registered():
+        try:
+            found.append(describe_compute_type(driver_class(spec.compute_type)))
+        except InvalidInput:
+            continue
+    return found
 
 
 def require_capability(compute_type: str, capability: Capability) -> None:
@@ -65,6 +77,7 @@ def require_capability(compute_type: str, capability: Capability) -> None:
 # -- pools ---------------------------------------------------------------------------------
 def create_pool(store: Store, caller: Caller, req: PoolCreate) -> PoolOut:
     caller.require_admin()
+    spec_for(req.compute_type)
     driver_class(req.compute_type)  # refuses a compute type this build cannot drive
     try:
         with store.session() as session:
@@ -91,28 +104,6 @@ def _pool_by_name(session: Session, name: str) -> Pool:
 
 
 # -- hosts ---------------------------------------------------------------------------------
-def host_ref(host: Host, pool: Pool) -> HostRef:
-    return HostRef(
-        id=host.id,
-        name=host.name,
-        compute_type=ComputeType(pool.compute_type),
-        uri=host.uri,
-        bind_address=host.bind_address,
-        settings=dict(pool.settings or {}),
-    )
-
-
-def host_ref_in(session: Session, settings: Settings, host: Host, pool: Pool) -> HostRef:
-    """``host_ref`` plus what only the store knows: a bare-metal node's BMC and ports."""
-    ref = host_ref(host, pool)
-    if pool.compute_type != ComputeType.BAREMETAL.value:
-        return ref
-    from oneplatform.nodes.common import node_of_host, node_settings
-
-    node = node_of_host(session, host.id)
-    return dataclasses.replace(ref, settings={**ref.settings, **node_settings(node, settings)})
-
-
 def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
     """Add a host to a pool after asking its backend for its inventory."""
     caller.require_admin()
@@ -120,6 +111,12 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
         raise Conflict("port_range_end must be above port_range_start", code="invalid_port_range")
     with store.session() as session:
         pool = _pool_by_name(session, req.pool)
+        if spec_for(pool.compute_type).enrolled_hosts:
+            raise Conflict(
+                f"pool {pool.name!r} is a {pool.compute_type} pool: its hosts are added by "
+                "enrolling nodes (onep node enroll), not as hosts",
+                code="hosts_are_enrolled",
+            )
         if session.scalars(select(Host).where(Host.name == req.name)).first():
             raise AlreadyExists(f"host {req.name!r} already exists", code="host_exists")
         probe = Host(id="probe", name=req.name, uri=req.uri, bind_address=req.bind_address)
@@ -178,6 +175,7 @@ def list_hosts(store: Store, caller: Caller) -> list[HostOut]:
 # -- flavors -------------------------------------------------------------------------------
 def create_flavor(store: Store, caller: Caller, req: FlavorCreate) -> FlavorOut:
     caller.require_admin()
+    spec_for(req.compute_type)
     driver_class(req.compute_type)
     try:
         with store.session() as session:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from oneplatform.compute.types import spec_for
 from oneplatform.errors import NoValidHost
 from oneplatform.store.models import Flavor, Host, Instance, Pool
 
@@ -25,6 +26,7 @@ class HostState:
     used_vcpus: int
     used_ram_mb: int
     used_disk_gb: int
+    instances: int = 0
 
     @property
     def free_vcpus(self) -> float:
@@ -52,10 +54,10 @@ FILTERS: tuple[Filter, ...] = (
     Filter("ram", lambda h, f: h.free_ram_mb >= f.ram_mb),
     Filter("disk", lambda h, f: h.free_disk_gb >= f.disk_gb),
     Filter("traits", lambda h, f: set(f.traits or ()) <= set(h.host.traits or ())),
-    # A bare-metal node is one unit: nothing else goes where something already is.
+    # A host that is one unit (a bare-metal node) takes nothing where something already is.
     Filter(
-        "whole_node",
-        lambda h, f: h.pool.compute_type != "baremetal" or h.used_vcpus == h.used_ram_mb == 0,
+        "whole_host",
+        lambda h, f: h.instances == 0 or not spec_for(h.pool.compute_type).whole_host,
     ),
 )
 
@@ -71,19 +73,20 @@ def host_states(session: Session, lock: bool) -> list[HostState]:
         query = query.with_for_update(of=Host)
     rows = session.execute(query).all()
     usage = {
-        host_id: (v or 0, r or 0, d or 0)
-        for host_id, v, r, d in session.execute(
+        host_id: (v or 0, r or 0, d or 0, n)
+        for host_id, v, r, d, n in session.execute(
             select(
                 Instance.host_id,
                 func.sum(Instance.vcpus),
                 func.sum(Instance.ram_mb),
                 func.sum(Instance.disk_gb),
+                func.count(Instance.id),
             )
             .where(Instance.deleted_at.is_(None), Instance.host_id.is_not(None))
             .group_by(Instance.host_id)
         ).all()
     }
-    return [HostState(host, pool, *usage.get(host.id, (0, 0, 0))) for host, pool in rows]
+    return [HostState(host, pool, *usage.get(host.id, (0, 0, 0, 0))) for host, pool in rows]
 
 
 def select_host(
@@ -92,12 +95,25 @@ def select_host(
     lock: bool,
     filters: Sequence[Filter] = FILTERS,
     extra_disk_gb: int = 0,
+    only_host: str | None = None,
+    freed: tuple[int, int, int] = (0, 0, 0),
 ) -> Host:
     """The best host for ``flavor`` (plus ``extra_disk_gb`` of volumes), or NoValidHost
-    saying which filter removed the last hosts."""
+    saying which filter removed the last hosts.
+
+    ``only_host`` with ``freed`` (vCPUs, RAM, disk an instance gives back) checks whether an
+    instance already on that host fits there at ``flavor``'s size (an in-place resize).
+    """
     candidates = host_states(session, lock)
+    if only_host is not None:
+        candidates = [c for c in candidates if c.host.id == only_host]
     for state in candidates:
         state.used_disk_gb += extra_disk_gb
+        if only_host is not None:
+            state.used_vcpus -= freed[0]
+            state.used_ram_mb -= freed[1]
+            state.used_disk_gb -= freed[2]
+            state.instances -= 1
     if not candidates:
         raise NoValidHost("no hosts are registered")
     for flt in filters:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
-from oneplatform.dbaas.common import agent_client, compute_status, reach
+from oneplatform.dbaas.reach import agent_client, compute_status, reach
 from oneplatform.dbaas.states import DbStatus, Health
 from oneplatform.errors import PlatformError
 from oneplatform.secrets import box_for

@@ -3,36 +3,46 @@
 from __future__ import annotations
 
 import contextlib
+import json
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from oneplatform.compute.service import request_delete
+from oneplatform.compute.instances import request_delete
 from oneplatform.compute.states import InstanceStatus
-from oneplatform.dbaas.common import agent_client, compute_status, pending, reach
-from oneplatform.dbaas.states import DbStatus, Health, set_db_status
+from oneplatform.dbaas.reach import agent_client, compute_status, reach
+from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.errors import AlreadyExists, BackendUnavailable, NotYet, PlatformError
-from oneplatform.ops.engine import StepContext, wait_for_other_operations
-from oneplatform.ops.model import OperationKind, StepFn, register
-from oneplatform.secrets import box_for
+from oneplatform.ops.engine import StepContext
+from oneplatform.ops.kinds import Intent, OperationKind, StepFn
+from oneplatform.ops.steps import (
+    check_not_superseded,
+    deadline,
+    define,
+    fail_resource,
+    wait_for_others,
+)
+from oneplatform.secrets import SecretBox, box_for
 from oneplatform.store.models import DbInstance, Instance, utcnow
 
 
+def load_db(session: Session, ctx: StepContext) -> DbInstance:
+    return session.get_one(DbInstance, ctx.resource_id)
+
+
 def _db(session: Session, ctx: StepContext) -> DbInstance:
-    db = session.get_one(DbInstance, ctx.resource_id)
-    if db.status == DbStatus.DELETING.value and ctx.kind != DB_DELETE.name:
-        raise PlatformError(
-            f"database instance {db.name!r} is being deleted: {ctx.kind} stops here",
-            code="superseded",
-        )
+    """The operation's database instance; stops the operation once a delete took over."""
+    db = load_db(session, ctx)
+    check_not_superseded(ctx, DATABASES, db)
     return db
 
 
-def _deadline(ctx: StepContext, what: str) -> None:
-    if ctx.elapsed() > ctx.settings.ready_timeout_seconds:
-        raise PlatformError(
-            f"{what} did not happen within {ctx.settings.ready_timeout_seconds:.0f}s",
-            code="timeout",
-        )
+def pending(box: SecretBox, db: DbInstance) -> dict[str, Any]:
+    """The initial databases and users (with passwords) the create has still to apply."""
+    if not db.pending_enc:
+        return {"databases": [], "users": []}
+    data: dict[str, Any] = json.loads(box.decrypt(db.pending_enc))
+    return data
 
 
 # -- create ------------------------------------------------------------------------------------
@@ -46,7 +56,7 @@ def step_compute(ctx: StepContext) -> None:
     if status is InstanceStatus.ACTIVE:
         return
     if status in (InstanceStatus.BUILD, InstanceStatus.STARTING, InstanceStatus.REBOOT):
-        _deadline(ctx, "compute instance start")
+        deadline(ctx, "compute instance start")
         raise NotYet("waiting for the compute instance to be ACTIVE", retry_after=0.2)
     raise PlatformError(f"the compute instance is {status}: {message}", code="compute_failed")
 
@@ -58,13 +68,13 @@ def step_agent(ctx: StepContext) -> None:
     try:
         health = agent_client(r, timeout=5.0).health()
     except BackendUnavailable as err:  # the agent is still starting
-        _deadline(ctx, "guest agent start")
+        deadline(ctx, "guest agent start")
         raise NotYet(f"waiting for the guest agent: {err.message}", 0.5) from None
     if health.ready:
         return
     if health.engine == "failed":
         raise PlatformError(f"the engine failed to start: {health.detail}", code="engine_failed")
-    _deadline(ctx, "engine start")
+    deadline(ctx, "engine start")
     raise NotYet(f"engine {health.engine}: {health.detail}", 0.5)
 
 
@@ -94,7 +104,7 @@ def _become(status: DbStatus, health: Health | None = None) -> StepFn:
     def step(ctx: StepContext) -> None:
         with ctx.transaction() as session:
             db = _db(session, ctx)
-            set_db_status(session, db, status)
+            DATABASES.move(session, db, status)
             if health is not None:
                 db.health, db.health_message, db.health_checked_at = health.value, "", utcnow()
 
@@ -102,8 +112,6 @@ def _become(status: DbStatus, health: Health | None = None) -> StepFn:
 
 
 # -- delete ------------------------------------------------------------------------------------
-def step_wait_others(ctx: StepContext) -> None:
-    wait_for_other_operations(ctx, ctx.settings.ready_timeout_seconds)
 
 
 def step_delete_compute(ctx: StepContext) -> None:
@@ -116,7 +124,7 @@ def step_delete_compute(ctx: StepContext) -> None:
         # (Re)asks for the delete: a compute delete that failed left the instance in ERROR,
         # and asking again retries it, until this step's deadline.
         request_delete(session, instance, db.project_id)
-    _deadline(ctx, "compute instance delete")
+    deadline(ctx, "compute instance delete")
     raise NotYet("waiting for the compute instance to be deleted", retry_after=0.5)
 
 
@@ -127,23 +135,13 @@ def step_restart(ctx: StepContext) -> None:
     agent_client(r, timeout=ctx.settings.ready_timeout_seconds).restart_engine()
 
 
-def _on_failure(session: Session, ctx: StepContext, err: PlatformError) -> None:
-    db = session.get_one(DbInstance, ctx.resource_id)
-    if db.status == DbStatus.DELETED.value:
-        return
-    if db.status == DbStatus.DELETING.value and ctx.kind != DB_DELETE.name:
-        return  # superseded by the delete
-    set_db_status(session, db, DbStatus.ERROR, f"{ctx.step_name}: {err.message}")
-
-
-def _kind(name: str, *steps: tuple[str, StepFn]) -> OperationKind:
-    return register(
-        OperationKind(name=name, resource_type="db_instance", steps=steps, on_failure=_on_failure)
-    )
+def _kind(name: str, intent: Intent, *steps: tuple[str, StepFn]) -> OperationKind:
+    return define(name, "db_instance", intent, *steps, on_failure=fail_resource(DATABASES, load_db))
 
 
 DB_CREATE = _kind(
     "db.create",
+    Intent.CREATE,
     ("compute", step_compute),
     ("agent", step_agent),
     ("initialize", step_initialize),
@@ -151,12 +149,14 @@ DB_CREATE = _kind(
 )
 DB_DELETE = _kind(
     "db.delete",
-    ("wait_others", step_wait_others),
+    Intent.DELETE,
+    ("wait_others", wait_for_others),
     ("compute", step_delete_compute),
     ("finish", _become(DbStatus.DELETED)),
 )
 DB_RESTART = _kind(
     "db.restart",
+    Intent.ACTION,
     ("restart", step_restart),
     ("agent", step_agent),
     ("finish", _become(DbStatus.ACTIVE, Health.HEALTHY)),

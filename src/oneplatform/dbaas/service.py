@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 
 from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
-from oneplatform.compute.service import endpoints, place_instance
+from oneplatform.compute.instances import endpoints, place_instance
 from oneplatform.config import Settings
 from oneplatform.dbaas import operations as ops
-from oneplatform.dbaas.common import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
 from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
-from oneplatform.dbaas.states import DbStatus, Health, set_db_status
+from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
+from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.errors import AlreadyExists, BackendError, Conflict, InvalidInput, NotFound
 from oneplatform.iam import Caller
 from oneplatform.images.recipes import load_recipe
@@ -42,7 +42,7 @@ from oneplatform.schemas.databases import (
 )
 from oneplatform.secrets import SecretBox, box_for, generate_password, generate_token
 from oneplatform.store.db import Store
-from oneplatform.store.models import DbInstance, Event, Flavor, Host, Instance, new_id
+from oneplatform.store.models import DbInstance, Flavor, Instance, new_id
 
 MANAGED_BY = "dbaas"
 
@@ -68,10 +68,9 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
     flavor = session.get_one(Flavor, db.flavor_id)
     instance = session.get(Instance, db.instance_id) if db.instance_id else None
     endpoint = None
-    if instance is not None and instance.host_id and db.status != DbStatus.DELETED.value:
-        host = session.get_one(Host, instance.host_id)
+    if instance is not None and db.status != DbStatus.DELETED.value:
         engine_name = get_datastore(db.datastore).engine_endpoint
-        for e in endpoints(session, instance, host):
+        for e in endpoints(session, instance):
             if e.name == engine_name:
                 endpoint = DbEndpoint(host=e.host, port=e.port)
     return DbInstanceOut(
@@ -165,7 +164,6 @@ def create_db(
                 version=version.version,
                 flavor_id=flavor.id,
                 size_gb=req.size_gb,
-                status=DbStatus.BUILD.value,
                 health=Health.UNKNOWN.value,
                 admin_username=datastore.admin_username,
                 admin_password_enc=box.encrypt(admin_password),
@@ -201,17 +199,9 @@ def create_db(
                 volumes=[VolumeSpec(DATA_VOLUME, req.size_gb, DATA_PATH)],
             )
             db.instance_id = instance.id
+            DATABASES.created(session, db, "create requested")
             session.add(db)
             session.flush()
-            session.add(
-                Event(
-                    resource_type="db_instance",
-                    resource_id=db.id,
-                    from_status=None,
-                    to_status=DbStatus.BUILD.value,
-                    message="create requested",
-                )
-            )
             op = enqueue(session, ops.DB_CREATE, db.id, caller.project_id)
             return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
     except IntegrityError:
@@ -244,7 +234,7 @@ def delete_db(store: Store, caller: Caller, ident: str) -> DbInstanceAccepted:
                 code="invalid_state",
                 status=db.status,
             )
-        set_db_status(session, db, DbStatus.DELETING, "delete requested")
+        DATABASES.move(session, db, DbStatus.DELETING, "delete requested")
         op = enqueue(session, ops.DB_DELETE, db.id, caller.project_id)
         return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
 
@@ -259,7 +249,7 @@ def restart_db(store: Store, caller: Caller, ident: str) -> DbInstanceAccepted:
                 code="invalid_state",
                 status=db.status,
             )
-        set_db_status(session, db, DbStatus.RESTARTING, "restart requested")
+        DATABASES.move(session, db, DbStatus.RESTARTING, "restart requested")
         op = enqueue(session, ops.DB_RESTART, db.id, caller.project_id)
         return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
 

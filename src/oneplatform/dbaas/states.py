@@ -1,13 +1,10 @@
-"""Database instance statuses (lifecycle), engine health, and the allowed transitions."""
+"""Database instance statuses (lifecycle), engine health, and the state machine."""
 
 from __future__ import annotations
 
 import enum
 
-from sqlalchemy.orm import Session
-
-from oneplatform.statemachine import transition
-from oneplatform.store.models import DbInstance
+from oneplatform.statemachine import StateMachine
 
 
 class DbStatus(enum.StrEnum):
@@ -17,10 +14,6 @@ class DbStatus(enum.StrEnum):
     DELETING = "DELETING"
     DELETED = "DELETED"
     ERROR = "ERROR"
-
-    @property
-    def is_busy(self) -> bool:
-        return self in (DbStatus.BUILD, DbStatus.RESTARTING, DbStatus.DELETING)
 
 
 class Health(enum.StrEnum):
@@ -34,15 +27,22 @@ class Health(enum.StrEnum):
 
 
 D = DbStatus
-TRANSITIONS: dict[DbStatus, frozenset[DbStatus]] = {
-    D.BUILD: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
-    D.ACTIVE: frozenset({D.RESTARTING, D.DELETING, D.ERROR}),
-    D.RESTARTING: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
-    D.ERROR: frozenset({D.DELETING, D.RESTARTING, D.ACTIVE}),
-    D.DELETING: frozenset({D.DELETED, D.ERROR}),
-    D.DELETED: frozenset(),
-}
-
-
-def set_db_status(session: Session, db: DbInstance, new: DbStatus, message: str = "") -> None:
-    transition(session, "db_instance", db, new, TRANSITIONS, message, deleted=DbStatus.DELETED)
+DATABASES: StateMachine[DbStatus] = StateMachine(
+    resource_type="db_instance",
+    states=DbStatus,
+    initial=D.BUILD,
+    transitions={
+        D.BUILD: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
+        D.ACTIVE: frozenset({D.RESTARTING, D.DELETING, D.ERROR}),
+        D.RESTARTING: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
+        D.ERROR: frozenset({D.DELETING, D.RESTARTING, D.ACTIVE}),
+        D.DELETING: frozenset({D.DELETED, D.ERROR}),
+        D.DELETED: frozenset(),
+    },
+    stable=frozenset({D.ACTIVE, D.ERROR, D.DELETED}),
+    failed=D.ERROR,
+    deleting=D.DELETING,
+    deleted=D.DELETED,
+    description="A database server: a compute instance, a datastore, storage and credentials. "
+    "Its engine's health is reported beside its status.",
+)

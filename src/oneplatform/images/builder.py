@@ -41,8 +41,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from oneplatform.compute.drivers.base import ImageArtifact, VmImage
 from oneplatform.errors import ImageBuildError
+from oneplatform.images.artifacts import ImageArtifact, VmImage
 from oneplatform.images.recipes import Recipe
 
 Progress = Callable[[str], None]

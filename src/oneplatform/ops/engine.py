@@ -16,7 +16,6 @@ import contextlib
 import datetime as dt
 import logging
 import threading
-import time
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from oneplatform.config import Settings
 from oneplatform.errors import LeaseLost, NotYet, PlatformError
-from oneplatform.ops.model import (
+from oneplatform.ops.kinds import (
     OperationKind,
     OperationStatus,
     StepStatus,
@@ -51,6 +50,7 @@ def enqueue(
     """Add an operation in the caller's transaction; a worker picks it up after commit."""
     op = Operation(
         kind=kind.name,
+        intent=kind.intent.value,
         resource_type=kind.resource_type,
         resource_id=resource_id,
         project_id=project_id,
@@ -74,12 +74,14 @@ class Claim:
 class StepContext:
     """What a step gets: the operation's identity and params, and fenced store access."""
 
-    def __init__(self, store: Store, settings: Settings, claim: Claim, op: Operation) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, claim: Claim, op: Operation, kind: OperationKind
+    ) -> None:
         self.store = store
         self.settings = settings
         self.claim = claim
         self.operation_id = op.id
-        self.kind = op.kind
+        self.kind = kind
         self.resource_id = op.resource_id
         self.project_id = op.project_id
         self.params: dict[str, Any] = dict(op.params or {})
@@ -210,7 +212,7 @@ class Worker:
         with self.store.session() as session:
             op = _fence(session, claim, self.store.postgres)
             kind = get_kind(op.kind)
-            ctx = StepContext(self.store, self.settings, claim, op)
+            ctx = StepContext(self.store, self.settings, claim, op, kind)
             steps = list(op.steps)
         done = {s["name"] for s in steps if s["status"] == StepStatus.DONE.value}
         for name, fn in kind.steps:
@@ -326,40 +328,3 @@ class Worker:
             thread.join()
         if lost.is_set():
             raise LeaseLost(claim.operation_id)
-
-
-def wait_for_other_operations(ctx: StepContext, timeout: float) -> None:
-    """A step that lets any other unfinished operation on the same resource end first.
-
-    Used by deletes, which may be asked for while a create is still running: the create
-    notices the delete and stops; the delete then finds everything the create made.
-    """
-    with ctx.store.session() as session:
-        other = session.scalars(
-            select(Operation).where(
-                Operation.resource_id == ctx.resource_id,
-                Operation.id != ctx.operation_id,
-                Operation.status.in_(
-                    [OperationStatus.PENDING.value, OperationStatus.RUNNING.value]
-                ),
-            )
-        ).first()
-        if other is None:
-            return
-        other_id, other_kind = other.id, other.kind
-    if ctx.elapsed() > timeout:
-        raise PlatformError(f"operation {other_id} ({other_kind}) did not stop", code="timeout")
-    raise NotYet(f"waiting for operation {other_id} ({other_kind}) to stop", retry_after=0.5)
-
-
-def wait_for(store: Store, operation_id: str, timeout: float, poll: float = 0.2) -> Operation:
-    """Block until the operation is final (used by tests and the in-process bootstrap)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with store.session() as session:
-            op = session.get_one(Operation, operation_id)
-            if OperationStatus(op.status).is_final:
-                return op
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"operation {operation_id} still {op.status} after {timeout}s")
-        time.sleep(poll)

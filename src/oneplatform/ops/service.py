@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from oneplatform.errors import NotFound
 from oneplatform.iam import Caller
-from oneplatform.ops.model import OperationStatus, StepStatus
+from oneplatform.ops.kinds import OperationStatus, StepStatus
 from oneplatform.schemas.operations import OperationOut
 from oneplatform.store.db import Store
 from oneplatform.store.models import Operation
@@ -20,6 +20,7 @@ def to_out(op: Operation) -> OperationOut:
         {
             "id": op.id,
             "kind": op.kind,
+            "intent": op.intent,
             "resource_type": op.resource_type,
             "resource_id": op.resource_id,
             "status": op.status,

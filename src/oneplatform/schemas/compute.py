@@ -16,6 +16,19 @@ class ComputeType(enum.StrEnum):
     BAREMETAL = "baremetal"
 
 
+class PowerState(enum.StrEnum):
+    """What a backend (Podman, libvirt, a BMC) says about a unit of compute, mapped from the
+    vendor's words in one table per driver; anything unmapped is ``unknown``."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    STARTING = "starting"
+    STOPPING = "stopping"
+    CRASHED = "crashed"
+    UNKNOWN = "unknown"
+
+
 class CapabilityOut(Response):
     name: str
     supported: bool

@@ -46,6 +46,13 @@ class InstanceAccepted(Response):
 
 class InstanceAction(Request):
     action: Literal["start", "stop", "reboot"]
+    force: bool = Field(
+        default=False, description="reboot only: reset without asking the guest (forced_reboot)"
+    )
+
+
+class InstanceResize(Request):
+    flavor: CatalogName = Field(description="A flavor of the instance's own compute type.")
 
 
 class ExecRequest(Request):

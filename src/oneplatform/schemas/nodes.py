@@ -19,6 +19,9 @@ class PortTarget(Response):
 class NodeEnroll(Request):
     name: ResourceName
     pool: str = "baremetal"
+    bmc_protocol: str = Field(
+        default="redfish", max_length=16, description="How the BMC is reached."
+    )
     bmc_address: str = Field(min_length=1, max_length=255, description="e.g. http://host:8000")
     bmc_system_id: str = Field(min_length=1, max_length=255)
     bmc_username: str = Field(default="", max_length=63)

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 
 from oneplatform.schemas.base import Response
+
+
+class Intent(enum.StrEnum):
+    """What an operation does to its resource, whatever its kind."""
+
+    CREATE = "create"
+    DELETE = "delete"
+    ACTION = "action"  # anything else: start, stop, restart, snapshot, manage, ...
 
 
 class StepOut(Response):
@@ -18,6 +27,7 @@ class StepOut(Response):
 class OperationOut(Response):
     id: str
     kind: str
+    intent: Intent
     resource_type: str
     resource_id: str
     status: str

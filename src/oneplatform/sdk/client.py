@@ -37,6 +37,7 @@ from oneplatform.schemas.instances import (
     InstanceAction,
     InstanceCreate,
     InstanceOut,
+    InstanceResize,
     SnapshotRequest,
 )
 from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut, NodePower
@@ -164,9 +165,13 @@ class Instances(_Resource):
     def delete(self, ident: str) -> InstanceAccepted:
         return self.c.send("DELETE", f"/v1/instances/{ident}", InstanceAccepted)
 
-    def action(self, ident: str, action: str) -> InstanceAccepted:
-        body = InstanceAction.model_construct(action=action)  # type: ignore[arg-type]
+    def action(self, ident: str, action: str, force: bool = False) -> InstanceAccepted:
+        body = InstanceAction.model_construct(action=action, force=force)  # type: ignore[arg-type]
         return self.c.send("POST", f"/v1/instances/{ident}/action", InstanceAccepted, body)
+
+    def resize(self, ident: str, flavor: str) -> InstanceAccepted:
+        body = InstanceResize.model_construct(flavor=flavor)
+        return self.c.send("POST", f"/v1/instances/{ident}/resize", InstanceAccepted, body)
 
     def console(self, ident: str, tail: int = 200) -> str:
         return self.c.get(f"/v1/instances/{ident}/console", ConsoleOut, tail=tail).output

@@ -270,6 +270,7 @@ class Operation(Timestamps, Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), index=True)
     kind: Mapped[str] = mapped_column(String(63))
+    intent: Mapped[str] = mapped_column(String(16))  # create | delete | action
     resource_type: Mapped[str] = mapped_column(String(32))
     resource_id: Mapped[str] = mapped_column(String(32), index=True)
     status: Mapped[str] = mapped_column(String(16))  # PENDING RUNNING SUCCEEDED FAILED

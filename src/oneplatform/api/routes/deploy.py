@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 
 from oneplatform.api.deps import PlatformDep
-from oneplatform.nodes import deploy as d
+from oneplatform.baremetal import media
 
 router = APIRouter(prefix="/deploy", tags=["deploy"], include_in_schema=False)
 GONE = PlainTextResponse("unknown or expired deploy token\n", status_code=404)
@@ -18,9 +18,7 @@ GONE = PlainTextResponse("unknown or expired deploy token\n", status_code=404)
 
 @router.get("/{token}/deploy.iso")
 def deploy_iso(token: str, platform: PlatformDep) -> Response:
-    with platform.store.session() as session:
-        row = d.token_row(session, token)
-        path = d.iso_path(platform.settings, row) if row else None
+    path = media.iso_file(platform.store, platform.settings, token)
     if path is None or not path.exists():
         return GONE
     return FileResponse(path, media_type="application/octet-stream")
@@ -28,13 +26,13 @@ def deploy_iso(token: str, platform: PlatformDep) -> Response:
 
 @router.get("/{token}/manifest")
 def manifest(token: str, platform: PlatformDep) -> Response:
-    text = d.render_manifest(platform.store, platform.settings, token)
+    text = media.render_manifest(platform.store, platform.settings, token)
     return GONE if text is None else PlainTextResponse(text)
 
 
 @router.get("/{token}/image")
 def image(token: str, platform: PlatformDep) -> Response:
-    path = d.image_file(platform.store, platform.settings, token)
+    path = media.image_file(platform.store, platform.settings, token)
     if path is None:
         return GONE
     return FileResponse(path, media_type="application/octet-stream")
@@ -42,12 +40,12 @@ def image(token: str, platform: PlatformDep) -> Response:
 
 @router.get("/{token}/config")
 def config(token: str, platform: PlatformDep) -> Response:
-    text = d.bundle_text(platform.store, platform.settings, token)
+    text = media.bundle_text(platform.store, platform.settings, token)
     return GONE if text is None else PlainTextResponse(text, media_type="application/json")
 
 
 @router.post("/{token}/status")
 async def status(token: str, request: Request, platform: PlatformDep) -> Response:
     body = await request.body()
-    ok = d.record_status(platform.store, platform.settings, token, body)
+    ok = media.record_status(platform.store, platform.settings, token, body)
     return PlainTextResponse("ok\n" if ok else "refused\n", status_code=200 if ok else 404)

@@ -3,7 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.images import service
+from oneplatform.compute.images import request_build
+from oneplatform.images import catalog
 from oneplatform.schemas.images import ImageBuildAccepted, ImageOut
 
 router = APIRouter(tags=["images"])
@@ -11,12 +12,12 @@ router = APIRouter(tags=["images"])
 
 @router.get("/images", response_model=list[ImageOut])
 def list_images(platform: PlatformDep, _caller: CallerDep) -> list[ImageOut]:
-    return service.list_images(platform.store)
+    return catalog.list_images(platform.store)
 
 
 @router.get("/images/{name}", response_model=ImageOut)
 def show_image(name: str, platform: PlatformDep, _caller: CallerDep) -> ImageOut:
-    return service.get_image(platform.store, name)
+    return catalog.get_image(platform.store, name)
 
 
 @router.post(
@@ -29,7 +30,7 @@ def build_image(
     name: str, platform: PlatformDep, caller: CallerDep, response: Response
 ) -> ImageBuildAccepted:
     """Build an image from its recipe (admin only); instant when the cache has it."""
-    accepted = service.request_build(platform.store, caller, name)
+    accepted = request_build(platform.store, caller, name)
     if accepted.operation is None:
         response.status_code = status.HTTP_200_OK
     return accepted

@@ -3,7 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.compute import service
+from oneplatform.compute import instances as service
+from oneplatform.errors import InvalidInput
 from oneplatform.schemas.instances import (
     ConsoleOut,
     ExecOut,
@@ -12,6 +13,7 @@ from oneplatform.schemas.instances import (
     InstanceAction,
     InstanceCreate,
     InstanceOut,
+    InstanceResize,
     SnapshotRequest,
 )
 
@@ -47,8 +49,18 @@ def delete_instance(ident: str, platform: PlatformDep, caller: CallerDep) -> Ins
 def act(
     ident: str, body: InstanceAction, platform: PlatformDep, caller: CallerDep
 ) -> InstanceAccepted:
-    """Start, stop or reboot."""
-    return service.act(platform.store, caller, ident, body.action)
+    """Start, stop or reboot (``force``: a reset, where the compute type can)."""
+    if body.force and body.action != "reboot":
+        raise InvalidInput("force applies to reboot only", code="invalid_input")
+    return service.act(platform.store, caller, ident, body.action, force=body.force)
+
+
+@router.post("/instances/{ident}/resize", response_model=InstanceAccepted, status_code=ACCEPTED)
+def resize(
+    ident: str, body: InstanceResize, platform: PlatformDep, caller: CallerDep
+) -> InstanceAccepted:
+    """Change vCPUs and RAM in place (compute types with the resize capability)."""
+    return service.resize(platform.store, caller, ident, body.flavor)
 
 
 @router.get("/instances/{ident}/console", response_model=ConsoleOut)
@@ -58,13 +70,15 @@ def console(
     caller: CallerDep,
     tail: int = Query(default=200, ge=1, le=10000),
 ) -> ConsoleOut:
-    return service.console(platform.store, caller, ident, tail)
+    return service.console(platform.store, platform.settings, caller, ident, tail)
 
 
 @router.post("/instances/{ident}/exec", response_model=ExecOut)
 def exec_in(ident: str, body: ExecRequest, platform: PlatformDep, caller: CallerDep) -> ExecOut:
     """Run a command inside the instance (compute types with the exec capability)."""
-    return service.exec_in(platform.store, caller, ident, body.command, body.timeout)
+    return service.exec_in(
+        platform.store, platform.settings, caller, ident, body.command, body.timeout
+    )
 
 
 @router.post("/instances/{ident}/snapshot", response_model=InstanceAccepted, status_code=ACCEPTED)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.nodes import service
+from oneplatform.baremetal import nodes as service
 from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut, NodePower
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from oneplatform.compute.capabilities import Capability
-from oneplatform.compute.states import PowerState
-from oneplatform.schemas.compute import ComputeType
+from oneplatform.images.artifacts import ImageArtifact
+from oneplatform.schemas.compute import ComputeType, PowerState
 
 
 @dataclass(frozen=True)
@@ -45,28 +45,6 @@ class FileMount:
     source: Path
     guest_path: str
     read_only: bool = True
-
-
-@dataclass(frozen=True)
-class VmImage:
-    """The virtual-machine format of an image: a qcow2 root disk and what boots it."""
-
-    disk: Path  # qcow2, ext4 root filesystem labelled ROOT_LABEL
-    kernel: Path
-    initrd: Path
-    cmdline: str  # kernel command line (root=, console=, init=)
-
-
-@dataclass(frozen=True)
-class ImageArtifact:
-    """A built image as a host needs it: a reference and where to load it from."""
-
-    name: str
-    ref: str  # the backend's name for it, e.g. an OCI reference; also names VM base disks
-    rootfs: Path | None  # root filesystem tarball the host can import
-    command: Sequence[str] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    vm: VmImage | None = None  # set once the VM format has been exported
 
 
 @dataclass(frozen=True)
@@ -214,12 +192,6 @@ class SupportsLiveMigrate(abc.ABC):
         """Move the running instance to ``target``."""
 
 
-class SupportsSerialConsole(abc.ABC):
-    @abc.abstractmethod
-    def serial_console_log(self, instance_id: str) -> str:
-        """The machine's serial console output."""
-
-
 class SupportsForcedReboot(abc.ABC):
     @abc.abstractmethod
     def force_reboot(self, instance_id: str) -> None:
@@ -235,13 +207,11 @@ class SupportsBootDevice(abc.ABC):
 class SupportsVirtualMedia(abc.ABC):
     @abc.abstractmethod
     def insert_media(self, instance_id: str, url: str) -> None:
-        """Attach an ISO by URL."""
+        """Attach an ISO by URL (the machine's controller downloads it)."""
 
-
-class SupportsPowerCycle(abc.ABC):
     @abc.abstractmethod
-    def power_cycle(self, instance_id: str) -> None:
-        """Switch power off and on."""
+    def eject_media(self, instance_id: str) -> None:
+        """Detach what is attached; silent when nothing is."""
 
 
 CAPABILITY_MIXINS: dict[Capability, type[abc.ABC]] = {
@@ -249,9 +219,7 @@ CAPABILITY_MIXINS: dict[Capability, type[abc.ABC]] = {
     Capability.SNAPSHOT: SupportsSnapshot,
     Capability.RESIZE: SupportsResize,
     Capability.LIVE_MIGRATE: SupportsLiveMigrate,
-    Capability.SERIAL_CONSOLE: SupportsSerialConsole,
     Capability.FORCED_REBOOT: SupportsForcedReboot,
     Capability.BOOT_DEVICE: SupportsBootDevice,
     Capability.VIRTUAL_MEDIA: SupportsVirtualMedia,
-    Capability.POWER_CYCLE: SupportsPowerCycle,
 }

@@ -42,9 +42,8 @@ from oneplatform.compute.drivers.base import (
     SupportsExec,
     VolumeSpec,
 )
-from oneplatform.compute.states import PowerState
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
-from oneplatform.schemas.compute import ComputeType
+from oneplatform.schemas.compute import ComputeType, PowerState
 
 LABEL_INSTANCE = "oneplatform.instance"
 LABEL_MANAGED = "oneplatform.managed"
@@ -126,10 +125,6 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             "a container's processes live in the host kernel: they cannot be moved to another "
             "host while running (no checkpoint/restore is set up)"
         ),
-        Capability.SERIAL_CONSOLE: (
-            "containers share the host kernel and have no virtual machine or serial port; "
-            "their output is read with console_log"
-        ),
         Capability.FORCED_REBOOT: (
             "a container has no machine to reset: reboot already restarts its processes, "
             "killing them after the grace period"
@@ -141,7 +136,6 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             "containers share the host kernel and boot nothing, so there is no virtual CD "
             "drive to attach an ISO to"
         ),
-        Capability.POWER_CYCLE: "a container has no power supply: stop and start it instead",
     }
 
     # ------------------------------------------------------------------ podman calls

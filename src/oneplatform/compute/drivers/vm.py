@@ -68,9 +68,7 @@ from oneplatform.compute.drivers.base import (
     InstanceSpec,
     SupportsForcedReboot,
     SupportsResize,
-    SupportsSerialConsole,
     SupportsSnapshot,
-    VmImage,
 )
 from oneplatform.compute.drivers.vm_domain import (
     CONFIG_FILE,
@@ -110,6 +108,7 @@ from oneplatform.compute.drivers.vm_session import (
     libvirt_module,
 )
 from oneplatform.errors import BackendError, BackendNotFound
+from oneplatform.images.artifacts import VmImage
 from oneplatform.schemas.compute import ComputeType
 
 DEFAULT_STOP_GRACE_S = 60.0
@@ -137,9 +136,7 @@ def forget_domain_types() -> None:
         _DOMAIN_TYPES.clear()
 
 
-class LibvirtDriver(
-    ComputeDriver, SupportsSnapshot, SupportsResize, SupportsSerialConsole, SupportsForcedReboot
-):
+class LibvirtDriver(ComputeDriver, SupportsSnapshot, SupportsResize, SupportsForcedReboot):
     """Virtual machines on a libvirt/QEMU host (local or ``qemu+ssh://``).
 
     Stateless apart from a lazily opened connection. Settings read from ``host.settings``:
@@ -162,9 +159,6 @@ class LibvirtDriver(
         Capability.VIRTUAL_MEDIA: (
             "a VM gets its configuration from the config drive attached at create; attaching "
             "ISOs by URL is a bare-metal (Redfish) feature"
-        ),
-        Capability.POWER_CYCLE: (
-            "a VM has no power supply to cycle: stop and start it, or force_reboot to reset it"
         ),
     }
 
@@ -605,10 +599,6 @@ class LibvirtDriver(
     def console_log(self, instance_id: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the serial console since the domain last started."""
         return tail_lines(console_text(self._read_console(instance_id)), tail)
-
-    def serial_console_log(self, instance_id: str) -> str:
-        """The whole serial console log since the domain last started (virtlogd keeps 2 MB)."""
-        return console_text(self._read_console(instance_id))
 
     def _read_console(self, instance_id: str) -> bytes:
         self._require(instance_id)

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from oneplatform.compute.drivers.base import PortMapping
-from oneplatform.compute.states import PowerState
+from oneplatform.schemas.compute import PowerState
 
 NAME_PREFIX = "onep-"
 XML_NS = "https://oneplatform.dev/xmlns/libvirt/instance/1"  # our <metadata> element

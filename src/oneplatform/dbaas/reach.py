@@ -1,14 +1,13 @@
-"""What the database service's API calls and operation steps share."""
+"""How the platform reaches a database instance: its engine's and agent's endpoints and
+credentials, and the config bundle its guest agent boots with."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 
-from oneplatform.compute.service import endpoints
+from oneplatform.compute.instances import endpoints
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.dbaas.datastores import Datastore, get_datastore
 from oneplatform.dbaas.datastores.base import ConnInfo
@@ -16,7 +15,7 @@ from oneplatform.errors import Conflict
 from oneplatform.guest import AdminCredentials, AgentSettings, Bundle, EngineSettings
 from oneplatform.guest.client import AgentClient
 from oneplatform.secrets import SecretBox
-from oneplatform.store.models import DbInstance, Host, Instance
+from oneplatform.store.models import DbInstance, Instance
 
 AGENT_ENDPOINT = "agent"
 DATA_VOLUME = "data"
@@ -60,12 +59,11 @@ def reach(session: Session, db: DbInstance, box: SecretBox, password: str | None
     """Endpoints and credentials of a database instance whose compute instance is placed."""
     datastore = get_datastore(db.datastore)
     instance = session.get(Instance, db.instance_id) if db.instance_id else None
-    host = session.get(Host, instance.host_id) if instance and instance.host_id else None
-    if instance is None or host is None:
+    if instance is None or instance.host_id is None:
         raise Conflict(
             f"database instance {db.name!r} has no compute instance", code="invalid_state"
         )
-    by_name = {e.name: e for e in endpoints(session, instance, host)}
+    by_name = {e.name: e for e in endpoints(session, instance)}
     engine, agent = by_name[datastore.engine_endpoint], by_name[AGENT_ENDPOINT]
     return Reach(
         datastore=datastore,
@@ -85,13 +83,6 @@ def reach(session: Session, db: DbInstance, box: SecretBox, password: str | None
 def compute_status(session: Session, db: DbInstance) -> InstanceStatus | None:
     instance = session.get(Instance, db.instance_id) if db.instance_id else None
     return InstanceStatus(instance.status) if instance else None
-
-
-def pending(box: SecretBox, db: DbInstance) -> dict[str, Any]:
-    if not db.pending_enc:
-        return {"databases": [], "users": []}
-    data: dict[str, Any] = json.loads(box.decrypt(db.pending_enc))
-    return data
 
 
 def agent_client(r: Reach, timeout: float = 10.0) -> AgentClient:

@@ -1,17 +1,22 @@
-"""Operation kinds, their steps, and statuses."""
+"""Operation kinds: named recipes of idempotent steps, each saying what it does to which
+resource type (its intent), registered by name so any worker can run any kind."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from oneplatform.schemas.operations import Intent
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from oneplatform.errors import PlatformError
     from oneplatform.ops.engine import StepContext
+
+__all__ = ["FailureFn", "Intent", "OperationKind", "OperationStatus", "StepFn", "StepStatus"]
 
 
 class OperationStatus(enum.StrEnum):
@@ -23,6 +28,9 @@ class OperationStatus(enum.StrEnum):
     @property
     def is_final(self) -> bool:
         return self in (OperationStatus.SUCCEEDED, OperationStatus.FAILED)
+
+
+OPEN = (OperationStatus.PENDING.value, OperationStatus.RUNNING.value)
 
 
 class StepStatus(enum.StrEnum):
@@ -43,10 +51,10 @@ class OperationKind:
 
     name: str
     resource_type: str
+    intent: Intent
     steps: tuple[tuple[str, StepFn], ...]
     on_failure: FailureFn | None = None
     description: str = ""
-    labels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def step_names(self) -> list[str]:
@@ -57,12 +65,20 @@ _REGISTRY: dict[str, OperationKind] = {}
 
 
 def register(kind: OperationKind) -> OperationKind:
+    """Make ``kind`` runnable by workers; a second kind of the same name is a bug."""
+    existing = _REGISTRY.get(kind.name)
+    if existing is not None and existing is not kind:
+        raise ValueError(f"operation kind {kind.name!r} is registered twice")
     _REGISTRY[kind.name] = kind
     return kind
 
 
 def get_kind(name: str) -> OperationKind:
     return _REGISTRY[name]
+
+
+def all_kinds() -> list[OperationKind]:
+    return sorted(_REGISTRY.values(), key=lambda k: k.name)
 
 
 def initial_steps(kind: OperationKind) -> list[dict[str, Any]]:

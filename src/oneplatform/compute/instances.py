@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import Mapping
 from typing import cast
 
@@ -13,19 +12,19 @@ from sqlalchemy.orm import Session
 
 from oneplatform.compute import operations as ops
 from oneplatform.compute.capabilities import Capability
-from oneplatform.compute.catalog import flavor_by_name, host_ref, require_capability
-from oneplatform.compute.drivers import driver_class, driver_for
-from oneplatform.compute.drivers.base import HostRef, SupportsExec, VolumeSpec
-from oneplatform.compute.lifecycle import set_status
+from oneplatform.compute.catalog import flavor_by_name, require_capability
+from oneplatform.compute.drivers.base import SupportsExec, VolumeSpec
+from oneplatform.compute.hosts import driver_of
 from oneplatform.compute.scheduler import select_host
-from oneplatform.compute.states import InstanceStatus
-from oneplatform.errors import AlreadyExists, Conflict, NotFound, NoValidHost
+from oneplatform.compute.states import INSTANCES, InstanceStatus
+from oneplatform.compute.types import spec_for
+from oneplatform.config import Settings
+from oneplatform.errors import AlreadyExists, Conflict, NotFound
 from oneplatform.iam import Caller
-from oneplatform.images.service import image_for_create
+from oneplatform.images.catalog import image_for_create
 from oneplatform.ops.engine import enqueue
-from oneplatform.ops.model import OperationKind
+from oneplatform.ops.kinds import OperationKind
 from oneplatform.ops.service import to_out
-from oneplatform.schemas.compute import ComputeType
 from oneplatform.schemas.instances import (
     ConsoleOut,
     Endpoint,
@@ -36,19 +35,20 @@ from oneplatform.schemas.instances import (
 )
 from oneplatform.store.db import Store
 from oneplatform.store.models import (
-    Event,
     Flavor,
     Host,
     Image,
     Instance,
     Operation,
-    Pool,
     PortAllocation,
+    new_id,
 )
 
 
 # -- reading ---------------------------------------------------------------------------------
-def endpoints(session: Session, instance: Instance, host: Host | None) -> list[Endpoint]:
+def endpoints(session: Session, instance: Instance) -> list[Endpoint]:
+    """Where the instance's service ports are reached (none until it is placed)."""
+    host = session.get(Host, instance.host_id) if instance.host_id else None
     if host is None:
         return []
     rows = session.scalars(
@@ -74,7 +74,7 @@ def to_out_instance(session: Session, instance: Instance) -> InstanceOut:
         flavor=flavor.name,
         image=image.name,
         host=host.name if host else None,
-        endpoints=endpoints(session, instance, host),
+        endpoints=endpoints(session, instance),
         created_at=instance.created_at,
         updated_at=instance.updated_at,
     )
@@ -149,19 +149,19 @@ def place_instance(
     Used by the compute API and by services (dbaas) that own their instances. Volumes count
     against the host's disk beside the flavor's own disk.
     """
-    driver_class(ComputeType(flavor.compute_type))
+    spec = spec_for(flavor.compute_type)
     image = image_for_create(session, image_name)
     _check_name_free(session, project_id, name)
     extra_disk = sum(v.size_gb for v in volumes or ())
     host = select_host(session, flavor, lock=store.postgres, extra_disk_gb=extra_disk)
     instance = Instance(
+        id=new_id(),
         project_id=project_id,
         name=name,
         flavor_id=flavor.id,
         image_id=image.id,
         host_id=host.id,
         compute_type=flavor.compute_type,
-        status=InstanceStatus.BUILD.value,
         vcpus=flavor.vcpus,
         ram_mb=flavor.ram_mb,
         disk_gb=flavor.disk_gb + extra_disk,
@@ -169,39 +169,21 @@ def place_instance(
         bundle_enc=bundle_enc,
         volumes=[dataclasses.asdict(v) for v in volumes or ()],
     )
+    INSTANCES.created(session, instance, f"placed on {host.name}")
     session.add(instance)
     session.flush()
-    if flavor.compute_type == ComputeType.BAREMETAL.value:
-        _claim_node(session, host, instance)
-    allocate_ports(session, host, instance, image.ports)
-    session.add(
-        Event(
-            resource_type="instance",
-            resource_id=instance.id,
-            from_status=None,
-            to_status=InstanceStatus.BUILD.value,
-            message=f"placed on {host.name}",
-        )
-    )
-    op = enqueue(session, ops.create_kind(flavor.compute_type), instance.id, project_id)
+    spec.claim(session, host, instance)
+    spec.allocate_ports(session, host, instance, image.ports)
+    op = enqueue(session, spec.create, instance.id, project_id)
     return instance, op
-
-
-def _claim_node(session: Session, host: Host, instance: Instance) -> None:
-    """A node is one unit: taken off the scheduler until it is cleaned again."""
-    from oneplatform.nodes.common import node_of_host
-
-    node_of_host(session, host.id).instance_id = instance.id
-    host.enabled = False
 
 
 def request_delete(session: Session, instance: Instance, project_id: str) -> Operation | None:
     """Move the instance to DELETING and enqueue its delete; None if already under way."""
-    current = InstanceStatus(instance.status)
-    if current in (InstanceStatus.DELETING, InstanceStatus.DELETED):
+    if INSTANCES.state_of(instance) in (InstanceStatus.DELETING, InstanceStatus.DELETED):
         return None
-    set_status(session, instance, InstanceStatus.DELETING, "delete requested")
-    return enqueue(session, ops.delete_kind(instance.compute_type), instance.id, project_id)
+    INSTANCES.move(session, instance, InstanceStatus.DELETING, "delete requested")
+    return enqueue(session, spec_for(instance.compute_type).delete, instance.id, project_id)
 
 
 def _check_name_free(session: Session, project_id: str, name: str) -> None:
@@ -216,106 +198,73 @@ def _check_name_free(session: Session, project_id: str, name: str) -> None:
         raise AlreadyExists(f"an instance named {name!r} already exists", code="instance_exists")
 
 
-def allocate_ports(
-    session: Session, host: Host, instance: Instance, services: Mapping[str, int]
-) -> None:
-    """Give every service port of the instance a free host port, unique per host.
-
-    A bare-metal node's ports are where its network puts them (its port map)."""
-    if host.uri.startswith("node://"):
-        _node_ports(session, host, instance, services)
-        return
-    used = set(
-        session.scalars(select(PortAllocation.host_port).where(PortAllocation.host_id == host.id))
-    )
-    candidates = (p for p in range(host.port_range_start, host.port_range_end + 1) if p not in used)
-    for name, guest_port in sorted(services.items()):
-        port = next((p for p in candidates if _bindable(host, p)), None)
-        if port is None:
-            raise NoValidHost(f"host {host.name!r} has no free port left", code="no_free_port")
-        session.add(
-            PortAllocation(
-                host_id=host.id,
-                host_port=port,
-                instance_id=instance.id,
-                name=name,
-                guest_port=int(guest_port),
-            )
-        )
-    session.flush()
-
-
-def _node_ports(
-    session: Session, host: Host, instance: Instance, services: Mapping[str, int]
-) -> None:
-    from oneplatform.nodes.common import node_of_host
-
-    port_map = node_of_host(session, host.id).port_map or {}
-    for name, guest_port in sorted(services.items()):
-        target = port_map.get(str(guest_port))
-        if target is None:
-            raise NoValidHost(
-                f"node {host.name!r} has no way to reach guest port {guest_port}",
-                code="no_free_port",
-            )
-        session.add(
-            PortAllocation(
-                host_id=host.id,
-                host_port=int(target["port"]),
-                instance_id=instance.id,
-                name=name,
-                guest_port=int(guest_port),
-            )
-        )
-    session.flush()
-
-
-def _bindable(host: Host, port: int) -> bool:
-    """On a local host, skip ports that something outside the platform already holds."""
-    if not host.uri.startswith("local"):
-        return True
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host.bind_address, port))
-        except OSError:
-            return False
-    return True
-
-
 # -- acting ----------------------------------------------------------------------------------
-ACTIONS: dict[str, tuple[OperationKind, InstanceStatus, frozenset[InstanceStatus]]] = {
-    "stop": (
-        ops.INSTANCE_STOP,
-        InstanceStatus.STOPPING,
-        frozenset({InstanceStatus.ACTIVE, InstanceStatus.ERROR, InstanceStatus.UNKNOWN}),
-    ),
-    "start": (
-        ops.INSTANCE_START,
-        InstanceStatus.STARTING,
-        frozenset({InstanceStatus.SHUTOFF, InstanceStatus.ERROR}),
-    ),
-    "reboot": (
-        ops.INSTANCE_REBOOT,
-        InstanceStatus.REBOOT,
-        frozenset({InstanceStatus.ACTIVE, InstanceStatus.ERROR}),
-    ),
+@dataclasses.dataclass(frozen=True)
+class Action:
+    kind: OperationKind
+    busy: InstanceStatus
+    allowed_from: frozenset[InstanceStatus]
+
+
+S = InstanceStatus
+ACTIONS: Mapping[str, Action] = {
+    "stop": Action(ops.INSTANCE_STOP, S.STOPPING, frozenset({S.ACTIVE, S.ERROR, S.UNKNOWN})),
+    "start": Action(ops.INSTANCE_START, S.STARTING, frozenset({S.SHUTOFF, S.ERROR})),
+    "reboot": Action(ops.INSTANCE_REBOOT, S.REBOOT, frozenset({S.ACTIVE, S.ERROR})),
 }
 
 
-def act(store: Store, caller: Caller, ident: str, action: str) -> InstanceAccepted:
-    kind, busy_status, allowed_from = ACTIONS[action]
+def act(
+    store: Store, caller: Caller, ident: str, action: str, force: bool = False
+) -> InstanceAccepted:
+    """Start, stop or reboot (``force``: a reset, where the compute type can)."""
+    chosen = ACTIONS[action]
     with store.session() as session:
         instance = find_instance(session, caller, ident)
-        current = InstanceStatus(instance.status)
-        if current not in allowed_from:
-            raise Conflict(
-                f"cannot {action} instance {instance.name!r} while it is {current.value}",
-                code="invalid_state",
-                status=current.value,
-            )
-        set_status(session, instance, busy_status, f"{action} requested")
-        op = enqueue(session, kind, instance.id, caller.project_id)
+        if force:
+            require_capability(instance.compute_type, Capability.FORCED_REBOOT)
+        _require_state(instance, action, chosen.allowed_from)
+        INSTANCES.move(session, instance, chosen.busy, f"{action} requested")
+        params = {"force": True} if force else None
+        op = enqueue(session, chosen.kind, instance.id, caller.project_id, params)
         return InstanceAccepted(operation=to_out(op), instance=to_out_instance(session, instance))
+
+
+def resize(store: Store, caller: Caller, ident: str, flavor_name: str) -> InstanceAccepted:
+    """Change an instance's vCPUs and RAM in place to a flavor of the same compute type."""
+    with store.session() as session:
+        instance = find_instance(session, caller, ident)
+        require_capability(instance.compute_type, Capability.RESIZE)
+        _require_state(instance, "resize", frozenset({S.ACTIVE, S.SHUTOFF}))
+        flavor = flavor_by_name(session, flavor_name)
+        if flavor.compute_type != instance.compute_type:
+            raise Conflict(
+                f"flavor {flavor.name!r} is for {flavor.compute_type}, not "
+                f"{instance.compute_type}: an instance keeps its compute type",
+                code="flavor_mismatch",
+            )
+        host = session.get_one(Host, cast(str, instance.host_id))
+        select_host(
+            session,
+            flavor,
+            lock=store.postgres,
+            only_host=host.id,
+            freed=(instance.vcpus, instance.ram_mb, instance.disk_gb),
+        )
+        instance.flavor_id, instance.vcpus, instance.ram_mb = flavor.id, flavor.vcpus, flavor.ram_mb
+        INSTANCES.move(session, instance, S.RESIZE, f"resize to {flavor.name} requested")
+        op = enqueue(session, ops.INSTANCE_RESIZE, instance.id, caller.project_id)
+        return InstanceAccepted(operation=to_out(op), instance=to_out_instance(session, instance))
+
+
+def _require_state(instance: Instance, action: str, allowed: frozenset[InstanceStatus]) -> None:
+    current = INSTANCES.state_of(instance)
+    if current not in allowed:
+        raise Conflict(
+            f"cannot {action} instance {instance.name!r} while it is {current.value}",
+            code="invalid_state",
+            status=current.value,
+        )
 
 
 def delete_instance(store: Store, caller: Caller, ident: str) -> InstanceAccepted:
@@ -331,31 +280,37 @@ def delete_instance(store: Store, caller: Caller, ident: str) -> InstanceAccepte
         return InstanceAccepted(operation=to_out(op), instance=to_out_instance(session, instance))
 
 
-def _live_ref(store: Store, caller: Caller, ident: str) -> tuple[Instance, HostRef]:
+def console(
+    store: Store, settings: Settings, caller: Caller, ident: str, tail: int = 200
+) -> ConsoleOut:
     with store.session() as session:
         instance = find_instance(session, caller, ident)
-        if instance.host_id is None:
-            raise Conflict(f"instance {instance.name!r} has no host yet", code="invalid_state")
-        host = session.get_one(Host, instance.host_id)
-        return instance, host_ref(host, session.get_one(Pool, host.pool_id))
+        driver = driver_of(session, settings, _placed_host(session, instance))
+        instance_id = instance.id
+    return ConsoleOut(output=driver.console_log(instance_id, tail=tail))
 
 
-def console(store: Store, caller: Caller, ident: str, tail: int = 200) -> ConsoleOut:
-    _instance, ref = _live_ref(store, caller, ident)
-    return ConsoleOut(output=driver_for(ref).console_log(_instance.id, tail=tail))
-
-
-def exec_in(store: Store, caller: Caller, ident: str, argv: list[str], timeout: float) -> ExecOut:
+def exec_in(
+    store: Store, settings: Settings, caller: Caller, ident: str, argv: list[str], timeout: float
+) -> ExecOut:
     with store.session() as session:
-        require_capability(find_instance(session, caller, ident).compute_type, Capability.EXEC)
-    instance, ref = _live_ref(store, caller, ident)
-    if instance.status != InstanceStatus.ACTIVE.value:
-        raise Conflict(
-            f"instance {instance.name!r} is {instance.status}, not ACTIVE", code="invalid_state"
-        )
-    driver = cast(SupportsExec, driver_for(ref))
-    result = driver.exec(instance.id, argv, timeout=timeout)
+        instance = find_instance(session, caller, ident)
+        require_capability(instance.compute_type, Capability.EXEC)
+        if INSTANCES.state_of(instance) is not S.ACTIVE:
+            raise Conflict(
+                f"instance {instance.name!r} is {instance.status}, not ACTIVE",
+                code="invalid_state",
+            )
+        driver = cast(SupportsExec, driver_of(session, settings, _placed_host(session, instance)))
+        instance_id = instance.id
+    result = driver.exec(instance_id, argv, timeout=timeout)
     return ExecOut(exit_code=result.exit_code, output=result.output)
+
+
+def _placed_host(session: Session, instance: Instance) -> Host:
+    if instance.host_id is None:
+        raise Conflict(f"instance {instance.name!r} has no host yet", code="invalid_state")
+    return session.get_one(Host, instance.host_id)
 
 
 def snapshot(store: Store, caller: Caller, ident: str, name: str) -> InstanceAccepted:
@@ -363,7 +318,7 @@ def snapshot(store: Store, caller: Caller, ident: str, name: str) -> InstanceAcc
     with store.session() as session:
         instance = find_instance(session, caller, ident)
         require_capability(instance.compute_type, Capability.SNAPSHOT)
-        if InstanceStatus(instance.status).is_busy:
+        if not INSTANCES.is_stable(INSTANCES.state_of(instance)):
             raise Conflict(f"instance {instance.name!r} is {instance.status}", code="invalid_state")
         op = enqueue(session, ops.INSTANCE_SNAPSHOT, instance.id, caller.project_id, {"name": name})
         return InstanceAccepted(operation=to_out(op), instance=to_out_instance(session, instance))

@@ -1,26 +1,69 @@
-"""Nodes: enroll (admin), list, show, manage/inspect/provide, power."""
+"""Nodes: enroll (admin), list, show, manage/inspect/provide, power; and how the rest of
+bare metal finds a node and reaches it through its driver."""
 
 from __future__ import annotations
+
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from oneplatform.baremetal import operations as ops
+from oneplatform.baremetal.bmc import bmc_protocols
+from oneplatform.baremetal.driver import BaremetalDriver
+from oneplatform.baremetal.states import ACTIONS, NODES, NodeState, move_node
+from oneplatform.compute.hosts import driver_of
 from oneplatform.config import Settings
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from oneplatform.iam import Caller
-from oneplatform.nodes import operations as ops
-from oneplatform.nodes.common import bmc_for, find_node
-from oneplatform.nodes.states import ACTIONS, NodeState, set_node_state
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.service import to_out
 from oneplatform.schemas.compute import ComputeType
 from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
-from oneplatform.store.models import Event, Host, Instance, Node, Pool
+from oneplatform.store.models import Host, Instance, Node, Pool, new_id
 
 
+# -- finding and reaching nodes ---------------------------------------------------------------
+def find_node(session: Session, ident: str) -> Node:
+    node = session.scalars(select(Node).where((Node.id == ident) | (Node.name == ident))).first()
+    if node is None:
+        raise NotFound(f"node {ident!r} not found", code="node_not_found")
+    return node
+
+
+def node_of_host(session: Session, host_id: str) -> Node:
+    node = session.scalars(select(Node).where(Node.host_id == host_id)).first()
+    if node is None:
+        raise NotFound(f"host {host_id!r} is not a bare-metal node", code="node_not_found")
+    return node
+
+
+def node_host_settings(session: Session, settings: Settings, host: Host) -> dict[str, Any]:
+    """What the bare-metal driver needs about a node: its BMC (the password decrypted for
+    the call at hand) and how its service ports are reached."""
+    node = node_of_host(session, host.id)
+    password = box_for(settings).decrypt(node.bmc_password_enc) if node.bmc_password_enc else ""
+    return {
+        "bmc": {
+            "protocol": node.bmc_protocol,
+            "address": node.bmc_address,
+            "username": node.bmc_username,
+            "password": password,
+            "system_id": node.bmc_system_id,
+        },
+        "port_map": dict(node.port_map or {}),
+    }
+
+
+def node_driver(session: Session, settings: Settings, node: Node) -> BaremetalDriver:
+    """The driver of the node's host: every call to a node goes through it."""
+    return cast(BaremetalDriver, driver_of(session, settings, session.get_one(Host, node.host_id)))
+
+
+# -- the API ----------------------------------------------------------------------------------
 def to_out_node(session: Session, node: Node) -> NodeOut:
     pool = session.get_one(Pool, node.pool_id)
     instance = session.get(Instance, node.instance_id) if node.instance_id else None
@@ -54,21 +97,25 @@ def get_node(store: Store, caller: Caller, ident: str) -> NodeOut:
 
 
 def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) -> NodeAccepted:
-    """Record the node and its host (disabled until available); verify, inspect, clean."""
+    """Record the node and its host (which takes instances only while the node is
+    available); verify, inspect and (``provide``) clean it."""
     caller.require_admin()
+    if req.bmc_protocol not in bmc_protocols():
+        raise InvalidInput(
+            f"BMC protocol {req.bmc_protocol!r} is not supported "
+            f"(supported: {', '.join(bmc_protocols())})",
+            code="bmc_protocol_not_supported",
+        )
     try:
         with store.session() as session:
-            pool = session.scalars(select(Pool).where(Pool.name == req.pool)).first()
-            if pool is None:
-                raise NotFound(f"pool {req.pool!r} not found", code="pool_not_found")
-            if pool.compute_type != ComputeType.BAREMETAL.value:
-                raise InvalidInput(f"pool {req.pool!r} is not a bare-metal pool")
+            pool = _baremetal_pool(session, req.pool)
             if session.scalars(select(Node).where(Node.name == req.name)).first():
                 raise AlreadyExists(f"node {req.name!r} already exists", code="node_exists")
+            node_id = new_id()
             host = Host(
                 name=req.name,
                 pool_id=pool.id,
-                uri="node://",
+                uri=f"node://{node_id}",
                 bind_address="127.0.0.1",
                 vcpus=0,
                 ram_mb=0,
@@ -81,10 +128,11 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
             session.add(host)
             session.flush()
             node = Node(
+                id=node_id,
                 name=req.name,
                 pool_id=pool.id,
                 host_id=host.id,
-                state=NodeState.ENROLL.value,
+                bmc_protocol=req.bmc_protocol,
                 bmc_address=req.bmc_address,
                 bmc_system_id=req.bmc_system_id,
                 bmc_username=req.bmc_username,
@@ -92,23 +140,13 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
                 if req.bmc_password
                 else "",
                 port_map={k: v.model_dump() for k, v in req.port_map.items()},
+                target_state=(
+                    NodeState.AVAILABLE.value if req.provide else NodeState.MANAGEABLE.value
+                ),
             )
+            NODES.created(session, node, "enrolled")
             session.add(node)
-            session.flush()
-            host.uri = f"node://{node.id}"
-            session.add(
-                Event(
-                    resource_type="node",
-                    resource_id=node.id,
-                    from_status=None,
-                    to_status=NodeState.ENROLL.value,
-                    message="enrolled",
-                )
-            )
             kind = ops.NODE_ENROLL_PROVIDE if req.provide else ops.NODE_ENROLL
-            node.target_state = (
-                NodeState.AVAILABLE.value if req.provide else NodeState.MANAGEABLE.value
-            )
             op = enqueue(session, kind, node.id, None)
             return NodeAccepted(operation=to_out(op), node=to_out_node(session, node))
     except IntegrityError:
@@ -117,13 +155,22 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
         ) from None
 
 
+def _baremetal_pool(session: Session, name: str) -> Pool:
+    pool = session.scalars(select(Pool).where(Pool.name == name)).first()
+    if pool is None:
+        raise NotFound(f"pool {name!r} not found", code="pool_not_found")
+    if pool.compute_type != ComputeType.BAREMETAL.value:
+        raise InvalidInput(f"pool {name!r} is not a bare-metal pool")
+    return pool
+
+
 def act(store: Store, caller: Caller, ident: str, action: str) -> NodeAccepted:
     """manage (verify the BMC), inspect, provide (clean, then available)."""
     caller.require_admin()
     allowed, first = ACTIONS[action]
     with store.session() as session:
         node = find_node(session, ident)
-        state = NodeState(node.state)
+        state = NODES.state_of(node)
         if state not in allowed:
             raise Conflict(
                 f"cannot {action} node {node.name!r} in state {state.value!r} "
@@ -132,8 +179,7 @@ def act(store: Store, caller: Caller, ident: str, action: str) -> NodeAccepted:
             )
         if node.instance_id:
             raise Conflict(f"node {node.name!r} carries an instance", code="invalid_state")
-        set_node_state(session, node, first, f"{action} requested")
-        session.get_one(Host, node.host_id).enabled = False
+        move_node(session, node, first, f"{action} requested")
         kind = {"manage": ops.NODE_VERIFY, "inspect": ops.NODE_INSPECT, "provide": ops.NODE_CLEAN}[
             action
         ]
@@ -142,20 +188,26 @@ def act(store: Store, caller: Caller, ident: str, action: str) -> NodeAccepted:
 
 
 def power(store: Store, settings: Settings, caller: Caller, ident: str, action: str) -> NodeOut:
-    """Switch power through the BMC at once (refused while an operation drives the node)."""
+    """Switch power through the node's driver at once (refused while an operation drives
+    the node). As in Ironic, ``off`` and ``reboot`` are hard: a node may have no OS to ask."""
     caller.require_admin()
     with store.session() as session:
         node = find_node(session, ident)
-        if not NodeState(node.state).is_stable:
+        if not NODES.is_stable(NODES.state_of(node)):
             raise Conflict(
                 f"node {node.name!r} is {node.state}: its operation owns the power",
                 code="invalid_state",
             )
-        bmc = bmc_for(node, settings)
-    # as in Ironic: `power off` and `reboot` are hard (a node may have no OS to ask)
-    bmc.set_power({"on": "on", "off": "force_off", "reboot": "force_reboot"}[action])
-    state = bmc.power_state()
+        driver = node_driver(session, settings, node)
+        instance_id = node.instance_id or node.id
+    if action == "on":
+        driver.power_on()
+    elif action == "off":
+        driver.power_off()
+    else:
+        driver.force_reboot(instance_id)
+    state = driver.power_state()
     with store.session() as session:
         node = find_node(session, ident)
-        node.power_state = state
+        node.power_state = state.value
         return to_out_node(session, node)

@@ -1,21 +1,26 @@
-"""The embedded defaults `onep up` makes sure of: pools, hosts, flavors, images."""
+"""Bootstrap: the embedded defaults `onep up` makes sure of: pools, hosts, flavors, images,
+and the emulated bare-metal nodes."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from oneplatform.compute.catalog import host_ref
+from oneplatform.baremetal import nodes
 from oneplatform.compute.drivers import driver_class, driver_for
+from oneplatform.compute.hosts import host_ref
+from oneplatform.compute.images import request_build
 from oneplatform.config import Settings
 from oneplatform.errors import PlatformError
-from oneplatform.images import service as images
+from oneplatform.iam import ADMIN, Caller
 from oneplatform.images.recipes import list_recipes
 from oneplatform.schemas.compute import ComputeType
+from oneplatform.schemas.nodes import NodeEnroll, PortTarget
 from oneplatform.store.db import Store
-from oneplatform.store.models import Flavor, Host, Pool
+from oneplatform.store.models import Flavor, Host, Node, Pool
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +152,6 @@ def _ensure_baremetal_pool(store: Store) -> None:
 def enroll_lab_nodes(store: Store, settings: Settings) -> list[str]:
     """Enroll the emulated nodes that `scripts/bmlab.sh up` made (Redfish emulator on
     127.0.0.1), unless enrolled already. Returns the enroll operation ids."""
-    import json
-
-    from oneplatform.iam import ADMIN, Caller
-    from oneplatform.nodes import service as nodes
-    from oneplatform.schemas.nodes import NodeEnroll, PortTarget
-    from oneplatform.store.models import Node
-
     path = settings.bmlab_file
     if not path.exists():
         return []
@@ -186,7 +184,7 @@ def ensure_images(store: Store) -> list[str]:
     """Start building every image that is not built yet; returns the operation ids."""
     started = []
     for name in list_recipes():
-        accepted = images.request_build(store, None, name)
+        accepted = request_build(store, None, name)
         if accepted.operation is not None:
             started.append(accepted.operation.id)
     return started

@@ -1,0 +1,46 @@
+"""Reaching a host: the typed reference its driver gets, never a row of the store."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from oneplatform.compute.drivers import driver_for
+from oneplatform.compute.drivers.base import ComputeDriver, HostRef
+from oneplatform.compute.types import spec_for
+from oneplatform.config import Settings
+from oneplatform.schemas.compute import ComputeType
+from oneplatform.store.models import Host, Pool
+
+
+def host_ref(host: Host, pool: Pool) -> HostRef:
+    """What the pool and host rows say: enough to probe a host that is not stored yet."""
+    return HostRef(
+        id=host.id,
+        name=host.name,
+        compute_type=ComputeType(pool.compute_type),
+        uri=host.uri,
+        bind_address=host.bind_address,
+        settings=dict(pool.settings or {}),
+    )
+
+
+def reach_host(session: Session, settings: Settings, host: Host) -> HostRef:
+    """``host_ref`` plus what the compute type keeps elsewhere (a node's BMC)."""
+    pool = session.get_one(Pool, host.pool_id)
+    ref = host_ref(host, pool)
+    extra = spec_for(pool.compute_type).host_settings(session, settings, host)
+    if not extra:
+        return ref
+    return HostRef(
+        id=ref.id,
+        name=ref.name,
+        compute_type=ref.compute_type,
+        uri=ref.uri,
+        bind_address=ref.bind_address,
+        settings={**ref.settings, **extra},
+    )
+
+
+def driver_of(session: Session, settings: Settings, host: Host) -> ComputeDriver:
+    """The driver bound to ``host``."""
+    return driver_for(reach_host(session, settings, host))

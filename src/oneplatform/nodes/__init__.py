@@ -1,1 +1,0 @@
-"""Bare-metal nodes: enrollment, the node state machine, power, deploy and cleaning."""
