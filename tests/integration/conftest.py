@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from oneplatform.compute.drivers.base import HostRef, ImageArtifact, VmImage
+from oneplatform.compute.drivers.base import HostRef
 from oneplatform.compute.drivers.container import LABEL_INSTANCE, PodmanDriver
+from oneplatform.images.artifacts import ImageArtifact, VmImage
 from oneplatform.schemas.compute import ComputeType
 
 TEST_IMAGE_REF = "localhost/oneplatform-test/busybox:1"

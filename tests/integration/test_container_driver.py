@@ -17,7 +17,6 @@ from oneplatform.compute.drivers.base import (
     CAPABILITY_MIXINS,
     BackendInstance,
     FileMount,
-    ImageArtifact,
     InstanceSpec,
     PortMapping,
     VolumeSpec,
@@ -32,6 +31,7 @@ from oneplatform.compute.drivers.container import (
     volume_name,
 )
 from oneplatform.errors import BackendError, BackendNotFound
+from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import PowerState
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ import httpx
 import psycopg
 import pytest
 
-from oneplatform.compute.drivers.base import BUNDLE_GUEST_PATH, ImageArtifact
+from oneplatform.compute.drivers.base import BUNDLE_GUEST_PATH
 from oneplatform.config import Settings
 from oneplatform.errors import BackendError, BackendUnavailable
 from oneplatform.guest import (
@@ -35,6 +35,7 @@ from oneplatform.guest import (
     sign_request,
 )
 from oneplatform.guest.client import AgentClient, AgentHealth
+from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import artifact_for, build_rootfs
 from oneplatform.images.recipes import Recipe, load_recipe
 from tests.integration.conftest import find_free_port, require_or_fail

@@ -27,7 +27,6 @@ from oneplatform.compute.drivers import driver_class
 from oneplatform.compute.drivers.base import (
     BackendInstance,
     HostRef,
-    ImageArtifact,
     InstanceSpec,
     PortMapping,
     VolumeSpec,
@@ -42,6 +41,7 @@ from oneplatform.compute.drivers.vm_domain import (
     root_volume_name,
 )
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
+from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import ComputeType, PowerState
 
 pytestmark = pytest.mark.integration
