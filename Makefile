@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CODE := src tests bench
 
-.PHONY: setup run test lint format bench clean distclean
+.PHONY: setup run test lint format docs bench clean distclean
 
 setup:
 	scripts/setup.sh
@@ -18,6 +18,7 @@ lint: setup
 	$(VENV)/bin/ruff check $(CODE)
 	$(VENV)/bin/ruff format --check $(CODE)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: setup
 	$(VENV)/bin/ruff check --fix $(CODE)
@@ -28,7 +29,12 @@ test: setup
 	$(VENV)/bin/ruff check $(CODE)
 	$(VENV)/bin/ruff format --check $(CODE)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	ONEP_TEST_DATABASE_URL="$$(scripts/test-postgres.sh url)" $(PY) -m pytest -q -ra tests
+
+# Reference pages generated from the code (a unit test fails when they are stale).
+docs: setup
+	$(PY) -m oneplatform.assembly > docs/states.md
 
 bench: setup
 	$(PY) -m bench

@@ -23,7 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oneplatform.compute.drivers.base import InstanceSpec, PortMapping
+from oneplatform.compute.drivers.container import run_argv
 from oneplatform.config import Settings
+from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import artifact_for
 from oneplatform.images.recipes import load_recipe
 from oneplatform.schemas.operations import OperationOut
@@ -243,32 +246,26 @@ def run_args(
     guest_port: int,
     command: Sequence[str] | None = None,
 ) -> list[str]:
-    """``podman run`` arguments mirroring ``PodmanDriver._run_args`` (labels aside, and no
-    volumes, files or secrets). ``command``: the spec's when None, the image's own when
-    empty."""
-    return [
-        "run",
-        "--detach",
-        "--pull=never",
-        "--name",
-        name,
-        "--label",
-        f"{BENCH_LABEL}={run_id}",
-        "--runtime",
-        spec.runtime,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=4096:4096",
-        "--cpus",
-        str(spec.vcpus),
-        "--memory",
-        f"{spec.ram_mb}m",
-        "-p",
-        f"{LOOPBACK}:{host_port}:{guest_port}/tcp",
-        spec.ref,
-        *(spec.command if command is None else command),
-    ]
+    """``podman run`` arguments from the container driver's own ``run_argv`` (with the
+    benchmark's label instead of the platform's, and no volumes, files or secrets), so the
+    baseline cannot drift from what the driver runs. ``command``: the spec's when None, the
+    image's own when empty."""
+    image = ImageArtifact(
+        name=spec.ref,
+        ref=spec.ref,
+        rootfs=None,
+        command=tuple(spec.command if command is None else command),
+    )
+    instance = InstanceSpec(
+        instance_id=run_id,
+        name=name,
+        image=image,
+        vcpus=spec.vcpus,
+        ram_mb=spec.ram_mb,
+        disk_gb=1,
+        ports=(PortMapping("service", guest_port, host_port),),
+    )
+    return run_argv(instance, spec.runtime, LOOPBACK, {BENCH_LABEL: run_id}, name=name)
 
 
 # -- the platform as a process ----------------------------------------------------------------

@@ -3,7 +3,8 @@
 (a) platform: ``client.instances.create(...)`` -> operation SUCCEEDED -> the endpoint
     accepts TCP on 127.0.0.1. Timed from just before the API call to the first connect.
 (b) podman: ``podman run -d`` of the same image ref with the flags the container driver uses
-    (see ``PodmanDriver._run_args``), timed from just before ``podman run`` to the first
+    (``container.run_argv``, the function the driver uses), timed from just before
+    ``podman run`` to the first
     connect on its published port.
 """
 

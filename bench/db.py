@@ -5,8 +5,9 @@
     psycopg on 127.0.0.1 and ``SELECT 1`` succeeds. Timed from just before the create call
     to that first successful query; login is tried every ~20 ms.
 (b) podman: ``podman run -d`` of the same image ref with the flags the container driver uses
-    (see ``PodmanDriver._run_args``) and the image's own command: with no config bundle the
-    guest agent initialises a cluster and starts PostgreSQL with safe defaults. Timed from
+    (``container.run_argv``, the function the driver uses) and the image's own command: with
+    no config bundle the guest agent initialises a cluster and starts PostgreSQL with safe
+    defaults. Timed from
     just before ``podman run`` until ``pg_isready`` on the published port exits 0 (~20 ms
     polls). No volume is mounted (the platform gives its instance a named data volume), and
     no database or user is made: (b) is the floor of "a PostgreSQL answering", not the same

@@ -19,6 +19,26 @@ from oneplatform.baremetal.states import NODES
 from oneplatform.compute.states import INSTANCES
 from oneplatform.dbaas.states import DATABASES
 from oneplatform.images.catalog import IMAGES
-from oneplatform.statemachine import StateMachine
+from oneplatform.ops.kinds import all_kinds
+from oneplatform.statemachine import StateMachine, render_docs
 
 STATE_MACHINES: tuple[StateMachine[Any], ...] = (INSTANCES, DATABASES, NODES, IMAGES)
+
+
+def reference_docs() -> str:
+    """``docs/states.md``: every state machine and operation kind, as the code defines them."""
+    lines = [
+        render_docs(STATE_MACHINES),
+        "# Operation kinds\n",
+        "Every mutating request is one of these; its steps run in order, each once.\n",
+        "| kind | resource | intent | steps |",
+        "|---|---|---|---|",
+    ]
+    for kind in all_kinds():
+        steps = " → ".join(f"`{name}`" for name in kind.step_names)
+        lines.append(f"| `{kind.name}` | {kind.resource_type} | {kind.intent.value} | {steps} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_docs(), end="")

@@ -5,7 +5,7 @@ Each resource declares one :class:`StateMachine` next to its status enum (instan
 database instances, nodes, images). Services and operation steps never assign a status
 field themselves: they call :meth:`StateMachine.created` once and :meth:`StateMachine.move`
 after, which checks the table and writes an :class:`~oneplatform.store.models.Event`.
-``docs/states.md`` is generated from these objects (``python -m oneplatform.statemachine``).
+``docs/states.md`` is generated from these objects (``make docs``).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class StateMachine(Generic[S]):
 def render_docs(machines: Iterable[StateMachine[Any]]) -> str:
     header = (
         "# State machines\n\n"
-        "Generated from the code by `python -m oneplatform.statemachine`; do not edit by hand.\n"
+        "Generated from the code by `make docs`; do not edit by hand (a test compares).\n"
         "Every change of state goes through one function that checks it against these tables\n"
         "and records an event.\n\n"
     )

@@ -18,6 +18,7 @@ import pytest
 from oneplatform.compute.drivers.base import HostRef
 from oneplatform.compute.drivers.container import LABEL_INSTANCE, PodmanDriver
 from oneplatform.images.artifacts import ImageArtifact, VmImage
+from oneplatform.images.baremetal import cpio_newc, module_closure
 from oneplatform.schemas.compute import ComputeType
 
 TEST_IMAGE_REF = "localhost/oneplatform-test/busybox:1"
@@ -86,14 +87,7 @@ def podman_driver(podman_available: None, podman_host: HostRef) -> PodmanDriver:
 
 
 def _busybox() -> str | None:
-    found = shutil.which("busybox") or ("/bin/busybox" if Path("/bin/busybox").exists() else None)
-    if found is not None or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "busybox-static"]
-    if subprocess.run(install, capture_output=True, env=env, timeout=600).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-        subprocess.run(install, capture_output=True, env=env, timeout=600)
+    """The set-up installs busybox-static; tests never install anything themselves."""
     return shutil.which("busybox") or ("/bin/busybox" if Path("/bin/busybox").exists() else None)
 
 
@@ -313,63 +307,15 @@ def libvirt_host() -> HostRef:
     )
 
 
-def _apt_install(*packages: str) -> None:
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", *packages]
-    if subprocess.run(install, capture_output=True, env=env, timeout=900).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-        subprocess.run(install, capture_output=True, env=env, timeout=900)
-
-
 def _host_kernel() -> Path | None:
-    """The newest /boot/vmlinuz-* whose modules are installed (linux-image-cloud-amd64)."""
-
-    def found() -> Path | None:
-        kernels = [
-            k
-            for k in sorted(Path("/boot").glob("vmlinuz-*"))
-            if (Path("/lib/modules") / k.name.removeprefix("vmlinuz-") / "modules.dep").is_file()
-        ]
-        return kernels[-1] if kernels else None
-
-    if found() is None:
-        _apt_install("linux-image-cloud-amd64")
-    return found()
-
-
-def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
-    """A newc cpio archive of (name, mode, data); character devices get rdev 5:1 (console)."""
-    out = bytearray()
-    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
-        raw_name = name.encode() + b"\0"
-        is_dev = (mode & 0o170000) == 0o020000
-        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 5 * is_dev, is_dev, len(raw_name), 0)
-        header = b"070701" + b"".join(f"{f:08x}".encode() for f in fields)
-        out += header + raw_name + b"\0" * (-(len(header) + len(raw_name)) % 4)
-        out += data + b"\0" * (-len(data) % 4)
-    return bytes(out)
-
-
-def _module_order(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
-    """Module paths (relative to ``moddir``) to insmod, dependencies first."""
-    deps: dict[str, list[str]] = {}
-    for line in (moddir / "modules.dep").read_text().splitlines():
-        mod, _, rest = line.partition(":")
-        deps[mod] = rest.split()
-    by_name = {Path(m).name.split(".ko")[0].replace("-", "_"): m for m in deps}
-    order: list[str] = []
-
-    def visit(mod: str) -> None:
-        if mod not in order:
-            for dep in reversed(deps[mod]):
-                visit(dep)
-            order.append(mod)
-
-    for name in wanted:
-        visit(by_name[name])
-    return order
+    """The newest /boot/vmlinuz-* whose modules are installed (linux-image-cloud-amd64,
+    which the set-up installs)."""
+    kernels = [
+        k
+        for k in sorted(Path("/boot").glob("vmlinuz-*"))
+        if (Path("/lib/modules") / k.name.removeprefix("vmlinuz-") / "modules.dep").is_file()
+    ]
+    return kernels[-1] if kernels else None
 
 
 def _build_vm_image(dest: Path, kernel: Path, busybox: str) -> VmImage:
@@ -377,20 +323,23 @@ def _build_vm_image(dest: Path, kernel: Path, busybox: str) -> VmImage:
     moddir = Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-")
     s_dir, s_reg, s_lnk, s_chr = 0o040000, 0o100000, 0o120000, 0o020000
     dirs = ("bin", "dev", "proc", "sys", "etc", "lib", "lib/modules", "mnt", "www")
-    entries = [(d, s_dir | 0o755, b"") for d in dirs]
+    entries = [(d, s_dir | 0o755, b"", 0) for d in dirs]
     entries += [
-        ("dev/console", s_chr | 0o600, b""),
-        ("bin/busybox", s_reg | 0o755, Path(busybox).read_bytes()),
-        ("bin/sh", s_lnk | 0o777, b"busybox"),
-        ("init", s_reg | 0o755, VM_TEST_INIT.encode()),
+        ("dev/console", s_chr | 0o600, b"", os.makedev(5, 1)),
+        ("bin/busybox", s_reg | 0o755, Path(busybox).read_bytes(), 0),
+        ("bin/sh", s_lnk | 0o777, b"busybox", 0),
+        ("init", s_reg | 0o755, VM_TEST_INIT.encode(), 0),
     ]
     names = []
-    for mod in _module_order(moddir, VM_GUEST_MODULES):
+    modules, missing = module_closure((moddir / "modules.dep").read_text(), VM_GUEST_MODULES)
+    assert not missing, f"the host kernel has no module for {missing}"
+    for mod in modules:
         names.append(Path(mod).name)
-        entries.append((f"lib/modules/{names[-1]}", s_reg | 0o644, (moddir / mod).read_bytes()))
-    entries.append(("modules.order", s_reg | 0o644, ("\n".join(names) + "\n").encode()))
+        data = (moddir / mod).read_bytes()
+        entries.append((f"lib/modules/{names[-1]}", s_reg | 0o644, data, 0))
+    entries.append(("modules.order", s_reg | 0o644, ("\n".join(names) + "\n").encode(), 0))
     initrd = dest / "initrd.img"
-    initrd.write_bytes(gzip.compress(_cpio_newc(entries), 6))
+    initrd.write_bytes(gzip.compress(cpio_newc(entries), 6))
     rootfs = dest / "rootfs"
     rootfs.mkdir()
     (rootfs / "hello").write_text("hello from the base image\n")
@@ -584,8 +533,6 @@ def _make_boot_iso(dest: Path) -> Path:
     waits at its boot: prompt."""
     isolinux = Path("/usr/lib/ISOLINUX/isolinux.bin")
     ldlinux = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
-    if shutil.which("xorriso") is None or not isolinux.is_file() or not ldlinux.is_file():
-        _apt_install("xorriso", "isolinux", "syslinux-common")
     require_or_fail(shutil.which("xorriso"), "xorriso is missing (apt-get install xorriso)")
     require_or_fail(
         isolinux.is_file() and ldlinux.is_file(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -96,8 +96,3 @@ def wait_with_progress(
             progress.update(task, completed=done, step=label)
 
         return client.operations.wait(op.id, timeout=timeout, on_progress=update)
-
-
-def with_client(fn: Callable[[Client], Any]) -> Any:
-    with Client.from_home() as client, api_errors():
-        return fn(client)

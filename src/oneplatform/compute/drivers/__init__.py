@@ -43,10 +43,6 @@ def unregister_driver(compute_type: ComputeType, name: str) -> None:
     _DRIVERS.get(compute_type, {}).pop(name, None)
 
 
-def driver_names(compute_type: ComputeType) -> list[str]:
-    return sorted(_DRIVERS.get(compute_type, {}))
-
-
 def driver_class(compute_type: ComputeType, name: str | None = None) -> type[ComputeDriver]:
     """The class of ``name`` (the compute type's default driver when None)."""
     entries = _DRIVERS.get(compute_type, {})
@@ -60,17 +56,6 @@ def driver_class(compute_type: ComputeType, name: str | None = None) -> type[Com
             code="driver_not_available",
         )
     return entry.load()
-
-
-def available_driver_classes() -> dict[ComputeType, type[ComputeDriver]]:
-    """The default driver of every compute type this build can drive."""
-    found: dict[ComputeType, type[ComputeDriver]] = {}
-    for ct in ComputeType:
-        try:
-            found[ct] = driver_class(ct)
-        except InvalidInput:
-            continue
-    return found
 
 
 def driver_for(host: HostRef) -> ComputeDriver:

@@ -104,6 +104,35 @@ def bundle_secret_name(instance_id: str) -> str:
     return f"{NAME_PREFIX}{instance_id}{BUNDLE_SECRET_SUFFIX}"
 
 
+def run_argv(
+    spec: InstanceSpec,
+    runtime: str,
+    bind_address: str,
+    labels: Mapping[str, str],
+    name: str | None = None,
+) -> list[str]:
+    """The ``podman run`` arguments of ``spec``: the one definition the driver and the
+    benchmark's raw baseline share (runc and explicit ulimits: the traps of these hosts)."""
+    args = ["run", "--detach", "--pull=never", "--name", name or container_name(spec.instance_id)]
+    for key, value in labels.items():
+        args += ["--label", f"{key}={value}"]
+    args += ["--runtime", runtime, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+    args += ["--cpus", str(spec.vcpus), "--memory", f"{spec.ram_mb}m"]
+    for port in spec.ports:
+        args += ["-p", f"{bind_address}:{port.host_port}:{port.guest_port}/tcp"]
+    for mount in spec.files:
+        mode = "ro" if mount.read_only else "rw"
+        args += ["-v", f"{mount.source}:{mount.guest_path}:{mode}"]
+    for volume in spec.volumes:
+        args += ["-v", f"{volume_name(spec.instance_id, volume.name)}:{volume.guest_path}"]
+    if spec.config_bundle is not None:
+        secret = bundle_secret_name(spec.instance_id)
+        args += ["--secret", f"{secret},type=mount,target={BUNDLE_GUEST_PATH},mode=0400"]
+    for key, value in spec.env.items():
+        args += ["-e", f"{key}={value}"]
+    return [*args, spec.image.ref, *spec.image.command]
+
+
 class PodmanDriver(ComputeDriver, SupportsExec):
     """Containers on a Podman host (local, or remote through ``podman --url``).
 
@@ -339,48 +368,16 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         return self._to_instance(self._require(spec.instance_id))
 
     def _run_args(self, spec: InstanceSpec) -> list[str]:
-        runtime = str(self.host.settings.get("runtime", "runc"))
         ports_label = json.dumps(
             [[p.name, p.guest_port, p.host_port, p.protocol] for p in spec.ports]
         )
-        args = [
-            "run",
-            "--detach",
-            "--pull=never",
-            "--name",
-            container_name(spec.instance_id),
-            "--label",
-            f"{LABEL_INSTANCE}={spec.instance_id}",
-            "--label",
-            f"{LABEL_MANAGED}=1",
-            "--label",
-            f"{LABEL_PORTS}={ports_label}",
-            "--runtime",
-            runtime,
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=4096:4096",
-            "--cpus",
-            str(spec.vcpus),
-            "--memory",
-            f"{spec.ram_mb}m",
-        ]
-        for port in spec.ports:
-            args += ["-p", f"{self.host.bind_address}:{port.host_port}:{port.guest_port}/tcp"]
-        for mount in spec.files:
-            mode = "ro" if mount.read_only else "rw"
-            args += ["-v", f"{mount.source}:{mount.guest_path}:{mode}"]
-        for volume in spec.volumes:
-            args += ["-v", f"{volume_name(spec.instance_id, volume.name)}:{volume.guest_path}"]
-        if spec.config_bundle is not None:
-            secret = bundle_secret_name(spec.instance_id)
-            args += ["--secret", f"{secret},type=mount,target={BUNDLE_GUEST_PATH},mode=0400"]
-        for key, value in spec.env.items():
-            args += ["-e", f"{key}={value}"]
-        args.append(spec.image.ref)
-        args += list(spec.image.command)
-        return args
+        labels = {
+            LABEL_INSTANCE: spec.instance_id,
+            LABEL_MANAGED: "1",
+            LABEL_PORTS: ports_label,
+        }
+        runtime = str(self.host.settings.get("runtime", "runc"))
+        return run_argv(spec, runtime, self.host.bind_address, labels)
 
     def _check_spec(self, spec: InstanceSpec) -> None:
         """Refuse, before anything is made, what podman would refuse or misparse."""

@@ -123,14 +123,6 @@ def base_volume_names(ref: str) -> BaseVolumes:
 
 
 @dataclass(frozen=True)
-class DomainTypeChoice:
-    """The domain type used on a host and why."""
-
-    domain_type: str  # "kvm" or "qemu"
-    reason: str
-
-
-@dataclass(frozen=True)
 class DiskAttachment:
     path: str
     fmt: str  # "qcow2" or "raw"
