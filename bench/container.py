@@ -4,8 +4,7 @@
     accepts TCP on 127.0.0.1. Timed from just before the API call to the first connect.
 (b) podman: ``podman run -d`` of the same image ref with the flags the container driver uses
     (``container.run_argv``, the function the driver uses), timed from just before
-    ``podman run`` to the first
-    connect on its published port.
+    ``podman run`` to the first connect on its published port.
 """
 
 from __future__ import annotations
