@@ -165,6 +165,7 @@ def test_a_deploy_killed_mid_way_resumes(bm: Platform) -> None:
         time.sleep(1)
     bm.kill()
     bm.start()  # no failpoint: the deploy resumes at boot_ramdisk and goes on
+    deleted = False
     try:
         deadline = time.monotonic() + 900
         while (op := bm.json("operation", "show", accepted["id"]))["status"] not in (
@@ -178,6 +179,11 @@ def test_a_deploy_killed_mid_way_resumes(bm: Platform) -> None:
         assert inst["status"] == "ACTIVE" and inst["compute_type"] == "baremetal"
         active = [n for n in _nodes(bm).values() if n["state"] == "active"]
         assert [n["instance"] for n in active] == ["bm1"]
+        # `--wait` on a bare-metal delete exits 0 and says so (it once compared kind names)
+        out = bm.run("instance", "delete", "bm1", "--wait", timeout=900)
+        assert "deleted bm1" in out.stdout
+        deleted = True
     finally:
-        bm.run("instance", "delete", "bm1", "--wait", timeout=900, check=False)
+        if not deleted:
+            bm.run("instance", "delete", "bm1", "--wait", timeout=900, check=False)
     _wait_nodes(bm, "available", timeout=300)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 from typing import Any
@@ -23,6 +24,16 @@ def _domains() -> set[str]:
         check=True,
     )
     return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+
+
+def _dumpxml(instance_id: str) -> str:
+    return subprocess.run(
+        ["virsh", "-c", "qemu:///system", "dumpxml", f"onep-{instance_id}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
 
 
 def _connect(endpoint: dict[str, Any], user: str, password: str, dbname: str) -> Any:
@@ -141,6 +152,13 @@ def test_plain_vm_instance_lifecycle(platform: Platform) -> None:
         assert stopped["status"] == "SHUTOFF" and stopped["power_state"] == "stopped"
         started = platform.json("instance", "start", "vm1", "--wait", timeout=600)
         assert started["status"] == "ACTIVE"
+        resized = platform.json(
+            "instance", "resize", "vm1", "--flavor", "vm.medium", "--wait", timeout=600
+        )
+        assert (resized["status"], resized["flavor"]) == ("ACTIVE", "vm.medium")
+        assert re.search(r"<vcpu[^>]*>2</vcpu>", _dumpxml(inst["id"]))
+        reset = platform.json("instance", "reboot", "vm1", "--force", "--wait", timeout=600)
+        assert reset["status"] == "ACTIVE"
         console = platform.run("instance", "console", "vm1").stdout
         assert "Linux version" in console or "oneplatform" in console.lower()
     finally:
