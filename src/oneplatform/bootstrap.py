@@ -13,6 +13,7 @@ from oneplatform.baremetal import nodes
 from oneplatform.compute.drivers import driver_class, driver_for
 from oneplatform.compute.hosts import host_ref
 from oneplatform.compute.images import request_build
+from oneplatform.compute.ports import machine_of
 from oneplatform.config import Settings
 from oneplatform.errors import PlatformError
 from oneplatform.iam import ADMIN, Caller
@@ -127,6 +128,7 @@ def _ensure_pool_and_host(
                 name=host_name,
                 pool_id=pool.id,
                 uri=uri,
+                machine=machine_of(uri),
                 bind_address=settings.bind_address,
                 vcpus=inventory.vcpus,
                 ram_mb=inventory.ram_mb,

@@ -116,6 +116,7 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
                 name=req.name,
                 pool_id=pool.id,
                 uri=f"node://{node_id}",
+                machine=node_id,  # its ports are where its port map says
                 bind_address="127.0.0.1",
                 vcpus=0,
                 ram_mb=0,

@@ -4,7 +4,9 @@ speaks, and its compute-type description, filled with what nodes know."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from oneplatform.baremetal.bmc import BmcFactory, register_bmc
@@ -21,7 +23,7 @@ from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import Progress
 from oneplatform.images.recipes import load_recipe
 from oneplatform.schemas.compute import ComputeType
-from oneplatform.store.models import Host, Instance
+from oneplatform.store.models import Host, Instance, Node
 
 
 def _redfish() -> BmcFactory:
@@ -56,7 +58,28 @@ def ports_from_port_map(
                 f"node {host.name!r} has no way to reach guest port {guest_port}",
                 code="no_free_port",
             )
-        ports.record(session, host, instance, name, int(guest_port), int(target["port"]))
+        address = str(target["host"])
+        ports.record(
+            session,
+            host,
+            instance,
+            name,
+            int(guest_port),
+            address,
+            int(target["port"]),
+            machine=ports.machine_of_address(address),
+        )
+
+
+def node_port_targets(session: Session) -> list[tuple[str, str, int]]:
+    """Every enrolled node's port-map targets: held for the node whether it runs or not."""
+    held: list[tuple[str, str, int]] = []
+    maps: list[dict[str, Any]] = list(session.scalars(select(Node.port_map)))
+    for port_map in maps:
+        for target in (port_map or {}).values():
+            address = str(target["host"])
+            held.append((ports.machine_of_address(address), address, int(target["port"])))
+    return held
 
 
 def with_disk_image(
@@ -83,6 +106,7 @@ BAREMETAL = register_compute_type(
         prepare_image=with_disk_image,
         preload_images=False,
         enrolled_hosts=True,
+        held_ports=node_port_targets,
         description="Whole machines behind a BMC (Redfish), deployed through virtual media.",
     )
 )

@@ -10,6 +10,7 @@ from oneplatform.compute.capabilities import CAPABILITY_HELP, Capability
 from oneplatform.compute.drivers import driver_class, driver_for
 from oneplatform.compute.drivers.base import ComputeDriver
 from oneplatform.compute.hosts import host_ref
+from oneplatform.compute.ports import machine_of
 from oneplatform.compute.scheduler import host_states
 from oneplatform.compute.types import registered, spec_for
 from oneplatform.errors import (
@@ -129,6 +130,7 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
                 name=req.name,
                 pool_id=pool.id,
                 uri=req.uri,
+                machine=machine_of(req.uri),
                 bind_address=req.bind_address,
                 vcpus=inventory.vcpus,
                 ram_mb=inventory.ram_mb,

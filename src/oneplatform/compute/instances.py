@@ -48,15 +48,12 @@ from oneplatform.store.models import (
 # -- reading ---------------------------------------------------------------------------------
 def endpoints(session: Session, instance: Instance) -> list[Endpoint]:
     """Where the instance's service ports are reached (none until it is placed)."""
-    host = session.get(Host, instance.host_id) if instance.host_id else None
-    if host is None:
-        return []
     rows = session.scalars(
         select(PortAllocation)
         .where(PortAllocation.instance_id == instance.id)
         .order_by(PortAllocation.name)
     )
-    return [Endpoint(name=p.name, host=host.bind_address, port=p.host_port) for p in rows]
+    return [Endpoint(name=p.name, host=p.address, port=p.host_port) for p in rows]
 
 
 def to_out_instance(session: Session, instance: Instance) -> InstanceOut:

@@ -56,7 +56,7 @@ class Target:
     name: str
     driver: ComputeDriver | None
     ports: tuple[PortMapping, ...]
-    bind_address: str
+    addresses: dict[str, str]  # port name -> the address it is published on
 
     def require_driver(self) -> ComputeDriver:
         if self.driver is None:
@@ -70,16 +70,14 @@ def target(ctx: StepContext) -> Target:
         instance = load_instance(session, ctx)
         check_not_superseded(ctx, INSTANCES, instance)
         if instance.host_id is None:
-            return Target(instance.id, instance.name, None, (), "")
+            return Target(instance.id, instance.name, None, (), {})
         host = session.get_one(Host, instance.host_id)
-        mapped = tuple(
-            PortMapping(p.name, p.guest_port, p.host_port)
-            for p in session.scalars(
-                select(PortAllocation).where(PortAllocation.instance_id == instance.id)
-            )
+        rows = list(
+            session.scalars(select(PortAllocation).where(PortAllocation.instance_id == instance.id))
         )
+        mapped = tuple(PortMapping(p.name, p.guest_port, p.host_port) for p in rows)
         driver = driver_of(session, ctx.settings, host)
-        return Target(instance.id, instance.name, driver, mapped, host.bind_address)
+        return Target(instance.id, instance.name, driver, mapped, {p.name: p.address for p in rows})
 
 
 def set_power(ctx: StepContext, power: PowerState) -> None:
@@ -151,9 +149,9 @@ def step_wait_running(ctx: StepContext) -> None:
 
 
 def step_wait_ports(ctx: StepContext) -> None:
-    """The instance is ready when every service port accepts TCP on the host's address."""
+    """The instance is ready when every service port accepts TCP where it is published."""
     found = target(ctx)
-    closed = [p for p in found.ports if not accepts(found.bind_address, p.host_port)]
+    closed = [p for p in found.ports if not accepts(found.addresses[p.name], p.host_port)]
     if not closed:
         return
     backend = found.require_driver().get(found.instance_id)

@@ -1,39 +1,85 @@
-"""Service ports: each instance port a host port on the host's bind address."""
+"""Service ports: each instance port gets a port on the machine that publishes it.
+
+A port is a property of the machine and the address it is bound on, not of the host row:
+two hosts that publish on the same machine and address (the local Podman and the local
+libvirt both publish on this machine's 127.0.0.1) never get the same port, whatever their
+compute type, and on this machine any port something else holds is skipped.
+"""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from oneplatform.compute.types import registered
 from oneplatform.errors import NoValidHost
 from oneplatform.store.models import Host, Instance, PortAllocation
+
+LOCAL = "local"
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+_LOOPBACK_NAMES = frozenset({"", "localhost", "127.0.0.1", "::1"})
+
+
+def machine_of(uri: str) -> str:
+    """The machine a host URI reaches: ``local`` for this one (``local://``, ``unix://``,
+    ``qemu:///system``), else the URI's host name (``ssh://user@db7/…`` → ``db7``)."""
+    host = (urlsplit(uri).hostname or "").lower()
+    return LOCAL if host in _LOOPBACK_NAMES else host
+
+
+def machine_of_address(address: str) -> str:
+    """The machine an address is on, for ports reached at an address (a node's port map)."""
+    address = address.lower()
+    return LOCAL if address in _LOOPBACK_NAMES or address.startswith("127.") else address
+
+
+def taken(session: Session, machine: str, address: str) -> set[int]:
+    """Ports allocated on ``machine`` that a bind on ``address`` would collide with."""
+    query = select(PortAllocation.host_port).where(PortAllocation.machine == machine)
+    if address not in WILDCARDS:
+        query = query.where(PortAllocation.address.in_([address, *WILDCARDS]))
+    return set(session.scalars(query))
 
 
 def allocate_from_range(
     session: Session, host: Host, instance: Instance, services: Mapping[str, int]
 ) -> None:
-    """Give every service port of the instance a free port of the host's range, unique per
-    host, skipping ports something outside the platform holds (local hosts)."""
-    used = set(
-        session.scalars(select(PortAllocation.host_port).where(PortAllocation.host_id == host.id))
-    )
+    """Give every service port of the instance a free port of the host's range on its
+    machine and bind address. ``held`` ports (a node's port map on the same machine) are
+    skipped, and so, on this machine, is any port something outside the platform holds."""
+    used = taken(session, host.machine, host.bind_address)
+    used |= held_ports(session, host.machine, host.bind_address)
     candidates = (p for p in range(host.port_range_start, host.port_range_end + 1) if p not in used)
     for name, guest_port in sorted(services.items()):
         port = next((p for p in candidates if _bindable(host, p)), None)
         if port is None:
-            raise NoValidHost(f"host {host.name!r} has no free port left", code="no_free_port")
-        record(session, host, instance, name, int(guest_port), port)
+            raise NoValidHost(
+                f"host {host.name!r} has no free port left in "
+                f"{host.port_range_start}-{host.port_range_end} on {host.bind_address}",
+                code="no_free_port",
+            )
+        record(session, host, instance, name, int(guest_port), host.bind_address, port)
 
 
 def record(
-    session: Session, host: Host, instance: Instance, name: str, guest_port: int, host_port: int
+    session: Session,
+    host: Host,
+    instance: Instance,
+    name: str,
+    guest_port: int,
+    address: str,
+    host_port: int,
+    machine: str | None = None,
 ) -> None:
     session.add(
         PortAllocation(
             host_id=host.id,
+            machine=machine or host.machine,
+            address=address,
             host_port=host_port,
             instance_id=instance.id,
             name=name,
@@ -47,11 +93,31 @@ def release(session: Session, instance_id: str) -> None:
     session.execute(delete(PortAllocation).where(PortAllocation.instance_id == instance_id))
 
 
+def held_ports(session: Session, machine: str, address: str) -> set[int]:
+    """Ports that hosts hold on ``machine`` outside any allocation (a node's port map: the
+    lab's nodes forward their ports from this machine), colliding with a bind on
+    ``address``."""
+    held: list[tuple[str, str, int]] = []
+    for spec in registered():
+        held += spec.held_ports(session)
+    return in_use(held, machine, address)
+
+
+def in_use(ports: Iterable[tuple[str, str, int]], machine: str, address: str) -> set[int]:
+    """The ports of ``ports`` (machine, address, port) a bind on ``address`` collides with."""
+    return {
+        port
+        for m, a, port in ports
+        if m == machine and (a == address or a in WILDCARDS or address in WILDCARDS)
+    }
+
+
 def _bindable(host: Host, port: int) -> bool:
-    """On a local host, skip ports that something outside the platform already holds."""
-    if not host.uri.startswith("local"):
+    """On this machine, skip ports that something outside the platform already holds."""
+    if host.machine != LOCAL:
         return True
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host.bind_address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host.bind_address, port))
         except OSError:

@@ -19,7 +19,9 @@ What a description says:
   ``preload_images``: whether an image build makes that format and loads it into every
   host at once (else the first instance on a host waits for it);
 - ``enrolled_hosts``: its hosts come from another resource (nodes), never from
-  ``POST /v1/hosts``.
+  ``POST /v1/hosts``;
+- ``held_ports``: (machine, address, port) its hosts hold outside any allocation (a node's
+  port map), which the port allocator of every compute type skips.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from oneplatform.store.models import Host, Instance
 ClaimFn = Callable[[Session, Host, Instance], None]
 PortsFn = Callable[[Session, Host, Instance, Mapping[str, int]], None]
 HostSettingsFn = Callable[[Session, Settings, Host], Mapping[str, Any]]
+HeldPortsFn = Callable[[Session], list[tuple[str, str, int]]]
 PrepareImageFn = Callable[[Settings, ImageArtifact, Progress], ImageArtifact]
 
 
@@ -50,6 +53,10 @@ def _no_claim(session: Session, host: Host, instance: Instance) -> None:
 
 def _no_host_settings(session: Session, settings: Settings, host: Host) -> Mapping[str, Any]:
     return {}
+
+
+def _nothing_held(session: Session) -> list[tuple[str, str, int]]:
+    return []
 
 
 def _as_built(settings: Settings, artifact: ImageArtifact, progress: Progress) -> ImageArtifact:
@@ -69,6 +76,7 @@ class ComputeTypeSpec:
     prepare_image: PrepareImageFn = _as_built
     preload_images: bool = True
     enrolled_hosts: bool = False
+    held_ports: HeldPortsFn = _nothing_held
     description: str = ""
 
 

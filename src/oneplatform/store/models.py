@@ -100,6 +100,9 @@ class Host(Timestamps, Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id"))
     uri: Mapped[str] = mapped_column(String(255))
+    # The machine the host publishes service ports on ("local" for this one); two hosts on
+    # one machine and address share that machine's ports.
+    machine: Mapped[str] = mapped_column(String(255), default="local")
     bind_address: Mapped[str] = mapped_column(String(64), default="127.0.0.1")
     vcpus: Mapped[int] = mapped_column(Integer)
     ram_mb: Mapped[int] = mapped_column(Integer)
@@ -254,10 +257,17 @@ class DeployToken(Base):
 
 
 class PortAllocation(Base):
+    """A port on a machine's address, held by one instance's service: a property of the
+    machine and address, not of the host row, so hosts that share a machine never collide."""
+
     __tablename__ = "port_allocations"
-    __table_args__ = (UniqueConstraint("host_id", "host_port"),)
+    __table_args__ = (
+        UniqueConstraint("machine", "address", "host_port", name="uq_port_allocations_port"),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"))
+    machine: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str] = mapped_column(String(64))
     host_port: Mapped[int] = mapped_column(Integer)
     instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
     name: Mapped[str] = mapped_column(String(63))
