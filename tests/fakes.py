@@ -46,6 +46,7 @@ from oneplatform.compute.drivers.base import (
     SupportsResize,
     SupportsSnapshot,
     SupportsVirtualMedia,
+    VolumeSpec,
 )
 from oneplatform.dbaas.datastores.base import ConnInfo, UserInfo
 from oneplatform.dbaas.datastores.postgresql import PostgreSQL
@@ -83,15 +84,17 @@ class FakeCloud:
     def __init__(self) -> None:
         self.objects: dict[str, FakeObject] = {}
         self.images: dict[str, set[str]] = {}  # host id -> image refs loaded
+        self.volumes: set[tuple[str, str]] = set()  # (instance id, volume name)
         self.calls: list[tuple[str, str]] = []  # (method, instance or host id)
-        self.failures: dict[str, BaseException] = {}  # method -> raised once
+        self.failures: dict[str, list[BaseException]] = {}  # method -> raised, once each
         self.boot_polls = 0  # get() calls that report "starting" after a start
         self.nodes: dict[str, FakeNode] = {}  # system id -> node
         self.lock = threading.RLock()
 
     # test controls
     def fail_next(self, method: str, error: BaseException) -> None:
-        self.failures[method] = error
+        """The next call of ``method`` raises ``error`` (queued: call again for more)."""
+        self.failures.setdefault(method, []).append(error)
 
     def count(self, method: str) -> int:
         return sum(1 for m, _ in self.calls if m == method)
@@ -99,18 +102,31 @@ class FakeCloud:
     def _enter(self, method: str, ident: str) -> None:
         with self.lock:
             self.calls.append((method, ident))
-            error = self.failures.pop(method, None)
-        if error is not None and not isinstance(error, SimulatedCrash):
+            queued = self.failures.get(method)
+            error = queued.pop(0) if queued else None
+        if error is not None:
             raise error
 
     def crash_after(self, method: str) -> None:
         """The next ``method`` does its work, then the worker "dies" before recording it."""
-        self.failures[f"{method}:after"] = SimulatedCrash(method)
+        self.fail_next(f"{method}:after", SimulatedCrash(method))
 
     def _leave(self, method: str) -> None:
-        error = self.failures.pop(f"{method}:after", None)
-        if error is not None:
-            raise error
+        queued = self.failures.get(f"{method}:after")
+        if queued:
+            raise queued.pop(0)
+
+    def vanish(self, instance_id: str) -> None:
+        """The backend object disappears behind the platform's back (``podman rm -f``); its
+        volumes stay."""
+        obj = self.objects.pop(instance_id)
+        _stop_listening(obj)
+
+    def kill(self, instance_id: str) -> None:
+        """The backend object stops behind the platform's back (``podman kill``)."""
+        obj = self.objects[instance_id]
+        obj.power = PowerState.STOPPED
+        _stop_listening(obj)
 
     def close(self) -> None:
         for obj in list(self.objects.values()):
@@ -154,6 +170,7 @@ class FakeDriver(
     SupportsForcedReboot,
     SupportsBootDevice,
     SupportsVirtualMedia,
+    VolumeSpec,
 ):
     """A driver that keeps its backend in :data:`CLOUD`; idempotent like a real one."""
 
@@ -177,6 +194,7 @@ class FakeDriver(
                 obj = FakeObject(spec.instance_id, self.host.id, spec, vcpus=spec.vcpus)
                 obj.ram_mb = spec.ram_mb
                 CLOUD.objects[spec.instance_id] = obj
+            CLOUD.volumes |= {(spec.instance_id, v.name) for v in spec.volumes}
             obj.power = PowerState.RUNNING
             _listen(obj)
         CLOUD._leave("create")
@@ -232,8 +250,12 @@ class FakeDriver(
         CLOUD._enter("delete", instance_id)
         with CLOUD.lock:
             obj = CLOUD.objects.pop(instance_id, None)
+            CLOUD.volumes = {v for v in CLOUD.volumes if v[0] != instance_id}
         if obj is not None:
             _stop_listening(obj)
+
+    def missing_volumes(self, instance_id: str, volumes: Sequence[VolumeSpec]) -> list[str]:
+        return [v.name for v in volumes if (instance_id, v.name) not in CLOUD.volumes]
 
     def console_log(self, instance_id: str, tail: int = 200) -> str:
         return f"fake console of {instance_id}\n"

@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         description="Emulated bare-metal nodes made by scripts/bmlab.sh; enrolled by `onep up`.",
     )
     health_interval_seconds: float = Field(default=10.0, gt=0)
+    reconcile_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often instances' backends are compared with "
+        "what the platform wants of them (and repaired).",
+    )
+    repair_attempts: int = Field(
+        default=5, ge=1, description="Attempts of one repair before it gives up (ERROR)."
+    )
+    repair_backoff_seconds: float = Field(
+        default=2.0, gt=0, description="Wait after a failed repair attempt, doubled each time."
+    )
     failpoint: str | None = Field(
         default=None,
         description="Testing only: 'KIND:STEP' makes a worker hang after that step's work is "

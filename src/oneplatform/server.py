@@ -14,6 +14,7 @@ from oneplatform import iam
 from oneplatform.api.app import create_app
 from oneplatform.api.deps import Platform
 from oneplatform.bootstrap import enroll_lab_nodes, ensure_defaults, ensure_images
+from oneplatform.compute.reconciler import run_reconciler
 from oneplatform.config import Settings
 from oneplatform.dbaas.health import run_health_checker
 from oneplatform.ops.engine import Worker
@@ -74,9 +75,8 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str]], None]) 
     builds = ensure_images(store)
     stop = threading.Event()
     start_workers(store, settings, settings.workers, stop)
-    threading.Thread(
-        target=run_health_checker, args=(store, settings, stop), name="health", daemon=True
-    ).start()
+    for loop, name in ((run_health_checker, "health"), (run_reconciler, "reconciler")):
+        threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
     app = create_app(Platform(store, settings))
     announce(url, str(settings.home), builds)
     try:

@@ -5,227 +5,34 @@ after the backend did its work (the next worker resumes without making a second 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import random
-import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 
-from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
-from oneplatform.baremetal.bmc import register_bmc
 from oneplatform.compute import instances
-from oneplatform.compute.drivers import register_driver, unregister_driver
 from oneplatform.compute.images import request_build
-from oneplatform.config import Settings
 from oneplatform.dbaas import service as dbaas
-from oneplatform.dbaas.datastores import DATASTORES
 from oneplatform.errors import BackendError
-from oneplatform.iam import MEMBER, Caller
-from oneplatform.images import baremetal as disk_formats
-from oneplatform.images.builder import rootfs_path, vm_image_path
-from oneplatform.images.deploy_agent import DeployStatus
-from oneplatform.images.recipes import load_recipe
 from oneplatform.ops.engine import Worker
-from oneplatform.ops.kinds import OPEN, all_kinds
-from oneplatform.schemas.compute import ComputeType, PowerState
-from oneplatform.schemas.databases import DbInstanceCreate, DbUserSpec
-from oneplatform.schemas.instances import InstanceCreate
-from oneplatform.schemas.nodes import NodeEnroll, PortTarget
-from oneplatform.store.db import Store
+from oneplatform.ops.kinds import all_kinds
+from oneplatform.schemas.databases import DbInstanceCreate
 from oneplatform.store.models import (
     DbInstance,
-    Event,
-    Flavor,
     Host,
     Image,
-    Instance,
     Node,
     Operation,
-    Pool,
     PortAllocation,
-    utcnow,
 )
-from tests.factories import caller_for, make_project, make_ready_image
 from tests.fakes import (
     CLOUD,
-    FakeAgent,
-    FakeDriver,
-    FakeNode,
-    FakePostgreSQL,
-    FakeVmDriver,
     SimulatedCrash,
-    fake_bmc_factory,
 )
+from tests.world import World
 
 IMAGE = "postgresql-15"
 LATER = dt.timedelta(seconds=5)
-
-
-@dataclass
-class World:
-    store: Store
-    settings: Settings
-    admin: Caller
-    member: Caller
-    pg: FakePostgreSQL
-    disk_sha: str
-    port_base: int
-
-    # -- driving operations ----------------------------------------------------------------
-    def drive(self, op_id: str, rounds: int = 400) -> Operation:
-        """Run workers until ``op_id`` ends, letting time pass between polls."""
-        worker = Worker(self.store, self.settings, "test-worker")
-        for _ in range(rounds):
-            worker.run_once()
-            with self.store.session() as session:
-                op = session.get_one(Operation, op_id)
-                if op.status not in OPEN:
-                    session.expunge(op)
-                    return op
-                # time passes: every wait shortens, and the longest waiting goes first
-                for waiting in session.scalars(select(Operation).where(Operation.status.in_(OPEN))):
-                    waiting.not_before -= LATER
-        with self.store.session() as session:
-            op = session.get_one(Operation, op_id)
-            where = [(s["name"], s["status"], s["message"]) for s in op.steps]
-            where += [
-                (o.kind, o.error_message)
-                for o in session.scalars(select(Operation).where(Operation.status == "FAILED"))
-            ][:3]
-            where += [
-                (o.kind, [(s["name"], s["status"], s["message"]) for s in o.steps])
-                for o in session.scalars(select(Operation).where(Operation.status.in_(OPEN)))
-            ]
-        raise AssertionError(f"operation {op.kind} did not end in {rounds} rounds: {where}")
-
-    def drive_all(self) -> None:
-        with self.store.session() as session:
-            ids = list(session.scalars(select(Operation.id).where(Operation.status.in_(OPEN))))
-        for op_id in ids:
-            self.drive(op_id)
-
-    def crash_over(self) -> None:
-        """A worker died: its leases expire and its waits are over."""
-        with self.store.session() as session:
-            session.execute(
-                update(Operation)
-                .where(Operation.status.in_(OPEN))
-                .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1), not_before=utcnow())
-            )
-
-    # -- reading ---------------------------------------------------------------------------
-    def instance(self, ident: str) -> Instance:
-        with self.store.session() as session:
-            row = session.scalars(
-                select(Instance).where((Instance.id == ident) | (Instance.name == ident))
-            ).one()
-            session.expunge(row)
-            return row
-
-    def node(self, name: str) -> Node:
-        with self.store.session() as session:
-            row = session.scalars(select(Node).where(Node.name == name)).one()
-            session.expunge(row)
-            return row
-
-    def events(self, resource_id: str) -> list[tuple[str | None, str]]:
-        with self.store.session() as session:
-            rows = session.scalars(
-                select(Event).where(Event.resource_id == resource_id).order_by(Event.id)
-            )
-            return [(e.from_status, e.to_status) for e in rows]
-
-    def create(self, name: str, flavor: str) -> tuple[str, str]:
-        accepted = instances.create_instance(
-            self.store, self.member, InstanceCreate(name=name, flavor=flavor, image=IMAGE)
-        )
-        return accepted.instance.id, accepted.operation.id
-
-
-def _plant_image_formats(settings: Settings) -> str:
-    """The cached artifacts a build would have made: the rootfs, the VM files, the whole
-    disk with its sha256. Returns the disk's sha256."""
-    recipe = load_recipe(IMAGE)
-    cache = settings.images_dir
-    cache.mkdir(parents=True, exist_ok=True)
-    rootfs_path(recipe, cache).write_bytes(b"rootfs")
-    vm = vm_image_path(recipe, cache)
-    for path in (vm.disk, vm.kernel, vm.initrd):
-        path.write_bytes(b"vm")
-    disk = disk_formats.disk_image_path(recipe, cache)
-    content = b"whole disk".ljust(4096, b"\0")  # a whole number of sectors
-    disk.write_bytes(content)
-    digest = hashlib.sha256(content).hexdigest()
-    disk.with_name(f"{disk.name}.sha256").write_text(f"{digest}  {disk.name}\n")
-    return digest
-
-
-def _fake_iso(cache_dir: Path, url: str, iso: Path, progress: object = None) -> Path:
-    iso.parent.mkdir(parents=True, exist_ok=True)
-    iso.write_text(url)
-    return iso
-
-
-@pytest.fixture
-def world(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    CLOUD.__init__()  # type: ignore[misc]
-    register_driver(ComputeType.CONTAINER, "fake", lambda: FakeDriver)
-    register_driver(ComputeType.VM, "fake", lambda: FakeVmDriver)
-    register_bmc("fake", fake_bmc_factory)
-    pg = FakePostgreSQL()
-    monkeypatch.setitem(DATASTORES, "postgresql", pg)
-    monkeypatch.setattr(disk_formats, "build_deploy_iso", _fake_iso)
-    settings.ready_timeout_seconds = 30
-    disk_sha = _plant_image_formats(settings)
-    base = random.randrange(30000, 60000, 100)
-    with store.session() as session:
-        admin_project, project = make_project(session, "admin"), make_project(session)
-        make_ready_image(session, IMAGE)
-        for ct, pool_name in (("container", "containers"), ("vm", "vms")):
-            pool = Pool(name=pool_name, compute_type=ct, settings={"driver": "fake"})
-            session.add(pool)
-            session.flush()
-            start = base if ct == "container" else base + 50
-            session.add(
-                Host(
-                    name=f"{ct}-host",
-                    pool_id=pool.id,
-                    uri=f"fake://{ct}",
-                    vcpus=8,
-                    ram_mb=16384,
-                    disk_gb=500,
-                    traits=[],
-                    port_range_start=start,
-                    port_range_end=start + 49,
-                )
-            )
-        session.add(Pool(name="baremetal", compute_type="baremetal", settings={}))
-        for name, ct, vcpus, ram in (
-            ("container.small", "container", 1, 512),
-            ("container.large", "container", 4, 4096),
-            ("vm.small", "vm", 1, 1024),
-            ("vm.medium", "vm", 2, 2048),
-            ("baremetal.small", "baremetal", 1, 1024),
-        ):
-            session.add(
-                Flavor(name=name, compute_type=ct, vcpus=vcpus, ram_mb=ram, disk_gb=4, traits=[])
-            )
-        admin = caller_for(admin_project)
-        member = caller_for(project, MEMBER)
-    try:
-        yield World(store, settings, admin, member, pg, disk_sha, base)
-    finally:
-        for node in CLOUD.nodes.values():
-            node.shut_down()
-        CLOUD.close()
-        unregister_driver(ComputeType.CONTAINER, "fake")
-        unregister_driver(ComputeType.VM, "fake")
 
 
 # -- instances on containers and VMs --------------------------------------------------------------
@@ -387,45 +194,9 @@ def test_image_build_loads_every_preloading_host(world: World) -> None:
 
 
 # -- nodes and bare metal ------------------------------------------------------------------------
-def _enroll(world: World, name: str, password: str = "secret", provide: bool = True) -> str:
-    guest = {"5432": world.port_base + 90, "8471": world.port_base + 91}
-    CLOUD.nodes[name] = FakeNode(system_id=name)
-    req = NodeEnroll(
-        provide=provide,
-        name=name,
-        bmc_protocol="fake",
-        bmc_address="fake://bmc",
-        bmc_system_id=name,
-        bmc_username="admin",
-        bmc_password=password,
-        port_map={g: PortTarget(host="127.0.0.1", port=p) for g, p in guest.items()},
-    )
-    return node_service.enroll(world.store, world.settings, world.admin, req).operation.id
-
-
-def _play_the_ramdisk(world: World, node: FakeNode, fail_at: str | None = None) -> None:
-    """What the deploy ramdisk does once booted: fetch, write, report, power off."""
-
-    def on_media_boot(fake: FakeNode, url: str) -> None:
-        token = url.split("/v1/deploy/")[1].split("/")[0]
-        manifest = media.render_manifest(world.store, world.settings, token)
-        assert manifest is not None
-        if "mode=clean" in manifest:
-            report = DeployStatus(status="ok", stage="done", extra={"mode": "clean"})
-        elif fail_at:
-            report = DeployStatus(status="error", stage=fail_at, message="disk vanished")
-        else:
-            fake.bundle = media.bundle_text(world.store, world.settings, token)
-            report = DeployStatus(status="ok", stage="done", sha256=world.disk_sha)
-        assert media.record_status(world.store, world.settings, token, report.render().encode())
-        fake.power = PowerState.STOPPED
-
-    node.on_media_boot = on_media_boot
-
-
 def test_enroll_verifies_inspects_and_cleans_a_node(world: World) -> None:
-    op_id = _enroll(world, "n1")
-    _play_the_ramdisk(world, CLOUD.nodes["n1"])
+    op_id = world.enroll("n1")
+    world.play_the_ramdisk(CLOUD.nodes["n1"])
     op = world.drive(op_id)
     assert (op.status, op.intent, op.kind) == ("SUCCEEDED", "create", "node.enroll_provide")
     node = world.node("n1")
@@ -438,7 +209,7 @@ def test_enroll_verifies_inspects_and_cleans_a_node(world: World) -> None:
 
 
 def test_a_node_with_wrong_credentials_fails_to_verify(world: World) -> None:
-    op = world.drive(_enroll(world, "n1", password="wrong"))
+    op = world.drive(world.enroll("n1", password="wrong"))
     assert op.status == "FAILED"
     node = world.node("n1")
     assert node.state == "verify failed" and "refused the credentials" in node.last_error
@@ -451,37 +222,22 @@ def test_a_node_with_wrong_credentials_fails_to_verify(world: World) -> None:
 
 
 def test_inspect_and_provide_from_manageable(world: World) -> None:
-    world.drive(_enroll(world, "n1", provide=False))
+    world.drive(world.enroll("n1", provide=False))
     assert world.node("n1").state == "manageable"
     inspect = node_service.act(world.store, world.admin, "n1", "inspect")
     assert world.drive(inspect.operation.id).status == "SUCCEEDED"
-    _play_the_ramdisk(world, CLOUD.nodes["n1"])
+    world.play_the_ramdisk(CLOUD.nodes["n1"])
     provide = node_service.act(world.store, world.admin, "n1", "provide")
     assert world.drive(provide.operation.id).status == "SUCCEEDED"
     assert world.node("n1").state == "available"
 
 
-def _serve_on_disk_boot(world: World, node: FakeNode) -> None:
-    """What the deployed disk does when it boots: the engine and the agent listen where the
-    node's port map says."""
-
-    def on_disk_boot(fake: FakeNode) -> None:
-        assert fake.bundle is not None
-        engine = socket.socket()
-        engine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        engine.bind(("127.0.0.1", world.port_base + 90))
-        engine.listen(4)
-        fake.services = [engine, FakeAgent(world.port_base + 91, json.loads(fake.bundle))]
-
-    node.on_disk_boot = on_disk_boot
-
-
 def test_a_database_on_bare_metal_deploys_then_cleans_the_node(world: World) -> None:
-    enrolled = _enroll(world, "n1")
+    enrolled = world.enroll("n1")
     fake = CLOUD.nodes["n1"]
-    _play_the_ramdisk(world, fake)
+    world.play_the_ramdisk(fake)
     world.drive(enrolled)
-    _serve_on_disk_boot(world, fake)
+    world.serve_on_disk_boot(fake)
     created = dbaas.create_db(
         world.store,
         world.settings,
@@ -505,10 +261,10 @@ def test_a_database_on_bare_metal_deploys_then_cleans_the_node(world: World) -> 
 
 
 def test_a_failed_deploy_fails_the_node_and_the_instance(world: World) -> None:
-    enrolled = _enroll(world, "n1")
-    _play_the_ramdisk(world, CLOUD.nodes["n1"])
+    enrolled = world.enroll("n1")
+    world.play_the_ramdisk(CLOUD.nodes["n1"])
     world.drive(enrolled)
-    _play_the_ramdisk(world, CLOUD.nodes["n1"], fail_at="write")
+    world.play_the_ramdisk(CLOUD.nodes["n1"], fail_at="write")
     iid, op_id = world.create("bm1", "baremetal.small")
     op = world.drive(op_id)
     assert (op.status, op.error_code) == ("FAILED", "deploy_failed")
@@ -516,37 +272,22 @@ def test_a_failed_deploy_fails_the_node_and_the_instance(world: World) -> None:
     node = world.node("n1")
     assert node.state == "deploy failed" and "disk vanished" in node.last_error
     # deleting the instance cleans the node and makes it available again
-    _play_the_ramdisk(world, CLOUD.nodes["n1"])
+    world.play_the_ramdisk(CLOUD.nodes["n1"])
     delete = instances.delete_instance(world.store, world.member, "bm1")
     assert world.drive(delete.operation.id).status == "SUCCEEDED"
     assert world.node("n1").state == "available"
 
 
 # -- databases -------------------------------------------------------------------------------------
-def _db(world: World, name: str = "pg1", flavor: str = "container.small") -> str:
-    accepted = dbaas.create_db(
-        world.store,
-        world.settings,
-        world.member,
-        DbInstanceCreate(
-            name=name,
-            flavor=flavor,
-            databases=["app"],
-            users=[DbUserSpec(name="alice", password="S3cret-pass", databases=["app"])],
-        ),
-    )
-    return accepted.instance.id
-
-
 def test_db_create_initializes_then_restart_and_delete(world: World) -> None:
-    db_id = _db(world)
+    db_id = world.create_db()
     world.drive_all()
     out = dbaas.get_db(world.store, world.member, "pg1")
     assert (out.status, out.health) == ("ACTIVE", "HEALTHY")
     assert world.pg.databases == {"app"} and world.pg.users["alice"][1] == {"app"}
     with world.store.session() as session:
         assert session.get_one(DbInstance, db_id).pending_enc is None  # passwords forgotten
-    restart = dbaas.restart_db(world.store, world.member, "pg1")
+    restart = dbaas.restart_db(world.store, world.settings, world.member, "pg1")
     assert world.drive(restart.operation.id).status == "SUCCEEDED"
     (obj,) = CLOUD.objects.values()
     assert obj.agent is not None and obj.agent.restarts == 1
@@ -560,7 +301,7 @@ def test_db_create_initializes_then_restart_and_delete(world: World) -> None:
 
 def test_db_create_fails_when_its_compute_fails(world: World) -> None:
     CLOUD.fail_next("create", BackendError("the host is full"))
-    db_id = _db(world)
+    db_id = world.create_db()
     world.drive_all()
     with world.store.session() as session:
         db = session.get_one(DbInstance, db_id)
@@ -575,6 +316,7 @@ def test_every_operation_kind_is_driven_by_this_module() -> None:
         "instance.reboot",
         "instance.resize",
         "instance.snapshot",
+        "instance.repair",
         "instance.delete",
         "instance.create.baremetal",
         "instance.delete.baremetal",

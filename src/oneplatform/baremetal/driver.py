@@ -10,7 +10,7 @@ for a power state). It reaches the node's BMC through the protocol its host sett
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from oneplatform.baremetal.bmc import Bmc, BootDevice, NodeInventory, PowerAction, open_bmc
@@ -24,6 +24,7 @@ from oneplatform.compute.drivers.base import (
     SupportsBootDevice,
     SupportsForcedReboot,
     SupportsVirtualMedia,
+    VolumeSpec,
 )
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import ComputeType, PowerState
@@ -129,6 +130,10 @@ class BaremetalDriver(
         return "(the BMC offers no console log over Redfish; see the node's serial console)\n"
 
     def list_instances(self) -> list[BackendInstance]:
+        return []
+
+    def missing_volumes(self, instance_id: str, volumes: Sequence[VolumeSpec]) -> list[str]:
+        """A node's data partition is on its own disk, wiped only by cleaning (at delete)."""
         return []
 
     # -- capabilities ----------------------------------------------------------------------

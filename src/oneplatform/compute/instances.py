@@ -304,6 +304,17 @@ def exec_in(
     return ExecOut(exit_code=result.exit_code, output=result.output)
 
 
+def missing_volumes(store: Store, settings: Settings, instance_id: str) -> list[str]:
+    """The instance's data volumes its host no longer has (asks the backend)."""
+    with store.session() as session:
+        instance = session.get_one(Instance, instance_id)
+        if instance.host_id is None:
+            return []
+        driver = driver_of(session, settings, _placed_host(session, instance))
+        volumes = [VolumeSpec(**v) for v in instance.volumes or ()]
+    return driver.missing_volumes(instance_id, volumes)
+
+
 def _placed_host(session: Session, instance: Instance) -> Host:
     if instance.host_id is None:
         raise Conflict(f"instance {instance.name!r} has no host yet", code="invalid_state")

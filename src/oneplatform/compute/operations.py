@@ -226,6 +226,47 @@ def step_snapshot(ctx: StepContext) -> None:
     cast(SupportsSnapshot, found.require_driver()).snapshot(found.instance_id, ctx.params["name"])
 
 
+# -- repair --------------------------------------------------------------------------------
+def step_repair(ctx: StepContext) -> None:
+    """Bring the backend back to running: start a stopped or crashed one, recreate a vanished
+    one from the instance's spec on its own data volumes (never on new, empty ones).
+    A backend that refuses is retried with backoff; after ``repair_attempts`` the repair
+    gives up with the last error."""
+    found = target(ctx)
+    driver = found.require_driver()
+    try:
+        _repair(ctx, driver, found)
+    except BackendError as err:
+        attempts = int(ctx.params.get("attempts", 0)) + 1
+        ctx.remember(attempts=attempts, last_error=err.message)
+        if attempts >= ctx.settings.repair_attempts:
+            raise PlatformError(
+                f"gave up after {attempts} attempts: {err.message}", code="repair_failed"
+            ) from None
+        backoff = min(ctx.settings.repair_backoff_seconds * 2 ** (attempts - 1), 300.0)
+        raise NotYet(f"attempt {attempts} failed: {err.message}", retry_after=backoff) from None
+
+
+def _repair(ctx: StepContext, driver: ComputeDriver, found: Target) -> None:
+    backend = driver.get(found.instance_id)
+    if backend is None:
+        with ctx.store.session() as session:
+            volumes = [VolumeSpec(**v) for v in load_instance(session, ctx).volumes or ()]
+        missing = driver.missing_volumes(found.instance_id, volumes)
+        if missing:
+            raise PlatformError(
+                f"the backend object and the data volume(s) {', '.join(missing)} of instance "
+                f"{found.name!r} are gone: recreating it would start on empty storage",
+                code="data_volume_gone",
+            )
+        ctx.progress("the backend object is gone: recreating it on its data volumes")
+        step_image(ctx)
+        step_create(ctx)
+    elif backend.power_state is not PowerState.RUNNING:
+        ctx.progress(f"the backend is {backend.backend_state}: starting it")
+        driver.start(found.instance_id)
+
+
 # -- delete --------------------------------------------------------------------------------
 def step_delete_backend(ctx: StepContext) -> None:
     found = target(ctx)
@@ -295,6 +336,18 @@ INSTANCE_RESIZE = define(
     ("finish", ACTIVE),
     on_failure=FAIL,
     description="Change vCPUs and RAM in place (compute types with the resize capability).",
+)
+INSTANCE_REPAIR = define(
+    "instance.repair",
+    "instance",
+    Intent.ACTION,
+    ("repair", step_repair),
+    ("wait_running", step_wait_running),
+    ("wait_ports", step_wait_ports),
+    ("finish", become(INSTANCES, load_instance, InstanceStatus.ACTIVE, "repaired")),
+    on_failure=FAIL,
+    description="Start a stopped or crashed backend, or recreate a vanished one on its data "
+    "volumes (the reconciler, and restarts of databases whose compute is down).",
 )
 INSTANCE_DELETE = define(
     "instance.delete",

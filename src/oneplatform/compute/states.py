@@ -15,6 +15,7 @@ class InstanceStatus(enum.StrEnum):
     STARTING = "STARTING"
     REBOOT = "REBOOT"
     RESIZE = "RESIZE"
+    REPAIR = "REPAIR"
     DELETING = "DELETING"
     DELETED = "DELETED"
     ERROR = "ERROR"
@@ -29,18 +30,21 @@ INSTANCES: StateMachine[InstanceStatus] = StateMachine(
     transitions={
         S.BUILD: frozenset({S.ACTIVE, S.ERROR, S.DELETING}),
         S.ACTIVE: frozenset(
-            {S.STOPPING, S.REBOOT, S.RESIZE, S.DELETING, S.ERROR, S.SHUTOFF, S.UNKNOWN}
+            {S.STOPPING, S.REBOOT, S.RESIZE, S.REPAIR, S.DELETING, S.ERROR, S.SHUTOFF, S.UNKNOWN}
         ),
         S.STOPPING: frozenset({S.SHUTOFF, S.ERROR, S.DELETING}),
-        S.SHUTOFF: frozenset({S.STARTING, S.RESIZE, S.DELETING, S.ACTIVE, S.ERROR, S.UNKNOWN}),
+        S.SHUTOFF: frozenset(
+            {S.STARTING, S.RESIZE, S.REPAIR, S.DELETING, S.ACTIVE, S.ERROR, S.UNKNOWN}
+        ),
         S.STARTING: frozenset({S.ACTIVE, S.ERROR, S.DELETING}),
         S.REBOOT: frozenset({S.ACTIVE, S.ERROR, S.DELETING}),
         S.RESIZE: frozenset({S.ACTIVE, S.ERROR, S.DELETING}),
+        S.REPAIR: frozenset({S.ACTIVE, S.ERROR, S.DELETING}),
         S.DELETING: frozenset({S.DELETED, S.ERROR}),
         S.ERROR: frozenset(
-            {S.DELETING, S.STARTING, S.STOPPING, S.REBOOT, S.RESIZE, S.ACTIVE, S.SHUTOFF}
+            {S.DELETING, S.STARTING, S.STOPPING, S.REBOOT, S.RESIZE, S.REPAIR, S.ACTIVE, S.SHUTOFF}
         ),
-        S.UNKNOWN: frozenset({S.ACTIVE, S.SHUTOFF, S.ERROR, S.DELETING}),
+        S.UNKNOWN: frozenset({S.ACTIVE, S.SHUTOFF, S.REPAIR, S.ERROR, S.DELETING}),
         S.DELETED: frozenset(),
     },
     stable=frozenset({S.ACTIVE, S.SHUTOFF, S.ERROR, S.UNKNOWN, S.DELETED}),

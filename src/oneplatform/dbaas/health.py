@@ -1,21 +1,30 @@
-"""The health checker: refreshes each database instance's engine health from its agent."""
+"""The health checker: refreshes each database instance's engine health from its agent.
+
+When the agent of an ACTIVE database cannot be reached, the checker asks the compute
+reconciler to look at its compute instance at once (not at its next round), so a killed
+container or VM is repaired within seconds. While the compute is being repaired the health
+reads ``STARTING``; a compute whose repair gave up takes its database to ``ERROR`` with the
+reason, from which ``onep db restart`` recovers it.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from oneplatform.compute.reconciler import reconcile_once
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
-from oneplatform.dbaas.reach import agent_client, compute_status, reach
-from oneplatform.dbaas.states import DbStatus, Health
+from oneplatform.dbaas.reach import agent_client, reach
+from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.errors import PlatformError
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
-from oneplatform.store.models import DbInstance, utcnow
+from oneplatform.store.models import DbInstance, Instance, utcnow
 
 log = logging.getLogger(__name__)
 ENGINE_HEALTH = {
@@ -26,25 +35,43 @@ ENGINE_HEALTH = {
 }
 
 
-def probe(store: Store, settings: Settings, db_id: str) -> tuple[Health, str]:
+@dataclass(frozen=True)
+class Probe:
+    db_id: str
+    health: Health
+    message: str
+    compute: InstanceStatus | None = None
+    compute_message: str = ""
+    unreachable: bool = False  # the agent did not answer: its compute may be down
+
+
+def probe(store: Store, settings: Settings, db_id: str) -> Probe:
     """Ask the agent; map what it says (or its silence) to a Health."""
     with store.session() as session:
         db = session.get_one(DbInstance, db_id)
-        status = compute_status(session, db)
+        instance = session.get(Instance, db.instance_id) if db.instance_id else None
+        status = InstanceStatus(instance.status) if instance else None
+        message = instance.status_message if instance else ""
         if status in (InstanceStatus.SHUTOFF, InstanceStatus.STOPPING):
-            return Health.SHUTDOWN, "the compute instance is stopped"
+            return Probe(db_id, Health.SHUTDOWN, "the compute instance is stopped", status)
+        if status is InstanceStatus.REPAIR:
+            return Probe(db_id, Health.STARTING, f"compute {message}", status)
+        if status is InstanceStatus.ERROR:
+            return Probe(db_id, Health.FAILED, f"compute: {message}", status, message)
         try:
             r = reach(session, db, box_for(settings))
         except PlatformError as err:
-            return Health.UNKNOWN, err.message
+            return Probe(db_id, Health.UNKNOWN, err.message, status)
     try:
         answer = agent_client(r, timeout=3.0).health()
     except PlatformError as err:
-        return Health.UNKNOWN, f"agent did not answer: {err.message}"
+        return Probe(
+            db_id, Health.UNKNOWN, f"agent did not answer: {err.message}", status, "", True
+        )
     health = ENGINE_HEALTH.get(answer.engine, Health.UNKNOWN)
     if health is Health.HEALTHY and not answer.ready:
         health = Health.STARTING
-    return health, answer.detail[:500]
+    return Probe(db_id, health, answer.detail[:500], status)
 
 
 def check_once(store: Store, settings: Settings) -> int:
@@ -61,14 +88,41 @@ def check_once(store: Store, settings: Settings) -> int:
     if not ids:
         return 0
     with ThreadPoolExecutor(max_workers=min(8, len(ids))) as pool:
-        results = list(pool.map(lambda i: (i, probe(store, settings, i)), ids))
-    with store.session() as session:
-        for db_id, (health, message) in results:
-            db = session.get_one(DbInstance, db_id)
-            if db.health != health.value:
-                log.info("database instance %s health %s -> %s", db.name, db.health, health)
-            db.health, db.health_message, db.health_checked_at = health.value, message, utcnow()
+        results = list(pool.map(lambda i: probe(store, settings, i), ids))
+    _record(store, results)
+    _repair_unreachable(store, settings, results)
     return len(ids)
+
+
+def _record(store: Store, results: list[Probe]) -> None:
+    with store.session() as session:
+        for result in results:
+            db = session.get_one(DbInstance, result.db_id)
+            if db.health != result.health.value:
+                log.info("database instance %s health %s -> %s", db.name, db.health, result.health)
+            db.health, db.health_message = result.health.value, result.message
+            db.health_checked_at = utcnow()
+            if result.compute is InstanceStatus.ERROR and db.status == DbStatus.ACTIVE.value:
+                DATABASES.move(
+                    session,
+                    db,
+                    DbStatus.ERROR,
+                    f"its compute instance failed: {result.compute_message}",
+                )
+
+
+def _repair_unreachable(store: Store, settings: Settings, results: list[Probe]) -> None:
+    """Have the reconciler look at once at the compute of every agent that did not answer."""
+    with store.session() as session:
+        instance_ids = [
+            db.instance_id
+            for r in results
+            if r.unreachable
+            and (db := session.get_one(DbInstance, r.db_id)).status == DbStatus.ACTIVE.value
+            and db.instance_id
+        ]
+    if instance_ids:
+        reconcile_once(store, settings, only=instance_ids)
 
 
 def run_health_checker(store: Store, settings: Settings, stop: threading.Event) -> None:

@@ -6,15 +6,18 @@ import contextlib
 import json
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from oneplatform.compute.instances import request_delete
+from oneplatform.compute.operations import INSTANCE_REPAIR
+from oneplatform.compute.reconciler import RECOVERABLE, request_repair
 from oneplatform.compute.states import InstanceStatus
-from oneplatform.dbaas.reach import agent_client, compute_status, reach
+from oneplatform.dbaas.reach import Reach, agent_client, compute_status, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.errors import AlreadyExists, BackendUnavailable, NotYet, PlatformError
 from oneplatform.ops.engine import StepContext
-from oneplatform.ops.kinds import Intent, OperationKind, StepFn
+from oneplatform.ops.kinds import OPEN, Intent, OperationKind, StepFn
 from oneplatform.ops.steps import (
     check_not_superseded,
     deadline,
@@ -23,7 +26,7 @@ from oneplatform.ops.steps import (
     wait_for_others,
 )
 from oneplatform.secrets import SecretBox, box_for
-from oneplatform.store.models import DbInstance, Instance, utcnow
+from oneplatform.store.models import DbInstance, Instance, Operation, utcnow
 
 
 def load_db(session: Session, ctx: StepContext) -> DbInstance:
@@ -129,7 +132,66 @@ def step_delete_compute(ctx: StepContext) -> None:
 
 
 # -- restart -----------------------------------------------------------------------------------
+def step_restart_compute(ctx: StepContext) -> None:
+    """Make sure the compute runs: when its agent does not answer (or the compute is down
+    or failed), repair the compute instance and wait for it; an engine restart is not
+    needed after that (the engine has just started)."""
+    repair_id = ctx.params.get("repair")
+    with ctx.store.session() as session:
+        db = _db(session, ctx)
+        instance = session.get_one(Instance, db.instance_id)
+        status, message = InstanceStatus(instance.status), instance.status_message
+        if repair_id is None and status is InstanceStatus.ACTIVE:
+            r = reach(session, db, box_for(ctx.settings))
+    if repair_id is None:
+        if status is InstanceStatus.ACTIVE and _agent_answers(r):
+            return
+        why = "restart requested: the guest agent does not answer"
+        repair_id = request_repair(ctx.store, instance.id, why, RECOVERABLE)
+        if repair_id is None:
+            raise PlatformError(
+                f"the compute instance is {status}: {message}", code="invalid_state"
+            )
+        ctx.remember(repair=repair_id)
+    _wait_for_repair(ctx, repair_id)
+
+
+def _open_repair(ctx: StepContext, instance_id: str) -> str | None:
+    """The repair the reconciler already started on the instance, if one runs."""
+    with ctx.store.session() as session:
+        return session.scalars(
+            select(Operation.id).where(
+                Operation.resource_id == instance_id,
+                Operation.kind == INSTANCE_REPAIR.name,
+                Operation.status.in_(OPEN),
+            )
+        ).first()
+
+
+def _agent_answers(r: Reach) -> bool:
+    try:
+        agent_client(r, timeout=5.0).health()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def _wait_for_repair(ctx: StepContext, repair_id: str) -> None:
+    with ctx.store.session() as session:
+        op = session.get_one(Operation, repair_id)
+        status, error = op.status, op.error_message
+    if status == "SUCCEEDED":
+        return
+    if status == "FAILED":
+        raise PlatformError(f"the compute could not be repaired: {error}", code="compute_failed")
+    deadline(ctx, "the repair of the compute", ctx.settings.ready_timeout_seconds * 2)
+    raise NotYet(f"repairing the compute ({repair_id[:8]})", retry_after=1.0)
+
+
 def step_restart(ctx: StepContext) -> None:
+    """Restart the engine through the agent (not after a repair: it has just started)."""
+    if ctx.params.get("repair"):
+        return
     with ctx.store.session() as session:
         r = reach(session, _db(session, ctx), box_for(ctx.settings))
     agent_client(r, timeout=ctx.settings.ready_timeout_seconds).restart_engine()
@@ -157,6 +219,7 @@ DB_DELETE = _kind(
 DB_RESTART = _kind(
     "db.restart",
     Intent.ACTION,
+    ("compute", step_restart_compute),
     ("restart", step_restart),
     ("agent", step_agent),
     ("finish", _become(DbStatus.ACTIVE, Health.HEALTHY)),

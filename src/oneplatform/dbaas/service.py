@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
-from oneplatform.compute.instances import endpoints, place_instance
+from oneplatform.compute.instances import endpoints, missing_volumes, place_instance
 from oneplatform.config import Settings
 from oneplatform.dbaas import operations as ops
 from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
@@ -239,8 +239,12 @@ def delete_db(store: Store, caller: Caller, ident: str) -> DbInstanceAccepted:
         return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
 
 
-def restart_db(store: Store, caller: Caller, ident: str) -> DbInstanceAccepted:
-    """Restart the engine through the guest agent."""
+def restart_db(store: Store, settings: Settings, caller: Caller, ident: str) -> DbInstanceAccepted:
+    """Restart the engine; when its compute is down or failed, repair the compute first.
+
+    Works from ERROR too, as long as the data volume exists: a database whose data is gone
+    is not brought back on empty storage (409 ``data_volume_gone``).
+    """
     with store.session() as session:
         db = find_db(session, caller, ident)
         if db.status not in (DbStatus.ACTIVE.value, DbStatus.ERROR.value):
@@ -249,6 +253,16 @@ def restart_db(store: Store, caller: Caller, ident: str) -> DbInstanceAccepted:
                 code="invalid_state",
                 status=db.status,
             )
+        instance_id = db.instance_id
+    missing = missing_volumes(store, settings, instance_id) if instance_id else []
+    if missing:
+        raise Conflict(
+            f"the data volume of database instance {ident!r} is gone ({', '.join(missing)}): "
+            "it cannot be restarted; delete it",
+            code="data_volume_gone",
+        )
+    with store.session() as session:
+        db = find_db(session, caller, ident)
         DATABASES.move(session, db, DbStatus.RESTARTING, "restart requested")
         op = enqueue(session, ops.DB_RESTART, db.id, caller.project_id)
         return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))

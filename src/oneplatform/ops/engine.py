@@ -101,6 +101,14 @@ class StepContext:
             op = session.get_one(Operation, self.operation_id)
             op.steps = _with_step(op.steps, self.step_name, message=message[-500:])
 
+    def remember(self, **values: Any) -> None:
+        """Keep ``values`` in the operation's params for the steps (and retries) after this
+        one; written only while this worker holds the operation."""
+        with self.transaction() as session:
+            op = session.get_one(Operation, self.operation_id)
+            op.params = {**(op.params or {}), **values}
+        self.params.update(values)
+
     def elapsed(self) -> float:
         if self.step_started_at is None:
             return 0.0

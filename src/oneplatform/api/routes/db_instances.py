@@ -50,7 +50,9 @@ def delete_db_instance(ident: str, platform: PlatformDep, caller: CallerDep) -> 
 
 @router.post("/{ident}/restart", response_model=DbInstanceAccepted, status_code=ACCEPTED)
 def restart_db_instance(ident: str, platform: PlatformDep, caller: CallerDep) -> DbInstanceAccepted:
-    return service.restart_db(platform.store, caller, ident)
+    """Restart the engine; a compute that is down or failed is repaired first (from ERROR
+    too, while the data volume exists)."""
+    return service.restart_db(platform.store, platform.settings, caller, ident)
 
 
 @router.get("/{ident}/credentials", response_model=Credentials)

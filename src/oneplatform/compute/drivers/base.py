@@ -154,6 +154,12 @@ class ComputeDriver(abc.ABC):
     def list_instances(self) -> list[BackendInstance]:
         """Every backend object on this host that carries one of our instance ids."""
 
+    @abc.abstractmethod
+    def missing_volumes(self, instance_id: str, volumes: Sequence[VolumeSpec]) -> list[str]:
+        """The names of ``volumes`` whose storage the host no longer has. A repair recreates
+        an instance only when this is empty: a new, empty volume is never mistaken for
+        the one that held the data."""
+
     @classmethod
     def capabilities(cls) -> dict[Capability, bool]:
         return {cap: issubclass(cls, mixin) for cap, mixin in CAPABILITY_MIXINS.items()}

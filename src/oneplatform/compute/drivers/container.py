@@ -408,6 +408,14 @@ class PodmanDriver(ComputeDriver, SupportsExec):
                 instance_id=spec.instance_id,
             )
 
+    def missing_volumes(self, instance_id: str, volumes: Sequence[VolumeSpec]) -> list[str]:
+        missing = []
+        for volume in volumes:
+            look = ["volume", "inspect", volume_name(instance_id, volume.name)]
+            if self._podman(look, check=False).returncode != 0:
+                missing.append(volume.name)
+        return missing
+
     def _ensure_volume(self, instance_id: str, volume: VolumeSpec) -> None:
         """Create the named volume unless it exists; an existing one must be this instance's."""
         name = volume_name(instance_id, volume.name)

@@ -53,7 +53,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,6 +69,7 @@ from oneplatform.compute.drivers.base import (
     SupportsForcedReboot,
     SupportsResize,
     SupportsSnapshot,
+    VolumeSpec,
 )
 from oneplatform.compute.drivers.vm_domain import (
     CONFIG_FILE,
@@ -595,6 +596,12 @@ class LibvirtDriver(ComputeDriver, SupportsSnapshot, SupportsResize, SupportsFor
             names = [n for n in self._lv.pool().listVolumes() if n.startswith(prefix)]
         for name in names:
             self._lv.delete_volume(name)
+
+    def missing_volumes(self, instance_id: str, volumes: Sequence[VolumeSpec]) -> list[str]:
+        self._lv.refresh()
+        return [
+            v.name for v in volumes if self._lv.vol(data_volume_name(instance_id, v.name)) is None
+        ]
 
     def console_log(self, instance_id: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the serial console since the domain last started."""

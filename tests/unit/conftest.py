@@ -1,0 +1,80 @@
+"""Fixtures of the unit tests: ``world``, a platform on fakes (see tests/world.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from oneplatform.baremetal.bmc import register_bmc
+from oneplatform.compute.drivers import register_driver, unregister_driver
+from oneplatform.config import Settings
+from oneplatform.dbaas.datastores import DATASTORES
+from oneplatform.iam import MEMBER
+from oneplatform.images import baremetal as disk_formats
+from oneplatform.schemas.compute import ComputeType
+from oneplatform.store.db import Store
+from oneplatform.store.models import Flavor, Host, Pool
+from tests.factories import caller_for, make_project, make_ready_image
+from tests.fakes import CLOUD, FakeDriver, FakePostgreSQL, FakeVmDriver, fake_bmc_factory
+from tests.world import IMAGE, World, fake_iso, plant_image_formats
+
+FLAVORS = (
+    ("container.small", "container", 1, 512),
+    ("container.large", "container", 4, 4096),
+    ("vm.small", "vm", 1, 1024),
+    ("vm.medium", "vm", 2, 2048),
+    ("baremetal.small", "baremetal", 1, 1024),
+)
+
+
+@pytest.fixture
+def world(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """Fake containers and VMs (one host each, on a random free-looking port range), a
+    bare-metal pool for fake nodes, the default flavors, the image READY."""
+    CLOUD.__init__()  # type: ignore[misc]
+    register_driver(ComputeType.CONTAINER, "fake", lambda: FakeDriver)
+    register_driver(ComputeType.VM, "fake", lambda: FakeVmDriver)
+    register_bmc("fake", fake_bmc_factory)
+    pg = FakePostgreSQL()
+    monkeypatch.setitem(DATASTORES, "postgresql", pg)
+    monkeypatch.setattr(disk_formats, "build_deploy_iso", fake_iso)
+    settings.ready_timeout_seconds = 30
+    disk_sha = plant_image_formats(settings)
+    base = random.randrange(30000, 60000, 100)
+    with store.session() as session:
+        admin_project, project = make_project(session, "admin"), make_project(session)
+        make_ready_image(session, IMAGE)
+        for ct, start in (("container", base), ("vm", base + 50)):
+            pool = Pool(name=f"{ct}s", compute_type=ct, settings={"driver": "fake"})
+            session.add(pool)
+            session.flush()
+            session.add(
+                Host(
+                    name=f"{ct}-host",
+                    pool_id=pool.id,
+                    uri=f"fake://{ct}",
+                    machine=f"fake-{ct}",
+                    vcpus=8,
+                    ram_mb=16384,
+                    disk_gb=500,
+                    traits=[],
+                    port_range_start=start,
+                    port_range_end=start + 49,
+                )
+            )
+        session.add(Pool(name="baremetal", compute_type="baremetal", settings={}))
+        for name, ct, vcpus, ram in FLAVORS:
+            session.add(
+                Flavor(name=name, compute_type=ct, vcpus=vcpus, ram_mb=ram, disk_gb=4, traits=[])
+            )
+        admin, member = caller_for(admin_project), caller_for(project, MEMBER)
+    try:
+        yield World(store, settings, admin, member, pg, disk_sha, base)
+    finally:
+        for node in CLOUD.nodes.values():
+            node.shut_down()
+        CLOUD.close()
+        unregister_driver(ComputeType.CONTAINER, "fake")
+        unregister_driver(ComputeType.VM, "fake")
