@@ -27,8 +27,9 @@ import pytest
 
 from oneplatform.compute.drivers.base import VmImage
 from oneplatform.config import Settings
+from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.errors import BackendError, BackendUnavailable
-from oneplatform.guest import (
+from oneplatform.guest.bundle import (
     AdminCredentials,
     AgentSettings,
     Bundle,
@@ -36,7 +37,6 @@ from oneplatform.guest import (
     generate_password,
     generate_secret,
 )
-from oneplatform.guest.client import AgentClient
 from oneplatform.images.builder import (
     CONFIG_LABEL,
     CONFIG_SERIAL,

@@ -46,9 +46,9 @@ def test_postgresql_recipe_loads() -> None:
     assert recipe.suite == "bookworm"
     assert "postgresql-15" in recipe.packages
     assert recipe.ports == {"postgresql": 5432, "agent": 8471}
-    assert recipe.command == ("/usr/bin/python3", "/usr/local/lib/oneplatform/agent.py")
-    source = recipe.files["/usr/local/lib/oneplatform/agent.py"]
-    assert source.name == "agent.py" and source.parent.name == "guest"
+    assert recipe.command == ("/usr/bin/python3", "/usr/local/lib/oneplatform/agent.pyz")
+    source = recipe.files["/usr/local/lib/oneplatform/agent.pyz"]
+    assert isinstance(source, recipes.ZipappSource) and source.package == "oneplatform.guest"
     assert recipe.apt_sources() == (
         "deb http://deb.debian.org/debian bookworm main",
         "deb http://deb.debian.org/debian bookworm-updates main",
@@ -120,7 +120,7 @@ def test_paths_and_artifact_carry_the_hash(tmp_path: Path) -> None:
 
 def test_mmdebstrap_command(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
-    argv = mmdebstrap_argv(recipe, tmp_path / "out.tar")
+    argv = mmdebstrap_argv(recipe, tmp_path / "out.tar", recipe.local_files(tmp_path))
     assert argv[:2] == ["mmdebstrap", "--variant=minbase"]
     assert "--include=postgresql-15,python3" in argv
     assert "--dpkgopt=path-exclude=/usr/share/doc/*" in argv
@@ -221,6 +221,7 @@ def test_the_postgresql_recipe_boots_as_a_vm() -> None:
     for package in ("linux-image-cloud-amd64", "initramfs-tools", "kmod", "e2fsprogs"):
         assert package in recipe.packages
     init = recipe.files[builder.VM_INIT]
+    assert isinstance(init, Path)
     assert init.name == "onep-vm-init" and init.read_bytes().startswith(b"#!/bin/sh\n")
     assert recipe.extra_suites == ("bookworm-updates", "bookworm-security")
     text = init.read_text()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.states import ComputeType, PowerState
+from oneplatform.guest import contract
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class InstanceSpec:
     config_bundle: bytes | None = None
 
 
-BUNDLE_GUEST_PATH = "/etc/oneplatform/bundle.json"
+BUNDLE_GUEST_PATH = contract.BUNDLE_GUEST_PATH
 
 
 @dataclass(frozen=True)
