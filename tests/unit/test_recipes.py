@@ -158,6 +158,30 @@ def test_low_disk_space_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     assert list((tmp_path / "cache").glob("*.tar")) == []
 
 
+def test_a_build_writes_zipapps_for_mmdebstrap_and_removes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # Keeps a copy of each file an install hook names, and where it was; writes the target.
+    (bin_dir / "mmdebstrap").write_text(
+        "#!/bin/sh\n"
+        'for a; do case "$a" in --customize-hook=install*)\n'
+        '  src="$(echo "$a" | cut -d" " -f5)"; cp "$src" "$0.copy"; echo "$src" > "$0.src";;\n'
+        'esac; prev="$last"; last="$a"; done\n'
+        'echo tar > "$prev"\n'
+    )
+    (bin_dir / "mmdebstrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    agent = load_recipe("postgresql-15").files["/usr/local/lib/oneplatform/agent.pyz"]
+    assert isinstance(agent, recipes.ZipappSource)
+    recipe = dataclasses.replace(_recipe(tmp_path), extra_suites=(), files={"/opt/a.pyz": agent})
+    assert build_rootfs(recipe, tmp_path / "cache").read_text() == "tar\n"
+    assert (bin_dir / "mmdebstrap.copy").read_bytes() == agent.read_bytes()
+    staged = Path((bin_dir / "mmdebstrap.src").read_text().strip())
+    assert staged.name == "oneplatform.guest.pyz" and not staged.parent.exists()
+
+
 def test_failed_build_reports_the_output_tail_and_leaves_no_tarball(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
