@@ -11,7 +11,11 @@ from typing import Any
 
 
 class EngineError(RuntimeError):
-    """The engine could not be prepared, started or bootstrapped."""
+    """The engine could not be prepared, started or bootstrapped.
+
+    Defined here because :meth:`ChildProcesses.run` raises it too (for a child that does
+    not finish in time); engines import it from :mod:`.engines.base`.
+    """
 
 
 class ChildProcesses:
