@@ -70,7 +70,7 @@ from oneplatform.compute.drivers.vm_domain import (
 )
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore, get_version
-from oneplatform.guest import (
+from oneplatform.guest.bundle import (
     AdminCredentials,
     AgentSettings,
     Bundle,

@@ -51,7 +51,7 @@ from oneplatform.compute.drivers.base import (
 from oneplatform.dbaas.datastores.base import ConnInfo, UserInfo
 from oneplatform.dbaas.datastores.postgresql import PostgreSQL
 from oneplatform.errors import AlreadyExists, BackendError, NotFound
-from oneplatform.guest import RequestVerifier
+from oneplatform.guest.signing import RequestVerifier
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import ComputeType, PowerState
 

@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from oneplatform.config import Settings
 from oneplatform.errors import PlatformError
+from oneplatform.guest.contract import PASSWORD_ALPHABET, PASSWORD_LENGTH
 
 
 class SecretBox:
@@ -57,10 +58,9 @@ def _box_from_file(path: Path) -> SecretBox:
     return SecretBox(path.read_bytes().strip())
 
 
-def generate_password(length: int = 32) -> str:
+def generate_password(length: int = PASSWORD_LENGTH) -> str:
     """A strong random password of letters and digits (no quoting trouble anywhere)."""
-    alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-    return "".join(_random.choice(alphabet) for _ in range(length))
+    return "".join(_random.choice(PASSWORD_ALPHABET) for _ in range(length))
 
 
 def generate_token(nbytes: int = 32) -> str:

@@ -22,19 +22,19 @@ import httpx
 import psycopg
 import pytest
 
-from oneplatform.compute.drivers.base import BUNDLE_GUEST_PATH
 from oneplatform.config import Settings
+from oneplatform.dbaas.agent_client import AgentClient, AgentHealth
 from oneplatform.errors import BackendError, BackendUnavailable
-from oneplatform.guest import (
+from oneplatform.guest.bundle import (
     AdminCredentials,
     AgentSettings,
     Bundle,
     EngineSettings,
     generate_password,
     generate_secret,
-    sign_request,
 )
-from oneplatform.guest.client import AgentClient, AgentHealth
+from oneplatform.guest.contract import BUNDLE_GUEST_PATH
+from oneplatform.guest.signing import sign_request
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import artifact_for, build_rootfs
 from oneplatform.images.recipes import Recipe, load_recipe

@@ -123,10 +123,10 @@ def _tar_names(path: Path) -> set[str]:
 def test_rootfs_contains_postgres_and_the_agent(rootfs: Path) -> None:
     names = _tar_names(rootfs)
     assert "usr/lib/postgresql/15/bin/postgres" in names
-    assert "usr/local/lib/oneplatform/agent.py" in names
+    assert "usr/local/lib/oneplatform/agent.pyz" in names
     assert not any(n.startswith("usr/share/doc/") and n.count("/") > 3 for n in names)
     with tarfile.open(rootfs) as tar:
-        agent = tar.getmember("./usr/local/lib/oneplatform/agent.py")
+        agent = tar.getmember("./usr/local/lib/oneplatform/agent.pyz")
         assert agent.mode & 0o777 == 0o644
 
 

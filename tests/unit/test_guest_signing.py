@@ -7,19 +7,22 @@ from typing import Any
 
 import pytest
 
-from oneplatform.guest import (
+from oneplatform.guest.bundle import (
     AdminCredentials,
     AgentSettings,
-    AuthError,
     Bundle,
     BundleError,
     EngineSettings,
-    RequestVerifier,
     generate_password,
     generate_secret,
+)
+from oneplatform.guest.signing import (
+    AuthError,
+    RequestVerifier,
+    canonical_request,
+    compute_signature,
     sign_request,
 )
-from oneplatform.guest.agent import canonical_request, compute_signature
 
 SECRET = "s" * 43
 INSTANCE = "inst-0001"

@@ -10,21 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from oneplatform.guest import agent as agent_mod
-from oneplatform.guest.agent import (
-    DATA_ROOT,
+from oneplatform.guest import main as main_mod
+from oneplatform.guest.contract import DATA_ROOT, POWEROFF_ENV
+from oneplatform.guest.machine import (
     EV_KEY,
     INPUT_EVENT,
     KEY_POWER,
-    POWEROFF_ENV,
     Machine,
     is_power_key_press,
     power_button_devices,
     poweroff_on_exit,
-    run,
     shut_down_machine,
     watch_power_button,
 )
+from oneplatform.guest.main import run
 
 
 class Idle(Exception):
@@ -195,20 +194,20 @@ def test_main_in_vm_mode_routes_ctrl_alt_del(monkeypatch: pytest.MonkeyPatch) ->
     SIGINT; run() then powers off."""
     machine = FakeMachine()
     monkeypatch.setenv("ONEP_BUNDLE", "/nonexistent/bundle.json")
-    monkeypatch.setattr(agent_mod, "DEFAULT_AGENT_PORT", 0)
-    monkeypatch.setattr(agent_mod, "watch_power_button", lambda on_press: 0)
+    monkeypatch.setattr(main_mod, "DEFAULT_AGENT_PORT", 0)
+    monkeypatch.setattr(main_mod, "watch_power_button", lambda on_press: 0)
     started = threading.Event()
 
-    class NoSupervisor(agent_mod.Supervisor):
+    class NoSupervisor(main_mod.Supervisor):
         def start(self) -> None:
             started.set()
 
-    monkeypatch.setattr(agent_mod, "Supervisor", NoSupervisor)
+    monkeypatch.setattr(main_mod, "Supervisor", NoSupervisor)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         timer = threading.Timer(0.2, lambda: signal.raise_signal(signal.SIGINT))
         timer.start()
-        assert agent_mod.main(machine) == 0
+        assert main_mod.main(machine) == 0
         timer.join()
     finally:
         for sig, handler in previous.items():

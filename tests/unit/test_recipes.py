@@ -46,9 +46,9 @@ def test_postgresql_recipe_loads() -> None:
     assert recipe.suite == "bookworm"
     assert "postgresql-15" in recipe.packages
     assert recipe.ports == {"postgresql": 5432, "agent": 8471}
-    assert recipe.command == ("/usr/bin/python3", "/usr/local/lib/oneplatform/agent.py")
-    source = recipe.files["/usr/local/lib/oneplatform/agent.py"]
-    assert source.name == "agent.py" and source.parent.name == "guest"
+    assert recipe.command == ("/usr/bin/python3", "/usr/local/lib/oneplatform/agent.pyz")
+    source = recipe.files["/usr/local/lib/oneplatform/agent.pyz"]
+    assert isinstance(source, recipes.ZipappSource) and source.package == "oneplatform.guest"
     assert recipe.apt_sources() == (
         "deb http://deb.debian.org/debian bookworm main",
         "deb http://deb.debian.org/debian bookworm-updates main",
@@ -120,7 +120,7 @@ def test_paths_and_artifact_carry_the_hash(tmp_path: Path) -> None:
 
 def test_mmdebstrap_command(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
-    argv = mmdebstrap_argv(recipe, tmp_path / "out.tar")
+    argv = mmdebstrap_argv(recipe, tmp_path / "out.tar", recipe.local_files(tmp_path))
     assert argv[:2] == ["mmdebstrap", "--variant=minbase"]
     assert "--include=postgresql-15,python3" in argv
     assert "--dpkgopt=path-exclude=/usr/share/doc/*" in argv
@@ -156,6 +156,30 @@ def test_low_disk_space_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ImageBuildError, match=r"not enough free disk space.*287 MB free"):
         build_rootfs(recipe, tmp_path / "cache")
     assert list((tmp_path / "cache").glob("*.tar")) == []
+
+
+def test_a_build_writes_zipapps_for_mmdebstrap_and_removes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # Keeps a copy of each file an install hook names, and where it was; writes the target.
+    (bin_dir / "mmdebstrap").write_text(
+        "#!/bin/sh\n"
+        'for a; do case "$a" in --customize-hook=install*)\n'
+        '  src="$(echo "$a" | cut -d" " -f5)"; cp "$src" "$0.copy"; echo "$src" > "$0.src";;\n'
+        'esac; prev="$last"; last="$a"; done\n'
+        'echo tar > "$prev"\n'
+    )
+    (bin_dir / "mmdebstrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    agent = load_recipe("postgresql-15").files["/usr/local/lib/oneplatform/agent.pyz"]
+    assert isinstance(agent, recipes.ZipappSource)
+    recipe = dataclasses.replace(_recipe(tmp_path), extra_suites=(), files={"/opt/a.pyz": agent})
+    assert build_rootfs(recipe, tmp_path / "cache").read_text() == "tar\n"
+    assert (bin_dir / "mmdebstrap.copy").read_bytes() == agent.read_bytes()
+    staged = Path((bin_dir / "mmdebstrap.src").read_text().strip())
+    assert staged.name == "oneplatform.guest.pyz" and not staged.parent.exists()
 
 
 def test_failed_build_reports_the_output_tail_and_leaves_no_tarball(
@@ -221,6 +245,7 @@ def test_the_postgresql_recipe_boots_as_a_vm() -> None:
     for package in ("linux-image-cloud-amd64", "initramfs-tools", "kmod", "e2fsprogs"):
         assert package in recipe.packages
     init = recipe.files[builder.VM_INIT]
+    assert isinstance(init, Path)
     assert init.name == "onep-vm-init" and init.read_bytes().startswith(b"#!/bin/sh\n")
     assert recipe.extra_suites == ("bookworm-updates", "bookworm-security")
     text = init.read_text()

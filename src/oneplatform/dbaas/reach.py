@@ -9,17 +9,18 @@ from sqlalchemy.orm import Session
 
 from oneplatform.compute.instances import endpoints
 from oneplatform.compute.states import InstanceStatus
+from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.dbaas.datastores import Datastore, get_datastore
 from oneplatform.dbaas.datastores.base import ConnInfo
 from oneplatform.errors import Conflict
-from oneplatform.guest import AdminCredentials, AgentSettings, Bundle, EngineSettings
-from oneplatform.guest.client import AgentClient
+from oneplatform.guest.bundle import AdminCredentials, AgentSettings, Bundle, EngineSettings
+from oneplatform.guest.contract import DATA_ROOT
 from oneplatform.secrets import SecretBox
 from oneplatform.store.models import DbInstance, Instance
 
 AGENT_ENDPOINT = "agent"
 DATA_VOLUME = "data"
-DATA_PATH = "/var/lib/oneplatform"
+DATA_PATH = DATA_ROOT  # where the data volume is mounted in the guest
 
 
 @dataclass(frozen=True)

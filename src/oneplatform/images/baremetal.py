@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oneplatform.errors import ImageBuildError
+from oneplatform.guest.contract import CONFIG_LABEL
 from oneplatform.images import deploy_agent
 from oneplatform.images.builder import (
-    CONFIG_LABEL,
     VM_CMDLINE,
     VM_DISK_SLACK,
     Progress,

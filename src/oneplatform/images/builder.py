@@ -37,11 +37,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from oneplatform.errors import ImageBuildError
+from oneplatform.guest import contract
 from oneplatform.images.artifacts import ImageArtifact, VmImage
 from oneplatform.images.recipes import Recipe
 
@@ -51,13 +52,14 @@ MIN_FREE_BYTES = 2 * 1024**3  # a PostgreSQL rootfs is ~0.5 GB, plus mmdebstrap'
 OUTPUT_TAIL_LINES = 40
 MiB = 1024**2
 
-# --- the VM format's contract with the compute driver (see the module docstring)
-ROOT_LABEL = "onep-root"
-ROOT_SERIAL = "onep-root"
-CONFIG_SERIAL = "onep-config"
-CONFIG_LABEL = "onep-config"  # volume label of the config drive (informational)
-DATA_SERIAL = "onep-data"
-DATA_LABEL = "onep-data"
+# --- the VM format's contract with the compute driver (see the module docstring); the
+# serials and labels are the guest contract's
+ROOT_LABEL = contract.ROOT_LABEL
+ROOT_SERIAL = contract.ROOT_SERIAL
+CONFIG_SERIAL = contract.CONFIG_SERIAL
+CONFIG_LABEL = contract.CONFIG_LABEL  # volume label of the config drive (informational)
+DATA_SERIAL = contract.DATA_SERIAL
+DATA_LABEL = contract.DATA_LABEL
 VM_INIT = "/usr/local/sbin/onep-vm-init"
 # Where onep-vm-init finds the image's environment and command (written at build time).
 ENTRYPOINT_PATH = "/usr/local/lib/oneplatform/entrypoint.sh"
@@ -141,7 +143,9 @@ def build_rootfs(recipe: Recipe, cache_dir: Path, progress: Progress | None = No
         _check_free_space(cache_dir)
         part = target.with_name(f".{target.stem}.{os.getpid()}.part.tar")
         try:
-            _run_mmdebstrap(mmdebstrap_argv(recipe, part), progress)
+            with tempfile.TemporaryDirectory(prefix="onep-recipe-files-") as files:
+                argv = mmdebstrap_argv(recipe, part, recipe.local_files(Path(files)))
+                _run_mmdebstrap(argv, progress)
             os.replace(part, target)
         finally:
             part.unlink(missing_ok=True)
@@ -387,8 +391,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def mmdebstrap_argv(recipe: Recipe, output: Path) -> list[str]:
-    """The full mmdebstrap command line that builds ``recipe`` into ``output`` (a tar)."""
+def mmdebstrap_argv(recipe: Recipe, output: Path, files: Mapping[str, Path]) -> list[str]:
+    """The full mmdebstrap command line that builds ``recipe`` into ``output`` (a tar);
+    ``files`` says where the recipe's files are on this machine (:meth:`Recipe.local_files`).
+    """
     argv = [
         "mmdebstrap",
         "--variant=minbase",
@@ -397,15 +403,15 @@ def mmdebstrap_argv(recipe: Recipe, output: Path) -> list[str]:
     ]
     excludes = (*DPKG_EXCLUDES, *recipe.path_excludes)
     argv += [f"--dpkgopt=path-exclude={pattern}" for pattern in excludes]
-    argv += [f"--customize-hook={hook}" for hook in _customize_hooks(recipe)]
+    argv += [f"--customize-hook={hook}" for hook in _customize_hooks(recipe, files)]
     argv += [recipe.suite, str(output), *recipe.apt_sources()]
     return argv
 
 
-def _customize_hooks(recipe: Recipe) -> list[str]:
+def _customize_hooks(recipe: Recipe, files: Mapping[str, Path]) -> list[str]:
     """Shell snippets mmdebstrap runs with the root filesystem directory as ``$1``."""
     hooks = []
-    for guest_path, source in sorted(recipe.files.items()):
+    for guest_path, source in sorted(files.items()):
         mode = "0755" if _is_script(source) else "0644"
         hooks.append(
             f'install -D -m {mode} {shlex.quote(str(source))} "$1"{shlex.quote(guest_path)}'

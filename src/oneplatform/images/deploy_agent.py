@@ -45,6 +45,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
+from oneplatform.guest.contract import CONFIG_DRIVE_BUNDLE, CONFIG_DRIVE_HOSTNAME
+
 SECTOR = 512
 MiB = 1024**2
 ALIGN_SECTORS = MiB // SECTOR
@@ -608,10 +610,10 @@ tries=0
 while [ ! -b "$config_dev" ] && [ "$tries" -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
 mount -t vfat -o nosuid,nodev,noexec "$config_dev" /mnt/config \
   || fail "cannot mount the config partition $config_dev"
-rm -f /mnt/config/bundle.json /mnt/config/hostname
-cp /tmp/bundle.json /mnt/config/bundle.json || fail "cannot write the bundle to $config_dev"
+rm -f /mnt/config/@CONFIG_BUNDLE@ /mnt/config/@CONFIG_HOSTNAME@
+cp /tmp/bundle.json /mnt/config/@CONFIG_BUNDLE@ || fail "cannot write the bundle to $config_dev"
 if [ -n "$hostname" ]; then
-  printf '%s\n' "$hostname" >/mnt/config/hostname || fail "cannot write the hostname"
+  printf '%s\n' "$hostname" >/mnt/config/@CONFIG_HOSTNAME@ || fail "cannot write the hostname"
 fi
 umount /mnt/config || fail "cannot unmount the config partition"
 sync
@@ -677,6 +679,8 @@ def _render(template: str) -> str:
         "MANIFEST_VERSION": MANIFEST_VERSION,
         "MODE_DEPLOY": MODE_DEPLOY,
         "MODE_CLEAN": MODE_CLEAN,
+        "CONFIG_BUNDLE": CONFIG_DRIVE_BUNDLE,
+        "CONFIG_HOSTNAME": CONFIG_DRIVE_HOSTNAME,
     }
     script = template
     for name, value in values.items():

@@ -2,17 +2,21 @@
 
 A recipe lives in ``recipes/<name>.toml``; the files it installs into the image live in
 ``recipes/files/``, or in one of the platform's own packages, named
-``package:oneplatform.guest/agent.py`` (how the guest agent gets into every image).
-Nothing is read at import time: :func:`load_recipe` reads on demand.
+``package:oneplatform.some_package/path/to/file``, or are one of the platform's packages
+made into a zipapp, named ``zipapp:oneplatform.guest`` (how the guest agent gets into every
+image: see :class:`ZipappSource`). Nothing is read at import time: :func:`load_recipe`
+reads on demand.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import re
 import tomllib
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +31,13 @@ BUILDER_VERSION = "2"
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 PACKAGE_SOURCE_PREFIX = "package:"
+ZIPAPP_SOURCE_PREFIX = "zipapp:"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+_PLATFORM_PACKAGE_RE = re.compile(r"^oneplatform(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _TOML_KEYS = frozenset(
     {
         "description",
@@ -55,8 +62,73 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
+class ZipappSource:
+    """``zipapp:<package>``: one of the platform's packages as a runnable zip file.
+
+    The archive holds every ``.py`` file of the package (its subpackages too) under its
+    full module path, an ``__init__.py`` for each parent package with nothing in it, and a
+    ``__main__.py`` that runs ``python3 -m <package>``; the package must have a
+    ``__main__.py`` and import nothing outside itself and the standard library. The bytes
+    are deterministic (sorted entries, fixed times and modes, stored uncompressed, so not
+    even the zlib version matters): they, and the image's content hash, change exactly
+    when a module does. Built in memory on demand; :meth:`write_to` puts it in a file.
+    """
+
+    package: str
+    root: Path  # the package's directory
+
+    @property
+    def name(self) -> str:
+        return f"{self.package}.pyz"
+
+    def read_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for arcname, data in sorted(self.entries().items()):
+                archive.writestr(_zip_entry(arcname), data)
+        return buffer.getvalue()
+
+    def entries(self) -> dict[str, bytes]:
+        """Archive name -> contents."""
+        parts = self.package.split(".")
+        entries = {"__main__.py": _zipapp_main(self.package).encode()}
+        for depth in range(1, len(parts)):
+            entries["/".join(parts[:depth]) + "/__init__.py"] = b""
+        for path in sorted(self.root.rglob("*.py")):
+            relative = path.relative_to(self.root).as_posix()
+            entries["/".join([*parts, relative])] = path.read_bytes()
+        return entries
+
+    def write_to(self, directory: Path) -> Path:
+        """Write the archive into ``directory``; returns its path there."""
+        path = directory / self.name
+        path.write_bytes(self.read_bytes())
+        return path
+
+
+def _zip_entry(arcname: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
+    info.create_system = 3  # Unix, wherever it is built
+    info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
+    info.compress_type = zipfile.ZIP_STORED
+    return info
+
+
+def _zipapp_main(package: str) -> str:
+    return (
+        f'"""Made by the OnePlatform image builder: runs ``python3 -m {package}``."""\n\n'
+        "import runpy\n\n"
+        f'runpy.run_module("{package}", run_name="__main__", alter_sys=True)\n'
+    )
+
+
+# Where a recipe file comes from: a file on this machine, or made when needed.
+FileSource = Path | ZipappSource
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """One datastore image. ``files`` maps a guest path to the packaged file to put there."""
+    """One datastore image. ``files`` maps a guest path to the source of the file there."""
 
     name: str
     description: str
@@ -67,7 +139,7 @@ class Recipe:
     mirror: str = DEBIAN_MIRROR
     security_mirror: str = DEBIAN_SECURITY_MIRROR
     components: tuple[str, ...] = ("main",)
-    files: Mapping[str, Path] = field(default_factory=dict)
+    files: Mapping[str, FileSource] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     ports: Mapping[str, int] = field(default_factory=dict)
     # Shell commands run inside the finished root filesystem (chroot) at build time.
@@ -112,8 +184,16 @@ class Recipe:
             "path_excludes": list(self.path_excludes),
         }
 
+    def local_files(self, directory: Path) -> dict[str, Path]:
+        """Each file as a path on this machine: files where they are, the ones made when
+        needed (zipapps) written into ``directory`` first."""
+        return {
+            guest: source if isinstance(source, Path) else source.write_to(directory)
+            for guest, source in sorted(self.files.items())
+        }
+
     def content_hash(self) -> str:
-        """sha256 over the builder version, the canonical recipe and every packaged file."""
+        """sha256 over the builder version, the canonical recipe and every file's bytes."""
         digest = hashlib.sha256()
         digest.update(f"oneplatform-image-builder/{BUILDER_VERSION}\n".encode())
         digest.update(json.dumps(self.canonical(), sort_keys=True).encode())
@@ -153,10 +233,13 @@ def _recipe_from_toml(name: str, data: dict[str, Any], directory: Path) -> Recip
     if unknown:
         raise ImageBuildError(f"recipe {name}: unknown keys {sorted(unknown)}")
     files_dir = (directory / "files").resolve()
-    files: dict[str, Path] = {}
+    files: dict[str, FileSource] = {}
     for guest_path, source in data.get("files", {}).items():
         if str(source).startswith(PACKAGE_SOURCE_PREFIX):
             files[guest_path] = _package_source(name, str(source))
+            continue
+        if str(source).startswith(ZIPAPP_SOURCE_PREFIX):
+            files[guest_path] = _zipapp_source(name, str(source))
             continue
         resolved = (directory / source).resolve()
         if not resolved.is_relative_to(files_dir):
@@ -182,20 +265,40 @@ def _recipe_from_toml(name: str, data: dict[str, Any], directory: Path) -> Recip
 
 
 def _package_source(name: str, source: str) -> Path:
-    """``package:oneplatform.guest/agent.py``: a file inside one of the platform's packages."""
+    """``package:oneplatform.sub/path/to/file``: a file inside one of the platform's
+    packages."""
     package, _, relative = source.removeprefix(PACKAGE_SOURCE_PREFIX).partition("/")
-    if not relative or (package != "oneplatform" and not package.startswith("oneplatform.")):
+    if not relative or not _is_platform_package(package):
         raise ImageBuildError(
             f"recipe {name}: {source!r} must be package:oneplatform[.sub]/path/to/file"
         )
+    root = _package_dir(name, source, package)
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root):
+        raise ImageBuildError(f"recipe {name}: {source!r} is outside the package {package}")
+    return resolved
+
+
+def _zipapp_source(name: str, source: str) -> ZipappSource:
+    """``zipapp:oneplatform.guest``: that package as a zipapp (see :class:`ZipappSource`)."""
+    package = source.removeprefix(ZIPAPP_SOURCE_PREFIX)
+    if not _is_platform_package(package):
+        raise ImageBuildError(f"recipe {name}: {source!r} must be zipapp:oneplatform[.sub]")
+    root = _package_dir(name, source, package)
+    if not (root / "__main__.py").is_file():
+        raise ImageBuildError(f"recipe {name}: {source!r}: {package} has no __main__.py")
+    return ZipappSource(package, root)
+
+
+def _is_platform_package(package: str) -> bool:
+    return _PLATFORM_PACKAGE_RE.match(package) is not None
+
+
+def _package_dir(name: str, source: str, package: str) -> Path:
     try:
         spec = importlib.util.find_spec(package)
     except ImportError:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ImageBuildError(f"recipe {name}: {source!r}: no package {package}")
-    root = Path(next(iter(spec.submodule_search_locations))).resolve()
-    resolved = (root / relative).resolve()
-    if not resolved.is_relative_to(root):
-        raise ImageBuildError(f"recipe {name}: {source!r} is outside the package {package}")
-    return resolved
+    return Path(next(iter(spec.submodule_search_locations))).resolve()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from oneplatform.compute.capabilities import Capability
+from oneplatform.guest import contract
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import ComputeType, PowerState
 
@@ -73,7 +74,7 @@ class InstanceSpec:
     config_bundle: bytes | None = None
 
 
-BUNDLE_GUEST_PATH = "/etc/oneplatform/bundle.json"
+BUNDLE_GUEST_PATH = contract.BUNDLE_GUEST_PATH
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from oneplatform.compute.drivers.base import PortMapping
+from oneplatform.guest import contract
 from oneplatform.schemas.compute import PowerState
 
 NAME_PREFIX = "onep-"
@@ -24,11 +25,12 @@ ET.register_namespace("qemu", QEMU_NS)
 
 MAX_DATA_VOLUMES = 10  # disks take PCI slots 0x04..0x0f; the NIC sits at 0x10
 MIN_RAM_MB = 64
-SERIAL_ROOT = "onep-root"
-SERIAL_CONFIG = "onep-config"
-SERIAL_DATA = "onep-data"
-CONFIG_VOLUME_ID = "onep-config"
-CONFIG_FILE = "bundle.json"
+# The disks and config drive the guest looks for (the guest contract).
+SERIAL_ROOT = contract.ROOT_SERIAL
+SERIAL_CONFIG = contract.CONFIG_SERIAL
+SERIAL_DATA = contract.DATA_SERIAL
+CONFIG_VOLUME_ID = contract.CONFIG_LABEL
+CONFIG_FILE = contract.CONFIG_DRIVE_BUNDLE
 FIRST_DISK_SLOT = 0x04
 RNG_PCI_SLOT = "0x11"
 NIC_PCI_ADDR = "0x10"  # explicit, so the NIC libvirt does not know about never takes a disk's slot

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from oneplatform.errors import BackendError, BackendUnavailable
-from oneplatform.guest.agent import sign_request
+from oneplatform.guest.signing import sign_request
 
 DEFAULT_TIMEOUT = 10.0
 RESTART_TIMEOUT = 150.0  # the agent itself gives up after 120 s

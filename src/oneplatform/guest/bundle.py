@@ -1,0 +1,212 @@
+"""The config bundle: everything an instance needs to configure itself, as JSON (format 1).
+
+The platform makes bundles (:class:`Bundle`, :func:`generate_secret`,
+:func:`generate_password`) and the agent reads them (:func:`load_bundle`). Importing this
+module does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .contract import DEFAULT_AGENT_PORT, PASSWORD_ALPHABET, PASSWORD_LENGTH
+
+BUNDLE_FORMAT = 1
+MIN_SECRET_LENGTH = 32
+
+_SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_ROLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class BundleError(ValueError):
+    """The bundle is not valid. Messages name fields, never their (secret) values."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    secret: str = field(repr=False)
+    port: int = DEFAULT_AGENT_PORT
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    port: int
+    # Values may be given as numbers or booleans; they are kept as strings.
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        normal = {str(k): _setting_value(k, v) for k, v in self.settings.items()}
+        object.__setattr__(self, "settings", normal)
+
+
+@dataclass(frozen=True)
+class AdminCredentials:
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything an instance needs to configure itself. JSON on the wire, format 1."""
+
+    instance_id: str
+    datastore: str
+    version: str
+    agent: AgentSettings
+    engine: EngineSettings
+    admin: AdminCredentials
+    format: int = BUNDLE_FORMAT
+
+    def __post_init__(self) -> None:
+        _validate_bundle(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "instance_id": self.instance_id,
+            "datastore": self.datastore,
+            "version": self.version,
+            "agent": {"port": self.agent.port, "secret": self.agent.secret},
+            "engine": {
+                "port": self.engine.port,
+                "settings": dict(sorted(self.engine.settings.items())),
+            },
+            "admin": {"username": self.admin.username, "password": self.admin.password},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Bundle:
+        """Read a decoded bundle; unknown keys are ignored, a format other than 1 is not."""
+        obj = _object(data, "bundle")
+        fmt = obj.get("format")
+        if type(fmt) is not int:
+            raise BundleError("bundle: 'format' must be an integer")
+        if fmt != BUNDLE_FORMAT:
+            raise BundleError(
+                f"bundle: unsupported format {fmt} (this agent reads {BUNDLE_FORMAT})"
+            )
+        agent = _object(obj.get("agent"), "agent")
+        engine = _object(obj.get("engine"), "engine")
+        admin = _object(obj.get("admin"), "admin")
+        raw_settings = _object(engine.get("settings", {}), "engine.settings")
+        return cls(
+            format=fmt,
+            instance_id=_string(obj, "instance_id", "bundle"),
+            datastore=_string(obj, "datastore", "bundle"),
+            version=_string(obj, "version", "bundle"),
+            agent=AgentSettings(
+                port=_port(agent.get("port", DEFAULT_AGENT_PORT), "agent.port"),
+                secret=_string(agent, "secret", "agent"),
+            ),
+            engine=EngineSettings(
+                port=_port(engine.get("port"), "engine.port"),
+                settings=raw_settings,
+            ),
+            admin=AdminCredentials(
+                username=_string(admin, "username", "admin"),
+                password=_string(admin, "password", "admin"),
+            ),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Bundle:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            # Say where, not what: the text holds the secret and the password.
+            raise BundleError(f"bundle: not valid JSON (line {_json_line(exc)})") from None
+        return cls.from_dict(data)
+
+
+def generate_secret() -> str:
+    """A new agent secret: 32 random bytes, URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def generate_password(length: int = PASSWORD_LENGTH) -> str:
+    """A new engine password: ``length`` letters and digits of the contract's alphabet."""
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
+
+
+def _json_line(exc: Exception) -> int:
+    return int(getattr(exc, "lineno", 0) or 0)
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BundleError(f"bundle: '{where}' must be an object")
+    return value
+
+
+def _string(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise BundleError(f"bundle: '{where}.{key}' must be a non-empty string")
+    return value
+
+
+def _port(value: Any, where: str) -> int:
+    if type(value) is not int or not 0 < value < 65536:
+        raise BundleError(f"bundle: '{where}' must be a port number (1-65535)")
+    return value
+
+
+def _setting_value(name: Any, value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise BundleError(f"bundle: engine setting {name!r} must be a string, number or boolean")
+
+
+def _validate_bundle(bundle: Bundle) -> None:
+    if bundle.format != BUNDLE_FORMAT:
+        raise BundleError(f"bundle: unsupported format {bundle.format}")
+    for where, value in (
+        ("instance_id", bundle.instance_id),
+        ("datastore", bundle.datastore),
+        ("version", bundle.version),
+    ):
+        if not value or _CONTROL_RE.search(value) or len(value) > 200:
+            raise BundleError(f"bundle: '{where}' must be a short printable string")
+    if len(bundle.agent.secret) < MIN_SECRET_LENGTH:
+        raise BundleError(f"bundle: 'agent.secret' must be at least {MIN_SECRET_LENGTH} characters")
+    _port(bundle.agent.port, "agent.port")
+    _port(bundle.engine.port, "engine.port")
+    if bundle.agent.port == bundle.engine.port:
+        raise BundleError("bundle: 'agent.port' and 'engine.port' must differ")
+    for name, value in bundle.engine.settings.items():
+        if not _SETTING_NAME_RE.match(name):
+            raise BundleError(f"bundle: engine setting name {name!r} is not valid")
+        if not isinstance(value, str) or _CONTROL_RE.search(value):
+            raise BundleError(f"bundle: engine setting {name!r} must be a single-line string")
+    if not _ROLE_NAME_RE.match(bundle.admin.username) or bundle.admin.username.startswith("pg_"):
+        raise BundleError(
+            "bundle: 'admin.username' must be 1-63 letters, digits or _ (not starting pg_)"
+        )
+    if not bundle.admin.password or "\x00" in bundle.admin.password:
+        raise BundleError("bundle: 'admin.password' must be a non-empty string without NUL")
+
+
+def load_bundle(path: Path) -> tuple[Bundle | None, str]:
+    """The bundle at ``path``, or None and why not. Never logs or returns its contents."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, f"no config bundle at {path}"
+    except OSError as exc:
+        return None, f"cannot read the config bundle at {path}: {exc.strerror}"
+    try:
+        return Bundle.from_json(data), ""
+    except BundleError as exc:
+        return None, f"the config bundle at {path} is invalid: {exc}"

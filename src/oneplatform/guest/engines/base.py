@@ -1,0 +1,58 @@
+"""The engine contract: what the agent needs from a datastore engine.
+
+An engine module (``engines/<datastore>.py``) subclasses :class:`Engine`; the registry in
+``engines/__init__.py`` maps the datastore's name to it. Everything an engine needs from
+the rest of the agent is importable from here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import ClassVar
+
+from ..bundle import Bundle
+from ..processes import ChildProcesses, EngineError
+
+__all__ = ["ChildProcesses", "Engine", "EngineError"]
+
+
+class Engine:
+    """What the agent needs from a datastore engine; one subclass per engine.
+
+    It is made with the bundle (None without one: then nobody may log in remotely), the
+    agent's :class:`ChildProcesses` and the datastore version the image runs.
+
+    The supervisor calls, on every start: :meth:`initialize` (first-start work such as
+    creating the data directory; never touches existing data), :meth:`configure` (write
+    the bundle's settings), :meth:`start` (spawn the server as a child), then polls
+    :meth:`health` until ready and calls :meth:`bootstrap` (e.g. create the admin role once).
+    """
+
+    datastore: ClassVar[str] = ""
+
+    def __init__(
+        self, bundle: Bundle | None, children: ChildProcesses, *, version: str = ""
+    ) -> None:
+        self.bundle = bundle
+        self.children = children
+        self.version = version
+
+    def initialize(self) -> None:
+        raise NotImplementedError
+
+    def configure(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    def health(self) -> tuple[bool, str]:
+        """(ready, detail): whether the engine accepts connections right now."""
+        raise NotImplementedError
+
+    def bootstrap(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+        """Shut the server down (fast), escalating if it takes longer than ``timeout``."""
+        raise NotImplementedError

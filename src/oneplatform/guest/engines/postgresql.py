@@ -1,0 +1,423 @@
+"""PostgreSQL from Debian's packages: initdb, configuration, start, readiness, admin role."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import stringprep
+import subprocess
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+from ..bundle import Bundle
+from ..contract import DATA_ROOT, DEFAULT_VERSION
+from .base import ChildProcesses, Engine, EngineError
+
+log = logging.getLogger("onep-agent")
+
+
+class PostgresEngine(Engine):
+    """PostgreSQL from Debian's packages, data under /var/lib/oneplatform/pgdata."""
+
+    datastore = "postgresql"
+    OS_USER = "postgres"
+    CONF_NAME = "oneplatform.conf"
+    PENDING_NAME = "oneplatform-bootstrap.pending"
+    INCLUDE_LINE = f"include_if_exists = '{CONF_NAME}'  # written by the OnePlatform agent"
+    # Settings the agent owns; the bundle cannot override them.
+    RESERVED = frozenset(
+        {
+            "listen_addresses",
+            "port",
+            "unix_socket_directories",
+            "data_directory",
+            "hba_file",
+            "ident_file",
+            "config_file",
+            "external_pid_file",
+            "logging_collector",
+            "log_destination",
+            "jit",
+            "password_encryption",
+            "include",
+            "include_if_exists",
+            "include_dir",
+        }
+    )
+    HBA = (
+        "# Written by the OnePlatform guest agent at initialisation.\n"
+        "# TYPE  DATABASE     USER  ADDRESS     METHOD\n"
+        "local   all          all               peer\n"
+        "local   replication  all               peer\n"
+        "host    all          all   0.0.0.0/0   scram-sha-256\n"
+        "host    all          all   ::/0        scram-sha-256\n"
+        "host    replication  all   0.0.0.0/0   scram-sha-256\n"
+        "host    replication  all   ::/0        scram-sha-256\n"
+    )
+
+    def __init__(
+        self,
+        bundle: Bundle | None,
+        children: ChildProcesses,
+        *,
+        version: str = DEFAULT_VERSION,
+        data_dir: Path | None = None,
+        socket_dir: Path = Path("/var/run/postgresql"),
+    ) -> None:
+        super().__init__(bundle, children, version=version)
+        self.bin_dir = Path(f"/usr/lib/postgresql/{version}/bin")
+        self.data_dir = data_dir or Path(DATA_ROOT) / "pgdata"
+        self.socket_dir = socket_dir
+        self.port = bundle.engine.port if bundle else 5432
+        self._first_start = True
+
+    # -- lifecycle
+
+    def initialize(self) -> None:
+        if not (self.bin_dir / "postgres").is_file():
+            raise EngineError(f"PostgreSQL {self.version} is not installed in this image")
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self._chown(self.socket_dir)
+        self.socket_dir.chmod(0o2775)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if (self.data_dir / "PG_VERSION").is_file():
+            self._chown(self.data_dir)
+            self.data_dir.chmod(0o700)
+            return
+        if self.data_dir.exists():
+            if any(self.data_dir.iterdir()):
+                raise EngineError(
+                    f"{self.data_dir} is not empty but holds no PostgreSQL cluster; "
+                    "refusing to touch it"
+                )
+            if os.path.ismount(self.data_dir):
+                self._initdb(self.data_dir)
+                return
+            self.data_dir.rmdir()
+        # initdb into a temporary directory and rename it into place, so a crash mid-way
+        # never leaves a half-made cluster that a later start would trust.
+        scratch = self.data_dir.with_name(self.data_dir.name + ".initdb")
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        scratch.mkdir(mode=0o700)
+        self._initdb(scratch)
+        os.rename(scratch, self.data_dir)
+        _fsync_dir(self.data_dir.parent)
+
+    def _initdb(self, target: Path) -> None:
+        self._chown(target)
+        target.chmod(0o700)
+        log.info("initialising a new PostgreSQL %s cluster in %s", self.version, self.data_dir)
+        started = time.monotonic()
+        proc = self.children.run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(target),
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                "--no-instructions",
+            ],
+            timeout=300,
+            **self._as_postgres(),
+        )
+        if proc.returncode != 0:
+            raise EngineError(
+                f"initdb failed with exit code {proc.returncode}: {_tail(proc.stderr)}"
+            )
+        self._write(target / "pg_hba.conf", self.HBA)
+        conf = target / "postgresql.conf"
+        with conf.open("a", encoding="utf-8") as handle:
+            handle.write(f"\n{self.INCLUDE_LINE}\n")
+        self._write(target / self.PENDING_NAME, "create the admin role from the bundle\n")
+        log.info("initdb finished in %.1f s", time.monotonic() - started)
+
+    def configure(self) -> None:
+        conf = self.data_dir / "postgresql.conf"
+        text = conf.read_text(encoding="utf-8") if conf.exists() else ""
+        if self.INCLUDE_LINE not in text:
+            with conf.open("a", encoding="utf-8") as handle:
+                handle.write(f"\n{self.INCLUDE_LINE}\n")
+        self._write(self.data_dir / self.CONF_NAME, self.render_conf())
+
+    def render_conf(self) -> str:
+        """The include file: the bundle's settings, then the ones the agent owns."""
+        lines = ["# Written by the OnePlatform guest agent at every start; edits are lost."]
+        settings = self.bundle.engine.settings if self.bundle else {}
+        for name, value in sorted(settings.items()):
+            if name.lower() in self.RESERVED:
+                log.warning("ignoring engine setting %s: the agent manages it", name)
+                continue
+            lines.append(f"{name} = {pg_quote(value)}")
+        lines.append("# Managed by the agent (these win over the settings above).")
+        managed = {
+            "listen_addresses": "*",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.socket_dir),
+            "jit": "off",  # the image leaves out the LLVM JIT provider
+            "logging_collector": "off",
+            "log_destination": "stderr",
+            "password_encryption": "scram-sha-256",
+        }
+        lines += [f"{name} = {pg_quote(value)}" for name, value in managed.items()]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        pid_file = self.data_dir / "postmaster.pid"
+        if self._first_start and os.getpid() == 1 and pid_file.exists():
+            # A fresh container (we are its PID 1 and have started no server yet): the file
+            # is left from a server that died with the previous container, and its PID may
+            # now belong to another process, which would keep the server from starting.
+            log.info("removing a stale postmaster.pid left by the previous container")
+            pid_file.unlink()
+        self._first_start = False
+        return self.children.popen(
+            [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **self._as_postgres(),
+        )
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            proc = self.children.run(
+                [
+                    str(self.bin_dir / "pg_isready"),
+                    "-q",
+                    "-h",
+                    str(self.socket_dir),
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-t",
+                    "3",
+                ],
+                timeout=10,
+                **self._as_postgres(),
+            )
+        except (EngineError, OSError) as exc:
+            return False, f"pg_isready failed: {exc}"
+        return proc.returncode == 0, {
+            0: "accepting connections",
+            1: "rejecting connections (starting up or shutting down)",
+            2: "no response",
+        }.get(proc.returncode, f"pg_isready exit code {proc.returncode}")
+
+    def bootstrap(self) -> None:
+        pending = self.data_dir / self.PENDING_NAME
+        if not pending.exists():
+            return
+        if self.bundle is None:
+            log.info("no bundle: no admin role is created, so nobody can log in remotely")
+            return
+        admin = self.bundle.admin
+        proc = self.children.run(
+            [
+                str(self.bin_dir / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-f",
+                "-",
+            ],
+            stdin=admin_role_sql(admin.username, admin.password).encode("utf-8"),
+            timeout=60,
+            **self._as_postgres(),
+        )
+        if proc.returncode != 0:
+            # psql may echo the failing statement, which holds the password verifier.
+            errors = [
+                line
+                for line in proc.stderr.decode("utf-8", "replace").splitlines()
+                if "ERROR" in line and "SCRAM-SHA-256$" not in line
+            ]
+            raise EngineError(
+                f"creating the admin role failed (psql exit code {proc.returncode}): "
+                + ("; ".join(errors)[:300] or "no error message")
+            )
+        pending.unlink()
+        log.info("created the admin role %s", admin.username)
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+        """SIGINT is PostgreSQL's fast shutdown; SIGQUIT (immediate) if it hangs."""
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 2.0), (signal.SIGKILL, 1.0)):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                log.warning("postgres did not stop within %.0f s of %s", wait, sig.name)
+        self.children.forget(proc)
+        return proc.returncode
+
+    # -- helpers
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": "/var/lib/postgresql",
+            "PGDATA": str(self.data_dir),
+        }
+
+    def _as_postgres(self) -> dict[str, Any]:
+        """Popen arguments that run a child as the postgres user (setuid before exec)."""
+        kwargs: dict[str, Any] = {"env": self._env()}
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(self.OS_USER)
+            kwargs.update(
+                user=user.pw_uid,
+                group=user.pw_gid,
+                extra_groups=os.getgrouplist(self.OS_USER, user.pw_gid),
+            )
+        return kwargs
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(self.OS_USER)
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _write(self, path: Path, text: str) -> None:
+        """Write a file readable by the server only, atomically."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._chown(tmp)
+        os.replace(tmp, path)
+
+
+def pg_quote(value: str) -> str:
+    """A postgresql.conf string value."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def sql_literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings is on in every supported version)."""
+    if "\x00" in value:
+        raise ValueError("NUL cannot appear in a SQL literal")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def admin_role_sql(username: str, password: str) -> str:
+    """psql script that creates (or updates) the admin role.
+
+    The password goes in as a SCRAM-SHA-256 verifier computed here, so the server never
+    sees the plain text; logging of the statements is switched off for the session.
+    """
+    verifier = scram_sha256_verifier(password)
+    ident = sql_identifier(username)
+    return "\n".join(
+        [
+            "SET log_statement = 'none';",
+            "SET log_min_error_statement = 'panic';",
+            "SET log_min_duration_statement = -1;",
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = "
+            f"{sql_literal(username)}) AS onep_missing \\gset",
+            "\\if :onep_missing",
+            f"CREATE ROLE {ident};",
+            "\\endif",
+            f"ALTER ROLE {ident} WITH LOGIN SUPERUSER CREATEDB CREATEROLE "
+            f"PASSWORD {sql_literal(verifier)};",
+            "",
+        ]
+    )
+
+
+def scram_sha256_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = 4096
+) -> str:
+    """The verifier PostgreSQL stores for ``password`` (as ``pg_authid.rolpassword``)."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+_PROHIBITED = (
+    stringprep.in_table_c12,
+    stringprep.in_table_c21,
+    stringprep.in_table_c22,
+    stringprep.in_table_c3,
+    stringprep.in_table_c4,
+    stringprep.in_table_c5,
+    stringprep.in_table_c6,
+    stringprep.in_table_c7,
+    stringprep.in_table_c8,
+    stringprep.in_table_c9,
+    stringprep.in_table_a1,
+)
+
+
+def saslprep(password: str) -> bytes:
+    """SASLprep (RFC 4013) as PostgreSQL applies it: on failure the raw bytes are used."""
+    raw = password.encode("utf-8")
+    if password.isascii():
+        return raw
+    mapped = "".join(
+        " " if stringprep.in_table_c12(ch) else ch
+        for ch in password
+        if not stringprep.in_table_b1(ch)
+    )
+    prepared = unicodedata.normalize("NFKC", mapped)
+    if not prepared or any(check(ch) for ch in prepared for check in _PROHIBITED):
+        return raw
+    rand_al = [stringprep.in_table_d1(ch) for ch in prepared]
+    if any(rand_al) and (
+        any(stringprep.in_table_d2(ch) for ch in prepared) or not (rand_al[0] and rand_al[-1])
+    ):
+        return raw
+    return prepared.encode("utf-8")
+
+
+def _tail(data: bytes, lines: int = 5) -> str:
+    return " | ".join(data.decode("utf-8", "replace").strip().splitlines()[-lines:])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,165 @@
+"""The agent's HTTP API: signed calls only, JSON answers.
+
+``GET /v1/health`` (the engine's state and whether it takes connections) and
+``POST /v1/engine/restart`` (returns once the engine is ready again).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from .bundle import Bundle
+from .contract import DEFAULT_DATASTORE, DEFAULT_VERSION
+from .signing import AuthError, RequestVerifier
+from .supervisor import ENGINE_RUNNING, Supervisor
+
+AGENT_VERSION = "1"
+MAX_BODY_BYTES = 1024 * 1024
+
+log = logging.getLogger("onep-agent")
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+class Agent:
+    """The API's logic, apart from HTTP plumbing: authenticate, route, answer."""
+
+    def __init__(
+        self,
+        bundle: Bundle | None,
+        supervisor: Supervisor,
+        *,
+        problem: str = "",
+        datastore: str = DEFAULT_DATASTORE,
+        version: str = DEFAULT_VERSION,
+        restart_timeout: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bundle = bundle
+        self.supervisor = supervisor
+        self.problem = problem or "no config bundle"
+        self.datastore = bundle.datastore if bundle else datastore
+        self.version = bundle.version if bundle else version
+        self.restart_timeout = restart_timeout
+        self.verifier = (
+            RequestVerifier(bundle.agent.secret, bundle.instance_id, clock=clock)
+            if bundle
+            else None
+        )
+
+    def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        if self.bundle is None or self.verifier is None:
+            return 401, error_body("no_bundle", f"{self.problem}; this agent accepts no calls")
+        try:
+            self.verifier.verify(method, path, headers, body)
+        except AuthError as exc:
+            return exc.status, error_body(exc.code, exc.message)
+        route = urlsplit(path).path
+        if route == "/v1/health":
+            if method != "GET":
+                return 405, error_body("method_not_allowed", "use GET")
+            return 200, self.health()
+        if route == "/v1/engine/restart":
+            if method != "POST":
+                return 405, error_body("method_not_allowed", "use POST")
+            ok, detail = self.supervisor.restart(self.restart_timeout)
+            if ok:
+                return 200, self.health()
+            if detail.startswith("the engine was not ready"):
+                return 504, error_body("timeout", detail)
+            return 503, error_body("engine_failed", detail)
+        return 404, error_body("not_found", f"no such endpoint: {route}")
+
+    def health(self) -> dict[str, Any]:
+        state, detail, restarts = self.supervisor.snapshot()
+        ready = False
+        if state == ENGINE_RUNNING and self.supervisor.engine is not None:
+            ready, detail = self.supervisor.engine.health()
+        return {
+            "instance_id": self.bundle.instance_id if self.bundle else None,
+            "datastore": self.datastore,
+            "version": self.version,
+            "engine": state,
+            "ready": ready,
+            "detail": detail,
+            "restarts": restarts,
+            "agent_version": AGENT_VERSION,
+        }
+
+
+class AgentHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
+        self.agent = agent
+        super().__init__(address, AgentRequestHandler)
+
+
+class AgentRequestHandler(http.server.BaseHTTPRequestHandler):
+    server: AgentHTTPServer
+    server_version = f"onep-agent/{AGENT_VERSION}"
+    sys_version = ""
+    timeout = 30  # seconds a client may take to send its request
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        started = time.monotonic()
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            status, payload = 413, error_body("bad_request", "missing or too large Content-Length")
+            self.close_connection = True
+        else:
+            body = self.rfile.read(length) if length else b""
+            try:
+                status, payload = self.server.agent.handle(
+                    self.command, self.path, dict(self.headers.items()), body
+                )
+            except Exception:
+                log.exception("error handling %s %s", self.command, self.path)
+                status, payload = 500, error_body("internal_error", "the agent failed")
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+        log.info(
+            "%s %s %d %.3fs from %s",
+            self.command,
+            self.path[:200],
+            status,
+            time.monotonic() - started,
+            self.client_address[0],
+        )
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # _handle logs one line per request
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.warning("http: %s", format % args)
