@@ -149,7 +149,7 @@ def test_every_missing_capability_has_a_reason() -> None:
 
 def test_init_does_no_io(podman_host: object) -> None:
     from oneplatform.compute.drivers.base import HostRef
-    from oneplatform.compute.states import ComputeType
+    from oneplatform.schemas.compute import ComputeType
 
     host = HostRef(id="x", name="x", compute_type=ComputeType.CONTAINER, uri="local://")
     driver = PodmanDriver(host)
@@ -362,8 +362,8 @@ def test_missing_podman_is_backend_unavailable(
     podman_host: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from oneplatform.compute.drivers.base import HostRef
-    from oneplatform.compute.states import ComputeType
     from oneplatform.errors import BackendUnavailable
+    from oneplatform.schemas.compute import ComputeType
 
     monkeypatch.setenv("PATH", "/nonexistent")
     host = HostRef(id="x", name="x", compute_type=ComputeType.CONTAINER, uri="local://")
@@ -373,8 +373,8 @@ def test_missing_podman_is_backend_unavailable(
 
 def test_unreachable_remote_is_backend_unavailable(podman_available: None, tmp_path: Path) -> None:
     from oneplatform.compute.drivers.base import HostRef
-    from oneplatform.compute.states import ComputeType
     from oneplatform.errors import BackendUnavailable
+    from oneplatform.schemas.compute import ComputeType
 
     host = HostRef(
         id="x",

@@ -55,7 +55,7 @@ def world(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> 
                     name=f"{ct}-host",
                     pool_id=pool.id,
                     uri=f"fake://{ct}",
-                    machine=f"fake-{ct}",
+                    machine="local",  # the fakes listen on this machine's 127.0.0.1
                     vcpus=8,
                     ram_mb=16384,
                     disk_gb=500,

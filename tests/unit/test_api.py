@@ -579,3 +579,77 @@ def test_datastores_catalog(api: Api) -> None:
     catalog = api.client.get("/v1/datastores", headers=api.other).json()
     pg = next(d for d in catalog if d["name"] == "postgresql")
     assert {"version": "15", "image": "postgresql-15", "default": True} in pg["versions"]
+
+
+# -- admin input is typed by compute type ------------------------------------------------------
+def _pool(api: Api, compute_type: str) -> None:
+    body = {"name": f"{compute_type}-pool", "compute_type": compute_type}
+    assert api.client.post("/v1/pools", json=body, headers=api.admin).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("compute_type", "settings"),
+    [
+        ("container", {"runtime": "runc", "nested": {"a": [1, {"b": 2}]}}),
+        ("container", {"runtime": "kata"}),
+        ("container", {"domain_type": "qemu"}),  # a VM pool's setting
+        ("vm", {"stop_grace_s": 0}),
+        ("vm", {"storage_path": "relative/path"}),
+        ("baremetal", {"runtime": "runc"}),
+        ("container", {"driver": "no-such-driver"}),
+    ],
+)
+def test_pool_settings_follow_the_schema_of_their_compute_type(
+    api: Api, compute_type: str, settings: dict
+) -> None:
+    before = api.counts()
+    body = {"name": "p1", "compute_type": compute_type, "settings": settings}
+    response = api.client.post("/v1/pools", json=body, headers=api.admin)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] in ("invalid_input", "driver_not_available")
+    assert api.counts() == before
+
+
+def test_pool_settings_are_stored_as_given(api: Api) -> None:
+    body = {"name": "v1", "compute_type": "vm", "settings": {"domain_type": "qemu"}}
+    created = api.client.post("/v1/pools", json=body, headers=api.admin)
+    assert created.status_code == 201, created.text
+    assert created.json()["settings"] == {"domain_type": "qemu"}  # the driver keeps defaults
+
+
+@pytest.mark.parametrize(
+    ("pool", "uri", "status", "code"),
+    [
+        ("baremetal-pool", "node://1234", 409, "hosts_are_enrolled"),
+        ("container-pool", "node://1234", 422, "invalid_input"),
+        ("container-pool", "qemu:///system", 422, "invalid_input"),
+        ("vm-pool", "local://", 422, "invalid_input"),
+        ("container-pool", "local://x,restrict=off", 422, "invalid_input"),
+    ],
+)
+def test_host_uris_follow_their_compute_type(
+    api: Api, pool: str, uri: str, status: int, code: str
+) -> None:
+    for compute_type in ("container", "vm", "baremetal"):
+        _pool(api, compute_type)
+    before = api.counts()
+    body = {"name": "h9", "pool": pool, "uri": uri}
+    _error(api.client.post("/v1/hosts", json=body, headers=api.admin), status, code)
+    assert api.counts() == before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"bind_address": "127.0.0.1,hostfwd=tcp::1-:22"},
+        {"bind_address": "localhost"},
+        {"port_range_start": 30000, "port_range_end": 29000},
+        {"traits": ["ok", "not ok"]},
+    ],
+)
+def test_host_addresses_and_ranges_are_checked(api: Api, change: dict) -> None:
+    _pool(api, "container")
+    before = api.counts()
+    body = {"name": "h9", "pool": "container-pool", "uri": "local://", **change}
+    _error(api.client.post("/v1/hosts", json=body, headers=api.admin), 422, "invalid_input")
+    assert api.counts() == before

@@ -140,7 +140,7 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
                 bmc_password_enc=box_for(settings).encrypt(req.bmc_password)
                 if req.bmc_password
                 else "",
-                port_map={k: v.model_dump() for k, v in req.port_map.items()},
+                port_map={k: v.model_dump(mode="json") for k, v in req.port_map.items()},
                 target_state=(
                     NodeState.AVAILABLE.value if req.provide else NodeState.MANAGEABLE.value
                 ),

@@ -34,6 +34,7 @@ CONTAINER = register_compute_type(
         create=INSTANCE_CREATE,
         delete=INSTANCE_DELETE,
         allocate_ports=allocate_from_range,
+        host_schemes=frozenset({"local", "unix", "ssh", "tcp"}),
         description="Podman containers sharing a host's kernel and capacity.",
     )
 )
@@ -44,6 +45,7 @@ VM = register_compute_type(
         delete=INSTANCE_DELETE,
         allocate_ports=allocate_from_range,
         prepare_image=with_vm_format,
+        host_schemes=frozenset({"qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix", "test"}),
         description="libvirt/QEMU virtual machines (KVM where the host has it, TCG otherwise).",
     )
 )

@@ -12,7 +12,7 @@ from oneplatform.compute.drivers.base import ComputeDriver
 from oneplatform.compute.hosts import host_ref
 from oneplatform.compute.ports import machine_of
 from oneplatform.compute.scheduler import host_states
-from oneplatform.compute.types import registered, spec_for
+from oneplatform.compute.types import ComputeTypeSpec, registered, spec_for
 from oneplatform.errors import (
     AlreadyExists,
     CapabilityNotSupported,
@@ -79,10 +79,12 @@ def require_capability(compute_type: str, capability: Capability) -> None:
 def create_pool(store: Store, caller: Caller, req: PoolCreate) -> PoolOut:
     caller.require_admin()
     spec_for(req.compute_type)
-    driver_class(req.compute_type)  # refuses a compute type this build cannot drive
+    driver_class(req.compute_type, req.settings.driver)  # refuses what this build cannot drive
     try:
         with store.session() as session:
-            pool = Pool(name=req.name, compute_type=req.compute_type.value, settings=req.settings)
+            pool = Pool(
+                name=req.name, compute_type=req.compute_type.value, settings=req.settings_dict()
+            )
             session.add(pool)
             session.flush()
             return PoolOut.model_validate(pool)
@@ -108,8 +110,7 @@ def _pool_by_name(session: Session, name: str) -> Pool:
 def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
     """Add a host to a pool after asking its backend for its inventory."""
     caller.require_admin()
-    if req.port_range_end <= req.port_range_start:
-        raise Conflict("port_range_end must be above port_range_start", code="invalid_port_range")
+    bind_address = str(req.bind_address)
     with store.session() as session:
         pool = _pool_by_name(session, req.pool)
         if spec_for(pool.compute_type).enrolled_hosts:
@@ -118,9 +119,10 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
                 "enrolling nodes (onep node enroll), not as hosts",
                 code="hosts_are_enrolled",
             )
+        _check_uri(spec_for(pool.compute_type), req.uri)
         if session.scalars(select(Host).where(Host.name == req.name)).first():
             raise AlreadyExists(f"host {req.name!r} already exists", code="host_exists")
-        probe = Host(id="probe", name=req.name, uri=req.uri, bind_address=req.bind_address)
+        probe = Host(id="probe", name=req.name, uri=req.uri, bind_address=bind_address)
         ref = host_ref(probe, pool)
     inventory = driver_for(ref).inventory()  # I/O outside any transaction
     try:
@@ -131,7 +133,7 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
                 pool_id=pool.id,
                 uri=req.uri,
                 machine=machine_of(req.uri),
-                bind_address=req.bind_address,
+                bind_address=bind_address,
                 vcpus=inventory.vcpus,
                 ram_mb=inventory.ram_mb,
                 disk_gb=inventory.disk_gb,
@@ -144,6 +146,16 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
             return _host_out(host, pool)
     except IntegrityError:
         raise AlreadyExists(f"host {req.name!r} already exists", code="host_exists") from None
+
+
+def _check_uri(spec: ComputeTypeSpec, uri: str) -> None:
+    scheme = uri.split("://", 1)[0]
+    if scheme not in spec.host_schemes:
+        raise InvalidInput(
+            f"a {spec.compute_type.value} host's URI starts with one of "
+            f"{', '.join(f'{s}://' for s in sorted(spec.host_schemes))}, not {scheme}://",
+            code="invalid_input",
+        )
 
 
 def _host_out(host: Host, pool: Pool, used: tuple[int, int, int] = (0, 0, 0)) -> HostOut:

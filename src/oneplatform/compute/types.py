@@ -21,7 +21,8 @@ What a description says:
 - ``enrolled_hosts``: its hosts come from another resource (nodes), never from
   ``POST /v1/hosts``;
 - ``held_ports``: (machine, address, port) its hosts hold outside any allocation (a node's
-  port map), which the port allocator of every compute type skips.
+  port map), which the port allocator of every compute type skips;
+- ``host_schemes``: the URI schemes a host of this type may be registered with.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class ComputeTypeSpec:
     preload_images: bool = True
     enrolled_hosts: bool = False
     held_ports: HeldPortsFn = _nothing_held
+    host_schemes: frozenset[str] = frozenset()
     description: str = ""
 
 

@@ -30,3 +30,9 @@ class ErrorBody(Response):
     code: str
     message: str
     details: dict[str, Any] = {}
+
+
+class ErrorResponse(Response):
+    """Every error answer: ``{"error": {"code", "message", "details"}}``; ``code`` is stable."""
+
+    error: ErrorBody

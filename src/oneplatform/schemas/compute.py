@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from ipaddress import IPv4Address
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, IPvAnyAddress, StringConstraints, model_validator
 
 from oneplatform.schemas.base import CatalogName, Request, ResourceName, Response
 
@@ -42,10 +43,75 @@ class ComputeTypeOut(Response):
     capabilities: list[CapabilityOut]
 
 
+DriverName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$"),
+    Field(description="A driver of the pool's compute type (its default when omitted)."),
+]
+Trait = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,63}$")]
+
+
+class ContainerPoolSettings(Request):
+    """What a container pool tells its driver (Podman)."""
+
+    driver: DriverName | None = None
+    runtime: Literal["runc", "crun"] = Field(
+        default="runc", description="The OCI runtime (crun fails on cgroups v1 hybrid hosts)."
+    )
+
+
+class VmPoolSettings(Request):
+    """What a VM pool tells its driver (libvirt)."""
+
+    driver: DriverName | None = None
+    domain_type: Literal["auto", "kvm", "qemu"] = Field(
+        default="auto", description="auto: KVM where a test guest proves it works, else TCG."
+    )
+    storage_pool: str = Field(default="oneplatform", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    storage_path: str = Field(
+        default="/var/lib/oneplatform/libvirt", pattern=r"^/[A-Za-z0-9_./-]{0,254}$"
+    )
+    stop_grace_s: float = Field(
+        default=60.0, gt=0, le=600, description="A graceful stop's wait before destroy."
+    )
+
+
+class BaremetalPoolSettings(Request):
+    """A bare-metal pool: its nodes carry their own BMC settings."""
+
+    driver: DriverName | None = None
+
+
+POOL_SETTINGS: dict[ComputeType, type[Request]] = {
+    ComputeType.CONTAINER: ContainerPoolSettings,
+    ComputeType.VM: VmPoolSettings,
+    ComputeType.BAREMETAL: BaremetalPoolSettings,
+}
+
+
 class PoolCreate(Request):
     name: ResourceName
     compute_type: ComputeType
-    settings: dict[str, Any] = {}
+    settings: ContainerPoolSettings | VmPoolSettings | BaremetalPoolSettings = Field(
+        default_factory=BaremetalPoolSettings,
+        description="The settings of the pool's compute type (see the three schemas).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_of_its_compute_type(cls, data: Any) -> Any:
+        """Read ``settings`` with the schema of ``compute_type``, not whichever fits."""
+        if isinstance(data, dict) and isinstance(data.get("settings"), dict):
+            try:
+                schema = POOL_SETTINGS[ComputeType(str(data.get("compute_type")))]
+            except ValueError:
+                return data  # compute_type itself is refused with its own message
+            data = {**data, "settings": schema.model_validate(data["settings"])}
+        return data
+
+    def settings_dict(self) -> dict[str, Any]:
+        """The settings as given (defaults stay the driver's), for the store."""
+        return self.settings.model_dump(mode="json", exclude_unset=True, exclude_none=True)
 
 
 class PoolOut(Response):
@@ -57,12 +123,27 @@ class PoolOut(Response):
 
 class HostCreate(Request):
     name: ResourceName
-    pool: str
-    uri: str = Field(min_length=1, max_length=255)
-    bind_address: str = "127.0.0.1"
-    traits: list[str] = []
+    pool: CatalogName
+    uri: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[a-z][a-z0-9+.-]*://[A-Za-z0-9@._~:/%+-]*$",
+        description="How the host is reached: local:// or ssh://user@host/run/podman/podman.sock "
+        "(containers); qemu:///system or qemu+ssh://user@host/system (VMs).",
+    )
+    bind_address: IPvAnyAddress = Field(
+        default=IPv4Address("127.0.0.1"),
+        description="The address service ports are published on.",
+    )
+    traits: list[Trait] = Field(default=[], max_length=64)
     port_range_start: int = Field(default=20000, ge=1024, le=65535)
     port_range_end: int = Field(default=29999, ge=1024, le=65535)
+
+    @model_validator(mode="after")
+    def _range_is_not_empty(self) -> HostCreate:
+        if self.port_range_end <= self.port_range_start:
+            raise ValueError("port_range_end must be above port_range_start")
+        return self
 
 
 class HostOut(Response):
@@ -88,7 +169,7 @@ class FlavorCreate(Request):
     vcpus: int = Field(ge=1, le=256)
     ram_mb: int = Field(ge=64, le=4 * 1024 * 1024)
     disk_gb: int = Field(ge=1, le=65536)
-    traits: list[str] = []
+    traits: list[Trait] = Field(default=[], max_length=64)
 
 
 class FlavorOut(Response):

@@ -3,31 +3,42 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, IPvAnyAddress, StringConstraints
 
-from oneplatform.schemas.base import Request, ResourceName, Response
+from oneplatform.schemas.base import CatalogName, Request, ResourceName, Response
 from oneplatform.schemas.operations import OperationOut
 
 
-class PortTarget(Response):
-    host: str
-    port: int
+class PortTarget(Request):
+    """Where one guest port of a node is reached: the node's address (or a forward to it)."""
+
+    host: IPvAnyAddress
+    port: int = Field(ge=1, le=65535)
+
+
+GuestPort = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,4}$")]
 
 
 class NodeEnroll(Request):
     name: ResourceName
-    pool: str = "baremetal"
+    pool: CatalogName = "baremetal"
     bmc_protocol: str = Field(
-        default="redfish", max_length=16, description="How the BMC is reached."
+        default="redfish", pattern=r"^[a-z][a-z0-9_-]{0,15}$", description="How the BMC is reached."
     )
-    bmc_address: str = Field(min_length=1, max_length=255, description="e.g. http://host:8000")
-    bmc_system_id: str = Field(min_length=1, max_length=255)
-    bmc_username: str = Field(default="", max_length=63)
-    bmc_password: str = Field(default="", max_length=255)
-    port_map: dict[str, PortTarget] = Field(
+    bmc_address: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[a-z][a-z0-9+.-]*://[A-Za-z0-9._~:%\[\]-]+(/[A-Za-z0-9._~:/%-]*)?$",
+        description="e.g. https://bmc.example:443",
+    )
+    bmc_system_id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:/-]+$")
+    bmc_username: str = Field(default="", max_length=63, pattern=r"^[\x21-\x7e]*$")
+    bmc_password: str = Field(default="", max_length=255, pattern=r"^[\x20-\x7e]*$")
+    port_map: dict[GuestPort, PortTarget] = Field(
         default={},
+        max_length=64,
         description="How the node's guest ports are reached: {guest_port: {host, port}}.",
     )
     provide: bool = Field(default=True, description="Clean and make available after inspection.")

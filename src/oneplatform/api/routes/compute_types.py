@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from oneplatform.api.deps import CallerDep
+from oneplatform.api.errors import declared
 from oneplatform.compute import catalog
 from oneplatform.schemas.compute import ComputeTypeOut
 
-router = APIRouter(tags=["compute-types"])
+router = APIRouter(tags=["compute-types"], responses=declared(401))
 
 
 @router.get("/compute-types", response_model=list[ComputeTypeOut])

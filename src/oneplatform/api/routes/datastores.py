@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from oneplatform.api.deps import CallerDep
+from oneplatform.api.errors import declared
 from oneplatform.dbaas import service
 from oneplatform.schemas.databases import DatastoreOut
 
-router = APIRouter(tags=["datastores"])
+router = APIRouter(tags=["datastores"], responses=declared(401))
 
 
 @router.get("/datastores", response_model=list[DatastoreOut])

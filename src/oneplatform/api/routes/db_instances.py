@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.dbaas import service
 from oneplatform.schemas.databases import (
     Credentials,
@@ -18,7 +19,9 @@ from oneplatform.schemas.databases import (
     PasswordChange,
 )
 
-router = APIRouter(prefix="/db/instances", tags=["db-instances"])
+router = APIRouter(
+    prefix="/db/instances", tags=["db-instances"], responses=declared(401, 404, 409, 422, 502, 503)
+)
 ACCEPTED = status.HTTP_202_ACCEPTED
 CREATED = status.HTTP_201_CREATED
 NO_CONTENT = status.HTTP_204_NO_CONTENT

@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.compute import catalog
 from oneplatform.schemas.compute import FlavorCreate, FlavorOut
 
-router = APIRouter(tags=["flavors"])
+router = APIRouter(tags=["flavors"], responses=declared(401, 403, 409, 422))
 
 
 @router.get("/flavors", response_model=list[FlavorOut])

@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.compute import catalog
 from oneplatform.schemas.compute import HostCreate, HostOut
 
-router = APIRouter(tags=["hosts"])
+router = APIRouter(tags=["hosts"], responses=declared(401, 403, 404, 409, 422, 502, 503))
 
 
 @router.get("/hosts", response_model=list[HostOut])

@@ -3,11 +3,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.compute.images import request_build
 from oneplatform.images import catalog
 from oneplatform.schemas.images import ImageBuildAccepted, ImageOut
 
-router = APIRouter(tags=["images"])
+router = APIRouter(tags=["images"], responses=declared(401, 403, 404, 409, 422))
 
 
 @router.get("/images", response_model=list[ImageOut])

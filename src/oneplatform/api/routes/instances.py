@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.compute import instances as service
 from oneplatform.errors import InvalidInput
 from oneplatform.schemas.instances import (
@@ -17,7 +18,7 @@ from oneplatform.schemas.instances import (
     SnapshotRequest,
 )
 
-router = APIRouter(tags=["instances"])
+router = APIRouter(tags=["instances"], responses=declared(401, 404, 409, 422, 502, 503))
 ACCEPTED = status.HTTP_202_ACCEPTED
 
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.baremetal import nodes as service
 from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut, NodePower
 
-router = APIRouter(prefix="/nodes", tags=["nodes"])
+router = APIRouter(
+    prefix="/nodes", tags=["nodes"], responses=declared(401, 403, 404, 409, 422, 502, 503)
+)
 ACCEPTED = status.HTTP_202_ACCEPTED
 
 

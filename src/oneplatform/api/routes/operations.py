@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.ops import service
 from oneplatform.schemas.operations import OperationOut
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=declared(401, 404, 422))
 
 
 @router.get("/operations", response_model=list[OperationOut])

@@ -4,9 +4,10 @@ from fastapi import APIRouter, status
 
 from oneplatform import iam
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.schemas.projects import ProjectCreate, ProjectCreated, ProjectOut, WhoAmI
 
-router = APIRouter(tags=["projects"])
+router = APIRouter(tags=["projects"], responses=declared(401, 403, 409, 422))
 
 
 @router.get("/projects", response_model=list[ProjectOut])

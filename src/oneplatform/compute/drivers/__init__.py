@@ -43,6 +43,16 @@ def unregister_driver(compute_type: ComputeType, name: str) -> None:
     _DRIVERS.get(compute_type, {}).pop(name, None)
 
 
+def default_driver(compute_type: ComputeType) -> str | None:
+    return _DEFAULT.get(compute_type)
+
+
+def set_default_driver(compute_type: ComputeType, name: str) -> None:
+    if name not in _DRIVERS.get(compute_type, {}):
+        raise InvalidInput(f"compute type {compute_type.value!r} has no driver {name!r}")
+    _DEFAULT[compute_type] = name
+
+
 def driver_class(compute_type: ComputeType, name: str | None = None) -> type[ComputeDriver]:
     """The class of ``name`` (the compute type's default driver when None)."""
     entries = _DRIVERS.get(compute_type, {})
