@@ -62,7 +62,7 @@ def start_workers(
     return threads
 
 
-def run_up(settings: Settings, announce: Callable[[str, str, list[str]], None]) -> None:
+def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str]], None]) -> None:
     """Run API and workers in this process until interrupted."""
     import uvicorn
 
@@ -71,14 +71,14 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str]], None]) 
     write_cli_config(settings, url, token)
     for warning in ensure_defaults(store, settings):
         log.warning("%s", warning)
-    enroll_lab_nodes(store, settings)
+    enrolling = enroll_lab_nodes(store, settings)
     builds = ensure_images(store)
     stop = threading.Event()
     start_workers(store, settings, settings.workers, stop)
     for loop, name in ((run_health_checker, "health"), (run_reconciler, "reconciler")):
         threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
     app = create_app(Platform(store, settings))
-    announce(url, str(settings.home), builds)
+    announce(url, str(settings.home), builds, enrolling)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from oneplatform.cli.output import (
     Format,
     OutputOpt,
+    WideOpt,
     api_errors,
     console,
     emit,
     fail,
     wait_with_progress,
 )
-from oneplatform.schemas.databases import DbInstanceAccepted
+from oneplatform.schemas.databases import DbInstanceAccepted, DbInstanceOut
 from oneplatform.schemas.operations import Intent
 from oneplatform.sdk.client import Client, OperationFailed
 
@@ -31,11 +35,31 @@ DB_COLUMNS = (
     "status",
     "health",
     "datastore",
+    "flavor",
+    "endpoint",
+    "compute_type",
+    "version",
+)
+SHOW_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "health",
+    "datastore",
     "version",
     "flavor",
     "compute_type",
+    "size_gb",
     "endpoint",
+    "connection_uri",
+    "status_message",
+    "health_message",
 )
+# How each kind of connection URI is opened with its engine's own client, and the
+# environment variable that client reads a password from (never put on its command line).
+CLIENTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "postgresql": (("psql",), "PGPASSWORD"),
+}
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Wait until the work is done.")]
 
 
@@ -59,7 +83,25 @@ def _finish(c: Client, accepted: DbInstanceAccepted, wait: bool, fmt: Format) ->
         else:
             console.print(f"deleted {db.name}")
         return
-    emit(c.db.get(db.id), fmt, DB_COLUMNS)
+    _show(c.db.get(db.id), fmt)
+
+
+def _with(uri: str, user: str | None, database: str | None) -> str:
+    """``uri`` with another user and/or database."""
+    parts = urlsplit(uri)
+    netloc = f"{user}@{parts.netloc.split('@', 1)[1]}" if user else parts.netloc
+    return urlunsplit(
+        parts._replace(netloc=netloc, path=f"/{database}" if database else parts.path)
+    )
+
+
+def _show(db: DbInstanceOut, fmt: Format) -> None:
+    emit(db, fmt, SHOW_COLUMNS)
+    if fmt is Format.table and db.connection_uri:
+        console.print(
+            f"\nconnect: onep db connect {db.name}    password: onep db credentials {db.name}",
+            highlight=False,
+        )
 
 
 def _user_spec(raw: str, databases: list[str]) -> dict[str, object]:
@@ -100,19 +142,48 @@ def db_create(
 
 
 @db_app.command("list")
-def db_list(output: Format = OutputOpt) -> None:
+def db_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with Client.from_home() as c, api_errors():
-        emit(c.db.list(), output, DB_COLUMNS)
+        emit(c.db.list(), output, DB_COLUMNS, wide=wide)
 
 
 @db_app.command("show")
 def db_show(name: str, output: Format = OutputOpt) -> None:
+    """A database instance: status, health, endpoint and its connection URI."""
     with Client.from_home() as c, api_errors():
-        emit(
-            c.db.get(name),
-            output,
-            ("id", *DB_COLUMNS, "size_gb", "status_message", "health_message"),
-        )
+        _show(c.db.get(name), output)
+
+
+@db_app.command(
+    "connect", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def db_connect(
+    ctx: typer.Context,
+    name: str,
+    database: Annotated[str | None, typer.Option(help="Database (the admin's default).")] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="Connect as this user (its client asks for the password)."),
+    ] = None,
+) -> None:
+    """Open the engine's own client on the database (psql for PostgreSQL); arguments after
+    `--` go to the client, e.g. `onep db connect pg1 -- -c 'select 1'`."""
+    with Client.from_home() as c, api_errors():
+        db = c.db.get(name)
+        if db.endpoint is None or db.connection_uri is None:
+            raise fail(f"database instance {name!r} has no endpoint yet (it is {db.status})")
+        password = None if user else c.db.credentials(name).password
+    scheme = db.connection_uri.split("://", 1)[0]
+    if scheme not in CLIENTS:
+        raise fail(f"no client is known for {scheme}:// URIs")
+    argv, password_env = CLIENTS[scheme]
+    uri = _with(db.connection_uri, user, database)
+    if shutil.which(argv[0]) is None:
+        raise fail(f"{argv[0]} is not installed here (Debian: apt-get install postgresql-client)")
+    env = dict(os.environ)
+    if password is not None:
+        env[password_env] = password
+    os.execvpe(argv[0], [*argv, uri, *ctx.args], env)
 
 
 @db_app.command("restart")
@@ -151,9 +222,9 @@ def database_create(name: str, database: str, output: Format = OutputOpt) -> Non
 
 
 @database_app.command("list")
-def database_list(name: str, output: Format = OutputOpt) -> None:
+def database_list(name: str, output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with Client.from_home() as c, api_errors():
-        emit(c.db.list_databases(name), output, ("name",))
+        emit(c.db.list_databases(name), output, ("name",), wide=wide)
 
 
 @database_app.command("delete")
@@ -188,9 +259,9 @@ def user_create(
 
 
 @user_app.command("list")
-def user_list(name: str, output: Format = OutputOpt) -> None:
+def user_list(name: str, output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with Client.from_home() as c, api_errors():
-        emit(c.db.list_users(name), output, ("name", "databases"))
+        emit(c.db.list_users(name), output, ("name", "databases"), wide=wide)
 
 
 @user_app.command("delete")
@@ -227,6 +298,6 @@ def user_revoke(name: str, user: str, database: str, output: Format = OutputOpt)
 
 
 @datastore_app.command("list")
-def datastore_list(output: Format = OutputOpt) -> None:
+def datastore_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with Client.from_home() as c, api_errors():
-        emit(c.db.datastores(), output, ("name", "versions"))
+        emit(c.db.datastores(), output, ("name", "versions"), wide=wide)

@@ -12,6 +12,7 @@ from oneplatform.cli.nodes import node_app
 from oneplatform.cli.output import (
     Format,
     OutputOpt,
+    WideOpt,
     api_errors,
     console,
     emit,
@@ -71,13 +72,19 @@ def up(
     overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
-    def announce(url: str, home: str, builds: list[str]) -> None:
+    def announce(url: str, home: str, builds: list[str], enrolling: list[str]) -> None:
         console.print(f"[bold green]OnePlatform is up[/] at {url}  (state in {home})")
         console.print(
             "  onep instance create web1 --flavor container.small --image postgresql-15 --wait"
         )
         console.print("  onep instance list    onep flavor list    onep compute-type list")
         console.print(f"  API docs: {url}/docs    stop with Ctrl-C")
+        if enrolling:
+            console.print(
+                f"  enrolling {len(enrolling)} bare-metal node(s) of the lab: each is verified, "
+                "inspected and cleaned, then available (a few minutes); follow with "
+                "`onep node list`"
+            )
         if builds:
             console.print(
                 f"  building {len(builds)} image(s) on first use: "
@@ -179,9 +186,9 @@ def instance_create(
 
 
 @instance_app.command("list")
-def instance_list(output: Format = OutputOpt) -> None:
+def instance_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with client() as c, api_errors():
-        emit(c.instances.list(), output, INSTANCE_COLUMNS)
+        emit(c.instances.list(), output, INSTANCE_COLUMNS, wide=wide)
 
 
 @instance_app.command("show")
@@ -280,9 +287,14 @@ def instance_snapshot(
 
 # -- catalog -----------------------------------------------------------------------------------
 @flavor_app.command("list")
-def flavor_list(output: Format = OutputOpt) -> None:
+def flavor_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with client() as c, api_errors():
-        emit(c.flavors.list(), output, ("name", "compute_type", "vcpus", "ram_mb", "disk_gb"))
+        emit(
+            c.flavors.list(),
+            output,
+            ("name", "compute_type", "vcpus", "ram_mb", "disk_gb"),
+            wide=wide,
+        )
 
 
 @flavor_app.command("create")
@@ -326,9 +338,14 @@ def compute_type_list(output: Format = OutputOpt) -> None:
 
 
 @image_app.command("list")
-def image_list(output: Format = OutputOpt) -> None:
+def image_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with client() as c, api_errors():
-        emit(c.images.list(), output, ("name", "status", "ports", "size_bytes", "description"))
+        emit(
+            c.images.list(),
+            output,
+            ("name", "status", "ports", "size_bytes", "description"),
+            wide=wide,
+        )
 
 
 @image_app.command("build")
@@ -361,9 +378,14 @@ def operation_show(operation_id: str, output: Format = OutputOpt) -> None:
 
 
 @op_app.command("list")
-def operation_list(output: Format = OutputOpt) -> None:
+def operation_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with client() as c, api_errors():
-        emit(c.operations.list(), output, ("id", "kind", "resource_id", "status", "progress"))
+        emit(
+            c.operations.list(),
+            output,
+            ("id", "kind", "resource_id", "status", "progress"),
+            wide=wide,
+        )
 
 
 @project_app.command("create")
@@ -379,24 +401,25 @@ def project_create(name: str, output: Format = OutputOpt) -> None:
 
 
 @project_app.command("list")
-def project_list(output: Format = OutputOpt) -> None:
+def project_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with client() as c, api_errors():
-        emit(c.projects.list(), output, ("id", "name"))
+        emit(c.projects.list(), output, ("id", "name"), wide=wide)
 
 
 @pool_app.command("list")
-def pool_list(output: Format = OutputOpt) -> None:
+def pool_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with client() as c, api_errors():
-        emit(c.pools.list(), output, ("name", "compute_type", "settings"))
+        emit(c.pools.list(), output, ("name", "compute_type", "settings"), wide=wide)
 
 
 @host_app.command("list")
-def host_list(output: Format = OutputOpt) -> None:
+def host_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with client() as c, api_errors():
         emit(
             c.hosts.list(),
             output,
             ("name", "pool", "uri", "vcpus", "used_vcpus", "ram_mb", "used_ram_mb", "disk_gb"),
+            wide=wide,
         )
 
 

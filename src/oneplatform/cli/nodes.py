@@ -6,14 +6,23 @@ from typing import Annotated
 
 import typer
 
-from oneplatform.cli.output import Format, OutputOpt, api_errors, emit, fail, wait_with_progress
+from oneplatform.cli.output import (
+    Format,
+    OutputOpt,
+    WideOpt,
+    api_errors,
+    emit,
+    fail,
+    wait_with_progress,
+)
 from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, PortTarget
 from oneplatform.sdk.client import Client, OperationFailed
 
 node_app = typer.Typer(help="Bare-metal nodes (admin).", no_args_is_help=True)
 power_app = typer.Typer(help="Switch a node's power through its BMC.", no_args_is_help=True)
 node_app.add_typer(power_app, name="power")
-NODE_COLUMNS = ("name", "state", "power_state", "pool", "instance", "last_error")
+# target_state: where a node in transition is going (an enrolling node: "available").
+NODE_COLUMNS = ("name", "state", "target_state", "power_state", "instance", "pool", "last_error")
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Wait until the work is done.")]
 
 
@@ -70,9 +79,9 @@ def node_enroll(
 
 
 @node_app.command("list")
-def node_list(output: Format = OutputOpt) -> None:
+def node_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     with Client.from_home() as c, api_errors():
-        emit(c.nodes.list(), output, NODE_COLUMNS)
+        emit(c.nodes.list(), output, NODE_COLUMNS, wide=wide)
 
 
 @node_app.command("show")

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import ApiError, Client
@@ -31,8 +31,24 @@ class Format(enum.StrEnum):
 OutputOpt = typer.Option(Format.table, "--output", "-o", help="table or json")
 
 
-def emit(data: BaseModel | Sequence[BaseModel], fmt: Format, columns: Sequence[str]) -> None:
-    """Print one model or a list of them, as JSON or as a table of ``columns``."""
+WideOpt = typer.Option(
+    False, "--wide", help="Show every column (long values wrap instead of columns being left out)."
+)
+CELL_PADDING = 3  # a cell's border and its padding on both sides
+
+
+def emit(
+    data: BaseModel | Sequence[BaseModel],
+    fmt: Format,
+    columns: Sequence[str],
+    wide: bool = False,
+) -> None:
+    """Print one model or a list of them, as JSON or for people.
+
+    One model is a list of its fields. A list is a table of ``columns``, most important
+    first: the columns that do not fit the terminal are left out (``wide`` keeps them all),
+    and a value is never cut short (it wraps).
+    """
     if fmt is Format.json:
         if isinstance(data, BaseModel):
             payload: Any = data.model_dump(mode="json")
@@ -40,11 +56,37 @@ def emit(data: BaseModel | Sequence[BaseModel], fmt: Format, columns: Sequence[s
             payload = [d.model_dump(mode="json") for d in data]
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    rows = [data] if isinstance(data, BaseModel) else list(data)
-    table = Table(*columns, show_lines=False)
+    if isinstance(data, BaseModel):
+        _record(data.model_dump(mode="json"), columns)
+        return
+    rows = [[_cell(row.model_dump(mode="json").get(c)) for c in columns] for row in data]
+    shown = len(columns) if wide else fitting(columns, rows, console.width)
+    table = Table(*(Column(c, overflow="fold") for c in columns[:shown]))
     for row in rows:
-        dumped = row.model_dump(mode="json")
-        table.add_row(*(_cell(dumped.get(c)) for c in columns))
+        table.add_row(*row[:shown])
+    console.print(table)
+    if shown < len(columns):
+        hidden = ", ".join(columns[shown:])
+        errors.print(f"[dim]not shown to fit {console.width} columns: {hidden} (--wide)[/dim]")
+
+
+def fitting(columns: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> int:
+    """How many of ``columns`` (in order) fit ``width`` at their widest value; at least one."""
+    used, count = 1, 0
+    for i, name in enumerate(columns):
+        need = max([len(name), *(len(r[i]) for r in rows)]) + CELL_PADDING
+        if count and used + need > width:
+            break
+        used, count = used + need, count + 1
+    return count
+
+
+def _record(fields: dict[str, Any], columns: Sequence[str]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for name in columns:
+        table.add_row(name, _cell(fields.get(name)))
     console.print(table)
 
 

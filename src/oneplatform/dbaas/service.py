@@ -67,12 +67,17 @@ def list_datastores() -> list[DatastoreOut]:
 def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
     flavor = session.get_one(Flavor, db.flavor_id)
     instance = session.get(Instance, db.instance_id) if db.instance_id else None
+    datastore = get_datastore(db.datastore)
     endpoint = None
     if instance is not None and db.status != DbStatus.DELETED.value:
-        engine_name = get_datastore(db.datastore).engine_endpoint
         for e in endpoints(session, instance):
-            if e.name == engine_name:
+            if e.name == datastore.engine_endpoint:
                 endpoint = DbEndpoint(host=e.host, port=e.port)
+    uri = (
+        datastore.connection_uri(endpoint.host, endpoint.port, db.admin_username)
+        if endpoint
+        else None
+    )
     return DbInstanceOut(
         id=db.id,
         name=db.name,
@@ -87,6 +92,7 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         compute_type=flavor.compute_type,
         size_gb=db.size_gb,
         endpoint=endpoint,
+        connection_uri=uri,
         created_at=db.created_at,
         updated_at=db.updated_at,
     )

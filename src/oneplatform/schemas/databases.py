@@ -68,6 +68,11 @@ class DbInstanceOut(Response):
     compute_type: str
     size_gb: int
     endpoint: DbEndpoint | None = None
+    connection_uri: str | None = Field(
+        default=None,
+        description="The admin's connection URI, without the password "
+        "(`onep db credentials NAME` shows it; `onep db connect NAME` uses it).",
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
 

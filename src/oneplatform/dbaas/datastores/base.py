@@ -37,6 +37,13 @@ class Datastore(abc.ABC):
     default_version: ClassVar[str]
     engine_endpoint: ClassVar[str]  # the endpoint name clients connect to
     admin_username: ClassVar[str] = "admin"
+    uri_scheme: ClassVar[str]  # of connection URIs: postgresql://user@host:port/database
+    admin_database: ClassVar[str] = ""  # the database an admin connects to by default
+
+    def connection_uri(self, host: str, port: int, user: str, database: str | None = None) -> str:
+        """A URI the engine's own clients take; never with a password in it."""
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.uri_scheme}://{user}@{host}:{port}/{database or self.admin_database}"
 
     @abc.abstractmethod
     def engine_settings(self, vcpus: int, ram_mb: int) -> dict[str, str]:

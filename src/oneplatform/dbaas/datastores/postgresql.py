@@ -26,6 +26,8 @@ class PostgreSQL(Datastore):
     default_version = "15"
     engine_endpoint = "postgresql"
     admin_username = "admin"
+    uri_scheme = "postgresql"
+    admin_database = "postgres"
 
     # -- sizing and names ---------------------------------------------------------------------
     def engine_settings(self, vcpus: int, ram_mb: int) -> dict[str, str]:
