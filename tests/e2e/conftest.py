@@ -153,3 +153,27 @@ def _cleanup_containers(p: Platform) -> None:
     for inst in json.loads(p.run("instance", "list", "-o", "json", check=False).stdout or "[]"):
         for c in podman_containers(inst["id"]):
             subprocess.run(["podman", "rm", "-f", "-v", c["Id"]], capture_output=True)
+
+
+# -- self-healing times, printed at the end of the run -----------------------------------------
+HEALING = Path(__file__).resolve().parents[2] / ".cache" / "e2e" / "healing.json"
+
+
+def record_healing(case: str, seconds: float) -> None:
+    """Keep how long a self-healing case took to come back HEALTHY (see the run's summary)."""
+    HEALING.parent.mkdir(parents=True, exist_ok=True)
+    times = json.loads(HEALING.read_text()) if HEALING.exists() else {}
+    times[case] = round(seconds, 1)
+    HEALING.write_text(json.dumps(times, indent=2) + "\n")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    HEALING.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not HEALING.exists():
+        return
+    terminalreporter.section("self-healing: time to HEALTHY")
+    for case, seconds in json.loads(HEALING.read_text()).items():
+        terminalreporter.write_line(f"{seconds:7.1f} s  {case}")

@@ -86,6 +86,7 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         status_message=db.status_message,
         health=db.health,
         health_message=db.health_message,
+        health_checked_at=db.health_checked_at,
         datastore=db.datastore,
         version=db.version,
         flavor=flavor.name,

@@ -62,6 +62,9 @@ class DbInstanceOut(Response):
     status_message: str = ""
     health: str
     health_message: str = ""
+    health_checked_at: dt.datetime | None = Field(
+        default=None, description="When the health checker last asked the engine."
+    )
     datastore: str
     version: str
     flavor: str

@@ -1,0 +1,292 @@
+"""All three compute types in one platform, end to end, against the real Podman, libvirt and
+the Redfish emulator over the bare-metal lab.
+
+The README's tour runs as written (every ``onep`` line of its two tour blocks, in order) and
+leaves a container, a VM and a bare-metal database alive at once, each reached with psql.
+Then each one's compute is broken behind the platform's back — ``podman kill``, ``podman rm
+-f``, the VM's QEMU killed, the node powered off through its BMC — and the platform itself is
+killed with -9: every time the database must come back HEALTHY with its data, and the time
+it took is recorded (printed at the end of the run). Last, the bare-metal deletes clean the
+nodes, and a deploy killed mid-way resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oneplatform.baremetal.bmc import PowerAction
+from oneplatform.baremetal.redfish import RedfishBmc
+from tests.e2e.conftest import Platform, free_port, podman_containers, record_healing
+
+pytestmark = pytest.mark.e2e
+LAB = Path("/var/lib/oneplatform/bmlab/nodes.json")
+README = Path(__file__).resolve().parents[2] / "README.md"
+ALICE_PW = "S3cret-pass"  # the README's
+DATABASES = {"pgc": "container", "pgvm": "vm", "pgbm": "baremetal"}
+
+
+def _require_lab() -> None:
+    if LAB.exists():
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and the bare-metal lab is missing ({LAB}): run scripts/bmlab.sh up")
+    pytest.skip("the bare-metal lab is not set up (scripts/bmlab.sh up)")
+
+
+def _nodes(p: Platform) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in p.json("node", "list")}
+
+
+def _wait_nodes(p: Platform, state: str, timeout: float = 600) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = _nodes(p)
+        if nodes and all(n["state"] == state for n in nodes.values()):
+            return nodes
+        assert not any("failed" in n["state"] for n in nodes.values()), nodes
+        assert time.monotonic() < deadline, nodes
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    _require_lab()
+    p = Platform(
+        home=tmp_path_factory.mktemp("onep-lab"),
+        port=free_port(),
+        extra_env={
+            "ONEP_BMLAB_FILE": str(LAB),
+            "ONEP_HEALTH_INTERVAL_SECONDS": "2",
+            "ONEP_RECONCILE_INTERVAL_SECONDS": "3",
+        },
+    )
+    p.start()
+    try:
+        p.wait_images_ready()
+        yield p
+    finally:
+        for name in DATABASES:
+            p.run("db", "delete", name, "--wait", timeout=900, check=False)
+        p.stop()
+
+
+def tour() -> list[list[str]]:
+    """Every ``onep`` command of the README's tour blocks, as argv, in order."""
+    text = README.read_text()
+    section = text[text.index("## A short tour") :]
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        for line in block.splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv and argv[0] == "onep":
+                commands.append(argv[1:])
+    return commands
+
+
+def _psql(p: Platform, db: str, sql: str) -> str:
+    """``onep db connect`` as alice: the engine's own client on the database's endpoint."""
+    out = p.run(
+        "db", "connect", db, "--database", "appdb", "--user", "alice", "--", "-tAc", sql,
+        PGPASSWORD=ALICE_PW,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def _instance_of(p: Platform, db: str) -> str:
+    with sqlite3.connect(p.home / "oneplatform.db") as conn:
+        (instance_id,) = conn.execute(
+            "SELECT instance_id FROM db_instances WHERE name = ? AND deleted_at IS NULL", (db,)
+        ).fetchone()
+    return str(instance_id)
+
+
+def _parse(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _healthy_again(p: Platform, db: str, since: dt.datetime, timeout: float = 900) -> float:
+    """Seconds until ``db`` is ACTIVE and HEALTHY by a health check made after ``since``."""
+    start = time.monotonic()
+    while True:
+        shown = p.json("db", "show", db)
+        checked = shown.get("health_checked_at")
+        if (
+            shown["status"] == "ACTIVE"
+            and shown["health"] == "HEALTHY"
+            and checked
+            and _parse(checked) > since
+        ):
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, shown
+        time.sleep(0.5)
+
+
+def _repaired(p: Platform, instance_id: str, since: dt.datetime) -> dict[str, Any]:
+    """The repair operation the platform ran on the instance after ``since``."""
+    ops = [
+        op
+        for op in p.json("operation", "list")
+        if op["resource_id"] == instance_id
+        and op["kind"] == "instance.repair"
+        and _parse(op["created_at"]) > since
+    ]
+    assert ops, f"no repair of {instance_id} after {since}"
+    return ops[0]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# -- enrolment and the tour ----------------------------------------------------------------------
+def test_enrolled_nodes_become_available(lab: Platform) -> None:
+    nodes = _wait_nodes(lab, "available")
+    assert set(nodes) >= {"onep-bm-0", "onep-bm-1"}
+    for node in nodes.values():
+        assert node["pool"] == "baremetal" and node["instance"] is None
+        assert node["power_state"] in ("stopped", "running")
+        inventory = lab.json("node", "show", node["name"])["inventory"]
+        assert inventory["cpus"] >= 1 and inventory["memory_mb"] >= 1024
+        assert inventory["disks"] and "cd" in [t.lower() for t in inventory["virtual_media_types"]]
+    on = lab.json("node", "power", "on", "onep-bm-1")
+    assert on["power_state"] == "running"
+    off = lab.json("node", "power", "off", "onep-bm-1")
+    assert off["power_state"] == "stopped" and off["state"] == "available"
+    types = {t["name"]: t for t in lab.json("compute-type", "list")}
+    caps = {c["name"]: c for c in types["baremetal"]["capabilities"]}
+    for name in ("boot_device", "virtual_media", "forced_reboot"):
+        assert caps[name]["supported"] is True
+    for name in ("snapshot", "resize", "exec"):
+        assert caps[name]["supported"] is False and caps[name]["reason"]
+
+
+def test_the_readme_tour_runs_start_to_end(lab: Platform) -> None:
+    commands = tour()
+    assert len(commands) > 25, commands
+    for argv in commands:
+        if "baremetal.small" in argv:
+            _wait_nodes(lab, "available")
+        lab.run(*argv, timeout=1500)
+    dbs = {d["name"]: d for d in lab.json("db", "list")}
+    assert {name: dbs[name]["compute_type"] for name in DATABASES} == DATABASES
+    for name in DATABASES:
+        assert dbs[name]["status"] == "ACTIVE" and dbs[name]["health"] == "HEALTHY", dbs[name]
+        assert dbs[name]["connection_uri"].startswith("postgresql://admin@")
+        _psql(lab, name, "CREATE TABLE t (x int); INSERT INTO t VALUES (42)")
+        assert _psql(lab, name, "SELECT x FROM t") == "42"
+    active = [n for n in _nodes(lab).values() if n["state"] == "active"]
+    assert len(active) == 1 and active[0]["power_state"] == "running"
+
+
+# -- self-healing ------------------------------------------------------------------------------
+def _heal_and_check(lab: Platform, db: str, case: str, since: dt.datetime) -> None:
+    seconds = _healthy_again(lab, db, since)
+    assert _repaired(lab, _instance_of(lab, db), since)["status"] == "SUCCEEDED"
+    assert _psql(lab, db, "SELECT x FROM t") == "42"
+    record_healing(case, seconds)
+
+
+def test_a_killed_container_comes_back(lab: Platform) -> None:
+    (container,) = podman_containers(_instance_of(lab, "pgc"))
+    since = _now()
+    subprocess.run(["podman", "kill", container["Id"]], check=True, capture_output=True)
+    _heal_and_check(lab, "pgc", "podman kill (container)", since)
+
+
+def test_a_removed_container_is_recreated_on_its_data_volume(lab: Platform) -> None:
+    instance_id = _instance_of(lab, "pgc")
+    (container,) = podman_containers(instance_id)
+    since = _now()
+    subprocess.run(["podman", "rm", "-f", container["Id"]], check=True, capture_output=True)
+    _heal_and_check(lab, "pgc", "podman rm -f (container)", since)
+    (again,) = podman_containers(instance_id)
+    assert again["Id"] != container["Id"]
+
+
+def test_a_vm_whose_qemu_was_killed_comes_back(lab: Platform) -> None:
+    domain = f"onep-{_instance_of(lab, 'pgvm')}"
+    pids = subprocess.run(
+        ["pgrep", "-f", f"guest={domain},"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(pids) == 1, pids
+    since = _now()
+    os.kill(int(pids[0]), 9)
+    _heal_and_check(lab, "pgvm", "QEMU killed (VM)", since)
+
+
+def test_a_node_powered_off_through_its_bmc_comes_back(lab: Platform) -> None:
+    (node,) = [n for n in _nodes(lab).values() if n["state"] == "active"]
+    entry = next(n for n in json.loads(LAB.read_text())["nodes"] if n["name"] == node["name"])
+    bmc = RedfishBmc(entry["bmc_url"], entry["username"], entry["password"], entry["system_id"])
+    since = _now()
+    bmc.set_power(PowerAction.FORCE_OFF)  # behind the platform's back: straight to the BMC
+    _heal_and_check(lab, "pgbm", "powered off at the BMC (bare metal)", since)
+
+
+def test_the_platform_killed_with_minus_9_brings_everything_back(lab: Platform) -> None:
+    lab.kill()
+    since = _now()
+    started = time.monotonic()
+    lab.start()
+    for name, compute_type in DATABASES.items():
+        _healthy_again(lab, name, since)
+        record_healing(f"onep up after kill -9 ({compute_type})", time.monotonic() - started)
+        assert _psql(lab, name, "SELECT x FROM t") == "42"
+
+
+# -- bare metal: delete, and a deploy killed mid-way -----------------------------------------------
+def test_deleting_the_bare_metal_database_cleans_its_node(lab: Platform) -> None:
+    out = lab.run("db", "delete", "pgbm", "--wait", timeout=900)
+    assert "deleted pgbm" in out.stdout
+    nodes = _wait_nodes(lab, "available", timeout=300)
+    assert all(n["instance"] is None for n in nodes.values())
+
+
+def test_a_deploy_killed_mid_way_resumes(lab: Platform) -> None:
+    """kill -9 after the ramdisk was booted but before the step was recorded; restart."""
+    _wait_nodes(lab, "available")
+    lab.stop()
+    lab.start(ONEP_FAILPOINT="instance.create.baremetal:boot_ramdisk")
+    accepted = lab.json(
+        "instance", "create", "bm1", "--flavor", "baremetal.small", "--image", "postgresql-15"
+    )
+    deadline = time.monotonic() + 300
+    while "FAILPOINT instance.create.baremetal:boot_ramdisk" not in lab.log():
+        assert time.monotonic() < deadline, lab.log()[-2000:]
+        time.sleep(1)
+    lab.kill()
+    lab.start()  # no failpoint: the deploy resumes at boot_ramdisk and goes on
+    deleted = False
+    try:
+        deadline = time.monotonic() + 900
+        while (op := lab.json("operation", "show", accepted["id"]))["status"] not in (
+            "SUCCEEDED",
+            "FAILED",
+        ):
+            assert time.monotonic() < deadline, op
+            time.sleep(3)
+        assert op["status"] == "SUCCEEDED", op
+        inst = lab.json("instance", "show", "bm1")
+        assert inst["status"] == "ACTIVE" and inst["compute_type"] == "baremetal"
+        active = [n for n in _nodes(lab).values() if n["state"] == "active"]
+        assert [n["instance"] for n in active] == ["bm1"]
+        # `--wait` on a bare-metal delete exits 0 and says so (it once compared kind names)
+        out = lab.run("instance", "delete", "bm1", "--wait", timeout=900)
+        assert "deleted bm1" in out.stdout
+        deleted = True
+    finally:
+        if not deleted:
+            lab.run("instance", "delete", "bm1", "--wait", timeout=900, check=False)
+    _wait_nodes(lab, "available", timeout=300)
