@@ -1,9 +1,6 @@
-"""Nodes: enroll (admin), list, show, manage/inspect/provide, power; and how the rest of
-bare metal finds a node and reaches it through its driver."""
+"""Nodes: enroll (admin), list, show, manage/inspect/provide, power."""
 
 from __future__ import annotations
-
-from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -11,9 +8,8 @@ from sqlalchemy.orm import Session
 
 from oneplatform.baremetal import operations as ops
 from oneplatform.baremetal.bmc import bmc_protocols
-from oneplatform.baremetal.driver import BaremetalDriver
+from oneplatform.baremetal.reach import find_node, node_driver
 from oneplatform.baremetal.states import ACTIONS, NODES, NodeState, move_node
-from oneplatform.compute.hosts import driver_of
 from oneplatform.config import Settings
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from oneplatform.iam import Caller
@@ -24,43 +20,6 @@ from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
 from oneplatform.store.models import Host, Instance, Node, Pool, new_id
-
-
-# -- finding and reaching nodes ---------------------------------------------------------------
-def find_node(session: Session, ident: str) -> Node:
-    node = session.scalars(select(Node).where((Node.id == ident) | (Node.name == ident))).first()
-    if node is None:
-        raise NotFound(f"node {ident!r} not found", code="node_not_found")
-    return node
-
-
-def node_of_host(session: Session, host_id: str) -> Node:
-    node = session.scalars(select(Node).where(Node.host_id == host_id)).first()
-    if node is None:
-        raise NotFound(f"host {host_id!r} is not a bare-metal node", code="node_not_found")
-    return node
-
-
-def node_host_settings(session: Session, settings: Settings, host: Host) -> dict[str, Any]:
-    """What the bare-metal driver needs about a node: its BMC (the password decrypted for
-    the call at hand) and how its service ports are reached."""
-    node = node_of_host(session, host.id)
-    password = box_for(settings).decrypt(node.bmc_password_enc) if node.bmc_password_enc else ""
-    return {
-        "bmc": {
-            "protocol": node.bmc_protocol,
-            "address": node.bmc_address,
-            "username": node.bmc_username,
-            "password": password,
-            "system_id": node.bmc_system_id,
-        },
-        "port_map": dict(node.port_map or {}),
-    }
-
-
-def node_driver(session: Session, settings: Settings, node: Node) -> BaremetalDriver:
-    """The driver of the node's host: every call to a node goes through it."""
-    return cast(BaremetalDriver, driver_of(session, settings, session.get_one(Host, node.host_id)))
 
 
 # -- the API ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from oneplatform.baremetal import ramdisk
-from oneplatform.baremetal.nodes import node_driver
+from oneplatform.baremetal.reach import node_driver
 from oneplatform.baremetal.states import NODES, NodeState, move_node
 from oneplatform.errors import PlatformError
 from oneplatform.ops.engine import StepContext

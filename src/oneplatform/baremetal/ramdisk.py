@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from oneplatform.baremetal.driver import BaremetalDriver
-from oneplatform.baremetal.nodes import node_driver, node_of_host
+from oneplatform.baremetal.reach import node_driver, node_of_host
 from oneplatform.config import Settings
 from oneplatform.errors import NotYet, PlatformError
 from oneplatform.iam import hash_token

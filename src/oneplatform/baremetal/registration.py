@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from oneplatform.baremetal.bmc import BmcFactory, register_bmc
 from oneplatform.baremetal.deploy import BAREMETAL_CREATE, BAREMETAL_DELETE
 from oneplatform.baremetal.driver import BaremetalDriver
-from oneplatform.baremetal.nodes import node_host_settings, node_of_host
+from oneplatform.baremetal.reach import node_host_settings, node_of_host
 from oneplatform.compute import ports
 from oneplatform.compute.drivers import register_driver
 from oneplatform.compute.drivers.base import ComputeDriver
