@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
+from oneplatform.api.errors import declared
 from oneplatform.compute import catalog
 from oneplatform.schemas.compute import PoolCreate, PoolOut
 
-router = APIRouter(tags=["pools"])
+router = APIRouter(tags=["pools"], responses=declared(401, 403, 409, 422))
 
 
 @router.get("/pools", response_model=list[PoolOut])
