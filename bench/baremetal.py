@@ -66,8 +66,8 @@ from bench.vm import wait_quiet
 from oneplatform.baremetal.states import NODES, NodeState
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore, get_version
-from oneplatform.images.baremetal import disk_image_if_built
 from oneplatform.images.recipes import load_recipe
+from oneplatform.images.wholedisk import disk_image_if_built
 from oneplatform.ops.kinds import StepStatus
 from oneplatform.schemas.nodes import NodeOut
 from oneplatform.schemas.operations import OperationOut

@@ -19,13 +19,13 @@ from sqlalchemy import select, update
 
 from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
+from oneplatform.baremetal.deploy_agent import DeployStatus
 from oneplatform.compute import instances
 from oneplatform.config import Settings
 from oneplatform.dbaas import service as dbaas
 from oneplatform.iam import Caller
-from oneplatform.images import baremetal as disk_formats
+from oneplatform.images import wholedisk
 from oneplatform.images.builder import rootfs_path, vm_image_path
-from oneplatform.images.deploy_agent import DeployStatus
 from oneplatform.images.recipes import load_recipe
 from oneplatform.ops.engine import Worker
 from oneplatform.ops.kinds import OPEN
@@ -204,7 +204,7 @@ def plant_image_formats(settings: Settings) -> str:
     vm = vm_image_path(recipe, cache)
     for path in (vm.disk, vm.kernel, vm.initrd):
         path.write_bytes(b"vm")
-    disk = disk_formats.disk_image_path(recipe, cache)
+    disk = wholedisk.disk_image_path(recipe, cache)
     content = b"whole disk".ljust(4096, b"\0")  # a whole number of sectors
     disk.write_bytes(content)
     digest = hashlib.sha256(content).hexdigest()

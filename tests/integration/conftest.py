@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from oneplatform.baremetal.deploy_iso import cpio_newc, module_closure
 from oneplatform.compute.drivers.base import HostRef
 from oneplatform.compute.drivers.container import LABEL_INSTANCE, PodmanDriver
 from oneplatform.images.artifacts import ImageArtifact, VmImage
-from oneplatform.images.baremetal import cpio_newc, module_closure
 from oneplatform.schemas.compute import ComputeType
 
 TEST_IMAGE_REF = "localhost/oneplatform-test/busybox:1"

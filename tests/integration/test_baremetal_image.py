@@ -35,6 +35,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from oneplatform.baremetal.deploy_agent import DeployManifest, DeployStatus, render_clean_manifest
+from oneplatform.baremetal.deploy_iso import build_deploy_iso
 from oneplatform.config import Settings
 from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.errors import BackendError, BackendUnavailable
@@ -46,27 +48,21 @@ from oneplatform.guest.bundle import (
     generate_password,
     generate_secret,
 )
-from oneplatform.images.baremetal import (
-    DiskImage,
-    build_deploy_iso,
-    build_disk_image,
-    disk_image_path,
-)
 from oneplatform.images.builder import rootfs_path
-from oneplatform.images.deploy_agent import (
+from oneplatform.images.recipes import Recipe, load_recipe
+from oneplatform.images.wholedisk import (
     DATA_PARTITION,
     MBR_ENTRY_SIZE,
     MBR_TABLE_OFFSET,
     SECTOR,
     TYPE_LINUX,
-    DeployManifest,
-    DeployStatus,
+    DiskImage,
     MiB,
+    build_disk_image,
     data_partition,
+    disk_image_path,
     mbr_entry,
-    render_clean_manifest,
 )
-from oneplatform.images.recipes import Recipe, load_recipe
 from tests.integration.conftest import find_free_port, require_or_fail
 
 pytestmark = pytest.mark.integration

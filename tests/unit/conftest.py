@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from oneplatform.baremetal import ramdisk
 from oneplatform.baremetal.bmc import register_bmc
 from oneplatform.compute.drivers import register_driver, unregister_driver
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import DATASTORES
 from oneplatform.iam import MEMBER
-from oneplatform.images import baremetal as disk_formats
 from oneplatform.schemas.compute import ComputeType
 from oneplatform.store.db import Store
 from oneplatform.store.models import Flavor, Host, Pool
@@ -39,7 +39,7 @@ def world(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> 
     register_bmc("fake", fake_bmc_factory)
     pg = FakePostgreSQL()
     monkeypatch.setitem(DATASTORES, "postgresql", pg)
-    monkeypatch.setattr(disk_formats, "build_deploy_iso", fake_iso)
+    monkeypatch.setattr(ramdisk, "build_deploy_iso", fake_iso)
     settings.ready_timeout_seconds = 30
     disk_sha = plant_image_formats(settings)
     base = random.randrange(30000, 60000, 100)

@@ -16,17 +16,28 @@ from pathlib import Path
 
 import pytest
 
-from oneplatform.images import baremetal
-from oneplatform.images.baremetal import (
+from oneplatform.baremetal import deploy_iso
+from oneplatform.baremetal.deploy_agent import (
+    DeployManifest,
+    DeployStatus,
+    ProtocolError,
+    agent_functions,
+    agent_script,
+    check_url,
+    manifest_mode,
+    parse_key_values,
+    render_clean_manifest,
+)
+from oneplatform.baremetal.deploy_iso import (
     cpio_newc,
-    extlinux_conf,
     is_static_elf,
     isolinux_cfg,
     module_closure,
     module_name,
 )
+from oneplatform.images import wholedisk
 from oneplatform.images.builder import VM_CMDLINE
-from oneplatform.images.deploy_agent import (
+from oneplatform.images.wholedisk import (
     ALIGN_SECTORS,
     CONFIG_PARTITION_MIB,
     MBR_MAX_SECTORS,
@@ -34,22 +45,14 @@ from oneplatform.images.deploy_agent import (
     SECTOR,
     TYPE_FAT16_LBA,
     TYPE_LINUX,
-    DeployManifest,
-    DeployStatus,
     MiB,
-    ProtocolError,
     Span,
-    agent_functions,
-    agent_script,
-    check_url,
     data_partition,
+    extlinux_conf,
     image_layout,
-    manifest_mode,
     mbr,
     mbr_entry,
-    parse_key_values,
     partition_device,
-    render_clean_manifest,
 )
 
 SHA = "ab" * 32
@@ -315,7 +318,7 @@ def test_write_sparse_hashes_the_whole_file_and_leaves_holes(tmp_path: Path) -> 
     out = tmp_path / "disk.raw"
     payload = os.urandom(3 * MiB)
     pieces = [(0, [b"\x55" * 512]), (4 * MiB, [payload[:MiB], bytes(MiB), payload[MiB:]])]
-    digest = baremetal._write_sparse(out, 16 * MiB, pieces)
+    digest = wholedisk._write_sparse(out, 16 * MiB, pieces)
     data = out.read_bytes()
     assert len(data) == 16 * MiB
     assert hashlib.sha256(data).hexdigest() == digest
@@ -324,14 +327,14 @@ def test_write_sparse_hashes_the_whole_file_and_leaves_holes(tmp_path: Path) -> 
 
 
 def test_initramfs_has_the_agent_as_init() -> None:
-    files = baremetal._KernelFiles(
+    files = deploy_iso._KernelFiles(
         version="6.1.0-test",
         kernel=b"kernel",
         modules={"kernel/drivers/block/virtio_blk.ko": b"\x7fELFmodule"},
         modules_dep="kernel/drivers/block/virtio_blk.ko:\nkernel/other.ko:\n",
         missing=("ahci",),
     )
-    archive = baremetal._initramfs(files, b"BUSYBOX", "#!/bin/sh\n")
+    archive = deploy_iso._initramfs(files, b"BUSYBOX", "#!/bin/sh\n")
     assert b"init\0" in archive and b"bin/busybox\0" in archive
     assert b"lib/modules/6.1.0-test/kernel/drivers/block/virtio_blk.ko\0" in archive
     assert b"kernel/drivers/block/virtio_blk.ko:\n" in archive

@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 
 from oneplatform import secrets
+from oneplatform.baremetal import deploy_agent
 from oneplatform.compute.drivers import base, vm_domain
 from oneplatform.dbaas import reach
 from oneplatform.guest import bundle, contract
-from oneplatform.images import baremetal, builder, deploy_agent
+from oneplatform.images import builder, wholedisk
 from oneplatform.images.recipes import load_recipe
 
 VM_INIT = Path(builder.__file__).with_name("recipes") / "files" / "onep-vm-init"
@@ -90,7 +91,7 @@ def test_the_platform_uses_the_contract() -> None:
         contract.DATA_LABEL,
     )
     assert f"root=LABEL={contract.ROOT_LABEL}" in builder.VM_CMDLINE.split()
-    assert baremetal.CONFIG_LABEL == contract.CONFIG_LABEL
+    assert wholedisk.CONFIG_LABEL == contract.CONFIG_LABEL
 
 
 def test_the_deploy_agent_writes_the_bundle_where_the_vm_init_reads_it() -> None:

@@ -8,7 +8,11 @@ One package, layered inside:
 - nodes: :mod:`.states` (the node state machine), :mod:`.reach` (finding a node and its
   driver), :mod:`.nodes` (enroll, manage, inspect, provide, power), :mod:`.operations`
   (verify, inspect, clean).
-- deploying: :mod:`.ramdisk` (a run of the deploy ramdisk, as steps), :mod:`.media` (what the
-  ramdisk and the BMC fetch over HTTP), :mod:`.deploy` (the instance create and delete kinds).
+- deploying: :mod:`.deploy_agent` (the busybox agent the ramdisk runs as /init, and its
+  protocol with the platform), :mod:`.deploy_iso` (the deploy ramdisk and the per-deploy ISO
+  that boots it), :mod:`.ramdisk` (a run of the deploy ramdisk, as steps), :mod:`.media`
+  (what the ramdisk and the BMC fetch over HTTP), :mod:`.deploy` (the instance create and
+  delete kinds). The whole-disk image the agent writes is an image format:
+  :mod:`oneplatform.images.wholedisk`.
 - :mod:`.registration`: the bare-metal compute type, registered with the compute layer.
 """

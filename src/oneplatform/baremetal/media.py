@@ -13,9 +13,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from oneplatform.baremetal import deploy_agent as agent
+from oneplatform.baremetal.deploy_agent import DeployStatus, ProtocolError
 from oneplatform.baremetal.ramdisk import iso_path, node_base_url
 from oneplatform.config import Settings
 from oneplatform.iam import hash_token
+from oneplatform.images.recipes import load_recipe
+from oneplatform.images.wholedisk import disk_image_if_built
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
 from oneplatform.store.models import DeployToken, Image, Instance, utcnow
@@ -48,10 +52,6 @@ def _image_of(session: Session, row: DeployToken) -> str | None:
 
 
 def render_manifest(store: Store, settings: Settings, token: str) -> str | None:
-    from oneplatform.images import deploy_agent as agent
-    from oneplatform.images.baremetal import disk_image_if_built
-    from oneplatform.images.recipes import load_recipe
-
     with store.session() as session:
         row = token_row(session, token)
         if row is None:
@@ -75,9 +75,6 @@ def render_manifest(store: Store, settings: Settings, token: str) -> str | None:
 
 
 def image_file(store: Store, settings: Settings, token: str) -> Path | None:
-    from oneplatform.images.baremetal import disk_image_if_built
-    from oneplatform.images.recipes import load_recipe
-
     with store.session() as session:
         row = token_row(session, token)
         name = _image_of(session, row) if row else None
@@ -96,17 +93,12 @@ def bundle_text(store: Store, settings: Settings, token: str) -> str | None:
 
 
 def _expected_sha256(session: Session, settings: Settings, row: DeployToken) -> str | None:
-    from oneplatform.images.baremetal import disk_image_if_built
-    from oneplatform.images.recipes import load_recipe
-
     name = _image_of(session, row) if row.purpose == "deploy" else None
     disk = disk_image_if_built(load_recipe(name), settings.images_dir) if name else None
     return disk.sha256 if disk else None
 
 
 def record_status(store: Store, settings: Settings, token: str, body: bytes) -> bool:
-    from oneplatform.images.deploy_agent import DeployStatus, ProtocolError
-
     try:
         report = DeployStatus.parse(body)
     except ProtocolError:

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from oneplatform.baremetal.deploy_iso import build_deploy_iso
 from oneplatform.baremetal.driver import BaremetalDriver
 from oneplatform.baremetal.reach import node_driver, node_of_host
 from oneplatform.config import Settings
@@ -119,8 +120,6 @@ def current_token(
 # -- the four steps of a ramdisk run -------------------------------------------------------------
 def prepare(ctx: StepContext, purpose: str) -> None:
     """A token and the per-run ISO carrying it (both reused after a crash)."""
-    from oneplatform.images.baremetal import build_deploy_iso
-
     with ctx.transaction() as session:
         node = operation_node(session, ctx)
         instance = (

@@ -22,6 +22,7 @@ from oneplatform.errors import InvalidInput, NoValidHost
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import Progress
 from oneplatform.images.recipes import load_recipe
+from oneplatform.images.wholedisk import build_disk_image
 from oneplatform.schemas.compute import ComputeType
 from oneplatform.store.models import Host, Instance, Node
 
@@ -86,8 +87,6 @@ def with_disk_image(
     settings: Settings, artifact: ImageArtifact, progress: Progress
 ) -> ImageArtifact:
     """Make the whole-disk format the deploy ramdisk writes (cached by the recipe's hash)."""
-    from oneplatform.images.baremetal import build_disk_image
-
     build_disk_image(load_recipe(artifact.name), settings.images_dir, progress)
     return artifact
 

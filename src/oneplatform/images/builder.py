@@ -527,7 +527,8 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# --- hooks for the other exporters (images/baremetal.py): one implementation of each step
+# --- hooks for the other exporters (images/wholedisk.py, and baremetal/deploy_iso.py for
+# the deploy ramdisk): one implementation of each step
 run_tool = _run_tool
 cache_lock = _lock
 require_free = _require_free

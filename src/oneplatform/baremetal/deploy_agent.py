@@ -1,9 +1,11 @@
 """The bare-metal deploy agent and its protocol with the platform (standard library only).
 
 The agent is a **busybox shell script**: PID 1 (``/init``) of the deploy ramdisk that the
-deploy ISO boots (images/baremetal.py builds both). It needs no Python on the node. This
+deploy ISO boots (baremetal/deploy_iso.py builds both). It needs no Python on the node. This
 module renders that script and holds everything the platform side shares with it: the
-manifest and status formats and the partition layout, so both sides use one definition.
+manifest and status formats. The partition layout it writes (the image's two partitions and
+the data partition it adds) is images/wholedisk.py's, so the image, the agent and the
+platform use one definition.
 
 Protocol (plain HTTP; the per-deploy token in the URL is all the auth the node has)::
 
@@ -24,42 +26,26 @@ zeroes the first and last MiB of every partition the kernel found and of the who
 (partition tables, GPT backup, filesystem and RAID signatures: a metadata erase, as
 Ironic's erase_devices_metadata), reports ``status=ok stage=done mode=clean`` (no sha256)
 and powers off.
-
-Disk layout (MBR, 512-byte sectors, every partition aligned to 1 MiB)::
-
-    sector 0           syslinux mbr.bin (440 bytes), disk id, partition table
-    p1 from 1 MiB      ext4, label onep-root, active: the recipe's root filesystem,
-                       extlinux in /boot/extlinux                              } in the
-    p2 after p1        vfat, label onep-config, CONFIG_PARTITION_MIB: empty    } image
-                       in the image; the agent writes bundle.json (+ hostname)
-    p3 from the first  written by the agent: the rest of the disk (type 0x83), left
-       MiB at or after blank (its first and last MiB zeroed); the image's init makes it
-       image_size      ext4 labelled onep-data at first boot and mounts it at
-                       /var/lib/oneplatform
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
 from oneplatform.guest.contract import CONFIG_DRIVE_BUNDLE, CONFIG_DRIVE_HOSTNAME
+from oneplatform.images.wholedisk import (
+    CONFIG_PARTITION,
+    DATA_PARTITION,
+    MBR_ENTRY_SIZE,
+    MBR_MAX_SECTORS,
+    MBR_TABLE_OFFSET,
+    MIN_DATA_MIB,
+    SECTOR,
+    TYPE_LINUX,
+)
 
-SECTOR = 512
-MiB = 1024**2
-ALIGN_SECTORS = MiB // SECTOR
-ROOT_PARTITION = 1
-CONFIG_PARTITION = 2
-DATA_PARTITION = 3
-CONFIG_PARTITION_MIB = 16
-MIN_DATA_MIB = 128  # a disk without this much room after the image is refused
-MBR_TABLE_OFFSET = 446
-MBR_ENTRY_SIZE = 16
-MBR_MAX_SECTORS = 0xFFFFFFFF  # 32-bit LBA fields: an MBR addresses at most 2 TiB
-TYPE_LINUX = 0x83
-TYPE_FAT16_LBA = 0x0E
 MANIFEST_VERSION = "1"
 MODE_DEPLOY = "deploy"
 MODE_CLEAN = "clean"
@@ -225,80 +211,10 @@ def parse_key_values(text: str) -> dict[str, str]:
     return fields
 
 
-# --- partition layout (the agent's shell arithmetic mirrors data_partition) ----------------
-
-
-@dataclass(frozen=True)
-class Span:
-    """A partition's place on the disk, in 512-byte sectors."""
-
-    start: int
-    sectors: int
-
-    @property
-    def end(self) -> int:
-        return self.start + self.sectors
-
-
-def align_up(sectors: int) -> int:
-    return -(-sectors // ALIGN_SECTORS) * ALIGN_SECTORS
-
-
-def image_layout(root_bytes: int) -> tuple[Span, Span, int]:
-    """(root, config) partitions and the image's size in bytes for a root fs of this size."""
-    if root_bytes <= 0 or root_bytes % MiB:
-        raise ValueError("the root filesystem must be a positive whole number of MiB")
-    root = Span(ALIGN_SECTORS, root_bytes // SECTOR)
-    config = Span(root.end, CONFIG_PARTITION_MIB * MiB // SECTOR)
-    return root, config, config.end * SECTOR
-
-
-def data_partition(image_size: int, disk_sectors: int) -> Span:
-    """The data partition the agent adds: from the first MiB at or after the image to the
-    last whole MiB of the disk (or of what an MBR can address). Raises ValueError when
-    fewer than MIN_DATA_MIB remain."""
-    start = align_up(-(-image_size // SECTOR))
-    end = min(disk_sectors, MBR_MAX_SECTORS) // ALIGN_SECTORS * ALIGN_SECTORS
-    sectors = end - start
-    if sectors < MIN_DATA_MIB * ALIGN_SECTORS:
-        have = max(sectors, 0) * SECTOR // MiB
-        raise ValueError(
-            f"the disk has {have} MiB after the image; the data partition needs {MIN_DATA_MIB}"
-        )
-    return Span(start, sectors)
-
-
-def mbr_entry(span: Span, part_type: int, *, active: bool = False) -> bytes:
-    """One 16-byte MBR partition entry; CHS fields hold the 'use LBA' marker (FE FF FF)."""
-    if span.start > MBR_MAX_SECTORS or span.sectors > MBR_MAX_SECTORS:
-        raise ValueError("an MBR partition must lie within the first 2 TiB")
-    chs = b"\xfe\xff\xff"
-    return (
-        bytes([0x80 if active else 0x00])
-        + chs
-        + bytes([part_type])
-        + chs
-        + struct.pack("<II", span.start, span.sectors)
-    )
-
-
-def mbr(boot_code: bytes, disk_id: int, entries: list[bytes]) -> bytes:
-    """A whole 512-byte MBR: boot code (at most 440 bytes), disk id, up to 4 entries."""
-    if len(boot_code) > 440 or len(entries) > 4:
-        raise ValueError("the MBR holds 440 bytes of boot code and four partitions")
-    table = b"".join(entries).ljust(4 * MBR_ENTRY_SIZE, b"\0")
-    return boot_code.ljust(440, b"\0") + struct.pack("<I", disk_id) + b"\0\0" + table + b"\x55\xaa"
-
-
-def partition_device(disk: str, number: int) -> str:
-    """/dev/vda + 2 -> /dev/vda2; /dev/nvme0n1 + 2 -> /dev/nvme0n1p2 (as the kernel names)."""
-    return f"{disk}p{number}" if disk[-1].isdigit() else f"{disk}{number}"
-
-
 # --- the script ------------------------------------------------------------------------------
 
 _FUNCTIONS = r"""
-# --- pure helpers (tests/unit/test_deploy_agent.py runs them against deploy_agent.py)
+# --- pure helpers (tests/unit/test_deploy_agent.py runs them against images/wholedisk.py)
 partition_name() {
   # partition_name /dev/vda 2 -> /dev/vda2; /dev/nvme0n1 2 -> /dev/nvme0n1p2
   case "$1" in *[0-9]) echo "${1}p$2" ;; *) echo "$1$2" ;; esac
@@ -346,12 +262,12 @@ data_entry() {
 
 _SCRIPT = r"""#!/bin/sh
 # OnePlatform deploy agent: PID 1 of the deploy ramdisk (busybox only, no Python).
-# Rendered by oneplatform/images/deploy_agent.py, which documents the protocol and the
-# disk layout. Reads onep.deploy_url=URL from the kernel command line, fetches
-# URL/manifest, writes the image to the target disk, reads it back and checks its sha256,
-# adds the data partition, writes the config bundle to the config partition, reports to
-# URL/status and powers the node off. Any failure is reported, then the node powers off.
-# It never prints the bundle or the token.
+# Rendered by oneplatform/baremetal/deploy_agent.py, which documents the protocol (the
+# disk layout is in oneplatform/images/wholedisk.py). Reads onep.deploy_url=URL from the
+# kernel command line, fetches URL/manifest, writes the image to the target disk, reads it
+# back and checks its sha256, adds the data partition, writes the config bundle to the
+# config partition, reports to URL/status and powers the node off. Any failure is
+# reported, then the node powers off. It never prints the bundle or the token.
 
 PATH=/sbin:/bin:/usr/sbin:/usr/bin
 export PATH

@@ -1,15 +1,7 @@
-"""The bare-metal formats: a raw whole-disk image per recipe, and the deploy ISO.
+"""The deploy ramdisk and the per-deploy ISO that boots it on a node.
 
-Beside the recipe's other artifacts in the cache (same cache key, see builder.py)::
-
-    <name>-<hash16>.disk.raw          whole-disk image: MBR (syslinux mbr.bin), p1 ext4
-                                      onep-root with extlinux booting the image's own kernel
-                                      and initrd with VM_CMDLINE (the VM init, which also
-                                      knows bare metal), p2 vfat onep-config (empty). Sparse.
-    <name>-<hash16>.disk.raw.sha256   its sha256 (sha256sum format), written at build
-
-and, shared by every recipe, the deploy ramdisk, content-addressed by its inputs (kernel,
-modules, busybox, the agent script)::
+Shared by every recipe, the deploy ramdisk is cached beside the images, content-addressed
+by its inputs (kernel, modules, busybox, the agent script)::
 
     deploy-<hash16>.vmlinuz           a Debian cloud kernel (the recipe rootfs's or the host's)
     deploy-<hash16>.initrd.gz         busybox-static, the kernel modules for virtio/SCSI/NVMe
@@ -21,7 +13,8 @@ kernel command line. It is ~20 MB and takes well under a second with xorriso, so
 needs no other way to learn its instructions (no DHCP options, no fixed URL the platform
 would have to multiplex by port); this is how Ironic does virtual-media deploys too.
 
-The disk layout and the deploy protocol are in images/deploy_agent.py.
+The agent and its protocol are in baremetal/deploy_agent.py; the image it writes and the
+disk layout are in images/wholedisk.py.
 """
 
 from __future__ import annotations
@@ -34,69 +27,32 @@ import shutil
 import struct
 import tarfile
 import tempfile
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from oneplatform.baremetal import deploy_agent
+from oneplatform.baremetal.deploy_agent import DEPLOY_MODULES, check_url
 from oneplatform.errors import ImageBuildError
-from oneplatform.guest.contract import CONFIG_LABEL
-from oneplatform.images import deploy_agent
 from oneplatform.images.builder import (
-    VM_CMDLINE,
-    VM_DISK_SLACK,
     Progress,
-    build_rootfs,
     cache_lock,
-    find_kernel,
-    find_tools,
     fsync_dir,
-    make_root_ext4,
     require_free,
-    rootfs_path,
     run_tool,
-    unpack_rootfs,
     version_key,
 )
-from oneplatform.images.deploy_agent import (
-    CONFIG_PARTITION_MIB,
-    DEPLOY_MODULES,
-    TYPE_FAT16_LBA,
-    TYPE_LINUX,
+from oneplatform.images.wholedisk import (
+    LDLINUX_C32,
     MiB,
-    check_url,
-    image_layout,
-    mbr,
-    mbr_entry,
+    labelled_progress,
+    syslinux_file,
 )
-from oneplatform.images.recipes import Recipe
 
-DISK_SUFFIX = ".disk.raw"
-DISK_WORK_SUFFIX = ".disk-build"
-DISK_TOOLS = ("tar", "mkfs.ext4", "mkfs.vfat", "extlinux", "mount", "umount")
-# Debian's paths (packages syslinux-common, isolinux, extlinux).
-MBR_BIN = Path("/usr/lib/syslinux/mbr/mbr.bin")
+# Debian's path (package isolinux).
 ISOLINUX_BIN = Path("/usr/lib/ISOLINUX/isolinux.bin")
-LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
-EXTLINUX_DIR = "boot/extlinux"
-# The root partition's room over its content: less than a VM root disk's, since the data
-# has its own partition and the root partition is never grown (a smaller image is also
-# quicker to stream and verify during a deploy).
-ROOT_GROWTH = 1.10
-ROOT_SLACK = 256 * MiB
 DEPLOY_FORMAT = "onep-deploy-ramdisk/1"
 DEPLOY_CMDLINE = "console=tty0 console=ttyS0,115200 quiet"
-_CHUNK = MiB
-_ZEROS = bytes(_CHUNK)
-
-
-@dataclass(frozen=True)
-class DiskImage:
-    """A raw whole-disk image (sparse file) and the sha256 of all of its ``size`` bytes."""
-
-    path: Path
-    sha256: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -106,202 +62,6 @@ class DeployRamdisk:
     kernel: Path
     initrd: Path
     kernel_version: str
-
-
-# --- the whole-disk image ------------------------------------------------------------------
-
-
-def disk_image_path(recipe: Recipe, cache_dir: Path) -> Path:
-    """Where the recipe's whole-disk image is (or will be); no I/O beyond hashing."""
-    return cache_dir / f"{rootfs_path(recipe, cache_dir).stem}{DISK_SUFFIX}"
-
-
-def _sha_path(disk: Path) -> Path:
-    return disk.with_name(f"{disk.name}.sha256")
-
-
-def disk_image_if_built(recipe: Recipe, cache_dir: Path) -> DiskImage | None:
-    """The recipe's whole-disk image when it is in the cache, else None."""
-    path = disk_image_path(recipe, cache_dir)
-    try:
-        digest = _sha_path(path).read_text(encoding="ascii").split()[0]
-        size = path.stat().st_size
-    except (OSError, IndexError):
-        return None
-    return DiskImage(path, digest, size)
-
-
-def build_disk_image(
-    recipe: Recipe, cache_dir: Path, progress: Progress | None = None
-) -> DiskImage:
-    """Export the recipe's root filesystem as a bootable raw whole-disk image.
-
-    Builds (or reuses) the cached rootfs tarball; returns at once when the image is cached.
-    Takes a per-recipe lock and checks free space first; the image appears in the cache
-    only when complete (written under a temporary name, renamed). Needs root, tar,
-    mkfs.ext4, mkfs.vfat, extlinux, loop mounts, and syslinux's mbr.bin. Raises
-    :class:`ImageBuildError` when any of that fails or disk space is short.
-    """
-    built = disk_image_if_built(recipe, cache_dir)
-    if built is not None:
-        return built
-    tarball = build_rootfs(recipe, cache_dir, progress)
-    target = disk_image_path(recipe, cache_dir)
-    with cache_lock(cache_dir / f".{tarball.stem}.disk.lock"):
-        built = disk_image_if_built(recipe, cache_dir)
-        if built is not None:  # another process finished it while we waited
-            return built
-        tools = find_tools(DISK_TOOLS, "a bare-metal disk image")
-        boot_code = _syslinux_file(MBR_BIN, "syslinux-common").read_bytes()[:440]
-        for stale in cache_dir.glob(f".{tarball.stem}.*{DISK_WORK_SUFFIX}"):
-            shutil.rmtree(stale, ignore_errors=True)
-        # The unpacked tree, the root filesystem and the disk are each about the tar's size.
-        need = 3 * tarball.stat().st_size + VM_DISK_SLACK
-        require_free(cache_dir, need, "for a bare-metal disk image")
-        work = Path(
-            tempfile.mkdtemp(prefix=f".{tarball.stem}.", suffix=DISK_WORK_SUFFIX, dir=cache_dir)
-        )
-        try:
-            return _export_disk(tarball, work, target, boot_code, tools, _say(progress))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _say(progress: Progress | None, prefix: str = "disk") -> Progress:
-    def say(line: str) -> None:
-        if progress is not None:
-            progress(f"{prefix}: {line}")
-
-    return say
-
-
-def extlinux_conf(kernel: str, initrd: str, cmdline: str = VM_CMDLINE) -> str:
-    """The root partition's /boot/extlinux/extlinux.conf (paths from the filesystem root)."""
-    return (
-        "# Written by the OnePlatform image builder: boot the image's own kernel.\n"
-        "SERIAL 0 115200\n"
-        "DEFAULT onep\n"
-        "PROMPT 0\n"
-        "TIMEOUT 0\n"
-        "LABEL onep\n"
-        f"  LINUX {kernel}\n"
-        f"  INITRD {initrd}\n"
-        f"  APPEND {cmdline}\n"
-    )
-
-
-def _export_disk(
-    tarball: Path,
-    work: Path,
-    target: Path,
-    boot_code: bytes,
-    tools: dict[str, str],
-    say: Progress,
-) -> DiskImage:
-    started = time.monotonic()
-    root = unpack_rootfs(tarball, work / "root", tools, say)
-    kernel, initrd = find_kernel(root, tarball.name)
-    conf = root / EXTLINUX_DIR / "extlinux.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(extlinux_conf(f"/boot/{kernel.name}", f"/boot/{initrd.name}"))
-    root_fs = work / "root.ext4"
-    root_size = make_root_ext4(root, root_fs, tools, say, growth=ROOT_GROWTH, slack=ROOT_SLACK)
-    shutil.rmtree(root)  # frees its space before the disk is written
-    _install_extlinux(root_fs, work / "mnt", tools, say)
-    config_fs = work / "config.vfat"
-    with config_fs.open("wb") as handle:
-        handle.truncate(CONFIG_PARTITION_MIB * MiB)
-    run_tool([tools["mkfs.vfat"], "-F", "16", "-n", CONFIG_LABEL, str(config_fs)], say)
-
-    root_span, config_span, size = image_layout(root_size)
-    disk_id = int.from_bytes(hashlib.sha256(tarball.name.encode()).digest()[:4], "little")
-    table = mbr(
-        boot_code,
-        disk_id,
-        [mbr_entry(root_span, TYPE_LINUX, active=True), mbr_entry(config_span, TYPE_FAT16_LBA)],
-    )
-    part = work / "disk.raw"
-    say(f"writing the whole-disk image: {size / MiB:.0f} MiB (sparse)")
-    pieces = [
-        (0, _bytes_chunks(table)),
-        (root_span.start * 512, _file_chunks(root_fs)),
-        (config_span.start * 512, _file_chunks(config_fs)),
-    ]
-    digest = _write_sparse(part, size, pieces)
-    sha_part = work / "disk.raw.sha256"
-    sha_part.write_text(f"{digest}  {target.name}\n", encoding="ascii")
-    for path in (part, sha_part):
-        with path.open("rb") as handle:
-            os.fsync(handle.fileno())
-    # The image last: it counts as built only when its checksum is there too.
-    os.replace(sha_part, _sha_path(target))
-    os.replace(part, target)
-    fsync_dir(target.parent)
-    used = target.stat().st_blocks * 512
-    say(
-        f"{target.name}: {size / MiB:.0f} MiB ({used / MiB:.0f} MiB allocated), sha256 "
-        f"{digest[:16]}..., built in {time.monotonic() - started:.1f} s"
-    )
-    return DiskImage(target, digest, size)
-
-
-def _install_extlinux(root_fs: Path, mnt: Path, tools: dict[str, str], say: Progress) -> None:
-    """extlinux writes its boot sector and ldlinux.sys into the mounted filesystem."""
-    mnt.mkdir()
-    run_tool([tools["mount"], "-o", "loop", str(root_fs), str(mnt)], say)
-    try:
-        ldlinux = _syslinux_file(LDLINUX_C32, "syslinux-common")
-        shutil.copyfile(ldlinux, mnt / EXTLINUX_DIR / "ldlinux.c32")
-        run_tool([tools["extlinux"], "--install", str(mnt / EXTLINUX_DIR)], say)
-    finally:
-        run_tool([tools["umount"], str(mnt)], say)
-
-
-def _bytes_chunks(data: bytes) -> Iterator[bytes]:
-    yield data
-
-
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            yield chunk
-
-
-def _write_sparse(out: Path, size: int, pieces: Sequence[tuple[int, Iterable[bytes]]]) -> str:
-    """Write the pieces at their offsets into a new sparse file of ``size`` bytes, skipping
-    all-zero chunks (holes read as zeros); returns the sha256 of the whole file."""
-    digest = hashlib.sha256()
-    position = 0
-    with out.open("wb") as handle:
-        handle.truncate(size)
-        for offset, chunks in sorted(pieces, key=lambda piece: piece[0]):
-            if offset < position:
-                raise ImageBuildError("the disk image's pieces overlap")
-            _hash_zeros(digest, offset - position)
-            position = offset
-            for chunk in chunks:
-                if chunk != _ZEROS[: len(chunk)]:
-                    handle.seek(position)
-                    handle.write(chunk)
-                digest.update(chunk)
-                position += len(chunk)
-        if position > size:
-            raise ImageBuildError("the disk image's pieces do not fit its size")
-        _hash_zeros(digest, size - position)
-    return digest.hexdigest()
-
-
-def _hash_zeros(digest: hashlib._Hash, count: int) -> None:
-    while count > 0:
-        step = min(count, _CHUNK)
-        digest.update(_ZEROS[:step])
-        count -= step
-
-
-def _syslinux_file(path: Path, package: str) -> Path:
-    if not path.is_file():
-        raise ImageBuildError(f"{path} is missing: install the Debian package {package}")
-    return path
 
 
 # --- the deploy ramdisk and ISO --------------------------------------------------------------
@@ -340,7 +100,7 @@ def build_deploy_ramdisk(
         if kernel.is_file() and initrd.is_file():
             return ramdisk
         require_free(cache_dir, 256 * MiB, "for the deploy ramdisk")
-        say = _say(progress, "deploy")
+        say = labelled_progress(progress, "deploy")
         if files.missing:
             say(f"kernel {files.version} lacks modules: {' '.join(files.missing)}")
         archive = gzip.compress(_initramfs(files, busybox, script), 9)
@@ -393,8 +153,8 @@ def build_deploy_iso(
     xorriso = shutil.which("xorriso")
     if xorriso is None:
         raise ImageBuildError("xorriso is not installed (Debian package xorriso)")
-    isolinux = _syslinux_file(ISOLINUX_BIN, "isolinux")
-    ldlinux = _syslinux_file(LDLINUX_C32, "syslinux-common")
+    isolinux = syslinux_file(ISOLINUX_BIN, "isolinux")
+    ldlinux = syslinux_file(LDLINUX_C32, "syslinux-common")
     ramdisk = build_deploy_ramdisk(cache_dir, kernel_source=kernel_source, progress=progress)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     require_free(out_path.parent, 64 * MiB, "for a deploy ISO")
@@ -415,7 +175,7 @@ def build_deploy_iso(
             f"/deploy/vmlinuz={_graft(ramdisk.kernel)}",
             f"/deploy/initrd.gz={_graft(ramdisk.initrd)}",
         ]  # fmt: skip
-        run_tool(argv, _say(progress, "deploy"))
+        run_tool(argv, labelled_progress(progress, "deploy"))
         part.chmod(0o600)
         os.replace(part, out_path)
     finally:
