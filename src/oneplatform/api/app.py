@@ -21,6 +21,7 @@ from oneplatform.api.routes import (
     operations,
     pools,
     projects,
+    tokens,
 )
 from oneplatform.errors import PlatformError
 
@@ -41,6 +42,7 @@ def create_app(platform: Platform) -> FastAPI:
         instances,
         operations,
         projects,
+        tokens,
         datastores,
         db_instances,
         nodes,

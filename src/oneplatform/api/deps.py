@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from oneplatform.config import Settings
+from oneplatform.errors import Forbidden
 from oneplatform.iam import Caller, authenticate
 from oneplatform.store.db import Store
 
@@ -29,11 +30,19 @@ def get_platform(request: Request) -> Platform:
 _bearer = HTTPBearer(auto_error=False)
 
 
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def get_caller(
+    request: Request,
     platform: Annotated[Platform, Depends(get_platform)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    return authenticate(platform.store, credentials.credentials if credentials else None)
+    """The authenticated caller; a reader token may only read."""
+    caller = authenticate(platform.store, credentials.credentials if credentials else None)
+    if caller.read_only and request.method not in READS:
+        raise Forbidden("this token may only read", code="read_only")
+    return caller
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]

@@ -33,6 +33,7 @@ image_app = typer.Typer(help="Datastore images.", no_args_is_help=True)
 ct_app = typer.Typer(help="Compute types and their capabilities.", no_args_is_help=True)
 op_app = typer.Typer(help="Long-running operations.", no_args_is_help=True)
 project_app = typer.Typer(help="Projects and tokens (admin).", no_args_is_help=True)
+token_app = typer.Typer(help="Your project's API tokens.", no_args_is_help=True)
 pool_app = typer.Typer(help="Pools of hosts (admin).", no_args_is_help=True)
 host_app = typer.Typer(help="Hosts (admin).", no_args_is_help=True)
 for sub, name in (
@@ -45,6 +46,7 @@ for sub, name in (
     (ct_app, "compute-type"),
     (op_app, "operation"),
     (project_app, "project"),
+    (token_app, "token"),
     (pool_app, "pool"),
     (host_app, "host"),
 ):
@@ -398,6 +400,51 @@ def project_create(name: str, output: Format = OutputOpt) -> None:
         else:
             console.print(f"project {created.project.name} ({created.project.id})")
             console.print(f"token (shown once): {created.token}")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> int:
+    """``30d``, ``12h``, ``90m``, ``3600s`` (or plain seconds) as seconds."""
+    unit = text[-1:] if text[-1:] in DURATION_UNITS else "s"
+    number = text[:-1] if text[-1:] in DURATION_UNITS else text
+    if not number.isdigit():
+        raise fail(f"--expires-in takes a number and a unit (s, m, h, d), e.g. 30d; not {text!r}")
+    return int(number) * DURATION_UNITS[unit]
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="member, reader (read only) or admin.")] = "member",
+    expires_in: Annotated[str, typer.Option(help="Lifetime, e.g. 30d, 12h.")] = "90d",
+    output: Format = OutputOpt,
+) -> None:
+    """Create a token for your project (never with more than your own role); shown once."""
+    with client() as c, api_errors():
+        created = c.tokens.create(name, role=role, expires_in_s=_duration(expires_in))
+        if output is Format.json:
+            emit(created, output, ())
+        else:
+            console.print(f"token {created.name} ({created.role}, expires {created.expires_at})")
+            console.print(f"token (shown once): {created.token}")
+
+
+@token_app.command("list")
+def token_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
+    """Your project's tokens (their names, roles and expiry; never the secrets)."""
+    with client() as c, api_errors():
+        columns = ("name", "role", "expires_at", "last_used_at", "created_at")
+        emit(c.tokens.list(), output, columns, wide=wide)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str) -> None:
+    """Revoke a token: it is refused (401) from now on."""
+    with client() as c, api_errors():
+        c.tokens.revoke(name)
+        console.print(f"revoked {name}")
 
 
 @project_app.command("list")

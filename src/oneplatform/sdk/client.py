@@ -42,7 +42,15 @@ from oneplatform.schemas.instances import (
 )
 from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut, NodePower
 from oneplatform.schemas.operations import OperationOut
-from oneplatform.schemas.projects import ProjectCreate, ProjectCreated, ProjectOut, WhoAmI
+from oneplatform.schemas.projects import (
+    ProjectCreate,
+    ProjectCreated,
+    ProjectOut,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    WhoAmI,
+)
 from oneplatform.sdk.db import DbInstances
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,6 +97,7 @@ class Client:
         self.hosts = Hosts(self)
         self.db = DbInstances(self)
         self.nodes = Nodes(self)
+        self.tokens = Tokens(self)
 
     @classmethod
     def from_home(cls, home: Path | None = None) -> Client:
@@ -250,6 +259,23 @@ class Projects(_Resource):
 
     def whoami(self) -> WhoAmI:
         return self.c.get("/v1/whoami", WhoAmI)
+
+
+class Tokens(_Resource):
+    def list(self) -> builtins.list[TokenOut]:
+        return self.c.get_list("/v1/tokens", TokenOut)
+
+    def create(
+        self, name: str, role: str = "member", expires_in_s: int | None = None
+    ) -> TokenCreated:
+        fields: dict[str, Any] = {"name": name, "role": role}
+        if expires_in_s is not None:
+            fields["expires_in_s"] = expires_in_s
+        body = TokenCreate.model_construct(**fields)
+        return self.c.send("POST", "/v1/tokens", TokenCreated, body)
+
+    def revoke(self, name: str) -> None:
+        self.c.request("DELETE", f"/v1/tokens/{name}")
 
 
 class Nodes(_Resource):

@@ -79,11 +79,25 @@ class Project(Timestamps, Base):
 
 class Token(Timestamps, Base):
     __tablename__ = "tokens"
+    __table_args__ = (
+        # A name is unique in its project among live tokens; a revoked name is free again.
+        Index(
+            "uq_tokens_project_name_live",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(63))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(16))  # admin | member
+    role: Mapped[str] = mapped_column(String(16))  # admin | member | reader
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class Pool(Timestamps, Base):
