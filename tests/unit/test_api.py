@@ -653,3 +653,29 @@ def test_host_addresses_and_ranges_are_checked(api: Api, change: dict) -> None:
     body = {"name": "h9", "pool": "container-pool", "uri": "local://", **change}
     _error(api.client.post("/v1/hosts", json=body, headers=api.admin), 422, "invalid_input")
     assert api.counts() == before
+
+
+# -- the gate: bodies are bounded and never read before authentication ---------------------------
+def test_no_body_is_parsed_before_authentication(api: Api) -> None:
+    response = api.client.post(
+        "/v1/instances", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "token_missing")
+
+
+def test_a_body_over_the_limit_is_refused(api: Api) -> None:
+    big = b"[" + b"0," * (600 * 1024) + b"0]"
+    response = api.client.post("/v1/instances", content=big, headers=api.admin)
+    assert (response.status_code, response.json()["error"]["code"]) == (413, "body_too_large")
+
+    def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: counted as it comes
+        for _ in range(20):
+            yield b" " * (100 * 1024)
+
+    response = api.client.post("/v1/instances", content=chunks(), headers=api.admin)
+    assert response.status_code == 413
+
+
+def test_a_deploy_report_with_an_unknown_token_is_not_read(api: Api) -> None:
+    response = api.client.post("/v1/deploy/not-a-token/status", content=b"status=ok\n" * 10000)
+    assert response.status_code == 404

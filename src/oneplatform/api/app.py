@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from oneplatform import __version__
 from oneplatform.api.deps import Platform
+from oneplatform.api.gate import Gate
 from oneplatform.api.routes import (
     compute_types,
     datastores,
@@ -79,4 +80,5 @@ def create_app(platform: Platform) -> FastAPI:
             },
         )
 
+    app.add_middleware(Gate, store=platform.store)
     return app

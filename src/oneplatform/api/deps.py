@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from oneplatform.api.gate import CALLER_KEY
 from oneplatform.config import Settings
 from oneplatform.errors import Forbidden
 from oneplatform.iam import Caller, authenticate
@@ -38,8 +39,11 @@ def get_caller(
     platform: Annotated[Platform, Depends(get_platform)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The authenticated caller; a reader token may only read."""
-    caller = authenticate(platform.store, credentials.credentials if credentials else None)
+    """The authenticated caller (the gate authenticated it before the body was read); a
+    reader token may only read."""
+    caller = request.scope.get("state", {}).get(CALLER_KEY)
+    if not isinstance(caller, Caller):
+        caller = authenticate(platform.store, credentials.credentials if credentials else None)
     if caller.read_only and request.method not in READS:
         raise Forbidden("this token may only read", code="read_only")
     return caller

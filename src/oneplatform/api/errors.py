@@ -11,6 +11,7 @@ MEANING = {
     403: "The token's role may not do this (`admin_required`).",
     404: "No such resource in the caller's project (another project's looks the same).",
     409: "The resource's state or another resource does not allow it now.",
+    413: "The body is over 1 MiB (`body_too_large`).",
     422: "The request is not valid (`invalid_input`, with the problems in `details`).",
     502: "A backend (Podman, libvirt, a BMC, an engine) failed.",
     503: "A backend could not be reached.",

@@ -34,6 +34,11 @@ def token_row(session: Session, token: str) -> DeployToken | None:
     return row
 
 
+def token_is_open(store: Store, token: str) -> bool:
+    with store.session() as session:
+        return token_row(session, token) is not None
+
+
 def iso_file(store: Store, settings: Settings, token: str) -> Path | None:
     with store.session() as session:
         row = token_row(session, token)

@@ -20,7 +20,9 @@ from oneplatform.schemas.databases import (
 )
 
 router = APIRouter(
-    prefix="/db/instances", tags=["db-instances"], responses=declared(401, 404, 409, 422, 502, 503)
+    prefix="/db/instances",
+    tags=["db-instances"],
+    responses=declared(401, 403, 404, 409, 413, 422, 502, 503),
 )
 ACCEPTED = status.HTTP_202_ACCEPTED
 CREATED = status.HTTP_201_CREATED

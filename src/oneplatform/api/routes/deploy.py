@@ -44,8 +44,18 @@ def config(token: str, platform: PlatformDep) -> Response:
     return GONE if text is None else PlainTextResponse(text, media_type="application/json")
 
 
+STATUS_BODY_LIMIT = 16 * 1024
+
+
 @router.post("/{token}/status")
 async def status(token: str, request: Request, platform: PlatformDep) -> Response:
-    body = await request.body()
+    """A report of the deploy agent: the token is checked before the body is read."""
+    if not media.token_is_open(platform.store, token):
+        return GONE
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > STATUS_BODY_LIMIT:
+            return PlainTextResponse("report too large\n", status_code=413)
     ok = media.record_status(platform.store, platform.settings, token, body)
     return PlainTextResponse("ok\n" if ok else "refused\n", status_code=200 if ok else 404)

@@ -7,7 +7,7 @@ from oneplatform.api.errors import declared
 from oneplatform.compute import catalog
 from oneplatform.schemas.compute import FlavorCreate, FlavorOut
 
-router = APIRouter(tags=["flavors"], responses=declared(401, 403, 409, 422))
+router = APIRouter(tags=["flavors"], responses=declared(401, 403, 409, 413, 422))
 
 
 @router.get("/flavors", response_model=list[FlavorOut])

@@ -7,7 +7,7 @@ from oneplatform.api.errors import declared
 from oneplatform.compute import catalog
 from oneplatform.schemas.compute import HostCreate, HostOut
 
-router = APIRouter(tags=["hosts"], responses=declared(401, 403, 404, 409, 422, 502, 503))
+router = APIRouter(tags=["hosts"], responses=declared(401, 403, 404, 409, 413, 422, 502, 503))
 
 
 @router.get("/hosts", response_model=list[HostOut])

@@ -8,7 +8,7 @@ from oneplatform.compute.images import request_build
 from oneplatform.images import catalog
 from oneplatform.schemas.images import ImageBuildAccepted, ImageOut
 
-router = APIRouter(tags=["images"], responses=declared(401, 403, 404, 409, 422))
+router = APIRouter(tags=["images"], responses=declared(401, 403, 404, 409, 413, 422))
 
 
 @router.get("/images", response_model=list[ImageOut])

@@ -18,7 +18,7 @@ from oneplatform.schemas.instances import (
     SnapshotRequest,
 )
 
-router = APIRouter(tags=["instances"], responses=declared(401, 404, 409, 422, 502, 503))
+router = APIRouter(tags=["instances"], responses=declared(401, 403, 404, 409, 413, 422, 502, 503))
 ACCEPTED = status.HTTP_202_ACCEPTED
 
 

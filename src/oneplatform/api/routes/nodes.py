@@ -8,7 +8,7 @@ from oneplatform.baremetal import nodes as service
 from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut, NodePower
 
 router = APIRouter(
-    prefix="/nodes", tags=["nodes"], responses=declared(401, 403, 404, 409, 422, 502, 503)
+    prefix="/nodes", tags=["nodes"], responses=declared(401, 403, 404, 409, 413, 422, 502, 503)
 )
 ACCEPTED = status.HTTP_202_ACCEPTED
 

@@ -7,7 +7,7 @@ from oneplatform.api.errors import declared
 from oneplatform.compute import catalog
 from oneplatform.schemas.compute import PoolCreate, PoolOut
 
-router = APIRouter(tags=["pools"], responses=declared(401, 403, 409, 422))
+router = APIRouter(tags=["pools"], responses=declared(401, 403, 409, 413, 422))
 
 
 @router.get("/pools", response_model=list[PoolOut])

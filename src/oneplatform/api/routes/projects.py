@@ -7,7 +7,7 @@ from oneplatform.api.deps import CallerDep, PlatformDep
 from oneplatform.api.errors import declared
 from oneplatform.schemas.projects import ProjectCreate, ProjectCreated, ProjectOut, WhoAmI
 
-router = APIRouter(tags=["projects"], responses=declared(401, 403, 409, 422))
+router = APIRouter(tags=["projects"], responses=declared(401, 403, 409, 413, 422))
 
 
 @router.get("/projects", response_model=list[ProjectOut])

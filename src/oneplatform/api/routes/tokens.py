@@ -9,7 +9,9 @@ from oneplatform.api.deps import CallerDep, PlatformDep
 from oneplatform.api.errors import declared
 from oneplatform.schemas.projects import TokenCreate, TokenCreated, TokenOut
 
-router = APIRouter(prefix="/tokens", tags=["tokens"], responses=declared(401, 403, 404, 409, 422))
+router = APIRouter(
+    prefix="/tokens", tags=["tokens"], responses=declared(401, 403, 404, 409, 413, 422)
+)
 
 
 @router.get("", response_model=list[TokenOut])

@@ -588,7 +588,17 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             proc.returncode == 255 and "container state improper" in proc.stdout
         ):
             raise self._translate("podman exec", args, proc)
-        return ExecResult(exit_code=proc.returncode, output=proc.stdout)
+        return ExecResult(exit_code=proc.returncode, output=bounded(proc.stdout))
+
+
+EXEC_OUTPUT_LIMIT = 256 * 1024  # characters of an exec's output kept (its tail)
+
+
+def bounded(output: str, limit: int = EXEC_OUTPUT_LIMIT) -> str:
+    """An exec's output, its last ``limit`` characters when it is longer."""
+    if len(output) <= limit:
+        return output
+    return f"[{len(output) - limit} characters cut]\n" + output[-limit:]
 
 
 def _decode(data: bytes | None) -> str:

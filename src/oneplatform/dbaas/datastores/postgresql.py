@@ -20,6 +20,9 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _RESERVED = frozenset({"postgres", "template0", "template1", "public", "admin", "root"})
 
 
+STATEMENT_TIMEOUT_MS = 30_000
+
+
 class PostgreSQL(Datastore):
     name = "postgresql"
     versions = (DatastoreVersion("15", "postgresql-15"),)
@@ -71,6 +74,8 @@ class PostgreSQL(Datastore):
                 dbname=database,
                 connect_timeout=10,
                 autocommit=True,
+                # the platform's sessions never wait long on an engine a tenant keeps busy
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout=10000",
             ) as connection:
                 yield connection
         except psycopg.OperationalError as exc:
