@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, update
 
+from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
 from oneplatform.compute import instances
 from oneplatform.compute.images import request_build
@@ -19,16 +20,14 @@ from oneplatform.ops.kinds import all_kinds
 from oneplatform.schemas.databases import DbInstanceCreate
 from oneplatform.store.models import (
     DbInstance,
+    DeployToken,
     Host,
     Image,
     Node,
     Operation,
     PortAllocation,
 )
-from tests.fakes import (
-    CLOUD,
-    SimulatedCrash,
-)
+from tests.fakes import CLOUD, FakeNode, SimulatedCrash
 from tests.world import World
 
 IMAGE = "postgresql-15"
@@ -271,11 +270,48 @@ def test_a_failed_deploy_fails_the_node_and_the_instance(world: World) -> None:
     assert world.instance(iid).status == "ERROR"
     node = world.node("n1")
     assert node.state == "deploy failed" and "disk vanished" in node.last_error
+    _runs_are_over(world)
     # deleting the instance cleans the node and makes it available again
     world.play_the_ramdisk(CLOUD.nodes["n1"])
     delete = instances.delete_instance(world.store, world.member, "bm1")
     assert world.drive(delete.operation.id).status == "SUCCEEDED"
     assert world.node("n1").state == "available"
+
+
+def _runs_are_over(world: World) -> None:
+    """Every deploy token is over (done or closed) and no deploy ISO is left."""
+    with world.store.session() as session:
+        statuses = {row.status for row in session.scalars(select(DeployToken))}
+    assert statuses and statuses <= {"done", "closed"}, statuses
+    assert not list((world.settings.home / "deploy").glob("*.iso"))
+
+
+def test_a_deploy_token_serves_one_run_and_its_bundle_once(world: World) -> None:
+    enrolled = world.enroll("n1")
+    fake = CLOUD.nodes["n1"]
+    world.play_the_ramdisk(fake)
+    world.drive(enrolled)
+    seen: list[str] = []
+    ramdisk = fake.on_media_boot
+    assert ramdisk is not None
+
+    def remember(node: FakeNode, url: str) -> None:
+        seen.append(url.split("/v1/deploy/")[1].split("/")[0])
+        ramdisk(node, url)
+
+    fake.on_media_boot = remember
+    world.serve_on_disk_boot(fake)
+    _iid, op_id = world.create("bm1", "baremetal.small")
+    assert world.drive(op_id).status == "SUCCEEDED"
+    (token,) = seen
+    assert media.bundle_text(world.store, world.settings, token) is None  # served once
+    assert media.render_manifest(world.store, world.settings, token) is None  # run over
+    _runs_are_over(world)
+    fake.shut_down()
+    delete = instances.delete_instance(world.store, world.member, "bm1")
+    assert world.drive(delete.operation.id).status == "SUCCEEDED"
+    assert len(seen) == 2 and seen[1] != token  # the cleaning got a token of its own
+    _runs_are_over(world)
 
 
 # -- databases -------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def _on_failure(session: Session, ctx: StepContext, err: PlatformError) -> None:
     """The node goes to its failure state (deploy failed, clean failed); the instance to
     ERROR, as on any compute type."""
     if session.get_one(Instance, ctx.resource_id).host_id:
-        fail_node(session, ctx, err)
+        fail_node(session, ctx, err)  # which also closes this operation's deploy tokens
     compute_ops.FAIL(session, ctx, err)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from oneplatform.baremetal import deploy_agent as agent
 from oneplatform.baremetal.deploy_agent import DeployStatus, ProtocolError
-from oneplatform.baremetal.ramdisk import iso_path, node_base_url
+from oneplatform.baremetal.ramdisk import OPEN, iso_path, node_base_url
 from oneplatform.config import Settings
 from oneplatform.iam import hash_token
 from oneplatform.images.recipes import load_recipe
@@ -29,7 +29,7 @@ def token_row(session: Session, token: str) -> DeployToken | None:
     row = session.scalars(
         select(DeployToken).where(DeployToken.token_hash == hash_token(token))
     ).first()
-    if row is None or row.expires_at < utcnow() or row.status == "done":
+    if row is None or row.expires_at < utcnow() or row.status not in OPEN:
         return None
     return row
 
@@ -90,10 +90,12 @@ def image_file(store: Store, settings: Settings, token: str) -> Path | None:
 
 
 def bundle_text(store: Store, settings: Settings, token: str) -> str | None:
+    """The instance's config bundle, served once per deploy: a second fetch gets nothing."""
     with store.session() as session:
         row = token_row(session, token)
-        if row is None or row.purpose != "deploy":
+        if row is None or row.purpose != "deploy" or row.bundle_served_at is not None:
             return None
+        row.bundle_served_at = utcnow()
         return box_for(settings).decrypt(row.bundle_enc) if row.bundle_enc else "{}"
 
 

@@ -58,6 +58,7 @@ def step_inspect(ctx: StepContext) -> None:
 def fail_node(session: Session, ctx: StepContext, err: PlatformError) -> None:
     """A node an operation was driving goes to its failure state; one at rest stays where it
     is. Either way the error is its last error."""
+    ramdisk.close_tokens(session, ctx.settings, ctx.operation_id, "closed")
     node = ramdisk.operation_node(session, ctx)
     message = f"{ctx.step_name}: {err.message}"
     state = NODES.state_of(node)

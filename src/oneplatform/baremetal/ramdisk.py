@@ -67,16 +67,23 @@ def _driver(ctx: StepContext) -> tuple[BaremetalDriver, str]:
 
 
 # -- tokens ------------------------------------------------------------------------------------
+OPEN = ("waiting", "running", "ok", "error")  # a run's token before its run is over
+
+
 def open_token(
-    session: Session, settings: Settings, node: Node, purpose: str, instance: Instance | None
+    ctx: StepContext, session: Session, node: Node, purpose: str, instance: Instance | None
 ) -> tuple[DeployToken, str]:
-    """The node's open token for ``purpose``, or a new one. Returns (row, plaintext)."""
-    box = box_for(settings)
+    """This operation's token for ``purpose`` on the node, or a new one (row, plaintext).
+
+    A token serves one run of one operation: a later deploy on the same node gets its own.
+    """
+    box = box_for(ctx.settings)
     row = session.scalars(
         select(DeployToken).where(
             DeployToken.node_id == node.id,
             DeployToken.purpose == purpose,
-            DeployToken.status.in_(["waiting", "running"]),
+            DeployToken.operation_id == ctx.operation_id,
+            DeployToken.status.in_(OPEN),
             DeployToken.expires_at > utcnow(),
         )
     ).first()
@@ -88,6 +95,7 @@ def open_token(
         token_enc=box.encrypt(token),
         node_id=node.id,
         instance_id=instance.id if instance else None,
+        operation_id=ctx.operation_id,
         purpose=purpose,
         image_name=None,
         bundle_enc=instance.bundle_enc if instance else None,
@@ -99,22 +107,33 @@ def open_token(
     return row, token
 
 
-def current_token(
-    session: Session, settings: Settings, node: Node, purpose: str
-) -> tuple[DeployToken, str]:
-    """The token ``prepare`` made for this run (whatever the agent has reported since)."""
+def current_token(ctx: StepContext, session: Session, purpose: str) -> tuple[DeployToken, str]:
+    """The token ``prepare`` made for this operation's run (whatever was reported since)."""
     row = session.scalars(
         select(DeployToken)
         .where(
-            DeployToken.node_id == node.id,
+            DeployToken.operation_id == ctx.operation_id,
             DeployToken.purpose == purpose,
-            DeployToken.status != "done",
+            DeployToken.status.in_(OPEN),
         )
         .order_by(DeployToken.created_at.desc())
     ).first()
     if row is None:
-        raise PlatformError(f"no {purpose} token for node {node.name!r}: prepare did not run")
-    return row, box_for(settings).decrypt(row.token_enc)
+        raise PlatformError(f"no open {purpose} token for this operation: prepare did not run")
+    return row, box_for(ctx.settings).decrypt(row.token_enc)
+
+
+def close_tokens(session: Session, settings: Settings, operation_id: str, status: str) -> None:
+    """End an operation's runs: its tokens stop working (``done`` after success, ``closed``
+    after a failure or a delete) and their ISOs are removed."""
+    for row in session.scalars(
+        select(DeployToken).where(
+            DeployToken.operation_id == operation_id, DeployToken.status.in_(OPEN)
+        )
+    ):
+        row.status = status
+        row.bundle_enc = None  # the secrets in it are needed no more
+        iso_path(settings, row).unlink(missing_ok=True)
 
 
 # -- the four steps of a ramdisk run -------------------------------------------------------------
@@ -125,7 +144,7 @@ def prepare(ctx: StepContext, purpose: str) -> None:
         instance = (
             None if ctx.kind.resource_type == "node" else session.get(Instance, ctx.resource_id)
         )
-        row, token = open_token(session, ctx.settings, node, purpose, instance)
+        row, token = open_token(ctx, session, node, purpose, instance)
         iso = iso_path(ctx.settings, row)
     if not iso.exists():
         url = f"{node_base_url(ctx.settings)}/v1/deploy/{token}"
@@ -136,7 +155,7 @@ def boot(ctx: StepContext, purpose: str) -> None:
     """Power off, insert the ISO, boot once from CD, power on: each call guarded by the BMC."""
     driver, node_id = _driver(ctx)
     with ctx.store.session() as session:
-        row, token = current_token(session, ctx.settings, operation_node(session, ctx), purpose)
+        row, token = current_token(ctx, session, purpose)
     if driver.power_state() is not PowerState.STOPPED:
         driver.power_off()
         driver.wait_for_power(PowerState.STOPPED, timeout_s=60)
@@ -149,7 +168,7 @@ def boot(ctx: StepContext, purpose: str) -> None:
 def wait(ctx: StepContext, purpose: str, timeout: float) -> None:
     """Poll what the deploy agent reported; NotYet until it says ok, fail on error."""
     with ctx.store.session() as session:
-        row, _ = current_token(session, ctx.settings, operation_node(session, ctx), purpose)
+        row, _ = current_token(ctx, session, purpose)
         status, report = row.status, dict(row.report or {})
     if status == "ok":
         return
@@ -179,10 +198,4 @@ def finish(ctx: StepContext, purpose: str, boot_disk: bool) -> None:
     with ctx.transaction() as session:
         node = operation_node(session, ctx)
         node.power_state = (PowerState.RUNNING if boot_disk else PowerState.STOPPED).value
-        for row in session.scalars(
-            select(DeployToken).where(
-                DeployToken.node_id == node.id, DeployToken.purpose == purpose
-            )
-        ):
-            row.status = "done" if row.status == "ok" else row.status
-            iso_path(ctx.settings, row).unlink(missing_ok=True)
+        close_tokens(session, ctx.settings, ctx.operation_id, "done")

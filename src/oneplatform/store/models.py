@@ -261,10 +261,14 @@ class DeployToken(Base):
     token_enc: Mapped[str] = mapped_column(Text)  # the steps need it to build media URLs
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
     instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
+    # The operation whose ramdisk run the token serves: no other run can use it.
+    operation_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     purpose: Mapped[str] = mapped_column(String(16))  # deploy | clean
     image_name: Mapped[str | None] = mapped_column(String(63), default=None)
     bundle_enc: Mapped[str | None] = mapped_column(Text, default=None)
-    status: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting ok error
+    # waiting | running | ok | error, then done (its run finished) or closed (it failed)
+    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    bundle_served_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # served once
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column()
