@@ -155,6 +155,7 @@ def running(image: ImageArtifact, resources: Resources) -> Running:
         ),
         # Quotes and non-ASCII: the verifier (and SASLprep) must match what libpq does.
         admin=AdminCredentials(username="admin", password=f"p\u00e4'ss\"{generate_password()}"),
+        platform=AdminCredentials(username="onep_platform", password=generate_password()),
     )
     secret_name, volume, name = (
         f"onep-test-bundle-{suffix}",
@@ -257,13 +258,72 @@ def test_admin_logs_in_and_settings_apply(running: Running) -> None:
             "SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin FROM pg_roles "
             "WHERE rolname = current_user"
         ).fetchone()
-        assert row == (True, True, True, True)
+        assert row == (False, True, False, True)  # the tenant's admin: no superuser
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(
             host="127.0.0.1",
             port=running.pg_port,
             user="admin",
             password="wrong",
+            dbname="postgres",
+            connect_timeout=10,
+        ).close()
+
+
+ESCAPES = (
+    "COPY (SELECT 1) TO PROGRAM 'id'",  # a shell in the guest
+    "ALTER SYSTEM SET archive_command = 'id'",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_ls_dir('/etc')",
+    "CREATE ROLE sneaky SUPERUSER",
+    "GRANT pg_execute_server_program TO admin",  # PostgreSQL 15's CREATEROLE escalation
+    "CREATE EXTENSION IF NOT EXISTS adminpack",
+    "LOAD '/tmp/x.so'",
+)
+
+
+@pytest.mark.parametrize("statement", ESCAPES)
+def test_the_tenant_admin_cannot_reach_the_guest(running: Running, statement: str) -> None:
+    with connect(running) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement)
+
+
+def test_the_tenant_admin_still_does_what_a_tenant_needs(running: Running) -> None:
+    with connect(running) as conn:
+        conn.execute("CREATE DATABASE tenant_made")
+        conn.execute("DROP DATABASE tenant_made")
+        conn.execute("CHECKPOINT")
+        assert conn.execute("SELECT count(*) > 0 FROM pg_stat_activity").fetchone() == (True,)
+        assert conn.execute("SHOW data_directory").fetchone() == ("/var/lib/oneplatform/pgdata",)
+        conn.execute("CREATE TABLE kept (x int)")
+        conn.execute("DROP TABLE kept")
+
+
+def test_the_platform_role_manages_users_and_nobody_else_logs_in_with_it(
+    running: Running,
+) -> None:
+    platform = running.bundle.platform
+    assert platform is not None
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=running.pg_port,
+        user=platform.username,
+        password=platform.password,
+        dbname="postgres",
+        connect_timeout=10,
+        autocommit=True,
+    ) as conn:
+        row = conn.execute(
+            "SELECT rolsuper, rolcreaterole, pg_has_role(current_user, 'admin', 'MEMBER') "
+            "FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert row == (False, True, True)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(
+            host="127.0.0.1",
+            port=running.pg_port,
+            user=platform.username,
+            password=running.bundle.admin.password,
             dbname="postgres",
             connect_timeout=10,
         ).close()

@@ -341,3 +341,16 @@ def test_admin_sql_never_holds_the_password() -> None:
         in sql
     )
     assert "SET log_min_error_statement = 'panic';" in sql
+
+
+def test_with_a_platform_role_the_admin_is_no_superuser() -> None:
+    sql = admin_role_sql("admin", "s3cret'pw", ("onep_platform", "pl4tform-pw"))
+    assert "s3cret" not in sql and "pl4tform" not in sql
+    assert 'ALTER ROLE "admin" WITH LOGIN NOSUPERUSER CREATEDB NOCREATEROLE PASSWORD' in sql
+    assert 'ALTER ROLE "onep_platform" WITH LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD' in sql
+    assert 'GRANT "admin" TO "onep_platform";' in sql
+    granted = next(line for line in sql.splitlines() if line.startswith("GRANT pg_"))
+    assert "pg_monitor" in granted
+    for dangerous in ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files"):
+        assert dangerous not in sql
+    assert "SUPERUSER CREATEDB" not in sql.replace("NOSUPERUSER", "")

@@ -28,7 +28,8 @@ class Reach:
     """How the platform reaches one database instance's engine and agent."""
 
     datastore: Datastore
-    engine: ConnInfo
+    engine: ConnInfo  # the platform's own role (the admin's, for instances from before it)
+    admin: ConnInfo  # the tenant's admin, as the tenant logs in
     agent_host: str
     agent_port: int
     agent_secret: str
@@ -41,6 +42,7 @@ def make_bundle(
     vcpus: int,
     ram_mb: int,
     admin_password: str,
+    platform_password: str,
     agent_secret: str,
     engine_port: int,
     agent_port: int,
@@ -53,6 +55,7 @@ def make_bundle(
         agent=AgentSettings(secret=agent_secret, port=agent_port),
         engine=EngineSettings(port=engine_port, settings=datastore.engine_settings(vcpus, ram_mb)),
         admin=AdminCredentials(username=db.admin_username, password=admin_password),
+        platform=AdminCredentials(username=datastore.platform_username, password=platform_password),
     ).to_json()
 
 
@@ -66,14 +69,24 @@ def reach(session: Session, db: DbInstance, box: SecretBox, password: str | None
         )
     by_name = {e.name: e for e in endpoints(session, instance)}
     engine, agent = by_name[datastore.engine_endpoint], by_name[AGENT_ENDPOINT]
-    return Reach(
-        datastore=datastore,
-        engine=ConnInfo(
+    admin = ConnInfo(
+        engine.host, engine.port, db.admin_username, password or box.decrypt(db.admin_password_enc)
+    )
+    platform = (
+        ConnInfo(
             engine.host,
             engine.port,
-            db.admin_username,
-            password or box.decrypt(db.admin_password_enc),
-        ),
+            datastore.platform_username,
+            box.decrypt(db.platform_password_enc),
+            act_as=db.admin_username,
+        )
+        if db.platform_password_enc
+        else admin
+    )
+    return Reach(
+        datastore=datastore,
+        engine=platform,
+        admin=admin,
         agent_host=agent.host,
         agent_port=agent.port,
         agent_secret=box.decrypt(db.agent_secret_enc),

@@ -158,6 +158,7 @@ def create_db(
     version = get_version(datastore, req.version)
     box = box_for(settings)
     admin_password, agent_secret = generate_password(), generate_token()
+    platform_password = generate_password()
     ports = load_recipe(version.image).ports
     try:
         with store.session() as session:
@@ -174,6 +175,7 @@ def create_db(
                 health=Health.UNKNOWN.value,
                 admin_username=datastore.admin_username,
                 admin_password_enc=box.encrypt(admin_password),
+                platform_password_enc=box.encrypt(platform_password),
                 agent_secret_enc=box.encrypt(agent_secret),
                 pending_enc=box.encrypt(
                     json.dumps(
@@ -190,6 +192,7 @@ def create_db(
                 flavor.vcpus,
                 flavor.ram_mb,
                 admin_password,
+                platform_password,
                 agent_secret,
                 engine_port=int(ports[datastore.engine_endpoint]),
                 agent_port=int(ports["agent"]),
@@ -321,18 +324,19 @@ def _reach_active(store: Store, settings: Settings, caller: Caller, ident: str) 
 
 
 def _reach_reconciled(session: Session, db: DbInstance, box: SecretBox) -> Reach:
-    """Reach the engine; if a password reset was cut off half-way, finish it first."""
+    """Reach the engine; if a password reset was cut off half-way, finish it first: the
+    admin's current password is whichever of the two logs in."""
     r = reach(session, db, box)
     pending_enc = db.admin_password_pending_enc
     if pending_enc is None:
         return r
     try:
-        r.datastore.ping(r.engine)
+        r.datastore.ping(r.admin)
         db.admin_password_pending_enc = None
         return r
     except BackendError:
         r = reach(session, db, box, password=box.decrypt(pending_enc))
-        r.datastore.ping(r.engine)
+        r.datastore.ping(r.admin)
         db.admin_password_enc, db.admin_password_pending_enc = pending_enc, None
         return r
 

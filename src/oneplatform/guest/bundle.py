@@ -62,6 +62,9 @@ class Bundle:
     agent: AgentSettings
     engine: EngineSettings
     admin: AdminCredentials
+    # The platform's own role, for the work only it does (users, passwords): never given
+    # to the tenant. None in bundles made before it existed.
+    platform: AdminCredentials | None = None
     format: int = BUNDLE_FORMAT
 
     def __post_init__(self) -> None:
@@ -79,6 +82,16 @@ class Bundle:
                 "settings": dict(sorted(self.engine.settings.items())),
             },
             "admin": {"username": self.admin.username, "password": self.admin.password},
+            **(
+                {
+                    "platform": {
+                        "username": self.platform.username,
+                        "password": self.platform.password,
+                    }
+                }
+                if self.platform
+                else {}
+            ),
         }
 
     def to_json(self) -> str:
@@ -98,6 +111,7 @@ class Bundle:
         agent = _object(obj.get("agent"), "agent")
         engine = _object(obj.get("engine"), "engine")
         admin = _object(obj.get("admin"), "admin")
+        platform = _object(obj["platform"], "platform") if "platform" in obj else None
         raw_settings = _object(engine.get("settings", {}), "engine.settings")
         return cls(
             format=fmt,
@@ -116,6 +130,12 @@ class Bundle:
                 username=_string(admin, "username", "admin"),
                 password=_string(admin, "password", "admin"),
             ),
+            platform=AdminCredentials(
+                username=_string(platform, "username", "platform"),
+                password=_string(platform, "password", "platform"),
+            )
+            if platform is not None
+            else None,
         )
 
     @classmethod
@@ -190,12 +210,17 @@ def _validate_bundle(bundle: Bundle) -> None:
             raise BundleError(f"bundle: engine setting name {name!r} is not valid")
         if not isinstance(value, str) or _CONTROL_RE.search(value):
             raise BundleError(f"bundle: engine setting {name!r} must be a single-line string")
-    if not _ROLE_NAME_RE.match(bundle.admin.username) or bundle.admin.username.startswith("pg_"):
-        raise BundleError(
-            "bundle: 'admin.username' must be 1-63 letters, digits or _ (not starting pg_)"
-        )
-    if not bundle.admin.password or "\x00" in bundle.admin.password:
-        raise BundleError("bundle: 'admin.password' must be a non-empty string without NUL")
+    for where, creds in (("admin", bundle.admin), ("platform", bundle.platform)):
+        if creds is None:
+            continue
+        if not _ROLE_NAME_RE.match(creds.username) or creds.username.startswith("pg_"):
+            raise BundleError(
+                f"bundle: '{where}.username' must be 1-63 letters, digits or _ (not starting pg_)"
+            )
+        if not creds.password or "\x00" in creds.password:
+            raise BundleError(f"bundle: '{where}.password' must be a non-empty string without NUL")
+    if bundle.platform is not None and bundle.platform.username == bundle.admin.username:
+        raise BundleError("bundle: 'platform.username' and 'admin.username' must differ")
 
 
 def load_bundle(path: Path) -> tuple[Bundle | None, str]:

@@ -221,6 +221,9 @@ class DbInstance(Timestamps, Base):
     # Secrets, encrypted at rest (secrets.SecretBox); never logged, never in operations.
     admin_password_enc: Mapped[str] = mapped_column(Text)
     admin_password_pending_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    # The platform's own role in the engine (users, passwords); None for instances made
+    # before it existed, whose admin is the engine's superuser.
+    platform_password_enc: Mapped[str | None] = mapped_column(Text, default=None)
     agent_secret_enc: Mapped[str] = mapped_column(Text)
     # Initial databases and users (with passwords) until the create has applied them.
     pending_enc: Mapped[str | None] = mapped_column(Text, default=None)

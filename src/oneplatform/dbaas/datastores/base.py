@@ -7,7 +7,7 @@ the admin credentials, so nothing here knows which compute type the engine runs 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 
@@ -19,10 +19,20 @@ class DatastoreVersion:
 
 @dataclass(frozen=True)
 class ConnInfo:
+    """How the platform logs in to an engine. ``act_as``: the tenant's admin, whose role the
+    platform takes for what the admin must own (databases and their grants); empty for
+    instances from before the platform had a role of its own (their admin logs in)."""
+
     host: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)
+    act_as: str = ""
+
+    @property
+    def admin(self) -> str:
+        """The tenant's admin role."""
+        return self.act_as or self.username
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class Datastore(abc.ABC):
     default_version: ClassVar[str]
     engine_endpoint: ClassVar[str]  # the endpoint name clients connect to
     admin_username: ClassVar[str] = "admin"
+    platform_username: ClassVar[str] = "onep_platform"  # the platform's own role, never shown
     uri_scheme: ClassVar[str]  # of connection URIs: postgresql://user@host:port/database
     admin_database: ClassVar[str] = ""  # the database an admin connects to by default
 

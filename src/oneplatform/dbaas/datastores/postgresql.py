@@ -1,4 +1,11 @@
-"""PostgreSQL: SQL-level work over the engine's port with psycopg, every name quoted."""
+"""PostgreSQL: SQL-level work over the engine's port with psycopg, every name quoted.
+
+The platform logs in as its own role (LOGIN, CREATEROLE, CREATEDB, member of the tenant's
+admin; its password known to the platform alone) and takes the admin's role (``SET ROLE``)
+for what the admin must own: databases and their grants. Users and passwords are the
+platform's work (the tenant's admin has no CREATEROLE: in PostgreSQL 15 that would let it
+grant itself pg_execute_server_program). Passwords are sent as SCRAM-SHA-256 verifiers.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +22,12 @@ from oneplatform.errors import (
     InvalidInput,
     NotFound,
 )
+from oneplatform.guest.engines.postgresql import scram_sha256_verifier
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_RESERVED = frozenset({"postgres", "template0", "template1", "public", "admin", "root"})
+_RESERVED = frozenset(
+    {"postgres", "template0", "template1", "public", "admin", "root", "onep_platform"}
+)
 
 
 STATEMENT_TIMEOUT_MS = 30_000
@@ -62,8 +72,13 @@ class PostgreSQL(Datastore):
 
     # -- connections ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _connect(self, conn: ConnInfo, database: str = "postgres") -> Iterator[Any]:
+    def _connect(
+        self, conn: ConnInfo, database: str = "postgres", owner: bool = False
+    ) -> Iterator[Any]:
+        """A session as ``conn``'s role; ``owner``: as the tenant's admin (``SET ROLE``), for
+        what the admin must own and grant."""
         import psycopg
+        from psycopg import sql
 
         try:
             with psycopg.connect(
@@ -77,6 +92,8 @@ class PostgreSQL(Datastore):
                 # the platform's sessions never wait long on an engine a tenant keeps busy
                 options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout=10000",
             ) as connection:
+                if owner and conn.act_as:
+                    connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(conn.act_as)))
                 yield connection
         except psycopg.OperationalError as exc:
             raise BackendUnavailable(
@@ -114,7 +131,7 @@ class PostgreSQL(Datastore):
 
         self.validate_database_name(name)
         ident = sql.Identifier(name)
-        with self._connect(conn) as c:
+        with self._connect(conn, owner=True) as c:
             c.execute(sql.SQL("CREATE DATABASE {}").format(ident))
             c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
 
@@ -122,7 +139,7 @@ class PostgreSQL(Datastore):
         from psycopg import sql
 
         self.validate_database_name(name)
-        with self._connect(conn) as c:
+        with self._connect(conn, owner=True) as c:
             if name not in self._databases(c):
                 raise NotFound(f"database {name!r} not found", code="database_not_found")
             c.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -145,11 +162,11 @@ class PostgreSQL(Datastore):
                     FROM pg_database d, aclexplode(d.datacl) a
                     WHERE a.privilege_type = 'CONNECT'
                 ) d ON d.grantee = r.oid
-                WHERE r.rolcanlogin AND r.rolname <> %s AND r.rolname <> 'postgres'
+                WHERE r.rolcanlogin AND r.rolname <> ALL(%s) AND r.rolname <> 'postgres'
                   AND r.rolname NOT LIKE 'pg\\_%%'
                 GROUP BY r.rolname ORDER BY r.rolname
                 """,
-                (conn.username,),
+                ([conn.username, conn.admin],),
             ).fetchall()
         return [UserInfo(name=r[0], databases=tuple(r[1])) for r in rows]
 
@@ -160,7 +177,7 @@ class PostgreSQL(Datastore):
         with self._connect(conn) as c:
             c.execute(
                 sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(name), sql.Literal(password)
+                    sql.Identifier(name), sql.Literal(scram_sha256_verifier(password))
                 )
             )
 
@@ -171,7 +188,7 @@ class PostgreSQL(Datastore):
             self._require_user(c, name, conn)
             c.execute(
                 sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(name), sql.Literal(password)
+                    sql.Identifier(name), sql.Literal(scram_sha256_verifier(password))
                 )
             )
 
@@ -179,16 +196,22 @@ class PostgreSQL(Datastore):
         from psycopg import sql
 
         with self._connect(conn) as c:
-            c.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(password)))
+            c.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(conn.admin), sql.Literal(scram_sha256_verifier(password))
+                )
+            )
 
     def delete_user(self, conn: ConnInfo, name: str) -> None:
         """Drop the user; objects it owned are handed to the admin, never dropped."""
         from psycopg import sql
 
         self.validate_user_name(name)
-        user, admin = sql.Identifier(name), sql.Identifier(conn.username)
+        user, admin = sql.Identifier(name), sql.Identifier(conn.admin)
         with self._connect(conn) as c:
             self._require_user(c, name, conn)
+            if conn.act_as:  # REASSIGN OWNED needs the platform's role to hold both roles
+                c.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(user))
             databases = [
                 r[0]
                 for r in c.execute(
@@ -206,7 +229,7 @@ class PostgreSQL(Datastore):
         found = c.execute(
             "SELECT 1 FROM pg_roles WHERE rolname = %s AND rolcanlogin", (name,)
         ).fetchone()
-        if found is None or name in (conn.username, "postgres"):
+        if found is None or name in (conn.username, conn.admin, "postgres"):
             raise NotFound(f"user {name!r} not found", code="user_not_found")
 
     # -- grants -----------------------------------------------------------------------------------
@@ -218,12 +241,12 @@ class PostgreSQL(Datastore):
         self.validate_user_name(user)
         self.validate_database_name(database)
         u, d = sql.Identifier(user), sql.Identifier(database)
-        with self._connect(conn) as c:
+        with self._connect(conn, owner=True) as c:
             self._require_user(c, user, conn)
             if database not in self._databases(c):
                 raise NotFound(f"database {database!r} not found", code="database_not_found")
             c.execute(sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(d, u))
-        with self._connect(conn, database) as c:
+        with self._connect(conn, database, owner=True) as c:
             c.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(u))
 
     def revoke(self, conn: ConnInfo, user: str, database: str) -> None:
@@ -236,9 +259,9 @@ class PostgreSQL(Datastore):
             self._require_user(c, user, conn)
             if database not in self._databases(c):
                 raise NotFound(f"database {database!r} not found", code="database_not_found")
-        with self._connect(conn, database) as c:
+        with self._connect(conn, database, owner=True) as c:
             c.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(u))
-        with self._connect(conn) as c:
+        with self._connect(conn, owner=True) as c:
             c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(d, u))
 
 

@@ -228,6 +228,8 @@ class PostgresEngine(Engine):
             log.info("no bundle: no admin role is created, so nobody can log in remotely")
             return
         admin = self.bundle.admin
+        creds = self.bundle.platform
+        platform = (creds.username, creds.password) if creds else None
         proc = self.children.run(
             [
                 str(self.bin_dir / "psql"),
@@ -246,7 +248,7 @@ class PostgresEngine(Engine):
                 "-f",
                 "-",
             ],
-            stdin=admin_role_sql(admin.username, admin.password).encode("utf-8"),
+            stdin=admin_role_sql(admin.username, admin.password, platform).encode("utf-8"),
             timeout=60,
             **self._as_postgres(),
         )
@@ -334,29 +336,59 @@ def sql_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def admin_role_sql(username: str, password: str) -> str:
-    """psql script that creates (or updates) the admin role.
+# What the tenant's admin gets beside LOGIN and CREATEDB: PostgreSQL's predefined roles for
+# monitoring and maintenance (as RDS's rds_superuser or Cloud SQL's cloudsqlsuperuser do),
+# never superuser, never CREATEROLE (in PostgreSQL 15 a CREATEROLE role can grant itself
+# pg_execute_server_program and run shell commands), never the server-file roles.
+TENANT_ADMIN_ROLES = (
+    "pg_monitor",
+    "pg_read_all_settings",
+    "pg_read_all_stats",
+    "pg_stat_scan_tables",
+    "pg_signal_backend",
+    "pg_checkpoint",
+)
 
-    The password goes in as a SCRAM-SHA-256 verifier computed here, so the server never
-    sees the plain text; logging of the statements is switched off for the session.
+
+def admin_role_sql(username: str, password: str, platform: tuple[str, str] | None = None) -> str:
+    """psql script that creates (or updates) the tenant's admin role, and the platform's.
+
+    The admin is no superuser: LOGIN, CREATEDB and :data:`TENANT_ADMIN_ROLES`. The
+    platform's role (when the bundle names one) has LOGIN, CREATEROLE and CREATEDB and is a
+    member of the admin, for the work only the platform does (users and their passwords);
+    its password is known to the platform alone. Without one (bundles from before it), the
+    admin is made superuser as it used to be. Passwords go in as SCRAM-SHA-256 verifiers
+    computed here, so the server never sees the plain text; statement logging is off for
+    the session.
     """
-    verifier = scram_sha256_verifier(password)
+    lines = [
+        "SET log_statement = 'none';",
+        "SET log_min_error_statement = 'panic';",
+        "SET log_min_duration_statement = -1;",
+    ]
+    if platform is None:
+        lines += _role_lines(username, password, "LOGIN SUPERUSER CREATEDB CREATEROLE")
+        return "\n".join([*lines, ""])
+    admin = sql_identifier(username)
+    lines += _role_lines(username, password, "LOGIN NOSUPERUSER CREATEDB NOCREATEROLE")
+    lines.append(f"GRANT {', '.join(TENANT_ADMIN_ROLES)} TO {admin};")
+    name, secret = platform
+    lines += _role_lines(name, secret, "LOGIN NOSUPERUSER CREATEDB CREATEROLE")
+    lines.append(f"GRANT {admin} TO {sql_identifier(name)};")
+    return "\n".join([*lines, ""])
+
+
+def _role_lines(username: str, password: str, attributes: str) -> list[str]:
     ident = sql_identifier(username)
-    return "\n".join(
-        [
-            "SET log_statement = 'none';",
-            "SET log_min_error_statement = 'panic';",
-            "SET log_min_duration_statement = -1;",
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = "
-            f"{sql_literal(username)}) AS onep_missing \\gset",
-            "\\if :onep_missing",
-            f"CREATE ROLE {ident};",
-            "\\endif",
-            f"ALTER ROLE {ident} WITH LOGIN SUPERUSER CREATEDB CREATEROLE "
-            f"PASSWORD {sql_literal(verifier)};",
-            "",
-        ]
-    )
+    return [
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = "
+        f"{sql_literal(username)}) AS onep_missing \\gset",
+        "\\if :onep_missing",
+        f"CREATE ROLE {ident};",
+        "\\endif",
+        f"ALTER ROLE {ident} WITH {attributes} "
+        f"PASSWORD {sql_literal(scram_sha256_verifier(password))};",
+    ]
 
 
 def scram_sha256_verifier(
