@@ -69,6 +69,13 @@ def test_create_gives_an_endpoint_and_working_credentials(
         ).fetchone() == (15,)
         # engine settings are sized from the flavor (container.small: 512 MB -> 128MB)
         assert c.execute("SHOW shared_buffers").fetchone() == ("128MB",)
+        # the tenant's admin is no superuser: no shell, no server files, no ALTER SYSTEM
+        assert c.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False,)
+        for escape in ("COPY (SELECT 1) TO PROGRAM 'id'", "SELECT pg_read_file('/etc/passwd')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(escape)
     out = subprocess.run(
         [
             "psql",
