@@ -126,7 +126,22 @@ ensure_libvirt() {
   fi
 }
 
+ensure_subids() {
+  # podman run --userns=auto takes each container's uid and gid range from the "containers"
+  # user's subordinate ids: a billion of them, 65536 per container.
+  local file
+  for file in /etc/subuid /etc/subgid; do
+    if grep -q '^containers:' "$file" 2>/dev/null; then
+      log "$file ok"
+    else
+      echo "containers:1000000:1000000000" >>"$file"
+      log "$file: subordinate ids for containers added"
+    fi
+  done
+}
+
 install_packages
+ensure_subids
 ensure_libvirt
 check_python
 ensure_venv

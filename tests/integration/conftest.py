@@ -23,7 +23,9 @@ from oneplatform.schemas.compute import ComputeType
 
 TEST_IMAGE_REF = "localhost/oneplatform-test/busybox:1"
 TEST_PORT = 5432
-BUSYBOX_APPLETS = ("sh", "nc", "sleep", "httpd", "echo", "cat", "ls", "true", "false", "kill")
+BUSYBOX_APPLETS = (
+    "sh", "nc", "sleep", "httpd", "echo", "cat", "ls", "true", "false", "kill", "printf", "grep",
+)  # fmt: skip
 
 
 def in_ci() -> bool:
@@ -116,7 +118,8 @@ def test_image(
     """A tiny busybox image, imported with the driver's own ``ensure_image``.
 
     It prints ``started`` and serves HTTP on TEST_PORT; PID 1 exits on SIGTERM, so stop is
-    fast. Removed again at the end of the session.
+    fast, and writes ``to-stderr`` to its stderr on SIGUSR1. Removed again at the end of the
+    session.
     """
     busybox = _busybox()
     require_or_fail(busybox, "busybox is missing and could not be installed (busybox-static)")
@@ -129,8 +132,10 @@ def test_image(
         command=(
             "/bin/sh",
             "-c",
-            f"trap 'exit 0' TERM; echo started; echo \"greeting=$GREETING\"; "
-            f"busybox httpd -f -p {TEST_PORT} -h /www & wait",
+            "trap 'exit 0' TERM; trap 'echo to-stderr >&2' USR1; "
+            'echo started; echo "greeting=$GREETING"; '
+            f"busybox httpd -f -p {TEST_PORT} -h /www & pid=$!; "
+            "while kill -0 $pid; do wait $pid; done",
         ),
         env={"GREETING": "hello from the image"},
     )
@@ -213,7 +218,8 @@ VM_CMDLINE = "console=ttyS0 quiet panic=-1"
 VM_IGNORE_CAD = "onep_test.cad=ignore"
 
 # PID 1 of the test VM (busybox sh, then busybox init): reports on the serial console what
-# the driver attached, keeps a boot counter on the data disk, serves HTTP on 5432.
+# the driver attached, keeps a boot counter on the data disk, serves HTTP on 5432 (with a
+# probe of what the guest can reach).
 VM_TEST_INIT = r"""#!/bin/sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -258,6 +264,16 @@ for n in /sys/class/net/*; do
 done
 mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
 echo "onep-test-vm vcpus=$(nproc) mem_kb=$mem_kb" > /www/index.html
+# GET /cgi-bin/probe?ADDRESS:PORT answers "open" when the guest gets an HTTP answer there.
+mkdir -p /www/cgi-bin
+cat > /www/cgi-bin/probe <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+case "$QUERY_STRING" in *[!0-9.:]*|"") echo "bad query"; exit 0;; esac
+if printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 "${QUERY_STRING%:*}" "${QUERY_STRING#*:}" \
+    2>/dev/null | grep -q '^HTTP/'; then echo open; else echo closed; fi
+EOF
+chmod 755 /www/cgi-bin/probe
 {
     echo "::sysinit:/bin/echo onep-test: listening on 5432"
     echo "::respawn:/bin/httpd -f -p 5432 -h /www"

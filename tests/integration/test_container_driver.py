@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ from oneplatform.compute.drivers.container import (
     bundle_secret_name,
     container_name,
     map_state,
+    network_name,
     volume_name,
 )
 from oneplatform.errors import BackendError, BackendNotFound
@@ -47,6 +49,7 @@ def make_spec(
     files: tuple[FileMount, ...] = (),
     volumes: tuple[VolumeSpec, ...] = (),
     config_bundle: bytes | None = None,
+    network: str | None = None,
 ) -> InstanceSpec:
     return InstanceSpec(
         instance_id=instance_id,
@@ -60,6 +63,7 @@ def make_spec(
         files=files,
         volumes=volumes,
         config_bundle=config_bundle,
+        network=network,
     )
 
 
@@ -274,8 +278,10 @@ def test_console_log_merges_stderr(
     podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
 ) -> None:
     instance_id, _port, _ = running
-    # exec output does not go to the log; write to PID 1's stderr instead.
-    podman_driver.exec(instance_id, ["/bin/sh", "-c", "echo to-stderr >/proc/1/fd/2"])
+    # exec output does not go to the log, and in its own user namespace the guest cannot
+    # open PID 1's stderr (a pipe of the host's) through /proc: PID 1 writes on SIGUSR1.
+    name = container_name(instance_id)
+    subprocess.run(["podman", "kill", "--signal", "USR1", name], check=True, timeout=60)
     wait_for_log(podman_driver, instance_id, "to-stderr")
 
 
@@ -630,3 +636,149 @@ def test_delete_cleans_up_volumes_and_secret_without_a_container(
     podman_driver.delete(instance_id)
     assert volumes_of(instance_id) == []
     assert secret_id(instance_id) is None
+
+
+# ---------------------------------------------------------------- confinement and networks
+
+
+def inspect(instance_id: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        ["podman", "inspect", container_name(instance_id), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(json.loads(proc.stdout)[0])
+
+
+def host_uids(instance_id: str) -> set[int]:
+    """The host uids of the container's processes (``podman top … huser``)."""
+    proc = subprocess.run(
+        ["podman", "top", container_name(instance_id), "huser"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return {int(line.strip()) for line in proc.stdout.splitlines()[1:] if line.strip()}
+
+
+def fetches(driver: PodmanDriver, instance_id: str, address: str, port: int) -> bool:
+    """Whether the guest gets an HTTP answer from address:port (from inside, with nc)."""
+    request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {address} {port}"
+    result = driver.exec(instance_id, ["sh", "-c", request], timeout=30)
+    return result.output.startswith("HTTP/")
+
+
+def test_a_guest_is_confined(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    instance_id, _port, _ = running
+    info = inspect(instance_id)
+    assert sorted(info["EffectiveCaps"]) == sorted(
+        f"CAP_{c}" for c in ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
+    )
+    assert info["HostConfig"]["PidsLimit"] == 1024
+    # root in the guest is no one on the host: a uid of the "containers" subordinate range
+    uids = host_uids(instance_id)
+    assert uids and all(uid >= 1_000_000 for uid in uids), uids
+    status = podman_driver.exec(instance_id, ["grep", "NoNewPrivs", "/proc/self/status"])
+    assert status.output.split() == ["NoNewPrivs:", "1"]
+
+
+def test_two_guests_share_no_uids_processes_or_volumes(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_stateful_instance_id: NewId,
+    free_port: Callable[[], int],
+) -> None:
+    a, b = new_stateful_instance_id(), new_stateful_instance_id()
+    for instance_id in (a, b):
+        volumes = (VolumeSpec("data", 1, "/data"),)
+        podman_driver.create(make_spec(instance_id, test_image, free_port(), volumes=volumes))
+    assert not host_uids(a) & host_uids(b)
+    # b's process table holds only its own processes: a's are not even visible
+    a_pid = inspect(a)["State"]["Pid"]
+    assert a_pid > 0
+    seen = podman_driver.exec(b, ["cat", f"/proc/{a_pid}/cmdline"])
+    assert seen.exit_code != 0 and "No such file" in seen.output
+    # a's volume belongs to a's uids on the host, none of b's
+    mountpoint = subprocess.run(
+        ["podman", "volume", "inspect", volume_name(a, "data"), "--format", "{{.Mountpoint}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    owner = Path(mountpoint).stat().st_uid
+    b_range = range(min(host_uids(b)), min(host_uids(b)) + 65536)
+    assert owner >= 1_000_000 and owner not in b_range
+
+
+class HostListener:
+    """An HTTP server on one host address: what a guest must not reach."""
+
+    def __init__(self, address: str) -> None:
+        import http.server
+        import threading
+
+        self.server = http.server.ThreadingHTTPServer(
+            (address, 0), http.server.SimpleHTTPRequestHandler
+        )
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_projects_networks_keep_guests_apart_and_off_the_host(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    new_instance_id: NewId,
+    free_port: Callable[[], int],
+) -> None:
+    a, b, c, control = (new_instance_id() for _ in range(4))
+    group_1, group_2 = f"t{a[:12]}", f"t{c[:12]}"
+    groups = {a: group_1, b: group_1, c: group_2, control: None}
+    listener: HostListener | None = None
+    try:
+        for instance_id, group in groups.items():
+            spec = make_spec(instance_id, test_image, free_port(), network=group)
+            podman_driver.create(spec)
+        nets = inspect(a)["NetworkSettings"]["Networks"]
+        assert list(nets) == [network_name(group_1)]
+        a_address = nets[network_name(group_1)]["IPAddress"]
+        # The control guest is on Podman's default bridge: it reaches a host listener on
+        # the bridge's gateway, so the probe below can tell an open path from a closed one.
+        gateway = inspect(control)["NetworkSettings"]["Gateway"]
+        listener = HostListener(gateway)
+        assert fetches(podman_driver, control, gateway, listener.port)
+        # a project's guests reach each other (replication) ...
+        assert fetches(podman_driver, b, a_address, TEST_PORT)
+        # ... not another project's guest, and not the host
+        assert not fetches(podman_driver, c, a_address, TEST_PORT)
+        assert not fetches(podman_driver, a, gateway, listener.port)
+        assert not fetches(podman_driver, c, gateway, listener.port)
+        # published ports still serve the platform on 127.0.0.1
+        wait_for_port(inspect_port(a))
+    finally:
+        if listener is not None:
+            listener.close()
+        for instance_id in groups:
+            podman_driver.delete(instance_id)
+    networks = subprocess.run(
+        ["podman", "network", "ls", "--format", "{{.Name}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert network_name(group_1) not in networks and network_name(group_2) not in networks
+
+
+def inspect_port(instance_id: str) -> int:
+    bindings = inspect(instance_id)["HostConfig"]["PortBindings"][f"{TEST_PORT}/tcp"]
+    return int(bindings[0]["HostPort"])

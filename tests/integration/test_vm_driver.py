@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.server
 import json
 import os
 import re
 import socket
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -79,8 +81,8 @@ def make_spec(
     )
 
 
-def http_get(port: int, timeout: float = BOOT_TIMEOUT_S) -> tuple[str, float]:
-    """GET / on 127.0.0.1:port until the guest answers; returns the body and seconds waited.
+def http_get(port: int, timeout: float = BOOT_TIMEOUT_S, path: str = "/") -> tuple[str, float]:
+    """GET path on 127.0.0.1:port until the guest answers; returns the body and seconds waited.
 
     QEMU's user networking accepts the TCP connection on the host side whether or not the
     guest listens, so only an HTTP answer proves the guest is serving.
@@ -90,7 +92,7 @@ def http_get(port: int, timeout: float = BOOT_TIMEOUT_S) -> tuple[str, float]:
     while time.monotonic() - started < timeout:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
-                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
                 data = b""
                 while chunk := s.recv(4096):
                     data += chunk
@@ -275,7 +277,7 @@ def test_the_probe_chooses_tcg_on_this_machine(
 # ---------------------------------------------------------------------------- with a VM
 
 
-def test_create_boots_and_forwards_the_port(
+def test_create_boots_and_forwards_the_port_and_nothing_else(
     libvirt_driver: LibvirtDriver,
     vm_test_image: ImageArtifact,
     new_vm_instance_id: NewId,
@@ -295,6 +297,36 @@ def test_create_boots_and_forwards_the_port(
     listed = {i.instance_id: i for i in libvirt_driver.list_instances()}
     assert listed[instance_id].backend_id == inst.backend_id
     assert libvirt_driver.get(instance_id) == inst
+    # The forward is the only path: the guest reaches nothing on the host (restrict=on), not
+    # a listener on the host's loopback, which user networking shows it as 10.0.2.2.
+    with HostListener("127.0.0.1") as listener:
+        assert http_get(listener.port, timeout=5)[0]  # it serves the host
+        assert probe(port, f"127.0.0.1:{GUEST_PORT}") == "open"  # the probe works
+        assert probe(port, f"10.0.2.2:{listener.port}") == "closed"
+        assert probe(port, f"10.0.2.2:{port}") == "closed"  # not its own forward either
+
+
+def probe(port: int, target: str) -> str:
+    """What the test guest's probe says of ``target`` (ADDRESS:PORT) from inside."""
+    return http_get(port, timeout=30, path=f"/cgi-bin/probe?{target}")[0].strip()
+
+
+class HostListener:
+    """An HTTP server on a host address, for the duration of a ``with``."""
+
+    def __init__(self, address: str) -> None:
+        self.server = http.server.ThreadingHTTPServer(
+            (address, 0), http.server.SimpleHTTPRequestHandler
+        )
+        self.port = int(self.server.server_address[1])
+
+    def __enter__(self) -> HostListener:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def test_create_twice_makes_one_domain_and_the_same_volumes(

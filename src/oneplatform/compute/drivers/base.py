@@ -72,6 +72,9 @@ class InstanceSpec:
     # The instance's config bundle (guest/bundle format). Each driver delivers it the way
     # its compute type allows; the guest agent finds it at BUNDLE_GUEST_PATH either way.
     config_bundle: bytes | None = None
+    # The isolation group the instance's network belongs to (its project): instances of
+    # one group may reach each other, nothing else; None: the driver's own isolation only.
+    network: str | None = None
 
 
 BUNDLE_GUEST_PATH = contract.BUNDLE_GUEST_PATH

@@ -104,6 +104,24 @@ def bundle_secret_name(instance_id: str) -> str:
     return f"{NAME_PREFIX}{instance_id}{BUNDLE_SECRET_SUFFIX}"
 
 
+# What a guest may do: root in the container is an unprivileged range of host uids (a user
+# namespace of its own), with only the capabilities the guest agent needs to run the engine
+# as its own user (file ownership, switching user, signalling it), no privilege gained by
+# exec, and a bounded number of processes.
+CONFINEMENT = (
+    "--userns=auto:size=65536",
+    "--cap-drop=all",
+    "--cap-add=CHOWN,DAC_OVERRIDE,FOWNER,SETUID,SETGID,KILL",
+    "--security-opt=no-new-privileges",
+    "--pids-limit=1024",
+)
+
+
+def network_name(group: str) -> str:
+    """The Podman network of an isolation group (a project)."""
+    return f"{NAME_PREFIX}net-{group}"
+
+
 def run_argv(
     spec: InstanceSpec,
     runtime: str,
@@ -117,14 +135,16 @@ def run_argv(
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
     args += ["--runtime", runtime, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
-    args += ["--cpus", str(spec.vcpus), "--memory", f"{spec.ram_mb}m"]
+    args += ["--cpus", str(spec.vcpus), "--memory", f"{spec.ram_mb}m", *CONFINEMENT]
+    if spec.network is not None:
+        args += ["--network", network_name(spec.network)]
     for port in spec.ports:
         args += ["-p", f"{bind_address}:{port.host_port}:{port.guest_port}/tcp"]
     for mount in spec.files:
         mode = "ro" if mount.read_only else "rw"
         args += ["-v", f"{mount.source}:{mount.guest_path}:{mode}"]
-    for volume in spec.volumes:
-        args += ["-v", f"{volume_name(spec.instance_id, volume.name)}:{volume.guest_path}"]
+    for volume in spec.volumes:  # U: owned by the container's own (mapped) root
+        args += ["-v", f"{volume_name(spec.instance_id, volume.name)}:{volume.guest_path}:U"]
     if spec.config_bundle is not None:
         secret = bundle_secret_name(spec.instance_id)
         args += ["--secret", f"{secret},type=mount,target={BUNDLE_GUEST_PATH},mode=0400"]
@@ -358,13 +378,20 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             self._ensure_volume(spec.instance_id, volume)
         self._replace_bundle_secret(spec.instance_id, spec.config_bundle)
         args = self._run_args(spec)
-        try:
-            self._podman(args, timeout=RUN_TIMEOUT_S)
-        except BackendError as exc:
-            # A concurrent create made it first (the name is unique): use that one.
-            if "already in use" not in exc.message:
+        for attempt in (1, 2):
+            if spec.network is not None:
+                self._ensure_network(spec.network)
+            try:
+                self._podman(args, timeout=RUN_TIMEOUT_S)
+                break
+            except BackendError as exc:
+                # A concurrent create made it first (the name is unique): use that one.
+                if "already in use" in exc.message:
+                    return self._start_row(spec.instance_id, self._require(spec.instance_id))
+                # The group's last other instance was deleted in between, with its network.
+                if attempt == 1 and "network not found" in exc.message.lower():
+                    continue
                 raise
-            return self._start_row(spec.instance_id, self._require(spec.instance_id))
         return self._to_instance(self._require(spec.instance_id))
 
     def _run_args(self, spec: InstanceSpec) -> list[str]:
@@ -415,6 +442,17 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             if self._podman(look, check=False).returncode != 0:
                 missing.append(volume.name)
         return missing
+
+    def _ensure_network(self, group: str) -> None:
+        """The group's network, made unless it exists: internal (no route out, no way to the
+        host or to another group's network); published ports still reach its containers."""
+        name = network_name(group)
+        if self._podman(["network", "exists", name], check=False).returncode == 0:
+            return
+        create = ["network", "create", "--internal", "--label", f"{LABEL_MANAGED}=1", name]
+        proc = self._podman(create, check=False)
+        if proc.returncode != 0 and "already exists" not in proc.stdout + proc.stderr:
+            raise self._translate("podman network create", create, proc)
 
     def _ensure_volume(self, instance_id: str, volume: VolumeSpec) -> None:
         """Create the named volume unless it exists; an existing one must be this instance's."""
@@ -539,6 +577,10 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         if rows:
             ids = [str(r["Id"]) for r in rows]
             self._podman(["rm", "--force", "--volumes", "--ignore", *ids], timeout=STOP_TIMEOUT_S)
+        for network in {n for r in rows for n in r.get("Networks") or ()}:
+            if network.startswith(network_name("")):
+                # Refused while another of the group's containers uses it: that is fine.
+                self._podman(["network", "rm", network], check=False)
         volumes = self._podman(
             ["volume", "ls", "--filter", f"label={LABEL_INSTANCE}={instance_id}", "--quiet"]
         ).stdout.split()

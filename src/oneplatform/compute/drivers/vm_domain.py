@@ -205,9 +205,10 @@ def build_domain_xml(plan: DomainPlan) -> str:
     _sub(rng, "backend", "/dev/urandom", model="random")
     _sub(rng, "address", type="pci", domain="0x0000", bus="0x00", slot=RNG_PCI_SLOT)
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-    netdev = ",".join(
-        ["user", "id=onepnet0", *(_hostfwd(plan.bind_address, p) for p in plan.ports)]
-    )
+    # restrict=on: the guest reaches nothing outside (the host's loopback at 10.0.2.2
+    # included); only the forwards below reach the guest.
+    forwards = [_hostfwd(plan.bind_address, p) for p in plan.ports]
+    netdev = ",".join(["user", "id=onepnet0", "restrict=on", *forwards])
     nic = f"virtio-net-pci,netdev=onepnet0,addr={NIC_PCI_ADDR}"
     for arg in ("-netdev", netdev, "-device", nic):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)

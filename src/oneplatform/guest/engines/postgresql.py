@@ -91,7 +91,7 @@ class PostgresEngine(Engine):
         self.socket_dir.chmod(0o2775)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if (self.data_dir / "PG_VERSION").is_file():
-            self._chown(self.data_dir)
+            self._own_tree(self.data_dir)
             self.data_dir.chmod(0o700)
             return
         if self.data_dir.exists():
@@ -307,6 +307,20 @@ class PostgresEngine(Engine):
         if os.geteuid() == 0:
             user = pwd.getpwnam(self.OS_USER)
             os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _own_tree(self, root: Path) -> None:
+        """Give the server back its files when they are not its own: a container recreated
+        in a user namespace of its own sees its volume owned by its root, not by postgres."""
+        if os.geteuid() != 0:
+            return
+        user = pwd.getpwnam(self.OS_USER)
+        if root.stat().st_uid == user.pw_uid:
+            return
+        log.info("giving %s back to %s", root, self.OS_USER)
+        os.chown(root, user.pw_uid, user.pw_gid)
+        for parent, dirs, files in os.walk(root):
+            for name in dirs + files:
+                os.lchown(os.path.join(parent, name), user.pw_uid, user.pw_gid)
 
     def _write(self, path: Path, text: str) -> None:
         """Write a file readable by the server only, atomically."""
