@@ -367,7 +367,8 @@ TENANT_ADMIN_ROLES = (
 def admin_role_sql(username: str, password: str, platform: tuple[str, str] | None = None) -> str:
     """psql script that creates (or updates) the tenant's admin role, and the platform's.
 
-    The admin is no superuser: LOGIN, CREATEDB and :data:`TENANT_ADMIN_ROLES`. The
+    The admin is no superuser: LOGIN, CREATEDB and :data:`TENANT_ADMIN_ROLES`, and owns the
+    ``postgres`` database (so it may create tables in its public schema). The
     platform's role (when the bundle names one) has LOGIN, CREATEROLE and CREATEDB and is a
     member of the admin, for the work only the platform does (users and their passwords);
     its password is known to the platform alone. Without one (bundles from before it), the
@@ -386,6 +387,8 @@ def admin_role_sql(username: str, password: str, platform: tuple[str, str] | Non
     admin = sql_identifier(username)
     lines += _role_lines(username, password, "LOGIN NOSUPERUSER CREATEDB NOCREATEROLE")
     lines.append(f"GRANT {', '.join(TENANT_ADMIN_ROLES)} TO {admin};")
+    # The database a client lands in is the tenant's: its public schema is theirs to use.
+    lines.append(f"ALTER DATABASE postgres OWNER TO {admin};")
     name, secret = platform
     lines += _role_lines(name, secret, "LOGIN NOSUPERUSER CREATEDB CREATEROLE")
     lines.append(f"GRANT {admin} TO {sql_identifier(name)};")
