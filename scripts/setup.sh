@@ -10,7 +10,7 @@ REPO="$(pwd)"
 log() { echo "setup: $*"; }
 
 APT_PACKAGES=(
-  podman runc mmdebstrap uidmap slirp4netns
+  podman runc mmdebstrap uidmap slirp4netns iptables
   postgresql-15 postgresql-client-15
   busybox-static ca-certificates python3-venv
   # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.
@@ -140,8 +140,29 @@ ensure_subids() {
   done
 }
 
+ensure_guest_firewall() {
+  # Container guests live on per-project networks carved from GUEST_SUBNETS (the container
+  # driver's constant). From there a guest opens no connection but to guests on its own
+  # bridge: not to the host, not to another project, not outside. Answers to connections
+  # that come in through published ports pass. Rebuilt on every run (the rules do not
+  # survive a reboot); CNI-ADMIN is the chain CNI's own FORWARD rules consult first.
+  local subnets="10.96.0.0/12" chain="ONEP-GUESTS" hook
+  iptables -N "$chain" 2>/dev/null || true
+  iptables -F "$chain"
+  iptables -A "$chain" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+  iptables -A "$chain" -m physdev --physdev-is-bridged -j RETURN
+  iptables -A "$chain" -j DROP
+  iptables -N CNI-ADMIN 2>/dev/null || true
+  for hook in INPUT FORWARD CNI-ADMIN; do
+    iptables -C "$hook" -s "$subnets" -j "$chain" 2>/dev/null \
+      || iptables -I "$hook" 1 -s "$subnets" -j "$chain"
+  done
+  log "guest firewall ok ($subnets)"
+}
+
 install_packages
 ensure_subids
+ensure_guest_firewall
 ensure_libvirt
 check_python
 ensure_venv

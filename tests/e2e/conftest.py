@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.podman import force_remove
+
 ONEP = str(Path(sys.executable).with_name("onep"))
 
 
@@ -152,7 +154,7 @@ def _cleanup_containers(p: Platform) -> None:
     """Remove whatever this platform's instances left on Podman if a test failed half-way."""
     for inst in json.loads(p.run("instance", "list", "-o", "json", check=False).stdout or "[]"):
         for c in podman_containers(inst["id"]):
-            subprocess.run(["podman", "rm", "-f", "-v", c["Id"]], capture_output=True)
+            force_remove(c["Id"], check=False)
 
 
 # -- self-healing times, printed at the end of the run -----------------------------------------

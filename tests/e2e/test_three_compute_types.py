@@ -35,6 +35,7 @@ from tests.e2e.conftest import (
     record_healing,
     reset_healing,
 )
+from tests.podman import force_remove
 
 pytestmark = pytest.mark.e2e
 LAB = Path("/var/lib/oneplatform/bmlab/nodes.json")
@@ -225,7 +226,7 @@ def test_a_removed_container_is_recreated_on_its_data_volume(lab: Platform) -> N
     instance_id = _instance_of(lab, "pgc")
     (container,) = podman_containers(instance_id)
     since = _now()
-    subprocess.run(["podman", "rm", "-f", container["Id"]], check=True, capture_output=True)
+    force_remove(container["Id"])
     _heal_and_check(lab, "pgc", "podman rm -f (container)", since)
     (again,) = podman_containers(instance_id)
     assert again["Id"] != container["Id"]

@@ -20,6 +20,7 @@ from oneplatform.compute.drivers.base import HostRef
 from oneplatform.compute.drivers.container import LABEL_INSTANCE, PodmanDriver
 from oneplatform.images.artifacts import ImageArtifact, VmImage
 from oneplatform.schemas.compute import ComputeType
+from tests.podman import force_remove
 
 TEST_IMAGE_REF = "localhost/oneplatform-test/busybox:1"
 TEST_PORT = 5432
@@ -154,7 +155,7 @@ def _remove_labelled(instance_id: str) -> None:
     )
     ids = proc.stdout.split()
     if ids:
-        subprocess.run(["podman", "rm", "-f", "-v", *ids], capture_output=True, timeout=120)
+        force_remove(*ids, check=False)
 
 
 @pytest.fixture

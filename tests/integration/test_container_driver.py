@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from oneplatform.compute.drivers.base import (
     VolumeSpec,
 )
 from oneplatform.compute.drivers.container import (
+    GUEST_SUBNETS,
     LABEL_INSTANCE,
     PODMAN_STATES,
     PodmanDriver,
@@ -35,6 +37,7 @@ from oneplatform.compute.drivers.container import (
 from oneplatform.errors import BackendError, BackendNotFound
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import PowerState
+from tests.podman import force_remove
 
 pytestmark = pytest.mark.integration
 
@@ -622,8 +625,8 @@ def test_delete_is_silent_when_everything_was_removed_by_hand(
 ) -> None:
     instance_id, _spec = stateful
     podman_out("secret", "rm", bundle_secret_name(instance_id))
-    # --force removes the container that uses the volume too.
-    podman_out("volume", "rm", "--force", volume_name(instance_id, "data"))
+    force_remove(container_name(instance_id))
+    podman_out("volume", "rm", volume_name(instance_id, "data"))
     assert count_containers(instance_id) == 0
     podman_driver.delete(instance_id)
 
@@ -632,7 +635,7 @@ def test_delete_cleans_up_volumes_and_secret_without_a_container(
     podman_driver: PodmanDriver, stateful: tuple[str, InstanceSpec]
 ) -> None:
     instance_id, _spec = stateful
-    podman_out("rm", "--force", container_name(instance_id))
+    force_remove(container_name(instance_id))
     podman_driver.delete(instance_id)
     assert volumes_of(instance_id) == []
     assert secret_id(instance_id) is None
@@ -743,29 +746,32 @@ def test_projects_networks_keep_guests_apart_and_off_the_host(
     a, b, c, control = (new_instance_id() for _ in range(4))
     group_1, group_2 = f"t{a[:12]}", f"t{c[:12]}"
     groups = {a: group_1, b: group_1, c: group_2, control: None}
-    listener: HostListener | None = None
+    listeners: list[HostListener] = []
     try:
         for instance_id, group in groups.items():
             spec = make_spec(instance_id, test_image, free_port(), network=group)
             podman_driver.create(spec)
         nets = inspect(a)["NetworkSettings"]["Networks"]
         assert list(nets) == [network_name(group_1)]
-        a_address = nets[network_name(group_1)]["IPAddress"]
-        # The control guest is on Podman's default bridge: it reaches a host listener on
-        # the bridge's gateway, so the probe below can tell an open path from a closed one.
-        gateway = inspect(control)["NetworkSettings"]["Gateway"]
-        listener = HostListener(gateway)
-        assert fetches(podman_driver, control, gateway, listener.port)
+        a_address, a_gateway = (nets[network_name(group_1)][k] for k in ("IPAddress", "Gateway"))
+        assert ipaddress.ip_address(a_address) in GUEST_SUBNETS
+        # The control guest is on Podman's default bridge, which nothing confines: it
+        # reaches a host listener on its gateway, so the probe tells open from closed.
+        control_gateway = inspect(control)["NetworkSettings"]["Gateway"]
+        listeners = [HostListener(control_gateway), HostListener(a_gateway)]
+        on_default, on_own_bridge = listeners
+        assert fetches(podman_driver, control, control_gateway, on_default.port)
         # a project's guests reach each other (replication) ...
         assert fetches(podman_driver, b, a_address, TEST_PORT)
-        # ... not another project's guest, and not the host
+        # ... not another project's guest, and nothing on the host
         assert not fetches(podman_driver, c, a_address, TEST_PORT)
-        assert not fetches(podman_driver, a, gateway, listener.port)
-        assert not fetches(podman_driver, c, gateway, listener.port)
+        assert not fetches(podman_driver, a, a_gateway, on_own_bridge.port)
+        assert not fetches(podman_driver, a, control_gateway, on_default.port)
+        assert not fetches(podman_driver, c, control_gateway, on_default.port)
         # published ports still serve the platform on 127.0.0.1
         wait_for_port(inspect_port(a))
     finally:
-        if listener is not None:
+        for listener in listeners:
             listener.close()
         for instance_id in groups:
             podman_driver.delete(instance_id)

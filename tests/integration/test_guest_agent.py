@@ -39,6 +39,7 @@ from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import artifact_for, build_rootfs
 from oneplatform.images.recipes import Recipe, load_recipe
 from tests.integration.conftest import find_free_port, require_or_fail
+from tests.podman import force_remove
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,7 @@ class Resources:
 
     def cleanup(self) -> None:
         for name in self.containers:
-            podman("rm", "-f", "-t", "0", name, check=False)
+            force_remove(name, check=False)
         for name in self.volumes:
             podman("volume", "rm", "-f", name, check=False)
         for name in self.secrets:

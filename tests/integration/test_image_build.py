@@ -23,6 +23,7 @@ from oneplatform.config import Settings
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import artifact_for, build_rootfs
 from oneplatform.images.recipes import Recipe, load_recipe
+from tests.podman import force_remove
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +113,7 @@ def container(imported: ImageArtifact) -> Iterator[tuple[str, int]]:
         )
         yield name, port
     finally:
-        _run("podman", "rm", "-f", "-t", "0", name, check=False)
+        force_remove(name, check=False)
 
 
 def _tar_names(path: Path) -> set[str]:

@@ -22,10 +22,12 @@ An instance owns up to three kinds of Podman objects, all removed by :meth:`Podm
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -65,6 +67,7 @@ STOP_GRACE_S = 10
 DEFAULT_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = STOP_GRACE_S + 50.0
+RM_ATTEMPTS = 4  # podman rm, when Podman reports a mount busy (see _remove_containers)
 IMPORT_TIMEOUT_S = 900.0
 
 # Podman container states -> PowerState. Anything not listed maps to UNKNOWN.
@@ -120,6 +123,15 @@ CONFINEMENT = (
 def network_name(group: str) -> str:
     """The Podman network of an isolation group (a project)."""
     return f"{NAME_PREFIX}net-{group}"
+
+
+# Every group's network is one /24 of GUEST_SUBNETS. The host's firewall (scripts/setup.sh,
+# chain GUARD_CHAIN) lets a guest from there open no connection to anything but the guests
+# on its own bridge: not the host, not another group, not the outside. Answers to the
+# connections that come in through published ports are let back.
+GUEST_SUBNETS = ipaddress.IPv4Network("10.96.0.0/12")
+GUARD_CHAIN = "ONEP-GUESTS"
+GUARD_RULE = ("INPUT", "-s", str(GUEST_SUBNETS), "-j", GUARD_CHAIN)
 
 
 def run_argv(
@@ -204,7 +216,7 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         merge_output: bool = False,
         stdin: bytes | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run one podman command; the only place the driver starts a process.
+        """Run one podman command; the only place the driver starts podman.
 
         With ``check`` a non-zero exit raises: BackendUnavailable when podman is missing or
         unreachable, BackendNotFound for a missing container, BackendError otherwise. With
@@ -444,15 +456,49 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         return missing
 
     def _ensure_network(self, group: str) -> None:
-        """The group's network, made unless it exists: internal (no route out, no way to the
-        host or to another group's network); published ports still reach its containers."""
+        """The group's network, made unless it exists, on a free /24 of GUEST_SUBNETS."""
         name = network_name(group)
         if self._podman(["network", "exists", name], check=False).returncode == 0:
             return
-        create = ["network", "create", "--internal", "--label", f"{LABEL_MANAGED}=1", name]
-        proc = self._podman(create, check=False)
-        if proc.returncode != 0 and "already exists" not in proc.stdout + proc.stderr:
-            raise self._translate("podman network create", create, proc)
+        self._check_guard()
+        for _attempt in range(5):  # another group's network may take the same subnet first
+            subnet = self._free_subnet()
+            create = ["network", "create", "--subnet", str(subnet), "--disable-dns"]
+            create += ["--opt", "isolate=true", "--label", f"{LABEL_MANAGED}=1", name]
+            proc = self._podman(create, check=False)
+            output = proc.stdout + proc.stderr
+            if proc.returncode == 0 or "already exists" in output:
+                return
+            if "already used" not in output:
+                raise self._translate("podman network create", create, proc)
+        raise BackendError(f"no free subnet for network {name}: try again")
+
+    def _free_subnet(self) -> ipaddress.IPv4Network:
+        taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for network in self._podman_json(["network", "ls", "--format", "json"]) or []:
+            for subnet in network.get("subnets") or ():
+                taken.append(ipaddress.ip_network(subnet["subnet"], strict=False))
+        for candidate in GUEST_SUBNETS.subnets(new_prefix=24):
+            if not any(candidate.overlaps(t) for t in taken):
+                return candidate
+        raise BackendError(f"every /24 of {GUEST_SUBNETS} is in use on this host")
+
+    def _check_guard(self) -> None:
+        """Refuse to put guests on a network the host's firewall does not confine (a local
+        host only: a remote host's firewall is its own set-up's to check)."""
+        if (self.host.uri or "").strip() not in LOCAL_URIS:
+            return
+        try:
+            proc = subprocess.run(
+                ["iptables", "-C", *GUARD_RULE], capture_output=True, text=True, timeout=30
+            )
+        except FileNotFoundError:
+            proc = None
+        if proc is None or proc.returncode != 0:
+            raise BackendUnavailable(
+                f"this host's firewall does not confine guest networks ({GUEST_SUBNETS}, "
+                f"chain {GUARD_CHAIN}): run scripts/setup.sh"
+            )
 
     def _ensure_volume(self, instance_id: str, volume: VolumeSpec) -> None:
         """Create the named volume unless it exists; an existing one must be this instance's."""
@@ -576,7 +622,7 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         rows = self._find(instance_id)
         if rows:
             ids = [str(r["Id"]) for r in rows]
-            self._podman(["rm", "--force", "--volumes", "--ignore", *ids], timeout=STOP_TIMEOUT_S)
+            self._remove_containers(ids)
         for network in {n for r in rows for n in r.get("Networks") or ()}:
             if network.startswith(network_name("")):
                 # Refused while another of the group's containers uses it: that is fine.
@@ -590,6 +636,19 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             if proc.returncode != 0 and "no such volume" not in (proc.stderr or "").lower():
                 raise self._translate("podman volume rm", args, proc)
         self._remove_secret(bundle_secret_name(instance_id))
+
+    def _remove_containers(self, ids: Sequence[str]) -> None:
+        """``podman rm --force``, retried while Podman 4.3 reports the container's shm mount
+        busy: a race with its own clean-up process (containers/podman#11594), seen here with
+        user namespaces and mounts in about one removal of eight; a second try succeeds."""
+        args = ["rm", "--force", "--volumes", "--ignore", *ids]
+        for attempt in range(1, RM_ATTEMPTS + 1):
+            proc = self._podman(args, timeout=STOP_TIMEOUT_S, check=False)
+            if proc.returncode == 0:
+                return
+            if attempt == RM_ATTEMPTS or "device or resource busy" not in proc.stderr:
+                raise self._translate("podman rm", args, proc)
+            time.sleep(0.5 * attempt)
 
     def console_log(self, instance_id: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the container's stdout and stderr, merged."""
