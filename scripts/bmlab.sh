@@ -194,7 +194,7 @@ node_xml() {
   <on_crash>destroy</on_crash>
   <devices>
     <disk type='volume' device='disk'>
-      <driver name='qemu' type='qcow2'/>
+      <driver name='qemu' type='qcow2' discard='unmap' detect_zeroes='unmap'/>
       <source pool='$POOL_NAME' volume='$(disk_vol "$i")'/>
       <target dev='vda' bus='virtio'/>
     </disk>
@@ -239,14 +239,18 @@ ensure_node() {
     log "creating the blank $DISK_SIZE disk $vol in pool $POOL_NAME"
     virsh_ vol-create-as "$POOL_NAME" "$vol" "$DISK_SIZE" --format qcow2 >/dev/null
   fi
-  if ! virsh_ domuuid "$name" >/dev/null 2>&1; then
-    log "defining $name (shut off)"
-    local xml
-    xml="$(mktemp)"
-    node_xml "$i" >"$xml"
+  # (Re)defined when its definition changed: a running node takes it at its next power-on.
+  local xml want have="" stamp="$STATE_DIR/$name.xml.sha256"
+  xml="$(mktemp)"
+  node_xml "$i" >"$xml"
+  want="$(sha256sum "$xml" | cut -d' ' -f1)"
+  [ -f "$stamp" ] && have="$(cat "$stamp")"
+  if ! virsh_ domuuid "$name" >/dev/null 2>&1 || [ "$want" != "$have" ]; then
+    log "defining $name"
     virsh_ define "$xml" >/dev/null
-    rm -f "$xml"
+    echo "$want" >"$stamp"
   fi
+  rm -f "$xml"
 }
 
 node_uuid() { virsh_ domuuid "$(node_name "$1")" | head -n1; }

@@ -264,11 +264,45 @@ def test_the_platform_killed_with_minus_9_brings_everything_back(lab: Platform) 
 
 
 # -- bare metal: delete, and a deploy killed mid-way -----------------------------------------------
+def _disk_holds(node: str, needle: bytes) -> bool:
+    """Whether the node's disk, as the node itself reads it, holds ``needle`` anywhere."""
+    (entry,) = [n for n in json.loads(LAB.read_text())["nodes"] if n["name"] == node]
+    path = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "vol-path", "--pool", "default", entry["disk_volume"]],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    raw = LAB.parent / f".{node}-scan.raw"
+    try:  # -U: the node may be running; the raw copy is sparse where the disk is unwritten
+        subprocess.run(
+            ["qemu-img", "convert", "-U", "-O", "raw", path, str(raw)],
+            capture_output=True, check=True, timeout=600,
+        )  # fmt: skip
+        return _file_contains(raw, needle)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _file_contains(path: Path, needle: bytes, chunk: int = 64 << 20) -> bool:
+    tail = b""
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            if needle in tail + block:
+                return True
+            tail = block[-(len(needle) - 1) :]
+    return False
+
+
 def test_deleting_the_bare_metal_database_cleans_its_node(lab: Platform) -> None:
+    """The tenant's rows are on the node's disk while it lives, and nowhere on it after."""
+    marker = f"tenant-row-{os.urandom(8).hex()}"
+    _psql(lab, "pgbm", f"CREATE TABLE secret AS SELECT '{marker}'::text AS v")  # WAL: on disk
+    (node,) = [n["name"] for n in _nodes(lab).values() if n["state"] == "active"]
+    assert _disk_holds(node, marker.encode())
     out = lab.run("db", "delete", "pgbm", "--wait", timeout=900)
     assert "deleted pgbm" in out.stdout
     nodes = _wait_nodes(lab, "available", timeout=300)
     assert all(n["instance"] is None for n in nodes.values())
+    assert not _disk_holds(node, marker.encode())
 
 
 def test_a_deploy_killed_mid_way_resumes(lab: Platform) -> None:

@@ -245,6 +245,21 @@ def test_the_agents_layout_arithmetic_matches_python(image_size: int, disk_secto
     assert entry == mbr_entry(expected, TYPE_LINUX)
 
 
+def test_the_agent_erases_every_byte_of_the_disk_and_says_how_far(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    size = 3 * MiB + 5 * SECTOR  # not a whole number of MiB: the tail is erased too
+    disk.write_bytes(b"tenant-1 row " * (size // 13) + b"x" * (size % 13))
+    out = _sh(
+        f'ERASE_CHUNK_MIB=2\nreport() {{ echo "$*"; }}\nerase_disk {disk} {size // SECTOR}'
+    ).decode()
+    assert disk.stat().st_size == size
+    assert disk.read_bytes() == bytes(size)
+    assert out.splitlines() == [
+        "status=running stage=erasing erased_mib=2 disk_mib=3",
+        "status=running stage=erasing erased_mib=3 disk_mib=3",
+    ]
+
+
 def test_the_agents_partition_names_match_python() -> None:
     out = _sh("partition_name /dev/vda 2; partition_name /dev/nvme0n1 3").decode().split()
     assert out == [partition_device("/dev/vda", 2), partition_device("/dev/nvme0n1", 3)]

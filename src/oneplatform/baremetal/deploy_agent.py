@@ -22,10 +22,11 @@ sets the boot device to disk and powers it on.
 
 Clean mode (before a node is ``available`` again): the manifest is ``version=1``,
 ``mode=clean`` and optionally ``target_disk`` (:func:`render_clean_manifest`). The agent
-zeroes the first and last MiB of every partition the kernel found and of the whole disk
-(partition tables, GPT backup, filesystem and RAID signatures: a metadata erase, as
-Ironic's erase_devices_metadata), reports ``status=ok stage=done mode=clean`` (no sha256)
-and powers off.
+writes zeros over the whole disk (every partition: the tenant's data, its config bundle,
+its logs; and the partition table), reporting ``stage=erasing`` with ``erased_mib`` and
+``disk_mib`` every ERASE_CHUNK_MIB, then ``status=ok stage=done mode=clean`` (no sha256),
+and powers off. Nothing of one tenant reaches the node's next one (Ironic's erase_devices
+with zeros, not only its erase_devices_metadata).
 """
 
 from __future__ import annotations
@@ -250,6 +251,25 @@ wipe_ends() {
       conv=notrunc 2>/dev/null
 }
 
+erase_disk() {
+  # erase_disk DEV SECTORS: zeros over every sector, a chunk at a time, reporting how far.
+  total_mib=$(( $2 / 2048 ))
+  at=0
+  while [ "$at" -lt "$total_mib" ]; do
+    n=$(( total_mib - at < ERASE_CHUNK_MIB ? total_mib - at : ERASE_CHUNK_MIB ))
+    dd if=/dev/zero of="$1" bs=1048576 seek="$at" count="$n" conv=notrunc 2>/dev/null \
+      || return 1
+    at=$((at + n))
+    report status=running stage=erasing "erased_mib=$at" "disk_mib=$total_mib" || true
+  done
+  tail=$(( $2 - total_mib * 2048 ))  # a disk that is not a whole number of MiB
+  if [ "$tail" -gt 0 ]; then
+    dd if=/dev/zero of="$1" bs=512 seek=$(( total_mib * 2048 )) count="$tail" conv=notrunc \
+      2>/dev/null || return 1
+  fi
+  sync
+}
+
 data_entry() {
   # data_entry START SECTORS -> the 16-byte MBR entry of the data partition.
   printf '\000\376\377\377'
@@ -279,6 +299,7 @@ DATA_PART=@DATA_PARTITION@
 MIN_DATA_MIB=@MIN_DATA_MIB@
 DATA_ENTRY_OFFSET=@DATA_ENTRY_OFFSET@
 HTTP_TIMEOUT=60
+ERASE_CHUNK_MIB=512
 deploy_url=""
 stage=boot
 
@@ -463,21 +484,14 @@ disk="/dev/$target_disk"
 disk_sectors="$(cat "/sys/block/$target_disk/size")"
 disk_bytes=$((disk_sectors * 512))
 
-# --- clean mode: erase the disk's metadata, then report and power off
+# --- clean mode: erase the whole disk, then report and power off
 if [ "$mode" = @MODE_CLEAN@ ]; then
-  progress cleaning
+  progress erasing
   mark=$(centis)
-  for part in /sys/block/"$target_disk"/"$target_disk"*; do
-    [ -r "$part/start" ] || continue
-    wipe_ends "$disk" "$(cat "$part/start")" "$(cat "$part/size")" \
-      || fail "cannot erase ${part##*/}"
-    say "erased the ends of ${part##*/}"
-  done
-  wipe_ends "$disk" 0 "$disk_sectors" || fail "cannot erase the ends of $disk"
-  sync
+  erase_disk "$disk" "$disk_sectors" || fail "cannot erase $disk"
   blockdev --rereadpt "$disk" || say "the kernel cannot re-read the partition table of $disk"
   stage=done
-  say "cleaned $disk in $(seconds_since "$mark") s"
+  say "erased $disk in $(seconds_since "$mark") s"
   report status=ok stage=done mode=@MODE_CLEAN@ "disk=$disk" "disk_bytes=$disk_bytes" \
     "clean_s=$(seconds_since "$mark")" || say "the final report was not delivered"
   power_off

@@ -179,7 +179,10 @@ def wait(ctx: StepContext, purpose: str, timeout: float) -> None:
             code=f"{purpose}_failed",
         )
     deadline(ctx, "a report from the node's ramdisk", timeout)
-    raise NotYet(f"{purpose}: {report.get('stage', 'booting')}", retry_after=2.0)
+    stage = str(report.get("stage", "booting"))
+    if "erased_mib" in report:  # a clean's progress over the whole disk
+        stage += f" {report['erased_mib']}/{report.get('disk_mib', '?')} MiB"
+    raise NotYet(f"{purpose}: {stage}", retry_after=2.0)
 
 
 def finish(ctx: StepContext, purpose: str, boot_disk: bool) -> None:
