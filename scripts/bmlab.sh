@@ -245,8 +245,13 @@ ensure_node() {
   node_xml "$i" >"$xml"
   want="$(sha256sum "$xml" | cut -d' ' -f1)"
   [ -f "$stamp" ] && have="$(cat "$stamp")"
-  if ! virsh_ domuuid "$name" >/dev/null 2>&1 || [ "$want" != "$have" ]; then
+  if ! virsh_ domuuid "$name" >/dev/null 2>&1; then
     log "defining $name"
+    virsh_ define "$xml" >/dev/null
+    echo "$want" >"$stamp"
+  elif [ "$want" != "$have" ]; then
+    log "redefining $name (its definition changed)"
+    sed -i "s|^  <name>$name</name>\$|&\n  <uuid>$(node_uuid "$i")</uuid>|" "$xml"
     virsh_ define "$xml" >/dev/null
     echo "$want" >"$stamp"
   fi
