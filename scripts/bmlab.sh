@@ -14,8 +14,20 @@
 # as boot mode Legacy), boot order cdrom then hd, a blank 8 GiB qcow2 disk
 # onep-bm-I-disk.qcow2 in the libvirt pool `default` (virtio), an IDE CD-ROM for virtual media,
 # one virtio NIC at PCI 0x10 on QEMU user networking with host forwards
-# 127.0.0.1:(PORT_BASE+10*I) -> :5432 and 127.0.0.1:(PORT_BASE+10*I+1) -> :8471, and its serial
-# console logged to $STATE_DIR/onep-bm-I.console.log (truncated at each power-on).
+# 127.0.0.1:(PORT_BASE+10*I) -> :5432 and 127.0.0.1:(PORT_BASE+10*I+1) -> :8471 and restrict=on
+# (the node reaches nothing through it), a second virtio NIC (MAC 52:54:00:6f:71:I) on the
+# provisioning bridge, and its serial console logged to $STATE_DIR/onep-bm-I.console.log
+# (truncated at each power-on).
+#
+# The provisioning network: the bridge $PROV_BRIDGE, the host at $PROV_GATEWAY/24, node I at
+# 10.95.0.(10+I)/24 (set by its deploy ramdisk from the kernel command line). The firewall chain
+# ONEP-NODES lets a node open connections to the host's deploy listener ports
+# ($PROV_GATEWAY, tcp $DEPLOY_PORTS) and to nothing else: not the host's other services, not
+# another node, not outside. nodes.json names the gateway and each node's NIC; `onep up` serves
+# its deploy listener there (ONEP_DEPLOY_HOST / ONEP_DEPLOY_PORT override).
+#
+# The disk drops zeroed blocks (detect_zeroes=unmap): a clean that writes zeros over the whole
+# disk leaves the qcow2 file sparse.
 #
 # The NIC is a libvirt <interface type='user'> (so the emulator lists it under
 # EthernetInterfaces and offers Pxe) whose QEMU device is re-pointed by <qemu:override> at a
@@ -62,6 +74,10 @@ DISK_SIZE="8G"
 # (<os firmware='bios'> would too, but libvirt here finds no firmware descriptor for SeaBIOS:
 # "Unable to find any firmware to satisfy 'bios'" at power-on.)
 SEABIOS="/usr/share/seabios/bios-256k.bin"
+PROV_BRIDGE="onepbm0"
+PROV_GATEWAY="10.95.0.1"
+PROV_SUBNET="10.95.0.0/24"
+DEPLOY_PORTS="8400:8499"  # where a platform's deploy listener may be
 
 CONF="$STATE_DIR/emulator.conf"
 PIDFILE="$STATE_DIR/emulator.pid"
@@ -77,6 +93,7 @@ virsh_() { virsh -q -c "$LIBVIRT_URI" "$@"; }
 node_name() { echo "${NAME_PREFIX}$1"; }
 disk_vol() { echo "${NAME_PREFIX}$1-disk.qcow2"; }
 node_mac() { printf '52:54:00:6f:70:%02x' "$1"; }
+prov_mac() { printf '52:54:00:6f:71:%02x' "$1"; }
 pg_port() { echo $((PORT_BASE + 10 * $1)); }
 agent_port() { echo $((PORT_BASE + 10 * $1 + 1)); }
 console_log() { echo "$STATE_DIR/$(node_name "$1").console.log"; }
@@ -111,6 +128,37 @@ ensure_libvirt() {
     mkdir -p "$POOL_DIR"
     virsh_ pool-start "$POOL_NAME" >/dev/null
   fi
+}
+
+ensure_provisioning_network() {
+  # The bridge (the host's side of the provisioning network) and the firewall that confines
+  # the nodes on it; both rebuilt by every `up` (neither survives a reboot).
+  if ! ip link show "$PROV_BRIDGE" >/dev/null 2>&1; then
+    log "creating the provisioning bridge $PROV_BRIDGE ($PROV_GATEWAY/24)"
+    ip link add "$PROV_BRIDGE" type bridge
+  fi
+  ip addr replace "$PROV_GATEWAY/24" dev "$PROV_BRIDGE"
+  ip link set "$PROV_BRIDGE" up
+  local chain="ONEP-NODES" hook
+  iptables -N "$chain" 2>/dev/null || true
+  iptables -F "$chain"
+  iptables -A "$chain" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+  iptables -A "$chain" -d "$PROV_GATEWAY" -p tcp --dport "$DEPLOY_PORTS" -j RETURN
+  iptables -A "$chain" -j DROP
+  for hook in INPUT FORWARD; do
+    iptables -C "$hook" -i "$PROV_BRIDGE" -j "$chain" 2>/dev/null \
+      || iptables -I "$hook" 1 -i "$PROV_BRIDGE" -j "$chain"
+  done
+}
+
+remove_provisioning_network() {
+  local hook
+  for hook in INPUT FORWARD; do
+    iptables -D "$hook" -i "$PROV_BRIDGE" -j ONEP-NODES 2>/dev/null || true
+  done
+  iptables -F ONEP-NODES 2>/dev/null || true
+  iptables -X ONEP-NODES 2>/dev/null || true
+  ip link del "$PROV_BRIDGE" 2>/dev/null || true
 }
 
 ensure_emulator_installed() {
@@ -209,6 +257,12 @@ node_xml() {
       <alias name='ua-onep-nic0'/>
       <address type='pci' domain='0x0000' bus='0x00' slot='0x10' function='0x0'/>
     </interface>
+    <interface type='bridge'>
+      <mac address='$(prov_mac "$i")'/>
+      <source bridge='$PROV_BRIDGE'/>
+      <model type='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x11' function='0x0'/>
+    </interface>
     <serial type='pty'>
       <log file='$(console_log "$i")' append='off'/>
       <target port='0'/>
@@ -218,7 +272,7 @@ node_xml() {
   </devices>
   <qemu:commandline>
     <qemu:arg value='-netdev'/>
-    <qemu:arg value='user,id=n0,hostfwd=tcp:127.0.0.1:$(pg_port "$i")-:5432,hostfwd=tcp:127.0.0.1:$(agent_port "$i")-:8471'/>
+    <qemu:arg value='user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$(pg_port "$i")-:5432,hostfwd=tcp:127.0.0.1:$(agent_port "$i")-:8471'/>
   </qemu:commandline>
   <qemu:override>
     <qemu:device alias='ua-onep-nic0'>
@@ -265,9 +319,9 @@ write_nodes_json() {
   for i in $(seq 0 $((NODES - 1))); do uuids+=("$(node_uuid "$i")"); done
   tmp="$(mktemp "$STATE_DIR/.nodes.XXXXXX")"
   python3 - "$tmp" "$BMC_URL" "$BMC_USER" "$PWFILE" "$PORT_BASE" "$STATE_DIR" "$NAME_PREFIX" \
-    "${uuids[@]}" <<'EOF'
+    "$PROV_GATEWAY" "${uuids[@]}" <<'EOF'
 import json, sys
-out, url, user, pwfile, base, state, prefix, *uuids = sys.argv[1:]
+out, url, user, pwfile, base, state, prefix, gateway, *uuids = sys.argv[1:]
 password = open(pwfile).read().strip()
 nodes = []
 for i, uuid in enumerate(uuids):
@@ -283,9 +337,11 @@ for i, uuid in enumerate(uuids):
         "ports": {"5432": int(base) + 10 * i, "8471": int(base) + 10 * i + 1},
         "console_log": f"{state}/{name}.console.log",
         "disk_volume": f"{prefix}{i}-disk.qcow2",
+        "provisioning": {"mac": "52:54:00:6f:71:%02x" % i, "address": f"10.95.0.{10 + i}/24"},
     })
+lab = {"version": 1, "bmc_url": url, "provisioning": {"gateway": gateway}, "nodes": nodes}
 with open(out, "w") as f:
-    json.dump({"version": 1, "bmc_url": url, "nodes": nodes}, f, indent=2)
+    json.dump(lab, f, indent=2)
     f.write("\n")
 EOF
   chmod 600 "$tmp"
@@ -377,6 +433,7 @@ cmd_up() {
   mkdir -p "$STATE_DIR"
   chmod 700 "$STATE_DIR"
   ensure_libvirt
+  ensure_provisioning_network
   if [ -z "$NODES" ]; then  # keep a lab made bigger by an earlier `up N`
     NODES="$(lab_domains | wc -l)"
     [ "$NODES" -ge 2 ] || NODES=2
@@ -424,7 +481,9 @@ cmd_down() {
       virsh_ vol-delete --pool "$POOL_NAME" "$vol" >/dev/null
     done
   fi
-  rm -f "$NODES_JSON" "$CONF" "$PIDFILE" "$HTPASSWD" "$PWFILE" "$STATE_DIR"/${NAME_PREFIX}*.console.log
+  remove_provisioning_network
+  rm -f "$NODES_JSON" "$CONF" "$PIDFILE" "$HTPASSWD" "$PWFILE" "$STATE_DIR"/${NAME_PREFIX}*.console.log \
+    "$STATE_DIR"/${NAME_PREFIX}*.xml.sha256
   log "down"
 }
 

@@ -85,6 +85,8 @@ def settings(tmp_path: Path) -> Settings:
         lease_seconds=1.0,
         worker_poll_seconds=0.05,
         image_cache=tmp_path / "images",
+        bmlab_file=tmp_path / "no-bmlab.json",  # never this machine's lab
+        deploy_host="10.95.0.1",  # what the fake nodes' ISOs name; nothing listens
     )
 
 

@@ -32,7 +32,7 @@ from oneplatform.ops.kinds import OPEN
 from oneplatform.schemas.compute import PowerState
 from oneplatform.schemas.databases import DbInstanceCreate, DbUserSpec
 from oneplatform.schemas.instances import InstanceCreate
-from oneplatform.schemas.nodes import NodeEnroll, PortTarget
+from oneplatform.schemas.nodes import NodeEnroll, PortTarget, ProvisioningNic
 from oneplatform.store.db import Store
 from oneplatform.store.models import Event, Instance, Node, Operation, utcnow
 from tests.fakes import CLOUD, FakeAgent, FakeNode, FakePostgreSQL
@@ -122,7 +122,13 @@ class World:
         return accepted.instance.id, accepted.operation.id
 
     # -- bare metal and databases ------------------------------------------------------------
-    def enroll(self, name: str, password: str = "secret", provide: bool = True) -> str:
+    def enroll(
+        self,
+        name: str,
+        password: str = "secret",
+        provide: bool = True,
+        provisioning: ProvisioningNic | None = None,
+    ) -> str:
         guest = {"5432": self.port_base + 90, "8471": self.port_base + 91}
         CLOUD.nodes[name] = FakeNode(system_id=name)
         req = NodeEnroll(
@@ -134,6 +140,7 @@ class World:
             bmc_username="admin",
             bmc_password=password,
             port_map={g: PortTarget(host="127.0.0.1", port=p) for g, p in guest.items()},
+            provisioning=provisioning,
         )
         return node_service.enroll(self.store, self.settings, self.admin, req).operation.id
 
@@ -212,7 +219,10 @@ def plant_image_formats(settings: Settings) -> str:
     return digest
 
 
-def fake_iso(cache_dir: Path, url: str, iso: Path, progress: object = None) -> Path:
+def fake_iso(
+    cache_dir: Path, url: str, iso: Path, network: str = "", progress: object = None
+) -> Path:
+    """The ISO's kernel command line, instead of the ISO."""
     iso.parent.mkdir(parents=True, exist_ok=True)
-    iso.write_text(url)
+    iso.write_text(f"{url} {network}".strip())
     return iso

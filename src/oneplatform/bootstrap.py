@@ -19,7 +19,7 @@ from oneplatform.errors import PlatformError
 from oneplatform.iam import ADMIN, Caller
 from oneplatform.images.recipes import list_recipes
 from oneplatform.schemas.compute import ComputeType
-from oneplatform.schemas.nodes import NodeEnroll, PortTarget
+from oneplatform.schemas.nodes import NodeEnroll, PortTarget, ProvisioningNic
 from oneplatform.store.db import Store
 from oneplatform.store.models import Flavor, Host, Node, Pool
 
@@ -177,6 +177,9 @@ def enroll_lab_nodes(store: Store, settings: Settings) -> list[str]:
             bmc_username=n.get("username", ""),
             bmc_password=n.get("password", ""),
             port_map={g: PortTarget(host="127.0.0.1", port=int(p)) for g, p in n["ports"].items()},
+            provisioning=(
+                ProvisioningNic.model_validate(n["provisioning"]) if n.get("provisioning") else None
+            ),
         )
         started.append(nodes.enroll(store, settings, caller, req).operation.id)
     return started

@@ -44,10 +44,14 @@ class Settings(BaseSettings):
         default=None,
         description="Fernet key for secrets at rest; $ONEP_HOME/secret.key when unset.",
     )
-    node_callback_host: str = Field(
-        default="10.0.2.2",
-        description="The address nodes' deploy ramdisks reach the API on (QEMU user "
-        "networking maps the host to 10.0.2.2; on a real network, this host's address).",
+    deploy_host: str | None = Field(
+        default=None,
+        description="The address of the deploy listener, on the provisioning network: what "
+        "nodes' deploy ramdisks reach, and all they reach. Unset: the bare-metal lab's "
+        "provisioning gateway (from ONEP_BMLAB_FILE), if there is a lab.",
+    )
+    deploy_port: int = Field(
+        default=8469, ge=1, le=65535, description="The deploy listener's port."
     )
     bmc_media_host: str = Field(
         default="127.0.0.1", description="The address BMCs download virtual media from."

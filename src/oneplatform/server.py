@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import oneplatform.assembly  # noqa: F401  (registers compute types and operation kinds)
 from oneplatform import iam
-from oneplatform.api.app import create_app
+from oneplatform.api.app import create_app, create_deploy_app
 from oneplatform.api.deps import Platform
+from oneplatform.baremetal.ramdisk import deploy_listener
 from oneplatform.bootstrap import enroll_lab_nodes, ensure_defaults, ensure_images
 from oneplatform.compute.reconciler import run_reconciler
 from oneplatform.config import Settings
@@ -77,13 +79,43 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
     start_workers(store, settings, settings.workers, stop)
     for loop, name in ((run_health_checker, "health"), (run_reconciler, "reconciler")):
         threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
-    app = create_app(Platform(store, settings))
+    platform = Platform(store, settings)
+    app = create_app(platform)
+    start_deploy_listener(platform)
     announce(url, str(settings.home), builds, enrolling)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         stop.set()
         store.dispose()
+
+
+def start_deploy_listener(platform: Platform) -> threading.Thread | None:
+    """Serve the deploy routes alone on the provisioning network (ONEP_DEPLOY_HOST, or the
+    lab's gateway), in a thread; None when there is no provisioning network or its address
+    cannot be bound (logged: bare-metal deploys then wait for their ramdisk in vain)."""
+    import uvicorn
+
+    listener = deploy_listener(platform.settings)
+    if listener is None:
+        return None
+    host, port = listener
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        log.error("deploy listener: cannot bind %s:%d (%s): nodes cannot deploy", host, port, exc)
+        return None
+    config = uvicorn.Config(create_deploy_app(platform), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="deploy-listener", daemon=True
+    )
+    thread.start()
+    log.info("deploy listener on %s:%d", host, port)
+    return thread
 
 
 def run_worker(settings: Settings, count: int) -> None:

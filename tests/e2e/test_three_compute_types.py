@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import sqlite3
 import subprocess
 import time
@@ -67,6 +68,19 @@ def _wait_nodes(p: Platform, state: str, timeout: float = 600) -> dict[str, dict
         time.sleep(2)
 
 
+def _free_deploy_port() -> int:
+    """A port for the deploy listener where the lab's firewall lets nodes in (8400-8499)."""
+    gateway = json.loads(LAB.read_text())["provisioning"]["gateway"]
+    for port in range(8400, 8500):
+        with socket.socket() as s:
+            try:
+                s.bind((gateway, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in 8400-8499 on {gateway}")
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     _require_lab()
@@ -76,6 +90,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         port=free_port(),
         extra_env={
             "ONEP_BMLAB_FILE": str(LAB),
+            "ONEP_DEPLOY_PORT": str(_free_deploy_port()),
             "ONEP_HEALTH_INTERVAL_SECONDS": "2",
             "ONEP_RECONCILE_INTERVAL_SECONDS": "3",
         },

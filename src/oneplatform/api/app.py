@@ -82,3 +82,18 @@ def create_app(platform: Platform) -> FastAPI:
 
     app.add_middleware(Gate, store=platform.store)
     return app
+
+
+def create_deploy_app(platform: Platform) -> FastAPI:
+    """What the deploy listener serves on the provisioning network: the deploy routes alone
+    (a node's ramdisk reaches nothing else of the platform)."""
+    app = FastAPI(title="OnePlatform deploy", version=__version__, openapi_url=None)
+    app.state.platform = platform
+    app.include_router(deploy.router, prefix="/v1")
+
+    @app.exception_handler(PlatformError)
+    async def platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"error": exc.to_dict()})
+
+    app.add_middleware(Gate, store=platform.store)
+    return app

@@ -9,7 +9,9 @@ platform use one definition.
 
 Protocol (plain HTTP; the per-deploy token in the URL is all the auth the node has)::
 
-    kernel command line   onep.deploy_url=http://10.0.2.2:PORT/deploy/TOKEN
+    kernel command line   onep.deploy_url=http://DEPLOY_HOST:PORT/v1/deploy/TOKEN
+                          onep.mac=MAC onep.ip=ADDRESS/PREFIX (the provisioning NIC; without
+                          them: the first NIC at 10.0.2.15/24 via 10.0.2.2, QEMU's defaults)
     GET  <deploy_url>/manifest   -> text/plain, KEY=VALUE lines (see DeployManifest)
     GET  <image_url>             -> the raw whole-disk image, exactly image_size bytes
     GET  <config_url>            -> the instance's config bundle (bundle.json)
@@ -51,6 +53,8 @@ MANIFEST_VERSION = "1"
 MODE_DEPLOY = "deploy"
 MODE_CLEAN = "clean"
 CMDLINE_KEY = "onep.deploy_url"
+CMDLINE_MAC = "onep.mac"  # the provisioning NIC (absent: the first NIC)
+CMDLINE_IP = "onep.ip"  # its address/prefix (absent: QEMU user networking's 10.0.2.15/24)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _URL = re.compile(r"^http://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%\-/]*)?$")
@@ -406,26 +410,43 @@ if [ -z "$deploy_url" ]; then
   power_off
 fi
 
-# --- network: the first physical interface, static (QEMU user networking by default)
+# --- network: the provisioning NIC (by its MAC) at its address, with no route beyond its
+# subnet; without onep.mac, the first NIC on QEMU user networking's defaults
 stage=network
 ip link set lo up
+want_mac="$(cmdline_value @CMDLINE_MAC@ || true)"
 iface=""
 tries=0
 while [ -z "$iface" ] && [ "$tries" -lt 100 ]; do
   for path in /sys/class/net/*; do
     [ -e "$path/device" ] || continue
-    iface="${path##*/}"
-    break
+    if [ -z "$want_mac" ] || [ "$(cat "$path/address")" = "$want_mac" ]; then
+      iface="${path##*/}"
+      break
+    fi
   done
   [ -n "$iface" ] || { sleep 0.1; tries=$((tries + 1)); }
 done
-[ -n "$iface" ] || { say "FAILED: no network interface"; power_off; }
-address="$(cmdline_value onep.ip || echo 10.0.2.15/24)"
-gateway="$(cmdline_value onep.gw || echo 10.0.2.2)"
+if [ -z "$iface" ]; then
+  say "FAILED: no network interface ${want_mac:+with MAC $want_mac}"
+  power_off
+fi
+if [ -n "$want_mac" ]; then
+  if ! address="$(cmdline_value @CMDLINE_IP@)"; then
+    say "FAILED: @CMDLINE_MAC@ without @CMDLINE_IP@"
+    power_off
+  fi
+  gateway="$(cmdline_value onep.gw || true)"
+else
+  address="$(cmdline_value @CMDLINE_IP@ || echo 10.0.2.15/24)"
+  gateway="$(cmdline_value onep.gw || echo 10.0.2.2)"
+fi
 ip link set "$iface" up
 ip addr add "$address" dev "$iface" || say "cannot add $address to $iface"
-ip route add default via "$gateway" dev "$iface" || say "cannot add a route via $gateway"
-say "network: $iface $address via $gateway"
+if [ -n "$gateway" ]; then
+  ip route add default via "$gateway" dev "$iface" || say "cannot add a route via $gateway"
+fi
+say "network: $iface $address${gateway:+ via $gateway}"
 progress started
 
 # --- the manifest
@@ -606,6 +627,8 @@ def _render(template: str) -> str:
         "DATA_TYPE_OCTAL": f"{TYPE_LINUX:03o}",
         "MODULES_LIST": MODULES_LIST,
         "CMDLINE_KEY": CMDLINE_KEY,
+        "CMDLINE_MAC": CMDLINE_MAC,
+        "CMDLINE_IP": CMDLINE_IP,
         "MANIFEST_VERSION": MANIFEST_VERSION,
         "MODE_DEPLOY": MODE_DEPLOY,
         "MODE_CLEAN": MODE_CLEAN,

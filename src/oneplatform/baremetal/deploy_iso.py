@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import ipaddress
 import lzma
 import os
+import re
 import shutil
 import struct
 import tarfile
@@ -120,9 +122,23 @@ def build_deploy_ramdisk(
     return ramdisk
 
 
-def isolinux_cfg(deploy_url: str) -> str:
-    """The deploy ISO's boot menu: one entry, no prompt, the deploy URL on the cmdline."""
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def network_args(mac: str, address: str) -> str:
+    """The kernel arguments that make the deploy agent bring up the NIC with ``mac`` at
+    ``address`` (ADDRESS/PREFIX) and nothing else: both checked, never passed through."""
+    if not _MAC.fullmatch(mac):
+        raise ValueError(f"provisioning MAC {mac!r} is not a lower-case MAC address")
+    interface = ipaddress.IPv4Interface(address)  # raises ValueError
+    return f"{deploy_agent.CMDLINE_MAC}={mac} {deploy_agent.CMDLINE_IP}={interface.with_prefixlen}"
+
+
+def isolinux_cfg(deploy_url: str, network: str = "") -> str:
+    """The deploy ISO's boot menu: one entry, no prompt, the deploy URL (and the node's
+    provisioning NIC, :func:`network_args`) on the cmdline."""
     check_url(deploy_url, "deploy_url")
+    extra = f" {network}" if network else ""
     return (
         "SERIAL 0 115200\n"
         "DEFAULT deploy\n"
@@ -131,7 +147,7 @@ def isolinux_cfg(deploy_url: str) -> str:
         "LABEL deploy\n"
         "  KERNEL /deploy/vmlinuz\n"
         "  INITRD /deploy/initrd.gz\n"
-        f"  APPEND {DEPLOY_CMDLINE} {deploy_agent.CMDLINE_KEY}={deploy_url}\n"
+        f"  APPEND {DEPLOY_CMDLINE} {deploy_agent.CMDLINE_KEY}={deploy_url}{extra}\n"
     )
 
 
@@ -140,16 +156,18 @@ def build_deploy_iso(
     deploy_url: str,
     out_path: Path,
     *,
+    network: str = "",
     kernel_source: Path | None = None,
     progress: Progress | None = None,
 ) -> Path:
-    """Make the per-deploy ISO at ``out_path`` (mode 0600: the URL holds the deploy token).
+    """Make the per-deploy ISO at ``out_path`` (mode 0600: the URL holds the deploy token);
+    ``network`` is :func:`network_args`' for the node, or empty for the agent's defaults.
 
     Reuses the cached deploy ramdisk (built first if needed, see
     :func:`build_deploy_ramdisk`); the ISO itself takes well under a second. Replaces
     ``out_path`` atomically. Needs xorriso and Debian's isolinux and syslinux-common.
     """
-    cfg = isolinux_cfg(deploy_url)
+    cfg = isolinux_cfg(deploy_url, network)
     xorriso = shutil.which("xorriso")
     if xorriso is None:
         raise ImageBuildError("xorriso is not installed (Debian package xorriso)")

@@ -16,7 +16,7 @@ from oneplatform.iam import Caller
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.service import to_out
 from oneplatform.schemas.compute import ComputeType
-from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut
+from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, NodeOut, ProvisioningNic
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
 from oneplatform.store.models import Host, Instance, Node, Pool, new_id
@@ -38,6 +38,9 @@ def to_out_node(session: Session, node: Node) -> NodeOut:
         bmc_address=node.bmc_address,
         bmc_system_id=node.bmc_system_id,
         inventory=dict(node.inventory or {}),
+        provisioning=(
+            ProvisioningNic.model_validate(node.provisioning) if node.provisioning else None
+        ),
         created_at=node.created_at,
         updated_at=node.updated_at,
     )
@@ -100,6 +103,7 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
                 if req.bmc_password
                 else "",
                 port_map={k: v.model_dump(mode="json") for k, v in req.port_map.items()},
+                provisioning=req.provisioning.model_dump(mode="json") if req.provisioning else {},
                 target_state=(
                     NodeState.AVAILABLE.value if req.provide else NodeState.MANAGEABLE.value
                 ),

@@ -11,12 +11,14 @@ unfinished step: the token is reused, and every power call is guarded by the BMC
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import json
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from oneplatform.baremetal.deploy_iso import build_deploy_iso
+from oneplatform.baremetal.deploy_iso import build_deploy_iso, network_args
 from oneplatform.baremetal.driver import BaremetalDriver
 from oneplatform.baremetal.reach import node_driver, node_of_host
 from oneplatform.config import Settings
@@ -40,9 +42,40 @@ def iso_path(settings: Settings, token_row: DeployToken) -> Path:
     return deploy_dir(settings) / f"{token_row.id}.iso"
 
 
+def deploy_listener(settings: Settings) -> tuple[str, int] | None:
+    """Where the deploy listener serves nodes: ONEP_DEPLOY_HOST, else the bare-metal lab's
+    provisioning gateway (its nodes.json), else nowhere (None)."""
+    host = settings.deploy_host
+    if host is None and settings.bmlab_file.exists():
+        lab = json.loads(settings.bmlab_file.read_text())
+        host = (lab.get("provisioning") or {}).get("gateway")
+    if host is None:
+        return None
+    return str(ipaddress.ip_address(host)), settings.deploy_port
+
+
 def node_base_url(settings: Settings) -> str:
-    """How a node's ramdisk reaches the API (QEMU user networking: the host is 10.0.2.2)."""
-    return f"http://{settings.node_callback_host}:{settings.port}"
+    """How a node's ramdisk reaches the deploy listener, on the provisioning network."""
+    listener = deploy_listener(settings)
+    if listener is None:
+        raise PlatformError(
+            "no provisioning network: set ONEP_DEPLOY_HOST to the deploy listener's address "
+            "on the network the nodes' provisioning NICs are on",
+            code="no_deploy_network",
+        )
+    host, port = listener
+    return f"http://{host}:{port}"
+
+
+def node_network(node: Node) -> str:
+    """The kernel arguments for the node's provisioning NIC (empty: the agent's defaults)."""
+    nic = node.provisioning or {}
+    if not nic:
+        return ""
+    try:
+        return network_args(str(nic.get("mac", "")), str(nic.get("address", "")))
+    except ValueError as exc:
+        raise PlatformError(f"node {node.name}: {exc}", code="bad_provisioning_nic") from None
 
 
 def bmc_base_url(settings: Settings) -> str:
@@ -146,9 +179,10 @@ def prepare(ctx: StepContext, purpose: str) -> None:
         )
         row, token = open_token(ctx, session, node, purpose, instance)
         iso = iso_path(ctx.settings, row)
+        network = node_network(node)
     if not iso.exists():
         url = f"{node_base_url(ctx.settings)}/v1/deploy/{token}"
-        build_deploy_iso(ctx.settings.images_dir, url, iso, progress=ctx.progress)
+        build_deploy_iso(ctx.settings.images_dir, url, iso, network=network, progress=ctx.progress)
 
 
 def boot(ctx: StepContext, purpose: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from oneplatform.cli.output import (
     Format,
@@ -15,7 +16,7 @@ from oneplatform.cli.output import (
     fail,
     wait_with_progress,
 )
-from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, PortTarget
+from oneplatform.schemas.nodes import NodeAccepted, NodeEnroll, PortTarget, ProvisioningNic
 from oneplatform.sdk.client import Client, OperationFailed
 
 node_app = typer.Typer(help="Bare-metal nodes (admin).", no_args_is_help=True)
@@ -50,6 +51,19 @@ def _port_map(entries: list[str]) -> dict[str, PortTarget]:
     return out
 
 
+def _provisioning(entry: str | None) -> ProvisioningNic | None:
+    if entry is None:
+        return None
+    mac, sep, address = entry.partition("=")
+    if not sep:
+        raise fail(f"--provisioning takes MAC=ADDRESS/PREFIX, got {entry!r}")
+    try:
+        return ProvisioningNic.model_validate({"mac": mac.lower(), "address": address})
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]) for e in exc.errors())
+        raise fail(f"--provisioning {entry!r}: {problems}") from None
+
+
 @node_app.command("enroll")
 def node_enroll(
     name: str,
@@ -59,6 +73,13 @@ def node_enroll(
     password: Annotated[str, typer.Option(help="BMC password")] = "",
     pool: Annotated[str, typer.Option(help="Bare-metal pool")] = "baremetal",
     port: Annotated[list[str] | None, typer.Option(help="GUEST=HOST:PORT reachability")] = None,
+    provisioning: Annotated[
+        str | None,
+        typer.Option(
+            help="MAC=ADDRESS/PREFIX: the NIC and address its deploy ramdisk uses on the "
+            "provisioning network"
+        ),
+    ] = None,
     provide: Annotated[bool, typer.Option("--provide/--no-provide")] = True,
     wait: WaitOpt = False,
     output: Format = OutputOpt,
@@ -73,6 +94,7 @@ def node_enroll(
             bmc_username=username,
             bmc_password=password,
             port_map=_port_map(port or []),
+            provisioning=_provisioning(provisioning),
             provide=provide,
         )
         _finish(c, c.nodes.enroll(body), wait, output)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, IPvAnyAddress, StringConstraints
+from pydantic import Field, IPvAnyAddress, StringConstraints, field_validator
 
 from oneplatform.schemas.base import CatalogName, Request, ResourceName, Response
 from oneplatform.schemas.operations import OperationOut
@@ -19,6 +20,25 @@ class PortTarget(Request):
 
 
 GuestPort = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,4}$")]
+
+
+class ProvisioningNic(Request):
+    """The NIC a node's deploy ramdisk brings up on the provisioning network, where it
+    reaches the platform's deploy listener (and nothing else)."""
+
+    mac: str = Field(
+        pattern=r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", description="lower-case, e.g. 52:54:00:6f:71:00"
+    )
+    address: ipaddress.IPv4Interface = Field(
+        description="its address with prefix, e.g. 10.95.0.10/24"
+    )
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _with_prefix(cls, value: object) -> object:
+        if isinstance(value, str) and "/" not in value:
+            raise ValueError("give the address with its prefix length, e.g. 10.95.0.10/24")
+        return value
 
 
 class NodeEnroll(Request):
@@ -41,6 +61,9 @@ class NodeEnroll(Request):
         max_length=64,
         description="How the node's guest ports are reached: {guest_port: {host, port}}.",
     )
+    provisioning: ProvisioningNic | None = Field(
+        default=None, description="The NIC and address its deploy ramdisk uses."
+    )
     provide: bool = Field(default=True, description="Clean and make available after inspection.")
 
 
@@ -56,6 +79,7 @@ class NodeOut(Response):
     bmc_address: str
     bmc_system_id: str
     inventory: dict[str, Any] = {}
+    provisioning: ProvisioningNic | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
 

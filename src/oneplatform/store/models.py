@@ -252,6 +252,9 @@ class Node(Timestamps, Base):
     # How the node's service ports are reached: {guest_port: {"host": ..., "port": ...}}.
     # On a real network that is the node's address; in the emulated lab, host forwards.
     port_map: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The NIC its deploy ramdisk configures, on the provisioning network: {"mac", "address"}
+    # (empty: the first NIC, on QEMU user networking's defaults).
+    provisioning: Mapped[dict[str, Any]] = mapped_column(default=dict)
     instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
 
 
