@@ -304,6 +304,7 @@ def test_create_boots_and_forwards_the_port_and_nothing_else(
         assert probe(port, f"127.0.0.1:{GUEST_PORT}") == "open"  # the probe works
         assert probe(port, f"10.0.2.2:{listener.port}") == "closed"
         assert probe(port, f"10.0.2.2:{port}") == "closed"  # not its own forward either
+        assert probe(port, "10.0.2.2:8000") == "closed"  # the lab's Redfish emulator
 
 
 def probe(port: int, target: str) -> str:
