@@ -301,14 +301,15 @@ ensure_node() {
   [ -f "$stamp" ] && have="$(cat "$stamp")"
   if ! virsh_ domuuid "$name" >/dev/null 2>&1; then
     log "defining $name"
-    virsh_ define "$xml" >/dev/null
-    echo "$want" >"$stamp"
   elif [ "$want" != "$have" ]; then
     log "redefining $name (its definition changed)"
     sed -i "s|^  <name>$name</name>\$|&\n  <uuid>$(node_uuid "$i")</uuid>|" "$xml"
-    virsh_ define "$xml" >/dev/null
-    echo "$want" >"$stamp"
+  else
+    rm -f "$xml"
+    return 0
   fi
+  virsh_ define "$xml" >/dev/null
+  echo "$want" >"$stamp"
   rm -f "$xml"
 }
 

@@ -203,14 +203,7 @@ def test_create_passes_limits_env_and_runtime(
     podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
 ) -> None:
     instance_id, _port, _ = running
-    proc = subprocess.run(
-        ["podman", "inspect", container_name(instance_id), "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    info = json.loads(proc.stdout)[0]
+    info = inspect(instance_id)
     assert info["OCIRuntime"] == "runc"
     assert info["HostConfig"]["Memory"] == 128 * 1024 * 1024
     assert info["HostConfig"]["NanoCpus"] == 1_000_000_000
