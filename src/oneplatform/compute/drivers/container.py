@@ -18,6 +18,10 @@ An instance owns up to three kinds of Podman objects, all removed by :meth:`Podm
   at :data:`BUNDLE_GUEST_PATH`. A secret rather than a bind-mounted file because it also works
   through ``podman --url`` on a remote host, where there is no local file to mount. The
   bundle's bytes go to podman on stdin only: never in argv, an exception or a log.
+
+Its container joins its project's network ``onep-net-<group>`` (made on first use, removed
+with the group's last container; see :data:`GUEST_SUBNETS`) and runs confined
+(:data:`CONFINEMENT`). The design is in docs/security.md.
 """
 
 from __future__ import annotations

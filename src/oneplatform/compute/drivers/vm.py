@@ -24,8 +24,9 @@ started and marked autostart on first use. It holds
 Guest contract: virtio disks with serials ``onep-root``, ``onep-config`` (ISO9660, volume id
 ``onep-config``, ``bundle.json`` = the config bundle), ``onep-data`` (then ``onep-data-2``, …);
 direct kernel boot of the image's kernel and initrd; serial console on ttyS0; QEMU user
-networking (guest 10.0.2.15, host 10.0.2.2) with one ``hostfwd`` per port mapping, passed
-through ``<qemu:commandline>`` (libvirt 9.0 rejects the passt backend). Ctrl-Alt-Del asks the
+networking (guest 10.0.2.15) with ``restrict=on`` (the guest reaches nothing outside) and one
+``hostfwd`` per port mapping, passed through ``<qemu:commandline>`` (libvirt 9.0 rejects the
+passt backend). Ctrl-Alt-Del asks the
 guest's PID 1 for a clean power-off.
 
 The domain is ``onep-<instance_id>`` with our instance id and ports in its ``<metadata>``
