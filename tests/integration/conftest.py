@@ -49,6 +49,31 @@ def find_free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def hmp_command(monitor: Path, command: str) -> str:
+    """One HMP command on a QEMU monitor socket; returns what QEMU answered.
+
+    It waits for the prompt that follows the command: HMP reads a byte at a time, and a
+    client that hangs up right after sending can lose the command (seen under load).
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(monitor))
+        answer = b""
+        while not answer.endswith(b"(qemu) "):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"the QEMU monitor {monitor} closed before its prompt")
+            answer += chunk
+        sock.sendall(command.encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"(qemu) "):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode(errors="replace")
+
+
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """Call it for a free TCP port on 127.0.0.1."""

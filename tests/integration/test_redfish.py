@@ -88,7 +88,10 @@ def test_inspect_reports_the_domain(bm_node: dict[str, object]) -> None:
     assert (str(bm_node["disk_volume"]), capacity // 2**30) in inv.disks
     assert capacity // 2**30 == 8
     macs = [m.get("address") for m in xml.iterfind("devices/interface/mac")]
-    assert list(inv.nics) == macs == [bm_node["mac"]]
+    provisioning = bm_node["provisioning"]
+    assert isinstance(provisioning, dict)
+    # The node's own NIC (its published ports) and its provisioning NIC, in that order.
+    assert list(inv.nics) == macs == [bm_node["mac"], provisioning["mac"]]
     assert inv.boot_modes == (BootMode.BIOS,)  # SeaBIOS: Redfish says Legacy
     assert MediaType.CD in inv.virtual_media_types
     assert inv.power_state is PowerState.STOPPED

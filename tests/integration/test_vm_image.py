@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -49,7 +48,7 @@ from oneplatform.images.builder import (
     vm_image_path,
 )
 from oneplatform.images.recipes import Recipe, load_recipe
-from tests.integration.conftest import find_free_port, require_or_fail
+from tests.integration.conftest import find_free_port, hmp_command, require_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -280,24 +279,6 @@ def wait_ready(machine: Machine, boot: Boot) -> tuple[float, float]:
     return agent_ready, sql_ready
 
 
-def monitor_command(boot: Boot, command: str) -> str:
-    """One HMP command on the monitor socket; returns what QEMU answered."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(boot.monitor))
-        answer = b""
-        while not answer.endswith(b"(qemu) "):
-            answer += sock.recv(4096)
-        sock.sendall(command.encode() + b"\n")
-        answer = b""
-        while not answer.endswith(b"(qemu) "):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    return answer.decode(errors="replace")
-
-
 def wait_powered_off(boot: Boot) -> float:
     """Seconds until QEMU exits by itself (the guest powered off); fails on a timeout."""
     started = time.monotonic()
@@ -351,7 +332,7 @@ def test_vm_boots_serves_and_survives_a_clean_power_off(machine: Machine) -> Non
         setting = conn.execute("SHOW max_connections").fetchone()
         assert setting == ("30",)  # the bundle's engine settings were applied
     # Ctrl-Alt-Del: the agent stops PostgreSQL, unmounts the data disk and powers off.
-    monitor_command(first, "sendkey ctrl-alt-delete")
+    hmp_command(first.monitor, "sendkey ctrl-alt-delete")
     took = wait_powered_off(first)
     print(f"boot 1: powered off {took:.1f} s after Ctrl-Alt-Del")
     log1 = console_text(first)
@@ -373,7 +354,7 @@ def test_vm_boots_serves_and_survives_a_clean_power_off(machine: Machine) -> Non
         rows = conn.execute("SELECT note FROM survives").fetchall()
     assert rows == [("written before a clean power-off",)]
     # The ACPI power button (libvirt's default shutdown) is a clean stop too.
-    monitor_command(second, "system_powerdown")
+    hmp_command(second.monitor, "system_powerdown")
     took = wait_powered_off(second)
     print(f"boot 2: powered off {took:.1f} s after the ACPI power button")
     log2 = console_text(second)
