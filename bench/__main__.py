@@ -1,6 +1,9 @@
 """``python -m bench [NAME ...] [--rounds N]``: run benchmarks (default: ``all``, the ones
-marked default: container and db; ``vm`` boots VMs under TCG and ``baremetal`` deploys onto
-the emulated bare-metal lab: they run only when named).
+marked default: container and db, then the scheduler's; ``vm`` boots VMs under TCG and
+``baremetal`` deploys onto the emulated bare-metal lab: they run only when named).
+
+``python -m bench scheduler [--hosts N --creates N ...]`` runs the placement benchmark
+(:mod:`bench.scheduler`) alone, with options of its own; it needs no running platform.
 
 One `onep up` with a temporary home serves every benchmark of the run, but those with an
 ``env`` of their own (``baremetal``: it enrolls the shared bare-metal lab, which the others
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from bench import baremetal, container, db, vm
+from bench import baremetal, container, db, scheduler, vm
 from bench.common import BenchError, PlatformProcess, machine_info, running_platform, write_results
 
 Benchmark = Callable[[PlatformProcess, int, float], dict[str, Any]]
@@ -68,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         metavar="NAME",
         help=f"benchmarks to run: {', '.join(BENCHMARKS)}, or all "
-        f"(= {' + '.join(ALL)}; the default)",
+        f"(= {' + '.join(ALL)}; the default, which then runs `scheduler` too)",
     )
     parser.add_argument(
         "--rounds",
@@ -90,6 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-home", action="store_true", help="keep the temporary ONEP_HOME (and its log)"
     )
     args = parser.parse_args(argv)
+    args.names_given = bool(args.names)
     names = [ALIASES.get(n, n) for n in args.names or ["all"]]
     args.names = [m for n in names for m in (ALL if n == "all" else [n])]
     unknown = [n for n in args.names if n not in BENCHMARKS]
@@ -123,6 +127,9 @@ def platform_groups(names: list[str]) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scheduler"]:
+        return scheduler.main(argv[1:])
     args = parse_args(argv)
     names = list(dict.fromkeys(args.names))
     if shutil.which("podman") is None:
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
+    if not args.names_given:
+        return scheduler.main([])
     return 0
 
 

@@ -60,6 +60,8 @@ def make_host(
     name: str | None = None,
     uri: str | None = None,
     compute_type: str = "container",
+    zone: str = "",
+    rack: str = "",
 ) -> Host:
     """A host with the given capacity, in ``pool`` or in a new pool of ``compute_type``.
 
@@ -73,6 +75,7 @@ def make_host(
         Host(
             name=name,
             pool_id=pool.id,
+            compute_type=pool.compute_type,
             uri=uri or f"test://{name}",
             vcpus=vcpus,
             ram_mb=ram_mb,
@@ -81,6 +84,8 @@ def make_host(
             ram_allocation_ratio=ram_allocation_ratio,
             traits=list(traits),
             enabled=enabled,
+            zone=zone,
+            rack=rack,
         ),
     )
 

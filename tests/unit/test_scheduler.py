@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,12 +13,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from oneplatform.compute import instances as service
-from oneplatform.compute.scheduler import FILTERS, select_host
+from oneplatform.compute import scheduler
+from oneplatform.compute.scheduler import FILTERS, host_states, select_host
 from oneplatform.errors import NoValidHost
 from oneplatform.ops.kinds import OperationStatus
 from oneplatform.schemas.instances import InstanceCreate
 from oneplatform.store.db import Store
-from oneplatform.store.models import Event, Flavor, Host, Instance, Operation, PortAllocation
+from oneplatform.store.models import (
+    Event,
+    Flavor,
+    Host,
+    Instance,
+    Operation,
+    PortAllocation,
+    utcnow,
+)
 from tests.factories import (
     caller_for,
     make_flavor,
@@ -31,7 +41,7 @@ from tests.factories import (
 
 def _place(store: Store, flavor: Flavor) -> Host:
     with store.session() as session:
-        return select_host(session, session.get_one(Flavor, flavor.id), lock=store.postgres)
+        return select_host(session, session.get_one(Flavor, flavor.id))
 
 
 def _refused_by(store: Store, flavor: Flavor) -> str:
@@ -144,6 +154,199 @@ def test_capacity_counts_only_live_instances(store: Store) -> None:
     with store.session() as session:
         make_instance(session, project, flavor, image, host)
     assert _refused_by(store, flavor) == "vcpus"
+
+
+# -- the SQL query and the filters agree ------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+def test_the_candidate_query_passes_exactly_the_hosts_the_filters_pass(
+    store: Store, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The query says the filters in SQL; over random hosts, instances and flavors both
+    must keep the same hosts."""
+    rng = random.Random(seed)
+    monkeypatch.setattr(scheduler, "CANDIDATES", 10_000)
+    monkeypatch.setattr(scheduler, "WINDOW", 10_000)
+    with store.session() as session:
+        project, image = make_project(session), make_ready_image(session)
+        pools = [make_pool(session, t) for t in ("container", "vm", "baremetal")]
+        sizes = [
+            make_flavor(session, compute_type=p.compute_type, vcpus=v, ram_mb=r, disk_gb=d)
+            for p in pools
+            for v, r, d in ((1, 512, 5), (2, 2048, 20), (4, 4096, 40))
+        ]
+        hosts = []
+        for _ in range(40):
+            pool = rng.choice(pools)
+            hosts.append(
+                make_host(
+                    session,
+                    pool,
+                    vcpus=rng.choice((1, 2, 4, 8)),
+                    ram_mb=rng.choice((1024, 2048, 4096, 8192)),
+                    disk_gb=rng.choice((10, 40, 100)),
+                    cpu_allocation_ratio=rng.choice((1.0, 1.5, 4.0)),
+                    traits=rng.sample(["ssd", "nvme", "gpu"], rng.randint(0, 2)),
+                    enabled=rng.random() > 0.1,
+                )
+            )
+        for _ in range(30):
+            host = rng.choice(hosts)
+            fitting = [f for f in sizes if f.compute_type == pool_type(session, host)]
+            make_instance(
+                session, project, rng.choice(fitting), image, host, deleted=rng.random() < 0.3
+            )
+        flavors = sizes + [
+            make_flavor(session, compute_type=p.compute_type, vcpus=1, ram_mb=512, traits=t)
+            for p in pools
+            for t in (["ssd"], ["ssd", "nvme"])
+        ]
+    with store.session() as session:
+        states = host_states(session, lock=False)
+        for flavor in flavors:
+            by_filters = {s.host.id for s in states if all(f.passes(s, flavor) for f in FILTERS)}
+            by_query = {c.host_id for c in scheduler._candidates(session, flavor, 0, None)}
+            assert by_query == by_filters, flavor.name
+
+
+def pool_type(session: Session, host: Host) -> str:
+    return host_states(session, lock=False, host_ids=[host.id])[0].pool.compute_type
+
+
+def test_a_claim_where_the_flavor_no_longer_fits_takes_the_next_candidate(store: Store) -> None:
+    with store.session() as session:
+        project, image = make_project(session), make_ready_image(session)
+        first = make_host(session, ram_mb=8192, vcpus=2)
+        second = make_host(session, ram_mb=4096, vcpus=2)
+        flavor = make_flavor(session, ram_mb=512, vcpus=2)
+    with store.session() as session:
+        fl = session.get_one(Flavor, flavor.id)
+        candidates = scheduler._candidates(session, fl, 0, None)
+        assert [c.host_id for c in candidates] == [first.id, second.id]
+        # Since the query, another create took the first host's vCPUs.
+        make_instance(session, project, fl, image, session.get_one(Host, first.id))
+        assert scheduler._claim(session, candidates[0], fl, 0, wait=False) is None
+        claimed = scheduler._claim(session, candidates[1], fl, 0, wait=True)
+        assert claimed is not None and claimed.id == second.id and claimed.generation == 1
+
+
+# -- the triggers keep each host's usage --------------------------------------------------------
+@pytest.mark.parametrize("seed", range(2))
+def test_host_usage_equals_the_sums_of_its_live_instances(store: Store, seed: int) -> None:
+    """Inserts, moves, resizes, soft and hard deletes in any order: every host's used_*
+    columns (kept by triggers) equal the sums over its live instances."""
+    rng = random.Random(seed)
+    with store.session() as session:
+        project, image = make_project(session), make_ready_image(session)
+        hosts = [make_host(session) for _ in range(4)]
+        flavors = [make_flavor(session, vcpus=v, ram_mb=256 * v, disk_gb=3 * v) for v in (1, 2, 4)]
+        ids: list[str] = []
+    for step in range(60):
+        with store.session() as session:
+            live = [i for i in ids if session.get_one(Instance, i).deleted_at is None]
+            action = rng.choice(["insert", "insert", "move", "resize", "soft", "hard"])
+            if action == "insert" or not live:
+                host = rng.choice([*hosts, None])
+                row = make_instance(
+                    session,
+                    project,
+                    rng.choice(flavors),
+                    image,
+                    session.get_one(Host, host.id) if host else None,
+                    name=f"i{step}",
+                    deleted=rng.random() < 0.1,
+                )
+                ids.append(row.id)
+                continue
+            row = session.get_one(Instance, rng.choice(live))
+            if action == "move":
+                row.host_id = rng.choice(hosts).id if rng.random() < 0.8 else None
+            elif action == "resize":
+                flavor = rng.choice(flavors)
+                row.vcpus, row.ram_mb, row.disk_gb = flavor.vcpus, flavor.ram_mb, flavor.disk_gb
+            elif action == "soft":
+                row.status, row.deleted_at = "DELETED", utcnow()
+            else:
+                session.delete(row)
+                ids.remove(row.id)
+    with store.session() as session:
+        for state in host_states(session, lock=False):
+            rows = session.scalars(
+                select(Instance).where(
+                    Instance.host_id == state.host.id, Instance.deleted_at.is_(None)
+                )
+            ).all()
+            assert (
+                state.used_vcpus,
+                state.used_ram_mb,
+                state.used_disk_gb,
+                state.instances,
+            ) == (
+                sum(i.vcpus for i in rows),
+                sum(i.ram_mb for i in rows),
+                sum(i.disk_gb for i in rows),
+                len(rows),
+            )
+        assert sum(s.instances for s in host_states(session, lock=False)) > 0
+
+
+# -- failure domains -------------------------------------------------------------------------
+def test_a_projects_instances_spread_across_zones_then_racks(store: Store) -> None:
+    """The weigher puts a project's next instance in the zone, then the rack, holding the
+    fewest of its instances, before any free-RAM preference; other projects don't count."""
+    with store.session() as session:
+        project, other, image = (
+            make_project(session),
+            make_project(session),
+            make_ready_image(session),
+        )
+        pool = make_pool(session)
+        layout = {  # name: (zone, rack, RAM): zone a's hosts have the most free RAM
+            "a1": ("a", "r1", 32768),
+            "a2": ("a", "r2", 32768),
+            "b1": ("b", "r1", 16384),
+            "b2": ("b", "r2", 8192),
+            "c1": ("c", "r1", 4096),
+        }
+        hosts = {
+            name: make_host(session, pool, zone=z, rack=r, ram_mb=ram, vcpus=64)
+            for name, (z, r, ram) in layout.items()
+        }
+        flavor = make_flavor(session, ram_mb=1024, vcpus=1)
+        # Another project's instances in zones b and c change nothing for this one.
+        make_instance(session, other, flavor, image, hosts["b1"])
+        make_instance(session, other, flavor, image, hosts["c1"])
+        caller = caller_for(project)
+    by_id = {h.id: name for name, h in hosts.items()}
+
+    def place(i: int) -> str:
+        accepted = service.create_instance(
+            store, caller, InstanceCreate(name=f"db-{i}", flavor=flavor.name, image=image.name)
+        )
+        with store.session() as session:
+            return by_id[str(session.get_one(Instance, accepted.instance.id).host_id)]
+
+    placed = [place(i) for i in range(6)]
+    # One per zone first (most free RAM among the zones not yet used), then a second in
+    # each zone, each on the rack of that zone it does not hold yet.
+    assert [p[0] for p in placed[:3]] == ["a", "b", "c"]
+    assert placed[0] in ("a1", "a2") and placed[1] == "b1"
+    assert sorted(placed[3:5]) == sorted({"a1", "a2"} - {placed[0]} | {"b2"})
+    assert placed[5] in ("a1", "a2", "b1", "b2", "c1")
+    zones = [p[0] for p in placed]
+    assert max(zones.count(z) for z in "abc") - min(zones.count(z) for z in "abc") <= 1
+
+
+def test_hosts_without_a_domain_are_one_domain(store: Store) -> None:
+    with store.session() as session:
+        project, image = make_project(session), make_ready_image(session)
+        pool = make_pool(session)
+        plain = make_host(session, pool, ram_mb=65536)
+        zoned = make_host(session, pool, zone="z", rack="r", ram_mb=2048)
+        flavor = make_flavor(session, ram_mb=512, vcpus=1)
+        make_instance(session, project, flavor, image, plain)
+    with store.session() as session:
+        chosen = select_host(session, session.get_one(Flavor, flavor.id), spread_project=project.id)
+        assert chosen.id == zoned.id
 
 
 # -- concurrency -----------------------------------------------------------------------------

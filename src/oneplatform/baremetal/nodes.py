@@ -77,6 +77,7 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
             host = Host(
                 name=req.name,
                 pool_id=pool.id,
+                compute_type=pool.compute_type,
                 uri=f"node://{node_id}",
                 machine=node_id,  # its ports are where its port map says
                 bind_address="127.0.0.1",
@@ -84,6 +85,8 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
                 ram_mb=0,
                 disk_gb=0,
                 traits=[],
+                zone=req.zone,
+                rack=req.rack,
                 enabled=False,
                 cpu_allocation_ratio=1.0,
                 ram_allocation_ratio=1.0,

@@ -80,6 +80,8 @@ def node_enroll(
             "provisioning network"
         ),
     ] = None,
+    zone: Annotated[str, typer.Option(help="Its failure domain: zone")] = "",
+    rack: Annotated[str, typer.Option(help="Its failure domain: rack")] = "",
     provide: Annotated[bool, typer.Option("--provide/--no-provide")] = True,
     wait: WaitOpt = False,
     output: Format = OutputOpt,
@@ -95,6 +97,8 @@ def node_enroll(
             bmc_password=password,
             port_map=_port_map(port or []),
             provisioning=_provisioning(provisioning),
+            zone=zone,
+            rack=rack,
             provide=provide,
         )
         _finish(c, c.nodes.enroll(body), wait, output)

@@ -131,6 +131,7 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
             host = Host(
                 name=req.name,
                 pool_id=pool.id,
+                compute_type=pool.compute_type,
                 uri=req.uri,
                 machine=machine_of(req.uri),
                 bind_address=bind_address,
@@ -138,6 +139,8 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
                 ram_mb=inventory.ram_mb,
                 disk_gb=inventory.disk_gb,
                 traits=req.traits,
+                zone=req.zone,
+                rack=req.rack,
                 port_range_start=req.port_range_start,
                 port_range_end=req.port_range_end,
             )
@@ -173,6 +176,8 @@ def _host_out(host: Host, pool: Pool, used: tuple[int, int, int] = (0, 0, 0)) ->
         used_ram_mb=used[1],
         used_disk_gb=used[2],
         traits=list(host.traits or []),
+        zone=host.zone,
+        rack=host.rack,
         enabled=host.enabled,
     )
 

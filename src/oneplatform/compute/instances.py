@@ -15,7 +15,7 @@ from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.catalog import flavor_by_name, require_capability
 from oneplatform.compute.drivers.base import SupportsExec, VolumeSpec
 from oneplatform.compute.hosts import driver_of
-from oneplatform.compute.scheduler import select_host
+from oneplatform.compute.scheduler import fits_in_place, select_host
 from oneplatform.compute.states import INSTANCES, InstanceStatus
 from oneplatform.compute.types import spec_for
 from oneplatform.config import Settings
@@ -117,9 +117,7 @@ def create_instance(store: Store, caller: Caller, req: InstanceCreate) -> Instan
     try:
         with store.session() as session:
             flavor = flavor_by_name(session, req.flavor)
-            instance, op = place_instance(
-                session, store, caller.project_id, req.name, flavor, req.image
-            )
+            instance, op = place_instance(session, caller.project_id, req.name, flavor, req.image)
             return InstanceAccepted(
                 operation=to_out(op), instance=to_out_instance(session, instance)
             )
@@ -131,7 +129,6 @@ def create_instance(store: Store, caller: Caller, req: InstanceCreate) -> Instan
 
 def place_instance(
     session: Session,
-    store: Store,
     project_id: str,
     name: str,
     flavor: Flavor,
@@ -150,7 +147,7 @@ def place_instance(
     image = image_for_create(session, image_name)
     _check_name_free(session, project_id, name)
     extra_disk = sum(v.size_gb for v in volumes or ())
-    host = select_host(session, flavor, lock=store.postgres, extra_disk_gb=extra_disk)
+    host = select_host(session, flavor, extra_disk_gb=extra_disk, spread_project=project_id)
     instance = Instance(
         id=new_id(),
         project_id=project_id,
@@ -241,11 +238,11 @@ def resize(store: Store, caller: Caller, ident: str, flavor_name: str) -> Instan
                 code="flavor_mismatch",
             )
         host = session.get_one(Host, cast(str, instance.host_id))
-        select_host(
+        fits_in_place(
             session,
+            store.postgres,
+            host.id,
             flavor,
-            lock=store.postgres,
-            only_host=host.id,
             freed=(instance.vcpus, instance.ram_mb, instance.disk_gb),
         )
         instance.flavor_id, instance.vcpus, instance.ram_mb = flavor.id, flavor.vcpus, flavor.ram_mb

@@ -199,7 +199,6 @@ def create_db(
             )
             instance, _ = place_instance(
                 session,
-                store,
                 caller.project_id,
                 f"db-{db.id[:12]}",
                 flavor,

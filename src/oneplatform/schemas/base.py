@@ -16,6 +16,11 @@ CatalogName = Annotated[
     StringConstraints(pattern=r"^[a-z][a-z0-9.\-]{0,62}$"),
     Field(description="Lower-case letters, digits, '.' and '-', starting with a letter."),
 ]
+FailureDomain = Annotated[
+    str,
+    StringConstraints(pattern=r"^([a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?)?$"),
+    Field(description="A failure domain's name (empty: none given)."),
+]
 
 
 class Request(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, IPvAnyAddress, StringConstraints, model_validator
 
-from oneplatform.schemas.base import CatalogName, Request, ResourceName, Response
+from oneplatform.schemas.base import CatalogName, FailureDomain, Request, ResourceName, Response
 
 
 class ComputeType(enum.StrEnum):
@@ -136,6 +136,8 @@ class HostCreate(Request):
         description="The address service ports are published on.",
     )
     traits: list[Trait] = Field(default=[], max_length=64)
+    zone: FailureDomain = ""
+    rack: FailureDomain = ""
     port_range_start: int = Field(default=20000, ge=1024, le=65535)
     port_range_end: int = Field(default=29999, ge=1024, le=65535)
 
@@ -160,6 +162,8 @@ class HostOut(Response):
     used_ram_mb: int = 0
     used_disk_gb: int = 0
     traits: list[str] = []
+    zone: str = ""
+    rack: str = ""
     enabled: bool
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, IPvAnyAddress, StringConstraints, field_validator
 
-from oneplatform.schemas.base import CatalogName, Request, ResourceName, Response
+from oneplatform.schemas.base import CatalogName, FailureDomain, Request, ResourceName, Response
 from oneplatform.schemas.operations import OperationOut
 
 
@@ -64,6 +64,8 @@ class NodeEnroll(Request):
     provisioning: ProvisioningNic | None = Field(
         default=None, description="The NIC and address its deploy ramdisk uses."
     )
+    zone: FailureDomain = ""
+    rack: FailureDomain = ""
     provide: bool = Field(default=True, description="Clean and make available after inspection.")
 
 

@@ -110,9 +110,21 @@ class Pool(Timestamps, Base):
 
 class Host(Timestamps, Base):
     __tablename__ = "hosts"
+    # The scheduler's weigher order (most free RAM, then vCPUs): it reads the best few hosts
+    # off this index instead of sorting every host.
+    __table_args__ = (
+        Index(
+            "ix_hosts_weigher_order",
+            "compute_type",
+            text("(ram_mb * ram_allocation_ratio - used_ram_mb) DESC"),
+            text("(vcpus * cpu_allocation_ratio - used_vcpus) DESC"),
+            text("id"),
+        ),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id"))
+    compute_type: Mapped[str] = mapped_column(String(16))  # its pool's, copied for the index
     uri: Mapped[str] = mapped_column(String(255))
     # The machine the host publishes service ports on ("local" for this one); two hosts on
     # one machine and address share that machine's ports.
@@ -127,7 +139,16 @@ class Host(Timestamps, Base):
     port_range_start: Mapped[int] = mapped_column(Integer, default=20000)
     port_range_end: Mapped[int] = mapped_column(Integer, default=29999)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    # Bumped by every placement on this host (a change counter for observers).
+    # Failure domains: the weighers spread a project's instances across zones, then racks.
+    zone: Mapped[str] = mapped_column(String(63), default="")
+    rack: Mapped[str] = mapped_column(String(63), default="")
+    # What its live instances use: kept equal to their sums by triggers on the instances
+    # table (migration 0010), in the same transaction as any change; the code never writes it.
+    used_vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    used_ram_mb: Mapped[int] = mapped_column(Integer, default=0)
+    used_disk_gb: Mapped[int] = mapped_column(Integer, default=0)
+    used_instances: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every placement and resize on this host (a change counter for observers).
     generation: Mapped[int] = mapped_column(Integer, default=0)
 
 
