@@ -76,7 +76,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pools", type=int, default=100, help="pools (default 100)")
     parser.add_argument("--creates", type=int, default=1000, help="placements (default 1000)")
     parser.add_argument("--processes", type=int, default=4, help="processes (default 4)")
-    parser.add_argument("--threads", type=int, default=4, help="threads each (default 4)")
+    parser.add_argument("--threads", type=int, default=1, help="threads each (default 1)")
     parser.add_argument(
         "--url",
         default=None,

@@ -75,7 +75,6 @@ def make_host(
         Host(
             name=name,
             pool_id=pool.id,
-            compute_type=pool.compute_type,
             uri=uri or f"test://{name}",
             vcpus=vcpus,
             ram_mb=ram_mb,

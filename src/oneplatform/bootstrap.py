@@ -127,7 +127,6 @@ def _ensure_pool_and_host(
             Host(
                 name=host_name,
                 pool_id=pool.id,
-                compute_type=pool.compute_type,
                 uri=uri,
                 machine=machine_of(uri),
                 bind_address=settings.bind_address,

@@ -77,7 +77,6 @@ def enroll(store: Store, settings: Settings, caller: Caller, req: NodeEnroll) ->
             host = Host(
                 name=req.name,
                 pool_id=pool.id,
-                compute_type=pool.compute_type,
                 uri=f"node://{node_id}",
                 machine=node_id,  # its ports are where its port map says
                 bind_address="127.0.0.1",

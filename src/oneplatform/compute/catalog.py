@@ -131,7 +131,6 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
             host = Host(
                 name=req.name,
                 pool_id=pool.id,
-                compute_type=pool.compute_type,
                 uri=req.uri,
                 machine=machine_of(req.uri),
                 bind_address=bind_address,

@@ -108,6 +108,14 @@ class Pool(Timestamps, Base):
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+def _pool_compute_type(context: Any) -> str:
+    pool_id = context.get_current_parameters()["pool_id"]
+    found = context.connection.execute(
+        text("SELECT compute_type FROM pools WHERE id = :id"), {"id": pool_id}
+    ).scalar()
+    return str(found)
+
+
 class Host(Timestamps, Base):
     __tablename__ = "hosts"
     # The scheduler's weigher order (most free RAM, then vCPUs): it reads the best few hosts
@@ -124,7 +132,8 @@ class Host(Timestamps, Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id"))
-    compute_type: Mapped[str] = mapped_column(String(16))  # its pool's, copied for the index
+    # Its pool's (which never changes), copied at insert for the scheduler's index.
+    compute_type: Mapped[str] = mapped_column(String(16), default=_pool_compute_type)
     uri: Mapped[str] = mapped_column(String(255))
     # The machine the host publishes service ports on ("local" for this one); two hosts on
     # one machine and address share that machine's ports.
