@@ -203,7 +203,7 @@ def _listen(port: int) -> socket.socket:
 
 def plant_image_formats(settings: Settings) -> str:
     """The cached artifacts a build would have made: the rootfs, the VM files, the whole
-    disk with its sha256. Returns the disk's sha256."""
+    disk with its sha256. Returns the sha256 of its deploy stream (what a node reports)."""
     recipe = load_recipe(IMAGE)
     cache = settings.images_dir
     cache.mkdir(parents=True, exist_ok=True)
@@ -212,11 +212,11 @@ def plant_image_formats(settings: Settings) -> str:
     for path in (vm.disk, vm.kernel, vm.initrd):
         path.write_bytes(b"vm")
     disk = wholedisk.disk_image_path(recipe, cache)
-    content = b"whole disk".ljust(4096, b"\0")  # a whole number of sectors
+    content = b"whole disk".ljust(2 * wholedisk.MiB, b"\0")  # one mapped MiB, one of zeros
     disk.write_bytes(content)
     digest = hashlib.sha256(content).hexdigest()
     disk.with_name(f"{disk.name}.sha256").write_text(f"{digest}  {disk.name}\n")
-    return digest
+    return wholedisk.block_map(wholedisk.DiskImage(disk, digest, len(content))).stream_sha256
 
 
 def fake_iso(

@@ -57,10 +57,12 @@ from oneplatform.images.wholedisk import (
     TYPE_LINUX,
     DiskImage,
     MiB,
+    block_map,
     build_disk_image,
     data_partition,
     disk_image_path,
     mbr_entry,
+    stream_blocks,
 )
 from tests.integration.conftest import find_free_port, hmp_command, require_or_fail
 
@@ -363,9 +365,14 @@ def test_disk_image_boots_from_its_own_disk(
 class DeployServer:
     """The platform's side of one deploy, on 127.0.0.1: manifest, image, bundle, status."""
 
-    def __init__(self, image: DiskImage | None, bundle: bytes) -> None:
+    def __init__(
+        self, image: DiskImage | None, bundle: bytes, stream_sha256: str | None = None
+    ) -> None:
         self.token = secrets.token_urlsafe(24)
         self.image = image
+        self.bmap = block_map(image) if image is not None else None
+        # What the manifest claims the stream's sha256 is (a wrong one: a corrupt image).
+        self.stream_sha256 = stream_sha256 or (self.bmap.stream_sha256 if self.bmap else None)
         self.bundle = bundle
         self.statuses: list[tuple[float, DeployStatus]] = []
         self.requests: list[tuple[float, str, int]] = []
@@ -382,11 +389,13 @@ class DeployServer:
         return self.manifest().render()
 
     def manifest(self) -> DeployManifest:
-        assert self.image is not None
+        assert self.image is not None and self.bmap is not None and self.stream_sha256
         return DeployManifest(
             image_url=f"{self.guest_url}/image",
             image_sha256=self.image.sha256,
             image_size=self.image.size,
+            image_map=self.bmap.render_runs(),
+            stream_sha256=self.stream_sha256,
             config_url=f"{self.guest_url}/config",
             config_sha256=hashlib.sha256(self.bundle).hexdigest(),
         )
@@ -427,14 +436,14 @@ class DeployServer:
                 self.wfile.write(body)
 
             def _send_image(self, image: DiskImage) -> None:
+                assert deploy.bmap is not None
                 started = time.monotonic()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(image.size))
+                self.send_header("Content-Length", str(deploy.bmap.stream_bytes))
                 self.end_headers()
-                with image.path.open("rb") as handle:
-                    while chunk := handle.read(4 * MiB):
-                        self.wfile.write(chunk)
+                for chunk in stream_blocks(image, deploy.bmap):
+                    self.wfile.write(chunk)
                 deploy.image_served = (started, time.monotonic())
 
             def log_message(self, format: str, *args: object) -> None:
@@ -480,8 +489,10 @@ def test_deploy_by_iso_then_boot_from_disk(
         final = server.statuses[-1][1]
         if final.status != "ok":
             node.fail(f"the deploy failed: {final}")
-        assert final.sha256 == disk_image.sha256
+        assert server.bmap is not None
+        assert final.sha256 == server.bmap.stream_sha256
         assert final.disk == "/dev/vda"
+        assert final.extra.get("written_mib") == str(server.bmap.stream_bytes // MiB)
         stages = [status.stage for _, status in server.statuses]
         assert stages == ["started", "writing", "verifying", "partitioning", "config", "done"]
         first_report = server.statuses[0][0] - node.started
@@ -489,7 +500,8 @@ def test_deploy_by_iso_then_boot_from_disk(
         print(
             f"deploy: agent's first report {first_report:.1f} s after QEMU started "
             f"(guest uptime {server.statuses[0][1].extra.get('uptime_s')} s); image "
-            f"{disk_image.size / MiB:.0f} MiB written in {final.extra.get('write_s')} s "
+            f"{disk_image.size / MiB:.0f} MiB ({final.extra.get('written_mib')} MiB mapped) "
+            f"written in {final.extra.get('write_s')} s "
             f"(served in {served:.1f} s), verified in {final.extra.get('verify_s')} s; "
             f"agent total {final.extra.get('deploy_s')} s; QEMU exited {took:.1f} s after start"
         )
@@ -502,10 +514,31 @@ def test_deploy_by_iso_then_boot_from_disk(
         entry = handle.read(MBR_ENTRY_SIZE)
     span = data_partition(disk_image.size, NODE_DISK_BYTES // SECTOR)
     assert entry == mbr_entry(span, TYPE_LINUX)
+    # Only the mapped blocks were written, on a blank disk: the root partition is the
+    # image's, byte for byte (the MBR and the config partition the agent changed).
+    assert same_root_partition(disk_image.path, node.disk)
     print(f"node disk: {node.disk.stat().st_blocks * 512 / MiB:.0f} MiB allocated")
 
     boot_from_disk_and_check(node, "deployed-disk-boot")
     clean_and_check(node, cache_dir, kernel_source=rootfs_path(recipe, cache_dir))
+
+
+def same_root_partition(image: Path, disk: Path) -> bool:
+    """Whether partition 1 (the root filesystem) holds the same bytes on both."""
+    with image.open("rb") as handle:
+        handle.seek(MBR_TABLE_OFFSET)
+        start, sectors = struct.unpack("<II", handle.read(MBR_ENTRY_SIZE)[8:16])
+    digests = []
+    for path in (image, disk):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            handle.seek(start * SECTOR)
+            left = sectors * SECTOR
+            while left and (chunk := handle.read(min(left, 16 * MiB))):
+                digest.update(chunk)
+                left -= len(chunk)
+        digests.append(digest.hexdigest())
+    return digests[0] == digests[1]
 
 
 class CleanServer(DeployServer):
@@ -561,7 +594,7 @@ def test_deploy_reports_a_corrupt_image_and_powers_off(
     claimed = DiskImage(image, "0" * 64, 4 * MiB)  # not what is served
     with node.disk.open("wb") as handle:
         handle.truncate(512 * MiB)
-    with DeployServer(claimed, b'{"instance_id": "x"}') as server:
+    with DeployServer(claimed, b'{"instance_id": "x"}', stream_sha256="0" * 64) as server:
         iso = build_deploy_iso(cache_dir, server.guest_url, work / "deploy.iso")
         proc = node.boot("bad-deploy", cdrom=iso)
         took = node.wait_exit(proc, 300)

@@ -64,6 +64,8 @@ def manifest(**changes: object) -> DeployManifest:
         "image_url": f"{URL}/image",
         "image_sha256": SHA,
         "image_size": 700 * MiB,
+        "image_map": "0:2,4:380",
+        "stream_sha256": "ef" * 32,
         "config_url": f"{URL}/config",
     }
     fields.update(changes)
@@ -76,7 +78,7 @@ def manifest(**changes: object) -> DeployManifest:
 def test_manifest_round_trips_as_key_value_lines() -> None:
     full = manifest(config_sha256="cd" * 32, target_disk="/dev/vda", hostname="node-1")
     text = full.render()
-    assert text.splitlines()[0] == "version=1"
+    assert text.splitlines()[0] == "version=2"
     assert f"image_size={700 * MiB}" in text.splitlines()
     assert DeployManifest.parse(text) == full
     minimal = manifest()
@@ -88,7 +90,7 @@ def test_manifest_parse_ignores_unknown_keys_and_rejects_bad_ones() -> None:
     text = manifest().render() + "future_field=whatever\n\n# comment\n"
     assert DeployManifest.parse(text) == manifest()
     with pytest.raises(ProtocolError, match="version"):
-        DeployManifest.parse(text.replace("version=1", "version=2"))
+        DeployManifest.parse(text.replace("version=2", "version=1"))
     with pytest.raises(ProtocolError, match="no config_url"):
         DeployManifest.parse("\n".join(line for line in text.splitlines() if "config" not in line))
     with pytest.raises(ProtocolError, match="not a number"):
@@ -102,6 +104,10 @@ def test_manifest_parse_ignores_unknown_keys_and_rejects_bad_ones() -> None:
         {"image_sha256": "ab" * 31},
         {"image_size": 0},
         {"image_size": 1000},
+        {"image_map": ""},
+        {"image_map": "0:2;reboot"},
+        {"image_map": "1-2"},
+        {"stream_sha256": "ab" * 31},
         {"image_url": "https://example/image"},
         {"image_url": f"{URL}/image with space"},
         {"config_url": f"{URL}/'quoted'"},
@@ -260,6 +266,71 @@ def test_the_agent_erases_every_byte_of_the_disk_and_says_how_far(tmp_path: Path
     ]
 
 
+# --- the block map and the streamed write ------------------------------------------------------
+
+
+def _sparse_image(path: Path, blocks: dict[int, bytes], size_mib: int) -> wholedisk.DiskImage:
+    """A sparse raw image of ``size_mib`` MiB with ``blocks`` (MiB index: content) written."""
+    with path.open("wb") as handle:
+        handle.truncate(size_mib * MiB)
+        for index, content in blocks.items():
+            handle.seek(index * MiB)
+            handle.write(content)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return wholedisk.DiskImage(path, digest, size_mib * MiB)
+
+
+def test_the_block_map_keeps_only_blocks_that_are_not_zeros(tmp_path: Path) -> None:
+    written = {
+        0: b"mbr".ljust(MiB, b"\1"),
+        1: b"boot",  # the rest of this MiB is a hole
+        2: bytes(MiB),  # written, but all zeros: not mapped
+        5: b"root",
+        6: b"more root",
+        9: b"config",
+    }
+    image = _sparse_image(tmp_path / "disk.raw", written, 12)
+    bmap = wholedisk.block_map(image)
+    assert bmap.runs == ((0, 2), (5, 2), (9, 1))
+    assert bmap.render_runs() == "0:2,5:2,9:1"
+    stream = b"".join(wholedisk.stream_blocks(image, bmap))
+    assert len(stream) == bmap.stream_bytes == 5 * MiB
+    assert hashlib.sha256(stream).hexdigest() == bmap.stream_sha256
+    data = image.path.read_bytes()
+    assert stream == data[: 2 * MiB] + data[5 * MiB : 7 * MiB] + data[9 * MiB : 10 * MiB]
+    # Kept beside the image, and recomputed when it names another image.
+    kept = tmp_path / f"disk.raw{wholedisk.MAP_SUFFIX}"
+    assert kept.is_file() and wholedisk.block_map(image) == bmap
+    other = _sparse_image(tmp_path / "disk.raw", {3: b"x"}, 12)
+    assert wholedisk.block_map(other).runs == ((3, 1),)
+
+
+def test_the_agent_writes_each_run_in_place_and_notices_a_short_stream(tmp_path: Path) -> None:
+    """The streamed write onto a zeroed disk gives back the image, byte for byte."""
+    image = _sparse_image(
+        tmp_path / "disk.raw", {0: os.urandom(MiB), 3: os.urandom(MiB // 2), 4: b"x"}, 8
+    )
+    bmap = wholedisk.block_map(image)
+    stream = tmp_path / "stream"
+    stream.write_bytes(b"".join(wholedisk.stream_blocks(image, bmap)))
+    disk = tmp_path / "node-disk"
+    disk.write_bytes(bytes(16 * MiB))  # cleaned: all zeros, bigger than the image
+    out = _sh(f"write_runs {disk} {bmap.render_runs()} <{stream} && map_mib {bmap.render_runs()}")
+    assert out.decode().split() == ["3"]
+    assert disk.read_bytes()[: 8 * MiB] == image.path.read_bytes()
+    assert disk.read_bytes()[8 * MiB :] == bytes(8 * MiB)
+    short = tmp_path / "short"
+    short.write_bytes(stream.read_bytes()[: 2 * MiB])
+    shell = shutil.which("busybox")
+    argv = [shell, "sh"] if shell else ["sh"]
+    proc = subprocess.run(
+        [*argv, "-c", f"{agent_functions()}\nwrite_runs {disk} {bmap.render_runs()} <{short}"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode != 0
+
+
 def test_the_agents_partition_names_match_python() -> None:
     out = _sh("partition_name /dev/vda 2; partition_name /dev/nvme0n1 3").decode().split()
     assert out == [partition_device("/dev/vda", 2), partition_device("/dev/nvme0n1", 3)]
@@ -368,7 +439,7 @@ def test_the_agents_status_messages_are_one_line() -> None:
 
 def test_clean_manifest_and_status() -> None:
     text = render_clean_manifest()
-    assert text == "version=1\nmode=clean\n"
+    assert text == "version=2\nmode=clean\n"
     assert manifest_mode(text) == "clean" and manifest_mode(manifest().render()) == "deploy"
     assert "target_disk=/dev/sda" in render_clean_manifest("/dev/sda")
     with pytest.raises(ProtocolError):

@@ -13,16 +13,22 @@ Protocol (plain HTTP; the per-deploy token in the URL is all the auth the node h
                           onep.mac=MAC onep.ip=ADDRESS/PREFIX (the provisioning NIC; without
                           them: the first NIC at 10.0.2.15/24 via 10.0.2.2, QEMU's defaults)
     GET  <deploy_url>/manifest   -> text/plain, KEY=VALUE lines (see DeployManifest)
-    GET  <image_url>             -> the raw whole-disk image, exactly image_size bytes
+    GET  <image_url>             -> the image's mapped blocks back to back (image_map:
+                                    START:COUNT runs of 1 MiB blocks; the rest of the
+                                    image is zeros, which cleaning left on the disk)
     GET  <config_url>            -> the instance's config bundle (bundle.json)
     POST <deploy_url>/status     <- KEY=VALUE lines (see DeployStatus), several times:
                                     status=running (stage=started, writing, verifying,
                                     partitioning, config), then status=ok or status=error
 
+The node hashes the stream while it writes it (nothing is read back) and checks it against
+``stream_sha256`` before it adds the data partition and the bundle; it reports that sha256,
+which the platform checks again. Only the mapped blocks are sent and written.
+
 then the node syncs and powers itself off (``poweroff -f``); the platform ejects the media,
 sets the boot device to disk and powers it on.
 
-Clean mode (before a node is ``available`` again): the manifest is ``version=1``,
+Clean mode (before a node is ``available`` again): the manifest is ``version=2``,
 ``mode=clean`` and optionally ``target_disk`` (:func:`render_clean_manifest`). The agent
 writes zeros over the whole disk (every partition: the tenant's data, its config bundle,
 its logs; and the partition table), reporting ``stage=erasing`` with ``erased_mib`` and
@@ -49,7 +55,7 @@ from oneplatform.images.wholedisk import (
     TYPE_LINUX,
 )
 
-MANIFEST_VERSION = "1"
+MANIFEST_VERSION = "2"
 MODE_DEPLOY = "deploy"
 MODE_CLEAN = "clean"
 CMDLINE_KEY = "onep.deploy_url"
@@ -57,6 +63,7 @@ CMDLINE_MAC = "onep.mac"  # the provisioning NIC (absent: the first NIC)
 CMDLINE_IP = "onep.ip"  # its address/prefix (absent: QEMU user networking's 10.0.2.15/24)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MAP = re.compile(r"^[0-9]{1,9}:[0-9]{1,9}(,[0-9]{1,9}:[0-9]{1,9}){0,4095}$")
 _URL = re.compile(r"^http://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%\-/]*)?$")
 _DISK = re.compile(r"^(/dev/)?[a-z][a-z0-9]*$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,62}$")
@@ -80,8 +87,10 @@ class DeployManifest:
     """What the node fetches first: where the image and the bundle are, and the disk."""
 
     image_url: str
-    image_sha256: str
+    image_sha256: str  # of the whole image (what the platform built)
     image_size: int
+    image_map: str  # START:COUNT,... runs of 1 MiB blocks: what image_url streams
+    stream_sha256: str  # of that stream
     config_url: str
     config_sha256: str | None = None
     target_disk: str | None = None  # e.g. /dev/vda; default: the first disk, not a CD
@@ -90,7 +99,9 @@ class DeployManifest:
     def __post_init__(self) -> None:
         check_url(self.image_url, "image_url")
         check_url(self.config_url, "config_url")
-        for name in ("image_sha256", "config_sha256"):
+        if not _MAP.match(self.image_map):
+            raise ProtocolError("image_map must be START:COUNT runs, comma-separated")
+        for name in ("image_sha256", "stream_sha256", "config_sha256"):
             value = getattr(self, name)
             if value is not None and not _HEX64.match(value):
                 raise ProtocolError(f"{name} must be 64 lower-case hex digits")
@@ -107,6 +118,8 @@ class DeployManifest:
             f"image_url={self.image_url}",
             f"image_sha256={self.image_sha256}",
             f"image_size={self.image_size}",
+            f"image_map={self.image_map}",
+            f"stream_sha256={self.stream_sha256}",
             f"config_url={self.config_url}",
         ]
         optional = {
@@ -131,6 +144,8 @@ class DeployManifest:
                 image_url=fields["image_url"],
                 image_sha256=fields["image_sha256"],
                 image_size=size,
+                image_map=fields["image_map"],
+                stream_sha256=fields["stream_sha256"],
                 config_url=fields["config_url"],
                 config_sha256=fields.get("config_sha256"),
                 target_disk=fields.get("target_disk"),
@@ -162,7 +177,7 @@ StatusValue = Literal["running", "ok", "error"]
 
 @dataclass(frozen=True)
 class DeployStatus:
-    """One report from the node. ``ok`` carries the sha256 it read back from the disk."""
+    """One report from the node. ``ok`` carries the sha256 of the image stream it wrote."""
 
     status: StatusValue
     stage: str = ""
@@ -195,7 +210,7 @@ class DeployStatus:
         if sha256 is not None and not _HEX64.match(sha256):
             raise ProtocolError("sha256 must be 64 lower-case hex digits")
         if status == "ok" and sha256 is None and fields.get("mode") != MODE_CLEAN:
-            raise ProtocolError("status ok without the sha256 read back from the disk")
+            raise ProtocolError("status ok without the sha256 of the image stream")
         return cls(
             status=status,  # type: ignore[arg-type]  # checked just above
             stage=fields.pop("stage", ""),
@@ -272,6 +287,34 @@ erase_disk() {
       2>/dev/null || return 1
   fi
   sync
+}
+
+write_runs() {
+  # write_runs DEV MAP: stdin holds the MAP's runs (START:COUNT,... of 1 MiB blocks) back to
+  # back; each run is written at its place. Fails on a short stream or a failed write.
+  old_ifs=$IFS
+  IFS=,
+  set -- "$1" $2
+  IFS=$old_ifs
+  dev=$1
+  shift
+  for run in "$@"; do
+    dd of="$dev" bs=1048576 seek="${run%%:*}" count="${run#*:}" iflag=fullblock conv=notrunc \
+      2>/tmp/dd.out || { cat /tmp/dd.out >>/tmp/dd.err; return 1; }
+    [ "$(sed -n 's/^\([0-9]*\)+0 records in$/\1/p' /tmp/dd.out)" = "${run#*:}" ] \
+      || { echo "the image stream ended inside run $run" >>/tmp/dd.err; return 1; }
+  done
+  cat >/dev/null  # more than the map: the sha256 check fails it
+}
+
+map_mib() {
+  # map_mib MAP: how many 1 MiB blocks its runs hold.
+  total=0
+  old_ifs=$IFS
+  IFS=,
+  for run in $1; do total=$((total + ${run#*:})); done
+  IFS=$old_ifs
+  echo "$total"
 }
 
 data_entry() {
@@ -452,8 +495,8 @@ progress started
 # --- the manifest
 stage=manifest
 fetch "$deploy_url/manifest" /tmp/manifest "the manifest"
-version="" mode=@MODE_DEPLOY@ image_url="" image_sha256="" image_size="" config_url=""
-config_sha256="" target_disk="" hostname=""
+version="" mode=@MODE_DEPLOY@ image_url="" image_sha256="" image_size="" image_map=""
+stream_sha256="" config_url="" config_sha256="" target_disk="" hostname=""
 while IFS= read -r line || [ -n "$line" ]; do
   value="${line#*=}"
   case "$line" in
@@ -462,6 +505,8 @@ while IFS= read -r line || [ -n "$line" ]; do
     image_url=*) image_url="$value" ;;
     image_sha256=*) image_sha256="$value" ;;
     image_size=*) image_size="$value" ;;
+    image_map=*) image_map="$value" ;;
+    stream_sha256=*) stream_sha256="$value" ;;
     config_url=*) config_url="$value" ;;
     config_sha256=*) config_sha256="$value" ;;
     target_disk=*) target_disk="$value" ;;
@@ -476,6 +521,9 @@ case "$mode" in
     [ "${#image_sha256}" -eq 64 ] || fail "bad image_sha256"
     case "$image_size" in *[!0-9]* | "") fail "bad image_size" ;; esac
     [ $((image_size % 512)) -eq 0 ] && [ "$image_size" -gt 0 ] || fail "bad image_size"
+    case "$stream_sha256" in *[!0-9a-f]* | "") fail "bad stream_sha256" ;; esac
+    [ "${#stream_sha256}" -eq 64 ] || fail "bad stream_sha256"
+    case "$image_map" in *[!0-9:,]* | "") fail "bad image_map" ;; esac
     ;;
   @MODE_CLEAN@) ;;
   *) fail "unknown mode '$mode'" ;;
@@ -524,24 +572,28 @@ data_end=$((data_start + data_sectors))
   || fail "$disk ($disk_bytes bytes) has no room for the image and ${MIN_DATA_MIB} MiB of data"
 say "target disk $disk: $disk_bytes bytes"
 
-# --- write the image and read it back
+# --- stream the image's mapped blocks onto the disk, hashing them on the way
 progress writing
 mark=$(centis)
-wget -q -O - "$image_url" 2>/tmp/wget.err | dd of="$disk" bs=4M 2>/tmp/dd.err \
+rm -f /tmp/stream.fifo /tmp/stream.sum
+mkfifo /tmp/stream.fifo || fail "cannot make a fifo"
+sha256sum </tmp/stream.fifo >/tmp/stream.sum &
+hasher=$!
+wget -q -O - "$image_url" 2>/tmp/wget.err | tee /tmp/stream.fifo | write_runs "$disk" "$image_map"
+written=$?
+wait "$hasher"
+[ "$written" -eq 0 ] \
   || fail "writing the image to $disk failed: $(tail -n 1 /tmp/wget.err) $(tail -n 1 /tmp/dd.err)"
 sync
 write_s="$(seconds_since "$mark")"
-say "image written in $write_s s"
+say "image written in $write_s s ($(map_mib "$image_map") MiB of $((image_size / 1048576)) MiB)"
 progress verifying
 mark=$(centis)
-blockdev --flushbufs "$disk" 2>/dev/null
-echo 3 >/proc/sys/vm/drop_caches
-got="$(head -c "$image_size" "$disk" | sha256sum | cut -d' ' -f1)" \
-  || fail "cannot read $disk back"
+got="$(cut -d' ' -f1 </tmp/stream.sum)"
 verify_s="$(seconds_since "$mark")"
-[ "$got" = "$image_sha256" ] \
-  || fail "the disk holds sha256 $got over $image_size bytes, the image is $image_sha256"
-say "sha256 verified in $verify_s s"
+[ "$got" = "$stream_sha256" ] \
+  || fail "the image stream has sha256 $got, the image is $stream_sha256"
+say "sha256 of the stream verified"
 
 # --- the data partition: the rest of the disk, blank (the image's init makes its fs)
 progress partitioning
@@ -572,7 +624,8 @@ sync
 stage=done
 say "deployed in $(seconds_since "$started") s"
 report status=ok stage=done mode=@MODE_DEPLOY@ "sha256=$got" "disk=$disk" "disk_bytes=$disk_bytes" \
-  "image_size=$image_size" "write_s=$write_s" "verify_s=$verify_s" \
+  "image_size=$image_size" "written_mib=$(map_mib "$image_map")" "write_s=$write_s" \
+  "verify_s=$verify_s" \
   "deploy_s=$(seconds_since "$started")" || say "the final report was not delivered"
 power_off
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import select
@@ -19,7 +20,7 @@ from oneplatform.baremetal.ramdisk import OPEN, iso_path, node_base_url
 from oneplatform.config import Settings
 from oneplatform.iam import hash_token
 from oneplatform.images.recipes import load_recipe
-from oneplatform.images.wholedisk import disk_image_if_built
+from oneplatform.images.wholedisk import block_map, disk_image_if_built, stream_blocks
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
 from oneplatform.store.models import DeployToken, Image, Instance, utcnow
@@ -70,23 +71,32 @@ def render_manifest(store: Store, settings: Settings, token: str) -> str | None:
     disk = disk_image_if_built(load_recipe(image_name), settings.images_dir)
     if disk is None:
         return None
+    bmap = block_map(disk)
     return agent.DeployManifest(
         image_url=f"{base}/image",
         image_sha256=disk.sha256,
         image_size=disk.size,
+        image_map=bmap.render_runs(),
+        stream_sha256=bmap.stream_sha256,
         config_url=f"{base}/config",
         config_sha256=sha256_text(bundle),
     ).render()
 
 
-def image_file(store: Store, settings: Settings, token: str) -> Path | None:
+def image_stream(
+    store: Store, settings: Settings, token: str
+) -> tuple[int, Iterator[bytes]] | None:
+    """(length, blocks): the image's mapped blocks, what the manifest's image_map names."""
     with store.session() as session:
         row = token_row(session, token)
         name = _image_of(session, row) if row else None
     if name is None:
         return None
     disk = disk_image_if_built(load_recipe(name), settings.images_dir)
-    return disk.path if disk else None
+    if disk is None:
+        return None
+    bmap = block_map(disk)
+    return bmap.stream_bytes, stream_blocks(disk, bmap)
 
 
 def bundle_text(store: Store, settings: Settings, token: str) -> str | None:
@@ -100,9 +110,10 @@ def bundle_text(store: Store, settings: Settings, token: str) -> str | None:
 
 
 def _expected_sha256(session: Session, settings: Settings, row: DeployToken) -> str | None:
+    """The sha256 of the image stream the node should have written."""
     name = _image_of(session, row) if row.purpose == "deploy" else None
     disk = disk_image_if_built(load_recipe(name), settings.images_dir) if name else None
-    return disk.sha256 if disk else None
+    return block_map(disk).stream_sha256 if disk else None
 
 
 def record_status(store: Store, settings: Settings, token: str, body: bytes) -> bool:
@@ -119,7 +130,7 @@ def record_status(store: Store, settings: Settings, token: str, body: bytes) -> 
         if expected is not None and report.sha256 != expected:
             status = "error"
             report = dataclasses.replace(
-                report, message=f"the disk reads back as {report.sha256}, not {expected}"
+                report, message=f"the node wrote a stream of sha256 {report.sha256}, not {expected}"
             )
         row.status = status
         row.report = {

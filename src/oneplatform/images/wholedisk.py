@@ -28,6 +28,7 @@ deploy ramdisk and ISO that carry it are baremetal/deploy_iso.py.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -93,6 +94,102 @@ class DiskImage:
     path: Path
     sha256: str
     size: int
+
+
+# --- the block map: what a deploy streams and writes ------------------------------------------
+MAP_BLOCK = MiB  # the unit of the map: the deploy agent's dd block size
+MAP_SUFFIX = ".bmap.json"
+
+
+@dataclass(frozen=True)
+class BlockMap:
+    """The image's blocks that are not all zeros, as runs of ``MAP_BLOCK`` blocks.
+
+    A deploy streams only these blocks, back to back, and writes each run at its place on a
+    disk that cleaning left all zeros; ``stream_sha256`` is the sha256 of that stream (the
+    blocks in map order), which the node computes while it writes and reports.
+    """
+
+    image_sha256: str  # of the whole image this maps
+    runs: tuple[tuple[int, int], ...]  # (first block, blocks)
+    stream_sha256: str
+
+    @property
+    def stream_bytes(self) -> int:
+        return sum(count for _start, count in self.runs) * MAP_BLOCK
+
+    def render_runs(self) -> str:
+        """``START:COUNT,...`` as the manifest carries it."""
+        return ",".join(f"{start}:{count}" for start, count in self.runs)
+
+
+def block_map(disk: DiskImage) -> BlockMap:
+    """The image's block map, computed once (holes skipped, all-zero blocks dropped) and
+    kept beside the image; recomputed when the kept one names another image."""
+    kept = disk.path.with_name(disk.path.name + MAP_SUFFIX)
+    try:
+        data = json.loads(kept.read_text(encoding="ascii"))
+        found = BlockMap(
+            data["image_sha256"], tuple((int(s), int(c)) for s, c in data["runs"]), data["stream"]
+        )
+        if found.image_sha256 == disk.sha256:
+            return found
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    made = _compute_block_map(disk)
+    tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+    tmp.write_text(
+        json.dumps(
+            {"image_sha256": made.image_sha256, "runs": made.runs, "stream": made.stream_sha256}
+        ),
+        encoding="ascii",
+    )
+    os.replace(tmp, kept)
+    return made
+
+
+def _compute_block_map(disk: DiskImage) -> BlockMap:
+    if disk.size % MAP_BLOCK:
+        raise ImageBuildError(f"{disk.path.name}: {disk.size} bytes is not whole MiB blocks")
+    runs: list[list[int]] = []
+    digest = hashlib.sha256()
+    fd = os.open(disk.path, os.O_RDONLY)
+    try:
+        position = 0
+        while position < disk.size:
+            try:
+                data_at = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            hole_at = os.lseek(fd, data_at, os.SEEK_HOLE)
+            block = data_at // MAP_BLOCK
+            while block * MAP_BLOCK < min(hole_at, disk.size):
+                chunk = os.pread(fd, MAP_BLOCK, block * MAP_BLOCK)
+                if chunk != _ZEROS[: len(chunk)]:
+                    digest.update(chunk)
+                    if runs and runs[-1][0] + runs[-1][1] == block:
+                        runs[-1][1] += 1
+                    else:
+                        runs.append([block, 1])
+                block += 1
+            position = max(hole_at, block * MAP_BLOCK)
+    finally:
+        os.close(fd)
+    return BlockMap(disk.sha256, tuple((s, c) for s, c in runs), digest.hexdigest())
+
+
+def stream_blocks(disk: DiskImage, bmap: BlockMap) -> Iterator[bytes]:
+    """The mapped blocks, in map order: what a deploy sends."""
+    with disk.path.open("rb") as handle:
+        for start, count in bmap.runs:
+            handle.seek(start * MAP_BLOCK)
+            left = count * MAP_BLOCK
+            while left > 0:
+                chunk = handle.read(min(left, 4 * MAP_BLOCK))
+                if not chunk:
+                    raise ImageBuildError(f"{disk.path.name} is shorter than its block map")
+                left -= len(chunk)
+                yield chunk
 
 
 # --- partition layout (the agent's shell arithmetic mirrors data_partition) ----------------
@@ -294,6 +391,7 @@ def _export_disk(
     os.replace(sha_part, _sha_path(target))
     os.replace(part, target)
     fsync_dir(target.parent)
+    block_map(DiskImage(target, digest, size))  # kept beside it: the first deploy needs it
     used = target.stat().st_blocks * 512
     say(
         f"{target.name}: {size / MiB:.0f} MiB ({used / MiB:.0f} MiB allocated), sha256 "

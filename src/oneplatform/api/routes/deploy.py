@@ -7,7 +7,7 @@ stored hashed, bound to one node and one purpose, and expires.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 
 from oneplatform.api.deps import PlatformDep
 from oneplatform.baremetal import media
@@ -32,10 +32,17 @@ def manifest(token: str, platform: PlatformDep) -> Response:
 
 @router.get("/{token}/image")
 def image(token: str, platform: PlatformDep) -> Response:
-    path = media.image_file(platform.store, platform.settings, token)
-    if path is None:
+    """The image's mapped blocks back to back (the manifest's image_map says where each
+    run goes); a sync generator, so Starlette streams it from a worker thread."""
+    found = media.image_stream(platform.store, platform.settings, token)
+    if found is None:
         return GONE
-    return FileResponse(path, media_type="application/octet-stream")
+    length, blocks = found
+    return StreamingResponse(
+        blocks,
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(length)},
+    )
 
 
 @router.get("/{token}/config")
