@@ -315,8 +315,9 @@ def test_the_agent_writes_each_run_in_place_and_notices_a_short_stream(tmp_path:
     stream.write_bytes(b"".join(wholedisk.stream_blocks(image, bmap)))
     disk = tmp_path / "node-disk"
     disk.write_bytes(bytes(16 * MiB))  # cleaned: all zeros, bigger than the image
-    out = _sh(f"write_runs {disk} {bmap.render_runs()} <{stream} && map_mib {bmap.render_runs()}")
-    assert out.decode().split() == ["3"]
+    runs = bmap.render_runs()
+    out = _sh(f"write_runs {disk} {runs} <{stream} && map_mib {runs} && read_runs {disk} {runs}")
+    assert out[:2] == b"3\n" and out[2:] == stream.read_bytes()
     assert disk.read_bytes()[: 8 * MiB] == image.path.read_bytes()
     assert disk.read_bytes()[8 * MiB :] == bytes(8 * MiB)
     short = tmp_path / "short"

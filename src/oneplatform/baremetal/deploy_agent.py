@@ -21,9 +21,10 @@ Protocol (plain HTTP; the per-deploy token in the URL is all the auth the node h
                                     status=running (stage=started, writing, verifying,
                                     partitioning, config), then status=ok or status=error
 
-The node hashes the stream while it writes it (nothing is read back) and checks it against
-``stream_sha256`` before it adds the data partition and the bundle; it reports that sha256,
-which the platform checks again. Only the mapped blocks are sent and written.
+Only the mapped blocks are sent and written (cleaning left zeros everywhere else). The node
+then hashes the blocks it wrote from its page cache, which still holds them (no read-back
+from the disk), checks that against ``stream_sha256`` before it adds the data partition and
+the bundle, and reports it; the platform checks it again.
 
 then the node syncs and powers itself off (``poweroff -f``); the platform ejects the media,
 sets the boot device to disk and powers it on.
@@ -307,6 +308,20 @@ write_runs() {
   cat >/dev/null  # more than the map: the sha256 check fails it
 }
 
+read_runs() {
+  # read_runs DEV MAP: the MAP's runs as written, back to back (from the page cache, which
+  # still holds what write_runs wrote: no disk read-back).
+  old_ifs=$IFS
+  IFS=,
+  set -- "$1" $2
+  IFS=$old_ifs
+  dev=$1
+  shift
+  for run in "$@"; do
+    dd if="$dev" bs=1048576 skip="${run%%:*}" count="${run#*:}" 2>/dev/null || return 1
+  done
+}
+
 map_mib() {
   # map_mib MAP: how many 1 MiB blocks its runs hold.
   total=0
@@ -572,28 +587,21 @@ data_end=$((data_start + data_sectors))
   || fail "$disk ($disk_bytes bytes) has no room for the image and ${MIN_DATA_MIB} MiB of data"
 say "target disk $disk: $disk_bytes bytes"
 
-# --- stream the image's mapped blocks onto the disk, hashing them on the way
+# --- stream the image's mapped blocks onto the disk, then hash them from the page cache
 progress writing
 mark=$(centis)
-rm -f /tmp/stream.fifo /tmp/stream.sum
-mkfifo /tmp/stream.fifo || fail "cannot make a fifo"
-sha256sum </tmp/stream.fifo >/tmp/stream.sum &
-hasher=$!
-wget -q -O - "$image_url" 2>/tmp/wget.err | tee /tmp/stream.fifo | write_runs "$disk" "$image_map"
-written=$?
-wait "$hasher"
-[ "$written" -eq 0 ] \
+wget -q -O - "$image_url" 2>/tmp/wget.err | write_runs "$disk" "$image_map" \
   || fail "writing the image to $disk failed: $(tail -n 1 /tmp/wget.err) $(tail -n 1 /tmp/dd.err)"
-sync
 write_s="$(seconds_since "$mark")"
 say "image written in $write_s s ($(map_mib "$image_map") MiB of $((image_size / 1048576)) MiB)"
 progress verifying
 mark=$(centis)
-got="$(cut -d' ' -f1 </tmp/stream.sum)"
+got="$(read_runs "$disk" "$image_map" | sha256sum | cut -d' ' -f1)"
+sync
 verify_s="$(seconds_since "$mark")"
 [ "$got" = "$stream_sha256" ] \
   || fail "the image stream has sha256 $got, the image is $stream_sha256"
-say "sha256 of the stream verified"
+say "sha256 of the stream verified in $verify_s s"
 
 # --- the data partition: the rest of the disk, blank (the image's init makes its fs)
 progress partitioning
