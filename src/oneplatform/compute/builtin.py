@@ -35,6 +35,7 @@ CONTAINER = register_compute_type(
         delete=INSTANCE_DELETE,
         allocate_ports=allocate_from_range,
         host_schemes=frozenset({"local", "unix", "ssh", "tcp"}),
+        port_settle_s=0.0,  # a published port refuses until the service listens
         description="Podman containers sharing a host's kernel and capacity.",
     )
 )

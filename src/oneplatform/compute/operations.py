@@ -8,6 +8,7 @@ and names them in its :class:`~oneplatform.compute.types.ComputeTypeSpec`.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -149,30 +150,55 @@ def step_wait_running(ctx: StepContext) -> None:
     raise NotYet(f"backend state {backend.backend_state}", retry_after=0.5)
 
 
+# While a create waits for its service ports it keeps its worker for a short window and
+# tries every PORT_POLL_S (a TCP connect is cheap), asking the backend whether the instance
+# still runs only every BACKEND_CHECK_S: releasing the operation and being claimed again
+# for each try cost more than the wait, and each backend query competes with the engine's
+# start for the CPU.
+PORT_POLL_S = 0.05
+PORT_WINDOW_S = 3.0
+BACKEND_CHECK_S = 1.0
+
+
 def step_wait_ports(ctx: StepContext) -> None:
     """The instance is ready when every service port accepts TCP where it is published."""
     found = target(ctx)
-    closed = [p for p in found.ports if not accepts(found.addresses[p.name], p.host_port)]
-    if not closed:
-        return
-    backend = found.require_driver().get(found.instance_id)
-    if backend is None or backend.power_state in (PowerState.STOPPED, PowerState.CRASHED):
-        step_wait_running(ctx)  # raises with the console's tail
-    deadline(ctx, "service ports opening")
-    names = ", ".join(f"{p.name}:{p.host_port}" for p in closed)
-    raise NotYet(f"waiting for {names} to accept connections", retry_after=0.25)
+    driver = found.require_driver()
+    settle = spec_for(driver.compute_type).port_settle_s
+    started = time.monotonic()
+    checked = started
+    while True:
+        closed = [
+            p for p in found.ports if not accepts(found.addresses[p.name], p.host_port, settle)
+        ]
+        if not closed:
+            return
+        now = time.monotonic()
+        if now - checked >= BACKEND_CHECK_S or now - started >= PORT_WINDOW_S:
+            checked = now
+            backend = driver.get(found.instance_id)
+            if backend is None or backend.power_state in (PowerState.STOPPED, PowerState.CRASHED):
+                step_wait_running(ctx)  # raises with the console's tail
+        if now - started >= PORT_WINDOW_S:
+            deadline(ctx, "service ports opening")
+            names = ", ".join(f"{p.name}:{p.host_port}" for p in closed)
+            raise NotYet(f"waiting for {names} to accept connections", retry_after=0.1)
+        time.sleep(PORT_POLL_S)
 
 
-def accepts(address: str, port: int, settle: float = 0.15) -> bool:
+def accepts(address: str, port: int, settle: float) -> bool:
     """True when a service really holds the port.
 
-    Connecting is not enough: a VM's forwarded port (QEMU user networking) is held by QEMU
-    on the host and accepts even while nothing listens in the guest, then drops the
-    connection at once. So after connecting, wait ``settle`` seconds: a connection closed in
-    that time is no service; one that stays open (or sends a greeting) is.
+    Connecting is not always enough: a VM's forwarded port (QEMU user networking) is held by
+    QEMU on the host and accepts even while nothing listens in the guest, then drops the
+    connection at once. So after connecting, wait ``settle`` seconds (the compute type's
+    ``port_settle_s``): a connection closed in that time is no service; one that stays open
+    (or sends a greeting) is. With no settle, a connect is the answer.
     """
     try:
         with socket.create_connection((address, port), timeout=1.0) as sock:
+            if settle <= 0:
+                return True
             sock.settimeout(settle)
             try:
                 return sock.recv(1) != b""

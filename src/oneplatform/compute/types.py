@@ -22,7 +22,10 @@ What a description says:
   ``POST /v1/hosts``;
 - ``held_ports``: (machine, address, port) its hosts hold outside any allocation (a node's
   port map), which the port allocator of every compute type skips;
-- ``host_schemes``: the URI schemes a host of this type may be registered with.
+- ``host_schemes``: the URI schemes a host of this type may be registered with;
+- ``port_settle_s``: how long a connection to a published port must stay open before the
+  port counts as served (a VM's or node's forwarded port accepts even with nothing behind
+  it, then drops; a container's published port refuses until the service listens: 0).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class ComputeTypeSpec:
     preload_images: bool = True
     enrolled_hosts: bool = False
     held_ports: HeldPortsFn = _nothing_held
+    port_settle_s: float = 0.15
     host_schemes: frozenset[str] = frozenset()
     description: str = ""
 

@@ -398,7 +398,7 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             if spec.network is not None:
                 self._ensure_network(spec.network)
             try:
-                self._podman(args, timeout=RUN_TIMEOUT_S)
+                started = self._podman(args, timeout=RUN_TIMEOUT_S)
                 break
             except BackendError as exc:
                 # A concurrent create made it first (the name is unique): use that one.
@@ -408,7 +408,15 @@ class PodmanDriver(ComputeDriver, SupportsExec):
                 if attempt == 1 and "network not found" in exc.message.lower():
                     continue
                 raise
-        return self._to_instance(self._require(spec.instance_id))
+        # `podman run -d` returns once the container's process started, printing its id: no
+        # need to ask podman again (each call costs the engine's start some CPU).
+        return BackendInstance(
+            instance_id=spec.instance_id,
+            backend_id=started.stdout.strip(),
+            power_state=PowerState.RUNNING,
+            backend_state="running",
+            ports=spec.ports,
+        )
 
     def _run_args(self, spec: InstanceSpec) -> list[str]:
         ports_label = json.dumps(
