@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import event, or_, select, update
 from sqlalchemy.orm import Session
 
 from oneplatform.config import Settings
@@ -61,7 +61,17 @@ def enqueue(
     )
     session.add(op)
     session.flush()
+    # Wake this process's idle workers once the operation is visible (the API and the
+    # workers of `onep up` share the process); others find it at their next poll.
+    event.listen(session, "after_commit", _wake_workers, once=True)
     return op
+
+
+WORK_ARRIVED = threading.Event()
+
+
+def _wake_workers(_session: Session) -> None:
+    WORK_ARRIVED.set()
 
 
 @dataclass
@@ -213,8 +223,9 @@ class Worker:
             except Exception:  # the loop must survive a broken store connection
                 log.exception("worker %s: unexpected error", self.owner)
                 busy = False
-            if not busy:
-                stop.wait(self.settings.worker_poll_seconds)
+            if not busy and not stop.is_set():
+                WORK_ARRIVED.wait(self.settings.worker_poll_seconds)
+                WORK_ARRIVED.clear()
 
     def _drive(self, claim: Claim) -> None:
         with self.store.session() as session:

@@ -74,6 +74,11 @@ STOP_TIMEOUT_S = STOP_GRACE_S + 50.0
 RM_ATTEMPTS = 4  # podman rm, when Podman reports a mount busy (see _remove_containers)
 IMPORT_TIMEOUT_S = 900.0
 
+# (host URI, network name) this process made or saw: a create skips `podman network exists`
+# for them. A network removed behind our back shows as "network not found" at `podman run`,
+# which drops it from here and makes it again.
+_KNOWN_NETWORKS: set[tuple[str, str]] = set()
+
 # Podman container states -> PowerState. Anything not listed maps to UNKNOWN.
 PODMAN_STATES: dict[str, PowerState] = {
     "configured": PowerState.STOPPED,  # defined in podman's database, never started
@@ -406,6 +411,7 @@ class PodmanDriver(ComputeDriver, SupportsExec):
                     return self._start_row(spec.instance_id, self._require(spec.instance_id))
                 # The group's last other instance was deleted in between, with its network.
                 if attempt == 1 and "network not found" in exc.message.lower():
+                    _KNOWN_NETWORKS.discard((self.host.uri, network_name(spec.network or "")))
                     continue
                 raise
         # `podman run -d` returns once the container's process started, printing its id: no
@@ -470,7 +476,10 @@ class PodmanDriver(ComputeDriver, SupportsExec):
     def _ensure_network(self, group: str) -> None:
         """The group's network, made unless it exists, on a free /24 of GUEST_SUBNETS."""
         name = network_name(group)
+        if (self.host.uri, name) in _KNOWN_NETWORKS:
+            return
         if self._podman(["network", "exists", name], check=False).returncode == 0:
+            _KNOWN_NETWORKS.add((self.host.uri, name))
             return
         self._check_guard()
         for _attempt in range(5):  # another group's network may take the same subnet first
@@ -480,6 +489,7 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             proc = self._podman(create, check=False)
             output = proc.stdout + proc.stderr
             if proc.returncode == 0 or "already exists" in output:
+                _KNOWN_NETWORKS.add((self.host.uri, name))
                 return
             if "already used" not in output:
                 raise self._translate("podman network create", create, proc)
@@ -638,6 +648,7 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         for network in {n for r in rows for n in r.get("Networks") or ()}:
             if network.startswith(network_name("")):
                 # Refused while another of the group's containers uses it: that is fine.
+                _KNOWN_NETWORKS.discard((self.host.uri, network))
                 self._podman(["network", "rm", network], check=False)
         volumes = self._podman(
             ["volume", "ls", "--filter", f"label={LABEL_INSTANCE}={instance_id}", "--quiet"]
