@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import bmraw
 from bench.common import (
     BenchError,
     PlatformProcess,
@@ -603,6 +604,11 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
                 show_phases(info["phases"])
                 cleaned = delete_and_clean(client, store, state, rnd, CLEAN_TIMEOUT_S)
             samples.append(deploy)
+            # The raw baseline, right after (alternating keeps the machine's noise fair).
+            wait_quiet(QUIET_WAIT_S)
+            raw = bmraw.raw_round(Settings(), rnd)
+            show(raw)
+            samples.append(raw)
             record |= info
             if cleaned is not None:
                 show(cleaned[0])
@@ -617,7 +623,12 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
 
     deploys = [s for s in samples if s.label == "deploy"]
     cleans = [s for s in samples if s.label == "clean"]
-    stats = {"deploy": Summary.of([s.seconds for s in deploys])}
+    raws = [s for s in samples if s.label == "raw"]
+    stats = {
+        "deploy": Summary.of([s.seconds for s in deploys]),
+        "raw": Summary.of([s.seconds for s in raws]),
+    }
+    ratio = stats["deploy"].median / stats["raw"].median
     if cleans:
         stats["clean"] = Summary.of([s.seconds for s in cleans])
     phase_medians = medians([r["phases"] for r in records])
@@ -625,6 +636,10 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
     print(f"{NAME} summary (seconds, {rounds} round(s)):")
     for label, st in stats.items():
         print(f"  {label:<8} median {st.median:.3f}  min {st.min:.3f}  max {st.max:.3f}")
+    print(f"  ratio median(deploy)/median(raw) = {ratio:.2f}")
+    print("  raw phases, medians:")
+    for key, value in medians([s.phases for s in raws]).items():
+        print(f"    {key:<40} {value:8.3f}")
     print("  deploy phases, medians:")
     for key, value in phase_medians.items():
         print(f"    {key:<40} {value:8.3f}")
@@ -650,6 +665,8 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
             "deploy": f"db.create ({FLAVOR}) -> {USER} logs in to {DATABASE} on 127.0.0.1 "
             "through the endpoint, SELECT 1",
             "clean": "db.delete -> the node is available again (not in the deploy's total)",
+            "raw": "bench/bmraw.py: the same deploy ISO in a plain QEMU writes the whole image "
+            "with dd, then its disk boots until the admin logs in to PostgreSQL",
             "phases": {
                 "media_boot": "prepare + boot_ramdisk + write until the agent's first report",
                 "image_write": "the agent's write_s + verify_s",
@@ -663,6 +680,7 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
         "samples": samples,
         "rounds_detail": records,
         "stats": stats,
+        "ratio_median_deploy_over_raw": ratio,
         "phase_medians": phase_medians,
         "clean_medians": clean_medians,
     }

@@ -181,10 +181,10 @@ def _placements(
 
     engine = make_engine(url)
     with Session(engine) as session:
-        flavors = {f.name: f for f in session.scalars(select(Flavor))}
-        projects = list(session.scalars(select(Project.id).order_by(Project.name)))
+        flavors: dict[str, Flavor] = {f.name: f for f in session.scalars(select(Flavor))}
+        projects: list[str] = list(session.scalars(select(Project.id).order_by(Project.name)))
         image_id = session.scalar(select(Image.id))
-        host_ids = list(session.scalars(select(Host.id).order_by(Host.id)))
+        host_ids: list[str] = list(session.scalars(select(Host.id).order_by(Host.id)))
         session.expunge_all()
     results: list[tuple[float, str]] = []
     lock = threading.Lock()
