@@ -229,6 +229,31 @@ def test_a_claim_where_the_flavor_no_longer_fits_takes_the_next_candidate(store:
         assert claimed is not None and claimed.id == second.id and claimed.generation == 1
 
 
+def test_a_claim_changes_nothing_but_the_generation(store: Store) -> None:
+    """Only the generation: the claim's parameters are never taken as columns to SET."""
+    with store.session() as session:
+        vm_host = make_host(session, compute_type="vm", zone="z", rack="r")
+        flavor = make_flavor(session, ram_mb=512, vcpus=1)  # a container flavor
+    with store.session() as session:
+        before = {
+            c: getattr(session.get_one(Host, vm_host.id), c)
+            for c in ("compute_type", "zone", "rack", "ram_mb")
+        }
+        claimed = scheduler._claim(
+            session,
+            scheduler.Candidate(vm_host.id, (0, 0)),
+            session.get_one(Flavor, flavor.id),
+            0,
+            wait=True,
+        )
+        assert claimed is not None
+        assert (
+            {c: getattr(claimed, c) for c in before}
+            == before
+            == {"compute_type": "vm", "zone": "z", "rack": "r", "ram_mb": 16384}
+        )
+
+
 # -- the triggers keep each host's usage --------------------------------------------------------
 @pytest.mark.parametrize("seed", range(2))
 def test_host_usage_equals_the_sums_of_its_live_instances(store: Store, seed: int) -> None:

@@ -236,7 +236,13 @@ def _claim(
     """Take ``candidate`` if the flavor still fits there: bump its generation (the row then
     stays locked until this transaction ends). None if it no longer fits or, without
     ``wait``, if another placement holds it right now (PostgreSQL's ``SKIP LOCKED``)."""
-    params = _params(flavor, extra_disk_gb) | {"host_id": candidate.host_id}
+    # Only the statement's own parameters: an UPDATE takes any other name that is a column
+    # as a value to SET.
+    params = {
+        key: value
+        for key, value in _params(flavor, extra_disk_gb).items()
+        if key.startswith("want_")
+    } | {"host_id": candidate.host_id}
     statement = _claim_statement(spec_for(flavor.compute_type).whole_host, not wait)
     claimed: Host | None = session.scalars(statement, params).first()
     return claimed
