@@ -290,17 +290,16 @@ erase_disk() {
   sync
 }
 
+runs_of() {
+  # runs_of MAP: its START:COUNT runs, one word each (the manifest checked MAP's characters).
+  printf '%s\n' "$1" | tr ',' ' '
+}
+
 write_runs() {
   # write_runs DEV MAP: stdin holds the MAP's runs (START:COUNT,... of 1 MiB blocks) back to
   # back; each run is written at its place. Fails on a short stream or a failed write.
-  old_ifs=$IFS
-  IFS=,
-  set -- "$1" $2
-  IFS=$old_ifs
-  dev=$1
-  shift
-  for run in "$@"; do
-    dd of="$dev" bs=1048576 seek="${run%%:*}" count="${run#*:}" iflag=fullblock conv=notrunc \
+  for run in $(runs_of "$2"); do
+    dd of="$1" bs=1048576 seek="${run%%:*}" count="${run#*:}" iflag=fullblock conv=notrunc \
       2>/tmp/dd.out || { cat /tmp/dd.out >>/tmp/dd.err; return 1; }
     [ "$(sed -n 's/^\([0-9]*\)+0 records in$/\1/p' /tmp/dd.out)" = "${run#*:}" ] \
       || { echo "the image stream ended inside run $run" >>/tmp/dd.err; return 1; }
@@ -311,24 +310,15 @@ write_runs() {
 read_runs() {
   # read_runs DEV MAP: the MAP's runs as written, back to back (from the page cache, which
   # still holds what write_runs wrote: no disk read-back).
-  old_ifs=$IFS
-  IFS=,
-  set -- "$1" $2
-  IFS=$old_ifs
-  dev=$1
-  shift
-  for run in "$@"; do
-    dd if="$dev" bs=1048576 skip="${run%%:*}" count="${run#*:}" 2>/dev/null || return 1
+  for run in $(runs_of "$2"); do
+    dd if="$1" bs=1048576 skip="${run%%:*}" count="${run#*:}" 2>/dev/null || return 1
   done
 }
 
 map_mib() {
   # map_mib MAP: how many 1 MiB blocks its runs hold.
   total=0
-  old_ifs=$IFS
-  IFS=,
-  for run in $1; do total=$((total + ${run#*:})); done
-  IFS=$old_ifs
+  for run in $(runs_of "$1"); do total=$((total + ${run#*:})); done
   echo "$total"
 }
 
