@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,9 +30,20 @@ FLAVORS = (
 )
 
 
+def _above_ephemeral_ports() -> int:
+    """The first port above Linux's ephemeral range (61000 with the default 32768-60999): no
+    outgoing connection of the machine takes one of those, which the fake nodes' port maps
+    name and bind."""
+    try:
+        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        high = 60999
+    return min(high + 1, 65000) // 100 * 100 + 100
+
+
 @pytest.fixture
 def world(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    """Fake containers and VMs (one host each, on a random free-looking port range), a
+    """Fake containers and VMs (one host each, on a random port range), a
     bare-metal pool for fake nodes, the default flavors, the image READY."""
     CLOUD.__init__()  # type: ignore[misc]
     register_driver(ComputeType.CONTAINER, "fake", lambda: FakeDriver)
@@ -42,7 +54,7 @@ def world(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(ramdisk, "build_deploy_iso", fake_iso)
     settings.ready_timeout_seconds = 30
     disk_sha = plant_image_formats(settings)
-    base = random.randrange(30000, 60000, 100)
+    base = random.randrange(_above_ephemeral_ports(), 65400, 100)
     with store.session() as session:
         admin_project, project = make_project(session, "admin"), make_project(session)
         make_ready_image(session, IMAGE)
