@@ -27,6 +27,12 @@ from oneplatform.api.routes import (
 from oneplatform.errors import PlatformError
 
 
+async def _platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
+    """A platform error as its JSON body and status (and the bearer challenge on 401)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(status_code=exc.status, content={"error": exc.to_dict()}, headers=headers)
+
+
 def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
         title="OnePlatform",
@@ -55,12 +61,7 @@ def create_app(platform: Platform) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.exception_handler(PlatformError)
-    async def platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(
-            status_code=exc.status, content={"error": exc.to_dict()}, headers=headers
-        )
+    app.add_exception_handler(PlatformError, _platform_error)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -91,9 +92,6 @@ def create_deploy_app(platform: Platform) -> FastAPI:
     app.state.platform = platform
     app.include_router(deploy.router, prefix="/v1")
 
-    @app.exception_handler(PlatformError)
-    async def platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"error": exc.to_dict()})
-
+    app.add_exception_handler(PlatformError, _platform_error)  # type: ignore[arg-type]
     app.add_middleware(Gate, store=platform.store)
     return app

@@ -177,13 +177,13 @@ _SPREAD = (
 )
 
 
-def _params(flavor: Flavor, extra_disk_gb: int) -> dict[str, Any]:
+def _wants(flavor: Flavor, extra_disk_gb: int) -> dict[str, Any]:
+    """The parameters of :func:`_fits`. Only these go to the claim: an UPDATE takes any
+    other name that is a column as a value to SET."""
     return {
-        "compute_type": flavor.compute_type,
         "want_vcpus": flavor.vcpus,
         "want_ram_mb": flavor.ram_mb,
         "want_disk_gb": flavor.disk_gb + extra_disk_gb,
-        "window": WINDOW,
     }
 
 
@@ -218,7 +218,12 @@ def _candidates(
     found = cast(
         list[tuple[str, str, str, list[str]]],
         # Core rows, not ORM ones: half the Python a placement spends is the ORM's.
-        session.connection().execute(query, _params(flavor, extra_disk_gb)).all(),
+        session.connection()
+        .execute(
+            query,
+            _wants(flavor, extra_disk_gb) | {"compute_type": flavor.compute_type, "window": WINDOW},
+        )
+        .all(),
     )
     rows = [row for row in found if wanted <= set(row[3] or ())][:WINDOW]
     zones, racks = _spread_counts(session, spread_project) if spread_project and rows else ({}, {})
@@ -236,13 +241,7 @@ def _claim(
     """Take ``candidate`` if the flavor still fits there: bump its generation (the row then
     stays locked until this transaction ends). None if it no longer fits or, without
     ``wait``, if another placement holds it right now (PostgreSQL's ``SKIP LOCKED``)."""
-    # Only the statement's own parameters: an UPDATE takes any other name that is a column
-    # as a value to SET.
-    params = {
-        key: value
-        for key, value in _params(flavor, extra_disk_gb).items()
-        if key.startswith("want_")
-    } | {"host_id": candidate.host_id}
+    params = _wants(flavor, extra_disk_gb) | {"host_id": candidate.host_id}
     statement = _claim_statement(spec_for(flavor.compute_type).whole_host, not wait)
     claimed: Host | None = session.scalars(statement, params).first()
     return claimed
