@@ -42,6 +42,7 @@ bench: setup
 # Tool caches and the throwaway test database; keeps the (slow to build) image cache.
 clean:
 	-scripts/test-postgres.sh stop
+	-rm -rf "$$(scripts/test-postgres.sh dir)"
 	rm -rf .cache/pgtest .cache/pgtest-run .cache/pgtest-port .pytest_cache .mypy_cache .ruff_cache build dist
 	find src tests bench -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL 15 cluster for the store tests, on 127.0.0.1 (trust auth), port
 # 55432 or, if another checkout holds that, a free one recorded in .cache/pgtest-port.
-# Usage: scripts/test-postgres.sh start|stop|url|status
+# Usage: scripts/test-postgres.sh start|stop|url|status|dir
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -9,6 +9,15 @@ REPO="$(pwd)"
 PGBIN=/usr/lib/postgresql/15/bin
 PGDATA="$REPO/.cache/pgtest"
 PGRUN="$REPO/.cache/pgtest-run"   # socket and lock directory
+# As root the server runs as user postgres, which must be able to reach the checkout (a clone
+# in a `mktemp -d` directory, mode 0700, is not): then the cluster lives under
+# /var/lib/oneplatform/pgtest/, one per checkout.
+if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$REPO"; then
+  key="$(printf '%s' "$REPO" | sha256sum | cut -c1-12)"
+  PGDATA="/var/lib/oneplatform/pgtest/$key/data"
+  PGRUN="/var/lib/oneplatform/pgtest/$key/run"
+  mkdir -p "$(dirname "$PGDATA")"
+fi
 PORTFILE="$REPO/.cache/pgtest-port"
 # 55432 unless another checkout's cluster holds it: then a free port, remembered per checkout.
 if [ -f "$PORTFILE" ]; then
@@ -25,7 +34,7 @@ URL="postgresql+psycopg://postgres@127.0.0.1:${PORT}/postgres"
 
 as_postgres() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")  # from a directory postgres may enter
   else
     "$@"
   fi
@@ -86,6 +95,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   url) echo "$URL" ;;
+  dir) echo "$PGDATA" ;;
   status) if [ -f "$PGDATA/PG_VERSION" ] && running; then echo running; else echo stopped; exit 3; fi ;;
   *) echo "usage: $0 start|stop|url|status" >&2; exit 2 ;;
 esac
