@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         description="How often instances' backends are compared with "
         "what the platform wants of them (and repaired).",
     )
+    warm_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often warm capacity is brought back to its target (and at once "
+        "after a claim or a `warm set`).",
+    )
     repair_attempts: int = Field(
         default=5, ge=1, description="Attempts of one repair before it gives up (ERROR)."
     )

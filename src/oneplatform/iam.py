@@ -124,7 +124,12 @@ def create_project(store: Store, caller: Caller, name: str) -> ProjectCreated:
 def list_projects(store: Store, caller: Caller) -> list[ProjectOut]:
     caller.require_admin()
     with store.session() as session:
-        rows = session.scalars(select(Project).order_by(Project.name))
+        # Names starting with "_" are the platform's own (the warm capacity's): not tenants.
+        rows = session.scalars(
+            select(Project)
+            .where(~Project.name.startswith("_", autoescape=True))
+            .order_by(Project.name)
+        )
         return [ProjectOut.model_validate(p) for p in rows]
 
 

@@ -19,6 +19,7 @@ from oneplatform.bootstrap import enroll_lab_nodes, ensure_defaults, ensure_imag
 from oneplatform.compute.reconciler import run_reconciler
 from oneplatform.config import Settings
 from oneplatform.dbaas.health import run_health_checker
+from oneplatform.dbaas.warm import run_warm_keeper
 from oneplatform.ops.engine import Worker
 from oneplatform.store.db import Store
 
@@ -77,7 +78,11 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
     builds = ensure_images(store)
     stop = threading.Event()
     start_workers(store, settings, settings.workers, stop)
-    for loop, name in ((run_health_checker, "health"), (run_reconciler, "reconciler")):
+    for loop, name in (
+        (run_health_checker, "health"),
+        (run_reconciler, "reconciler"),
+        (run_warm_keeper, "warm-keeper"),
+    ):
         threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
     platform = Platform(store, settings)
     app = create_app(platform)

@@ -480,7 +480,7 @@ def test_create_db_writes_a_db_instance_its_compute_and_an_operation(api: Api) -
     assert db["status"] == "BUILD" and db["health"] == "UNKNOWN"
     assert db["compute_type"] == "container" and db["version"] == "15"
     assert db["endpoint"] == {"host": "127.0.0.1", "port": 31001}
-    assert [s["name"] for s in op["steps"]] == ["compute", "agent", "initialize", "finish"]
+    assert [s["name"] for s in op["steps"]] == ["compute", "claim", "agent", "initialize", "finish"]
     # the compute instance is the service's: not listed among the user's own instances
     assert api.client.get("/v1/instances", headers=api.admin).json() == []
     with api.store.session() as s:

@@ -23,6 +23,7 @@ from oneplatform.api.routes import (
     pools,
     projects,
     tokens,
+    warm,
 )
 from oneplatform.errors import PlatformError
 
@@ -53,6 +54,7 @@ def create_app(platform: Platform) -> FastAPI:
         datastores,
         db_instances,
         nodes,
+        warm,
         deploy,
     ):
         app.include_router(module.router, prefix="/v1")

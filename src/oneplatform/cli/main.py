@@ -19,6 +19,7 @@ from oneplatform.cli.output import (
     fail,
     wait_with_progress,
 )
+from oneplatform.cli.warm import warm_app
 from oneplatform.schemas.compute import ComputeType, FlavorCreate
 from oneplatform.schemas.instances import InstanceAccepted
 from oneplatform.schemas.operations import Intent
@@ -41,6 +42,7 @@ for sub, name in (
     (datastore_app, "datastore"),
     (instance_app, "instance"),
     (node_app, "node"),
+    (warm_app, "warm"),
     (flavor_app, "flavor"),
     (image_app, "image"),
     (ct_app, "compute-type"),

@@ -117,7 +117,7 @@ def step_create(ctx: StepContext) -> None:
             disk_gb=instance.disk_gb,
             ports=found.ports,
             volumes=tuple(VolumeSpec(**v) for v in instance.volumes or ()),
-            network=instance.project_id,
+            network=instance.network_group or instance.project_id,
             config_bundle=(
                 box_for(ctx.settings).decrypt(instance.bundle_enc).encode()
                 if instance.bundle_enc

@@ -75,6 +75,12 @@ class AgentClient:
         """Restart the engine; returns once it is ready again (the agent waits for it)."""
         return self._health(self._call("POST", "/v1/engine/restart", timeout=timeout))
 
+    def claim(self, sealed_bundle: str) -> AgentHealth:
+        """Hand a warm instance to its owner (this client holds the warm secret); the
+        answer is the agent's health under its owner's bundle."""
+        body = json.dumps({"sealed": sealed_bundle}).encode()
+        return AgentHealth.from_dict(self._call("POST", "/v1/claim", body, timeout=RESTART_TIMEOUT))
+
     def _health(self, data: dict[str, Any]) -> AgentHealth:
         health = AgentHealth.from_dict(data)
         if health.instance_id != self.instance_id:

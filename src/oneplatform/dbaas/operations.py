@@ -15,7 +15,9 @@ from oneplatform.compute.reconciler import RECOVERABLE, request_repair
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.dbaas.reach import Reach, agent_client, compute_status, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
+from oneplatform.dbaas.warm import warm_client
 from oneplatform.errors import AlreadyExists, BackendUnavailable, NotYet, PlatformError
+from oneplatform.guest.sealing import seal
 from oneplatform.ops.engine import StepContext
 from oneplatform.ops.kinds import OPEN, Intent, OperationKind, StepFn
 from oneplatform.ops.steps import (
@@ -26,7 +28,7 @@ from oneplatform.ops.steps import (
     wait_for_others,
 )
 from oneplatform.secrets import SecretBox, box_for
-from oneplatform.store.models import DbInstance, Instance, Operation, utcnow
+from oneplatform.store.models import DbInstance, Instance, Operation, WarmInstance, utcnow
 
 
 def load_db(session: Session, ctx: StepContext) -> DbInstance:
@@ -62,6 +64,28 @@ def step_compute(ctx: StepContext) -> None:
         deadline(ctx, "compute instance start")
         raise NotYet("waiting for the compute instance to be ACTIVE", retry_after=0.2)
     raise PlatformError(f"the compute instance is {status}: {message}", code="compute_failed")
+
+
+def step_claim(ctx: StepContext) -> None:
+    """A claimed warm instance: hand it its owner's bundle, sealed and signed with the warm
+    secret (a retry sends the same bundle, which the agent takes as done)."""
+    warm_id = ctx.params.get("warm")
+    if not warm_id:
+        return
+    box = box_for(ctx.settings)
+    with ctx.store.session() as session:
+        db = _db(session, ctx)
+        warm = session.get_one(WarmInstance, warm_id)
+        client = warm_client(session, box, warm)
+        bundle = box.decrypt(session.get_one(Instance, db.instance_id).bundle_enc or "")
+        secret = box.decrypt(warm.secret_enc)
+    try:
+        health = client.claim(seal(secret, bundle.encode()))
+    except BackendUnavailable as err:  # rebooting, or its engine restarting
+        deadline(ctx, "the claim of the warm instance")
+        raise NotYet(f"waiting for the warm instance's agent: {err.message}", 0.5) from None
+    if health.instance_id != db.id:
+        raise PlatformError("the warm instance's agent answers for another owner")
 
 
 def step_agent(ctx: StepContext) -> None:
@@ -205,6 +229,7 @@ DB_CREATE = _kind(
     "db.create",
     Intent.CREATE,
     ("compute", step_compute),
+    ("claim", step_claim),
     ("agent", step_agent),
     ("initialize", step_initialize),
     ("finish", _become(DbStatus.ACTIVE, Health.HEALTHY)),

@@ -3,6 +3,7 @@ credentials, and the config bundle its guest agent boots with."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -37,25 +38,32 @@ class Reach:
 
 
 def make_bundle(
-    db: DbInstance,
+    instance_id: str,
     datastore: Datastore,
+    version: str,
     vcpus: int,
     ram_mb: int,
-    admin_password: str,
-    platform_password: str,
+    admin: AdminCredentials,
+    platform: AdminCredentials | None,
     agent_secret: str,
-    engine_port: int,
-    agent_port: int,
+    ports: Mapping[str, int | str],
+    *,
+    warm: bool = False,
 ) -> str:
-    """The config bundle the guest agent reads; the same whatever the compute type."""
+    """The config bundle the guest agent reads; the same whatever the compute type.
+    ``ports``: the image's guest ports by endpoint name (the engine's and the agent's)."""
     return Bundle(
-        instance_id=db.id,
-        datastore=db.datastore,
-        version=db.version,
-        agent=AgentSettings(secret=agent_secret, port=agent_port),
-        engine=EngineSettings(port=engine_port, settings=datastore.engine_settings(vcpus, ram_mb)),
-        admin=AdminCredentials(username=db.admin_username, password=admin_password),
-        platform=AdminCredentials(username=datastore.platform_username, password=platform_password),
+        instance_id=instance_id,
+        datastore=datastore.name,
+        version=version,
+        agent=AgentSettings(secret=agent_secret, port=int(ports[AGENT_ENDPOINT])),
+        engine=EngineSettings(
+            port=int(ports[datastore.engine_endpoint]),
+            settings=datastore.engine_settings(vcpus, ram_mb),
+        ),
+        admin=admin,
+        platform=platform,
+        warm=warm,
     ).to_json()
 
 

@@ -19,10 +19,12 @@ from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.instances import endpoints, missing_volumes, place_instance
 from oneplatform.config import Settings
 from oneplatform.dbaas import operations as ops
+from oneplatform.dbaas import warm
 from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
 from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.errors import AlreadyExists, BackendError, Conflict, InvalidInput, NotFound
+from oneplatform.guest.bundle import AdminCredentials
 from oneplatform.iam import Caller
 from oneplatform.images.recipes import load_recipe
 from oneplatform.ops.engine import enqueue
@@ -152,7 +154,8 @@ def _validate_create(req: DbInstanceCreate) -> None:
 def create_db(
     store: Store, settings: Settings, caller: Caller, req: DbInstanceCreate
 ) -> DbInstanceAccepted:
-    """Place the compute instance and write the database instance, in one transaction."""
+    """Place the compute instance (or claim a warm one) and write the database instance, in
+    one transaction."""
     _validate_create(req)
     datastore = get_datastore(req.datastore)
     version = get_version(datastore, req.version)
@@ -187,31 +190,42 @@ def create_db(
                 ),
             )
             bundle = make_bundle(
-                db,
+                db.id,
                 datastore,
+                version.version,
                 flavor.vcpus,
                 flavor.ram_mb,
-                admin_password,
-                platform_password,
+                AdminCredentials(db.admin_username, admin_password),
+                AdminCredentials(datastore.platform_username, platform_password),
                 agent_secret,
-                engine_port=int(ports[datastore.engine_endpoint]),
-                agent_port=int(ports["agent"]),
+                ports,
             )
-            instance, _ = place_instance(
-                session,
-                caller.project_id,
-                f"db-{db.id[:12]}",
-                flavor,
-                version.image,
-                managed_by=MANAGED_BY,
-                bundle_enc=box.encrypt(bundle),
-                volumes=[VolumeSpec(DATA_VOLUME, req.size_gb, DATA_PATH)],
+            bundle_enc = box.encrypt(bundle)
+            claimed = warm.claim(
+                session, flavor, datastore.name, version.version, req.size_gb, db.id
             )
+            if claimed is None:
+                instance, _ = place_instance(
+                    session,
+                    caller.project_id,
+                    f"db-{db.id[:12]}",
+                    flavor,
+                    version.image,
+                    managed_by=MANAGED_BY,
+                    bundle_enc=bundle_enc,
+                    volumes=[VolumeSpec(DATA_VOLUME, req.size_gb, DATA_PATH)],
+                )
+                params = None
+            else:
+                warm_instance, instance = claimed
+                instance.project_id, instance.name = caller.project_id, f"db-{db.id[:12]}"
+                instance.managed_by, instance.bundle_enc = MANAGED_BY, bundle_enc
+                params = {"warm": warm_instance.id}
             db.instance_id = instance.id
             DATABASES.created(session, db, "create requested")
             session.add(db)
             session.flush()
-            op = enqueue(session, ops.DB_CREATE, db.id, caller.project_id)
+            op = enqueue(session, ops.DB_CREATE, db.id, caller.project_id, params)
             return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
     except IntegrityError:
         raise AlreadyExists(

@@ -65,6 +65,10 @@ class Bundle:
     # The platform's own role, for the work only it does (users, passwords): never given
     # to the tenant. None in bundles made before it existed.
     platform: AdminCredentials | None = None
+    # A warm instance's bundle: the engine is initialized and started, but no role is
+    # made; the agent waits for its owner's bundle (``POST /v1/claim``, sealed with this
+    # bundle's agent secret) and answers nothing else but its health.
+    warm: bool = False
     format: int = BUNDLE_FORMAT
 
     def __post_init__(self) -> None:
@@ -92,6 +96,7 @@ class Bundle:
                 if self.platform
                 else {}
             ),
+            **({"warm": True} if self.warm else {}),
         }
 
     def to_json(self) -> str:
@@ -113,7 +118,11 @@ class Bundle:
         admin = _object(obj.get("admin"), "admin")
         platform = _object(obj["platform"], "platform") if "platform" in obj else None
         raw_settings = _object(engine.get("settings", {}), "engine.settings")
+        warm = obj.get("warm", False)
+        if type(warm) is not bool:
+            raise BundleError("bundle: 'warm' must be a boolean")
         return cls(
+            warm=warm,
             format=fmt,
             instance_id=_string(obj, "instance_id", "bundle"),
             datastore=_string(obj, "datastore", "bundle"),

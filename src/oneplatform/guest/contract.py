@@ -19,6 +19,9 @@ CONFIG_DRIVE_HOSTNAME = "hostname"  # beside it, optional: the machine's host na
 AGENT_GUEST_PATH = "/usr/local/lib/oneplatform/agent.pyz"  # the zipapp every image runs
 DEFAULT_AGENT_PORT = 8471
 DATA_ROOT = "/var/lib/oneplatform"  # the data disk's mount point; engines keep data under it
+# A claimed warm instance keeps its owner's bundle on its data disk (root only, 0600): it
+# wins over the warm bundle its compute type delivers, at every later start.
+CLAIMED_BUNDLE_PATH = DATA_ROOT + "/claimed-bundle.json"
 
 # --- the agent's environment: the recipe's [env] and the VM init's ``exec env``
 BUNDLE_ENV = "ONEP_BUNDLE"  # another bundle path than BUNDLE_GUEST_PATH (tests)

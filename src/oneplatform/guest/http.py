@@ -1,21 +1,28 @@
 """The agent's HTTP API: signed calls only, JSON answers.
 
-``GET /v1/health`` (the engine's state and whether it takes connections) and
-``POST /v1/engine/restart`` (returns once the engine is ready again).
+``GET /v1/health`` (the engine's state and whether it takes connections),
+``POST /v1/engine/restart`` (returns once the engine is ready again) and, on a warm
+instance, ``POST /v1/claim`` (``{"sealed": ...}``: its owner's bundle, sealed and signed
+with the warm bundle's secret; once applied, only the owner's secret is accepted).
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .bundle import Bundle
+from .bundle import Bundle, BundleError
 from .contract import DEFAULT_DATASTORE, DEFAULT_VERSION
+from .sealing import SealError, unseal
 from .signing import AuthError, RequestVerifier
 from .supervisor import ENGINE_RUNNING, Supervisor
 
@@ -42,6 +49,8 @@ class Agent:
         version: str = DEFAULT_VERSION,
         restart_timeout: float = 120.0,
         clock: Callable[[], float] = time.time,
+        warm: Bundle | None = None,
+        claimed_path: Path | None = None,
     ) -> None:
         self.bundle = bundle
         self.supervisor = supervisor
@@ -49,22 +58,46 @@ class Agent:
         self.datastore = bundle.datastore if bundle else datastore
         self.version = bundle.version if bundle else version
         self.restart_timeout = restart_timeout
+        self._clock = clock
         self.verifier = (
             RequestVerifier(bundle.agent.secret, bundle.instance_id, clock=clock)
             if bundle
             else None
         )
+        # A warm instance: the bundle it was made with (``bundle`` is that one until it is
+        # claimed, its owner's after), and where the owner's bundle is kept.
+        self.warm = warm
+        self.warm_verifier = (
+            RequestVerifier(warm.agent.secret, warm.instance_id, clock=clock) if warm else None
+        )
+        self.claimed_path = claimed_path
+        self._claim_lock = threading.Lock()
+        self.claimed_digest: str | None = None
+        if warm is not None and bundle is not warm and claimed_path and claimed_path.exists():
+            self.claimed_digest = hashlib.sha256(claimed_path.read_bytes()).hexdigest()
 
     def handle(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, dict[str, Any]]:
         if self.bundle is None or self.verifier is None:
             return 401, error_body("no_bundle", f"{self.problem}; this agent accepts no calls")
+        route = urlsplit(path).path
+        if route == "/v1/claim":
+            if self.warm_verifier is None:
+                return 409, error_body("not_warm", "this instance was not made warm")
+            try:
+                self.warm_verifier.verify(method, path, headers, body)
+            except AuthError as exc:
+                return exc.status, error_body(exc.code, exc.message)
+            if method != "POST":
+                return 405, error_body("method_not_allowed", "use POST")
+            return self.claim(body)
         try:
             self.verifier.verify(method, path, headers, body)
         except AuthError as exc:
             return exc.status, error_body(exc.code, exc.message)
-        route = urlsplit(path).path
+        if self.bundle.warm and route != "/v1/health":
+            return 409, error_body("warm", "this instance is warm: it has no owner yet")
         if route == "/v1/health":
             if method != "GET":
                 return 405, error_body("method_not_allowed", "use GET")
@@ -80,6 +113,42 @@ class Agent:
             return 503, error_body("engine_failed", detail)
         return 404, error_body("not_found", f"no such endpoint: {route}")
 
+    def claim(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Take the owner's bundle: keep it on the data disk, make the engine's roles, and
+        from then on accept the owner's secret only. The same bundle again is a no-op (a
+        retried call); another one is refused."""
+        assert self.warm is not None
+        try:
+            sealed = json.loads(body)["sealed"]
+            plaintext = unseal(self.warm.agent.secret, sealed)
+            bundle = Bundle.from_json(plaintext)
+        except (ValueError, KeyError, TypeError, SealError, BundleError) as exc:
+            detail = exc.args[0] if isinstance(exc, SealError | BundleError) else "bad body"
+            return 400, error_body("bad_claim", f"the claim is not valid: {detail}")
+        if bundle.warm or (bundle.datastore, bundle.version) != (self.datastore, self.version):
+            return 400, error_body(
+                "bad_claim", f"the claim is not for a {self.datastore} {self.version} owner"
+            )
+        digest = hashlib.sha256(plaintext).hexdigest()
+        with self._claim_lock:
+            if self.claimed_digest is not None:
+                if digest == self.claimed_digest:
+                    return 200, self.health()
+                return 409, error_body("already_claimed", "this instance has an owner already")
+            if self.claimed_path is not None:
+                _write_private(self.claimed_path, plaintext)
+            ok, detail = self.supervisor.adopt(bundle, self.restart_timeout)
+            if not ok:
+                if self.claimed_path is not None:
+                    self.claimed_path.unlink(missing_ok=True)
+                return 503, error_body("engine_not_ready", detail)
+            self.bundle, self.claimed_digest = bundle, digest
+            self.verifier = RequestVerifier(
+                bundle.agent.secret, bundle.instance_id, clock=self._clock
+            )
+        log.info("claimed: the instance is now %s's", bundle.instance_id)
+        return 200, self.health()
+
     def health(self) -> dict[str, Any]:
         state, detail, restarts = self.supervisor.snapshot()
         ready = False
@@ -94,7 +163,25 @@ class Agent:
             "detail": detail,
             "restarts": restarts,
             "agent_version": AGENT_VERSION,
+            "warm": bool(self.bundle and self.bundle.warm),
         }
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a root-only file atomically and durably (it replaces nothing: a first claim)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class AgentHTTPServer(http.server.ThreadingHTTPServer):

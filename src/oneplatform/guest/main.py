@@ -25,6 +25,7 @@ from .bundle import Bundle, load_bundle
 from .contract import (
     BUNDLE_ENV,
     BUNDLE_GUEST_PATH,
+    CLAIMED_BUNDLE_PATH,
     DATASTORE_ENV,
     DATASTORE_VERSION_ENV,
     DEFAULT_AGENT_PORT,
@@ -55,8 +56,15 @@ It takes no arguments; the image's environment configures it:
 log = logging.getLogger("onep-agent")
 
 
-def build(bundle: Bundle | None, problem: str = "") -> tuple[Agent, ChildProcesses]:
-    """The agent and its supervisor for a bundle (or none), without starting anything."""
+def build(
+    bundle: Bundle | None,
+    problem: str = "",
+    warm: Bundle | None = None,
+    claimed_path: Path | None = None,
+) -> tuple[Agent, ChildProcesses]:
+    """The agent and its supervisor for a bundle (or none), without starting anything;
+    ``warm``: the warm bundle the instance was made with (``bundle`` is its owner's once
+    claimed), whose owner's bundle is kept at ``claimed_path``."""
     datastore = os.environ.get(DATASTORE_ENV, DEFAULT_DATASTORE)
     version = os.environ.get(DATASTORE_VERSION_ENV, DEFAULT_VERSION)
     children = ChildProcesses()
@@ -72,7 +80,15 @@ def build(bundle: Bundle | None, problem: str = "") -> tuple[Agent, ChildProcess
     else:
         engine = ENGINES[datastore](bundle, children, version=version)
     supervisor = Supervisor(engine, fatal=fatal)
-    agent = Agent(bundle, supervisor, problem=problem, datastore=datastore, version=version)
+    agent = Agent(
+        bundle,
+        supervisor,
+        problem=problem,
+        datastore=datastore,
+        version=version,
+        warm=warm,
+        claimed_path=claimed_path,
+    )
     return agent, children
 
 
@@ -82,19 +98,29 @@ def _setup_logging() -> None:
     )
 
 
-def _read_bundle() -> tuple[Bundle | None, str]:
+def _read_bundle(claimed_path: Path) -> tuple[Bundle | None, str, Bundle | None]:
+    """(the bundle to run with, why there is none, the warm bundle if it is a warm one):
+    a warm instance already claimed runs with its owner's bundle, kept on its data disk."""
     bundle_path = Path(os.environ.get(BUNDLE_ENV) or BUNDLE_GUEST_PATH)
     bundle, problem = load_bundle(bundle_path)
+    warm = bundle if bundle is not None and bundle.warm else None
+    if warm is not None and claimed_path.exists():
+        claimed, why = load_bundle(claimed_path)
+        if claimed is None:
+            log.error("%s: staying warm", why)
+        else:
+            bundle = claimed
     if bundle is None:
         log.warning("%s: refusing every call; the engine starts with no passwords set", problem)
     else:
         log.info(
-            "config bundle for instance %s (%s %s)",
+            "config bundle for instance %s (%s %s)%s",
             bundle.instance_id,
             bundle.datastore,
             bundle.version,
+            ": warm, waiting for its owner" if bundle.warm else "",
         )
-    return bundle, problem
+    return bundle, problem, warm
 
 
 def _stop_on_signals(stop: threading.Event, received: list[str]) -> None:
@@ -128,8 +154,9 @@ def main(machine: Machine | None = None) -> int:
     """Serve until SIGTERM or SIGINT; with ``machine`` (VM mode) also until Ctrl-Alt-Del or
     the power button. Returns the exit code; :func:`run` powers a VM off afterwards."""
     _setup_logging()
-    bundle, problem = _read_bundle()
-    agent, children = build(bundle, problem)
+    claimed_path = Path(CLAIMED_BUNDLE_PATH)
+    bundle, problem, warm = _read_bundle(claimed_path)
+    agent, children = build(bundle, problem, warm, claimed_path)
     port = bundle.agent.port if bundle else DEFAULT_AGENT_PORT
     stop = threading.Event()
     received: list[str] = []

@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 
+from .bundle import Bundle
 from .engines.base import Engine, EngineError
 
 ENGINE_STARTING = "starting"
@@ -87,6 +88,24 @@ class Supervisor:
                 if left <= 0:
                     return False, f"the engine was not ready {timeout:.0f} s after the restart"
                 self._cond.wait(left)
+
+    def adopt(self, bundle: Bundle, timeout: float) -> tuple[bool, str]:
+        """Run the engine for ``bundle`` from now on (a warm instance's owner's): write its
+        settings and make its roles, in place when the settings are unchanged (the same
+        flavor: the usual case, no restart), else by a restart. (ok, detail)."""
+        if self.engine is None:
+            return False, self._detail
+        with self._cond:
+            if self._state != ENGINE_RUNNING:
+                return False, f"the engine is {self._state}: {self._detail}"
+            self.engine.bundle = bundle
+            try:
+                if not self.engine.reconfigure():
+                    self.engine.bootstrap()
+                    return True, self._detail
+            except (EngineError, OSError) as exc:
+                return False, f"applying the bundle failed: {exc}"
+        return self.restart(timeout)  # the start after it bootstraps
 
     # -- the supervisor thread
 

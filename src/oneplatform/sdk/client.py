@@ -51,6 +51,7 @@ from oneplatform.schemas.projects import (
     TokenOut,
     WhoAmI,
 )
+from oneplatform.schemas.warm import WarmPoolOut, WarmSet
 from oneplatform.sdk.db import DbInstances
 
 M = TypeVar("M", bound=BaseModel)
@@ -97,6 +98,7 @@ class Client:
         self.hosts = Hosts(self)
         self.db = DbInstances(self)
         self.nodes = Nodes(self)
+        self.warm = Warm(self)
         self.tokens = Tokens(self)
 
     @classmethod
@@ -303,6 +305,14 @@ class Pools(_Resource):
 
     def create(self, body: PoolCreate) -> PoolOut:
         return self.c.send("POST", "/v1/pools", PoolOut, body)
+
+
+class Warm(_Resource):
+    def list(self) -> builtins.list[WarmPoolOut]:
+        return self.c.get_list("/v1/warm", WarmPoolOut)
+
+    def set(self, body: WarmSet) -> WarmPoolOut:
+        return self.c.send("PUT", "/v1/warm", WarmPoolOut, body)
 
 
 class Hosts(_Resource):

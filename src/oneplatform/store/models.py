@@ -218,6 +218,44 @@ class Instance(Timestamps, Base):
     ram_mb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The isolation group of its network when it is not its project's: a warm instance is
+    # made alone in one of its own, and keeps it when it is claimed.
+    network_group: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class WarmPool(Timestamps, Base):
+    """Warm capacity an operator keeps: ``target`` ready instances of one flavor, datastore
+    version and data volume size, made ahead of any request."""
+
+    __tablename__ = "warm_pools"
+    __table_args__ = (UniqueConstraint("flavor_id", "datastore", "version"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    flavor_id: Mapped[str] = mapped_column(ForeignKey("flavors.id"))
+    datastore: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(16))
+    size_gb: Mapped[int] = mapped_column(Integer, default=1)
+    target: Mapped[int] = mapped_column(Integer, default=0)
+    # Why the last attempt to add a warm instance failed (no capacity ...), and when the
+    # keeper tries again.
+    message: Mapped[str] = mapped_column(Text, default="")
+    retry_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class WarmInstance(Timestamps, Base):
+    """One warm instance: BUILDING, READY, CLAIMED (by ``claimed_by``, a database instance)
+    or DELETING/DELETED. A claimed one is its owner's; it is never warm again."""
+
+    __tablename__ = "warm_instances"
+    __table_args__ = (Index("ix_warm_instances_pool_status", "pool_id", "status"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("warm_pools.id"))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    # The warm bundle's agent secret: what signs and seals the claim.
+    secret_enc: Mapped[str] = mapped_column(Text)
+    ready_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    claimed_by: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class DbInstance(Timestamps, Base):

@@ -51,7 +51,14 @@ class Engine:
         raise NotImplementedError
 
     def bootstrap(self) -> None:
+        """Make the roles the bundle names (once); nothing for a warm bundle."""
         raise NotImplementedError
+
+    def reconfigure(self) -> bool:
+        """Write the settings of a new :attr:`bundle` to a running engine; whether it must
+        restart for them (the default: always)."""
+        self.configure()
+        return True
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """Shut the server down (fast), escalating if it takes longer than ``timeout``."""

@@ -154,6 +154,18 @@ class PostgresEngine(Engine):
                 handle.write(f"\n{self.INCLUDE_LINE}\n")
         self._write(self.data_dir / self.CONF_NAME, self.render_conf())
 
+    def reconfigure(self) -> bool:
+        """No restart when the include file and the port stay the same (a warm instance
+        claimed on its own flavor); else write it, and the engine restarts."""
+        port = self.bundle.engine.port if self.bundle else 5432
+        conf = self.data_dir / self.CONF_NAME
+        current = conf.read_text(encoding="utf-8") if conf.exists() else None
+        if port == self.port and current == self.render_conf():
+            return False
+        self.port = port
+        self.configure()
+        return True
+
     def render_conf(self) -> str:
         """The include file: the bundle's settings, then the ones the agent owns."""
         lines = ["# Written by the OnePlatform guest agent at every start; edits are lost."]
@@ -226,6 +238,9 @@ class PostgresEngine(Engine):
             return
         if self.bundle is None:
             log.info("no bundle: no admin role is created, so nobody can log in remotely")
+            return
+        if self.bundle.warm:
+            log.info("warm: no role is made until the instance is claimed")
             return
         admin = self.bundle.admin
         creds = self.bundle.platform
