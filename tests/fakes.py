@@ -51,6 +51,7 @@ from oneplatform.compute.drivers.base import (
 from oneplatform.dbaas.datastores.base import ConnInfo, UserInfo
 from oneplatform.dbaas.datastores.postgresql import PostgreSQL
 from oneplatform.errors import AlreadyExists, BackendError, NotFound
+from oneplatform.guest.sealing import unseal
 from oneplatform.guest.signing import RequestVerifier
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import ComputeType, PowerState
@@ -307,7 +308,7 @@ class FakeAgent:
         self.bundle = bundle
         self.restarts = 0
         self.engine = "running"
-        verifier = RequestVerifier(bundle["agent"]["secret"], bundle["instance_id"])
+        self.verifier = RequestVerifier(bundle["agent"]["secret"], bundle["instance_id"])
         agent = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -318,10 +319,18 @@ class FakeAgent:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 try:
-                    verifier.verify(self.command, self.path, dict(self.headers), body)
+                    agent.verifier.verify(self.command, self.path, dict(self.headers), body)
                 except Exception as exc:
                     self._send(401, {"error": {"code": "unsigned", "message": str(exc)}})
                     return
+                if self.path == "/v1/claim":  # a warm one takes its owner's bundle
+                    if not agent.bundle.get("warm"):
+                        self._send(409, {"error": {"code": "not_warm", "message": "owned"}})
+                        return
+                    sealed = json.loads(body)["sealed"]
+                    owner = json.loads(unseal(agent.bundle["agent"]["secret"], sealed))
+                    agent.bundle = owner
+                    agent.verifier = RequestVerifier(owner["agent"]["secret"], owner["instance_id"])
                 if self.command == "POST" and self.path == "/v1/engine/restart":
                     agent.restarts += 1
                 self._send(200, agent.health())
@@ -350,6 +359,7 @@ class FakeAgent:
             "ready": self.engine == "running",
             "detail": "",
             "restarts": self.restarts,
+            "warm": bool(self.bundle.get("warm")),
         }
 
     def close(self) -> None:
