@@ -157,26 +157,35 @@ def _cleanup_containers(p: Platform) -> None:
             force_remove(c["Id"], check=False)
 
 
-# -- self-healing times, printed at the end of the run -----------------------------------------
-HEALING = Path(__file__).resolve().parents[2] / ".cache" / "e2e" / "healing.json"
+# -- times worth reading, printed at the end of the run ------------------------------------------
+TIMINGS = Path(__file__).resolve().parents[2] / ".cache" / "e2e"
+SECTIONS = {
+    "healing": "self-healing: time to HEALTHY",
+    "warm": "warm claims: CLI call to the application user's first query",
+}
 
 
-def record_healing(case: str, seconds: float) -> None:
-    """Keep how long a self-healing case took to come back HEALTHY (see the run's summary)."""
-    HEALING.parent.mkdir(parents=True, exist_ok=True)
-    times = json.loads(HEALING.read_text()) if HEALING.exists() else {}
+def record_timing(section: str, case: str, seconds: float) -> None:
+    """Keep how long ``case`` took (see the run's summary): a self-healing case until the
+    database was HEALTHY again, a warm claim until the first query."""
+    path = TIMINGS / f"{section}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    times = json.loads(path.read_text()) if path.exists() else {}
     times[case] = round(seconds, 1)
-    HEALING.write_text(json.dumps(times, indent=2) + "\n")
+    path.write_text(json.dumps(times, indent=2) + "\n")
 
 
-def reset_healing() -> None:
+def reset_timings() -> None:
     """Forget the times of an earlier run (called by the module that records them)."""
-    HEALING.unlink(missing_ok=True)
+    for section in SECTIONS:
+        (TIMINGS / f"{section}.json").unlink(missing_ok=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not HEALING.exists():
-        return
-    terminalreporter.section("self-healing: time to HEALTHY")
-    for case, seconds in json.loads(HEALING.read_text()).items():
-        terminalreporter.write_line(f"{seconds:7.1f} s  {case}")
+    for section, title in SECTIONS.items():
+        path = TIMINGS / f"{section}.json"
+        if not path.exists():
+            continue
+        terminalreporter.section(title)
+        for case, seconds in json.loads(path.read_text()).items():
+            terminalreporter.write_line(f"{seconds:7.1f} s  {case}")

@@ -33,8 +33,8 @@ from tests.e2e.conftest import (
     Platform,
     free_port,
     podman_containers,
-    record_healing,
-    reset_healing,
+    record_timing,
+    reset_timings,
 )
 from tests.podman import force_remove
 
@@ -84,7 +84,7 @@ def _free_deploy_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     _require_lab()
-    reset_healing()
+    reset_timings()
     p = Platform(
         home=tmp_path_factory.mktemp("onep-lab"),
         port=free_port(),
@@ -226,7 +226,7 @@ def _heal_and_check(lab: Platform, db: str, case: str, since: dt.datetime) -> No
         assert time.monotonic() < deadline, ops
         time.sleep(0.5)
     _healthy_again(lab, db, since)
-    record_healing(case, time.monotonic() - start)
+    record_timing("healing", case, time.monotonic() - start)
     assert _psql(lab, db, "SELECT x FROM t") == "42"
 
 
@@ -274,7 +274,8 @@ def test_the_platform_killed_with_minus_9_brings_everything_back(lab: Platform) 
     lab.start()
     for name, compute_type in DATABASES.items():
         _healthy_again(lab, name, since)
-        record_healing(f"onep up after kill -9 ({compute_type})", time.monotonic() - started)
+        seconds = time.monotonic() - started
+        record_timing("healing", f"onep up after kill -9 ({compute_type})", seconds)
         assert _psql(lab, name, "SELECT x FROM t") == "42"
 
 
@@ -356,3 +357,93 @@ def test_a_deploy_killed_mid_way_resumes(lab: Platform) -> None:
         if not deleted:
             lab.run("instance", "delete", "bm1", "--wait", timeout=900, check=False)
     _wait_nodes(lab, "available", timeout=300)
+
+
+# -- warm capacity ---------------------------------------------------------------------------------
+WARM = {"container": "container.small", "vm": "vm.small", "baremetal": "baremetal.small"}
+APP_PW = "Warm-app-pass1"
+
+
+def _warm(p: Platform) -> dict[str, dict[str, Any]]:
+    return {w["compute_type"]: w for w in p.json("warm", "list")}
+
+
+def _wait_warm(p: Platform, ready: int, building: int = 0, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        pools = _warm(p)
+        if all(w["ready"] == ready and w["building"] == building for w in pools.values()):
+            return
+        assert time.monotonic() < deadline, pools
+        time.sleep(2)
+
+
+def _app_psql(p: Platform, db: str, token: str, sql: str, password: str = APP_PW) -> str:
+    out = p.run(
+        "db", "connect", db, "--database", "appdb", "--user", "app", "--", "-tAc", sql,
+        ONEP_TOKEN=token, PGPASSWORD=password,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def _claim(p: Platform, token: str, name: str, flavor: str) -> float:
+    """Create a database that takes the warm instance; the seconds until the app user's
+    first query answered (the CLI's own start-up included)."""
+    start = time.monotonic()
+    p.run(
+        "db", "create", name, "--flavor", flavor, "--database", "appdb",
+        "--user", f"app:{APP_PW}", "--wait", ONEP_TOKEN=token, timeout=600,
+    )  # fmt: skip
+    assert _app_psql(p, name, token, "SELECT 1") == "1"
+    return time.monotonic() - start
+
+
+def test_warm_instances_are_claimed_on_every_compute_type(lab: Platform) -> None:
+    """One warm instance per compute type; project A's creates claim them, the keeper makes
+    new ones, project B's creates claim those: each gets its own credentials and finds
+    nothing of A's. Draining deletes what is left."""
+    _wait_nodes(lab, "available")
+    tokens = {t: lab.json("project", "create", f"warm-{t}")["token"] for t in ("a", "b")}
+    try:
+        for flavor in WARM.values():
+            lab.run("warm", "set", flavor, "--count", "1")
+        _wait_warm(lab, ready=1)
+        marker = f"a-row-{os.urandom(6).hex()}"
+        for ct, flavor in WARM.items():
+            seconds = _claim(lab, tokens["a"], f"wa-{ct}", flavor)
+            record_timing("warm", f"{ct}: db create --wait + the app's first query", seconds)
+            _app_psql(lab, f"wa-{ct}", tokens["a"], f"CREATE TABLE a AS SELECT '{marker}' v")
+        assert {ct: w["claimed"] for ct, w in _warm(lab).items()} == dict.fromkeys(WARM, 1)
+        _wait_warm(lab, ready=1)  # the keeper made new ones (bare metal: on the other node)
+        for ct, flavor in WARM.items():
+            _claim(lab, tokens["b"], f"wb-{ct}", flavor)
+        assert {ct: w["claimed"] for ct, w in _warm(lab).items()} == dict.fromkeys(WARM, 2)
+        for flavor in WARM.values():
+            lab.run("warm", "set", flavor, "--count", "0")
+        for ct in WARM:
+            a_db, b_db = f"wa-{ct}", f"wb-{ct}"
+            a_creds = lab.json("db", "credentials", a_db, ONEP_TOKEN=tokens["a"])
+            b_creds = lab.json("db", "credentials", b_db, ONEP_TOKEN=tokens["b"])
+            assert a_creds["password"] != b_creds["password"]
+            # B's database holds nothing of A's, and A's password opens nothing of B's
+            tables = _app_psql(lab, b_db, tokens["b"], "SELECT count(*) FROM pg_tables "
+                               "WHERE schemaname = 'public'")  # fmt: skip
+            assert tables == "0"
+            refused = lab.run(
+                "db", "connect", b_db, "--user", "admin", "--", "-tAc", "SELECT 1", check=False,
+                ONEP_TOKEN=tokens["b"], PGPASSWORD=a_creds["password"],
+            )  # fmt: skip
+            assert refused.returncode != 0 and "password authentication failed" in refused.stderr
+            assert _app_psql(lab, a_db, tokens["a"], "SELECT v FROM a") == marker
+            # and A cannot even see B's
+            assert lab.run("db", "show", b_db, check=False, ONEP_TOKEN=tokens["a"]).returncode
+        _wait_warm(lab, ready=0)
+    finally:
+        for flavor in WARM.values():
+            lab.run("warm", "set", flavor, "--count", "0", check=False)
+        for ct in WARM:
+            for project, db in (("a", f"wa-{ct}"), ("b", f"wb-{ct}")):
+                lab.run("db", "delete", db, "--wait", check=False, timeout=900,
+                        ONEP_TOKEN=tokens[project])  # fmt: skip
+    _wait_warm(lab, ready=0)
+    _wait_nodes(lab, "available", timeout=600)

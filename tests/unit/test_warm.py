@@ -13,6 +13,7 @@ from oneplatform.dbaas import service as dbaas
 from oneplatform.dbaas import warm
 from oneplatform.errors import Forbidden
 from oneplatform.iam import list_projects
+from oneplatform.ops.service import list_operations
 from oneplatform.schemas.databases import DbInstanceCreate
 from oneplatform.schemas.warm import WarmSet
 from oneplatform.secrets import box_for
@@ -77,8 +78,11 @@ def test_the_keeper_makes_warm_instances_of_nobody_on_networks_of_their_own(
     assert bundles[0]["agent"] != bundles[1]["agent"]  # no secret shared between them
     # the container's network is its own group, not the warm project's
     assert {o.spec.network for o in CLOUD.objects.values()} == {r.instance_id for r in rows}
-    # the internal project is no tenant's
+    # the internal project is no tenant's; its work is the operator's to follow
     assert warm.WARM_PROJECT not in [p.name for p in list_projects(world.store, world.admin)]
+    warm_ids = {r.instance_id for r in rows}
+    assert warm_ids <= {op.resource_id for op in list_operations(world.store, world.admin)}
+    assert not warm_ids & {op.resource_id for op in list_operations(world.store, world.member)}
 
 
 def test_a_matching_create_claims_a_ready_one_with_fresh_secrets(world: World) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from oneplatform.errors import NotFound
 from oneplatform.iam import Caller
 from oneplatform.ops.kinds import OperationStatus, StepStatus
 from oneplatform.schemas.operations import OperationOut
 from oneplatform.store.db import Store
-from oneplatform.store.models import Operation
+from oneplatform.store.models import Operation, Project
 
 
 def to_out(op: Operation) -> OperationOut:
@@ -35,18 +36,26 @@ def to_out(op: Operation) -> OperationOut:
     )
 
 
-def _visible(op: Operation | None, caller: Caller) -> bool:
+# The platform's own projects (names starting with "_": warm capacity's), whose work is
+# the operator's to follow.
+_INTERNAL = select(Project.id).where(Project.name.startswith("_", autoescape=True))
+
+
+def _visible(session: Session, op: Operation | None, caller: Caller) -> bool:
     if op is None:
         return False
-    if op.project_id is None:  # platform work (image builds) is visible to admins
-        return caller.is_admin
-    return op.project_id == caller.project_id
+    if op.project_id == caller.project_id:
+        return True
+    if not caller.is_admin:
+        return False
+    # platform work (image builds, warm capacity) is visible to admins
+    return op.project_id is None or op.project_id in set(session.scalars(_INTERNAL))
 
 
 def get_operation(store: Store, caller: Caller, operation_id: str) -> OperationOut:
     with store.session() as session:
         op = session.get(Operation, operation_id)
-        if not _visible(op, caller):
+        if not _visible(session, op, caller):
             raise NotFound(f"operation {operation_id!r} not found", code="operation_not_found")
         assert op is not None
         return to_out(op)
@@ -59,7 +68,9 @@ def list_operations(
         query = select(Operation).order_by(Operation.created_at.desc()).limit(limit)
         if caller.is_admin:
             query = query.where(
-                (Operation.project_id == caller.project_id) | Operation.project_id.is_(None)
+                (Operation.project_id == caller.project_id)
+                | Operation.project_id.is_(None)
+                | Operation.project_id.in_(_INTERNAL)
             )
         else:
             query = query.where(Operation.project_id == caller.project_id)
