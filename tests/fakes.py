@@ -48,7 +48,7 @@ from oneplatform.compute.drivers.base import (
     SupportsVirtualMedia,
     VolumeSpec,
 )
-from oneplatform.dbaas.datastores.base import ConnInfo, UserInfo
+from oneplatform.dbaas.datastores.base import ConnInfo, Datastore, UserInfo
 from oneplatform.dbaas.datastores.postgresql import PostgreSQL
 from oneplatform.errors import AlreadyExists, BackendError, NotFound
 from oneplatform.guest.sealing import unseal
@@ -370,6 +370,8 @@ class FakeAgent:
 # -- the datastore -----------------------------------------------------------------------------
 class FakePostgreSQL(PostgreSQL):
     """PostgreSQL's catalog entry, name rules and sizing, with the SQL kept in memory."""
+
+    initialize = Datastore.initialize  # through the calls below
 
     def __init__(self) -> None:
         self.databases: set[str] = set()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -16,7 +15,7 @@ from oneplatform.compute.states import InstanceStatus
 from oneplatform.dbaas.reach import Reach, agent_client, compute_status, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.dbaas.warm import warm_client
-from oneplatform.errors import AlreadyExists, BackendUnavailable, NotYet, PlatformError
+from oneplatform.errors import BackendUnavailable, NotYet, PlatformError
 from oneplatform.guest.sealing import seal
 from oneplatform.ops.engine import StepContext
 from oneplatform.ops.kinds import OPEN, Intent, OperationKind, StepFn
@@ -86,10 +85,14 @@ def step_claim(ctx: StepContext) -> None:
         raise NotYet(f"waiting for the warm instance's agent: {err.message}", 0.5) from None
     if health.instance_id != db.id:
         raise PlatformError("the warm instance's agent answers for another owner")
+    if health.ready:
+        ctx.remember(claimed_ready=True)  # the agent step has nothing to wait for
 
 
 def step_agent(ctx: StepContext) -> None:
     """Wait for the guest agent to report the engine ready."""
+    if ctx.params.get("claimed_ready"):
+        return
     with ctx.store.session() as session:
         r = reach(session, _db(session, ctx), box_for(ctx.settings))
     try:
@@ -112,17 +115,8 @@ def step_initialize(ctx: StepContext) -> None:
         db = _db(session, ctx)
         r = reach(session, db, box)
         todo = pending(box, db)
-    ds = r.datastore
-    for name in todo["databases"]:
-        with contextlib.suppress(AlreadyExists):
-            ds.create_database(r.engine, name)
-    for user in todo["users"]:
-        try:
-            ds.create_user(r.engine, user["name"], user["password"])
-        except AlreadyExists:
-            ds.set_password(r.engine, user["name"], user["password"])
-        for database in user["databases"]:
-            ds.grant(r.engine, user["name"], database)
+    if todo["databases"] or todo["users"]:
+        r.datastore.initialize(r.engine, todo["databases"], todo["users"])
     with ctx.transaction() as session:
         session.get_one(DbInstance, ctx.resource_id).pending_enc = None
 

@@ -147,13 +147,16 @@ class Agent:
                 bundle.agent.secret, bundle.instance_id, clock=self._clock
             )
         log.info("claimed: the instance is now %s's", bundle.instance_id)
-        return 200, self.health()
+        # Ready: the engine ran and made the owner's roles just now (no probe needed).
+        return 200, self.health(probe=False)
 
-    def health(self) -> dict[str, Any]:
+    def health(self, probe: bool = True) -> dict[str, Any]:
+        """The engine's state; ``ready`` asks the engine itself unless ``probe`` is False
+        (then a running engine counts as ready)."""
         state, detail, restarts = self.supervisor.snapshot()
         ready = False
         if state == ENGINE_RUNNING and self.supervisor.engine is not None:
-            ready, detail = self.supervisor.engine.health()
+            ready, detail = self.supervisor.engine.health() if probe else (True, detail)
         return {
             "instance_id": self.bundle.instance_id if self.bundle else None,
             "datastore": self.datastore,

@@ -7,8 +7,12 @@ the admin credentials, so nothing here knows which compute type the engine runs 
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
+
+from oneplatform.errors import AlreadyExists
 
 
 @dataclass(frozen=True)
@@ -104,3 +108,20 @@ class Datastore(abc.ABC):
 
     @abc.abstractmethod
     def revoke(self, conn: ConnInfo, user: str, database: str) -> None: ...
+
+    def initialize(
+        self, conn: ConnInfo, databases: Sequence[str], users: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """A new instance's initial databases and users (``{"name", "password",
+        "databases"}``), idempotently: what exists is kept, a user's password is set again.
+        An engine may do it in fewer round trips than these calls."""
+        for name in databases:
+            with contextlib.suppress(AlreadyExists):
+                self.create_database(conn, name)
+        for user in users:
+            try:
+                self.create_user(conn, user["name"], user["password"])
+            except AlreadyExists:
+                self.set_password(conn, user["name"], user["password"])
+            for database in user["databases"]:
+                self.grant(conn, user["name"], database)

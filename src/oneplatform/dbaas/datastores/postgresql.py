@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from oneplatform.dbaas.datastores.base import ConnInfo, Datastore, DatastoreVersion, UserInfo
@@ -263,6 +263,72 @@ class PostgreSQL(Datastore):
             c.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(u))
         with self._connect(conn, owner=True) as c:
             c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(d, u))
+
+    # -- a new instance ---------------------------------------------------------------------
+    def initialize(
+        self, conn: ConnInfo, databases: Sequence[str], users: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """What :meth:`create_database`, :meth:`create_user` and :meth:`grant` do, in one
+        session plus one per granted database (each login costs an authentication)."""
+        from psycopg import sql
+
+        for name in databases:
+            self.validate_database_name(name)
+        for user in users:
+            self.validate_user_name(user["name"])
+        with self._connect(conn) as c:
+            existing = self._databases(c)
+            for name in databases:
+                if name in existing:
+                    continue
+                ident = sql.Identifier(name)
+                with self._as_owner(c, conn):
+                    c.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+                    c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
+            for user in users:
+                u = sql.Identifier(user["name"])
+                known = c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user["name"],))
+                verb = (
+                    "ALTER ROLE {} LOGIN PASSWORD {}"
+                    if known.fetchone()
+                    else ("CREATE ROLE {} LOGIN PASSWORD {}")
+                )
+                verifier = sql.Literal(scram_sha256_verifier(user["password"]))
+                c.execute(sql.SQL(verb).format(u, verifier))
+                with self._as_owner(c, conn):
+                    for database in user["databases"]:
+                        c.execute(
+                            sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(
+                                sql.Identifier(database), u
+                            )
+                        )
+        granted: dict[str, list[str]] = {}
+        for user in users:
+            for database in user["databases"]:
+                granted.setdefault(database, []).append(user["name"])
+        for database, names in granted.items():
+            with self._connect(conn, database, owner=True) as c:
+                for name in names:
+                    c.execute(
+                        sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(
+                            sql.Identifier(name)
+                        )
+                    )
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _as_owner(c: Any, conn: ConnInfo) -> Iterator[None]:
+        """Within a session of the platform's role: act as the tenant's admin for a while."""
+        from psycopg import sql
+
+        if not conn.act_as:
+            yield
+            return
+        c.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(conn.act_as)))
+        try:
+            yield
+        finally:
+            c.execute("RESET ROLE")
 
 
 def _first_line(exc: BaseException) -> str:
