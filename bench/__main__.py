@@ -1,6 +1,7 @@
 """``python -m bench [NAME ...] [--rounds N]``: run benchmarks (default: ``all``, the ones
-marked default: container and db, then the scheduler's; ``vm`` boots VMs under TCG and
-``baremetal`` deploys onto the emulated bare-metal lab: they run only when named).
+marked default: container and db, then the scheduler's; ``vm`` boots VMs under TCG,
+``baremetal`` deploys onto the emulated bare-metal lab and ``warm`` claims warm instances
+of all three compute types: they run only when named; ``make bench`` runs them all).
 
 ``python -m bench scheduler [--hosts N --creates N ...]`` runs the placement benchmark
 (:mod:`bench.scheduler`) alone, with options of its own; it needs no running platform.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from bench import baremetal, container, db, scheduler, vm
+from bench import baremetal, container, db, scheduler, vm, warm
 from bench.common import BenchError, PlatformProcess, machine_info, running_platform, write_results
 
 Benchmark = Callable[[PlatformProcess, int, float], dict[str, Any]]
@@ -55,6 +56,14 @@ BENCHMARKS: dict[str, Entry] = {
         rounds=baremetal.ROUNDS,
         default=False,
         env=baremetal.platform_env,
+    ),
+    "warm": Entry(
+        warm.run,
+        warm.NAME,
+        warm.TIMEOUT_S,
+        rounds=warm.ROUNDS,
+        default=False,
+        env=baremetal.platform_env,  # all three compute types: the lab enrolled
     ),
 }
 ALIASES = {entry.results: name for name, entry in BENCHMARKS.items()}
