@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from oneplatform.dbaas import service as dbaas
 from oneplatform.dbaas import warm
-from oneplatform.errors import Forbidden
+from oneplatform.errors import BackendError, Forbidden
 from oneplatform.iam import list_projects
 from oneplatform.ops.service import list_operations
 from oneplatform.schemas.databases import DbInstanceCreate
@@ -160,3 +160,12 @@ def test_no_capacity_is_reported_and_tried_again_later(world: World) -> None:
     pool = _pool(world)
     assert pool["building"] == 0 and "baremetal" in str(pool["message"]).lower()
     assert _warm_rows(world) == []
+
+
+def test_a_warm_instance_that_fails_is_deleted_and_replaced(world: World) -> None:
+    CLOUD.fail_next("create", BackendError("the host is full"))
+    warm.set_warm(world.store, world.admin, WarmSet(flavor="container.small", count=1))
+    _keep(world, rounds=4)
+    statuses = [r.status for r in _warm_rows(world)]
+    assert statuses == ["DELETED", "READY"], statuses
+    assert "failed" in _warm_rows(world)[0].status_message

@@ -211,7 +211,7 @@ def warm_project_id(session: Session) -> str:
 def keep_once(store: Store, settings: Settings) -> None:
     """One round: follow the builds and deletes, then bring every pool to its target."""
     box = box_for(settings)
-    _follow(store, box)
+    _follow(store, settings, box)
     with store.session() as session:
         pool_ids = list(session.scalars(select(WarmPool.id)))
     for pool_id in pool_ids:
@@ -224,14 +224,19 @@ def keep_once(store: Store, settings: Settings) -> None:
             log.warning("warm pool %s: %s", pool_id, err.message)
 
 
-def _follow(store: Store, box: SecretBox) -> None:
-    """BUILDING → READY once the agent says the engine is ready (or delete it if its
-    instance failed); DELETING → DELETED once its instance is gone."""
+def _follow(store: Store, settings: Settings, box: SecretBox) -> None:
+    """BUILDING → READY once the agent says the engine is ready (deleted if its instance
+    failed, or its engine was not ready in time); DELETING → DELETED once it is gone."""
+    too_old = utcnow() - dt.timedelta(seconds=settings.ready_timeout_seconds * 2)
     with store.session() as session:
         rows = list(
             session.execute(
                 select(
-                    WarmInstance.id, WarmInstance.status, Instance.status, Instance.status_message
+                    WarmInstance.id,
+                    WarmInstance.status,
+                    WarmInstance.created_at,
+                    Instance.status,
+                    Instance.status_message,
                 )
                 .join(Instance, Instance.id == WarmInstance.instance_id)
                 .where(
@@ -239,17 +244,24 @@ def _follow(store: Store, box: SecretBox) -> None:
                 )
             ).all()
         )
-    for warm_id, status, compute, message in rows:
+    for warm_id, status, created_at, compute, message in rows:
         if status == WarmStatus.DELETING.value:
             if compute == InstanceStatus.DELETED.value:
-                _set(store, warm_id, WarmStatus.DELETING, WarmStatus.DELETED, "deleted")
-        elif compute == InstanceStatus.ERROR.value:
+                _set(store, warm_id, WarmStatus.DELETING, WarmStatus.DELETED)
+            continue
+        why = None
+        if compute == InstanceStatus.ERROR.value:
+            why = f"its instance failed: {message}"
+        elif compute == InstanceStatus.ACTIVE.value and _engine_ready(store, box, warm_id):
+            _set(store, warm_id, WarmStatus.BUILDING, WarmStatus.READY, "engine ready")
+        elif created_at < too_old:
+            why = "its engine was not ready in time"
+        if why is not None:
             with store.session() as session:
                 warm = session.get_one(WarmInstance, warm_id)
                 if warm.status == WarmStatus.BUILDING.value:
-                    _delete(session, warm, f"its instance failed: {message}")
-        elif compute == InstanceStatus.ACTIVE.value and _engine_ready(store, box, warm_id):
-            _set(store, warm_id, WarmStatus.BUILDING, WarmStatus.READY, "engine ready")
+                    _delete(session, warm, why)
+                    log.warning("warm instance %s deleted: %s", warm_id, why)
 
 
 def _engine_ready(store: Store, box: SecretBox, warm_id: str) -> bool:
@@ -261,13 +273,15 @@ def _engine_ready(store: Store, box: SecretBox, warm_id: str) -> bool:
         return False  # still booting
 
 
-def _set(store: Store, warm_id: str, old: WarmStatus, new: WarmStatus, message: str) -> None:
+def _set(
+    store: Store, warm_id: str, old: WarmStatus, new: WarmStatus, message: str | None = None
+) -> None:
+    """Move one warm instance from ``old`` to ``new`` (nothing if it is not in ``old``
+    any more); the message stays unless one is given."""
     with store.session() as session:
-        values: dict[str, object] = {
-            "status": new.value,
-            "status_message": message,
-            "updated_at": utcnow(),
-        }
+        values: dict[str, object] = {"status": new.value, "updated_at": utcnow()}
+        if message is not None:
+            values["status_message"] = message
         if new is WarmStatus.READY:
             values["ready_at"] = utcnow()
         session.execute(
