@@ -72,6 +72,25 @@ def wait_ready(client: Client, flavor: str, timeout: float) -> None:
         time.sleep(POLL_S)
 
 
+def drained(client: Client, flavor: str, timeout: float) -> None:
+    """Wait until the pool's warm instances are deleted (their deletes are operations of
+    the platform's: left running, `onep up`'s exit would leave them behind)."""
+    deadline = now() + timeout
+    while True:
+        pool = _pool(client, flavor)
+        busy = [
+            op
+            for op in client.operations.list()
+            if op.kind.startswith("instance.delete") and op.status not in ("SUCCEEDED", "FAILED")
+        ]
+        if pool["ready"] == pool["building"] == 0 and not busy:
+            return
+        if now() > deadline:
+            print(f"  warning: warm {flavor} not drained in {timeout:g}s: {pool}", flush=True)
+            return
+        time.sleep(POLL_S)
+
+
 def measure_warm(client: Client, flavor: str, name: str, rnd: int, timeout: float) -> Sample:
     claimed = _pool(client, flavor)["claimed"]
     password = secrets.token_urlsafe(18)
@@ -140,6 +159,7 @@ def bench_type(client: Client, compute_type: str, rounds: int, timeout: float) -
             show(samples[-1])
     finally:
         client.warm.set(WarmSet(flavor=flavor, count=0))
+        drained(client, flavor, timeout)
         if compute_type == "container":
             podman_remove_labelled(f"oneplatform.bench={run_id}")
     stats, ratio = summarise(f"{NAME} {compute_type}", samples, ("warm", raw_label), rounds)

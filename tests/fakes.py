@@ -328,7 +328,8 @@ class FakeAgent:
                         self._send(409, {"error": {"code": "not_warm", "message": "owned"}})
                         return
                     sealed = json.loads(body)["sealed"]
-                    owner = json.loads(unseal(agent.bundle["agent"]["secret"], sealed))
+                    claim = json.loads(unseal(agent.bundle["agent"]["secret"], sealed))
+                    owner = claim["bundle"]  # its "initial" is left to the platform's SQL
                     agent.bundle = owner
                     agent.verifier = RequestVerifier(owner["agent"]["secret"], owner["instance_id"])
                 if self.command == "POST" and self.path == "/v1/engine/restart":

@@ -46,6 +46,7 @@ class FakeEngine(Engine):
         self.fail_starts = fail_starts
         self.starts = 0
         self.bootstraps = 0
+        self.bootstrap_initials: list[object] = []  # the claims' initial databases and users
         self.proc: subprocess.Popen[bytes] | None = None
 
     def initialize(self) -> None:
@@ -70,6 +71,9 @@ class FakeEngine(Engine):
 
     def bootstrap(self) -> None:
         self.bootstraps += 1
+        if self.initial is not None:
+            self.bootstrap_initials.append(self.initial)
+            self.initial, self.initialized = None, True
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         proc.terminate()

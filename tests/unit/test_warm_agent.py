@@ -15,7 +15,7 @@ from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.errors import BackendError
 from oneplatform.guest.bundle import AdminCredentials, AgentSettings, Bundle
 from oneplatform.guest.engines.base import ChildProcesses
-from oneplatform.guest.engines.postgresql import PostgresEngine
+from oneplatform.guest.engines.postgresql import PostgresEngine, initial_sql
 from oneplatform.guest.http import Agent
 from oneplatform.guest.main import _read_bundle
 from oneplatform.guest.sealing import SealError, seal, unseal
@@ -90,9 +90,18 @@ def _warm_agent(tmp_path: Path) -> tuple[Agent, FakeEngine]:
     return agent, engine
 
 
-def _claim(port: int, bundle: Bundle, secret: str = WARM_SECRET) -> dict[str, object]:
+def _payload(bundle: Bundle, initial: dict[str, object] | None = None) -> bytes:
+    return json.dumps({"bundle": bundle.to_dict(), "initial": initial}).encode()
+
+
+def _claim(
+    port: int,
+    bundle: Bundle,
+    secret: str = WARM_SECRET,
+    initial: dict[str, object] | None = None,
+) -> dict[str, object]:
     client = AgentClient("127.0.0.1", port, WARM_ID, WARM_SECRET)
-    return client.claim(seal(secret, bundle.to_json().encode())).raw
+    return client.claim(seal(secret, _payload(bundle, initial))).raw
 
 
 def test_a_warm_agent_answers_its_health_and_nothing_else(
@@ -121,9 +130,11 @@ def test_the_claim_hands_the_instance_to_its_owner_once(
     port = serve(agent)
     warm = AgentClient("127.0.0.1", port, WARM_ID, WARM_SECRET)
     wait_for(lambda: warm.health().ready)
-    answer = _claim(port, owner_bundle())
+    initial = {"databases": ["app"], "users": []}
+    answer = _claim(port, owner_bundle(), initial=initial)
     assert answer["instance_id"] == OWNER_ID and answer["warm"] is False
     assert engine.bundle == owner_bundle()  # the engine now runs for the owner
+    assert engine.bootstrap_initials == [initial]
     saved = tmp_path / "claimed-bundle.json"
     assert Bundle.from_json(saved.read_bytes()) == owner_bundle()
     assert saved.stat().st_mode & 0o777 == 0o600
@@ -173,7 +184,7 @@ def test_an_agent_restarted_after_its_claim_runs_for_the_owner(
     assert _read_bundle(claimed)[0] == owner_bundle()
     # and the retried claim of the same bundle is still a no-op
     agent = Agent(owner_bundle(), fast_supervisor(None), warm=warm_bundle(), claimed_path=claimed)
-    body = json.dumps({"sealed": seal(WARM_SECRET, claimed.read_bytes())}).encode()
+    body = json.dumps({"sealed": seal(WARM_SECRET, _payload(owner_bundle()))}).encode()
     from oneplatform.guest.signing import sign_request
 
     headers = sign_request(WARM_SECRET, WARM_ID, "POST", "/v1/claim", body)
@@ -194,3 +205,21 @@ def test_postgres_is_reconfigured_in_place_when_its_settings_stay(tmp_path: Path
     assert engine.reconfigure() is True
     assert "work_mem = '8MB'" in (tmp_path / PostgresEngine.CONF_NAME).read_text()
     assert os.stat(tmp_path / PostgresEngine.CONF_NAME).st_mode & 0o777 == 0o600
+
+
+def test_the_claims_initial_databases_and_users_are_made_like_a_cold_creates() -> None:
+    script = initial_sql(
+        "admin",
+        {
+            "databases": ["app", "reports"],
+            "users": [{"name": "alice", "verifier": "SCRAM-SHA-256$4096:x", "databases": ["app"]}],
+        },
+    )
+    assert "CREATE DATABASE %I OWNER %I', 'app', 'admin'" in script
+    assert 'REVOKE ALL ON DATABASE "reports" FROM PUBLIC;' in script
+    assert "ALTER ROLE \"alice\" WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:x';" in script
+    assert 'GRANT CONNECT, CREATE, TEMPORARY ON DATABASE "app" TO "alice";' in script
+    connect = script.index('\\connect "app"')
+    assert script.index('GRANT USAGE, CREATE ON SCHEMA public TO "alice";') > connect
+    assert "reports" not in script[connect:]  # nobody was granted it: no session there
+    assert initial_sql("admin", {"databases": [], "users": []}) == ""

@@ -12,6 +12,7 @@ from oneplatform.compute.instances import request_delete
 from oneplatform.compute.operations import INSTANCE_REPAIR
 from oneplatform.compute.reconciler import RECOVERABLE, request_repair
 from oneplatform.compute.states import InstanceStatus
+from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.reach import Reach, agent_client, compute_status, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.dbaas.warm import warm_client
@@ -66,8 +67,9 @@ def step_compute(ctx: StepContext) -> None:
 
 
 def step_claim(ctx: StepContext) -> None:
-    """A claimed warm instance: hand it its owner's bundle, sealed and signed with the warm
-    secret (a retry sends the same bundle, which the agent takes as done)."""
+    """A claimed warm instance: hand it its owner's bundle and initial databases and users,
+    sealed and signed with the warm secret (a retry sends the same bundle, which the agent
+    takes as done)."""
     warm_id = ctx.params.get("warm")
     if not warm_id:
         return
@@ -78,15 +80,19 @@ def step_claim(ctx: StepContext) -> None:
         client = warm_client(session, box, warm)
         bundle = box.decrypt(session.get_one(Instance, db.instance_id).bundle_enc or "")
         secret = box.decrypt(warm.secret_enc)
+        todo = pending(box, db)
+    initial = get_datastore(db.datastore).initial_for_agent(todo["databases"], todo["users"])
+    payload = json.dumps({"bundle": json.loads(bundle), "initial": initial})
     try:
-        health = client.claim(seal(secret, bundle.encode()))
+        answer = client.claim(seal(secret, payload.encode()))
     except BackendUnavailable as err:  # rebooting, or its engine restarting
         deadline(ctx, "the claim of the warm instance")
         raise NotYet(f"waiting for the warm instance's agent: {err.message}", 0.5) from None
-    if health.instance_id != db.id:
+    if answer.instance_id != db.id:
         raise PlatformError("the warm instance's agent answers for another owner")
-    if health.ready:
-        ctx.remember(claimed_ready=True)  # the agent step has nothing to wait for
+    ctx.remember(
+        claimed_ready=answer.ready, claimed_initialized=bool(answer.raw.get("initialized"))
+    )
 
 
 def step_agent(ctx: StepContext) -> None:
@@ -115,7 +121,8 @@ def step_initialize(ctx: StepContext) -> None:
         db = _db(session, ctx)
         r = reach(session, db, box)
         todo = pending(box, db)
-    if todo["databases"] or todo["users"]:
+    # A claimed warm instance's agent made them already (see step_claim).
+    if (todo["databases"] or todo["users"]) and not ctx.params.get("claimed_initialized"):
         r.datastore.initialize(r.engine, todo["databases"], todo["users"])
     with ctx.transaction() as session:
         session.get_one(DbInstance, ctx.resource_id).pending_enc = None

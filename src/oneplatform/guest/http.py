@@ -114,14 +114,19 @@ class Agent:
         return 404, error_body("not_found", f"no such endpoint: {route}")
 
     def claim(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Take the owner's bundle: keep it on the data disk, make the engine's roles, and
-        from then on accept the owner's secret only. The same bundle again is a no-op (a
-        retried call); another one is refused."""
+        """Take the owner's bundle: keep it on the data disk, make the engine's roles (and
+        the owner's initial databases and users, when given), and from then on accept the
+        owner's secret only. The same bundle again is a no-op (a retried call); another one
+        is refused. The sealed payload is ``{"bundle": {...}, "initial": {"databases",
+        "users": [{"name", "verifier", "databases"}]}}``."""
         assert self.warm is not None
         try:
             sealed = json.loads(body)["sealed"]
-            plaintext = unseal(self.warm.agent.secret, sealed)
-            bundle = Bundle.from_json(plaintext)
+            payload = json.loads(unseal(self.warm.agent.secret, sealed))
+            bundle = Bundle.from_dict(payload["bundle"])
+            initial = payload.get("initial")
+            if initial is not None and not isinstance(initial, dict):
+                raise TypeError("initial")
         except (ValueError, KeyError, TypeError, SealError, BundleError) as exc:
             detail = exc.args[0] if isinstance(exc, SealError | BundleError) else "bad body"
             return 400, error_body("bad_claim", f"the claim is not valid: {detail}")
@@ -129,15 +134,16 @@ class Agent:
             return 400, error_body(
                 "bad_claim", f"the claim is not for a {self.datastore} {self.version} owner"
             )
-        digest = hashlib.sha256(plaintext).hexdigest()
+        text = bundle.to_json().encode("utf-8")
+        digest = hashlib.sha256(text).hexdigest()
         with self._claim_lock:
             if self.claimed_digest is not None:
                 if digest == self.claimed_digest:
                     return 200, self.health()
                 return 409, error_body("already_claimed", "this instance has an owner already")
             if self.claimed_path is not None:
-                _write_private(self.claimed_path, plaintext)
-            ok, detail = self.supervisor.adopt(bundle, self.restart_timeout)
+                _write_private(self.claimed_path, text)
+            ok, detail = self.supervisor.adopt(bundle, self.restart_timeout, initial)
             if not ok:
                 if self.claimed_path is not None:
                     self.claimed_path.unlink(missing_ok=True)
@@ -147,8 +153,12 @@ class Agent:
                 bundle.agent.secret, bundle.instance_id, clock=self._clock
             )
         log.info("claimed: the instance is now %s's", bundle.instance_id)
+        engine = self.supervisor.engine
         # Ready: the engine ran and made the owner's roles just now (no probe needed).
-        return 200, self.health(probe=False)
+        return 200, {
+            **self.health(probe=False),
+            "initialized": bool(engine and engine.initialized),
+        }
 
     def health(self, probe: bool = True) -> dict[str, Any]:
         """The engine's state; ``ready`` asks the engine itself unless ``probe`` is False

@@ -6,6 +6,8 @@ import logging
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from .bundle import Bundle
 from .engines.base import Engine, EngineError
@@ -89,23 +91,32 @@ class Supervisor:
                     return False, f"the engine was not ready {timeout:.0f} s after the restart"
                 self._cond.wait(left)
 
-    def adopt(self, bundle: Bundle, timeout: float) -> tuple[bool, str]:
+    def adopt(
+        self, bundle: Bundle, timeout: float, initial: Mapping[str, Any] | None = None
+    ) -> tuple[bool, str]:
         """Run the engine for ``bundle`` from now on (a warm instance's owner's): write its
-        settings and make its roles, in place when the settings are unchanged (the same
-        flavor: the usual case, no restart), else by a restart. (ok, detail)."""
+        settings and make its roles (and the ``initial`` databases and users), in place when
+        the settings are unchanged (the same flavor: the usual case, no restart), else by a
+        restart. (ok, detail); on failure the engine keeps its former bundle."""
         if self.engine is None:
             return False, self._detail
+        engine = self.engine
         with self._cond:
             if self._state != ENGINE_RUNNING:
                 return False, f"the engine is {self._state}: {self._detail}"
-            self.engine.bundle = bundle
+            former = engine.bundle
+            engine.bundle, engine.initial, engine.initialized = bundle, initial, False
             try:
-                if not self.engine.reconfigure():
-                    self.engine.bootstrap()
+                if not engine.reconfigure():
+                    engine.bootstrap()
                     return True, self._detail
             except (EngineError, OSError) as exc:
+                engine.bundle, engine.initial = former, None
                 return False, f"applying the bundle failed: {exc}"
-        return self.restart(timeout)  # the start after it bootstraps
+        ok, detail = self.restart(timeout)  # the start after it bootstraps
+        if not ok:
+            engine.bundle, engine.initial = former, None
+        return ok, detail
 
     # -- the supervisor thread
 

@@ -109,6 +109,13 @@ class Datastore(abc.ABC):
     @abc.abstractmethod
     def revoke(self, conn: ConnInfo, user: str, database: str) -> None: ...
 
+    def initial_for_agent(
+        self, databases: Sequence[str], users: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The initial databases and users as a claimed warm instance's agent makes them
+        (no plain password in it), or None: then they are made over SQL as in any create."""
+        return None
+
     def initialize(
         self, conn: ConnInfo, databases: Sequence[str], users: Sequence[Mapping[str, Any]]
     ) -> None:

@@ -265,6 +265,26 @@ class PostgreSQL(Datastore):
             c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(d, u))
 
     # -- a new instance ---------------------------------------------------------------------
+    def initial_for_agent(
+        self, databases: Sequence[str], users: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any] | None:
+        """For the agent's ``initial_sql``: the users' passwords as SCRAM verifiers."""
+        for name in databases:
+            self.validate_database_name(name)
+        for user in users:
+            self.validate_user_name(user["name"])
+        return {
+            "databases": list(databases),
+            "users": [
+                {
+                    "name": u["name"],
+                    "verifier": scram_sha256_verifier(u["password"]),
+                    "databases": list(u["databases"]),
+                }
+                for u in users
+            ],
+        }
+
     def initialize(
         self, conn: ConnInfo, databases: Sequence[str], users: Sequence[Mapping[str, Any]]
     ) -> None:

@@ -8,7 +8,8 @@ the rest of the agent is importable from here.
 from __future__ import annotations
 
 import subprocess
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from ..bundle import Bundle
 from ..processes import ChildProcesses, EngineError
@@ -36,6 +37,10 @@ class Engine:
         self.bundle = bundle
         self.children = children
         self.version = version
+        # A claim's initial databases and users, for the next :meth:`bootstrap` to make
+        # (then None again); ``initialized`` says that it did.
+        self.initial: Mapping[str, Any] | None = None
+        self.initialized = False
 
     def initialize(self) -> None:
         raise NotImplementedError

@@ -16,6 +16,7 @@ import stringprep
 import subprocess
 import time
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -233,18 +234,33 @@ class PostgresEngine(Engine):
         }.get(proc.returncode, f"pg_isready exit code {proc.returncode}")
 
     def bootstrap(self) -> None:
+        """Make the bundle's roles once (and, right after a claim, the owner's initial
+        databases and users, :attr:`initial`), in one local psql run as the superuser."""
         pending = self.data_dir / self.PENDING_NAME
+        initial, self.initial = self.initial, None
         if not pending.exists():
             return
         if self.bundle is None:
             log.info("no bundle: no admin role is created, so nobody can log in remotely")
             return
         if self.bundle.warm:
+            # Nothing to make; load psql and the catalog into memory for the claim.
+            self._psql("SELECT count(*) FROM pg_catalog.pg_class;\n", "warming up")
             log.info("warm: no role is made until the instance is claimed")
             return
         admin = self.bundle.admin
         creds = self.bundle.platform
         platform = (creds.username, creds.password) if creds else None
+        script = admin_role_sql(admin.username, admin.password, platform)
+        if initial is not None:
+            script += initial_sql(admin.username, initial)
+        self._psql(script, "creating the admin role")
+        pending.unlink()
+        log.info("created the admin role %s", admin.username)
+        if initial is not None:
+            self.initialized = True
+
+    def _psql(self, script: str, what: str) -> None:
         proc = self.children.run(
             [
                 str(self.bin_dir / "psql"),
@@ -263,7 +279,7 @@ class PostgresEngine(Engine):
                 "-f",
                 "-",
             ],
-            stdin=admin_role_sql(admin.username, admin.password, platform).encode("utf-8"),
+            stdin=script.encode("utf-8"),
             timeout=60,
             **self._as_postgres(),
         )
@@ -275,11 +291,9 @@ class PostgresEngine(Engine):
                 if "ERROR" in line and "SCRAM-SHA-256$" not in line
             ]
             raise EngineError(
-                f"creating the admin role failed (psql exit code {proc.returncode}): "
+                f"{what} failed (psql exit code {proc.returncode}): "
                 + ("; ".join(errors)[:300] or "no error message")
             )
-        pending.unlink()
-        log.info("created the admin role %s", admin.username)
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """SIGINT is PostgreSQL's fast shutdown; SIGQUIT (immediate) if it hangs."""
@@ -408,6 +422,44 @@ def admin_role_sql(username: str, password: str, platform: tuple[str, str] | Non
     lines += _role_lines(name, secret, "LOGIN NOSUPERUSER CREATEDB CREATEROLE")
     lines.append(f"GRANT {admin} TO {sql_identifier(name)};")
     return "\n".join([*lines, ""])
+
+
+def initial_sql(admin: str, initial: Mapping[str, Any]) -> str:
+    """psql script for a claimed instance's initial databases and users (``{"databases":
+    [...], "users": [{"name", "verifier", "databases"}]}``, verifiers as SCRAM-SHA-256),
+    idempotent, with what a cold create's SQL gives: databases owned by the admin, closed to
+    PUBLIC; users with LOGIN, CONNECT/CREATE/TEMPORARY on their databases and USAGE/CREATE
+    on each one's schema public."""
+    # As the superuser, grants are recorded as made by the objects' owner (the admin).
+    lines: list[str] = []
+    for name in initial.get("databases", []):
+        lines += [
+            f"SELECT format('CREATE DATABASE %I OWNER %I', {sql_literal(name)}, "
+            f"{sql_literal(admin)}) WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database "
+            f"WHERE datname = {sql_literal(name)}) \\gexec",
+            f"REVOKE ALL ON DATABASE {sql_identifier(name)} FROM PUBLIC;",
+        ]
+    granted: dict[str, list[str]] = {}
+    for user in initial.get("users", []):
+        name, ident = user["name"], sql_identifier(user["name"])
+        lines += [
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = "
+            f"{sql_literal(name)}) AS onep_missing \\gset",
+            "\\if :onep_missing",
+            f"CREATE ROLE {ident};",
+            "\\endif",
+            f"ALTER ROLE {ident} WITH LOGIN PASSWORD {sql_literal(user['verifier'])};",
+        ]
+        for database in user.get("databases", []):
+            lines.append(
+                f"GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {sql_identifier(database)} "
+                f"TO {ident};"
+            )
+            granted.setdefault(database, []).append(name)
+    for database, names in granted.items():
+        lines.append(f"\\connect {sql_identifier(database)}")
+        lines += [f"GRANT USAGE, CREATE ON SCHEMA public TO {sql_identifier(n)};" for n in names]
+    return "\n".join([*lines, ""]) if lines else ""
 
 
 def _role_lines(username: str, password: str, attributes: str) -> list[str]:
