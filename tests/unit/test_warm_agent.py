@@ -215,7 +215,11 @@ def test_the_claims_initial_databases_and_users_are_made_like_a_cold_creates() -
             "users": [{"name": "alice", "verifier": "SCRAM-SHA-256$4096:x", "databases": ["app"]}],
         },
     )
-    assert "CREATE DATABASE %I OWNER %I', 'app', 'admin'" in script
+    # the first database is the warm instance's spare one, renamed; the others are made
+    assert "ALTER DATABASE pg_onep_spare RENAME TO %I', 'app')" in script
+    assert "CREATE DATABASE %I', 'reports')" in script
+    assert script.count("RENAME") == 1
+    assert 'ALTER DATABASE "app" OWNER TO "admin";' in script
     assert 'REVOKE ALL ON DATABASE "reports" FROM PUBLIC;' in script
     assert "ALTER ROLE \"alice\" WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:x';" in script
     assert 'GRANT CONNECT, CREATE, TEMPORARY ON DATABASE "app" TO "alice";' in script

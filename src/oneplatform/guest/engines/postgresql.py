@@ -244,8 +244,9 @@ class PostgresEngine(Engine):
             log.info("no bundle: no admin role is created, so nobody can log in remotely")
             return
         if self.bundle.warm:
-            # Nothing to make; load psql and the catalog into memory for the claim.
-            self._psql("SELECT count(*) FROM pg_catalog.pg_class;\n", "warming up")
+            # No role yet. A spare database (made now, renamed at the claim) spares the
+            # claim a CREATE DATABASE, which copies the template; this also loads psql.
+            self._psql(SPARE_SQL, "making the spare database")
             log.info("warm: no role is made until the instance is claimed")
             return
         admin = self.bundle.admin
@@ -254,6 +255,7 @@ class PostgresEngine(Engine):
         script = admin_role_sql(admin.username, admin.password, platform)
         if initial is not None:
             script += initial_sql(admin.username, initial)
+        script += f"DROP DATABASE IF EXISTS {SPARE_DATABASE};\n"  # a warm one's, unused
         self._psql(script, "creating the admin role")
         pending.unlink()
         log.info("created the admin role %s", admin.username)
@@ -424,6 +426,15 @@ def admin_role_sql(username: str, password: str, platform: tuple[str, str] | Non
     return "\n".join([*lines, ""])
 
 
+# A warm instance's spare database: the first of its owner's initial databases is this one,
+# renamed. Users cannot name a database pg_* (the platform refuses it).
+SPARE_DATABASE = "pg_onep_spare"
+SPARE_SQL = (
+    f"SELECT 'CREATE DATABASE {SPARE_DATABASE}' WHERE NOT EXISTS (SELECT 1 FROM "
+    f"pg_catalog.pg_database WHERE datname = '{SPARE_DATABASE}') \\gexec\n"
+)
+
+
 def initial_sql(admin: str, initial: Mapping[str, Any]) -> str:
     """psql script for a claimed instance's initial databases and users (``{"databases":
     [...], "users": [{"name", "verifier", "databases"}]}``, verifiers as SCRAM-SHA-256),
@@ -432,11 +443,19 @@ def initial_sql(admin: str, initial: Mapping[str, Any]) -> str:
     on each one's schema public."""
     # As the superuser, grants are recorded as made by the objects' owner (the admin).
     lines: list[str] = []
-    for name in initial.get("databases", []):
+    for index, name in enumerate(initial.get("databases", [])):
+        missing = (
+            f"NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = {sql_literal(name)})"
+        )
+        if index == 0:  # the spare database of a warm instance, if it has one
+            lines.append(
+                f"SELECT format('ALTER DATABASE {SPARE_DATABASE} RENAME TO %I', "
+                f"{sql_literal(name)}) WHERE {missing} AND EXISTS (SELECT 1 FROM "
+                f"pg_catalog.pg_database WHERE datname = '{SPARE_DATABASE}') \\gexec"
+            )
         lines += [
-            f"SELECT format('CREATE DATABASE %I OWNER %I', {sql_literal(name)}, "
-            f"{sql_literal(admin)}) WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database "
-            f"WHERE datname = {sql_literal(name)}) \\gexec",
+            f"SELECT format('CREATE DATABASE %I', {sql_literal(name)}) WHERE {missing} \\gexec",
+            f"ALTER DATABASE {sql_identifier(name)} OWNER TO {sql_identifier(admin)};",
             f"REVOKE ALL ON DATABASE {sql_identifier(name)} FROM PUBLIC;",
         ]
     granted: dict[str, list[str]] = {}
