@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         default=2.0,
         gt=0,
         description="How often warm capacity is brought back to its target (and at once "
-        "after a claim or a `warm set`).",
+        "after a `warm set` or a create that claimed one).",
     )
     repair_attempts: int = Field(
         default=5, ge=1, description="Attempts of one repair before it gives up (ERROR)."

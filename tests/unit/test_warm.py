@@ -169,3 +169,14 @@ def test_a_warm_instance_that_fails_is_deleted_and_replaced(world: World) -> Non
     statuses = [r.status for r in _warm_rows(world)]
     assert statuses == ["DELETED", "READY"], statuses
     assert "failed" in _warm_rows(world)[0].status_message
+
+
+def test_the_next_one_is_made_once_the_claim_is_done(world: World) -> None:
+    warm.set_warm(world.store, world.admin, WarmSet(flavor="container.small", count=1))
+    _keep(world)
+    world.create_db()  # claims it; its create has not run yet
+    warm.keep_once(world.store, world.settings)
+    assert [r.status for r in _warm_rows(world)] == ["CLAIMED"]  # nothing boots beside it
+    world.drive_all()
+    warm.keep_once(world.store, world.settings)
+    assert [r.status for r in _warm_rows(world)] == ["CLAIMED", "BUILDING"]

@@ -15,7 +15,7 @@ from oneplatform.compute.states import InstanceStatus
 from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.reach import Reach, agent_client, compute_status, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
-from oneplatform.dbaas.warm import warm_client
+from oneplatform.dbaas.warm import WARM_WANTED, warm_client
 from oneplatform.errors import BackendUnavailable, NotYet, PlatformError
 from oneplatform.guest.sealing import seal
 from oneplatform.ops.engine import StepContext
@@ -135,6 +135,8 @@ def _become(status: DbStatus, health: Health | None = None) -> StepFn:
             DATABASES.move(session, db, status)
             if health is not None:
                 db.health, db.health_message, db.health_checked_at = health.value, "", utcnow()
+        if ctx.params.get("warm"):
+            WARM_WANTED.set()  # the claim is done: the keeper may make the next one
 
     return step
 

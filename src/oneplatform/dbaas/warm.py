@@ -18,9 +18,9 @@ ready one, the create is a normal (cold) one. A claimed instance is its owner's 
 deleted: it is never warm again.
 
 The keeper (:func:`run_warm_keeper`, in every ``onep up``) marks instances READY once their
-agent reports the engine ready, replaces what was claimed or failed, and deletes what is
-above target (``--count 0`` drains). When capacity runs out it records why and tries again
-later.
+agent reports the engine ready, replaces what was claimed (once that create is done: a boot
+beside a claim would slow the claim) or failed, and deletes what is above target
+(``--count 0`` drains). When capacity runs out it records why and tries again later.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from oneplatform.config import Settings
 from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.dbaas.datastores import get_datastore, get_version
 from oneplatform.dbaas.reach import AGENT_ENDPOINT, DATA_PATH, DATA_VOLUME, make_bundle
+from oneplatform.dbaas.states import DbStatus
 from oneplatform.errors import PlatformError
 from oneplatform.guest.bundle import AdminCredentials
 from oneplatform.iam import Caller
@@ -49,6 +50,7 @@ from oneplatform.schemas.warm import WarmPoolOut, WarmSet
 from oneplatform.secrets import SecretBox, box_for, generate_password, generate_token
 from oneplatform.store.db import Store
 from oneplatform.store.models import (
+    DbInstance,
     Flavor,
     Instance,
     Project,
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 WARM_PROJECT = "_warm"  # not a valid project name: nobody can create it or hold its token
 MANAGED_BY_WARM = "warm"
 RETRY_AFTER = dt.timedelta(seconds=30)  # after a failed attempt to add one
-# Woken by `warm set` and by claims, so the keeper acts at once instead of at its interval.
+# Woken by `warm set` and by the end of a claiming create, so the keeper acts at once.
 WARM_WANTED = threading.Event()
 
 
@@ -186,7 +188,6 @@ def claim(
         )
         if taken.rowcount == 1:  # type: ignore[attr-defined]
             warm = session.get_one(WarmInstance, warm_id, populate_existing=True)
-            WARM_WANTED.set()
             return warm, session.get_one(Instance, warm.instance_id)
     return None
 
@@ -330,8 +331,25 @@ def _keep_pool(store: Store, settings: Settings, box: SecretBox, pool_id: str) -
                 return
             if live == pool.target or (pool.retry_at is not None and pool.retry_at > utcnow()):
                 return
+            if _handing_over(session, pool):
+                return  # the next one boots once the claim is done, not beside it
             _add(session, box, pool)
             pool.message, pool.retry_at = "", None
+
+
+def _handing_over(session: Session, pool: WarmPool) -> bool:
+    """Whether a create that claimed one of the pool's instances is still under way."""
+    inflight = session.scalar(
+        select(func.count())
+        .select_from(WarmInstance)
+        .join(DbInstance, DbInstance.id == WarmInstance.claimed_by)
+        .where(
+            WarmInstance.pool_id == pool.id,
+            WarmInstance.status == WarmStatus.CLAIMED.value,
+            DbInstance.status == DbStatus.BUILD.value,
+        )
+    )
+    return bool(inflight)
 
 
 def _add(session: Session, box: SecretBox, pool: WarmPool) -> WarmInstance:
