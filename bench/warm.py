@@ -143,14 +143,16 @@ def bench_type(client: Client, compute_type: str, rounds: int, timeout: float) -
     raw_label, raw_sample = raw_measure(client, compute_type, run_id, timeout)
     print(f"{NAME} {compute_type}: {flavor}, {rounds} round(s) of warm and {raw_label}", flush=True)
     samples: list[Sample] = []
-    # The raw rounds first, while the platform is idle; then the warm ones, each once the
-    # keeper has made the next warm instance (and the lab's nodes are done cleaning), so
-    # neither side runs beside the other's background work.
-    for rnd in range(1, rounds + 1):
-        samples.append(raw_sample(rnd))
-        show(samples[-1])
     client.warm.set(WarmSet(flavor=flavor, count=1))
     try:
+        # The first warm one READY (its image made, the bare-metal disk image included),
+        # the raw rounds, beside nothing but that idle instance; then the warm ones, each
+        # once the keeper has made the next (and the lab's nodes are done cleaning), so
+        # neither side runs beside the other's background work.
+        wait_ready(client, flavor, timeout)
+        for rnd in range(1, rounds + 1):
+            samples.append(raw_sample(rnd))
+            show(samples[-1])
         for rnd in range(1, rounds + 1):
             wait_ready(client, flavor, timeout)
             if compute_type == "baremetal":
