@@ -109,6 +109,7 @@ def test_a_matching_create_claims_a_ready_one_with_fresh_secrets(world: World) -
     assert obj.agent is not None and obj.agent.bundle == owner  # the agent took it
     claimed = {r.id: r for r in _warm_rows(world)}[ready.id]
     assert (claimed.status, claimed.claimed_by) == ("CLAIMED", db_id)
+    assert ("ACTIVE", "ACTIVE") in world.events(ready.instance_id)  # the claim, recorded
     # the keeper replaces what was claimed
     _keep(world)
     assert (_pool(world)["ready"], _pool(world)["claimed"]) == (1, 1)
@@ -180,3 +181,14 @@ def test_the_next_one_is_made_once_the_claim_is_done(world: World) -> None:
     world.drive_all()
     warm.keep_once(world.store, world.settings)
     assert [r.status for r in _warm_rows(world)] == ["CLAIMED", "BUILDING"]
+
+
+def test_a_lower_target_deletes_those_still_building_first(world: World) -> None:
+    warm.set_warm(world.store, world.admin, WarmSet(flavor="container.small", count=1))
+    _keep(world)
+    warm.set_warm(world.store, world.admin, WarmSet(flavor="container.small", count=2))
+    warm.keep_once(world.store, world.settings)  # a second one, not built yet
+    assert sorted(r.status for r in _warm_rows(world)) == ["BUILDING", "READY"]
+    warm.set_warm(world.store, world.admin, WarmSet(flavor="container.small", count=1))
+    warm.keep_once(world.store, world.settings)
+    assert [r.status for r in _warm_rows(world)] == ["READY", "DELETING"]

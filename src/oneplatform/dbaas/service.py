@@ -44,7 +44,7 @@ from oneplatform.schemas.databases import (
 )
 from oneplatform.secrets import SecretBox, box_for, generate_password, generate_token
 from oneplatform.store.db import Store
-from oneplatform.store.models import DbInstance, Flavor, Instance, new_id
+from oneplatform.store.models import DbInstance, Event, Flavor, Instance, new_id
 
 MANAGED_BY = "dbaas"
 
@@ -221,6 +221,15 @@ def create_db(
                 instance.project_id, instance.name = caller.project_id, f"db-{db.id[:12]}"
                 instance.managed_by, instance.bundle_enc = MANAGED_BY, bundle_enc
                 params = {"warm": warm_instance.id}
+                session.add(
+                    Event(
+                        resource_type="instance",
+                        resource_id=instance.id,
+                        from_status=instance.status,
+                        to_status=instance.status,
+                        message=f"warm instance claimed by database instance {db.id}",
+                    )
+                )
             db.instance_id = instance.id
             DATABASES.created(session, db, "create requested")
             session.add(db)

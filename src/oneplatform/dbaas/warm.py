@@ -305,9 +305,9 @@ def _drain(session: Session, pool: WarmPool, keep: int) -> None:
         session.scalars(
             select(WarmInstance)
             .where(WarmInstance.pool_id == pool.id, WarmInstance.status.in_(LIVE))
-            .order_by(WarmInstance.status, WarmInstance.created_at.desc())
+            .order_by(WarmInstance.status.desc(), WarmInstance.created_at)
         )
-    )  # BUILDING sorts before READY
+    )  # the READY ones first (kept), then those BUILDING (deleted first)
     for warm in live[keep:]:
         _delete(session, warm, "above the pool's target")
 
