@@ -523,29 +523,9 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             )
 
     def _ensure_volume(self, instance_id: str, volume: VolumeSpec) -> None:
-        """Create the named volume unless it exists; an existing one must be this instance's."""
+        """Create the named volume unless it exists; an existing one must be this instance's.
+        (Created first and inspected only when it exists: a new instance costs one call.)"""
         name = volume_name(instance_id, volume.name)
-        look = ["volume", "inspect", name, "--format", "json"]
-        proc = self._podman(look, check=False)
-        if proc.returncode == 0:
-            try:
-                found = json.loads(proc.stdout or "[]") or [{}]
-                owner = (found[0].get("Labels") or {}).get(LABEL_INSTANCE)
-            except (ValueError, AttributeError, IndexError) as exc:
-                raise BackendError(
-                    f"podman volume inspect returned unexpected output: {proc.stdout[:200]!r}",
-                    host=self.host.name,
-                ) from exc
-            if owner != instance_id:
-                raise BackendError(
-                    f"volume {name} exists on host {self.host.name} but is not labelled "
-                    f"{LABEL_INSTANCE}={instance_id}; remove it or rename it",
-                    host=self.host.name,
-                    instance_id=instance_id,
-                )
-            return
-        if "no such volume" not in (proc.stderr or "").lower():
-            raise self._translate("podman volume inspect", look, proc)
         create = [
             "volume",
             "create",
@@ -558,9 +538,29 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             name,
         ]
         made = self._podman(create, check=False)
-        # A concurrent create may have made it in between: that one is as good.
-        if made.returncode != 0 and "already exists" not in (made.stderr or ""):
+        if made.returncode == 0:
+            return
+        if "already exists" not in (made.stderr or ""):
             raise self._translate("podman volume create", create, made)
+        look = ["volume", "inspect", name, "--format", "json"]
+        proc = self._podman(look, check=False)
+        if proc.returncode != 0:
+            raise self._translate("podman volume inspect", look, proc)
+        try:
+            found = json.loads(proc.stdout or "[]") or [{}]
+            owner = (found[0].get("Labels") or {}).get(LABEL_INSTANCE)
+        except (ValueError, AttributeError, IndexError) as exc:
+            raise BackendError(
+                f"podman volume inspect returned unexpected output: {proc.stdout[:200]!r}",
+                host=self.host.name,
+            ) from exc
+        if owner != instance_id:
+            raise BackendError(
+                f"volume {name} exists on host {self.host.name} but is not labelled "
+                f"{LABEL_INSTANCE}={instance_id}; remove it or rename it",
+                host=self.host.name,
+                instance_id=instance_id,
+            )
 
     def _secret_exists(self, name: str) -> bool:
         args = ["secret", "inspect", name]
@@ -581,17 +581,24 @@ class PodmanDriver(ComputeDriver, SupportsExec):
     def _replace_bundle_secret(self, instance_id: str, bundle: bytes | None) -> None:
         """Make the bundle secret hold exactly ``bundle`` (or not exist, for None).
 
-        Podman 4.3 cannot filter ``secret ls`` by label, so the secret is found by name.
-        The bytes travel on stdin only.
+        Podman 4.3 cannot filter ``secret ls`` by label, so the secret is found by name:
+        created first, and replaced only when one of that name exists (a stale one from an
+        earlier attempt). The bytes travel on stdin only.
         """
         name = bundle_secret_name(instance_id)
-        if self._secret_exists(name):
-            self._remove_secret(name)
         if bundle is None:
+            if self._secret_exists(name):
+                self._remove_secret(name)
             return
         args = ["secret", "create", "--label", f"{LABEL_INSTANCE}={instance_id}", name, "-"]
         proc = self._podman(args, check=False, stdin=bundle)
-        # "secret name in use": a concurrent create of the same spec made it in between.
+        if proc.returncode == 0:
+            return
+        if "name in use" not in (proc.stderr or ""):
+            raise self._translate("podman secret create", args, proc)
+        self._remove_secret(name)  # a stale one
+        proc = self._podman(args, check=False, stdin=bundle)
+        # "secret name in use" again: a concurrent create of the same spec made it in between.
         if proc.returncode != 0 and "name in use" not in (proc.stderr or ""):
             raise self._translate("podman secret create", args, proc)
 
