@@ -37,7 +37,7 @@ docs: setup
 	$(PY) -m oneplatform.assembly > docs/states.md
 
 # Every benchmark, in one run: cold creates on the three compute types and the bare-metal
-# deploy by phase, warm claims on the three, then the scheduler's (some 40 minutes).
+# deploy by phase, warm claims on the three, then the scheduler's (about 30 minutes here).
 bench: setup
 	$(PY) -m bench container db vm baremetal warm
 	$(PY) -m bench scheduler
