@@ -94,6 +94,14 @@ def _payload(bundle: Bundle, initial: dict[str, object] | None = None) -> bytes:
     return json.dumps({"bundle": bundle.to_dict(), "initial": initial}).encode()
 
 
+def _serve_warm(run: Callable[[Agent], int], tmp_path: Path) -> tuple[int, FakeEngine]:
+    """A warm agent on a free port, its engine ready; (port, engine)."""
+    agent, engine = _warm_agent(tmp_path)
+    port = run(agent)
+    wait_for(lambda: AgentClient("127.0.0.1", port, WARM_ID, WARM_SECRET).health().ready)
+    return port, engine
+
+
 def _claim(
     port: int,
     bundle: Bundle,
@@ -108,10 +116,8 @@ def test_a_warm_agent_answers_its_health_and_nothing_else(
     serve: Callable[[Agent], int],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    agent, engine = _warm_agent(tmp_path)
-    port = serve(agent)
+    port, engine = _serve_warm(serve, tmp_path)
     warm = AgentClient("127.0.0.1", port, WARM_ID, WARM_SECRET)
-    wait_for(lambda: warm.health().ready)
     assert warm.health().raw["warm"] is True
     assert engine.bootstraps == 1  # the FakeEngine counts calls; the real one makes no role
     with pytest.raises(BackendError) as refused:
@@ -126,10 +132,8 @@ def test_the_claim_hands_the_instance_to_its_owner_once(
     serve: Callable[[Agent], int],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    agent, engine = _warm_agent(tmp_path)
-    port = serve(agent)
+    port, engine = _serve_warm(serve, tmp_path)
     warm = AgentClient("127.0.0.1", port, WARM_ID, WARM_SECRET)
-    wait_for(lambda: warm.health().ready)
     initial = {"databases": ["app"], "users": []}
     answer = _claim(port, owner_bundle(), initial=initial)
     assert answer["instance_id"] == OWNER_ID and answer["warm"] is False
@@ -155,9 +159,7 @@ def test_a_claim_not_sealed_with_the_warm_secret_is_refused(
     serve: Callable[[Agent], int],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    agent, _engine = _warm_agent(tmp_path)
-    port = serve(agent)
-    wait_for(lambda: AgentClient("127.0.0.1", port, WARM_ID, WARM_SECRET).health().ready)
+    port, _engine = _serve_warm(serve, tmp_path)
     with pytest.raises(BackendError) as refused:
         _claim(port, owner_bundle(), secret=OWNER_SECRET)
     assert refused.value.details["agent_code"] == "bad_claim"

@@ -217,7 +217,7 @@ def keep_once(store: Store, settings: Settings) -> None:
         pool_ids = list(session.scalars(select(WarmPool.id)))
     for pool_id in pool_ids:
         try:
-            _keep_pool(store, settings, box, pool_id)
+            _keep_pool(store, box, pool_id)
         except PlatformError as err:
             with store.session() as session:
                 pool = session.get_one(WarmPool, pool_id)
@@ -312,7 +312,7 @@ def _drain(session: Session, pool: WarmPool, keep: int) -> None:
         _delete(session, warm, "above the pool's target")
 
 
-def _keep_pool(store: Store, settings: Settings, box: SecretBox, pool_id: str) -> None:
+def _keep_pool(store: Store, box: SecretBox, pool_id: str) -> None:
     """Bring one pool to its target: one instance added per transaction (a refusal keeps
     those already placed), the extra ones deleted."""
     while True:
