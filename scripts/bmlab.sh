@@ -15,7 +15,8 @@
 # onep-bm-I-disk.qcow2 in the libvirt pool `default` (virtio), an IDE CD-ROM for virtual media,
 # one virtio NIC at PCI 0x10 on QEMU user networking with host forwards
 # 127.0.0.1:(PORT_BASE+10*I) -> :5432 and 127.0.0.1:(PORT_BASE+10*I+1) -> :8471 and restrict=on
-# (the node reaches nothing through it), a second virtio NIC (MAC 52:54:00:6f:71:I) on the
+# (the node reaches nothing through it but the backup store: 10.0.2.100:8333 is forwarded to
+# the store on the host's service address), a second virtio NIC (MAC 52:54:00:6f:71:I) on the
 # provisioning bridge, and its serial console logged to $STATE_DIR/onep-bm-I.console.log
 # (truncated at each power-on).
 #
@@ -76,6 +77,13 @@ DISK_SIZE="8G"
 SEABIOS="/usr/share/seabios/bios-256k.bin"
 PROV_BRIDGE="onepbm0"
 PROV_GATEWAY="10.95.0.1"
+# The data network's path to the platform's backup store: the node reaches
+# $STORE_GUEST_ADDRESS:$STORE_PORT, which QEMU carries (busybox nc per connection) to the
+# store on the host's service address; libvirt's default sandbox forbids that process, so
+# the node's QEMU gets the same sandbox with spawning allowed.
+SERVICE_ADDRESS="${ONEP_SERVICE_ADDRESS:-10.95.255.1}"
+STORE_PORT="${ONEP_BMLAB_STORE_PORT:-8333}"
+STORE_GUEST_ADDRESS="10.0.2.100"
 PROV_SUBNET="10.95.0.0/24"
 DEPLOY_PORTS="8400:8499"  # where a platform's deploy listener may be
 
@@ -272,8 +280,13 @@ node_xml() {
   </devices>
   <qemu:commandline>
     <qemu:arg value='-netdev'/>
-    <qemu:arg value='user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$(pg_port "$i")-:5432,hostfwd=tcp:127.0.0.1:$(agent_port "$i")-:8471'/>
+    <qemu:arg value='user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$(pg_port "$i")-:5432,hostfwd=tcp:127.0.0.1:$(agent_port "$i")-:8471,guestfwd=tcp:$STORE_GUEST_ADDRESS:$STORE_PORT-cmd:/bin/sh -c &quot;exec /usr/bin/busybox nc $SERVICE_ADDRESS $STORE_PORT 2&gt;/dev/null&quot;'/>
+    <qemu:arg value='-sandbox'/>
+    <qemu:arg value='on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny'/>
   </qemu:commandline>
+  <qemu:capabilities>
+    <qemu:del capability='seccomp-sandbox'/>
+  </qemu:capabilities>
   <qemu:override>
     <qemu:device alias='ua-onep-nic0'>
       <qemu:frontend>

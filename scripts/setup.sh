@@ -13,6 +13,10 @@ APT_PACKAGES=(
   podman runc mmdebstrap uidmap slirp4netns iptables
   postgresql-15 postgresql-client-15
   busybox-static ca-certificates python3-venv
+  # Backups: pgBackRest on the host runs the repository-side commands (expire, info) against
+  # the backup store (the guests run their own copy). busybox-static's nc (above) carries a
+  # VM's connection to a host service (a QEMU guestfwd).
+  pgbackrest
   # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
   xorriso e2fsprogs
@@ -23,6 +27,9 @@ APT_PACKAGES=(
   isolinux syslinux-common extlinux dosfstools mtools seabios linux-image-cloud-amd64
 )
 LIBVIRT_URI="qemu:///system"
+SERVICE_ADDRESS="${ONEP_SERVICE_ADDRESS:-10.95.255.1}"
+SERVICE_LINK="onep-svc"
+SERVICE_PORTS="8330:8339"  # the host services' ports there (ONEP_STORE_PORT is one)
 POOL_NAME="default"
 POOL_DIR="/var/lib/libvirt/images"
 
@@ -151,6 +158,8 @@ ensure_guest_firewall() {
   iptables -F "$chain"
   iptables -A "$chain" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
   iptables -A "$chain" -m physdev --physdev-is-bridged -j RETURN
+  # The host services meant for guests (the backup store) listen on the service address.
+  iptables -A "$chain" -d "$SERVICE_ADDRESS" -p tcp --dport "$SERVICE_PORTS" -j RETURN
   iptables -A "$chain" -j DROP
   iptables -N CNI-ADMIN 2>/dev/null || true
   for hook in INPUT FORWARD CNI-ADMIN; do
@@ -160,8 +169,23 @@ ensure_guest_firewall() {
   log "guest firewall ok ($subnets)"
 }
 
+ensure_service_address() {
+  # The host services guests may reach (the backup store) listen on one address of their
+  # own, on an interface of its own with no ports (a bridge: kernels without the dummy
+  # module have it): containers reach it through their bridge's gateway, VMs and bare-metal
+  # nodes through their forwards; nothing else on the host is reachable there.
+  # (ONEP_SERVICE_ADDRESS in the platform's settings; rebuilt by every run.)
+  if ! ip link show "$SERVICE_LINK" >/dev/null 2>&1; then
+    ip link add "$SERVICE_LINK" type bridge
+  fi
+  ip addr replace "$SERVICE_ADDRESS/32" dev "$SERVICE_LINK"
+  ip link set "$SERVICE_LINK" up
+  log "service address ok ($SERVICE_ADDRESS on $SERVICE_LINK)"
+}
+
 install_packages
 ensure_subids
+ensure_service_address
 ensure_guest_firewall
 ensure_libvirt
 check_python

@@ -87,6 +87,7 @@ def settings(tmp_path: Path) -> Settings:
         image_cache=tmp_path / "images",
         bmlab_file=tmp_path / "no-bmlab.json",  # never this machine's lab
         deploy_host="10.95.0.1",  # what the fake nodes' ISOs name; nothing listens
+        backups=False,  # no backup store here: the backup tests start one of their own
     )
 
 

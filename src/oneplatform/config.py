@@ -60,6 +60,28 @@ class Settings(BaseSettings):
         default=Path("/var/lib/oneplatform/bmlab/nodes.json"),
         description="Emulated bare-metal nodes made by scripts/bmlab.sh; enrolled by `onep up`.",
     )
+    backups: bool = Field(
+        default=True,
+        description="Give every new database instance a repository in the backup store "
+        "(continuous archiving, backups, restores); off: new instances have none.",
+    )
+    service_address: str = Field(
+        default="10.95.255.1",
+        description="The host address the host services guests may reach listen on (the "
+        "backup store); scripts/setup.sh puts it on interface onep-svc and lets guests reach "
+        "it, and nothing else of the host.",
+    )
+    store_port: int = Field(
+        default=8333,
+        ge=8330,
+        le=8339,
+        description="The embedded backup store's S3 (HTTPS) port on the service address, "
+        "in 8330-8339 (the ports the guest firewall opens there); its other ports are 10000 "
+        "and more above it, on 127.0.0.1.",
+    )
+    backup_schedule_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often schedules and retention are looked at."
+    )
     health_interval_seconds: float = Field(default=10.0, gt=0)
     reconcile_interval_seconds: float = Field(
         default=15.0,

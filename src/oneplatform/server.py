@@ -18,8 +18,10 @@ from oneplatform.baremetal.ramdisk import deploy_listener
 from oneplatform.bootstrap import enroll_lab_nodes, ensure_defaults, ensure_images
 from oneplatform.compute.reconciler import run_reconciler
 from oneplatform.config import Settings
+from oneplatform.dbaas.backups import run_backup_scheduler
 from oneplatform.dbaas.health import run_health_checker
 from oneplatform.dbaas.warm import run_warm_keeper
+from oneplatform.hostsvc.objectstore import embedded_store
 from oneplatform.ops.engine import Worker
 from oneplatform.store.db import Store
 
@@ -82,8 +84,11 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
         (run_health_checker, "health"),
         (run_reconciler, "reconciler"),
         (run_warm_keeper, "warm-keeper"),
+        (run_backup_scheduler, "backup-scheduler"),
     ):
         threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
+    backup_store = embedded_store(settings)
+    backup_store.start()
     platform = Platform(store, settings)
     app = create_app(platform)
     start_deploy_listener(platform)
@@ -92,6 +97,7 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         stop.set()
+        backup_store.stop()
         store.dispose()
 
 

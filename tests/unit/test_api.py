@@ -465,6 +465,10 @@ DB_CALLS = [
     ("PUT", "/v1/db/instances/{i}/users/alice/password", {"password": "Another-pw-1"}),
     ("POST", "/v1/db/instances/{i}/users/alice/grants", {"database": "appdb"}),
     ("DELETE", "/v1/db/instances/{i}/users/alice/grants/appdb", None),
+    ("POST", "/v1/db/instances/{i}/backups", {"type": "full"}),
+    ("GET", "/v1/db/instances/{i}/backup-schedule", None),
+    ("PUT", "/v1/db/instances/{i}/backup-schedule", {"every_seconds": 3600, "keep_days": 7}),
+    ("DELETE", "/v1/db/instances/{i}/backup-schedule", None),
 ]
 
 
@@ -480,7 +484,15 @@ def test_create_db_writes_a_db_instance_its_compute_and_an_operation(api: Api) -
     assert db["status"] == "BUILD" and db["health"] == "UNKNOWN"
     assert db["compute_type"] == "container" and db["version"] == "15"
     assert db["endpoint"] == {"host": "127.0.0.1", "port": 31001}
-    assert [s["name"] for s in op["steps"]] == ["compute", "claim", "agent", "initialize", "finish"]
+    assert [s["name"] for s in op["steps"]] == [
+        "repository",
+        "compute",
+        "claim",
+        "agent",
+        "initialize",
+        "release",
+        "finish",
+    ]
     # the compute instance is the service's: not listed among the user's own instances
     assert api.client.get("/v1/instances", headers=api.admin).json() == []
     with api.store.session() as s:

@@ -288,7 +288,7 @@ def test_render_conf_quotes_values_and_keeps_managed_settings(tmp_path: Path) ->
     assert "search_path = '\"$user\", it''s'" in lines
     assert "listen_addresses = 'localhost'" not in lines
     assert "PORT = '1'" not in lines
-    assert lines[-7:] == [
+    assert lines[-12:] == [
         "listen_addresses = '*'",
         "port = '6543'",
         "unix_socket_directories = '/var/run/postgresql'",
@@ -296,6 +296,11 @@ def test_render_conf_quotes_values_and_keeps_managed_settings(tmp_path: Path) ->
         "logging_collector = 'off'",
         "log_destination = 'stderr'",
         "password_encryption = 'scram-sha-256'",
+        "wal_level = 'replica'",
+        "wal_log_hints = 'on'",
+        "archive_mode = 'on'",
+        "archive_timeout = '60'",
+        "archive_command = '/bin/true'",  # no repository in this bundle: nothing is kept
     ]
 
 

@@ -207,7 +207,7 @@ def test_bundle_repr_hides_the_secrets() -> None:
 
 def test_bundle_ignores_unknown_keys_and_normalises_settings() -> None:
     data = json.loads(make_bundle().to_json())
-    data["restore"] = {"from": "somewhere"}
+    data["from_the_future"] = {"from": "somewhere"}
     data["agent"]["future"] = True
     data["engine"]["settings"] = {"max_connections": 100, "fsync": True}
     bundle = Bundle.from_dict(data)

@@ -10,6 +10,7 @@ from oneplatform import __version__
 from oneplatform.api.deps import Platform
 from oneplatform.api.gate import Gate
 from oneplatform.api.routes import (
+    backups,
     compute_types,
     datastores,
     db_instances,
@@ -53,6 +54,7 @@ def create_app(platform: Platform) -> FastAPI:
         tokens,
         datastores,
         db_instances,
+        backups,
         nodes,
         warm,
         deploy,

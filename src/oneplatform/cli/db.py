@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 from typing import Annotated
@@ -9,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
+from oneplatform.cli.backups import backup_app
 from oneplatform.cli.output import (
     Format,
     OutputOpt,
@@ -29,6 +31,7 @@ user_app = typer.Typer(help="Users of a database instance, and their grants.", n
 datastore_app = typer.Typer(help="Database engines and versions.", no_args_is_help=True)
 db_app.add_typer(database_app, name="database")
 db_app.add_typer(user_app, name="user")
+db_app.add_typer(backup_app, name="backup")
 
 DB_COLUMNS = (
     "name",
@@ -52,6 +55,8 @@ SHOW_COLUMNS = (
     "size_gb",
     "endpoint",
     "connection_uri",
+    "restorable_from",
+    "restorable_until",
     "status_message",
     "health_message",
 )
@@ -123,11 +128,24 @@ def db_create(
         list[str] | None,
         typer.Option(help="NAME:PASSWORD; the user gets access to every --database."),
     ] = None,
+    restore: Annotated[
+        str | None, typer.Option(help="Start from this backup (name or id): its data and users.")
+    ] = None,
+    restore_from: Annotated[
+        str | None,
+        typer.Option(help="Start from this database instance's window (deleted or not)."),
+    ] = None,
+    to_time: Annotated[
+        str | None,
+        typer.Option(help="With --restore or --restore-from: recover to this ISO 8601 moment."),
+    ] = None,
     wait: WaitOpt = False,
     output: Format = OutputOpt,
 ) -> None:
-    """Create a database instance on any flavor: the same database on any compute type."""
+    """Create a database instance on any flavor: the same database on any compute type; or
+    restore one (--restore, --restore-from) onto any flavor."""
     databases = database or []
+    moment = _iso(to_time) if to_time else None
     with Client.from_home() as c, api_errors():
         accepted = c.db.create(
             name,
@@ -137,8 +155,21 @@ def db_create(
             size_gb=size_gb,
             databases=databases,
             users=[_user_spec(u, databases) for u in user or []],
+            restore=restore,
+            restore_from=restore_from,
+            to_time=moment,
         )
         _finish(c, accepted, wait, output)
+
+
+def _iso(raw: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise fail(
+            f"--to-time takes an ISO 8601 moment (2026-11-26T04:00:00Z), got {raw!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 @db_app.command("list")

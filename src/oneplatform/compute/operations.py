@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from oneplatform.compute import ports
 from oneplatform.compute.drivers.base import (
     ComputeDriver,
+    HostRoute,
     InstanceSpec,
     PortMapping,
     SupportsForcedReboot,
@@ -28,6 +29,7 @@ from oneplatform.compute.drivers.base import (
 from oneplatform.compute.hosts import driver_of
 from oneplatform.compute.states import INSTANCES, InstanceStatus
 from oneplatform.compute.types import spec_for
+from oneplatform.config import Settings
 from oneplatform.errors import BackendError, NotYet, PlatformError
 from oneplatform.images.catalog import IMAGES, ImageStatus, ready_artifact
 from oneplatform.ops.engine import StepContext
@@ -101,6 +103,11 @@ def step_image(ctx: StepContext) -> None:
     driver.ensure_image(prepared)
 
 
+def host_routes(settings: Settings) -> tuple[HostRoute, ...]:
+    """The host services every guest may reach: the backup store, on the service address."""
+    return (HostRoute("store", settings.service_address, settings.store_port),)
+
+
 def step_create(ctx: StepContext) -> None:
     """Create the backend object (idempotent: an existing one is found, not duplicated)."""
     found = target(ctx)
@@ -118,6 +125,7 @@ def step_create(ctx: StepContext) -> None:
             ports=found.ports,
             volumes=tuple(VolumeSpec(**v) for v in instance.volumes or ()),
             network=instance.network_group or instance.project_id,
+            host_services=host_routes(ctx.settings),
             config_bundle=(
                 box_for(ctx.settings).decrypt(instance.bundle_enc).encode()
                 if instance.bundle_enc

@@ -81,6 +81,18 @@ class AgentClient:
         body = json.dumps({"sealed": sealed_bundle}).encode()
         return AgentHealth.from_dict(self._call("POST", "/v1/claim", body, timeout=RESTART_TIMEOUT))
 
+    def backups(self) -> dict[str, Any]:
+        """The repository's state and the running or last backup job."""
+        return self._call("GET", "/v1/backups")
+
+    def start_backup(self, kind: str) -> dict[str, Any]:
+        """Start a ``kind`` backup; the answer's ``job`` is followed with :meth:`backups`."""
+        return self._call("POST", "/v1/backups", json.dumps({"type": kind}).encode())
+
+    def archive_now(self) -> float:
+        """Archive the WAL written so far; the epoch up to which commits are archived."""
+        return float(self._call("POST", "/v1/archive", b"{}", timeout=90.0)["archived_until"])
+
     def _health(self, data: dict[str, Any]) -> AgentHealth:
         health = AgentHealth.from_dict(data)
         if health.instance_id != self.instance_id:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -13,12 +14,14 @@ from oneplatform.compute.instances import request_delete
 from oneplatform.compute.operations import INSTANCE_REPAIR
 from oneplatform.compute.reconciler import RECOVERABLE, request_repair
 from oneplatform.compute.states import InstanceStatus
+from oneplatform.dbaas.backups import archive_now, reader_keys, reader_user
 from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.reach import Reach, agent_client, compute_status, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.dbaas.warm import WARM_WANTED, warm_client
 from oneplatform.errors import BackendUnavailable, NotYet, PlatformError
 from oneplatform.guest.sealing import seal
+from oneplatform.hostsvc.objectstore import StoreAdmin
 from oneplatform.ops.engine import StepContext
 from oneplatform.ops.kinds import OPEN, Intent, OperationKind, StepFn
 from oneplatform.ops.steps import (
@@ -52,6 +55,41 @@ def pending(box: SecretBox, db: DbInstance) -> dict[str, Any]:
 
 
 # -- create ------------------------------------------------------------------------------------
+def step_repository(ctx: StepContext) -> None:
+    """Make the instance's repository in the backup store (its bucket, and keys that reach
+    it alone) and, for a restore, read-only keys to its source's; the guest retries its
+    side until they exist."""
+    box = box_for(ctx.settings)
+    with ctx.store.session() as session:
+        db = _db(session, ctx)
+        if not db.repo_bucket or not db.repo_access_key or not db.repo_secret_enc:
+            return
+        own = (db.repo_bucket, db.repo_access_key, box.decrypt(db.repo_secret_enc))
+        source_id = ctx.params.get("restore_source")
+        source = session.get_one(DbInstance, source_id) if source_id else None
+        reader = (
+            (source.repo_bucket or "", reader_user(db), *reader_keys(db, box)) if source else None
+        )
+    admin = StoreAdmin(ctx.settings)
+    try:
+        admin.create_repository(*own)
+        if reader is not None:
+            admin.add_reader(*reader)
+    except BackendUnavailable as err:
+        deadline(ctx, "the backup store")
+        raise NotYet(f"waiting for the backup store: {err.message}", retry_after=2.0) from None
+
+
+def step_release(ctx: StepContext) -> None:
+    """The restore is done: its read-only keys to the source's repository go."""
+    if not ctx.params.get("restore_source"):
+        return
+    with ctx.store.session() as session:
+        user = reader_user(_db(session, ctx))
+    with contextlib.suppress(PlatformError):
+        StoreAdmin(ctx.settings).remove_identity(user)
+
+
 def step_compute(ctx: StepContext) -> None:
     """Wait for the compute instance (its own operation builds it) to be ACTIVE."""
     with ctx.store.session() as session:
@@ -159,6 +197,16 @@ def _become(status: DbStatus, health: Health | None = None) -> StepFn:
 
 
 # -- delete ------------------------------------------------------------------------------------
+def step_archive_last(ctx: StepContext) -> None:
+    """Archive what the instance wrote last, so that its recovery window (kept after it is
+    gone) ends at its delete; best effort: an instance that does not answer keeps the end
+    last known. A restore's read-only keys go too."""
+    with ctx.store.session() as session:
+        db = load_db(session, ctx)
+        user = reader_user(db)
+    archive_now(ctx.store, ctx.settings, ctx.resource_id)
+    with contextlib.suppress(PlatformError):
+        StoreAdmin(ctx.settings).remove_identity(user)
 
 
 def step_delete_compute(ctx: StepContext) -> None:
@@ -248,16 +296,19 @@ def _kind(name: str, intent: Intent, *steps: tuple[str, StepFn]) -> OperationKin
 DB_CREATE = _kind(
     "db.create",
     Intent.CREATE,
+    ("repository", step_repository),
     ("compute", step_compute),
     ("claim", step_claim),
     ("agent", step_agent),
     ("initialize", step_initialize),
+    ("release", step_release),
     ("finish", _become(DbStatus.ACTIVE, Health.HEALTHY)),
 )
 DB_DELETE = _kind(
     "db.delete",
     Intent.DELETE,
     ("wait_others", wait_for_others),
+    ("archive", step_archive_last),
     ("compute", step_delete_compute),
     ("finish", _become(DbStatus.DELETED)),
 )

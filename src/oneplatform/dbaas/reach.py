@@ -14,7 +14,14 @@ from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.dbaas.datastores import Datastore, get_datastore
 from oneplatform.dbaas.datastores.base import ConnInfo
 from oneplatform.errors import Conflict
-from oneplatform.guest.bundle import AdminCredentials, AgentSettings, Bundle, EngineSettings
+from oneplatform.guest.bundle import (
+    AdminCredentials,
+    AgentSettings,
+    Bundle,
+    EngineSettings,
+    RestoreSettings,
+    StoreSettings,
+)
 from oneplatform.guest.contract import DATA_ROOT
 from oneplatform.secrets import SecretBox
 from oneplatform.store.models import DbInstance, Instance
@@ -49,6 +56,8 @@ def make_bundle(
     ports: Mapping[str, int | str],
     *,
     warm: bool = False,
+    backup: StoreSettings | None = None,
+    restore: RestoreSettings | None = None,
 ) -> str:
     """The config bundle the guest agent reads; the same whatever the compute type.
     ``ports``: the image's guest ports by endpoint name (the engine's and the agent's)."""
@@ -64,6 +73,8 @@ def make_bundle(
         admin=admin,
         platform=platform,
         warm=warm,
+        backup=backup,
+        restore=restore,
     ).to_json()
 
 

@@ -18,13 +18,15 @@ from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.instances import endpoints, missing_volumes, place_instance
 from oneplatform.config import Settings
+from oneplatform.dbaas import backups, warm
 from oneplatform.dbaas import operations as ops
-from oneplatform.dbaas import warm
 from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
+from oneplatform.dbaas.lookup import find_db
 from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.errors import AlreadyExists, BackendError, Conflict, InvalidInput, NotFound
 from oneplatform.guest.bundle import AdminCredentials
+from oneplatform.hostsvc.objectstore import store_config
 from oneplatform.iam import Caller
 from oneplatform.images.recipes import load_recipe
 from oneplatform.ops.engine import enqueue
@@ -80,6 +82,7 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         if endpoint
         else None
     )
+    restorable_from, restorable_until = backups.window(session, db)
     return DbInstanceOut(
         id=db.id,
         name=db.name,
@@ -96,22 +99,11 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         size_gb=db.size_gb,
         endpoint=endpoint,
         connection_uri=uri,
+        restorable_from=restorable_from,
+        restorable_until=restorable_until,
         created_at=db.created_at,
         updated_at=db.updated_at,
     )
-
-
-def find_db(session: Session, caller: Caller, ident: str) -> DbInstance:
-    db = session.scalars(
-        select(DbInstance).where(
-            DbInstance.project_id == caller.project_id,
-            DbInstance.deleted_at.is_(None),
-            (DbInstance.id == ident) | (DbInstance.name == ident),
-        )
-    ).first()
-    if db is None:
-        raise NotFound(f"database instance {ident!r} not found", code="db_instance_not_found")
-    return db
 
 
 def get_db(store: Store, caller: Caller, ident: str) -> DbInstanceOut:
@@ -163,6 +155,9 @@ def create_db(
     admin_password, agent_secret = generate_password(), generate_token()
     platform_password = generate_password()
     ports = load_recipe(version.image).ports
+    if (req.restore or req.restore_from) and not settings.backups:
+        raise Conflict("backups are off on this platform (ONEP_BACKUPS)", code="no_backups")
+    backups.advance_window(store, settings, caller, req.restore, req.restore_from, req.to_time)
     try:
         with store.session() as session:
             _check_db_name_free(session, caller, req.name)
@@ -189,6 +184,23 @@ def create_db(
                     )
                 ),
             )
+            if settings.backups:
+                backups.new_repository(db, box)
+            restore, source = None, None
+            if req.restore or req.restore_from:
+                restore, source = backups.restore_plan(
+                    session,
+                    settings,
+                    caller,
+                    db,
+                    datastore.name,
+                    version.version,
+                    flavor.compute_type,
+                    req.restore,
+                    req.restore_from,
+                    req.to_time,
+                )
+            config = store_config(settings) if settings.backups else None
             bundle = make_bundle(
                 db.id,
                 datastore,
@@ -199,10 +211,19 @@ def create_db(
                 AdminCredentials(datastore.platform_username, platform_password),
                 agent_secret,
                 ports,
+                backup=backups.guest_store(config, db, box, flavor.compute_type)
+                if config is not None and db.repo_bucket
+                else None,
+                restore=restore,
             )
             bundle_enc = box.encrypt(bundle)
-            claimed = warm.claim(
-                session, flavor, datastore.name, version.version, req.size_gb, db.id
+            # A restore's data comes from the first start's restore: never a warm instance.
+            claimed = (
+                None
+                if restore is not None
+                else warm.claim(
+                    session, flavor, datastore.name, version.version, req.size_gb, db.id
+                )
             )
             if claimed is None:
                 instance, _ = place_instance(
@@ -215,7 +236,7 @@ def create_db(
                     bundle_enc=bundle_enc,
                     volumes=[VolumeSpec(DATA_VOLUME, req.size_gb, DATA_PATH)],
                 )
-                params = None
+                params = {"restore_source": source.id} if source is not None else None
             else:
                 warm_instance, instance = claimed
                 instance.project_id, instance.name = caller.project_id, f"db-{db.id[:12]}"

@@ -46,3 +46,34 @@ DATABASES: StateMachine[DbStatus] = StateMachine(
     description="A database server: a compute instance, a datastore, storage and credentials. "
     "Its engine's health is reported beside its status.",
 )
+
+
+class BackupStatus(enum.StrEnum):
+    NEW = "NEW"
+    BUILDING = "BUILDING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+
+
+B = BackupStatus
+BACKUPS: StateMachine[BackupStatus] = StateMachine(
+    resource_type="backup",
+    states=BackupStatus,
+    initial=B.NEW,
+    transitions={
+        B.NEW: frozenset({B.BUILDING, B.FAILED, B.DELETING}),
+        B.BUILDING: frozenset({B.COMPLETED, B.FAILED, B.DELETING}),
+        B.COMPLETED: frozenset({B.DELETING}),
+        B.FAILED: frozenset({B.DELETING}),
+        B.DELETING: frozenset({B.DELETED, B.FAILED}),
+        B.DELETED: frozenset(),
+    },
+    stable=frozenset({B.COMPLETED, B.FAILED, B.DELETED}),
+    failed=B.FAILED,
+    deleting=B.DELETING,
+    deleted=B.DELETED,
+    description="A backup of a database instance in its repository. It outlives its database "
+    "instance; retention (or a delete) expires it.",
+)

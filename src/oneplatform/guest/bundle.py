@@ -23,6 +23,8 @@ MIN_SECRET_LENGTH = 32
 _SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _ROLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_LABEL_RE = re.compile(r"^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$")  # pgBackRest's
+_TIME_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?\+00$")
 
 
 class BundleError(ValueError):
@@ -53,6 +55,84 @@ class AdminCredentials:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """An object-store repository (S3 over TLS) the engine's backup tool reaches: ``host`` is
+    the name the store's certificate names, which the guest maps to ``address`` (its path to
+    the store on its compute type); ``bucket`` is the instance's own, with its own keys."""
+
+    host: str
+    address: str
+    port: int
+    bucket: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    ca_pem: str = field(repr=False)
+    cipher_pass: str = field(repr=False)  # the repository's encryption passphrase
+    region: str = "onep"
+    path: str = "/repo"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "address": self.address,
+            "port": self.port,
+            "bucket": self.bucket,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "ca_pem": self.ca_pem,
+            "cipher_pass": self.cipher_pass,
+            "region": self.region,
+            "path": self.path,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> StoreSettings:
+        obj = _object(data, where)
+        return cls(
+            host=_string(obj, "host", where),
+            address=_string(obj, "address", where),
+            port=_port(obj.get("port"), f"{where}.port"),
+            bucket=_string(obj, "bucket", where),
+            access_key=_string(obj, "access_key", where),
+            secret_key=_string(obj, "secret_key", where),
+            ca_pem=_string(obj, "ca_pem", where),
+            cipher_pass=_string(obj, "cipher_pass", where),
+            region=_string(obj, "region", where) if "region" in obj else "onep",
+            path=_string(obj, "path", where) if "path" in obj else "/repo",
+        )
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    """Where a new instance's data comes from at its first start: a backup (``backup_set``,
+    the tool's label) in another instance's repository (``store``, with read-only keys), and
+    optionally a moment to recover to (``target_time``, ISO 8601; empty: the backup's end)."""
+
+    store: StoreSettings
+    backup_set: str
+    target_time: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store.to_dict(),
+            "backup_set": self.backup_set,
+            **({"target_time": self.target_time} if self.target_time else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RestoreSettings:
+        obj = _object(data, "restore")
+        target = obj.get("target_time", "")
+        if not isinstance(target, str):
+            raise BundleError("bundle: 'restore.target_time' must be a string")
+        return cls(
+            store=StoreSettings.from_dict(obj.get("store"), "restore.store"),
+            backup_set=_string(obj, "backup_set", "restore"),
+            target_time=target,
+        )
+
+
+@dataclass(frozen=True)
 class Bundle:
     """Everything an instance needs to configure itself. JSON on the wire, format 1."""
 
@@ -69,6 +149,10 @@ class Bundle:
     # made; the agent waits for its owner's bundle (``POST /v1/claim``, sealed with this
     # bundle's agent secret) and answers nothing else but its health.
     warm: bool = False
+    # The instance's own backup repository (None: no backups, WAL is not archived).
+    backup: StoreSettings | None = None
+    # What the first start restores the data directory from (None: a new, empty one).
+    restore: RestoreSettings | None = None
     format: int = BUNDLE_FORMAT
 
     def __post_init__(self) -> None:
@@ -97,6 +181,8 @@ class Bundle:
                 else {}
             ),
             **({"warm": True} if self.warm else {}),
+            **({"backup": self.backup.to_dict()} if self.backup else {}),
+            **({"restore": self.restore.to_dict()} if self.restore else {}),
         }
 
     def to_json(self) -> str:
@@ -121,8 +207,12 @@ class Bundle:
         warm = obj.get("warm", False)
         if type(warm) is not bool:
             raise BundleError("bundle: 'warm' must be a boolean")
+        backup = StoreSettings.from_dict(obj["backup"], "backup") if "backup" in obj else None
+        restore = RestoreSettings.from_dict(obj["restore"]) if "restore" in obj else None
         return cls(
             warm=warm,
+            backup=backup,
+            restore=restore,
             format=fmt,
             instance_id=_string(obj, "instance_id", "bundle"),
             datastore=_string(obj, "datastore", "bundle"),
@@ -230,6 +320,25 @@ def _validate_bundle(bundle: Bundle) -> None:
             raise BundleError(f"bundle: '{where}.password' must be a non-empty string without NUL")
     if bundle.platform is not None and bundle.platform.username == bundle.admin.username:
         raise BundleError("bundle: 'platform.username' and 'admin.username' must differ")
+    stores = [("backup", bundle.backup)]
+    if bundle.restore is not None:
+        stores.append(("restore.store", bundle.restore.store))
+    for where, store in stores:
+        if store is None:
+            continue
+        for key in ("host", "address", "bucket", "access_key", "secret_key", "region", "path"):
+            value = getattr(store, key)
+            if not value or _CONTROL_RE.search(value) or "=" in value or " " in value:
+                raise BundleError(f"bundle: '{where}.{key}' must be a printable word")
+        if not store.path.startswith("/"):
+            raise BundleError(f"bundle: '{where}.path' must start with '/'")
+        if _CONTROL_RE.search(store.cipher_pass) or "BEGIN CERTIFICATE" not in store.ca_pem:
+            raise BundleError(f"bundle: '{where}' has an invalid cipher_pass or ca_pem")
+    if bundle.restore is not None and not _LABEL_RE.match(bundle.restore.backup_set):
+        raise BundleError("bundle: 'restore.backup_set' is not a backup label")
+    restore = bundle.restore
+    if restore is not None and restore.target_time and not _TIME_RE.match(restore.target_time):
+        raise BundleError("bundle: 'restore.target_time' must be 'YYYY-MM-DD HH:MM:SS+00'")
 
 
 def load_bundle(path: Path) -> tuple[Bundle | None, str]:

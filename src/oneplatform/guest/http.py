@@ -1,7 +1,9 @@
 """The agent's HTTP API: signed calls only, JSON answers.
 
 ``GET /v1/health`` (the engine's state and whether it takes connections),
-``POST /v1/engine/restart`` (returns once the engine is ready again) and, on a warm
+``POST /v1/engine/restart`` (returns once the engine is ready again), ``GET|POST
+/v1/backups`` (the repository's state and backup job; start a backup), ``POST
+/v1/archive`` (archive the WAL written so far, and say up to when) and, on a warm
 instance, ``POST /v1/claim`` (``{"sealed": ...}``: its owner's bundle, sealed and signed
 with the warm bundle's secret; once applied, only the owner's secret is accepted).
 """
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 
 from .bundle import Bundle, BundleError
 from .contract import DEFAULT_DATASTORE, DEFAULT_VERSION
+from .engines.base import EngineError
 from .sealing import SealError, unseal
 from .signing import AuthError, RequestVerifier
 from .supervisor import ENGINE_RUNNING, Supervisor
@@ -111,7 +114,40 @@ class Agent:
             if detail.startswith("the engine was not ready"):
                 return 504, error_body("timeout", detail)
             return 503, error_body("engine_failed", detail)
+        if route == "/v1/backups":
+            return self.backups(method, body)
+        if route == "/v1/archive":
+            if method != "POST":
+                return 405, error_body("method_not_allowed", "use POST")
+            engine = self.supervisor.engine
+            if engine is None or self.supervisor.snapshot()[0] != ENGINE_RUNNING:
+                return 503, error_body("engine_not_ready", "the engine is not running")
+            try:
+                return 200, {"archived_until": engine.archive_now(60.0)}
+            except EngineError as exc:
+                return 503, error_body("archive_failed", str(exc))
         return 404, error_body("not_found", f"no such endpoint: {route}")
+
+    def backups(self, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``GET``: the repository's state and the running or last backup job; ``POST``
+        ``{"type": "full"|"diff"|"incr"}``: start a backup (409 while one runs)."""
+        engine = self.supervisor.engine
+        if engine is None:
+            return 503, error_body("engine_failed", self.supervisor.snapshot()[1])
+        if method == "GET":
+            return 200, {"repository": engine.backup_status(), "job": engine.backup_job()}
+        if method != "POST":
+            return 405, error_body("method_not_allowed", "use GET or POST")
+        try:
+            kind = json.loads(body or b"{}").get("type", "full")
+        except (ValueError, AttributeError):
+            return 400, error_body("bad_request", "the body must be a JSON object")
+        if self.supervisor.snapshot()[0] != ENGINE_RUNNING:
+            return 503, error_body("engine_not_ready", "the engine is not running")
+        status, answer = engine.start_backup(str(kind))
+        if status != 200:
+            return status, {"error": answer, **({"job": answer["job"]} if "job" in answer else {})}
+        return 200, answer
 
     def claim(self, body: bytes) -> tuple[int, dict[str, Any]]:
         """Take the owner's bundle: keep it on the data disk, make the engine's roles (and

@@ -210,7 +210,8 @@ class Supervisor:
 
     def _wait_ready(self, engine: Engine, proc: subprocess.Popen[bytes]) -> str:
         """ "ready", "exited", "interrupted" or "failed" (not ready in time / bootstrap)."""
-        deadline = time.monotonic() + self._ready_timeout
+        timeout = engine.ready_timeout(self._ready_timeout)
+        deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 return "exited"
@@ -222,7 +223,7 @@ class Supervisor:
             if time.monotonic() > deadline:
                 self._set(
                     ENGINE_FAILED,
-                    f"not ready {self._ready_timeout:.0f} s after start: {detail}",
+                    f"not ready {timeout:.0f} s after start: {detail}",
                     failed=True,
                 )
                 return "failed"

@@ -47,6 +47,19 @@ class DbInstanceCreate(Request):
     size_gb: int = Field(default=1, ge=1, le=1024, description="Data volume size.")
     databases: list[DbObjectName] = Field(default=[], max_length=64)
     users: list[DbUserSpec] = Field(default=[], max_length=64)
+    restore: str | None = Field(
+        default=None,
+        description="A backup (name or id) to restore: the new instance starts "
+        "with its data and users, and credentials of its own.",
+    )
+    restore_from: str | None = Field(
+        default=None,
+        description="A database instance (name or id, deleted or not) whose recovery window "
+        "to restore from, at ``to_time``.",
+    )
+    to_time: dt.datetime | None = Field(
+        default=None, description="Recover to this moment (with ``restore`` or ``restore_from``)."
+    )
 
 
 class DbEndpoint(Response):
@@ -71,6 +84,12 @@ class DbInstanceOut(Response):
     compute_type: str
     size_gb: int
     endpoint: DbEndpoint | None = None
+    restorable_from: dt.datetime | None = Field(
+        default=None, description="The start of the recovery window (its first backup's end)."
+    )
+    restorable_until: dt.datetime | None = Field(
+        default=None, description="The end of the recovery window (the last archived moment)."
+    )
     connection_uri: str | None = Field(
         default=None,
         description="The admin's connection URI, without the password "

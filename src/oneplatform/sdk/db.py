@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from oneplatform.schemas.backups import (
+    BackupAccepted,
+    BackupCreate,
+    BackupOut,
+    ScheduleOut,
+    ScheduleSet,
+)
 from oneplatform.schemas.databases import (
     Credentials,
     DatabaseCreate,
@@ -49,8 +57,12 @@ class DbInstances:
         size_gb: int = 1,
         databases: builtins.list[str] | None = None,
         users: builtins.list[dict[str, Any]] | None = None,
+        restore: str | None = None,
+        restore_from: str | None = None,
+        to_time: dt.datetime | None = None,
     ) -> DbInstanceAccepted:
-        """``users``: ``[{"name": ..., "password": ..., "databases": [...]}]``."""
+        """``users``: ``[{"name": ..., "password": ..., "databases": [...]}]``; ``restore``
+        (a backup) or ``restore_from`` (a database instance's window, with ``to_time``)."""
         body = DbInstanceCreate.model_construct(
             name=name,
             flavor=flavor,
@@ -59,8 +71,42 @@ class DbInstances:
             size_gb=size_gb,
             databases=databases or [],
             users=[DbUserSpec.model_construct(**u) for u in users or []],
+            restore=restore,
+            restore_from=restore_from,
+            to_time=to_time,
         )
         return self.c.send("POST", BASE, DbInstanceAccepted, body)
+
+    # -- backups
+    def create_backup(
+        self, ident: str, type: str = "full", name: str | None = None
+    ) -> BackupAccepted:
+        body = BackupCreate.model_construct(type=type, name=name)  # type: ignore[arg-type]
+        return self.c.send("POST", f"{BASE}/{ident}/backups", BackupAccepted, body)
+
+    def list_backups(self, database: str | None = None) -> builtins.list[BackupOut]:
+        params = {"database": database} if database else {}
+        return self.c.get_list("/v1/backups", BackupOut, **params)
+
+    def get_backup(self, ident: str) -> BackupOut:
+        return self.c.get(f"/v1/backups/{ident}", BackupOut)
+
+    def delete_backup(self, ident: str) -> BackupAccepted:
+        return self.c.send("DELETE", f"/v1/backups/{ident}", BackupAccepted)
+
+    def set_schedule(
+        self, ident: str, every_seconds: int, keep_days: float, full_every_seconds: int | None
+    ) -> ScheduleOut:
+        body = ScheduleSet.model_construct(
+            every_seconds=every_seconds, keep_days=keep_days, full_every_seconds=full_every_seconds
+        )
+        return self.c.send("PUT", f"{BASE}/{ident}/backup-schedule", ScheduleOut, body)
+
+    def get_schedule(self, ident: str) -> ScheduleOut:
+        return self.c.get(f"{BASE}/{ident}/backup-schedule", ScheduleOut)
+
+    def delete_schedule(self, ident: str) -> None:
+        self.c.request("DELETE", f"{BASE}/{ident}/backup-schedule")
 
     def delete(self, ident: str) -> DbInstanceAccepted:
         return self.c.send("DELETE", f"{BASE}/{ident}", DbInstanceAccepted)

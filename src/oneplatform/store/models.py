@@ -8,8 +8,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -295,7 +297,64 @@ class DbInstance(Timestamps, Base):
     agent_secret_enc: Mapped[str] = mapped_column(Text)
     # Initial databases and users (with passwords) until the create has applied them.
     pending_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    # Its backup repository (a bucket of its own in the backup store, with its own keys and
+    # cipher passphrase); kept after the instance is deleted, for its backups and window.
+    repo_bucket: Mapped[str | None] = mapped_column(String(63), default=None)
+    repo_access_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    repo_secret_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    repo_cipher_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    # The latest moment known to be archived (its WAL is in the repository): the end of the
+    # recovery window once the instance is gone.
+    archived_until: Mapped[dt.datetime | None] = mapped_column(default=None)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Backup(Timestamps, Base):
+    """A backup of a database instance in its repository: NEW, BUILDING, COMPLETED or FAILED,
+    then DELETING and DELETED. It outlives its database instance."""
+
+    __tablename__ = "backups"
+    __table_args__ = (
+        Index(
+            "uq_backups_project_name_live",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    db_instance_id: Mapped[str] = mapped_column(ForeignKey("db_instances.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    type: Mapped[str] = mapped_column(String(8))  # full | diff | incr
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    scheduled: Mapped[bool] = mapped_column(default=False)
+    label: Mapped[str | None] = mapped_column(String(64), default=None)  # the tool's own
+    parent_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    repo_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    wal_start: Mapped[str | None] = mapped_column(String(32), default=None)
+    wal_stop: Mapped[str | None] = mapped_column(String(32), default=None)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class BackupSchedule(Timestamps, Base):
+    """When a database instance is backed up by itself, and how long its backups are kept."""
+
+    __tablename__ = "backup_schedules"
+    db_instance_id: Mapped[str] = mapped_column(ForeignKey("db_instances.id"), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    every_seconds: Mapped[int] = mapped_column(Integer)
+    full_every_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    keep_days: Mapped[float] = mapped_column(Float)
+    next_run_at: Mapped[dt.datetime] = mapped_column(index=True)
+    last_full_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    message: Mapped[str] = mapped_column(Text, default="")
 
 
 class Node(Timestamps, Base):

@@ -40,6 +40,16 @@ class PortMapping:
 
 
 @dataclass(frozen=True)
+class HostRoute:
+    """A host service a guest may reach (the backup store): where it listens on the host.
+    Each compute type gives its guests a path to it (see the drivers)."""
+
+    name: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
 class FileMount:
     """A file the instance must see at ``guest_path`` (for containers: a bind mount)."""
 
@@ -75,6 +85,8 @@ class InstanceSpec:
     # The isolation group the instance's network belongs to (its project): instances of
     # one group may reach each other, nothing else; None: the driver's own isolation only.
     network: str | None = None
+    # The host services the guest may reach, and nothing else of the host.
+    host_services: Sequence[HostRoute] = ()
 
 
 BUNDLE_GUEST_PATH = contract.BUNDLE_GUEST_PATH

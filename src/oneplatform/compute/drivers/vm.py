@@ -498,6 +498,7 @@ class LibvirtDriver(ComputeDriver, SupportsSnapshot, SupportsResize, SupportsFor
             console_log=f"{self._lv.pool_path()}/{console_log_name(spec.instance_id)}",
             bind_address=self.host.bind_address,
             ports=tuple(spec.ports),
+            host_services=tuple(spec.host_services),
         )
 
     def _replace_config_drive(self, instance_id: str, bundle: bytes | None) -> Any | None:

@@ -13,7 +13,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from oneplatform.compute.drivers.base import PortMapping
+from oneplatform.compute.drivers.base import HostRoute, PortMapping
 from oneplatform.guest import contract
 from oneplatform.schemas.compute import PowerState
 
@@ -149,6 +149,20 @@ class DomainPlan:
     console_log: str
     bind_address: str
     ports: tuple[PortMapping, ...]
+    host_services: tuple[HostRoute, ...] = ()
+
+
+# A VM reaches a host service at this address of its user network (the port is the
+# service's own): QEMU runs busybox's nc per connection to the service (a guestfwd ``cmd:``;
+# its chardev form carries one connection per VM life). No other guest traffic leaves.
+GUEST_SERVICE_ADDRESS = "10.0.2.100"
+NC = "/usr/bin/busybox nc"
+
+
+def _guestfwd(route: HostRoute) -> str:
+    # No comma may appear (QEMU's option syntax); stderr must not reach the guest's stream.
+    command = f'/bin/sh -c "exec {NC} {route.address} {route.port} 2>/dev/null"'
+    return f"guestfwd=tcp:{GUEST_SERVICE_ADDRESS}:{route.port}-cmd:{command}"
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -208,11 +222,23 @@ def build_domain_xml(plan: DomainPlan) -> str:
     # restrict=on: the guest reaches nothing outside (the host's loopback at 10.0.2.2
     # included); only the forwards below reach the guest.
     forwards = [_hostfwd(plan.bind_address, p) for p in plan.ports]
+    forwards += [_guestfwd(route) for route in plan.host_services]
     netdev = ",".join(["user", "id=onepnet0", "restrict=on", *forwards])
     nic = f"virtio-net-pci,netdev=onepnet0,addr={NIC_PCI_ADDR}"
-    for arg in ("-netdev", netdev, "-device", nic):
+    args = ["-netdev", netdev, "-device", nic]
+    if plan.host_services:
+        # A guestfwd command is a process QEMU spawns: libvirt's default sandbox forbids it
+        # (spawn=deny, elevateprivileges=deny kill QEMU at the guest's first connection).
+        # This domain gets the same sandbox with those two allowed.
+        args += ["-sandbox", SANDBOX_WITH_SPAWN]
+        caps = ET.SubElement(dom, f"{{{QEMU_NS}}}capabilities")
+        ET.SubElement(caps, f"{{{QEMU_NS}}}del", capability="seccomp-sandbox")
+    for arg in args:
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(dom, encoding="unicode")
+
+
+SANDBOX_WITH_SPAWN = "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny"
 
 
 def _add_disk(devices: ET.Element, disk: DiskAttachment, target: str, slot: int) -> None:

@@ -65,6 +65,29 @@ class Engine:
         self.configure()
         return True
 
+    def ready_timeout(self, default: float) -> float:
+        """How long the next start may take to be ready (longer while it recovers)."""
+        return default
+
+    # -- backups (an engine without them keeps these defaults: the agent answers 501)
+
+    def backup_status(self) -> dict[str, Any] | None:
+        """The repository's state (e.g. whether WAL is archived), or None without backups."""
+        return None
+
+    def start_backup(self, kind: str) -> tuple[int, dict[str, Any]]:
+        """Start a backup of ``kind`` in the background: (HTTP status, body with the job)."""
+        return 501, {"code": "no_backups", "message": f"{self.datastore} has no backups"}
+
+    def backup_job(self) -> dict[str, Any] | None:
+        """The running or last backup job."""
+        return None
+
+    def archive_now(self, timeout: float) -> float:
+        """Close the current WAL segment and wait until it is archived; the moment (epoch)
+        up to which everything committed is then in the repository."""
+        raise EngineError(f"{self.datastore} does not archive")
+
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """Shut the server down (fast), escalating if it takes longer than ``timeout``."""
         raise NotImplementedError

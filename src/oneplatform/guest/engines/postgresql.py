@@ -23,6 +23,7 @@ from typing import Any
 from ..bundle import Bundle
 from ..contract import DATA_ROOT, DEFAULT_VERSION
 from .base import ChildProcesses, Engine, EngineError
+from .pgbackrest import PgBackRest, restoring
 
 log = logging.getLogger("onep-agent")
 
@@ -53,6 +54,12 @@ class PostgresEngine(Engine):
             "include",
             "include_if_exists",
             "include_dir",
+            "archive_mode",
+            "archive_command",
+            "restore_command",
+            "wal_level",
+            "wal_log_hints",
+            "hot_standby",
         }
     )
     HBA = (
@@ -81,6 +88,12 @@ class PostgresEngine(Engine):
         self.socket_dir = socket_dir
         self.port = bundle.engine.port if bundle else 5432
         self._first_start = True
+        self.repo = PgBackRest(
+            lambda argv, timeout: self.children.run(argv, timeout=timeout, **self._as_postgres()),
+            self.data_dir,
+            self.socket_dir,
+            self.data_dir.parent / "pgbackrest",
+        )
 
     # -- lifecycle
 
@@ -95,6 +108,9 @@ class PostgresEngine(Engine):
             self._own_tree(self.data_dir)
             self.data_dir.chmod(0o700)
             return
+        make = self._initdb
+        if self.bundle is not None and self.bundle.restore is not None:
+            make = self._restore
         if self.data_dir.exists():
             if any(self.data_dir.iterdir()):
                 raise EngineError(
@@ -102,18 +118,28 @@ class PostgresEngine(Engine):
                     "refusing to touch it"
                 )
             if os.path.ismount(self.data_dir):
-                self._initdb(self.data_dir)
+                make(self.data_dir)
                 return
             self.data_dir.rmdir()
-        # initdb into a temporary directory and rename it into place, so a crash mid-way
-        # never leaves a half-made cluster that a later start would trust.
+        # initdb (or restore) into a temporary directory and rename it into place, so a crash
+        # mid-way never leaves a half-made cluster that a later start would trust.
         scratch = self.data_dir.with_name(self.data_dir.name + ".initdb")
         if scratch.exists():
             shutil.rmtree(scratch)
         scratch.mkdir(mode=0o700)
-        self._initdb(scratch)
+        make(scratch)
         os.rename(scratch, self.data_dir)
         _fsync_dir(self.data_dir.parent)
+
+    def _restore(self, target: Path) -> None:
+        """The data directory from the bundle's restore source; the first start recovers
+        and promotes it, and the bootstrap then sets this instance's own credentials."""
+        assert self.bundle is not None and self.bundle.restore is not None
+        self._chown(target)
+        target.chmod(0o700)
+        self._configure_repo()
+        self.repo.restore(self.bundle.restore, target)
+        self._write(target / self.PENDING_NAME, "set the admin role from the bundle\n")
 
     def _initdb(self, target: Path) -> None:
         self._chown(target)
@@ -147,7 +173,21 @@ class PostgresEngine(Engine):
         self._write(target / self.PENDING_NAME, "create the admin role from the bundle\n")
         log.info("initdb finished in %.1f s", time.monotonic() - started)
 
+    def _configure_repo(self) -> None:
+        bundle = self.bundle
+        if bundle is None:
+            return
+        restore = bundle.restore if bundle.restore and not self._has_cluster() else None
+        if bundle.restore and restoring(self.data_dir):
+            restore = bundle.restore  # recovery still reads the source's archive
+        vcpus = max(1, int(bundle.engine.settings.get("max_worker_processes", "2")) // 2)
+        self.repo.configure(bundle.backup, restore, self.port, vcpus, self._write)
+
+    def _has_cluster(self) -> bool:
+        return (self.data_dir / "PG_VERSION").is_file()
+
     def configure(self) -> None:
+        self._configure_repo()
         conf = self.data_dir / "postgresql.conf"
         text = conf.read_text(encoding="utf-8") if conf.exists() else ""
         if self.INCLUDE_LINE not in text:
@@ -156,16 +196,87 @@ class PostgresEngine(Engine):
         self._write(self.data_dir / self.CONF_NAME, self.render_conf())
 
     def reconfigure(self) -> bool:
-        """No restart when the include file and the port stay the same (a warm instance
-        claimed on its own flavor); else write it, and the engine restarts."""
+        """No restart when the include file and the port stay the same but for the archive
+        command (a warm instance claimed on its own flavor: its repository is set, then the
+        server reloads); else write it, and the engine restarts."""
         port = self.bundle.engine.port if self.bundle else 5432
         conf = self.data_dir / self.CONF_NAME
-        current = conf.read_text(encoding="utf-8") if conf.exists() else None
-        if port == self.port and current == self.render_conf():
+        current = conf.read_text(encoding="utf-8") if conf.exists() else ""
+        new = self.render_conf()
+        if port == self.port and _without_reloadable(current) == _without_reloadable(new):
+            if current != new:
+                self.configure()
+                self._psql("SELECT pg_catalog.pg_reload_conf();\n", "reloading the settings")
             return False
         self.port = port
         self.configure()
         return True
+
+    def backup_status(self) -> dict[str, Any] | None:
+        if self.bundle is None or self.bundle.backup is None:
+            return None
+        return self.repo.status()
+
+    def start_backup(self, kind: str) -> tuple[int, dict[str, Any]]:
+        if self.bundle is None or self.bundle.backup is None:
+            return 409, {"code": "no_repository", "message": "this instance has no repository"}
+        return self.repo.start_backup(kind)
+
+    def backup_job(self) -> dict[str, Any] | None:
+        return self.repo.job()
+
+    def archive_now(self, timeout: float) -> float:
+        if self.bundle is None or self.bundle.backup is None:
+            raise EngineError("this instance has no repository")
+        moment = time.time()
+        segment = self._query("SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())")
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self._query(
+                "SELECT coalesce(last_archived_wal, '') FROM pg_catalog.pg_stat_archiver"
+            )
+            # Names sort by timeline, then position: compare within the same timeline.
+            if (done[:8] == segment[:8] and done >= segment) or done[:8] > segment[:8]:
+                return moment
+            if time.monotonic() > deadline:
+                raise EngineError(
+                    f"WAL segment {segment} was not archived within {timeout:.0f} s "
+                    f"(last archived: {done or 'none'}; repository: {self.repo.status()['detail']})"
+                )
+            time.sleep(0.2)
+
+    def _query(self, query: str) -> str:
+        proc = self.children.run(
+            [
+                str(self.bin_dir / "psql"),
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                query,
+            ],
+            timeout=60,
+            **self._as_postgres(),
+        )
+        if proc.returncode != 0:
+            raise EngineError(f"psql failed: {_tail(proc.stderr)}")
+        return proc.stdout.decode("utf-8", "replace").strip()
+
+    def ready_timeout(self, default: float) -> float:
+        """Recovery after a restore may replay a lot of WAL before the server takes
+        connections: give it hours, not the usual start's minutes."""
+        return max(default, 6 * 3600.0) if restoring(self.data_dir) else default
 
     def render_conf(self) -> str:
         """The include file: the bundle's settings, then the ones the agent owns."""
@@ -185,7 +296,18 @@ class PostgresEngine(Engine):
             "logging_collector": "off",
             "log_destination": "stderr",
             "password_encryption": "scram-sha-256",
+            # Archiving is always on (a restart setting); the command is a reloadable one:
+            # the instance's repository, or nothing kept while it has none (a warm one).
+            "wal_level": "replica",
+            "wal_log_hints": "on",  # pg_rewind of a former primary needs it
+            "archive_mode": "on",
+            "archive_timeout": "60",
+            "archive_command": self.repo.archive_command(
+                self.bundle.backup if self.bundle else None
+            ),
         }
+        if self.bundle is not None and self.bundle.restore and restoring(self.data_dir):
+            managed["hot_standby"] = "off"  # no connection until the restore has promoted
         lines += [f"{name} = {pg_quote(value)}" for name, value in managed.items()]
         return "\n".join(lines) + "\n"
 
@@ -238,6 +360,8 @@ class PostgresEngine(Engine):
         databases and users, :attr:`initial`), in one local psql run as the superuser."""
         pending = self.data_dir / self.PENDING_NAME
         initial, self.initial = self.initial, None
+        if self.bundle is not None and not self.bundle.warm:
+            self.repo.ensure_stanza(self.bundle.backup)
         if not pending.exists():
             return
         if self.bundle is None:
@@ -363,6 +487,10 @@ class PostgresEngine(Engine):
             os.fsync(handle.fileno())
         self._chown(tmp)
         os.replace(tmp, path)
+
+
+def _without_reloadable(conf: str) -> list[str]:
+    return [line for line in conf.splitlines() if not line.startswith("archive_command ")]
 
 
 def pg_quote(value: str) -> str:
