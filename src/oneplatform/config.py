@@ -76,8 +76,8 @@ class Settings(BaseSettings):
         ge=8330,
         le=8339,
         description="The embedded backup store's S3 (HTTPS) port on the service address, "
-        "in 8330-8339 (the ports the guest firewall opens there); its other ports are 10000 "
-        "and more above it, on 127.0.0.1.",
+        "in 8330-8339 (the ports the guest firewall opens there); its other ports are "
+        "18000 + 10 x (port - 8330) and the six after, on 127.0.0.1.",
     )
     backup_schedule_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often schedules and retention are looked at."

@@ -84,7 +84,7 @@ def _free_deploy_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     _require_lab()
-    reset_timings()
+    reset_timings("healing", "warm")
     p = Platform(
         home=tmp_path_factory.mktemp("onep-lab"),
         port=free_port(),

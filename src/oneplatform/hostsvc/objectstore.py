@@ -68,12 +68,13 @@ def store_dir(settings: Settings) -> Path:
 
 
 def _ports(settings: Settings) -> dict[str, int]:
-    """The store's ports: S3 (HTTPS) on the service address, at ``store_port`` (in the
-    range the guest firewall opens); the rest 10000 above it (the guest firewall keeps
-    guests from the S3 gateway's gRPC port, which weed also binds on the service address)."""
-    base = settings.store_port
+    """The store's ports: S3 (HTTPS) on the service address at ``store_port`` (one of the
+    8330-8339 the guest firewall opens there); the rest at 18000 + 10 x (store_port - 8330)
+    and on (outside that range: weed binds the S3 gateway's gRPC port on the service address
+    too, and guests must not reach it), so two platforms on one host never collide."""
+    base = 18000 + 10 * (settings.store_port - 8330)
     names = ("s3.grpc", "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc")
-    return {"s3": base, **{name: base + 10000 + i for i, name in enumerate(names)}}
+    return {"s3": settings.store_port, **{name: base + i for i, name in enumerate(names)}}
 
 
 def store_config(settings: Settings) -> StoreConfig:

@@ -9,6 +9,7 @@ its pid file and adopts it instead of starting a second one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -64,11 +65,20 @@ class HostService:
         self._thread.start()
 
     def _running_pid(self) -> int | None:
+        """The pid of the running process this service started (its pid file), if any;
+        one started with another command line (the settings changed) is stopped first."""
         try:
-            pid = int(self.pid_file.read_text().strip())
+            first, _, argv = self.pid_file.read_text().partition("\n")
+            pid = int(first)
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid, self.marker) else None
+        if not _alive(pid, self.marker):
+            return None
+        if argv.strip() != json.dumps(self.argv):
+            log.info("host service %s runs with other settings: restarting it", self.name)
+            self._terminate(pid)
+            return None
+        return pid
 
     def _spawn(self) -> int:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +91,7 @@ class HostService:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives a crash of the platform
             )
-        self.pid_file.write_text(f"{proc.pid}\n")
+        self.pid_file.write_text(f"{proc.pid}\n{json.dumps(self.argv)}\n")
         # Reap it when it exits while we run (else a zombie would look alive).
         threading.Thread(target=proc.wait, name=f"reap-{self.name}", daemon=True).start()
         return proc.pid
@@ -139,8 +149,10 @@ class HostService:
         """Stop supervising and stop the process (SIGTERM, then SIGKILL)."""
         self._stop.set()
         pid = self._running_pid()
-        if pid is None:
-            return
+        if pid is not None:
+            self._terminate(pid)
+
+    def _terminate(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout

@@ -50,10 +50,10 @@ class BackupAccepted(Response):
 
 
 class ScheduleSet(Request):
-    every_seconds: int = Field(ge=60, le=31 * 86400, description="How often to back up.")
+    every_seconds: int = Field(ge=10, le=31 * 86400, description="How often to back up.")
     full_every_seconds: int | None = Field(
         default=None,
-        ge=60,
+        ge=10,
         le=366 * 86400,
         description="How often a full backup (the others incremental); every one when omitted.",
     )

@@ -145,6 +145,7 @@ class PgBackRest:
         port: int,
         processes: int,
         write: Callable[[Path, str], None],
+        own: Callable[[Path], None],
     ) -> None:
         """Write the repository's config (and the restore source's, for a first start
         that restores), the store's CA and its /etc/hosts line."""
@@ -152,6 +153,7 @@ class PgBackRest:
             return
         for path in (self.work, self.work / "spool", self.work / "lock", self.conf.parent):
             path.mkdir(parents=True, exist_ok=True)
+            own(path)  # pgBackRest runs as the server's user
         any_store = store or (restore.store if restore else None)
         assert any_store is not None
         CA_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -181,7 +181,7 @@ class PostgresEngine(Engine):
         if bundle.restore and restoring(self.data_dir):
             restore = bundle.restore  # recovery still reads the source's archive
         vcpus = max(1, int(bundle.engine.settings.get("max_worker_processes", "2")) // 2)
-        self.repo.configure(bundle.backup, restore, self.port, vcpus, self._write)
+        self.repo.configure(bundle.backup, restore, self.port, vcpus, self._write, self._chown)
 
     def _has_cluster(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
