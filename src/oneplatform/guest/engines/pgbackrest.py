@@ -30,7 +30,7 @@ STANZA = "db"
 BACKUP_TYPES = ("full", "diff", "incr")
 EXE = "/usr/bin/pgbackrest"
 CONF_DIR = Path("/etc/pgbackrest")
-CA_PATH = Path("/etc/oneplatform/store-ca.pem")
+CA_PATH = CONF_DIR / "store-ca.pem"  # /etc/oneplatform is root's alone on a VM
 HOSTS_PATH = Path("/etc/hosts")
 HOSTS_MARK = "# OnePlatform backup store"
 NO_ARCHIVE = "/bin/true"  # no repository: WAL is recycled, as without archiving
@@ -156,9 +156,7 @@ class PgBackRest:
             own(path)  # pgBackRest runs as the server's user
         any_store = store or (restore.store if restore else None)
         assert any_store is not None
-        CA_PATH.parent.mkdir(parents=True, exist_ok=True)
-        CA_PATH.write_text(any_store.ca_pem, encoding="utf-8")
-        CA_PATH.chmod(0o644)
+        write(CA_PATH, any_store.ca_pem)
         for each in (store, restore.store if restore else None):
             if each is not None:
                 map_store_host(each)
