@@ -16,6 +16,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -300,6 +301,9 @@ class FakeVmDriver(FakeDriver):
 
 
 # -- the guest agent -------------------------------------------------------------------------
+WAL_SEGMENT = "000000010000000000000002"
+
+
 class FakeAgent:
     """Answers the agent's signed calls for one instance, with the secret of its bundle;
     unsigned or badly signed calls are refused as the real agent refuses them."""
@@ -308,6 +312,8 @@ class FakeAgent:
         self.bundle = bundle
         self.restarts = 0
         self.engine = "running"
+        self.job: dict[str, Any] | None = None
+        self.labels: list[str] = []
         self.verifier = RequestVerifier(bundle["agent"]["secret"], bundle["instance_id"])
         agent = self
 
@@ -334,6 +340,17 @@ class FakeAgent:
                     agent.verifier = RequestVerifier(owner["agent"]["secret"], owner["instance_id"])
                 if self.command == "POST" and self.path == "/v1/engine/restart":
                     agent.restarts += 1
+                if self.path == "/v1/backups":  # a backup runs and ends by the next look
+                    if self.command == "POST":
+                        kind = json.loads(body)["type"]
+                        agent.job = agent.backup_job(kind)
+                        self._send(200, {"job": {**agent.job, "state": "running"}})
+                    else:
+                        self._send(200, {"repository": {"stanza": True}, "job": agent.job})
+                    return
+                if self.path == "/v1/archive":
+                    self._send(200, {"archived_until": time.time()})
+                    return
                 self._send(200, agent.health())
 
             def _send(self, status: int, data: dict[str, Any]) -> None:
@@ -350,6 +367,34 @@ class FakeAgent:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def backup_job(self, kind: str) -> dict[str, Any]:
+        """A finished pgBackRest job, with the repository's entry for its backup."""
+        self.labels.append(
+            f"20261126-0400{len(self.labels):02d}F"
+            + ("" if kind == "full" else f"_20261126-0400{len(self.labels):02d}I")
+        )
+        now = time.time()
+        return {
+            "id": f"job-{len(self.labels)}",
+            "type": kind,
+            "state": "succeeded",
+            "started_at": now - 1,
+            "finished_at": now,
+            "label": self.labels[-1],
+            "detail": "",
+            "backup": {
+                "label": self.labels[-1],
+                "type": kind,
+                "prior": self.labels[-2] if kind != "full" and len(self.labels) > 1 else None,
+                "timestamp": {"start": now - 1, "stop": now},
+                "info": {"size": 4096, "repository": {"delta": 512}},
+                "archive": {
+                    "start": "000000010000000000000002",
+                    "stop": "000000010000000000000002",
+                },
+            },
+        }
 
     def health(self) -> dict[str, Any]:
         return {

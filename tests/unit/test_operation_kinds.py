@@ -13,10 +13,12 @@ from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
 from oneplatform.compute import instances
 from oneplatform.compute.images import request_build
+from oneplatform.dbaas import backups
 from oneplatform.dbaas import service as dbaas
-from oneplatform.errors import BackendError
+from oneplatform.errors import BackendError, Conflict
 from oneplatform.ops.engine import Worker
 from oneplatform.ops.kinds import all_kinds
+from oneplatform.schemas.backups import BackupCreate
 from oneplatform.schemas.databases import DbInstanceCreate
 from oneplatform.store.models import (
     DbInstance,
@@ -365,6 +367,69 @@ def test_every_operation_kind_is_driven_by_this_module() -> None:
         "db.create",
         "db.restart",
         "db.delete",
+        "backup.create",
+        "backup.delete",
     }
     registered = {k.name for k in all_kinds() if not k.name.startswith("test.")}
     assert registered == driven
+
+
+def test_backups_are_taken_by_the_agent_recorded_and_expired(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backup.create follows the agent's job and keeps what the repository says of it;
+    backup.delete expires it in the repository (pgBackRest on the host, faked here)."""
+    made: list[tuple[str, ...]] = []
+    expired: list[str] = []
+
+    class Admin:
+        def __init__(self, _settings: object) -> None:
+            pass
+
+        def create_repository(self, *args: str) -> None:
+            made.append(args)
+
+        def remove_identity(self, user: str) -> None:
+            pass
+
+    class Tool:
+        def labels(self) -> list[str]:
+            return [label for label in CLOUD_LABELS if label not in expired]
+
+        def expire_set(self, label: str) -> None:
+            expired.append(label)
+
+        def destroy(self) -> None:
+            raise AssertionError("the instance lives: its repository stays")
+
+    monkeypatch.setattr("oneplatform.dbaas.operations.StoreAdmin", Admin)
+    monkeypatch.setattr("oneplatform.dbaas.backup_ops.repository_tool", lambda *a: Tool())
+    world.settings.backups = True
+    world.create_db()
+    world.drive_all()
+    assert made and made[0][0].startswith("onep-db-")  # its bucket, and keys of its own
+    full = backups.create_backup(
+        world.store, world.settings, world.member, "pg1", BackupCreate(type="full", name="b1")
+    )
+    assert world.drive(full.operation.id).status == "SUCCEEDED"
+    incr = backups.create_backup(
+        world.store, world.settings, world.member, "pg1", BackupCreate(type="incr", name="b2")
+    )
+    assert world.drive(incr.operation.id).status == "SUCCEEDED"
+    b1, b2 = (backups.get_backup(world.store, world.member, n) for n in ("b1", "b2"))
+    assert (b1.status, b1.type, b1.size_bytes, b1.parent) == ("COMPLETED", "full", 4096, None)
+    assert (b2.type, b2.parent, b2.wal_start) == ("incr", "b1", "000000010000000000000002")
+    (obj,) = CLOUD.objects.values()
+    assert obj.agent is not None
+    CLOUD_LABELS[:] = obj.agent.labels
+    with pytest.raises(Conflict, match="b2"):
+        backups.delete_backup(world.store, world.member, "b1")
+    deleted = backups.delete_backup(world.store, world.member, "b2")
+    assert world.drive(deleted.operation.id).status == "SUCCEEDED"
+    assert expired == [obj.agent.labels[1]]
+    assert [b.name for b in backups.list_backups(world.store, world.member)] == ["b1"]
+    window = dbaas.get_db(world.store, world.member, "pg1")
+    assert window.restorable_from == b1.finished_at
+
+
+CLOUD_LABELS: list[str] = []
