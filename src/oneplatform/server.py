@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -93,12 +94,20 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
     app = create_app(platform)
     start_deploy_listener(platform)
     announce(url, str(settings.home), builds, enrolling)
+    # uvicorn re-raises a SIGTERM it caught once it has shut down, with the handler it found:
+    # Python's default would end the process before the clean-up below (the backup store
+    # would be left running); this one unwinds it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         stop.set()
         backup_store.stop()
         store.dispose()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def start_deploy_listener(platform: Platform) -> threading.Thread | None:
