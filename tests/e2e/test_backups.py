@@ -42,7 +42,7 @@ def _checksum(conn: psycopg.Connection) -> tuple[int, str]:
 
 def _insert(conn: psycopg.Connection, first: int, count: int, tag: str) -> None:
     conn.execute(
-        "INSERT INTO t SELECT g, %s || md5(g::text) FROM generate_series(%s, %s) g",
+        "INSERT INTO t SELECT g, %s || md5(g::text) FROM generate_series(%s::int, %s::int) g",
         (tag, first, first + count - 1),
     )
 
