@@ -211,6 +211,21 @@ def test_the_readme_tour_runs_start_to_end(lab: Platform) -> None:
     assert len(active) == 1 and active[0]["power_state"] == "running"
 
 
+def test_a_bare_metal_database_backs_up_and_restores_onto_a_container(lab: Platform) -> None:
+    """pgBackRest on the node reaches the store over the lab's data network; its backup
+    restores onto a container with the data intact."""
+    backup = lab.json("db", "backup", "create", "pgbm", "--name", "pgbm-full", "--wait")
+    assert backup["status"] == "COMPLETED" and backup["database"] == "pgbm"
+    started = time.monotonic()
+    lab.run(
+        "db", "create", "pgbm-copy", "--restore", "pgbm-full", "--flavor", "container.small",
+        "--wait", timeout=900,
+    )  # fmt: skip
+    record_timing("restore", "baremetal -> container", time.monotonic() - started)
+    assert _psql(lab, "pgbm-copy", "SELECT x FROM t") == "42"
+    lab.run("db", "delete", "pgbm-copy", "--wait")
+
+
 # -- self-healing ------------------------------------------------------------------------------
 def _heal_and_check(lab: Platform, db: str, case: str, since: dt.datetime) -> None:
     """The platform repaired the compute (an operation that succeeded) and the database is
