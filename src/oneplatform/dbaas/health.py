@@ -9,6 +9,7 @@ reason, from which ``onep db restart`` recovers it.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from oneplatform.compute.reconciler import reconcile_once
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
-from oneplatform.dbaas.reach import agent_client, reach
+from oneplatform.dbaas.reach import Reach, agent_client, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
 from oneplatform.errors import PlatformError
 from oneplatform.secrets import box_for
@@ -43,6 +44,7 @@ class Probe:
     compute: InstanceStatus | None = None
     compute_message: str = ""
     unreachable: bool = False  # the agent did not answer: its compute may be down
+    archived_until: dt.datetime | None = None  # what its repository holds, when known
 
 
 def probe(store: Store, settings: Settings, db_id: str) -> Probe:
@@ -58,6 +60,7 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
             return Probe(db_id, Health.STARTING, f"compute {message}", status)
         if status is InstanceStatus.ERROR:
             return Probe(db_id, Health.FAILED, f"compute: {message}", status, message)
+        has_repository = bool(db.repo_bucket)
         try:
             r = reach(session, db, box_for(settings))
         except PlatformError as err:
@@ -71,7 +74,24 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
     health = ENGINE_HEALTH.get(answer.engine, Health.UNKNOWN)
     if health is Health.HEALTHY and not answer.ready:
         health = Health.STARTING
-    return Probe(db_id, health, answer.detail[:500], status)
+    detail, archived = answer.detail[:500], None
+    if health is Health.HEALTHY and has_repository:
+        detail, archived = _archiving(r, detail)
+    return Probe(db_id, health, detail, status, archived_until=archived)
+
+
+def _archiving(r: Reach, detail: str) -> tuple[str, dt.datetime | None]:
+    """Whether the engine archives to its repository (said in the health message when it
+    does not), and up to when."""
+    try:
+        repository = agent_client(r, timeout=5.0).backups().get("repository") or {}
+    except PlatformError:
+        return detail, None
+    until = repository.get("archived_until")
+    moment = dt.datetime.fromtimestamp(float(until), dt.UTC) if until else None
+    if not repository.get("stanza"):
+        detail = f"{detail}; not archiving yet: {repository.get('detail', '')}"[:500]
+    return detail, moment
 
 
 def check_once(store: Store, settings: Settings) -> int:
@@ -102,6 +122,9 @@ def _record(store: Store, results: list[Probe]) -> None:
                 log.info("database instance %s health %s -> %s", db.name, db.health, result.health)
             db.health, db.health_message = result.health.value, result.message
             db.health_checked_at = utcnow()
+            until = result.archived_until
+            if until is not None and (db.archived_until is None or db.archived_until < until):
+                db.archived_until = until
             if result.compute is InstanceStatus.ERROR and db.status == DbStatus.ACTIVE.value:
                 DATABASES.move(
                     session,

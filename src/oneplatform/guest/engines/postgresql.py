@@ -213,9 +213,21 @@ class PostgresEngine(Engine):
         return True
 
     def backup_status(self) -> dict[str, Any] | None:
+        """The repository's state, and up to when commits are archived (epoch; None before
+        the first segment is)."""
         if self.bundle is None or self.bundle.backup is None:
             return None
-        return self.repo.status()
+        status = self.repo.status()
+        try:
+            last = self._query(
+                "SELECT coalesce(extract(epoch FROM last_archived_time)::text, '') "
+                "FROM pg_catalog.pg_stat_archiver"
+            )
+            status["archived_until"] = float(last) if last else None
+        except (EngineError, OSError, ValueError) as exc:
+            status["archived_until"] = None
+            status["archive_detail"] = str(exc)
+        return status
 
     def start_backup(self, kind: str) -> tuple[int, dict[str, Any]]:
         if self.bundle is None or self.bundle.backup is None:
