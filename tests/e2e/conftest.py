@@ -173,7 +173,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 def _cleanup_containers(p: Platform) -> None:
-    """Remove whatever this platform's instances left on Podman if a test failed half-way."""
+    """Remove whatever this platform's instances left on Podman if a test failed half-way
+    (a database's compute is the platform's, not listed among the project's instances:
+    delete what databases are left first)."""
+    for db in json.loads(p.run("db", "list", "-o", "json", check=False).stdout or "[]"):
+        p.run("db", "delete", db["name"], "--wait", check=False)
     for inst in json.loads(p.run("instance", "list", "-o", "json", check=False).stdout or "[]"):
         for c in podman_containers(inst["id"]):
             force_remove(c["Id"], check=False)

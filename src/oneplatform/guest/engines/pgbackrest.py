@@ -63,6 +63,10 @@ def render_config(
         "compress-type=lz4",
         f"process-max={max(1, processes)}",
         "start-fast=y",
+        # The store is on the platform's own network: 15 s without a byte is a failure, not
+        # a slow link (the default 60 s, with pgBackRest's retries, made a backup to a store
+        # that stopped answering take minutes to fail).
+        "io-timeout=15",
         "archive-async=y",
         f"spool-path={work / 'spool'}",
         f"lock-path={work / 'lock'}",

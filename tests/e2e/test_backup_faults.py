@@ -1,0 +1,146 @@
+"""Backups under faults, for real: the platform killed mid-backup, the store unreachable, the
+store full. Nothing is left stuck, the errors are clear, earlier backups stay restorable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from oneplatform.config import Settings
+from oneplatform.hostsvc.objectstore import StoreAdmin
+from tests.e2e.conftest import Platform, free_port
+
+pytestmark = pytest.mark.e2e
+
+STORE_PORT = "8336"  # its own store: the other modules' platforms use 8333
+ALICE = "Alice-pw-123"
+
+
+@pytest.fixture(scope="module")
+def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    p = Platform(
+        home=tmp_path_factory.mktemp("onep-faults"),
+        port=free_port(),
+        extra_env={"ONEP_STORE_PORT": STORE_PORT},
+    )
+    p.start()
+    p.wait_images_ready()
+    yield p
+    for db in p.json("db", "list"):
+        p.run("db", "delete", db["name"], "--wait", check=False)
+    p.stop()
+
+
+def _alice(p: Platform, name: str) -> psycopg.Connection:
+    endpoint = p.json("db", "show", name)["endpoint"]
+    return psycopg.connect(
+        host=endpoint["host"], port=endpoint["port"], user="alice", password=ALICE,
+        dbname="appdb", connect_timeout=10, autocommit=True,
+    )  # fmt: skip
+
+
+def _store_pid(p: Platform) -> int:
+    return int((p.home / "objectstore" / "weed.pid").read_text().split()[0])
+
+
+@pytest.fixture(scope="module")
+def big(plat: Platform) -> dict[str, Any]:
+    """A container database of about 70 MB (a backup takes seconds, not milliseconds)."""
+    db = plat.json(
+        "db", "create", "big", "--flavor", "container.small", "--database", "appdb",
+        "--user", f"alice:{ALICE}", "--size-gb", "2", "--wait", timeout=600,
+    )  # fmt: skip
+    with _alice(plat, "big") as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        conn.execute(
+            "INSERT INTO t SELECT g, md5(g::text) || md5((g * 7)::text) "
+            "FROM generate_series(1::int, 600000::int) g"
+        )
+    return db
+
+
+def test_a_platform_killed_mid_backup_ends_it_completed(
+    plat: Platform, big: dict[str, Any]
+) -> None:
+    plat.json("db", "backup", "create", "big", "--name", "big-1")
+    deadline = time.monotonic() + 120
+    while plat.json("db", "backup", "show", "big-1")["status"] != "BUILDING":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    plat.kill()  # the agent's job goes on; the store too (a session of its own)
+    os.kill(_store_pid(plat), 0)  # still running while the platform is down
+    plat.start()
+    deadline = time.monotonic() + 600
+    while (shown := plat.json("db", "backup", "show", "big-1"))["status"] in ("NEW", "BUILDING"):
+        assert time.monotonic() < deadline, shown
+        time.sleep(1)
+    assert shown["status"] == "COMPLETED", shown
+    assert shown["size_bytes"] > 40_000_000
+
+
+def test_an_unreachable_store_fails_the_backup_clearly(plat: Platform, big: dict[str, Any]) -> None:
+    pid = _store_pid(plat)
+    os.killpg(pid, signal.SIGSTOP)  # frozen: connections open but nothing answers
+    try:
+        out = plat.run(
+            "db",
+            "backup",
+            "create",
+            "big",
+            "--name",
+            "big-frozen",
+            "--wait",
+            check=False,
+            timeout=900,
+        )
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+    assert out.returncode != 0
+    failed = plat.json("db", "backup", "show", "big-frozen")
+    assert failed["status"] == "FAILED" and "backup failed" in failed["status_message"], failed
+    # the earlier backup is intact: it restores
+    plat.run(
+        "db",
+        "create",
+        "from-1",
+        "--restore",
+        "big-1",
+        "--flavor",
+        "container.small",
+        "--size-gb",
+        "2",
+        "--wait",
+        timeout=900,
+    )
+    with _alice(plat, "from-1") as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (600_000,)
+    plat.run("db", "delete", "from-1", "--wait")
+
+
+def test_a_full_store_fails_the_backup_clearly(plat: Platform, big: dict[str, Any]) -> None:
+    settings = Settings(home=plat.home, store_port=int(STORE_PORT))
+    bucket = f"onep-db-{big['id']}"
+    admin = StoreAdmin(settings)
+    admin._shell(f"s3.bucket.quota -name {bucket} -op set -sizeMB 1")
+    try:
+        deadline = time.monotonic() + 300  # the store enforces quotas once a minute
+        while True:
+            out = plat.run("db", "backup", "create", "big", "--wait", check=False, timeout=900)
+            if out.returncode != 0:
+                break
+            assert time.monotonic() < deadline, "the quota never made the store refuse"
+        failed = [
+            b
+            for b in plat.json("db", "backup", "list", "--database", "big")
+            if b["status"] == "FAILED" and b["name"] != "big-frozen"
+        ]
+        assert failed and "backup failed" in failed[-1]["status_message"], failed
+    finally:
+        admin._shell(f"s3.bucket.quota -name {bucket} -op remove")
+    assert plat.json("db", "backup", "show", "big-1")["status"] == "COMPLETED"
