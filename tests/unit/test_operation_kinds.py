@@ -428,6 +428,9 @@ def test_backups_are_taken_by_the_agent_recorded_and_expired(
     assert world.drive(deleted.operation.id).status == "SUCCEEDED"
     assert expired == [obj.agent.labels[1]]
     assert [b.name for b in backups.list_backups(world.store, world.member)] == ["b1"]
+    with pytest.raises(Conflict, match="only full backup") as refused:  # pgBackRest keeps one
+        backups.delete_backup(world.store, world.member, "b1")
+    assert refused.value.code == "last_full_backup"
     window = dbaas.get_db(world.store, world.member, "pg1")
     assert window.restorable_from == b1.finished_at
 

@@ -226,7 +226,11 @@ def create_backup(
 
 
 def _has_completed_full(session: Session, db: DbInstance) -> bool:
-    return (
+    return _completed_fulls(session, db) > 0
+
+
+def _completed_fulls(session: Session, db: DbInstance) -> int:
+    return len(
         session.scalars(
             select(Backup.id).where(
                 Backup.db_instance_id == db.id,
@@ -234,8 +238,7 @@ def _has_completed_full(session: Session, db: DbInstance) -> bool:
                 Backup.status == BackupStatus.COMPLETED.value,
                 Backup.deleted_at.is_(None),
             )
-        ).first()
-        is not None
+        ).all()
     )
 
 
@@ -281,6 +284,19 @@ def delete_backup(store: Store, caller: Caller, ident: str) -> BackupAccepted:
                 "(delete them first)",
                 code="backup_has_dependents",
                 dependents=sorted(b.name for b in later),
+            )
+        db = session.get_one(DbInstance, backup.db_instance_id)
+        if (
+            backup.type == "full"
+            and backup.status == BackupStatus.COMPLETED.value
+            and db.status != DbStatus.DELETED.value
+            and _completed_fulls(session, db) == 1
+        ):
+            # pgBackRest keeps one full backup in a live repository whatever it is told.
+            raise Conflict(
+                f"backup {backup.name!r} is the only full backup of {db.name!r}: take another "
+                "full backup first (or delete the database instance)",
+                code="last_full_backup",
             )
         BACKUPS.move(session, backup, BackupStatus.DELETING, "delete requested")
         op = enqueue(session, backup_ops.BACKUP_DELETE, backup.id, caller.project_id)
