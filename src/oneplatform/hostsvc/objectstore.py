@@ -99,6 +99,8 @@ def weed_binary() -> str:
 
 
 def _admin_keys(directory: Path) -> tuple[str, str]:
+    """The store's admin identity (made once): with no identity at all, SeaweedFS's S3
+    gateway lets anyone in; the platform itself administers through ``weed shell``."""
     path = directory / "admin.json"
     if path.exists():
         data = json.loads(path.read_text())
@@ -315,13 +317,6 @@ class RepositoryTool:
 
     def expire_set(self, label: str) -> None:
         self._run(f"--set={label}", "expire")
-
-    def expire_older_than(self, days: float) -> None:
-        self._run(
-            "--repo1-retention-full-type=time",
-            f"--repo1-retention-full={max(1, int(days))}",
-            "expire",
-        )
 
     def labels(self) -> list[str]:
         data = json.loads(self._run("--output=json", "info") or "[]")
