@@ -10,22 +10,11 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import Platform, record_timing, reset_timings
+from tests.e2e.test_db_cli import _connect
 
 pytestmark = pytest.mark.e2e
 
 ALICE = "Alice-pw-123"
-
-
-def _connect(endpoint: dict[str, Any], user: str, password: str, dbname: str) -> psycopg.Connection:
-    return psycopg.connect(
-        host=endpoint["host"],
-        port=endpoint["port"],
-        user=user,
-        password=password,
-        dbname=dbname,
-        connect_timeout=10,
-        autocommit=True,
-    )
 
 
 def _alice(platform: Platform, name: str) -> psycopg.Connection:

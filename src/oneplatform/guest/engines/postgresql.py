@@ -259,25 +259,7 @@ class PostgresEngine(Engine):
 
     def _query(self, query: str) -> str:
         proc = self.children.run(
-            [
-                str(self.bin_dir / "psql"),
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                query,
-            ],
+            self._psql_argv("-A", "-t", "-c", query),
             timeout=60,
             **self._as_postgres(),
         )
@@ -398,25 +380,17 @@ class PostgresEngine(Engine):
         if initial is not None:
             self.initialized = True
 
+    def _psql_argv(self, *args: str) -> list[str]:
+        """psql as the superuser over the local socket, quiet, stopping at the first error."""
+        return [
+            str(self.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+            *args,
+        ]  # fmt: skip
+
     def _psql(self, script: str, what: str) -> None:
         proc = self.children.run(
-            [
-                str(self.bin_dir / "psql"),
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-f",
-                "-",
-            ],
+            self._psql_argv("-f", "-"),
             stdin=script.encode("utf-8"),
             timeout=60,
             **self._as_postgres(),
