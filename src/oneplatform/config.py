@@ -77,7 +77,39 @@ class Settings(BaseSettings):
         le=8339,
         description="The embedded backup store's S3 (HTTPS) port on the service address, "
         "in 8330-8339 (the ports the guest firewall opens there); its other ports are "
-        "18000 + 10 x (port - 8330) and the six after, on 127.0.0.1.",
+        "18000 + 10 x (port - 8330) and the six after, on 127.0.0.1. With an external store: "
+        "the port of the relay guests reach it through.",
+    )
+    backup_store_url: str = Field(
+        default="",
+        pattern=r"^(https://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?/?)?$",
+        description="An S3 endpoint of your own (https://NAME[:PORT], path-style, a name its "
+        "certificate holds and the host resolves) instead of the embedded store; empty: the "
+        "embedded one. Databases write under a prefix of their own in one bucket, each "
+        "encrypted with a key of its own; guests reach it through a relay on the service "
+        "address.",
+    )
+    backup_store_bucket: str = Field(
+        default="oneplatform",
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="The external store's bucket (it must exist).",
+    )
+    backup_store_region: str = Field(
+        default="us-east-1", pattern=r"^[A-Za-z0-9_-]+$", description="The external store's region."
+    )
+    backup_store_access_key: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_+/=.-]*$", description="The external store's access key."
+    )
+    backup_store_secret_key: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_+/=.-]*$",
+        repr=False,
+        description="The external store's secret key.",
+    )
+    backup_store_ca_file: Path | None = Field(
+        default=None,
+        description="PEM certificates that sign the external store's (default: the host's "
+        "trusted ones, /etc/ssl/certs/ca-certificates.crt).",
     )
     backup_schedule_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often schedules and retention are looked at."

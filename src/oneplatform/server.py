@@ -22,7 +22,7 @@ from oneplatform.config import Settings
 from oneplatform.dbaas.backups import run_backup_scheduler
 from oneplatform.dbaas.health import run_health_checker
 from oneplatform.dbaas.warm import run_warm_keeper
-from oneplatform.hostsvc.objectstore import embedded_store
+from oneplatform.hostsvc.objectstore import backup_store_service
 from oneplatform.ops.engine import Worker
 from oneplatform.store.db import Store
 
@@ -88,7 +88,7 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
         (run_backup_scheduler, "backup-scheduler"),
     ):
         threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
-    backup_store = embedded_store(settings)
+    backup_store = backup_store_service(settings)
     backup_store.start()
     platform = Platform(store, settings)
     app = create_app(platform)

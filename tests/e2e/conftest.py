@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,31 +78,17 @@ class Platform:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=60)  # it stops its backup store first (~17 s)
+                self.proc.wait(timeout=60)  # it stops its backup store first (<= 5 s)
             except subprocess.TimeoutExpired:
                 self.kill()
         self.stop_store()
 
     def stop_store(self) -> None:
         """The backup store runs in a session of its own (it outlives a killed platform):
-        stop what this home's platform left running, so the next platform can bind its port."""
-        pid_file = self.home / "objectstore" / "weed.pid"
-        try:
-            pid = int(pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        for sig, wait in ((signal.SIGTERM, 40.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.2)
+        stop what this home's platform left running, so the next platform can bind its port
+        (the embedded store, or the relay to an external one)."""
+        for name in ("weed", "relay"):
+            stop_host_service(self.home / "objectstore" / f"{name}.pid")
 
     def log(self) -> str:
         path = self.home / "up.log"
@@ -132,6 +119,26 @@ class Platform:
             assert not any(i["status"] == "ERROR" for i in images), images
             time.sleep(1)
         raise AssertionError("images did not become READY")
+
+
+def stop_host_service(pid_file: Path) -> None:
+    """SIGTERM the process group in ``pid_file`` (SIGKILL after 40 s) and wait for its end."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    for sig, wait in ((signal.SIGTERM, 40.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def podman_containers(instance_id: str) -> list[dict[str, Any]]:
@@ -192,14 +199,18 @@ SECTIONS = {
 }
 
 
+_TIMINGS_LOCK = threading.Lock()  # tests may record from threads of their own
+
+
 def record_timing(section: str, case: str, seconds: float) -> None:
     """Keep how long ``case`` took (see the run's summary): a self-healing case until the
     database was HEALTHY again, a warm claim until the first query."""
     path = TIMINGS / f"{section}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    times = json.loads(path.read_text()) if path.exists() else {}
-    times[case] = round(seconds, 1)
-    path.write_text(json.dumps(times, indent=2) + "\n")
+    with _TIMINGS_LOCK:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        times = json.loads(path.read_text()) if path.exists() else {}
+        times[case] = round(seconds, 1)
+        path.write_text(json.dumps(times, indent=2) + "\n")
 
 
 def reset_timings(*sections: str) -> None:

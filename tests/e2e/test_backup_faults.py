@@ -1,5 +1,5 @@
-"""Backups under faults, for real: the platform killed mid-backup, the store unreachable, the
-store full. Nothing is left stuck, the errors are clear, earlier backups stay restorable."""
+"""Backups under faults, for real: the platform killed mid-backup, the store unreachable, a
+bucket full. Nothing is left stuck, the errors are clear, earlier backups stay restorable."""
 
 from __future__ import annotations
 
@@ -65,6 +65,23 @@ def big(plat: Platform) -> dict[str, Any]:
     return db
 
 
+@pytest.fixture(scope="module", autouse=True)
+def full(plat: Platform) -> Iterator[dict[str, Any]]:
+    """A small database with a full backup whose bucket gets a quota below what it holds,
+    made first: the store enforces quotas once a minute, so by the last test of the module
+    it refuses writes to it (and the tests between do not wait for that)."""
+    db = plat.json("db", "create", "full", "--flavor", "container.small", "--wait", timeout=600)
+    backup = plat.json("db", "backup", "create", "full", "--name", "full-1", "--wait")
+    assert backup["status"] == "COMPLETED", backup
+    admin = StoreAdmin(Settings(home=plat.home, store_port=int(STORE_PORT)))
+    bucket = f"onep-db-{db['id']}"
+    admin._shell(f"s3.bucket.quota -name {bucket} -op set -sizeMB 1")
+    try:
+        yield db
+    finally:
+        admin._shell(f"s3.bucket.quota -name {bucket} -op remove")
+
+
 def test_a_platform_killed_mid_backup_ends_it_completed(
     plat: Platform, big: dict[str, Any]
 ) -> None:
@@ -123,27 +140,17 @@ def test_an_unreachable_store_fails_the_backup_clearly(plat: Platform, big: dict
     plat.run("db", "delete", "from-1", "--wait")
 
 
-def test_a_full_store_fails_the_backup_clearly(plat: Platform, big: dict[str, Any]) -> None:
-    settings = Settings(home=plat.home, store_port=int(STORE_PORT))
-    bucket = f"onep-db-{big['id']}"
-    admin = StoreAdmin(settings)
-    admin._shell(f"s3.bucket.quota -name {bucket} -op set -sizeMB 1")
-    try:
-        deadline = time.monotonic() + 300  # the store enforces quotas once a minute
-        while True:
-            out = plat.run(  # incrementals: each try writes little, and quickly
-                "db", "backup", "create", "big", "--type", "incr", "--wait",
-                check=False, timeout=900,
-            )  # fmt: skip
-            if out.returncode != 0:
-                break
-            assert time.monotonic() < deadline, "the quota never made the store refuse"
-        failed = [
-            b
-            for b in plat.json("db", "backup", "list", "--database", "big")
-            if b["status"] == "FAILED" and b["name"] != "big-frozen"
-        ]
-        assert failed and "backup failed" in failed[-1]["status_message"], failed
-    finally:
-        admin._shell(f"s3.bucket.quota -name {bucket} -op remove")
-    assert plat.json("db", "backup", "show", "big-1")["status"] == "COMPLETED"
+def test_a_full_store_fails_the_backup_clearly(plat: Platform, full: dict[str, Any]) -> None:
+    deadline = time.monotonic() + 300  # the quota was set at the module's start
+    while True:
+        out = plat.run(  # incrementals: each try writes little, and quickly
+            "db", "backup", "create", "full", "--type", "incr", "--wait",
+            check=False, timeout=900,
+        )  # fmt: skip
+        if out.returncode != 0:
+            break
+        assert time.monotonic() < deadline, "the quota never made the store refuse"
+    listed = plat.json("db", "backup", "list", "--database", "full")
+    failed = [b for b in listed if b["status"] == "FAILED"]
+    assert failed and "backup failed" in failed[-1]["status_message"], failed
+    assert plat.json("db", "backup", "show", "full-1")["status"] == "COMPLETED"

@@ -1,14 +1,21 @@
 """Backups, restores and point-in-time recovery for real: pgBackRest in the guests, the
-embedded SeaweedFS store on the host, restores onto another compute type, through the CLI."""
+embedded SeaweedFS store on the host, through the CLI. The nine (source, target) pairs of
+the three compute types are restored in tests/e2e/test_three_compute_types.py."""
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import subprocess
 import time
 from typing import Any
 
 import psycopg
 import pytest
 
+from oneplatform.config import Settings
+from oneplatform.hostsvc.objectstore import RepositoryTool
+from oneplatform.secrets import box_for
 from tests.e2e.conftest import Platform, record_timing, reset_timings
 from tests.e2e.test_db_cli import _connect
 
@@ -56,7 +63,7 @@ def source(platform: Platform) -> dict[str, Any]:
     return db
 
 
-def test_backups_are_a_resource_and_restore_onto_another_compute_type(
+def test_backups_are_a_resource_and_restore_with_their_users(
     platform: Platform, source: dict[str, Any]
 ) -> None:
     full = platform.json("db", "backup", "create", "src", "--name", "src-full", "--wait")
@@ -83,24 +90,23 @@ def test_backups_are_a_resource_and_restore_onto_another_compute_type(
     assert shown["restorable_from"] == full["finished_at"]
     assert shown["restorable_until"] >= incr["finished_at"]
 
+    # restored from the incremental (the other compute types: tests/e2e/test_three_compute_types)
     source_admin = platform.json("db", "credentials", "src")
-    for flavor in ("vm.small", "container.small"):
-        name = f"from-incr-{flavor.split('.')[0]}"
-        restored = _create(platform, name, flavor, "--restore", "src-incr")
-        record_timing("restore", f"container -> {flavor.split('.')[0]}", restored["_seconds"])
-        assert restored["status"] == "ACTIVE" and restored["compute_type"] == flavor.split(".")[0]
-        with _alice(platform, name) as conn:  # the source's users, with their passwords
-            assert _checksum(conn) == expected
-        admin = platform.json("db", "credentials", name)
-        assert admin["password"] != source_admin["password"]  # credentials of its own
-        with _connect(restored["endpoint"], "admin", admin["password"], "appdb") as conn:
-            conn.execute("SELECT 1")
-        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-            _connect(restored["endpoint"], "admin", source_admin["password"], "appdb")
-        # the restored database archives to a repository of its own and backs up there
-        mine = platform.json("db", "backup", "create", name, "--wait")
-        assert mine["status"] == "COMPLETED" and mine["database"] == name
-        platform.run("db", "delete", name, "--wait")
+    restored = _create(platform, "from-incr", "container.small", "--restore", "src-incr")
+    record_timing("restore", "incremental (container -> container)", restored["_seconds"])
+    assert restored["status"] == "ACTIVE"
+    with _alice(platform, "from-incr") as conn:  # the source's users, with their passwords
+        assert _checksum(conn) == expected
+    admin = platform.json("db", "credentials", "from-incr")
+    assert admin["password"] != source_admin["password"]  # credentials of its own
+    with _connect(restored["endpoint"], "admin", admin["password"], "appdb") as conn:
+        conn.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _connect(restored["endpoint"], "admin", source_admin["password"], "appdb")
+    # the restored database archives to a repository of its own and backs up there
+    mine = platform.json("db", "backup", "create", "from-incr", "--wait")
+    assert mine["status"] == "COMPLETED" and mine["database"] == "from-incr"
+    platform.run("db", "delete", "from-incr", "--wait")
 
 
 def test_point_in_time_recovery_and_a_deleted_databases_window(
@@ -168,4 +174,43 @@ def test_a_schedule_takes_backups_and_retention_expires_old_ones(platform: Platf
     platform.run("db", "backup", "schedule", "sched", "--off")
     off = platform.run("db", "backup", "schedule", "sched", "-o", "json", check=False)
     assert off.returncode != 0 and "no_schedule" in off.stderr
+
+    # archived WAL older than the oldest backup left goes with the backups that needed it
+    deadline = time.monotonic() + 120
+    while any(b["status"] in ("NEW", "BUILDING") for b in _backups(platform, "sched")):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    platform.json("db", "backup", "create", "sched", "--name", "sched-last", "--wait")
+    oldest = min(
+        (b for b in _backups(platform, "sched") if b["status"] == "COMPLETED"),
+        key=lambda b: b["finished_at"],
+    )
+    platform.run("db", "backup", "delete", oldest["name"], "--wait")
+    left = [b for b in _backups(platform, "sched") if b["status"] == "COMPLETED"]
+    segments = _archived_wal(platform, "sched")
+    assert segments and min(segments) >= min(b["wal_start"] for b in left), segments
+    assert max(segments) >= max(b["wal_stop"] for b in left)
     platform.run("db", "delete", "sched", "--wait")
+
+
+def _backups(platform: Platform, db: str) -> list[dict[str, Any]]:
+    return list(platform.json("db", "backup", "list", "--database", db))
+
+
+def _archived_wal(platform: Platform, db: str) -> list[str]:
+    """The WAL segments in ``db``'s repository, read on the host with its own keys."""
+    settings = Settings(home=platform.home)
+    box = box_for(settings)
+    with sqlite3.connect(platform.home / "oneplatform.db") as conn:
+        row = conn.execute(
+            "SELECT repo_bucket, repo_access_key, repo_secret_enc, repo_cipher_enc "
+            "FROM db_instances WHERE name = ? AND deleted_at IS NULL",
+            (db,),
+        ).fetchone()
+    tool = RepositoryTool(settings, row[0], row[1], box.decrypt(row[2]), box.decrypt(row[3]))
+    with tool._config() as conf:
+        listed = subprocess.run(
+            ["pgbackrest", f"--config={conf}", "--recurse", "repo-ls", "archive/db"],
+            capture_output=True, text=True, check=True, timeout=120,
+        ).stdout  # fmt: skip
+    return sorted(set(re.findall(r"\b([0-9A-F]{24})-", listed)))

@@ -3,11 +3,13 @@ the Redfish emulator over the bare-metal lab.
 
 The README's tour runs as written (every ``onep`` line of its two tour blocks, in order) and
 leaves a container, a VM and a bare-metal database alive at once, each reached with psql.
-Then each one's compute is broken behind the platform's back — ``podman kill``, ``podman rm
--f``, the VM's QEMU killed, the node powered off through its BMC — and the platform itself is
-killed with -9: every time the database must come back HEALTHY with its data, and the time
-it took is recorded (printed at the end of the run). Last, the bare-metal deletes clean the
-nodes, and a deploy killed mid-way resumes.
+Each is backed up and restored onto a container. Then each one's compute is broken behind
+the platform's back — ``podman kill``, ``podman rm -f``, the VM's QEMU killed, the node
+powered off through its BMC — and the platform itself is killed with -9: every time the
+database must come back HEALTHY with its data, and the time it took is recorded (printed at
+the end of the run). Then the bare-metal delete cleans the node, a restore onto bare metal
+whose deploy was killed mid-way resumes, the other (source, target) pairs of the three
+compute types restore at once, and warm instances are claimed on each compute type.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -43,6 +46,7 @@ LAB = Path("/var/lib/oneplatform/bmlab/nodes.json")
 README = Path(__file__).resolve().parents[2] / "README.md"
 ALICE_PW = "S3cret-pass"  # the README's
 DATABASES = {"pgc": "container", "pgvm": "vm", "pgbm": "baremetal"}
+T = TypeVar("T")
 
 
 def _require_lab() -> None:
@@ -211,19 +215,54 @@ def test_the_readme_tour_runs_start_to_end(lab: Platform) -> None:
     assert len(active) == 1 and active[0]["power_state"] == "running"
 
 
-def test_a_bare_metal_database_backs_up_and_restores_onto_a_container(lab: Platform) -> None:
-    """pgBackRest on the node reaches the store over the lab's data network; its backup
-    restores onto a container with the data intact."""
-    backup = lab.json("db", "backup", "create", "pgbm", "--name", "pgbm-full", "--wait")
-    assert backup["status"] == "COMPLETED" and backup["database"] == "pgbm"
+PAIRS_SQL = (
+    "CREATE TABLE pairs AS SELECT g AS id, md5(random()::text) AS v FROM generate_series(1, 5000) g"
+)
+CHECKSUM_SQL = (
+    "SELECT count(*) || ':' || md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM pairs"
+)
+CHECKSUMS: dict[str, str] = {}  # source database -> its table's checksum when backed up
+
+
+def _parallel(fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
+    """``fn`` over ``items`` at once (threads: each call is CLI processes and waiting)."""
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        return list(pool.map(fn, items))
+
+
+def _restore(lab: Platform, source: str, flavor: str) -> None:
+    """``source``'s backup restored onto ``flavor``: its table identical, its users there;
+    the time is recorded, the copy deleted."""
+    compute_type = flavor.split(".")[0]
+    name = f"{source}-on-{compute_type[:2]}"
     started = time.monotonic()
     lab.run(
-        "db", "create", "pgbm-copy", "--restore", "pgbm-full", "--flavor", "container.small",
-        "--wait", timeout=900,
+        "db", "create", name, "--restore", f"{source}-full", "--flavor", flavor, "--wait",
+        timeout=1500,
     )  # fmt: skip
-    record_timing("restore", "baremetal -> container", time.monotonic() - started)
-    assert _psql(lab, "pgbm-copy", "SELECT x FROM t") == "42"
-    lab.run("db", "delete", "pgbm-copy", "--wait")
+    record_timing("restore", f"{DATABASES[source]} -> {compute_type}", time.monotonic() - started)
+    assert lab.json("db", "show", name)["compute_type"] == compute_type
+    assert _psql(lab, name, CHECKSUM_SQL) == CHECKSUMS[source]  # as alice: the source's user
+    lab.run("db", "delete", name, "--wait", timeout=900)
+
+
+def test_every_compute_type_backs_up_and_restores_onto_a_container(lab: Platform) -> None:
+    """pgBackRest in each guest reaches the store by its compute type's path (the guest
+    firewall, QEMU's forward, the lab's data network); each backup restores onto a container
+    with the table identical."""
+    for db in DATABASES:
+        _psql(lab, db, PAIRS_SQL)
+        CHECKSUMS[db] = _psql(lab, db, CHECKSUM_SQL)
+    assert len(set(CHECKSUMS.values())) == len(DATABASES)  # three different tables
+
+    def backup(db: str) -> dict[str, Any]:
+        return dict(
+            lab.json("db", "backup", "create", db, "--name", f"{db}-full", "--wait", timeout=900)
+        )
+
+    for db, made in zip(DATABASES, _parallel(backup, DATABASES), strict=True):
+        assert (made["status"], made["database"], made["type"]) == ("COMPLETED", db, "full")
+    _parallel(lambda db: _restore(lab, db, "container.small"), DATABASES)
 
 
 # -- self-healing ------------------------------------------------------------------------------
@@ -336,21 +375,23 @@ def test_deleting_the_bare_metal_database_cleans_its_node(lab: Platform) -> None
     assert not _disk_holds(node, marker.encode())
 
 
-def test_a_deploy_killed_mid_way_resumes(lab: Platform) -> None:
-    """kill -9 after the ramdisk was booted but before the step was recorded; restart."""
+def test_a_restore_onto_bare_metal_killed_mid_deploy_resumes(lab: Platform) -> None:
+    """The deleted pgbm's backup outlives it: restoring it onto bare metal, the platform is
+    killed with -9 after the ramdisk was booted but before the step was recorded; restarted,
+    the deploy resumes there and the restore ends ACTIVE with the table identical."""
     _wait_nodes(lab, "available")
     lab.stop()
     lab.start(ONEP_FAILPOINT="instance.create.baremetal:boot_ramdisk")
+    started = time.monotonic()
     accepted = lab.json(
-        "instance", "create", "bm1", "--flavor", "baremetal.small", "--image", "postgresql-15"
-    )
+        "db", "create", "pgbm-back", "--restore", "pgbm-full", "--flavor", "baremetal.small"
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     while "FAILPOINT instance.create.baremetal:boot_ramdisk" not in lab.log():
         assert time.monotonic() < deadline, lab.log()[-2000:]
         time.sleep(1)
     lab.kill()
     lab.start()  # no failpoint: the deploy resumes at boot_ramdisk and goes on
-    deleted = False
     try:
         deadline = time.monotonic() + 900
         while (op := lab.json("operation", "show", accepted["id"]))["status"] not in (
@@ -360,17 +401,29 @@ def test_a_deploy_killed_mid_way_resumes(lab: Platform) -> None:
             assert time.monotonic() < deadline, op
             time.sleep(3)
         assert op["status"] == "SUCCEEDED", op
-        inst = lab.json("instance", "show", "bm1")
-        assert inst["status"] == "ACTIVE" and inst["compute_type"] == "baremetal"
+        record_timing(
+            "restore", "baremetal -> baremetal (platform killed mid-deploy)",
+            time.monotonic() - started,
+        )  # fmt: skip
+        shown = lab.json("db", "show", "pgbm-back")
+        assert shown["status"] == "ACTIVE" and shown["compute_type"] == "baremetal"
         active = [n for n in _nodes(lab).values() if n["state"] == "active"]
-        assert [n["instance"] for n in active] == ["bm1"]
-        # `--wait` on a bare-metal delete exits 0 and says so (it once compared kind names)
-        out = lab.run("instance", "delete", "bm1", "--wait", timeout=900)
-        assert "deleted bm1" in out.stdout
-        deleted = True
+        assert len(active) == 1
+        assert _psql(lab, "pgbm-back", CHECKSUM_SQL) == CHECKSUMS["pgbm"]
     finally:
-        if not deleted:
-            lab.run("instance", "delete", "bm1", "--wait", timeout=900, check=False)
+        lab.run("db", "delete", "pgbm-back", "--wait", timeout=900, check=False)
+    _wait_nodes(lab, "available", timeout=300)
+
+
+def test_every_compute_type_restores_onto_vms_and_bare_metal(lab: Platform) -> None:
+    """The other five (source, target) pairs, at once (the two nodes are free)."""
+    pairs = [
+        (db, flavor)
+        for db in DATABASES
+        for flavor in ("vm.small", "baremetal.small")
+        if (db, flavor) != ("pgbm", "baremetal.small")  # the test above
+    ]
+    _parallel(lambda pair: _restore(lab, *pair), pairs)
     _wait_nodes(lab, "available", timeout=300)
 
 
@@ -383,11 +436,12 @@ def _warm(p: Platform) -> dict[str, dict[str, Any]]:
     return {w["compute_type"]: w for w in p.json("warm", "list")}
 
 
-def _wait_warm(p: Platform, ready: int, building: int = 0, timeout: float = 900) -> None:
+def _wait_warm(p: Platform, ready: dict[str, int], timeout: float = 900) -> None:
+    """Until each compute type's pool has ``ready`` READY instances and none building."""
     deadline = time.monotonic() + timeout
     while True:
         pools = _warm(p)
-        if all(w["ready"] == ready and w["building"] == building for w in pools.values()):
+        if all(pools[ct]["ready"] == n and pools[ct]["building"] == 0 for ct, n in ready.items()):
             return
         assert time.monotonic() < deadline, pools
         time.sleep(2)
@@ -401,64 +455,86 @@ def _app_psql(p: Platform, db: str, token: str, sql: str, password: str = APP_PW
     return out.stdout.strip()
 
 
-def _claim(p: Platform, token: str, name: str, flavor: str) -> float:
+def _claim(p: Platform, token: str, name: str, flavor: str, drain: bool = False) -> float:
     """Create a database that takes the warm instance; the seconds until the app user's
-    first query answered (the CLI's own start-up included)."""
+    first query answered (the CLI's own start-up included). ``drain``: the flavor's pool is
+    set to 0 as soon as the create is accepted (its instance is claimed by then), so that
+    the keeper does not replace it."""
     start = time.monotonic()
-    p.run(
-        "db", "create", name, "--flavor", flavor, "--database", "appdb",
-        "--user", f"app:{APP_PW}", "--wait", ONEP_TOKEN=token, timeout=600,
-    )  # fmt: skip
+    argv = ["db", "create", name, "--flavor", flavor, "--database", "appdb",
+            "--user", f"app:{APP_PW}"]  # fmt: skip
+    if not drain:
+        p.run(*argv, "--wait", ONEP_TOKEN=token, timeout=600)
+    else:
+        op = p.json(*argv, ONEP_TOKEN=token)
+        p.run("warm", "set", flavor, "--count", "0")
+        deadline = time.monotonic() + 600
+        while (shown := p.json("operation", "show", op["id"], ONEP_TOKEN=token))["status"] not in (
+            "SUCCEEDED",
+            "FAILED",
+        ):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.2)
+        assert shown["status"] == "SUCCEEDED", shown
     assert _app_psql(p, name, token, "SELECT 1") == "1"
     return time.monotonic() - start
 
 
 def test_warm_instances_are_claimed_on_every_compute_type(lab: Platform) -> None:
-    """One warm instance per compute type; project A's creates claim them, the keeper makes
-    new ones, project B's creates claim those: each gets its own credentials and finds
-    nothing of A's. Draining deletes what is left."""
+    """One warm instance per compute type; project A's creates claim them, each with its
+    own credentials. The keeper replaces the claimed container, which project B's create
+    claims: it finds nothing of A's, and A's password opens nothing of B's. Draining deletes
+    what is left. (The VM and bare-metal pools are drained once claimed: their replacement
+    is the keeper's path of their first build, which would cost a boot under TCG and a
+    deploy more.)"""
     _wait_nodes(lab, "available")
     tokens = {t: lab.json("project", "create", f"warm-{t}")["token"] for t in ("a", "b")}
     try:
         for flavor in WARM.values():
             lab.run("warm", "set", flavor, "--count", "1")
-        _wait_warm(lab, ready=1)
+        _wait_warm(lab, dict.fromkeys(WARM, 1))
         marker = f"a-row-{os.urandom(6).hex()}"
         for ct, flavor in WARM.items():
-            seconds = _claim(lab, tokens["a"], f"wa-{ct}", flavor)
-            record_timing("warm", f"{ct}: db create --wait + the app's first query", seconds)
+            seconds = _claim(lab, tokens["a"], f"wa-{ct}", flavor, drain=ct != "container")
+            record_timing("warm", f"{ct}: db create + the app's first query", seconds)
             _app_psql(lab, f"wa-{ct}", tokens["a"], f"CREATE TABLE a AS SELECT '{marker}' v")
         assert {ct: w["claimed"] for ct, w in _warm(lab).items()} == dict.fromkeys(WARM, 1)
-        _wait_warm(lab, ready=1)  # the keeper made new ones (bare metal: on the other node)
-        for ct, flavor in WARM.items():
-            _claim(lab, tokens["b"], f"wb-{ct}", flavor)
-        assert {ct: w["claimed"] for ct, w in _warm(lab).items()} == dict.fromkeys(WARM, 2)
-        for flavor in WARM.values():
-            lab.run("warm", "set", flavor, "--count", "0")
-        for ct in WARM:
-            a_db, b_db = f"wa-{ct}", f"wb-{ct}"
-            a_creds = lab.json("db", "credentials", a_db, ONEP_TOKEN=tokens["a"])
-            b_creds = lab.json("db", "credentials", b_db, ONEP_TOKEN=tokens["b"])
-            assert a_creds["password"] != b_creds["password"]
-            # B's database holds nothing of A's, and A's password opens nothing of B's
-            tables = _app_psql(lab, b_db, tokens["b"], "SELECT count(*) FROM pg_tables "
-                               "WHERE schemaname = 'public'")  # fmt: skip
-            assert tables == "0"
-            refused = lab.run(
-                "db", "connect", b_db, "--user", "admin", "--", "-tAc", "SELECT 1", check=False,
-                ONEP_TOKEN=tokens["b"], PGPASSWORD=a_creds["password"],
-            )  # fmt: skip
-            assert refused.returncode != 0 and "password authentication failed" in refused.stderr
-            assert _app_psql(lab, a_db, tokens["a"], "SELECT v FROM a") == marker
-            # and A cannot even see B's
-            assert lab.run("db", "show", b_db, check=False, ONEP_TOKEN=tokens["a"]).returncode
-        _wait_warm(lab, ready=0)
+        _wait_warm(lab, {"container": 1, "vm": 0, "baremetal": 0})  # the keeper made one
+        _claim(lab, tokens["b"], "wb-container", WARM["container"])
+        assert _warm(lab)["container"]["claimed"] == 2
+        lab.run("warm", "set", WARM["container"], "--count", "0")
+        a_creds = lab.json("db", "credentials", "wa-container", ONEP_TOKEN=tokens["a"])
+        b_creds = lab.json("db", "credentials", "wb-container", ONEP_TOKEN=tokens["b"])
+        assert a_creds["password"] != b_creds["password"]
+        # B's database holds nothing of A's, and A's password opens nothing of B's
+        tables = _app_psql(lab, "wb-container", tokens["b"], "SELECT count(*) FROM pg_tables "
+                           "WHERE schemaname = 'public'")  # fmt: skip
+        assert tables == "0"
+        refused = lab.run(
+            "db", "connect", "wb-container", "--user", "admin", "--", "-tAc", "SELECT 1",
+            check=False, ONEP_TOKEN=tokens["b"], PGPASSWORD=a_creds["password"],
+        )  # fmt: skip
+        assert refused.returncode != 0 and "password authentication failed" in refused.stderr
+        # and A cannot even see B's
+        assert lab.run("db", "show", "wb-container", check=False, ONEP_TOKEN=tokens["a"]).returncode
+        for ct in WARM:  # each of A's kept its data
+            assert _app_psql(lab, f"wa-{ct}", tokens["a"], "SELECT v FROM a") == marker
+        _wait_warm(lab, dict.fromkeys(WARM, 0))
     finally:
         for flavor in WARM.values():
             lab.run("warm", "set", flavor, "--count", "0", check=False)
-        for ct in WARM:
-            for project, db in (("a", f"wa-{ct}"), ("b", f"wb-{ct}")):
-                lab.run("db", "delete", db, "--wait", check=False, timeout=900,
-                        ONEP_TOKEN=tokens[project])  # fmt: skip
-    _wait_warm(lab, ready=0)
+        owned = [("a", f"wa-{ct}") for ct in WARM] + [("b", "wb-container")]
+        _parallel(
+            lambda pair: lab.run(
+                "db",
+                "delete",
+                pair[1],
+                "--wait",
+                check=False,
+                timeout=900,
+                ONEP_TOKEN=tokens[pair[0]],
+            ),
+            owned,
+        )
+    _wait_warm(lab, dict.fromkeys(WARM, 0))
     _wait_nodes(lab, "available", timeout=600)

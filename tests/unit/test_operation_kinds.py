@@ -393,11 +393,10 @@ def test_backups_are_taken_by_the_agent_recorded_and_expired(
             pass
 
     class Tool:
-        def labels(self) -> list[str]:
-            return [label for label in CLOUD_LABELS if label not in expired]
-
-        def expire_set(self, label: str) -> None:
-            expired.append(label)
+        def expire(self, label: str | None, in_flight: int) -> None:
+            assert in_flight == 0  # no other backup of pg1 runs
+            if label in CLOUD_LABELS and label not in expired:
+                expired.append(label)
 
         def destroy(self) -> None:
             raise AssertionError("the instance lives: its repository stays")

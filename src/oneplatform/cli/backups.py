@@ -18,6 +18,7 @@ from oneplatform.cli.output import (
     wait_with_progress,
 )
 from oneplatform.schemas.backups import BackupAccepted
+from oneplatform.schemas.operations import Intent
 from oneplatform.sdk.client import Client, OperationFailed
 
 backup_app = typer.Typer(
@@ -79,6 +80,12 @@ def _finish(c: Client, accepted: BackupAccepted, wait: bool, fmt: Format) -> Non
                 f"{failed.operation.kind} failed: {failed.message} [{failed.code}] "
                 f"(operation {op.id})"
             ) from None
+        if op.intent is Intent.DELETE:  # gone: what is left to show is the operation
+            if fmt is Format.json:
+                emit(c.operations.get(op.id), fmt, ())
+            else:
+                console.print(f"deleted {backup.name}")
+            return
         backup = c.db.get_backup(backup.id)
     elif fmt is Format.table:
         console.print(f"{op.kind} accepted: operation {op.id}  (onep operation show {op.id})")

@@ -124,26 +124,28 @@ def step_record(ctx: StepContext) -> None:
 
 # -- delete -------------------------------------------------------------------------------------
 def step_expire(ctx: StepContext) -> None:
-    """Expire the backup in the repository (the whole repository once its instance is gone
-    and this was its last backup)."""
+    """Expire the backup in the repository, and the archived WAL older than the oldest
+    backup left (the whole repository once its instance is gone and this was its last
+    backup)."""
     with ctx.store.session() as session:
         backup = load_backup(session, ctx)
         db = session.get_one(DbInstance, backup.db_instance_id)
         label = backup.label
         others = session.scalars(
-            select(Backup.id).where(
+            select(Backup.status).where(
                 Backup.db_instance_id == db.id,
                 Backup.id != backup.id,
                 Backup.deleted_at.is_(None),
             )
-        ).first()
+        ).all()
         tool = repository_tool(ctx.settings, db, box_for(ctx.settings))
         gone = db.status == DbStatus.DELETED.value
-    if gone and others is None:
+    if gone and not others:
         tool.destroy()
         return
-    if label and label in tool.labels():  # a retried step, or expired with its parent
-        tool.expire_set(label)
+    running = (BackupStatus.NEW.value, BackupStatus.BUILDING.value)
+    # label absent from the repository: a retried step, or expired with its parent
+    tool.expire(label, in_flight=sum(1 for status in others if status in running))
 
 
 def step_deleted(ctx: StepContext) -> None:

@@ -74,17 +74,21 @@ def guest_store(
     keys or others (a restore's read-only ones, :func:`reader_keys`)."""
     assert db.repo_bucket and db.repo_access_key and db.repo_secret_enc and db.repo_cipher_enc
     access, secret = keys or (db.repo_access_key, box.decrypt(db.repo_secret_enc))
+    if config.shared is not None:  # an external store: the operator's keys
+        access, secret = config.shared.access_key, config.shared.secret_key
     address, port = config.guest_path(compute_type)
+    bucket, path = config.location(db.repo_bucket)
     return StoreSettings(
         host=config.host_name,
         address=address,
         port=port,
-        bucket=db.repo_bucket,
+        bucket=bucket,
         access_key=access,
         secret_key=secret,
         ca_pem=config.ca_pem,
         cipher_pass=box.decrypt(db.repo_cipher_enc),
         region=config.region,
+        path=path,
     )
 
 

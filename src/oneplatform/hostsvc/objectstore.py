@@ -10,6 +10,13 @@ second, no restart); the platform's admin identity is in the start-up config fil
 How a guest reaches the store depends on its compute type (:meth:`StoreConfig.guest_path`):
 a container through its bridge's gateway to the service address, a VM or bare-metal node
 through a forward of its user network (10.0.2.100) to it.
+
+An operator may name an S3 endpoint of their own instead (``ONEP_BACKUP_STORE_URL``): then
+`onep up` runs a relay (:mod:`oneplatform.hostsvc.relay`) on the service address's store port
+to it, guests map the endpoint's name to their path to the relay and check its certificate
+end to end, and every database writes under a prefix of its own in the operator's bucket,
+with the operator's keys (S3 has no standard way to make keys per prefix) and a cipher key of
+its own: one guest cannot read another's backups, but the keys reach every prefix.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from oneplatform.config import Settings
 from oneplatform.errors import BackendError, BackendUnavailable
@@ -44,6 +53,19 @@ GUEST_FORWARD_ADDRESS = "10.0.2.100"  # where a VM or node's user network forwar
 CERT_NAMES = [STORE_HOST_NAME, "localhost"]
 REGION = "onep"
 ADMIN_USER = "onep-admin"
+MAX_RETENTION = 9999999  # pgBackRest's largest retention count
+
+
+SYSTEM_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass(frozen=True)
+class SharedBucket:
+    """An external store's one bucket and the operator's keys to it."""
+
+    bucket: str
+    access_key: str
+    secret_key: str
 
 
 @dataclass(frozen=True)
@@ -51,16 +73,25 @@ class StoreConfig:
     """Where the store is and how to trust it."""
 
     host_name: str
-    address: str  # where the store listens for guests (the service address)
+    address: str  # where guests reach it (the service address: the store, or the relay)
     port: int
     ca_pem: str
     region: str = REGION
+    host_port: int = 0  # where the host reaches it, at ``host_endpoint``
+    host_endpoint: str = "localhost"
+    shared: SharedBucket | None = None  # an external store: one bucket, prefixes
 
     def guest_path(self, compute_type: str) -> tuple[str, int]:
         """(address, port) a guest of ``compute_type`` reaches the store at."""
         if compute_type == "container":
             return self.address, self.port
         return GUEST_FORWARD_ADDRESS, self.port
+
+    def location(self, repo_name: str) -> tuple[str, str]:
+        """(bucket, path) of the repository named ``repo_name`` (a database's)."""
+        if self.shared is not None:
+            return self.shared.bucket, f"/{repo_name}"
+        return repo_name, "/repo"
 
 
 def store_dir(settings: Settings) -> Path:
@@ -77,14 +108,51 @@ def _ports(settings: Settings) -> dict[str, int]:
     return {"s3": settings.store_port, **{name: base + i for i, name in enumerate(names)}}
 
 
+def external_endpoint(settings: Settings) -> tuple[str, int] | None:
+    """(name, port) of the operator's S3 endpoint; None: the embedded store."""
+    if not settings.backup_store_url:
+        return None
+    parsed = urllib.parse.urlsplit(settings.backup_store_url)
+    assert parsed.hostname is not None  # the setting's pattern
+    return parsed.hostname, parsed.port or 443
+
+
 def store_config(settings: Settings) -> StoreConfig:
+    external = external_endpoint(settings)
+    if external is not None:
+        name, port = external
+        ca_file = settings.backup_store_ca_file or SYSTEM_CA_FILE
+        try:
+            ca_pem = ca_file.read_text()
+        except OSError as exc:
+            raise BackendUnavailable(f"the backup store's CA file {ca_file}: {exc}") from None
+        return StoreConfig(
+            host_name=name,
+            address=settings.service_address,
+            port=settings.store_port,
+            ca_pem=ca_pem,
+            region=settings.backup_store_region,
+            host_port=port,
+            host_endpoint=name,
+            shared=SharedBucket(
+                settings.backup_store_bucket,
+                settings.backup_store_access_key,
+                settings.backup_store_secret_key,
+            ),
+        )
     cert = ensure_service_cert(
         settings.home / "pki",
         "objectstore",
         CERT_NAMES,
         [settings.service_address, "127.0.0.1"],
     )
-    return StoreConfig(STORE_HOST_NAME, settings.service_address, settings.store_port, cert.ca_pem)
+    return StoreConfig(
+        STORE_HOST_NAME,
+        settings.service_address,
+        settings.store_port,
+        cert.ca_pem,
+        host_port=settings.store_port,
+    )
 
 
 def weed_binary() -> str:
@@ -116,13 +184,44 @@ def _admin_keys(directory: Path) -> tuple[str, str]:
     return keys["access_key"], keys["secret_key"]
 
 
-def embedded_store(settings: Settings) -> HostService:
-    """The embedded SeaweedFS as a supervised host service (not started)."""
+def backup_store_service(settings: Settings) -> HostService:
+    """What `onep up` runs for the backup store: the embedded SeaweedFS, or the relay to the
+    operator's own store."""
+    external = external_endpoint(settings)
+    if external is None:
+        return embedded_store(settings)
+    directory = store_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    listen = (settings.service_address, settings.store_port)
+    argv = [
+        sys.executable,
+        "-m",
+        "oneplatform.hostsvc.relay",
+        *map(str, listen),
+        *map(str, external),
+    ]
+
+    def healthy() -> bool:
+        try:
+            socket.create_connection(listen, timeout=3).close()
+        except OSError:
+            return False
+        return True
+
+    return HostService("relay", argv, directory, "oneplatform.hostsvc.relay", healthy)
+
+
+def embedded_store(settings: Settings, extra_names: tuple[str, ...] = ()) -> HostService:
+    """The embedded SeaweedFS as a supervised host service (not started); ``extra_names``:
+    more names for its certificate (a test's stand-in for an external store)."""
     directory = store_dir(settings)
     for sub in ("data", "logs", "conf", "run"):
         (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     cert = ensure_service_cert(
-        settings.home / "pki", "objectstore", CERT_NAMES, [settings.service_address, "127.0.0.1"]
+        settings.home / "pki",
+        "objectstore",
+        [*CERT_NAMES, *extra_names],
+        [settings.service_address, "127.0.0.1"],
     )
     access, secret = _admin_keys(directory)
     config = {
@@ -188,15 +287,21 @@ def embedded_store(settings: Settings) -> HostService:
                 return False
         return True
 
-    return HostService("weed", argv, directory, str(directory / "data"), healthy)
+    # At a clean stop weed's filer waits 15 s for gRPC streams that its own S3 gateway and
+    # metadata follower hold open, and only then stops its volume server. Every write it
+    # acknowledged is in its files already (it survives a kill as it survives a crash): 5 s
+    # of grace, then SIGKILL, so that `onep up` stops in seconds.
+    return HostService("weed", argv, directory, str(directory / "data"), healthy, stop_timeout=5.0)
 
 
 # -- administration ---------------------------------------------------------------------------
 class StoreAdmin:
     """Buckets and identities of the embedded store, through ``weed shell`` (master and
-    filer on 127.0.0.1)."""
+    filer on 127.0.0.1). With an external store there is nothing to make: its bucket is the
+    operator's, its keys too (repositories are prefixes, made by pgBackRest itself)."""
 
     def __init__(self, settings: Settings) -> None:
+        self.external = external_endpoint(settings) is not None
         p = _ports(settings)
         # host:port.grpcport: weed shell assumes port+10000 for gRPC otherwise
         self._master = f"127.0.0.1:{p['master']}.{p['master.grpc']}"
@@ -228,6 +333,8 @@ class StoreAdmin:
 
     def create_repository(self, bucket: str, access_key: str, secret_key: str) -> None:
         """The bucket, and an identity that reads, writes and lists it alone (idempotent)."""
+        if self.external:
+            return
         try:
             self._shell(f"s3.bucket.create -name {bucket}")
         except BackendError as err:
@@ -240,12 +347,16 @@ class StoreAdmin:
         self._identity(bucket, user, access_key, secret_key, "Read,List")
 
     def _identity(self, bucket: str, user: str, access: str, secret: str, actions: str) -> None:
+        if self.external:
+            return
         self._shell(
             f"s3.configure -user={user} -actions={actions} -buckets={bucket} "
             f"-access_key={access} -secret_key={secret} -apply"
         )
 
     def remove_identity(self, user: str) -> None:
+        if self.external:
+            return
         self._shell(f"s3.configure -user={user} -delete -apply")
 
     def delete_repository(self, bucket: str) -> None:
@@ -262,17 +373,21 @@ class StoreAdmin:
 # -- repository-side pgBackRest on the host ---------------------------------------------------
 class RepositoryTool:
     """pgBackRest run on the host against one instance's repository (what needs no server:
-    expire, info), and its deletion; it reaches the store at localhost, which the store's
-    certificate names too."""
+    expire, info), and its deletion; it reaches the embedded store at localhost, which the
+    store's certificate names too, an external one by its name."""
 
-    def __init__(self, settings: Settings, bucket: str, access: str, secret: str, cipher: str):
+    def __init__(self, settings: Settings, repo: str, access: str, secret: str, cipher: str):
         self.settings = settings
-        self.bucket = bucket
+        self.repo = repo  # the repository's name: the embedded store's bucket, else a prefix
         self._access, self._secret, self._cipher = access, secret, cipher
 
     @contextlib.contextmanager
     def _config(self) -> Iterator[Path]:
         config = store_config(self.settings)
+        bucket, path = config.location(self.repo)
+        access, secret = self._access, self._secret
+        if config.shared is not None:
+            access, secret = config.shared.access_key, config.shared.secret_key
         with tempfile.TemporaryDirectory(prefix="onep-pgbr-") as tmp:
             ca = Path(tmp) / "ca.pem"
             ca.write_text(config.ca_pem)
@@ -282,15 +397,15 @@ class RepositoryTool:
                     [
                         "[global]",
                         "repo1-type=s3",
-                        "repo1-s3-endpoint=localhost",  # the store binds 127.0.0.1 too
-                        f"repo1-storage-port={config.port}",
-                        f"repo1-s3-bucket={self.bucket}",
+                        f"repo1-s3-endpoint={config.host_endpoint}",
+                        f"repo1-storage-port={config.host_port}",
+                        f"repo1-s3-bucket={bucket}",
                         f"repo1-s3-region={config.region}",
                         "repo1-s3-uri-style=path",
-                        f"repo1-s3-key={self._access}",
-                        f"repo1-s3-key-secret={self._secret}",
+                        f"repo1-s3-key={access}",
+                        f"repo1-s3-key-secret={secret}",
                         f"repo1-storage-ca-file={ca}",
-                        "repo1-path=/repo",
+                        f"repo1-path={path}",
                         "repo1-cipher-type=aes-256-cbc",
                         f"repo1-cipher-pass={self._cipher}",
                         f"lock-path={tmp}",
@@ -303,30 +418,70 @@ class RepositoryTool:
             conf.chmod(0o600)
             yield conf
 
-    def _run(self, *args: str) -> str:
-        with self._config() as conf:
-            proc = subprocess.run(
-                ["pgbackrest", f"--config={conf}", "--stanza=db", *args],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+    def _run(self, *args: str, conf: Path | None = None) -> str:
+        if conf is None:
+            with self._config() as made:
+                return self._run(*args, conf=made)
+        proc = subprocess.run(
+            ["pgbackrest", f"--config={conf}", "--stanza=db", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             raise BackendError(f"pgbackrest {args[-1]}: {(proc.stderr or proc.stdout)[-400:]}")
         return proc.stdout
 
-    def expire_set(self, label: str) -> None:
-        self._run(f"--set={label}", "expire")
+    def expire(self, label: str | None, in_flight: int) -> None:
+        """Expire the backup ``label`` (and the backups that depend on it) when the repository
+        has it, then the archived WAL older than the oldest backup left. ``in_flight``: how
+        many of the instance's backups may be running (the platform's count): pgBackRest
+        keeps WAL from its N-th newest full backup on, and N is counted here, so each running
+        one adds one; if it ends as a full meanwhile, the oldest full still keeps its WAL,
+        and while it runs N is above the count and nothing is pruned."""
+        with self._config() as conf:
+            if label is not None and label in self._labels(conf):
+                # The maximum retention (pgBackRest's advice for an ad hoc expire): no other
+                # backup goes, and no WAL by a retention count of its own.
+                self._run(f"--set={label}", f"--repo1-retention-full={MAX_RETENTION}", "expire",
+                          conf=conf)  # fmt: skip
+            fulls = sum(1 for b in self._backups(conf) if b.get("type") == "full")
+            if fulls:
+                self._run(
+                    f"--repo1-retention-full={MAX_RETENTION}",
+                    "--repo1-retention-archive-type=full",
+                    f"--repo1-retention-archive={fulls + in_flight}",
+                    "expire",
+                    conf=conf,
+                )
 
-    def labels(self) -> list[str]:
-        data = json.loads(self._run("--output=json", "info") or "[]")
+    def _backups(self, conf: Path) -> list[dict[str, Any]]:
+        data = json.loads(self._run("--output=json", "info", conf=conf) or "[]")
         for stanza in data:
             if stanza.get("name") == "db":
-                return [str(b["label"]) for b in stanza.get("backup") or []]
+                return list(stanza.get("backup") or [])
         return []
 
+    def _labels(self, conf: Path) -> list[str]:
+        return [str(b["label"]) for b in self._backups(conf)]
+
+    def labels(self) -> list[str]:
+        with self._config() as conf:
+            return self._labels(conf)
+
     def destroy(self) -> None:
-        StoreAdmin(self.settings).delete_repository(self.bucket)
+        """The repository and everything in it: the embedded store's bucket (and its keys);
+        in an external store, the stanza under the repository's prefix."""
+        if external_endpoint(self.settings) is None:
+            StoreAdmin(self.settings).delete_repository(self.repo)
+            return
+        with self._config() as conf:
+            self._run("stop", conf=conf)  # stanza-delete wants it (the stop file is ours)
+            try:  # no server here: a path where none runs
+                self._run(f"--pg1-path={conf.parent / 'pg'}", "--force", "stanza-delete", conf=conf)
+            except BackendError as err:
+                if "does not exist" not in err.message:
+                    raise
 
 
 def repository_tool(settings: Settings, db: object, box: object) -> RepositoryTool:
