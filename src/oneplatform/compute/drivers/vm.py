@@ -114,6 +114,8 @@ from oneplatform.images.artifacts import VmImage
 from oneplatform.schemas.compute import ComputeType
 
 DEFAULT_STOP_GRACE_S = 60.0
+CONCURRENT_START_S = 30.0  # how long another worker's start of the domain may take
+
 STOP_POLL_S = 0.5
 KVM_PROBE_DEADLINE_S = 10.0
 KVM_PROBE_MARKER = b"Linux version"
@@ -244,9 +246,19 @@ class LibvirtDriver(ComputeDriver, SupportsSnapshot, SupportsResize, SupportsFor
                 else:
                     dom.create()
         except BackendError:
-            if label.startswith("paused") or not self._active(dom):
+            # A concurrent start (a worker that lost its lease under load and one that took
+            # it over) may be under way: libvirt refuses the second while QEMU starts, and
+            # the domain is not active yet. It won the race if the domain becomes active.
+            if label.startswith("paused") or not self._becomes_active(dom, CONCURRENT_START_S):
                 raise
-            # else a concurrent start won the race
+
+    def _becomes_active(self, dom: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._active(dom):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
     def _active(self, dom: Any) -> bool:
         with self._lv.call("read domain state"):
