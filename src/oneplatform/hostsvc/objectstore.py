@@ -54,9 +54,7 @@ CERT_NAMES = [STORE_HOST_NAME, "localhost"]
 REGION = "onep"
 ADMIN_USER = "onep-admin"
 MAX_RETENTION = 9999999  # pgBackRest's largest retention count
-
-
-SYSTEM_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
+SYSTEM_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")  # an external store's default CAs
 
 
 @dataclass(frozen=True)
@@ -464,10 +462,6 @@ class RepositoryTool:
 
     def _labels(self, conf: Path) -> list[str]:
         return [str(b["label"]) for b in self._backups(conf)]
-
-    def labels(self) -> list[str]:
-        with self._config() as conf:
-            return self._labels(conf)
 
     def destroy(self) -> None:
         """The repository and everything in it: the embedded store's bucket (and its keys);
