@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,16 +168,28 @@ def _require(ok: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@contextmanager
+def own_platform(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **env: str
+) -> Iterator[Platform]:
+    """A platform of a module's own (``env``: ONEP_* settings of its own), every image READY;
+    what its tests left is deleted when it stops."""
+    p = Platform(home=tmp_path_factory.mktemp(name), port=free_port(), extra_env=env)
+    p.start()
+    p.wait_images_ready()
+    try:
+        yield p
+    finally:
+        _cleanup_containers(p)
+        p.stop()
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     _require(shutil.which("podman") is not None, "podman is not installed")
     _require(Path(ONEP).exists(), "the onep console script is not installed")
-    p = Platform(home=tmp_path_factory.mktemp("onep-home"), port=free_port())
-    p.start()
-    p.wait_images_ready()
-    yield p
-    _cleanup_containers(p)
-    p.stop()
+    with own_platform(tmp_path_factory, "onep-home") as p:
+        yield p
 
 
 def _cleanup_containers(p: Platform) -> None:

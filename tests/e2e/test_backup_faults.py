@@ -14,7 +14,8 @@ import pytest
 
 from oneplatform.config import Settings
 from oneplatform.hostsvc.objectstore import StoreAdmin
-from tests.e2e.conftest import Platform, free_port
+from tests.e2e.conftest import Platform, own_platform
+from tests.e2e.test_db_cli import _connect
 
 pytestmark = pytest.mark.e2e
 
@@ -24,25 +25,12 @@ ALICE = "Alice-pw-123"
 
 @pytest.fixture(scope="module")
 def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    p = Platform(
-        home=tmp_path_factory.mktemp("onep-faults"),
-        port=free_port(),
-        extra_env={"ONEP_STORE_PORT": STORE_PORT},
-    )
-    p.start()
-    p.wait_images_ready()
-    yield p
-    for db in p.json("db", "list"):
-        p.run("db", "delete", db["name"], "--wait", check=False)
-    p.stop()
+    with own_platform(tmp_path_factory, "onep-faults", ONEP_STORE_PORT=STORE_PORT) as p:
+        yield p
 
 
 def _alice(p: Platform, name: str) -> psycopg.Connection:
-    endpoint = p.json("db", "show", name)["endpoint"]
-    return psycopg.connect(
-        host=endpoint["host"], port=endpoint["port"], user="alice", password=ALICE,
-        dbname="appdb", connect_timeout=10, autocommit=True,
-    )  # fmt: skip
+    return _connect(p.json("db", "show", name)["endpoint"], "alice", ALICE, "appdb")
 
 
 def _store_pid(p: Platform) -> int:

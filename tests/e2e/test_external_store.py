@@ -22,7 +22,7 @@ import pytest
 
 from oneplatform.config import Settings
 from oneplatform.hostsvc.objectstore import StoreAdmin, embedded_store
-from tests.e2e.conftest import Platform, free_port
+from tests.e2e.conftest import Platform, own_platform
 from tests.e2e.test_db_cli import _connect
 
 pytestmark = pytest.mark.e2e
@@ -65,17 +65,9 @@ def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
 @pytest.fixture(scope="module")
 def plat(tmp_path_factory: pytest.TempPathFactory, external: dict[str, Any]) -> Iterator[Platform]:
-    p = Platform(
-        home=tmp_path_factory.mktemp("onep-external"),
-        port=free_port(),
-        extra_env={"ONEP_STORE_PORT": RELAY_PORT, **external["env"]},
-    )
-    p.start()
-    p.wait_images_ready()
-    yield p
-    for db in p.json("db", "list"):
-        p.run("db", "delete", db["name"], "--wait", check=False)
-    p.stop()
+    env = {"ONEP_STORE_PORT": RELAY_PORT, **external["env"]}
+    with own_platform(tmp_path_factory, "onep-external", **env) as p:
+        yield p
 
 
 def _alice(p: Platform, name: str) -> psycopg.Connection:
