@@ -83,6 +83,8 @@ PROV_GATEWAY="10.95.0.1"
 # the node's QEMU gets the same sandbox with spawning allowed.
 SERVICE_ADDRESS="${ONEP_SERVICE_ADDRESS:-10.95.255.1}"
 STORE_PORT="${ONEP_BMLAB_STORE_PORT:-8333}"
+# ... and the platform's replication hub (a replica reaches its primary there), the same way.
+REPL_PORT="${ONEP_BMLAB_REPLICATION_PORT:-8334}"
 STORE_GUEST_ADDRESS="10.0.2.100"
 PROV_SUBNET="10.95.0.0/24"
 DEPLOY_PORTS="8400:8499"  # where a platform's deploy listener may be
@@ -280,7 +282,7 @@ node_xml() {
   </devices>
   <qemu:commandline>
     <qemu:arg value='-netdev'/>
-    <qemu:arg value='user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$(pg_port "$i")-:5432,hostfwd=tcp:127.0.0.1:$(agent_port "$i")-:8471,guestfwd=tcp:$STORE_GUEST_ADDRESS:$STORE_PORT-cmd:/bin/sh -c &quot;exec /usr/bin/busybox nc $SERVICE_ADDRESS $STORE_PORT 2&gt;/dev/null&quot;'/>
+    <qemu:arg value='user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$(pg_port "$i")-:5432,hostfwd=tcp:127.0.0.1:$(agent_port "$i")-:8471,guestfwd=tcp:$STORE_GUEST_ADDRESS:$STORE_PORT-cmd:/bin/sh -c &quot;exec /usr/bin/busybox nc $SERVICE_ADDRESS $STORE_PORT 2&gt;/dev/null&quot;,guestfwd=tcp:$STORE_GUEST_ADDRESS:$REPL_PORT-cmd:/bin/sh -c &quot;exec /usr/bin/busybox nc $SERVICE_ADDRESS $REPL_PORT 2&gt;/dev/null&quot;'/>
     <qemu:arg value='-sandbox'/>
     <qemu:arg value='on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny'/>
   </qemu:commandline>

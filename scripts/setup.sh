@@ -17,6 +17,8 @@ APT_PACKAGES=(
   # the backup store (the guests run their own copy). busybox-static's nc (above) carries a
   # VM's connection to a host service (a QEMU guestfwd).
   pgbackrest
+  # Stable database endpoints: HAProxy, reconfigured at run time through its runtime API.
+  haproxy
   # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
   xorriso e2fsprogs

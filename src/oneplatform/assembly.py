@@ -15,15 +15,23 @@ import oneplatform.baremetal.registration
 import oneplatform.compute.builtin
 import oneplatform.compute.images
 import oneplatform.dbaas.backup_ops
-import oneplatform.dbaas.operations  # noqa: F401
+import oneplatform.dbaas.operations
+import oneplatform.dbaas.replicas  # noqa: F401
 from oneplatform.baremetal.states import NODES
 from oneplatform.compute.states import INSTANCES
-from oneplatform.dbaas.states import BACKUPS, DATABASES
+from oneplatform.dbaas.states import BACKUPS, DATABASES, MEMBERS
 from oneplatform.images.catalog import IMAGES
 from oneplatform.ops.kinds import all_kinds
 from oneplatform.statemachine import StateMachine, render_docs
 
-STATE_MACHINES: tuple[StateMachine[Any], ...] = (INSTANCES, DATABASES, BACKUPS, NODES, IMAGES)
+STATE_MACHINES: tuple[StateMachine[Any], ...] = (
+    INSTANCES,
+    DATABASES,
+    MEMBERS,
+    BACKUPS,
+    NODES,
+    IMAGES,
+)
 
 
 def reference_docs() -> str:

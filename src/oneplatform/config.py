@@ -80,6 +80,24 @@ class Settings(BaseSettings):
         "18000 + 10 x (port - 8330) and the six after, on 127.0.0.1. With an external store: "
         "the port of the relay guests reach it through.",
     )
+    replication_port: int = Field(
+        default=8334,
+        ge=8330,
+        le=8339,
+        description="The replication hub's port on the service address (in 8330-8339, not "
+        "the store's): a database's replicas (any compute type) reach its primary there, "
+        "routed by the database's replication user, through the endpoint proxy.",
+    )
+    endpoint_port_start: int = Field(
+        default=15000,
+        ge=1024,
+        le=65535,
+        description="First port of the range databases' stable endpoints (read-write and "
+        "read-only, served by the endpoint proxy) are given on ONEP_BIND_ADDRESS.",
+    )
+    endpoint_port_end: int = Field(
+        default=17999, ge=1024, le=65535, description="Last port of that range."
+    )
     backup_store_url: str = Field(
         default="",
         pattern=r"^(https://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?/?)?$",

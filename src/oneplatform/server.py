@@ -20,9 +20,11 @@ from oneplatform.bootstrap import enroll_lab_nodes, ensure_defaults, ensure_imag
 from oneplatform.compute.reconciler import run_reconciler
 from oneplatform.config import Settings
 from oneplatform.dbaas.backups import run_backup_scheduler
+from oneplatform.dbaas.endpoints import ensure_endpoints, sync_proxy
 from oneplatform.dbaas.health import run_health_checker
 from oneplatform.dbaas.warm import run_warm_keeper
 from oneplatform.hostsvc.objectstore import backup_store_service
+from oneplatform.hostsvc.proxy import proxy_service
 from oneplatform.ops.engine import Worker
 from oneplatform.store.db import Store
 
@@ -90,6 +92,10 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
         threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
     backup_store = backup_store_service(settings)
     backup_store.start()
+    ensure_endpoints(store, settings)
+    sync_proxy(store, settings)  # the proxy starts on the current configuration
+    proxy = proxy_service(settings)
+    proxy.start()
     platform = Platform(store, settings)
     app = create_app(platform)
     start_deploy_listener(platform)
@@ -102,6 +108,7 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         stop.set()
+        proxy.stop()
         backup_store.stop()
         store.dispose()
 

@@ -469,6 +469,10 @@ DB_CALLS = [
     ("GET", "/v1/db/instances/{i}/backup-schedule", None),
     ("PUT", "/v1/db/instances/{i}/backup-schedule", {"every_seconds": 3600, "keep_days": 7}),
     ("DELETE", "/v1/db/instances/{i}/backup-schedule", None),
+    ("GET", "/v1/db/instances/{i}/replicas", None),
+    ("POST", "/v1/db/instances/{i}/replicas", {}),
+    ("POST", "/v1/db/instances/{i}/switchover", {}),
+    ("POST", "/v1/db/instances/{i}/move", {"flavor": "container.small"}),
 ]
 
 
@@ -483,7 +487,13 @@ def test_create_db_writes_a_db_instance_its_compute_and_an_operation(api: Api) -
     db, op = accepted["instance"], accepted["operation"]
     assert db["status"] == "BUILD" and db["health"] == "UNKNOWN"
     assert db["compute_type"] == "container" and db["version"] == "15"
-    assert db["endpoint"] == {"host": "127.0.0.1", "port": 31001}
+    # The stable endpoints (the endpoint proxy's), not the compute instance's port.
+    assert db["endpoint"]["host"] == "127.0.0.1" and db["endpoint"]["port"] != 31001
+    assert db["read_only_endpoint"]["port"] not in (31001, db["endpoint"]["port"])
+    assert [(m["name"], m["role"], m["state"]) for m in db["members"]] == [
+        ("pg1", "primary", "BUILD")
+    ]
+    assert db["members"][0]["endpoint"] == {"host": "127.0.0.1", "port": 31001}
     assert [s["name"] for s in op["steps"]] == [
         "repository",
         "compute",
@@ -491,6 +501,7 @@ def test_create_db_writes_a_db_instance_its_compute_and_an_operation(api: Api) -
         "agent",
         "initialize",
         "release",
+        "endpoint",
         "finish",
     ]
     # the compute instance is the service's: not listed among the user's own instances

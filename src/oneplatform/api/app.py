@@ -60,6 +60,7 @@ def create_app(platform: Platform) -> FastAPI:
         deploy,
     ):
         app.include_router(module.router, prefix="/v1")
+    app.include_router(db_instances.replica_router, prefix="/v1")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -22,7 +22,7 @@ from oneplatform.cli.output import (
     wait_with_progress,
 )
 from oneplatform.schemas.databases import DbInstanceAccepted, DbInstanceOut
-from oneplatform.schemas.operations import Intent
+from oneplatform.schemas.operations import Intent, OperationOut
 from oneplatform.sdk.client import Client, OperationFailed
 
 db_app = typer.Typer(help="Databases as a service.", no_args_is_help=True)
@@ -32,6 +32,10 @@ datastore_app = typer.Typer(help="Database engines and versions.", no_args_is_he
 db_app.add_typer(database_app, name="database")
 db_app.add_typer(user_app, name="user")
 db_app.add_typer(backup_app, name="backup")
+replica_app = typer.Typer(
+    help="Streaming replicas of a database instance, on any flavor.", no_args_is_help=True
+)
+db_app.add_typer(replica_app, name="replica")
 
 DB_COLUMNS = (
     "name",
@@ -54,6 +58,7 @@ SHOW_COLUMNS = (
     "compute_type",
     "size_gb",
     "endpoint",
+    "read_only_endpoint",
     "connection_uri",
     "restorable_from",
     "restorable_until",
@@ -76,12 +81,7 @@ def _finish(c: Client, accepted: DbInstanceAccepted, wait: bool, fmt: Format) ->
         else:
             console.print(f"{op.kind} accepted: operation {op.id}  (onep operation show {op.id})")
         return
-    try:
-        wait_with_progress(c, op, quiet=False)
-    except OperationFailed as failed:
-        raise fail(
-            f"{failed.operation.kind} failed: {failed.message} [{failed.code}] (operation {op.id})"
-        ) from None
+    _wait(c, op)
     if op.intent is Intent.DELETE:
         if fmt is Format.json:
             emit(c.operations.get(op.id), fmt, ())
@@ -229,6 +229,115 @@ def db_delete(name: str, wait: WaitOpt = False, output: Format = OutputOpt) -> N
     """Delete the database instance with its data and compute."""
     with Client.from_home() as c, api_errors():
         _finish(c, c.db.delete(name), wait, output)
+
+
+MEMBER_COLUMNS = (
+    "name",
+    "role",
+    "state",
+    "flavor",
+    "compute_type",
+    "lag_bytes",
+    "lag_seconds",
+    "endpoint",
+)
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds the target has to catch up; past them nothing changes and the "
+        "primary serves on.",
+    ),
+]
+
+
+@replica_app.command("create")
+def replica_create(
+    name: str,
+    flavor: Annotated[
+        str | None, typer.Option(help="Any flavor, of any compute type (default: the primary's).")
+    ] = None,
+    replica_name: Annotated[
+        str | None, typer.Option("--name", help="The replica's name (default: NAME-r<n>).")
+    ] = None,
+    wait: WaitOpt = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Add a streaming replica to database instance NAME."""
+    with Client.from_home() as c, api_errors():
+        accepted = c.db.create_replica(name, name=replica_name, flavor=flavor)
+        op = accepted.operation
+        if not wait:
+            if output is Format.json:
+                emit(op, output, ())
+            else:
+                console.print(f"{op.kind} accepted: operation {op.id}")
+            return
+        _wait(c, op)
+        member = next(m for m in c.db.list_replicas(name) if m.name == accepted.replica.name)
+        emit(member, output, MEMBER_COLUMNS)
+
+
+@replica_app.command("list")
+def replica_list(name: str, output: Format = OutputOpt) -> None:
+    """The members of database instance NAME (the primary first), with each replica's lag."""
+    with Client.from_home() as c, api_errors():
+        emit(c.db.list_replicas(name), output, MEMBER_COLUMNS)
+
+
+@replica_app.command("delete")
+def replica_delete(replica: str, wait: WaitOpt = False, output: Format = OutputOpt) -> None:
+    """Delete replica REPLICA (by its name) and its compute."""
+    with Client.from_home() as c, api_errors():
+        accepted = c.db.delete_replica(replica)
+        if wait:
+            _wait(c, accepted.operation)
+        if output is Format.json:
+            emit(c.operations.get(accepted.operation.id), output, ())
+        elif wait:
+            console.print(f"deleted {replica}")
+        else:
+            console.print(f"{accepted.operation.kind} accepted: operation {accepted.operation.id}")
+
+
+def _wait(c: Client, op: OperationOut) -> None:
+    try:
+        wait_with_progress(c, op, quiet=False)
+    except OperationFailed as failed:
+        raise fail(
+            f"{failed.operation.kind} failed: {failed.message} [{failed.code}] (operation {op.id})"
+        ) from None
+
+
+@db_app.command("switchover")
+def db_switchover(
+    name: str,
+    to: Annotated[
+        str | None, typer.Option(help="The replica to promote (default: the most advanced).")
+    ] = None,
+    timeout: TimeoutOpt = 60.0,
+    wait: WaitOpt = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Make a replica the primary, losing no acknowledged write; the endpoint follows it and
+    the former primary becomes a replica."""
+    with Client.from_home() as c, api_errors():
+        _finish(c, c.db.switchover(name, to=to, timeout_seconds=timeout), wait, output)
+
+
+@db_app.command("move")
+def db_move(
+    name: str,
+    flavor: Annotated[str, typer.Option(help="The new flavor, of any compute type.")],
+    timeout: TimeoutOpt = 60.0,
+    wait: WaitOpt = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Move (or resize) a live database to another flavor, of any compute type: a replica
+    there, a switchover to it, the former primary retired. Its id, name, endpoint, users,
+    backups and recovery window stay."""
+    with Client.from_home() as c, api_errors():
+        _finish(c, c.db.move(name, flavor, timeout_seconds=timeout), wait, output)
 
 
 @db_app.command("credentials")

@@ -105,7 +105,10 @@ def step_image(ctx: StepContext) -> None:
 
 def host_routes(settings: Settings) -> tuple[HostRoute, ...]:
     """The host services every guest may reach: the backup store, on the service address."""
-    return (HostRoute("store", settings.service_address, settings.store_port),)
+    return (
+        HostRoute("store", settings.service_address, settings.store_port),
+        HostRoute("replication", settings.service_address, settings.replication_port),
+    )
 
 
 def step_create(ctx: StepContext) -> None:

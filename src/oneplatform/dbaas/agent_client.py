@@ -93,6 +93,24 @@ class AgentClient:
         """Archive the WAL written so far; the epoch up to which commits are archived."""
         return float(self._call("POST", "/v1/archive", b"{}", timeout=90.0)["archived_until"])
 
+    def replication(self) -> dict[str, Any]:
+        """This member's role, WAL positions and (a primary's) streaming replicas."""
+        return self._call("GET", "/v1/replication")
+
+    def ensure_replication_role(self, user: str, password: str) -> dict[str, Any]:
+        body = json.dumps({"user": user, "password": password}).encode()
+        return self._call("POST", "/v1/replication/role", body)
+
+    def promote(self, timeout: float = 60.0) -> dict[str, Any]:
+        body = json.dumps({"timeout": timeout}).encode()
+        return self._call("POST", "/v1/replication/promote", body, timeout=timeout + 10)
+
+    def demote(self, upstream: dict[str, Any], rewind: bool = False) -> dict[str, Any]:
+        """Stop the engine, make it a standby of ``upstream`` and start it again; the
+        answer (once stopped) says whether it had shut down cleanly and where."""
+        body = json.dumps({"upstream": upstream, "rewind": rewind}).encode()
+        return self._call("POST", "/v1/replication/demote", body, timeout=RESTART_TIMEOUT)
+
     def _health(self, data: dict[str, Any]) -> AgentHealth:
         health = AgentHealth.from_dict(data)
         if health.instance_id != self.instance_id:

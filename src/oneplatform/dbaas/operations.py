@@ -16,8 +16,9 @@ from oneplatform.compute.reconciler import RECOVERABLE, request_repair
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.dbaas.backups import archive_now, reader_keys, reader_user
 from oneplatform.dbaas.datastores import get_datastore
+from oneplatform.dbaas.endpoints import PRIMARY, drop_member, live_members, sync_proxy
 from oneplatform.dbaas.reach import Reach, agent_client, compute_status, reach
-from oneplatform.dbaas.states import DATABASES, DbStatus, Health
+from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, Health, MemberStatus
 from oneplatform.dbaas.warm import WARM_WANTED, warm_client
 from oneplatform.errors import BackendUnavailable, NotYet, PlatformError
 from oneplatform.guest.sealing import seal
@@ -183,6 +184,15 @@ def step_initialize(ctx: StepContext) -> None:
         session.get_one(DbInstance, ctx.resource_id).pending_enc = None
 
 
+def step_endpoint(ctx: StepContext) -> None:
+    """The database's stable endpoints lead to its primary (the endpoint proxy)."""
+    with ctx.transaction() as session:
+        for m in live_members(session, _db(session, ctx).id):
+            if m.role == PRIMARY:
+                MEMBERS.move(session, m, MemberStatus.ACTIVE, "the primary")
+    sync_proxy(ctx.store, ctx.settings)
+
+
 def _become(status: DbStatus, health: Health | None = None) -> StepFn:
     def step(ctx: StepContext) -> None:
         with ctx.transaction() as session:
@@ -190,6 +200,13 @@ def _become(status: DbStatus, health: Health | None = None) -> StepFn:
             DATABASES.move(session, db, status)
             if health is not None:
                 db.health, db.health_message, db.health_checked_at = health.value, "", utcnow()
+            if status is DbStatus.DELETED:
+                # Its endpoints' ports are free again; its members are gone with it.
+                db.rw_port = db.ro_port = None
+                for m in live_members(session, db.id):
+                    drop_member(session, m, "deleted with the database")
+        if status is DbStatus.DELETED:
+            sync_proxy(ctx.store, ctx.settings)
         if ctx.params.get("warm"):
             WARM_WANTED.set()  # the claim is done: the keeper may make the next one
 
@@ -210,17 +227,26 @@ def step_archive_last(ctx: StepContext) -> None:
 
 
 def step_delete_compute(ctx: StepContext) -> None:
-    """Delete the compute instance (data volume included) and wait until it is gone."""
+    """Delete the compute instances of every member (data volumes included) and wait until
+    they are gone."""
     with ctx.transaction() as session:
         db = _db(session, ctx)
-        instance = session.get(Instance, db.instance_id) if db.instance_id else None
-        if instance is None or instance.status == InstanceStatus.DELETED.value:
-            return
-        # (Re)asks for the delete: a compute delete that failed left the instance in ERROR,
-        # and asking again retries it, until this step's deadline.
-        request_delete(session, instance, db.project_id)
+        ids = {m.instance_id for m in live_members(session, db.id)}
+        if db.instance_id:
+            ids.add(db.instance_id)
+        left = False
+        for instance_id in sorted(ids):
+            instance = session.get(Instance, instance_id)
+            if instance is None or instance.status == InstanceStatus.DELETED.value:
+                continue
+            # (Re)asks for the delete: a compute delete that failed left the instance in
+            # ERROR, and asking again retries it, until this step's deadline.
+            request_delete(session, instance, db.project_id)
+            left = True
+    if not left:
+        return
     deadline(ctx, "compute instance delete")
-    raise NotYet("waiting for the compute instance to be deleted", retry_after=0.5)
+    raise NotYet("waiting for the compute instances to be deleted", retry_after=0.5)
 
 
 # -- restart -----------------------------------------------------------------------------------
@@ -302,6 +328,7 @@ DB_CREATE = _kind(
     ("agent", step_agent),
     ("initialize", step_initialize),
     ("release", step_release),
+    ("endpoint", step_endpoint),
     ("finish", _become(DbStatus.ACTIVE, Health.HEALTHY)),
 )
 DB_DELETE = _kind(

@@ -21,6 +21,7 @@ from oneplatform.guest.bundle import (
     EngineSettings,
     RestoreSettings,
     StoreSettings,
+    UpstreamSettings,
 )
 from oneplatform.guest.contract import DATA_ROOT
 from oneplatform.secrets import SecretBox
@@ -58,6 +59,8 @@ def make_bundle(
     warm: bool = False,
     backup: StoreSettings | None = None,
     restore: RestoreSettings | None = None,
+    standby: UpstreamSettings | None = None,
+    engine_settings: Mapping[str, str] | None = None,
 ) -> str:
     """The config bundle the guest agent reads; the same whatever the compute type.
     ``ports``: the image's guest ports by endpoint name (the engine's and the agent's)."""
@@ -68,20 +71,29 @@ def make_bundle(
         agent=AgentSettings(secret=agent_secret, port=int(ports[AGENT_ENDPOINT])),
         engine=EngineSettings(
             port=int(ports[datastore.engine_endpoint]),
-            settings=datastore.engine_settings(vcpus, ram_mb),
+            settings=engine_settings or datastore.engine_settings(vcpus, ram_mb),
         ),
         admin=admin,
         platform=platform,
         warm=warm,
         backup=backup,
         restore=restore,
+        standby=standby,
     ).to_json()
 
 
-def reach(session: Session, db: DbInstance, box: SecretBox, password: str | None = None) -> Reach:
-    """Endpoints and credentials of a database instance whose compute instance is placed."""
+def reach(
+    session: Session,
+    db: DbInstance,
+    box: SecretBox,
+    password: str | None = None,
+    instance_id: str | None = None,
+) -> Reach:
+    """Endpoints and credentials of a database instance whose compute instance is placed:
+    its primary's, or its member's on ``instance_id``."""
     datastore = get_datastore(db.datastore)
-    instance = session.get(Instance, db.instance_id) if db.instance_id else None
+    instance_id = instance_id or db.instance_id
+    instance = session.get(Instance, instance_id) if instance_id else None
     if instance is None or instance.host_id is None:
         raise Conflict(
             f"database instance {db.name!r} has no compute instance", code="invalid_state"

@@ -21,9 +21,10 @@ from oneplatform.config import Settings
 from oneplatform.dbaas import backups, warm
 from oneplatform.dbaas import operations as ops
 from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
+from oneplatform.dbaas.endpoints import PRIMARY, allocate_ports, live_members, member_out
 from oneplatform.dbaas.lookup import find_db
 from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
-from oneplatform.dbaas.states import DATABASES, DbStatus, Health
+from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, Health
 from oneplatform.errors import AlreadyExists, BackendError, Conflict, InvalidInput, NotFound
 from oneplatform.guest.bundle import AdminCredentials
 from oneplatform.hostsvc.objectstore import store_config
@@ -40,13 +41,14 @@ from oneplatform.schemas.databases import (
     DbInstanceAccepted,
     DbInstanceCreate,
     DbInstanceOut,
+    DbMemberOut,
     DbUserCreate,
     DbUserCreated,
     DbUserOut,
 )
 from oneplatform.secrets import SecretBox, box_for, generate_password, generate_token
 from oneplatform.store.db import Store
-from oneplatform.store.models import DbInstance, Event, Flavor, Instance, new_id
+from oneplatform.store.models import DbInstance, DbMember, Event, Flavor, Instance, new_id
 
 MANAGED_BY = "dbaas"
 
@@ -72,11 +74,20 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
     flavor = session.get_one(Flavor, db.flavor_id)
     instance = session.get(Instance, db.instance_id) if db.instance_id else None
     datastore = get_datastore(db.datastore)
-    endpoint = None
-    if instance is not None and db.status != DbStatus.DELETED.value:
-        for e in endpoints(session, instance):
-            if e.name == datastore.engine_endpoint:
-                endpoint = DbEndpoint(host=e.host, port=e.port)
+    endpoint = read_only = None
+    members: list[DbMemberOut] = []
+    if db.status != DbStatus.DELETED.value:
+        if db.endpoint_address and db.rw_port is not None and db.ro_port is not None:
+            endpoint = DbEndpoint(host=db.endpoint_address, port=db.rw_port)
+            read_only = DbEndpoint(host=db.endpoint_address, port=db.ro_port)
+        elif instance is not None:
+            for e in endpoints(session, instance):
+                if e.name == datastore.engine_endpoint:
+                    endpoint = DbEndpoint(host=e.host, port=e.port)
+        group = sorted(
+            live_members(session, db.id), key=lambda m: (m.role != PRIMARY, m.created_at)
+        )
+        members = [member_out(session, db, m) for m in group]
     uri = (
         datastore.connection_uri(endpoint.host, endpoint.port, db.admin_username)
         if endpoint
@@ -98,6 +109,8 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         compute_type=flavor.compute_type,
         size_gb=db.size_gb,
         endpoint=endpoint,
+        read_only_endpoint=read_only,
+        members=members,
         connection_uri=uri,
         restorable_from=restorable_from,
         restorable_until=restorable_until,
@@ -252,8 +265,20 @@ def create_db(
                     )
                 )
             db.instance_id = instance.id
+            allocate_ports(session, settings, db)
             DATABASES.created(session, db, "create requested")
             session.add(db)
+            session.flush()
+            primary = DbMember(
+                id=new_id(),
+                db_id=db.id,
+                project_id=db.project_id,
+                name=req.name,
+                instance_id=instance.id,
+                role=PRIMARY,
+            )
+            MEMBERS.created(session, primary, "the primary")
+            session.add(primary)
             session.flush()
             op = enqueue(session, ops.DB_CREATE, db.id, caller.project_id, params)
             return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))

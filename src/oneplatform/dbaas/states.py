@@ -11,6 +11,8 @@ class DbStatus(enum.StrEnum):
     BUILD = "BUILD"
     ACTIVE = "ACTIVE"
     RESTARTING = "RESTARTING"
+    SWITCHOVER = "SWITCHOVER"  # another member becomes the primary
+    RESIZE = "RESIZE"  # a move to another flavor (of any compute type)
     DELETING = "DELETING"
     DELETED = "DELETED"
     ERROR = "ERROR"
@@ -33,8 +35,10 @@ DATABASES: StateMachine[DbStatus] = StateMachine(
     initial=D.BUILD,
     transitions={
         D.BUILD: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
-        D.ACTIVE: frozenset({D.RESTARTING, D.DELETING, D.ERROR}),
+        D.ACTIVE: frozenset({D.RESTARTING, D.SWITCHOVER, D.RESIZE, D.DELETING, D.ERROR}),
         D.RESTARTING: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
+        D.SWITCHOVER: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
+        D.RESIZE: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
         D.ERROR: frozenset({D.DELETING, D.RESTARTING, D.ACTIVE}),
         D.DELETING: frozenset({D.DELETED, D.ERROR}),
         D.DELETED: frozenset(),
@@ -43,8 +47,38 @@ DATABASES: StateMachine[DbStatus] = StateMachine(
     failed=D.ERROR,
     deleting=D.DELETING,
     deleted=D.DELETED,
-    description="A database server: a compute instance, a datastore, storage and credentials. "
-    "Its engine's health is reported beside its status.",
+    description="A database server: a compute instance, a datastore, storage and credentials "
+    "(with its replicas, a group of members, one of them the primary). Its engine's health is "
+    "reported beside its status.",
+)
+
+
+class MemberStatus(enum.StrEnum):
+    BUILD = "BUILD"
+    ACTIVE = "ACTIVE"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+    ERROR = "ERROR"
+
+
+M = MemberStatus
+MEMBERS: StateMachine[MemberStatus] = StateMachine(
+    resource_type="db_member",
+    states=MemberStatus,
+    initial=M.BUILD,
+    transitions={
+        M.BUILD: frozenset({M.ACTIVE, M.ERROR, M.DELETING}),
+        M.ACTIVE: frozenset({M.ERROR, M.DELETING}),
+        M.ERROR: frozenset({M.ACTIVE, M.DELETING}),
+        M.DELETING: frozenset({M.DELETED, M.ERROR}),
+        M.DELETED: frozenset(),
+    },
+    stable=frozenset({M.ACTIVE, M.ERROR, M.DELETED}),
+    failed=M.ERROR,
+    deleting=M.DELETING,
+    deleted=M.DELETED,
+    description="One server of a database instance's group: its primary or a streaming "
+    "replica, on a compute instance of its own.",
 )
 
 

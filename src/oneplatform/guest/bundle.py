@@ -133,6 +133,46 @@ class RestoreSettings:
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """The primary a replica follows, as the guest reaches it: the platform's replication
+    hub (``host``: the guest's path to the host's service address) and the database's
+    replication role. A new instance with it is seeded from the primary (``pg_basebackup``)
+    or, with ``from_backup``, from the repository's latest backup, and starts as a standby."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    name: str = "replica"  # the member's name, as its primary lists it (application_name)
+    from_backup: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "name": self.name,
+            **({"from_backup": True} if self.from_backup else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "standby") -> UpstreamSettings:
+        obj = _object(data, where)
+        from_backup = obj.get("from_backup", False)
+        if type(from_backup) is not bool:
+            raise BundleError(f"bundle: '{where}.from_backup' must be a boolean")
+        return cls(
+            host=_string(obj, "host", where),
+            port=_port(obj.get("port"), f"{where}.port"),
+            user=_string(obj, "user", where),
+            password=_string(obj, "password", where),
+            name=_string(obj, "name", where) if "name" in obj else "replica",
+            from_backup=from_backup,
+        )
+
+
+@dataclass(frozen=True)
 class Bundle:
     """Everything an instance needs to configure itself. JSON on the wire, format 1."""
 
@@ -153,6 +193,8 @@ class Bundle:
     backup: StoreSettings | None = None
     # What the first start restores the data directory from (None: a new, empty one).
     restore: RestoreSettings | None = None
+    # A replica's first start: the primary it is seeded from and follows (None: a primary).
+    standby: UpstreamSettings | None = None
     format: int = BUNDLE_FORMAT
 
     def __post_init__(self) -> None:
@@ -183,6 +225,7 @@ class Bundle:
             **({"warm": True} if self.warm else {}),
             **({"backup": self.backup.to_dict()} if self.backup else {}),
             **({"restore": self.restore.to_dict()} if self.restore else {}),
+            **({"standby": self.standby.to_dict()} if self.standby else {}),
         }
 
     def to_json(self) -> str:
@@ -209,10 +252,12 @@ class Bundle:
             raise BundleError("bundle: 'warm' must be a boolean")
         backup = StoreSettings.from_dict(obj["backup"], "backup") if "backup" in obj else None
         restore = RestoreSettings.from_dict(obj["restore"]) if "restore" in obj else None
+        standby = UpstreamSettings.from_dict(obj["standby"]) if "standby" in obj else None
         return cls(
             warm=warm,
             backup=backup,
             restore=restore,
+            standby=standby,
             format=fmt,
             instance_id=_string(obj, "instance_id", "bundle"),
             datastore=_string(obj, "datastore", "bundle"),

@@ -6,6 +6,11 @@
 /v1/archive`` (archive the WAL written so far, and say up to when) and, on a warm
 instance, ``POST /v1/claim`` (``{"sealed": ...}``: its owner's bundle, sealed and signed
 with the warm bundle's secret; once applied, only the owner's secret is accepted).
+Replication: ``GET /v1/replication`` (role, WAL positions, replicas), ``POST
+/v1/replication/role`` (``{"user", "password"}``: the replication role, on a primary),
+``POST /v1/replication/promote`` and ``POST /v1/replication/demote`` (``{"upstream": {...},
+"rewind": bool}``: stop, become a standby of ``upstream``, start again; answers once
+stopped, with the shutdown's checkpoint).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .bundle import Bundle, BundleError
+from .bundle import Bundle, BundleError, UpstreamSettings
 from .contract import DEFAULT_DATASTORE, DEFAULT_VERSION
-from .engines.base import EngineError
+from .engines.base import EngineError, NotSupported
 from .sealing import SealError, unseal
 from .signing import AuthError, RequestVerifier
 from .supervisor import ENGINE_RUNNING, Supervisor
@@ -116,6 +121,8 @@ class Agent:
             return 503, error_body("engine_failed", detail)
         if route == "/v1/backups":
             return self.backups(method, body)
+        if route.startswith("/v1/replication"):
+            return self.replication(method, route, body)
         if route == "/v1/archive":
             if method != "POST":
                 return 405, error_body("method_not_allowed", "use POST")
@@ -127,6 +134,51 @@ class Agent:
             except EngineError as exc:
                 return 503, error_body("archive_failed", str(exc))
         return 404, error_body("not_found", f"no such endpoint: {route}")
+
+    def replication(self, method: str, route: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        engine = self.supervisor.engine
+        if engine is None:
+            return 503, error_body("engine_failed", self.supervisor.snapshot()[1])
+        action = route.removeprefix("/v1/replication").strip("/")
+        if (method, action) not in {
+            ("GET", ""),
+            ("POST", "role"),
+            ("POST", "promote"),
+            ("POST", "demote"),
+        }:
+            return 404, error_body("not_found", f"no such endpoint: {method} {route}")
+        try:
+            data = json.loads(body or b"{}")
+            if not isinstance(data, dict):
+                raise TypeError
+            if action == "demote":
+                upstream = UpstreamSettings.from_dict(data.get("upstream"), "upstream")
+                rewind = bool(data.get("rewind", False))
+        except (ValueError, TypeError, BundleError) as exc:
+            return 400, error_body("bad_request", f"the body is not valid: {exc}")
+        running = self.supervisor.snapshot()[0] == ENGINE_RUNNING
+        try:
+            if action == "demote":
+                # Answers once the engine is stopped and made a standby (or found unclean);
+                # it starts again meanwhile.
+                result = self.supervisor.restart_with(
+                    lambda: engine.demote_stopped(upstream, rewind), self.restart_timeout
+                )
+                return 200, result
+            if not running:
+                return 503, error_body("engine_not_ready", "the engine is not running")
+            if action == "role":
+                engine.ensure_replication_role(str(data["user"]), str(data["password"]))
+                return 200, engine.replication_status()
+            if action == "promote":
+                return 200, engine.promote(float(data.get("timeout", 60)))
+            return 200, engine.replication_status()
+        except NotSupported as exc:
+            return 501, error_body("not_supported", str(exc))
+        except KeyError as exc:
+            return 400, error_body("bad_request", f"missing {exc}")
+        except (EngineError, OSError) as exc:
+            return 409 if action == "role" else 503, error_body("replication_failed", str(exc))
 
     def backups(self, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """``GET``: the repository's state and the running or last backup job; ``POST``

@@ -6,7 +6,7 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .bundle import Bundle
@@ -51,6 +51,9 @@ class Supervisor:
         self._failures = 0  # +1 each time a start fails or the engine dies
         self._restarts = 0  # unexpected deaths
         self._thread: threading.Thread | None = None
+        # Work to do with the engine stopped, at the next restart (restart_with).
+        self._hook: Callable[[], Any] | None = None
+        self._hook_done: tuple[Any, BaseException | None] | None = None
 
     def snapshot(self) -> tuple[str, str, int]:
         with self._cond:
@@ -90,6 +93,43 @@ class Supervisor:
                 if left <= 0:
                     return False, f"the engine was not ready {timeout:.0f} s after the restart"
                 self._cond.wait(left)
+
+    def restart_with(self, hook: Callable[[], Any], timeout: float) -> Any:
+        """Stop the engine, run ``hook`` (the engine stopped), start the engine again; the
+        hook's result once it has run (not waiting for the engine to be ready again). A
+        hook's exception is raised here; the engine starts again in any case."""
+        if self.engine is None:
+            raise EngineError(self._detail)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._hook is not None:
+                raise EngineError("another stop-and-start is under way")
+            self._hook, self._hook_done = hook, None
+            self._restart_requested = True
+            self._cond.notify_all()
+            while self._hook_done is None:
+                left = deadline - time.monotonic()
+                if self._stopping or left <= 0:
+                    self._hook = None
+                    raise EngineError(f"the engine did not stop within {timeout:.0f} s")
+                self._cond.wait(left)
+            result, error = self._hook_done
+        if error is not None:
+            raise error
+        return result
+
+    def _run_hook(self) -> None:
+        with self._cond:
+            hook, self._hook = self._hook, None
+        if hook is None:
+            return
+        try:
+            done: tuple[Any, BaseException | None] = (hook(), None)
+        except Exception as exc:  # handed to the caller
+            done = (None, exc)
+        with self._cond:
+            self._hook_done = done
+            self._cond.notify_all()
 
     def adopt(
         self, bundle: Bundle, timeout: float, initial: Mapping[str, Any] | None = None
@@ -153,6 +193,7 @@ class Supervisor:
                     break
                 requested = self._restart_requested
                 self._restart_requested = False
+            self._run_hook()  # the engine is stopped here
             self._set(ENGINE_STARTING, "restarting on request" if requested else "starting")
             try:
                 engine.initialize()

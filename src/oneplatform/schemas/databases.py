@@ -67,6 +67,58 @@ class DbEndpoint(Response):
     port: int
 
 
+class DbMemberOut(Response):
+    """One server of the database instance's group."""
+
+    name: str
+    role: str = Field(description="primary or replica")
+    flavor: str
+    compute_type: str
+    state: str = Field(description="BUILD, ACTIVE, DELETING, DELETED or ERROR")
+    status_message: str = ""
+    lag_bytes: int | None = Field(
+        default=None, description="WAL the replica has yet to replay (null: not known now)."
+    )
+    lag_seconds: float | None = Field(
+        default=None, description="The primary's measure of the replica's replay delay."
+    )
+    endpoint: DbEndpoint | None = Field(
+        default=None, description="The member's own engine endpoint (for diagnosis)."
+    )
+
+
+class ReplicaCreate(Request):
+    name: ResourceName | None = Field(default=None, description="Default: NAME-r<n>.")
+    flavor: CatalogName | None = Field(
+        default=None, description="Any flavor, of any compute type; default: the primary's."
+    )
+
+
+class ReplicaAccepted(Response):
+    operation: OperationOut
+    replica: DbMemberOut
+
+
+class SwitchoverRequest(Request):
+    to: str | None = Field(
+        default=None, description="The replica to promote; default: the most advanced one."
+    )
+    timeout_seconds: float = Field(
+        default=60.0,
+        ge=5,
+        le=3600,
+        description="If the target has not caught up by then, nothing changes: the primary "
+        "serves on.",
+    )
+
+
+class MoveRequest(Request):
+    flavor: CatalogName
+    timeout_seconds: float = Field(
+        default=60.0, ge=5, le=3600, description="The switchover's timeout (as for a switchover)."
+    )
+
+
 class DbInstanceOut(Response):
     id: str
     name: str
@@ -83,7 +135,14 @@ class DbInstanceOut(Response):
     flavor: str
     compute_type: str
     size_gb: int
-    endpoint: DbEndpoint | None = None
+    endpoint: DbEndpoint | None = Field(
+        default=None,
+        description="The stable read-write endpoint: it leads to whatever member is the primary.",
+    )
+    read_only_endpoint: DbEndpoint | None = Field(
+        default=None, description="Balanced over the replicas (the primary when there is none)."
+    )
+    members: list[DbMemberOut] = Field(default=[], description="The primary and its replicas.")
     restorable_from: dt.datetime | None = Field(
         default=None, description="The start of the recovery window (its first backup's end)."
     )

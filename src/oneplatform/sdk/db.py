@@ -21,12 +21,17 @@ from oneplatform.schemas.databases import (
     DbInstanceAccepted,
     DbInstanceCreate,
     DbInstanceOut,
+    DbMemberOut,
     DbUserCreate,
     DbUserCreated,
     DbUserOut,
     DbUserSpec,
     GrantRequest,
+    MoveRequest,
     PasswordChange,
+    ReplicaAccepted,
+    ReplicaCreate,
+    SwitchoverRequest,
 )
 
 if TYPE_CHECKING:
@@ -107,6 +112,30 @@ class DbInstances:
 
     def delete_schedule(self, ident: str) -> None:
         self.c.request("DELETE", f"{BASE}/{ident}/backup-schedule")
+
+    # -- replicas, switchover, moves
+    def list_replicas(self, ident: str) -> builtins.list[DbMemberOut]:
+        """The group's members, the primary first, with each replica's lag."""
+        return self.c.get_list(f"{BASE}/{ident}/replicas", DbMemberOut)
+
+    def create_replica(
+        self, ident: str, name: str | None = None, flavor: str | None = None
+    ) -> ReplicaAccepted:
+        body = ReplicaCreate.model_construct(name=name, flavor=flavor)
+        return self.c.send("POST", f"{BASE}/{ident}/replicas", ReplicaAccepted, body)
+
+    def delete_replica(self, name: str) -> ReplicaAccepted:
+        return self.c.send("DELETE", f"/v1/db/replicas/{name}", ReplicaAccepted)
+
+    def switchover(
+        self, ident: str, to: str | None = None, timeout_seconds: float = 60.0
+    ) -> DbInstanceAccepted:
+        body = SwitchoverRequest.model_construct(to=to, timeout_seconds=timeout_seconds)
+        return self.c.send("POST", f"{BASE}/{ident}/switchover", DbInstanceAccepted, body)
+
+    def move(self, ident: str, flavor: str, timeout_seconds: float = 60.0) -> DbInstanceAccepted:
+        body = MoveRequest.model_construct(flavor=flavor, timeout_seconds=timeout_seconds)
+        return self.c.send("POST", f"{BASE}/{ident}/move", DbInstanceAccepted, body)
 
     def delete(self, ident: str) -> DbInstanceAccepted:
         return self.c.send("DELETE", f"{BASE}/{ident}", DbInstanceAccepted)

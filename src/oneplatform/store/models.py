@@ -265,6 +265,8 @@ class DbInstance(Timestamps, Base):
 
     __tablename__ = "db_instances"
     __table_args__ = (
+        UniqueConstraint("rw_port", name="uq_db_instances_rw_port"),
+        UniqueConstraint("ro_port", name="uq_db_instances_ro_port"),
         Index(
             "uq_db_instances_project_name_live",
             "project_id",
@@ -306,6 +308,39 @@ class DbInstance(Timestamps, Base):
     # The latest moment known to be archived (its WAL is in the repository): the end of the
     # recovery window once the instance is gone.
     archived_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Its stable endpoints on the endpoint proxy (read-write: the primary; read-only: the
+    # replicas), whatever member is the primary; None for instances from before them.
+    endpoint_address: Mapped[str | None] = mapped_column(String(64), default=None)
+    rw_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    ro_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The password of its replication role (onep_repl_<id>), made on the first replica.
+    repl_password_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class DbMember(Timestamps, Base):
+    """One server of a database instance's group: its primary or a streaming replica, on a
+    compute instance of its own. The database instance's ``instance_id`` is its primary's."""
+
+    __tablename__ = "db_members"
+    __table_args__ = (
+        Index(
+            "uq_db_members_project_name_live",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    db_id: Mapped[str] = mapped_column(ForeignKey("db_instances.id"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
+    role: Mapped[str] = mapped_column(String(16))  # primary | replica
+    status: Mapped[str] = mapped_column(String(16))  # BUILD | ACTIVE | ERROR | DELETING | DELETED
+    status_message: Mapped[str] = mapped_column(Text, default="")
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 

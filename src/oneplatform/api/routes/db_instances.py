@@ -4,7 +4,7 @@ from fastapi import APIRouter, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
 from oneplatform.api.errors import declared
-from oneplatform.dbaas import service
+from oneplatform.dbaas import replicas, service
 from oneplatform.schemas.databases import (
     Credentials,
     DatabaseCreate,
@@ -12,11 +12,16 @@ from oneplatform.schemas.databases import (
     DbInstanceAccepted,
     DbInstanceCreate,
     DbInstanceOut,
+    DbMemberOut,
     DbUserCreate,
     DbUserCreated,
     DbUserOut,
     GrantRequest,
+    MoveRequest,
     PasswordChange,
+    ReplicaAccepted,
+    ReplicaCreate,
+    SwitchoverRequest,
 )
 
 router = APIRouter(
@@ -58,6 +63,37 @@ def restart_db_instance(ident: str, platform: PlatformDep, caller: CallerDep) ->
     """Restart the engine; a compute that is down or failed is repaired first (from ERROR
     too, while the data volume exists)."""
     return service.restart_db(platform.store, platform.settings, caller, ident)
+
+
+@router.get("/{ident}/replicas", response_model=list[DbMemberOut])
+def list_replicas(ident: str, platform: PlatformDep, caller: CallerDep) -> list[DbMemberOut]:
+    """The group's members, the primary first, with each replica's lag."""
+    return replicas.list_members(platform.store, platform.settings, caller, ident)
+
+
+@router.post("/{ident}/replicas", response_model=ReplicaAccepted, status_code=ACCEPTED)
+def create_replica(
+    ident: str, body: ReplicaCreate, platform: PlatformDep, caller: CallerDep
+) -> ReplicaAccepted:
+    """A streaming replica on any flavor, of any compute type."""
+    return replicas.create_replica(platform.store, platform.settings, caller, ident, body)
+
+
+@router.post("/{ident}/switchover", response_model=DbInstanceAccepted, status_code=ACCEPTED)
+def switchover(
+    ident: str, body: SwitchoverRequest, platform: PlatformDep, caller: CallerDep
+) -> DbInstanceAccepted:
+    """Make a replica the primary with no acknowledged write lost; the endpoint follows."""
+    return replicas.switchover(platform.store, platform.settings, caller, ident, body)
+
+
+@router.post("/{ident}/move", response_model=DbInstanceAccepted, status_code=ACCEPTED)
+def move(
+    ident: str, body: MoveRequest, platform: PlatformDep, caller: CallerDep
+) -> DbInstanceAccepted:
+    """Move (or resize) to another flavor, of any compute type: a replica there, a
+    switchover to it, the former primary retired. Same id, name, endpoint, users, backups."""
+    return replicas.move(platform.store, platform.settings, caller, ident, body)
 
 
 @router.get("/{ident}/credentials", response_model=Credentials)
@@ -132,3 +168,16 @@ def revoke(
     ident: str, name: str, database: str, platform: PlatformDep, caller: CallerDep
 ) -> DbUserOut:
     return service.revoke(platform.store, platform.settings, caller, ident, name, database)
+
+
+replica_router = APIRouter(
+    prefix="/db/replicas",
+    tags=["db-instances"],
+    responses=declared(401, 403, 404, 409, 422, 502, 503),
+)
+
+
+@replica_router.delete("/{name}", response_model=ReplicaAccepted, status_code=ACCEPTED)
+def delete_replica(name: str, platform: PlatformDep, caller: CallerDep) -> ReplicaAccepted:
+    """Delete a replica (not the primary) and its compute."""
+    return replicas.delete_replica(platform.store, caller, name)

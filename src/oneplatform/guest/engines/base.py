@@ -11,10 +11,14 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..bundle import Bundle
+from ..bundle import Bundle, UpstreamSettings
 from ..processes import ChildProcesses, EngineError
 
-__all__ = ["ChildProcesses", "Engine", "EngineError"]
+__all__ = ["ChildProcesses", "Engine", "EngineError", "NotSupported"]
+
+
+class NotSupported(EngineError):
+    """What this engine does not do (the agent answers 501)."""
 
 
 class Engine:
@@ -87,6 +91,21 @@ class Engine:
         """Close the current WAL segment and wait until it is archived; the moment (epoch)
         up to which everything committed is then in the repository."""
         raise EngineError(f"{self.datastore} does not archive")
+
+    # -- replication (an engine without it keeps these defaults: the agent answers 501)
+
+    def replication_status(self) -> dict[str, Any]:
+        """This member's role, WAL positions and (on a primary) replicas."""
+        raise NotSupported(f"{self.datastore} has no replication")
+
+    def ensure_replication_role(self, user: str, password: str) -> None:
+        raise NotSupported(f"{self.datastore} has no replication")
+
+    def promote(self, timeout: float) -> dict[str, Any]:
+        raise NotSupported(f"{self.datastore} has no replication")
+
+    def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
+        raise NotSupported(f"{self.datastore} has no replication")
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """Shut the server down (fast), escalating if it takes longer than ``timeout``."""

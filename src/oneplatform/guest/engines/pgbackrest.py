@@ -181,6 +181,10 @@ class PgBackRest:
     def archive_command(self, store: StoreSettings | None) -> str:
         return archive_command(store, self.conf)
 
+    def archive_get_command(self) -> str:
+        """A standby's restore_command: segments from the instance's own repository."""
+        return f'{EXE} --config={self.conf} --stanza={STANZA} archive-get %f "%p"'
+
     def _pgbackrest(
         self, conf: Path, *args: str, timeout: float = 600.0
     ) -> subprocess.CompletedProcess[bytes]:

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 import pwd
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..bundle import Bundle
+from ..bundle import Bundle, BundleError, UpstreamSettings
 from ..contract import DATA_ROOT, DEFAULT_VERSION
 from .base import ChildProcesses, Engine, EngineError
 from .pgbackrest import PgBackRest, restoring
@@ -35,6 +36,10 @@ class PostgresEngine(Engine):
     OS_USER = "postgres"
     CONF_NAME = "oneplatform.conf"
     PENDING_NAME = "oneplatform-bootstrap.pending"
+    # A standby's upstream (the replication hub and role): with PostgreSQL's standby.signal,
+    # what makes this member a replica; written by the seed and by a demote.
+    UPSTREAM_NAME = "oneplatform-upstream.json"
+    STANDBY_SIGNAL = "standby.signal"
     INCLUDE_LINE = f"include_if_exists = '{CONF_NAME}'  # written by the OnePlatform agent"
     # Settings the agent owns; the bundle cannot override them.
     RESERVED = frozenset(
@@ -60,6 +65,9 @@ class PostgresEngine(Engine):
             "wal_level",
             "wal_log_hints",
             "hot_standby",
+            "primary_conninfo",
+            "primary_slot_name",
+            "recovery_target_timeline",
         }
     )
     HBA = (
@@ -111,6 +119,8 @@ class PostgresEngine(Engine):
         make = self._initdb
         if self.bundle is not None and self.bundle.restore is not None:
             make = self._restore
+        elif self.bundle is not None and self.bundle.standby is not None:
+            make = self._seed
         if self.data_dir.exists():
             if any(self.data_dir.iterdir()):
                 raise EngineError(
@@ -140,6 +150,57 @@ class PostgresEngine(Engine):
         self._configure_repo()
         self.repo.restore(self.bundle.restore, target)
         self._write(target / self.PENDING_NAME, "set the admin role from the bundle\n")
+
+    def _seed(self, target: Path) -> None:
+        """A replica's data directory: a base backup of the primary, through the platform's
+        replication hub; it starts as a standby following it."""
+        assert self.bundle is not None and self.bundle.standby is not None
+        upstream = self.bundle.standby
+        self._chown(target)
+        target.chmod(0o700)
+        log.info("seeding a replica from its primary (%s:%d)", upstream.host, upstream.port)
+        started = time.monotonic()
+        kwargs = self._as_postgres()
+        kwargs["env"] = {**kwargs["env"], "PGPASSWORD": upstream.password}
+        proc = self.children.run(
+            [
+                str(self.bin_dir / "pg_basebackup"),
+                "-D",
+                str(target),
+                "-d",
+                conninfo(upstream, with_password=False),
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-w",
+            ],
+            timeout=6 * 3600,
+            **kwargs,
+        )
+        if proc.returncode != 0:
+            raise EngineError(
+                f"pg_basebackup failed with exit code {proc.returncode}: {_tail(proc.stderr)}"
+            )
+        self._make_standby(target, upstream)
+        log.info("replica seeded in %.1f s", time.monotonic() - started)
+
+    def _make_standby(self, pgdata: Path, upstream: UpstreamSettings) -> None:
+        self._write(pgdata / self.UPSTREAM_NAME, json.dumps(upstream.to_dict()))
+        self._write(pgdata / self.STANDBY_SIGNAL, "")
+
+    def upstream(self) -> UpstreamSettings | None:
+        """The primary this member follows, when it is a standby."""
+        if not (self.data_dir / self.STANDBY_SIGNAL).exists():
+            return None
+        try:
+            data = json.loads((self.data_dir / self.UPSTREAM_NAME).read_text(encoding="utf-8"))
+            return UpstreamSettings.from_dict(data, "upstream")
+        except FileNotFoundError:
+            return None
+        except (ValueError, BundleError) as exc:
+            log.error("the upstream file is not valid (%s): following no primary", exc)
+            return None
 
     def _initdb(self, target: Path) -> None:
         self._chown(target)
@@ -257,6 +318,141 @@ class PostgresEngine(Engine):
                 )
             time.sleep(0.2)
 
+    # -- replication
+
+    def replication_status(self) -> dict[str, Any]:
+        """This member's role and WAL positions (LSNs as text and as bytes from 0/0) and,
+        on a primary, its streaming replicas."""
+        row = self._query(
+            "SELECT pg_catalog.pg_is_in_recovery(), "
+            "coalesce(CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL "
+            "ELSE pg_catalog.pg_current_wal_lsn() END::text, ''), "
+            "coalesce(pg_catalog.pg_last_wal_receive_lsn()::text, ''), "
+            "coalesce(pg_catalog.pg_last_wal_replay_lsn()::text, ''), "
+            "coalesce((SELECT status FROM pg_catalog.pg_stat_wal_receiver), ''), "
+            "coalesce(CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL ELSE "
+            "substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8) END, '')"
+        ).split("|")
+        in_recovery = row[0] == "t"
+        status: dict[str, Any] = {
+            "role": "standby" if in_recovery else "primary",
+            "lsn": row[1] or None,
+            "lsn_bytes": lsn_bytes(row[1]),
+            "receive_lsn": row[2] or None,
+            "replay_lsn": row[3] or None,
+            "replay_bytes": lsn_bytes(row[3]),
+            "receiver": row[4] or None,
+            "timeline": int(row[5], 16) if row[5] else None,
+            "replicas": [],
+        }
+        if not in_recovery:
+            rows = self._query(
+                "SELECT application_name, state, coalesce(replay_lsn::text, ''), "
+                "coalesce(extract(epoch FROM replay_lag)::text, '0') "
+                "FROM pg_catalog.pg_stat_replication ORDER BY application_name"
+            )
+            for line in filter(None, rows.splitlines()):
+                name, state, replay, lag = line.split("|")
+                status["replicas"].append(
+                    {
+                        "name": name,
+                        "state": state,
+                        "replay_lsn": replay or None,
+                        "replay_bytes": lsn_bytes(replay),
+                        "lag_seconds": float(lag or 0),
+                    }
+                )
+        return status
+
+    def ensure_replication_role(self, user: str, password: str) -> None:
+        """The database's replication role (on the primary): streaming, base backups, and
+        the functions pg_rewind reads the source with."""
+        if self.upstream() is not None:
+            raise EngineError("this member is a standby: roles are made on the primary")
+        ident = sql_identifier(user)
+        lines = [
+            "SET log_statement = 'none';",
+            *_role_lines(user, password, "LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE"),
+            *(
+                f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO {ident};"
+                for fn in (
+                    "pg_ls_dir(text, boolean, boolean)",
+                    "pg_stat_file(text, boolean)",
+                    "pg_read_binary_file(text)",
+                    "pg_read_binary_file(text, bigint, bigint, boolean)",
+                )
+            ),
+            "",
+        ]
+        self._psql("\n".join(lines), "making the replication role")
+
+    def promote(self, timeout: float) -> dict[str, Any]:
+        """End recovery (``pg_promote``, waiting for it); this member is the primary."""
+        if self._query("SELECT pg_catalog.pg_is_in_recovery()") == "t":
+            done = self._query(f"SELECT pg_catalog.pg_promote(true, {int(timeout)})")
+            if done != "t":
+                raise EngineError(f"the promotion did not end within {timeout:.0f} s")
+        (self.data_dir / self.UPSTREAM_NAME).unlink(missing_ok=True)
+        log.info("promoted: this member is the primary")
+        self.repo.ensure_stanza(self.bundle.backup if self.bundle else None)
+        return self.replication_status()
+
+    def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
+        """With the server stopped: make this member a standby of ``upstream``. A clean
+        shutdown's data directory follows the new primary as it is (its last record, the
+        shutdown checkpoint, is what the new primary was promoted after); otherwise only
+        with ``rewind`` (pg_rewind from the new primary). Returns the shutdown state and
+        the last checkpoint's location."""
+        control = self._controldata()
+        clean = control.get("Database cluster state") in ("shut down", "shut down in recovery")
+        answer = {
+            "clean": clean,
+            "checkpoint_lsn": control.get("Latest checkpoint location"),
+            "checkpoint_bytes": lsn_bytes(control.get("Latest checkpoint location", "")),
+            "timeline": int(control.get("Latest checkpoint's TimeLineID", "0") or 0),
+            "rewound": False,
+        }
+        if rewind:
+            self._rewind(upstream)
+            answer["rewound"] = True
+        elif not clean:
+            log.error("not demoted: the server did not shut down cleanly and no rewind asked")
+            return answer
+        self._make_standby(self.data_dir, upstream)
+        log.info("demoted: following %s:%d", upstream.host, upstream.port)
+        return answer
+
+    def _rewind(self, upstream: UpstreamSettings) -> None:
+        kwargs = self._as_postgres()
+        kwargs["env"] = {**kwargs["env"], "PGPASSWORD": upstream.password}
+        proc = self.children.run(
+            [
+                str(self.bin_dir / "pg_rewind"),
+                f"--target-pgdata={self.data_dir}",
+                f"--source-server={conninfo(upstream, with_password=False)} dbname=postgres",
+                "--progress",
+            ],
+            timeout=3600,
+            **kwargs,
+        )
+        if proc.returncode != 0:
+            raise EngineError(f"pg_rewind failed: {_tail(proc.stderr)}")
+        log.info("pg_rewind: %s", _tail(proc.stderr + proc.stdout, 2))
+
+    def _controldata(self) -> dict[str, str]:
+        proc = self.children.run(
+            [str(self.bin_dir / "pg_controldata"), str(self.data_dir)],
+            timeout=30,
+            **self._as_postgres(),
+        )
+        if proc.returncode != 0:
+            raise EngineError(f"pg_controldata failed: {_tail(proc.stderr)}")
+        values = {}
+        for line in proc.stdout.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition(":")
+            values[key.strip()] = value.strip()
+        return values
+
     def _query(self, query: str) -> str:
         proc = self.children.run(
             self._psql_argv("-A", "-t", "-c", query),
@@ -302,6 +498,14 @@ class PostgresEngine(Engine):
         }
         if self.bundle is not None and self.bundle.restore and restoring(self.data_dir):
             managed["hot_standby"] = "off"  # no connection until the restore has promoted
+        upstream = self.upstream()
+        if upstream is not None:
+            managed["primary_conninfo"] = conninfo(upstream)
+            managed["recovery_target_timeline"] = "latest"
+            managed["hot_standby"] = "on"
+            if self.bundle is not None and self.bundle.backup is not None:
+                # Segments the primary no longer holds come from the repository.
+                managed["restore_command"] = self.repo.archive_get_command()
         lines += [f"{name} = {pg_quote(value)}" for name, value in managed.items()]
         return "\n".join(lines) + "\n"
 
@@ -354,7 +558,7 @@ class PostgresEngine(Engine):
         databases and users, :attr:`initial`), in one local psql run as the superuser."""
         pending = self.data_dir / self.PENDING_NAME
         initial, self.initial = self.initial, None
-        if self.bundle is not None and not self.bundle.warm:
+        if self.bundle is not None and not self.bundle.warm and self.upstream() is None:
             self.repo.ensure_stanza(self.bundle.backup)
         if not pending.exists():
             return
@@ -475,8 +679,40 @@ class PostgresEngine(Engine):
         os.replace(tmp, path)
 
 
+_RELOADABLE = ("archive_command ", "primary_conninfo ", "restore_command ")
+
+
 def _without_reloadable(conf: str) -> list[str]:
-    return [line for line in conf.splitlines() if not line.startswith("archive_command ")]
+    return [line for line in conf.splitlines() if not line.startswith(_RELOADABLE)]
+
+
+def conninfo(upstream: UpstreamSettings, with_password: bool = True) -> str:
+    """A libpq connection string to the replication hub. No TLS (the hub routes on the
+    startup packet; the path is the host's own), no GSSAPI probe (the hub would take it
+    for the startup packet)."""
+    values = {
+        "host": upstream.host,
+        "port": str(upstream.port),
+        "user": upstream.user,
+        **({"password": upstream.password} if with_password else {}),
+        "application_name": upstream.name,
+        "sslmode": "disable",
+        "gssencmode": "disable",
+        "connect_timeout": "5",
+    }
+    return " ".join(f"{k}={_libpq_quote(v)}" for k, v in values.items())
+
+
+def _libpq_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def lsn_bytes(lsn: str) -> int | None:
+    """An LSN ("16/B374D848") as bytes from 0/0."""
+    if not lsn or "/" not in lsn:
+        return None
+    high, low = lsn.split("/", 1)
+    return (int(high, 16) << 32) + int(low, 16)
 
 
 def pg_quote(value: str) -> str:

@@ -1,0 +1,658 @@
+"""Replicas, switchover and moves: a database instance as a group of members.
+
+A database instance has one primary member and up to seven streaming replicas, each on a
+compute instance of its own, of any flavor and compute type. Replicas reach the primary
+through the endpoint proxy's replication hub, as the database's replication role; the
+database's stable endpoints follow its primary (docs/replication.md).
+
+A **switchover** (to a replica): the read-write endpoint refuses, the primary shuts down
+cleanly (its last WAL reaches the replicas as it does) and restarts as a standby; once the
+target has replayed the primary's shutdown checkpoint it is promoted, the endpoint leads to
+it and takes connections again. A target that does not catch up within the timeout is not
+promoted: the former primary is promoted back and serves as before. A **move** is a
+replica on the new flavor, caught up, a switchover to it, and the former primary retired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from oneplatform.compute.catalog import flavor_by_name
+from oneplatform.compute.drivers.base import VolumeSpec
+from oneplatform.compute.instances import place_instance, request_delete
+from oneplatform.compute.states import InstanceStatus
+from oneplatform.config import Settings
+from oneplatform.dbaas import backups
+from oneplatform.dbaas.agent_client import AgentClient
+from oneplatform.dbaas.datastores import get_datastore
+from oneplatform.dbaas.endpoints import (
+    PRIMARY,
+    REPLICA,
+    drop_member,
+    live_members,
+    member_out,
+    sync_proxy,
+)
+from oneplatform.dbaas.lookup import find_db
+from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, agent_client, make_bundle, reach
+from oneplatform.dbaas.service import to_out_db
+from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, MemberStatus
+from oneplatform.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotYet,
+    PlatformError,
+)
+from oneplatform.guest.bundle import AdminCredentials, UpstreamSettings
+from oneplatform.hostsvc.objectstore import GUEST_FORWARD_ADDRESS, store_config
+from oneplatform.hostsvc.proxy import REPLICA_SLOTS, EndpointProxy, ProxyError, repl_user
+from oneplatform.iam import Caller
+from oneplatform.images.recipes import load_recipe
+from oneplatform.ops.engine import StepContext, enqueue
+from oneplatform.ops.kinds import Intent
+from oneplatform.ops.service import to_out
+from oneplatform.ops.steps import deadline, define
+from oneplatform.schemas.databases import (
+    DbInstanceAccepted,
+    DbMemberOut,
+    MoveRequest,
+    ReplicaAccepted,
+    ReplicaCreate,
+    SwitchoverRequest,
+)
+from oneplatform.secrets import SecretBox, box_for, generate_password
+from oneplatform.store.db import Store
+from oneplatform.store.models import DbInstance, DbMember, Event, Flavor, Instance, new_id
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY = "dbaas"
+# Settings a hot standby needs at least as high as its primary's (PostgreSQL refuses to
+# replay otherwise): a member gets the highest of its flavor's and its primary's.
+_FLOORED = ("max_connections", "max_worker_processes")
+# A switchover refuses to start while its target is further behind than this.
+MAX_START_LAG_BYTES = 64 * 1024 * 1024
+
+
+# -- reading ------------------------------------------------------------------------------------
+def _primary_status(session: Session, settings: Settings, db: DbInstance) -> dict[str, Any] | None:
+    """What the primary says of its replicas (None when it does not answer)."""
+    try:
+        r = reach(session, db, box_for(settings))
+        return agent_client(r, timeout=3.0).replication()
+    except PlatformError:
+        return None
+
+
+def list_members(store: Store, settings: Settings, caller: Caller, ident: str) -> list[DbMemberOut]:
+    """The group's members, the primary first, with each replica's lag behind it."""
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        members = live_members(session, db.id)
+        status = _primary_status(session, settings, db) if len(members) > 1 else None
+        rows = sorted(members, key=lambda m: (m.role != PRIMARY, m.created_at))
+        return [member_out(session, db, m, status) for m in rows]
+
+
+def find_member(session: Session, caller: Caller, name: str) -> DbMember:
+    member = session.scalars(
+        select(DbMember).where(
+            DbMember.project_id == caller.project_id,
+            DbMember.deleted_at.is_(None),
+            (DbMember.id == name) | (DbMember.name == name),
+        )
+    ).first()
+    if member is None:
+        raise NotFound(f"replica {name!r} not found", code="replica_not_found")
+    return member
+
+
+# -- making a member ----------------------------------------------------------------------------
+def upstream_for(
+    settings: Settings, db: DbInstance, box: SecretBox, compute_type: str, name: str
+) -> UpstreamSettings:
+    """The primary as a member on ``compute_type`` reaches it: the replication hub."""
+    assert db.repl_password_enc
+    host = settings.service_address if compute_type == "container" else GUEST_FORWARD_ADDRESS
+    return UpstreamSettings(
+        host=host,
+        port=settings.replication_port,
+        user=repl_user(db.id),
+        password=box.decrypt(db.repl_password_enc),
+        name=name,
+    )
+
+
+def _ensure_replication_role(store: Store, settings: Settings, db_id: str) -> None:
+    """The database's replication role on its primary (made at its first replica)."""
+    box = box_for(settings)
+    with store.session() as session:
+        db = session.get_one(DbInstance, db_id)
+        if db.repl_password_enc is None:
+            db.repl_password_enc = box.encrypt(generate_password())
+    with store.session() as session:
+        db = session.get_one(DbInstance, db_id)
+        r = reach(session, db, box)
+        password = box.decrypt(db.repl_password_enc or "")
+    try:
+        agent_client(r, timeout=30.0).ensure_replication_role(repl_user(db_id), password)
+    except BackendUnavailable as err:
+        raise Conflict(
+            f"the primary does not answer, so no replica can be made now: {err.message}",
+            code="primary_unavailable",
+        ) from None
+
+
+def _place_member(
+    session: Session, settings: Settings, db: DbInstance, flavor: Flavor, name: str
+) -> DbMember:
+    """A new replica member on ``flavor``: its bundle (seeded from the primary, following
+    it) and its compute instance, placed in the caller's transaction."""
+    box = box_for(settings)
+    datastore = get_datastore(db.datastore)
+    version = next(v for v in datastore.versions if v.version == db.version)
+    primary_flavor = session.get_one(Flavor, db.flavor_id)
+    engine = datastore.engine_settings(flavor.vcpus, flavor.ram_mb)
+    primary_engine = datastore.engine_settings(primary_flavor.vcpus, primary_flavor.ram_mb)
+    for key in _FLOORED:
+        if key in engine and key in primary_engine:
+            engine[key] = str(max(int(engine[key]), int(primary_engine[key])))
+    config = store_config(settings) if settings.backups and db.repo_bucket else None
+    bundle = make_bundle(
+        db.id,
+        datastore,
+        db.version,
+        flavor.vcpus,
+        flavor.ram_mb,
+        AdminCredentials(db.admin_username, box.decrypt(db.admin_password_enc)),
+        AdminCredentials(datastore.platform_username, box.decrypt(db.platform_password_enc))
+        if db.platform_password_enc
+        else None,
+        box.decrypt(db.agent_secret_enc),
+        load_recipe(version.image).ports,
+        backup=backups.guest_store(config, db, box, flavor.compute_type) if config else None,
+        standby=upstream_for(settings, db, box, flavor.compute_type, name),
+        engine_settings=engine,
+    )
+    member_id = new_id()
+    instance, _ = place_instance(
+        session,
+        db.project_id,
+        f"db-{member_id[:12]}",
+        flavor,
+        version.image,
+        managed_by=MANAGED_BY,
+        bundle_enc=box.encrypt(bundle),
+        volumes=[VolumeSpec(DATA_VOLUME, db.size_gb, DATA_PATH)],
+    )
+    member = DbMember(
+        id=member_id,
+        db_id=db.id,
+        project_id=db.project_id,
+        name=name,
+        instance_id=instance.id,
+        role=REPLICA,
+    )
+    MEMBERS.created(session, member, f"replica of {db.name} on {flavor.name}")
+    session.add(member)
+    session.flush()
+    return member
+
+
+def _check_member_name(session: Session, db: DbInstance, name: str) -> None:
+    taken = session.scalars(
+        select(DbMember.id).where(
+            DbMember.project_id == db.project_id,
+            DbMember.name == name,
+            DbMember.deleted_at.is_(None),
+        )
+    ).first()
+    if taken:
+        raise AlreadyExists(
+            f"a member named {name!r} already exists", code="replica_exists"
+        ) from None
+
+
+def _next_name(session: Session, db: DbInstance) -> str:
+    used = set(
+        session.scalars(
+            select(DbMember.name).where(
+                DbMember.project_id == db.project_id, DbMember.deleted_at.is_(None)
+            )
+        )
+    )
+    n = 1
+    while f"{db.name}-r{n}" in used:
+        n += 1
+    return f"{db.name}-r{n}"
+
+
+def _check_ready(session: Session, db: DbInstance, action: str) -> None:
+    if db.status != DbStatus.ACTIVE.value:
+        raise Conflict(
+            f"cannot {action} database instance {db.name!r} while it is {db.status}",
+            code="invalid_state",
+            status=db.status,
+        )
+    if get_datastore(db.datastore).name != "postgresql":
+        raise Conflict(f"{db.datastore} has no replicas yet", code="not_supported")
+    if len(live_members(session, db.id)) >= REPLICA_SLOTS:
+        raise Conflict(
+            f"database instance {db.name!r} has {REPLICA_SLOTS} members already",
+            code="too_many_replicas",
+        )
+
+
+def _new_replica(
+    store: Store,
+    settings: Settings,
+    caller: Caller,
+    ident: str,
+    flavor_name: str | None,
+    name: str | None,
+    action: str,
+) -> tuple[str, str]:
+    """Check, make the replication role, then place the member: (db id, member id)."""
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        _check_ready(session, db, action)
+        if name is not None:
+            _check_member_name(session, db, name)
+        flavor_by_name(session, flavor_name or session.get_one(Flavor, db.flavor_id).name)
+        db_id = db.id
+    _ensure_replication_role(store, settings, db_id)
+    try:
+        with store.session() as session:
+            db = session.get_one(DbInstance, db_id)
+            _check_ready(session, db, action)
+            flavor = flavor_by_name(
+                session, flavor_name or session.get_one(Flavor, db.flavor_id).name
+            )
+            member = _place_member(session, settings, db, flavor, name or _next_name(session, db))
+            return db_id, member.id
+    except IntegrityError:
+        raise AlreadyExists(
+            f"a member named {name!r} already exists", code="replica_exists"
+        ) from None
+
+
+def create_replica(
+    store: Store, settings: Settings, caller: Caller, ident: str, req: ReplicaCreate
+) -> ReplicaAccepted:
+    db_id, member_id = _new_replica(
+        store, settings, caller, ident, req.flavor, req.name, "add a replica to"
+    )
+    with store.session() as session:
+        db = session.get_one(DbInstance, db_id)
+        member = session.get_one(DbMember, member_id)
+        op = enqueue(session, DB_REPLICA_CREATE, member_id, caller.project_id)
+        return ReplicaAccepted(operation=to_out(op), replica=member_out(session, db, member))
+
+
+def delete_replica(store: Store, caller: Caller, name: str) -> ReplicaAccepted:
+    with store.session() as session:
+        member = find_member(session, caller, name)
+        db = session.get_one(DbInstance, member.db_id)
+        if member.role == PRIMARY:
+            raise Conflict(
+                f"{member.name!r} is the primary of {db.name!r}: switch over to another "
+                "member first, or delete the database instance",
+                code="is_primary",
+            )
+        if db.status in (DbStatus.SWITCHOVER.value, DbStatus.RESIZE.value):
+            raise Conflict(f"database instance {db.name!r} is in {db.status}", code="invalid_state")
+        if member.status == MemberStatus.DELETING.value:
+            raise Conflict(
+                f"replica {member.name!r} is already being deleted", code="invalid_state"
+            )
+        MEMBERS.move(session, member, MemberStatus.DELETING, "delete requested")
+        op = enqueue(session, DB_REPLICA_DELETE, member.id, caller.project_id)
+        return ReplicaAccepted(operation=to_out(op), replica=member_out(session, db, member))
+
+
+def switchover(
+    store: Store, settings: Settings, caller: Caller, ident: str, req: SwitchoverRequest
+) -> DbInstanceAccepted:
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        _check_ready(session, db, "switch over")
+        replicas = [
+            m
+            for m in live_members(session, db.id)
+            if m.role == REPLICA and m.status == MemberStatus.ACTIVE.value
+        ]
+        if req.to is not None:
+            target = find_member(session, caller, req.to)
+            if target.db_id != db.id:
+                raise InvalidInput(
+                    f"{req.to!r} is not a member of {db.name!r}", code="invalid_input"
+                )
+            if target.role == PRIMARY:
+                raise Conflict(f"{target.name!r} is the primary already", code="is_primary")
+            if target.status != MemberStatus.ACTIVE.value:
+                raise Conflict(f"replica {target.name!r} is {target.status}", code="invalid_state")
+        elif replicas:
+            target = _most_advanced(session, settings, db, replicas)
+        else:
+            raise Conflict(f"database instance {db.name!r} has no replica", code="no_replica")
+        DATABASES.move(session, db, DbStatus.SWITCHOVER, f"switchover to {target.name} requested")
+        op = enqueue(
+            session,
+            DB_SWITCHOVER,
+            db.id,
+            caller.project_id,
+            {"target": target.id, "timeout": req.timeout_seconds},
+        )
+        return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
+
+
+def _most_advanced(
+    session: Session, settings: Settings, db: DbInstance, replicas: list[DbMember]
+) -> DbMember:
+    status = _primary_status(session, settings, db) or {}
+    replay = {r["name"]: r.get("replay_bytes") or 0 for r in status.get("replicas", [])}
+    return max(replicas, key=lambda m: (replay.get(m.name, -1), m.created_at))
+
+
+def move(
+    store: Store, settings: Settings, caller: Caller, ident: str, req: MoveRequest
+) -> DbInstanceAccepted:
+    """A replica on ``req.flavor``, then a switchover to it, then the former primary goes."""
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        flavor = flavor_by_name(session, req.flavor)
+        if flavor.id == db.flavor_id:
+            raise InvalidInput(
+                f"database instance {db.name!r} is on flavor {flavor.name!r} already",
+                code="same_flavor",
+            )
+    db_id, member_id = _new_replica(store, settings, caller, ident, req.flavor, None, "move")
+    with store.session() as session:
+        db = session.get_one(DbInstance, db_id)
+        former = _primary_member(session, db)
+        DATABASES.move(session, db, DbStatus.RESIZE, f"move to {req.flavor} requested")
+        op = enqueue(
+            session,
+            DB_MOVE,
+            db.id,
+            caller.project_id,
+            {"target": member_id, "former": former.id, "timeout": req.timeout_seconds},
+        )
+        return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
+
+
+def _primary_member(session: Session, db: DbInstance) -> DbMember:
+    return session.scalars(
+        select(DbMember).where(
+            DbMember.db_id == db.id, DbMember.deleted_at.is_(None), DbMember.role == PRIMARY
+        )
+    ).one()
+
+
+# -- steps: a replica ---------------------------------------------------------------------------
+def _member(session: Session, ctx: StepContext) -> DbMember:
+    member_id = ctx.params.get("target") or ctx.resource_id
+    return session.get_one(DbMember, member_id)
+
+
+def _check_member_alive(member: DbMember) -> None:
+    if member.status in (MemberStatus.DELETING.value, MemberStatus.DELETED.value):
+        raise PlatformError(f"replica {member.name!r} is being deleted", code="superseded")
+
+
+def step_member_compute(ctx: StepContext) -> None:
+    with ctx.store.session() as session:
+        member = _member(session, ctx)
+        _check_member_alive(member)
+        instance = session.get_one(Instance, member.instance_id)
+        status, message = InstanceStatus(instance.status), instance.status_message
+    if status is InstanceStatus.ACTIVE:
+        return
+    if status in (InstanceStatus.BUILD, InstanceStatus.STARTING, InstanceStatus.REBOOT):
+        deadline(ctx, "compute instance start")
+        raise NotYet("waiting for the replica's compute instance", retry_after=0.5)
+    raise PlatformError(f"the compute instance is {status}: {message}", code="compute_failed")
+
+
+def _member_agent(
+    session: Session, ctx: StepContext, member: DbMember, timeout: float = 5.0
+) -> AgentClient:
+    db = session.get_one(DbInstance, member.db_id)
+    r = reach(session, db, box_for(ctx.settings), instance_id=member.instance_id)
+    return agent_client(r, timeout)
+
+
+def step_member_streaming(ctx: StepContext) -> None:
+    """Wait for the replica's engine (its base backup copied, then started as a standby) to
+    stream from the primary."""
+    with ctx.store.session() as session:
+        member = _member(session, ctx)
+        _check_member_alive(member)
+        client = _member_agent(session, ctx, member)
+    try:
+        health = client.health()
+        if not health.ready:
+            if health.engine == "failed" and "pg_basebackup" not in health.detail:
+                ctx.progress(f"engine: {health.detail}")
+            raise NotYet(f"the replica's engine is {health.engine}: {health.detail}", 1.0)
+        status = client.replication()
+    except BackendUnavailable as err:
+        deadline(ctx, "the replica's start", ctx.settings.ready_timeout_seconds * 4)
+        raise NotYet(f"waiting for the replica's agent: {err.message}", 1.0) from None
+    except NotYet:
+        deadline(ctx, "the replica's start", ctx.settings.ready_timeout_seconds * 4)
+        raise
+    if status.get("role") != "standby" or status.get("receiver") != "streaming":
+        deadline(ctx, "the replica's streaming", ctx.settings.ready_timeout_seconds * 4)
+        raise NotYet(f"the replica is {status.get('role')}, receiver {status.get('receiver')}", 1.0)
+
+
+def step_member_active(ctx: StepContext) -> None:
+    with ctx.transaction() as session:
+        member = _member(session, ctx)
+        _check_member_alive(member)
+        MEMBERS.move(session, member, MemberStatus.ACTIVE, "streaming from the primary")
+    sync_proxy(ctx.store, ctx.settings)
+
+
+def step_member_delete(ctx: StepContext) -> None:
+    with ctx.transaction() as session:
+        member = _member(session, ctx)
+        instance = session.get(Instance, member.instance_id)
+        if instance is not None and instance.status != InstanceStatus.DELETED.value:
+            request_delete(session, instance, member.project_id)
+            pending = True
+        else:
+            pending = False
+    sync_proxy(ctx.store, ctx.settings)  # out of the read-only endpoint at once
+    if pending:
+        deadline(ctx, "compute instance delete")
+        raise NotYet("waiting for the replica's compute instance to be deleted", 0.5)
+    with ctx.transaction() as session:
+        drop_member(session, _member(session, ctx), "deleted")
+
+
+def _fail_member(session: Session, ctx: StepContext, err: PlatformError) -> None:
+    member = _member(session, ctx)
+    if member.status == MemberStatus.DELETED.value:
+        return
+    if member.status == MemberStatus.DELETING.value and ctx.kind is not DB_REPLICA_DELETE:
+        return
+    MEMBERS.fail(session, member, f"{ctx.step_name}: {err.message}")
+
+
+# -- steps: switchover --------------------------------------------------------------------------
+def step_switch(ctx: StepContext) -> None:
+    """The switchover itself, in one step (it must not wait between its parts)."""
+    timeout = float(ctx.params.get("timeout") or 60.0)
+    box = box_for(ctx.settings)
+    with ctx.store.session() as session:
+        db = session.get_one(DbInstance, ctx.resource_id)
+        target = _member(session, ctx)
+        old = _primary_member(session, db)
+        if old.id == target.id:
+            return  # done before a restart of this step
+        old_client = agent_client(reach(session, db, box, instance_id=old.instance_id), 10.0)
+        new_client = agent_client(reach(session, db, box, instance_id=target.instance_id), 10.0)
+        old_instance = session.get_one(Instance, old.instance_id)
+        upstream = upstream_for(ctx.settings, db, box, old_instance.compute_type, old.name)
+        names = (old.name, target.name)
+    new_status = new_client.replication()
+    if new_status["role"] == "primary":
+        _record_switch(ctx, old.id, target.id, "found promoted")  # a retried step
+        return
+    old_status = old_client.replication()
+    lag = (old_status.get("lsn_bytes") or 0) - (new_status.get("replay_bytes") or 0)
+    if old_status["role"] == "primary" and lag > MAX_START_LAG_BYTES:
+        raise PlatformError(
+            f"{names[1]} is {lag} bytes behind the primary; nothing was changed",
+            code="replica_lagging",
+        )
+    proxy = EndpointProxy(ctx.settings)
+    started = time.monotonic()
+    ctx.progress(f"pausing writes at the endpoint; stopping {names[0]}")
+    with contextlib.suppress(ProxyError):
+        proxy.pause(db.id)
+    if old_status["role"] == "primary":
+        demoted = old_client.demote(upstream.to_dict())
+        if not demoted.get("clean"):
+            _resume(ctx, db.id)
+            raise PlatformError(
+                f"{names[0]} did not shut down cleanly; it serves on as the primary and "
+                "nothing was changed",
+                code="switchover_failed",
+            )
+        final = int(demoted["checkpoint_bytes"])
+    else:  # demoted by an earlier try of this step
+        final = int(old_status.get("replay_bytes") or 0) - 1
+    ctx.progress(f"waiting for {names[1]} to replay the last WAL of {names[0]}")
+    while True:
+        replay = new_client.replication().get("replay_bytes") or 0
+        if replay > final:
+            break
+        if time.monotonic() - started > timeout:
+            ctx.progress(f"{names[1]} did not catch up in {timeout:.0f} s: rolling back")
+            old_client.promote()
+            _resume(ctx, db.id)
+            raise PlatformError(
+                f"{names[1]} did not catch up within {timeout:.0f} s; {names[0]} is the "
+                "primary again and nothing was changed",
+                code="switchover_timeout",
+            )
+        time.sleep(0.05)
+    ctx.progress(f"promoting {names[1]}")
+    new_client.promote()
+    _record_switch(ctx, old.id, target.id, f"in {time.monotonic() - started:.1f} s")
+
+
+def _resume(ctx: StepContext, db_id: str) -> None:
+    sync_proxy(ctx.store, ctx.settings, force=[db_id])
+
+
+def _record_switch(ctx: StepContext, old_id: str, new_id_: str, how: str) -> None:
+    with ctx.transaction() as session:
+        db = session.get_one(DbInstance, ctx.resource_id)
+        old = session.get_one(DbMember, old_id)
+        new = session.get_one(DbMember, new_id_)
+        instance = session.get_one(Instance, new.instance_id)
+        old.role, new.role = REPLICA, PRIMARY
+        db.instance_id, db.flavor_id = new.instance_id, instance.flavor_id
+        session.add(
+            Event(
+                resource_type="db_instance",
+                resource_id=db.id,
+                from_status=db.status,
+                to_status=db.status,
+                message=f"switchover: {new.name} is the primary, {old.name} a replica ({how})",
+            )
+        )
+    _resume(ctx, ctx.resource_id)
+    ctx.remember(switched=True)
+
+
+def step_retire(ctx: StepContext) -> None:
+    """A move's last step: the former primary (now a replica) goes."""
+    pending = False
+    with ctx.transaction() as session:
+        former = session.get_one(DbMember, ctx.params["former"])
+        instance = session.get(Instance, former.instance_id)
+        if instance is not None and instance.status != InstanceStatus.DELETED.value:
+            MEMBERS.move(session, former, MemberStatus.DELETING, "retired by the move")
+            request_delete(session, instance, former.project_id)
+            pending = True
+        else:
+            drop_member(session, former, "retired by the move")
+    sync_proxy(ctx.store, ctx.settings)
+    if pending:
+        deadline(ctx, "the former primary's delete")
+        raise NotYet("waiting for the former primary's compute instance to be deleted", 0.5)
+
+
+def _finish(ctx: StepContext) -> None:
+    with ctx.transaction() as session:
+        db = session.get_one(DbInstance, ctx.resource_id)
+        DATABASES.move(session, db, DbStatus.ACTIVE, "")
+
+
+def _fail_group(session: Session, ctx: StepContext, err: PlatformError) -> None:
+    """A switchover or move that failed: the database serves on from whichever member is
+    its primary (ACTIVE, with the error); a move's new member goes."""
+    db = session.get_one(DbInstance, ctx.resource_id)
+    if db.status in (DbStatus.DELETING.value, DbStatus.DELETED.value):
+        return
+    DATABASES.move(session, db, DbStatus.ACTIVE, f"{ctx.kind.name} failed: {err.message}")
+    if ctx.kind is DB_MOVE and not ctx.params.get("switched"):
+        member = session.get(DbMember, ctx.params.get("target", ""))
+        if member is not None and member.deleted_at is None:
+            instance = session.get(Instance, member.instance_id)
+            if instance is not None:
+                request_delete(session, instance, member.project_id)
+            drop_member(session, member, "the move failed")
+
+
+DB_REPLICA_CREATE = define(
+    "db.replica.create",
+    "db_member",
+    Intent.CREATE,
+    ("compute", step_member_compute),
+    ("streaming", step_member_streaming),
+    ("finish", step_member_active),
+    on_failure=_fail_member,
+)
+DB_REPLICA_DELETE = define(
+    "db.replica.delete",
+    "db_member",
+    Intent.DELETE,
+    ("delete", step_member_delete),
+    on_failure=_fail_member,
+)
+DB_SWITCHOVER = define(
+    "db.switchover",
+    "db_instance",
+    Intent.ACTION,
+    ("switch", step_switch),
+    ("finish", _finish),
+    on_failure=_fail_group,
+)
+DB_MOVE = define(
+    "db.move",
+    "db_instance",
+    Intent.ACTION,
+    ("compute", step_member_compute),
+    ("streaming", step_member_streaming),
+    ("replica", step_member_active),
+    ("switch", step_switch),
+    ("retire", step_retire),
+    ("finish", _finish),
+    on_failure=_fail_group,
+)
