@@ -314,6 +314,10 @@ class FakeAgent:
         self.engine = "running"
         self.job: dict[str, Any] | None = None
         self.labels: list[str] = []
+        # Replication, as a member of its group: a replica (made with an upstream in its
+        # bundle) has replayed ``FakeAgent.replayed`` bytes; a demote stops at 5000.
+        self.role = "standby" if bundle.get("standby") else "primary"
+        self.calls: list[str] = []
         self.verifier = RequestVerifier(bundle["agent"]["secret"], bundle["instance_id"])
         agent = self
 
@@ -350,6 +354,9 @@ class FakeAgent:
                     return
                 if self.path == "/v1/archive":
                     self._send(200, {"archived_until": time.time()})
+                    return
+                if self.path.startswith("/v1/replication"):
+                    self._send(200, agent.replication(self.path, body))
                     return
                 self._send(200, agent.health())
 
@@ -396,6 +403,28 @@ class FakeAgent:
             },
         }
 
+    replayed = 6000  # what every replica has replayed (a test may hold it back)
+    demote_clean = True
+
+    def replication(self, path: str, body: bytes) -> dict[str, Any]:
+        action = path.removeprefix("/v1/replication").strip("/")
+        self.calls.append(action or "status")
+        if action == "demote":
+            self.role = "standby"
+            if not FakeAgent.demote_clean:
+                self.role = "primary"
+            return {"clean": FakeAgent.demote_clean, "checkpoint_bytes": 5000}
+        if action == "promote":
+            self.role = "primary"
+        primary = self.role == "primary"
+        return {
+            "role": self.role,
+            "lsn_bytes": 5000 if primary else None,
+            "replay_bytes": None if primary else FakeAgent.replayed,
+            "receiver": None if primary else "streaming",
+            "replicas": [],
+        }
+
     def health(self) -> dict[str, Any]:
         return {
             "instance_id": self.bundle["instance_id"],
@@ -418,6 +447,9 @@ class FakePostgreSQL(PostgreSQL):
     """PostgreSQL's catalog entry, name rules and sizing, with the SQL kept in memory."""
 
     initialize = Datastore.initialize  # through the calls below
+
+    def wait_replayed(self, conn: ConnInfo, past: int, timeout: float) -> int | None:
+        return FakeAgent.replayed if FakeAgent.replayed > past else None
 
     def __init__(self) -> None:
         self.databases: set[str] = set()

@@ -85,11 +85,12 @@ class Platform:
         self.stop_store()
 
     def stop_store(self) -> None:
-        """The backup store runs in a session of its own (it outlives a killed platform):
-        stop what this home's platform left running, so the next platform can bind its port
-        (the embedded store, or the relay to an external one)."""
+        """The host services run in sessions of their own (they outlive a killed platform):
+        stop what this home's platform left running, so the next platform can bind their
+        ports (the embedded store or the relay to an external one, and the endpoint proxy)."""
         for name in ("weed", "relay"):
             stop_host_service(self.home / "objectstore" / f"{name}.pid")
+        stop_host_service(self.home / "proxy" / "proxy.pid")
 
     def log(self) -> str:
         path = self.home / "up.log"

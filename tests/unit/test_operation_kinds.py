@@ -5,31 +5,41 @@ after the backend did its work (the next worker resumes without making a second 
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
 from oneplatform.compute import instances
 from oneplatform.compute.images import request_build
-from oneplatform.dbaas import backups
+from oneplatform.dbaas import backups, replicas
 from oneplatform.dbaas import service as dbaas
-from oneplatform.errors import BackendError, Conflict
+from oneplatform.errors import BackendError, Conflict, PlatformError
 from oneplatform.ops.engine import Worker
 from oneplatform.ops.kinds import all_kinds
 from oneplatform.schemas.backups import BackupCreate
-from oneplatform.schemas.databases import DbInstanceCreate
+from oneplatform.schemas.databases import (
+    DbInstanceCreate,
+    MoveRequest,
+    ReplicaCreate,
+    SwitchoverRequest,
+)
+from oneplatform.secrets import box_for
 from oneplatform.store.models import (
     DbInstance,
+    DbMember,
     DeployToken,
     Host,
     Image,
+    Instance,
     Node,
     Operation,
     PortAllocation,
 )
-from tests.fakes import CLOUD, FakeNode, SimulatedCrash
+from tests.fakes import CLOUD, FakeAgent, FakeNode, SimulatedCrash
 from tests.world import World
 
 IMAGE = "postgresql-15"
@@ -346,6 +356,173 @@ def test_db_create_fails_when_its_compute_fails(world: World) -> None:
         assert db.status == "ERROR" and "compute" in db.status_message
 
 
+# -- replicas, switchover, moves (the agents' replication faked; the real: tests/e2e) --------
+@pytest.fixture
+def group(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+    """pg1 (a container) ACTIVE, with one replica pg1-r1 on a VM, ACTIVE."""
+    monkeypatch.setattr(FakeAgent, "replayed", 6000)
+    monkeypatch.setattr(FakeAgent, "demote_clean", True)
+    world.create_db()
+    world.drive_all()
+    accepted = replicas.create_replica(
+        world.store, world.settings, world.member, "pg1", ReplicaCreate(flavor="vm.small")
+    )
+    assert world.drive(accepted.operation.id).status == "SUCCEEDED"
+    return world
+
+
+def _roles(world: World) -> list[tuple[str, str, str, str]]:
+    return [
+        (m.name, m.role, m.compute_type, m.state)
+        for m in replicas.list_members(world.store, world.settings, world.member, "pg1")
+    ]
+
+
+def _agent(world: World, member: str) -> FakeAgent:
+    with world.store.session() as session:
+        instance_id = session.scalars(
+            select(DbMember.instance_id).where(DbMember.name == member)
+        ).one()
+    agent = CLOUD.objects[instance_id].agent
+    assert agent is not None
+    return agent
+
+
+def test_a_replica_is_made_on_any_flavor_and_seeded_from_its_primary(group: World) -> None:
+    assert _roles(group) == [
+        ("pg1", "primary", "container", "ACTIVE"),
+        ("pg1-r1", "replica", "vm", "ACTIVE"),
+    ]
+    assert "role" in _agent(group, "pg1").calls  # the replication role made on the primary
+    with group.store.session() as session:
+        db = session.scalars(select(DbInstance)).one()
+        bundle = box_for(group.settings).decrypt(_bundle(session, "pg1-r1"))
+        standby = json.loads(bundle)["standby"]
+    assert standby["user"] == f"onep_repl_{db.id}" and standby["port"] == 8334
+    assert standby["host"] == "10.0.2.100"  # a VM reaches the hub through its forward
+    assert db.repl_password_enc and standby["password"] not in db.repl_password_enc
+
+
+def _bundle(session: Session, member: str) -> str:
+    instance_id = session.scalars(select(DbMember.instance_id).where(DbMember.name == member)).one()
+    return session.get_one(Instance, instance_id).bundle_enc or ""
+
+
+def test_a_switchover_swaps_the_roles_and_the_database_keeps_its_endpoint(group: World) -> None:
+    before = dbaas.get_db(group.store, group.member, "pg1")
+    accepted = replicas.switchover(
+        group.store, group.settings, group.member, "pg1", SwitchoverRequest()
+    )
+    assert accepted.instance.status == "SWITCHOVER"
+    assert group.drive(accepted.operation.id).status == "SUCCEEDED"
+    after = dbaas.get_db(group.store, group.member, "pg1")
+    assert (after.status, after.flavor, after.compute_type) == ("ACTIVE", "vm.small", "vm")
+    assert (after.id, after.endpoint, after.read_only_endpoint) == (
+        before.id,
+        before.endpoint,
+        before.read_only_endpoint,
+    )
+    assert _roles(group) == [
+        ("pg1-r1", "primary", "vm", "ACTIVE"),
+        ("pg1", "replica", "container", "ACTIVE"),
+    ]
+    assert _agent(group, "pg1").calls[-1] == "demote" and _agent(group, "pg1-r1").role == "primary"
+
+
+def test_a_target_that_does_not_catch_up_changes_nothing(
+    group: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeAgent, "replayed", 4000)  # behind the primary's last checkpoint
+    accepted = replicas.switchover(
+        group.store, group.settings, group.member, "pg1", SwitchoverRequest(to="pg1-r1")
+    )
+    op = group.drive(accepted.operation.id)
+    assert (op.status, op.error_code) == ("FAILED", "switchover_timeout")
+    db = dbaas.get_db(group.store, group.member, "pg1")
+    assert db.status == "ACTIVE" and "nothing was changed" in db.status_message
+    assert _roles(group)[0][:2] == ("pg1", "primary")
+    old = _agent(group, "pg1")
+    demoted = old.calls.index("demote")
+    assert old.calls[demoted + 1] == "promote" and old.role == "primary"  # promoted back
+    assert _agent(group, "pg1-r1").role == "standby"
+
+
+def test_a_primary_that_does_not_stop_cleanly_is_not_switched_over(
+    group: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeAgent, "demote_clean", False)
+    accepted = replicas.switchover(
+        group.store, group.settings, group.member, "pg1", SwitchoverRequest()
+    )
+    op = group.drive(accepted.operation.id)
+    assert (op.status, op.error_code) == ("FAILED", "switchover_failed")
+    assert _roles(group)[0][:2] == ("pg1", "primary")
+    assert _agent(group, "pg1-r1").calls.count("promote") == 0
+
+
+def test_a_move_keeps_the_database_and_retires_its_former_primary(group: World) -> None:
+    before = dbaas.get_db(group.store, group.member, "pg1")
+    accepted = replicas.move(
+        group.store, group.settings, group.member, "pg1", MoveRequest(flavor="vm.medium")
+    )
+    assert accepted.instance.status == "RESIZE"
+    assert group.drive(accepted.operation.id).status == "SUCCEEDED"
+    group.drive_all()
+    after = dbaas.get_db(group.store, group.member, "pg1")
+    assert (after.status, after.flavor, after.compute_type) == ("ACTIVE", "vm.medium", "vm")
+    assert (after.id, after.endpoint) == (before.id, before.endpoint)
+    assert _roles(group) == [
+        ("pg1-r2", "primary", "vm", "ACTIVE"),
+        ("pg1-r1", "replica", "vm", "ACTIVE"),
+    ]
+    with group.store.session() as session:
+        former = session.scalars(select(DbMember).where(DbMember.name == "pg1")).one()
+        assert former.status == "DELETED"
+        assert session.get_one(Instance, former.instance_id).status == "DELETED"
+
+
+def test_replica_requests_that_cannot_be_done_are_refused_with_nothing_made(
+    group: World,
+) -> None:
+    cases = [
+        (lambda: replicas.delete_replica(group.store, group.member, "pg1"), "is_primary"),
+        (
+            lambda: replicas.move(
+                group.store,
+                group.settings,
+                group.member,
+                "pg1",
+                MoveRequest(flavor="container.small"),
+            ),
+            "same_flavor",
+        ),
+        (
+            lambda: replicas.create_replica(
+                group.store, group.settings, group.member, "pg1", ReplicaCreate(name="pg1-r1")
+            ),
+            "replica_exists",
+        ),
+    ]
+    for call, code in cases:
+        with pytest.raises(PlatformError) as err:
+            call()
+        assert err.value.code == code
+    assert len(_roles(group)) == 2
+    deleted = replicas.delete_replica(group.store, group.member, "pg1-r1")
+    assert group.drive(deleted.operation.id).status == "SUCCEEDED"
+    assert _roles(group) == [("pg1", "primary", "container", "ACTIVE")]
+
+
+def test_a_database_delete_takes_its_replicas_with_it(group: World) -> None:
+    delete = dbaas.delete_db(group.store, group.member, "pg1")
+    assert group.drive(delete.operation.id).status == "SUCCEEDED"
+    group.drive_all()
+    assert CLOUD.objects == {}
+    with group.store.session() as session:
+        assert {m.status for m in session.scalars(select(DbMember))} == {"DELETED"}
+        assert session.scalars(select(DbInstance.rw_port)).one() is None
+
+
 def test_every_operation_kind_is_driven_by_this_module() -> None:
     driven = {
         "instance.create",
@@ -367,6 +544,10 @@ def test_every_operation_kind_is_driven_by_this_module() -> None:
         "db.create",
         "db.restart",
         "db.delete",
+        "db.replica.create",
+        "db.replica.delete",
+        "db.switchover",
+        "db.move",
         "backup.create",
         "backup.delete",
     }

@@ -279,10 +279,10 @@ def replica_create(
 
 
 @replica_app.command("list")
-def replica_list(name: str, output: Format = OutputOpt) -> None:
+def replica_list(name: str, output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     """The members of database instance NAME (the primary first), with each replica's lag."""
     with Client.from_home() as c, api_errors():
-        emit(c.db.list_replicas(name), output, MEMBER_COLUMNS)
+        emit(c.db.list_replicas(name), output, MEMBER_COLUMNS, wide)
 
 
 @replica_app.command("delete")

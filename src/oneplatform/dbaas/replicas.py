@@ -503,7 +503,8 @@ def step_switch(ctx: StepContext) -> None:
         if old.id == target.id:
             return  # done before a restart of this step
         old_client = agent_client(reach(session, db, box, instance_id=old.instance_id), 10.0)
-        new_client = agent_client(reach(session, db, box, instance_id=target.instance_id), 10.0)
+        new_reach = reach(session, db, box, instance_id=target.instance_id)
+        new_client = agent_client(new_reach, 10.0)
         old_instance = session.get_one(Instance, old.instance_id)
         upstream = upstream_for(ctx.settings, db, box, old_instance.compute_type, old.name)
         names = (old.name, target.name)
@@ -535,24 +536,35 @@ def step_switch(ctx: StepContext) -> None:
         final = int(demoted["checkpoint_bytes"])
     else:  # demoted by an earlier try of this step
         final = int(old_status.get("replay_bytes") or 0) - 1
+    stopped = time.monotonic()
     ctx.progress(f"waiting for {names[1]} to replay the last WAL of {names[0]}")
-    while True:
-        replay = new_client.replication().get("replay_bytes") or 0
-        if replay > final:
-            break
-        if time.monotonic() - started > timeout:
-            ctx.progress(f"{names[1]} did not catch up in {timeout:.0f} s: rolling back")
-            old_client.promote()
-            _resume(ctx, db.id)
-            raise PlatformError(
-                f"{names[1]} did not catch up within {timeout:.0f} s; {names[0]} is the "
-                "primary again and nothing was changed",
-                code="switchover_timeout",
-            )
-        time.sleep(0.05)
+    left = max(0.0, timeout - (stopped - started))
+    try:
+        caught_up = new_reach.datastore.wait_replayed(new_reach.engine, final, left) is not None
+    except PlatformError as err:
+        log.warning("switchover of %s: watching %s failed: %s", db.id, names[1], err.message)
+        caught_up = False
+    if not caught_up:
+        ctx.progress(f"{names[1]} did not catch up in {timeout:.0f} s: rolling back")
+        old_client.promote()
+        _resume(ctx, db.id)
+        raise PlatformError(
+            f"{names[1]} did not catch up within {timeout:.0f} s; {names[0]} is the "
+            "primary again and nothing was changed",
+            code="switchover_timeout",
+        )
+    replayed = time.monotonic()
     ctx.progress(f"promoting {names[1]}")
     new_client.promote()
-    _record_switch(ctx, old.id, target.id, f"in {time.monotonic() - started:.1f} s")
+    promoted = time.monotonic()
+    _record_switch(
+        ctx,
+        old.id,
+        target.id,
+        f"writes paused {time.monotonic() - started:.1f} s: primary stopped in "
+        f"{stopped - started:.1f} s, caught up in {replayed - stopped:.1f} s, promoted in "
+        f"{promoted - replayed:.1f} s",
+    )
 
 
 def _resume(ctx: StepContext, db_id: str) -> None:

@@ -283,7 +283,7 @@ class Supervisor:
     def _wait_exit(self, proc: subprocess.Popen[bytes]) -> int | None:
         while True:
             try:
-                return proc.wait(self._poll * 2.5)
+                return proc.wait(self._poll / 2)  # a stop or restart is seen within it
             except subprocess.TimeoutExpired:
                 if self._interrupted():
                     return None

@@ -95,7 +95,7 @@ def render(settings: Settings, routes: Sequence[Route], hub: bool = True) -> Ren
         "# Written by OnePlatform from its store; edits are lost.",
         "global",
         f"  stats socket {directory / 'admin.sock'} mode 600 level admin expose-fd listeners",
-        "  maxconn 20000",
+        "  maxconn 4096",
         "defaults",
         "  mode tcp",
         "  timeout connect 3s",
@@ -121,14 +121,18 @@ def render(settings: Settings, routes: Sequence[Route], hub: bool = True) -> Ren
         ]
     entries = []
     for route in sorted(routes, key=lambda r: r.db_id):
-        rw, ro = f"rw_{route.db_id}", f"ro_{route.db_id}"
-        entries.append(f"{repl_user(route.db_id)} {rw}")
+        rw, ro, repl = f"rw_{route.db_id}", f"ro_{route.db_id}", f"repl_{route.db_id}"
+        entries.append(f"{repl_user(route.db_id)} {repl}")
         lines += [
             f"frontend {rw}",
             f"  bind {settings.bind_address}:{route.rw_port}",
             f"  default_backend {rw}",
             f"backend {rw}",
             server(rw, "primary", route.primary),
+            # Replication has a backend of its own: a switchover pauses the read-write one
+            # while the replicas still stream the primary's last WAL through this one.
+            f"backend {repl}",
+            server(repl, "primary", route.primary),
             f"frontend {ro}",
             f"  bind {settings.bind_address}:{route.ro_port}",
             f"  default_backend {ro}",
@@ -202,6 +206,10 @@ class EndpointProxy:
             if not forced and previous == [host, port, enabled]:
                 continue
             if enabled:
+                if previous is not None and previous[:2] != [host, port]:
+                    # Connections to the former address go (a former primary, now a standby).
+                    commands.append(f"set server {key} state maint")
+                    commands.append(f"shutdown sessions server {key}")
                 commands.append(f"set server {key} addr {host} port {port}")
                 commands.append(f"set server {key} state ready")
             else:

@@ -116,6 +116,11 @@ class Datastore(abc.ABC):
         (no plain password in it), or None: then they are made over SQL as in any create."""
         return None
 
+    def wait_replayed(self, conn: ConnInfo, past: int, timeout: float) -> int | None:
+        """Watch the standby at ``conn`` until it has replayed beyond ``past`` (a WAL
+        position in bytes); its position then, or None after ``timeout`` seconds."""
+        raise NotImplementedError(f"{self.name} has no replication")
+
     def initialize(
         self, conn: ConnInfo, databases: Sequence[str], users: Sequence[Mapping[str, Any]]
     ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -284,6 +285,22 @@ class PostgreSQL(Datastore):
                 for u in users
             ],
         }
+
+    def wait_replayed(self, conn: ConnInfo, past: int, timeout: float) -> int | None:
+        # One session, polled every 20 ms: the wait is the whole of a switchover's pause.
+        deadline = time.monotonic() + timeout
+        with self._connect(conn) as session:
+            while True:
+                row = session.execute(
+                    "SELECT pg_catalog.pg_wal_lsn_diff("
+                    "pg_catalog.pg_last_wal_replay_lsn(), '0/0')::bigint"
+                ).fetchone()
+                position = row[0] if row else None
+                if position is not None and position > past:
+                    return int(position)
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.02)
 
     def initialize(
         self, conn: ConnInfo, databases: Sequence[str], users: Sequence[Mapping[str, Any]]

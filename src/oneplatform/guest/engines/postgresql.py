@@ -388,14 +388,16 @@ class PostgresEngine(Engine):
 
     def promote(self, timeout: float) -> dict[str, Any]:
         """End recovery (``pg_promote``, waiting for it); this member is the primary."""
-        if self._query("SELECT pg_catalog.pg_is_in_recovery()") == "t":
-            done = self._query(f"SELECT pg_catalog.pg_promote(true, {int(timeout)})")
-            if done != "t":
-                raise EngineError(f"the promotion did not end within {timeout:.0f} s")
+        done = self._query(
+            "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() "
+            f"THEN pg_catalog.pg_promote(true, {int(timeout)}) ELSE true END"
+        )
+        if done != "t":
+            raise EngineError(f"the promotion did not end within {timeout:.0f} s")
         (self.data_dir / self.UPSTREAM_NAME).unlink(missing_ok=True)
         log.info("promoted: this member is the primary")
         self.repo.ensure_stanza(self.bundle.backup if self.bundle else None)
-        return self.replication_status()
+        return {"role": "primary"}
 
     def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
         """With the server stopped: make this member a standby of ``upstream``. A clean

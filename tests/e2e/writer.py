@@ -1,0 +1,70 @@
+"""A client that writes a sequence number every 50 ms through a database's endpoint,
+reconnecting on error: what a switchover, move or failover costs it (the write gap) and
+whether every acknowledged write is there afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+
+@dataclass
+class Writer:
+    dsn: str
+    interval: float = 0.05
+    acked: list[tuple[int, float]] = field(default_factory=list)  # (seq, monotonic time)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def prepare(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("DROP TABLE IF EXISTS onep_writes")
+            conn.execute("CREATE TABLE onep_writes (seq int PRIMARY KEY)")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        conn: Any = None
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
+                seq += 1
+                conn.execute("INSERT INTO onep_writes VALUES (%s)", (seq,))
+                self.acked.append((seq, time.monotonic()))
+            except psycopg.Error as exc:
+                self.errors.append(f"{time.monotonic():.3f} {type(exc).__name__}: {exc}"[:300])
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                conn = None
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def gap(self, since: float | None = None) -> float:
+        """The longest interval without an acknowledged write (from ``since`` on)."""
+        times = [t for _, t in self.acked if since is None or t >= since]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    def missing(self) -> list[int]:
+        """Acknowledged sequence numbers the database does not have."""
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+            present = {row[0] for row in conn.execute("SELECT seq FROM onep_writes")}
+        return [seq for seq, _ in self.acked if seq not in present]
