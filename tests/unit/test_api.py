@@ -502,6 +502,7 @@ def test_create_db_writes_a_db_instance_its_compute_and_an_operation(api: Api) -
         "initialize",
         "release",
         "endpoint",
+        "replicas",
         "finish",
     ]
     # the compute instance is the service's: not listed among the user's own instances

@@ -410,11 +410,9 @@ def _bundle(session: Session, member: str) -> str:
 
 def test_a_switchover_swaps_the_roles_and_the_database_keeps_its_endpoint(group: World) -> None:
     before = dbaas.get_db(group.store, group.member, "pg1")
-    accepted = replicas.switchover(
-        group.store, group.settings, group.member, "pg1", SwitchoverRequest()
-    )
-    assert accepted.instance.status == "SWITCHOVER"
-    assert group.drive(accepted.operation.id).status == "SUCCEEDED"
+    op = replicas.switchover(group.store, group.settings, group.member, "pg1", SwitchoverRequest())
+    assert dbaas.get_db(group.store, group.member, "pg1").status == "SWITCHOVER"
+    assert group.drive(op.id).status == "SUCCEEDED"
     after = dbaas.get_db(group.store, group.member, "pg1")
     assert (after.status, after.flavor, after.compute_type) == ("ACTIVE", "vm.small", "vm")
     assert (after.id, after.endpoint, after.read_only_endpoint) == (
@@ -433,10 +431,10 @@ def test_a_target_that_does_not_catch_up_changes_nothing(
     group: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(FakeAgent, "replayed", 4000)  # behind the primary's last checkpoint
-    accepted = replicas.switchover(
+    started = replicas.switchover(
         group.store, group.settings, group.member, "pg1", SwitchoverRequest(to="pg1-r1")
     )
-    op = group.drive(accepted.operation.id)
+    op = group.drive(started.id)
     assert (op.status, op.error_code) == ("FAILED", "switchover_timeout")
     db = dbaas.get_db(group.store, group.member, "pg1")
     assert db.status == "ACTIVE" and "nothing was changed" in db.status_message
@@ -451,10 +449,10 @@ def test_a_primary_that_does_not_stop_cleanly_is_not_switched_over(
     group: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(FakeAgent, "demote_clean", False)
-    accepted = replicas.switchover(
+    started = replicas.switchover(
         group.store, group.settings, group.member, "pg1", SwitchoverRequest()
     )
-    op = group.drive(accepted.operation.id)
+    op = group.drive(started.id)
     assert (op.status, op.error_code) == ("FAILED", "switchover_failed")
     assert _roles(group)[0][:2] == ("pg1", "primary")
     assert _agent(group, "pg1-r1").calls.count("promote") == 0
@@ -462,11 +460,11 @@ def test_a_primary_that_does_not_stop_cleanly_is_not_switched_over(
 
 def test_a_move_keeps_the_database_and_retires_its_former_primary(group: World) -> None:
     before = dbaas.get_db(group.store, group.member, "pg1")
-    accepted = replicas.move(
+    op = replicas.move(
         group.store, group.settings, group.member, "pg1", MoveRequest(flavor="vm.medium")
     )
-    assert accepted.instance.status == "RESIZE"
-    assert group.drive(accepted.operation.id).status == "SUCCEEDED"
+    assert dbaas.get_db(group.store, group.member, "pg1").status == "RESIZE"
+    assert group.drive(op.id).status == "SUCCEEDED"
     group.drive_all()
     after = dbaas.get_db(group.store, group.member, "pg1")
     assert (after.status, after.flavor, after.compute_type) == ("ACTIVE", "vm.medium", "vm")
@@ -511,6 +509,25 @@ def test_replica_requests_that_cannot_be_done_are_refused_with_nothing_made(
     deleted = replicas.delete_replica(group.store, group.member, "pg1-r1")
     assert group.drive(deleted.operation.id).status == "SUCCEEDED"
     assert _roles(group) == [("pg1", "primary", "container", "ACTIVE")]
+
+
+def test_a_create_with_replicas_ends_once_the_whole_group_streams(world: World) -> None:
+    accepted = dbaas.create_db(
+        world.store,
+        world.settings,
+        world.member,
+        DbInstanceCreate(
+            name="ha", flavor="container.small", replicas=2, replica_flavor="vm.small"
+        ),
+    )
+    assert world.drive(accepted.operation.id).status == "SUCCEEDED"
+    shown = dbaas.get_db(world.store, world.member, "ha")
+    assert shown.status == "ACTIVE"
+    assert [(m.name, m.role, m.compute_type, m.state) for m in shown.members] == [
+        ("ha", "primary", "container", "ACTIVE"),
+        ("ha-r1", "replica", "vm", "ACTIVE"),
+        ("ha-r2", "replica", "vm", "ACTIVE"),
+    ]
 
 
 def test_a_database_delete_takes_its_replicas_with_it(group: World) -> None:

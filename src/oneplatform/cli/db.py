@@ -139,6 +139,13 @@ def db_create(
         str | None,
         typer.Option(help="With --restore or --restore-from: recover to this ISO 8601 moment."),
     ] = None,
+    replicas: Annotated[
+        int, typer.Option(help="Streaming replicas to make with it (an HA group), 0-7.")
+    ] = 0,
+    replica_flavor: Annotated[
+        str | None,
+        typer.Option(help="The replicas' flavor, of any compute type (default: --flavor)."),
+    ] = None,
     wait: WaitOpt = False,
     output: Format = OutputOpt,
 ) -> None:
@@ -158,6 +165,8 @@ def db_create(
             restore=restore,
             restore_from=restore_from,
             to_time=moment,
+            replicas=replicas,
+            replica_flavor=replica_flavor,
         )
         _finish(c, accepted, wait, output)
 

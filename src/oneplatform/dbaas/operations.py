@@ -14,6 +14,7 @@ from oneplatform.compute.instances import request_delete
 from oneplatform.compute.operations import INSTANCE_REPAIR
 from oneplatform.compute.reconciler import RECOVERABLE, request_repair
 from oneplatform.compute.states import InstanceStatus
+from oneplatform.dbaas import replicas
 from oneplatform.dbaas.backups import archive_now, reader_keys, reader_user
 from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.endpoints import PRIMARY, drop_member, live_members, sync_proxy
@@ -33,7 +34,14 @@ from oneplatform.ops.steps import (
     wait_for_others,
 )
 from oneplatform.secrets import SecretBox, box_for
-from oneplatform.store.models import DbInstance, Instance, Operation, WarmInstance, utcnow
+from oneplatform.store.models import (
+    DbInstance,
+    DbMember,
+    Instance,
+    Operation,
+    WarmInstance,
+    utcnow,
+)
 
 
 def load_db(session: Session, ctx: StepContext) -> DbInstance:
@@ -193,6 +201,28 @@ def step_endpoint(ctx: StepContext) -> None:
     sync_proxy(ctx.store, ctx.settings)
 
 
+def step_replicas(ctx: StepContext) -> None:
+    """A create with ``--replicas N``: its replicas, made once the primary serves, ready
+    before the create ends."""
+    count = int(ctx.params.get("replicas") or 0)
+    if not count:
+        return
+    ids = replicas.add_members(
+        ctx.store, ctx.settings, ctx.resource_id, count, ctx.params.get("replica_flavor")
+    )
+    with ctx.store.session() as session:
+        members = [session.get_one(DbMember, i) for i in ids]
+    failed = [m for m in members if m.status == MemberStatus.ERROR.value]
+    if failed:
+        raise PlatformError(
+            f"replica {failed[0].name} failed: {failed[0].status_message}", code="replica_failed"
+        )
+    building = [m.name for m in members if m.status != MemberStatus.ACTIVE.value]
+    if building:
+        deadline(ctx, "the replicas", ctx.settings.ready_timeout_seconds * 4)
+        raise NotYet(f"waiting for the replicas: {', '.join(building)}", retry_after=1.0)
+
+
 def _become(status: DbStatus, health: Health | None = None) -> StepFn:
     def step(ctx: StepContext) -> None:
         with ctx.transaction() as session:
@@ -329,6 +359,7 @@ DB_CREATE = _kind(
     ("initialize", step_initialize),
     ("release", step_release),
     ("endpoint", step_endpoint),
+    ("replicas", step_replicas),
     ("finish", _become(DbStatus.ACTIVE, Health.HEALTHY)),
 )
 DB_DELETE = _kind(

@@ -42,7 +42,6 @@ from oneplatform.dbaas.endpoints import (
 )
 from oneplatform.dbaas.lookup import find_db
 from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, agent_client, make_bundle, reach
-from oneplatform.dbaas.service import to_out_db
 from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, MemberStatus
 from oneplatform.errors import (
     AlreadyExists,
@@ -63,13 +62,13 @@ from oneplatform.ops.kinds import Intent
 from oneplatform.ops.service import to_out
 from oneplatform.ops.steps import deadline, define
 from oneplatform.schemas.databases import (
-    DbInstanceAccepted,
     DbMemberOut,
     MoveRequest,
     ReplicaAccepted,
     ReplicaCreate,
     SwitchoverRequest,
 )
+from oneplatform.schemas.operations import OperationOut
 from oneplatform.secrets import SecretBox, box_for, generate_password
 from oneplatform.store.db import Store
 from oneplatform.store.models import DbInstance, DbMember, Event, Flavor, Instance, new_id
@@ -286,6 +285,23 @@ def _new_replica(
         ) from None
 
 
+def add_members(
+    store: Store, settings: Settings, db_id: str, count: int, flavor_name: str | None
+) -> list[str]:
+    """Replicas until the group has ``count`` (a create's ``--replicas``), each with its
+    operation; idempotent. The ids of the group's replicas."""
+    _ensure_replication_role(store, settings, db_id)
+    with store.session() as session:
+        db = session.get_one(DbInstance, db_id)
+        flavor = flavor_by_name(session, flavor_name or session.get_one(Flavor, db.flavor_id).name)
+        have = [m for m in live_members(session, db_id) if m.role == REPLICA]
+        for _ in range(count - len(have)):
+            member = _place_member(session, settings, db, flavor, _next_name(session, db))
+            enqueue(session, DB_REPLICA_CREATE, member.id, db.project_id)
+            have.append(member)
+        return [m.id for m in have]
+
+
 def create_replica(
     store: Store, settings: Settings, caller: Caller, ident: str, req: ReplicaCreate
 ) -> ReplicaAccepted:
@@ -322,7 +338,7 @@ def delete_replica(store: Store, caller: Caller, name: str) -> ReplicaAccepted:
 
 def switchover(
     store: Store, settings: Settings, caller: Caller, ident: str, req: SwitchoverRequest
-) -> DbInstanceAccepted:
+) -> OperationOut:
     with store.session() as session:
         db = find_db(session, caller, ident)
         _check_ready(session, db, "switch over")
@@ -353,7 +369,7 @@ def switchover(
             caller.project_id,
             {"target": target.id, "timeout": req.timeout_seconds},
         )
-        return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
+        return to_out(op)
 
 
 def _most_advanced(
@@ -366,7 +382,7 @@ def _most_advanced(
 
 def move(
     store: Store, settings: Settings, caller: Caller, ident: str, req: MoveRequest
-) -> DbInstanceAccepted:
+) -> OperationOut:
     """A replica on ``req.flavor``, then a switchover to it, then the former primary goes."""
     with store.session() as session:
         db = find_db(session, caller, ident)
@@ -388,7 +404,7 @@ def move(
             caller.project_id,
             {"target": member_id, "former": former.id, "timeout": req.timeout_seconds},
         )
-        return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
+        return to_out(op)
 
 
 def _primary_member(session: Session, db: DbInstance) -> DbMember:

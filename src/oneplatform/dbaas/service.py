@@ -9,6 +9,7 @@ stored in an operation to be applied later.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -249,7 +250,9 @@ def create_db(
                     bundle_enc=bundle_enc,
                     volumes=[VolumeSpec(DATA_VOLUME, req.size_gb, DATA_PATH)],
                 )
-                params = {"restore_source": source.id} if source is not None else None
+                params: dict[str, Any] | None = (
+                    {"restore_source": source.id} if source is not None else None
+                )
             else:
                 warm_instance, instance = claimed
                 instance.project_id, instance.name = caller.project_id, f"db-{db.id[:12]}"
@@ -264,6 +267,13 @@ def create_db(
                         message=f"warm instance claimed by database instance {db.id}",
                     )
                 )
+            if req.replicas:
+                flavor_by_name(session, req.replica_flavor or flavor.name)  # 404 now, not later
+                params = {
+                    **(params or {}),
+                    "replicas": req.replicas,
+                    "replica_flavor": req.replica_flavor,
+                }
             db.instance_id = instance.id
             allocate_ports(session, settings, db)
             DATABASES.created(session, db, "create requested")

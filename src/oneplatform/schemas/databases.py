@@ -60,6 +60,12 @@ class DbInstanceCreate(Request):
     to_time: dt.datetime | None = Field(
         default=None, description="Recover to this moment (with ``restore`` or ``restore_from``)."
     )
+    replicas: int = Field(
+        default=0, ge=0, le=7, description="Streaming replicas made with it (an HA group)."
+    )
+    replica_flavor: CatalogName | None = Field(
+        default=None, description="The replicas' flavor, of any compute type (default: its own)."
+    )
 
 
 class DbEndpoint(Response):

@@ -65,6 +65,8 @@ class DbInstances:
         restore: str | None = None,
         restore_from: str | None = None,
         to_time: dt.datetime | None = None,
+        replicas: int = 0,
+        replica_flavor: str | None = None,
     ) -> DbInstanceAccepted:
         """``users``: ``[{"name": ..., "password": ..., "databases": [...]}]``; ``restore``
         (a backup) or ``restore_from`` (a database instance's window, with ``to_time``)."""
@@ -79,6 +81,8 @@ class DbInstances:
             restore=restore,
             restore_from=restore_from,
             to_time=to_time,
+            replicas=replicas,
+            replica_flavor=replica_flavor,
         )
         return self.c.send("POST", BASE, DbInstanceAccepted, body)
 

@@ -84,7 +84,8 @@ def switchover(
     ident: str, body: SwitchoverRequest, platform: PlatformDep, caller: CallerDep
 ) -> DbInstanceAccepted:
     """Make a replica the primary with no acknowledged write lost; the endpoint follows."""
-    return replicas.switchover(platform.store, platform.settings, caller, ident, body)
+    op = replicas.switchover(platform.store, platform.settings, caller, ident, body)
+    return DbInstanceAccepted(operation=op, instance=service.get_db(platform.store, caller, ident))
 
 
 @router.post("/{ident}/move", response_model=DbInstanceAccepted, status_code=ACCEPTED)
@@ -93,7 +94,8 @@ def move(
 ) -> DbInstanceAccepted:
     """Move (or resize) to another flavor, of any compute type: a replica there, a
     switchover to it, the former primary retired. Same id, name, endpoint, users, backups."""
-    return replicas.move(platform.store, platform.settings, caller, ident, body)
+    op = replicas.move(platform.store, platform.settings, caller, ident, body)
+    return DbInstanceAccepted(operation=op, instance=service.get_db(platform.store, caller, ident))
 
 
 @router.get("/{ident}/credentials", response_model=Credentials)
