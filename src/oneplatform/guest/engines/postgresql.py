@@ -96,6 +96,7 @@ class PostgresEngine(Engine):
         self.socket_dir = socket_dir
         self.port = bundle.engine.port if bundle else 5432
         self._first_start = True
+        self._promoting = False
         self.repo = PgBackRest(
             lambda argv, timeout: self.children.run(argv, timeout=timeout, **self._as_postgres()),
             self.data_dir,
@@ -388,11 +389,21 @@ class PostgresEngine(Engine):
 
     def promote(self, timeout: float) -> dict[str, Any]:
         """End recovery (``pg_promote``, waiting for it); this member is the primary."""
-        done = self._query(
-            "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() "
-            f"THEN pg_catalog.pg_promote(true, {int(timeout)}) ELSE true END"
-        )
+        # At its promotion PostgreSQL asks restore_command for every newer timeline's history
+        # file (a round trip to the backup store each): the command goes first (a reload).
+        self._promoting = True
+        try:
+            self._write(self.data_dir / self.CONF_NAME, self.render_conf())
+            answer = self._query(
+                "SELECT pg_catalog.pg_reload_conf(); SELECT pg_catalog.pg_sleep(0.05); "
+                "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() "
+                f"THEN pg_catalog.pg_promote(true, {int(timeout)}) ELSE true END"
+            )
+        finally:
+            self._promoting = False
+        done = answer.splitlines()[-1].strip() if answer else ""
         if done != "t":
+            self._write(self.data_dir / self.CONF_NAME, self.render_conf())
             raise EngineError(f"the promotion did not end within {timeout:.0f} s")
         (self.data_dir / self.UPSTREAM_NAME).unlink(missing_ok=True)
         log.info("promoted: this member is the primary")
@@ -505,7 +516,7 @@ class PostgresEngine(Engine):
             managed["primary_conninfo"] = conninfo(upstream)
             managed["recovery_target_timeline"] = "latest"
             managed["hot_standby"] = "on"
-            if self.bundle is not None and self.bundle.backup is not None:
+            if self.bundle is not None and self.bundle.backup is not None and not self._promoting:
                 # Segments the primary no longer holds come from the repository.
                 managed["restore_command"] = self.repo.archive_get_command()
         lines += [f"{name} = {pg_quote(value)}" for name, value in managed.items()]
