@@ -64,7 +64,7 @@ PASSWORD = "Bench-" + secrets.token_hex(8)
 
 
 def platform_env() -> dict[str, str]:
-    return {"ONEP_STORE_PORT": STORE_PORT}
+    return {"ONEP_STORE_PORT": STORE_PORT, "ONEP_REPLICATION_PORT": "8330"}
 
 
 @dataclass

@@ -210,6 +210,8 @@ SECTIONS = {
     "healing": "self-healing: time to HEALTHY",
     "warm": "warm claims: CLI call to the application user's first query",
     "restore": "restores: CLI call to ACTIVE, data checked",
+    "switch": "switchovers and moves: write gap (longest time without an acknowledged write)",
+    "move": "moves: CLI call to done (a replica made, caught up, switched to, the former retired)",
 }
 
 

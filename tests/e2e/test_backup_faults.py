@@ -25,7 +25,9 @@ ALICE = "Alice-pw-123"
 
 @pytest.fixture(scope="module")
 def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with own_platform(tmp_path_factory, "onep-faults", ONEP_STORE_PORT=STORE_PORT) as p:
+    with own_platform(
+        tmp_path_factory, "onep-faults", ONEP_STORE_PORT=STORE_PORT, ONEP_REPLICATION_PORT="8332"
+    ) as p:
         yield p
 
 

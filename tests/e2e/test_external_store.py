@@ -65,7 +65,7 @@ def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
 @pytest.fixture(scope="module")
 def plat(tmp_path_factory: pytest.TempPathFactory, external: dict[str, Any]) -> Iterator[Platform]:
-    env = {"ONEP_STORE_PORT": RELAY_PORT, **external["env"]}
+    env = {"ONEP_STORE_PORT": RELAY_PORT, "ONEP_REPLICATION_PORT": "8331", **external["env"]}
     with own_platform(tmp_path_factory, "onep-external", **env) as p:
         yield p
 

@@ -3,13 +3,16 @@ the Redfish emulator over the bare-metal lab.
 
 The README's tour runs as written (every ``onep`` line of its two tour blocks, in order) and
 leaves a container, a VM and a bare-metal database alive at once, each reached with psql.
-Each is backed up and restored onto a container. Then each one's compute is broken behind
-the platform's back — ``podman kill``, ``podman rm -f``, the VM's QEMU killed, the node
-powered off through its BMC — and the platform itself is killed with -9: every time the
-database must come back HEALTHY with its data, and the time it took is recorded (printed at
-the end of the run). Then the bare-metal delete cleans the node, a restore onto bare metal
-whose deploy was killed mid-way resumes, the other (source, target) pairs of the three
-compute types restore at once, and warm instances are claimed on each compute type.
+Each is backed up and restored onto a container. Then they move at once, live, while a
+client writes through each one's endpoint: container -> VM, VM -> bare metal, bare metal ->
+container (every acknowledged write kept; the write gap recorded). Then each one's compute
+is broken behind the platform's back — ``podman kill``, ``podman rm -f``, the VM's QEMU
+killed, the node powered off through its BMC — and the platform itself is killed with -9:
+every time the database must come back HEALTHY with its data, and the time it took is
+recorded (printed at the end of the run). Then the bare-metal delete cleans the node,
+restores onto bare metal and VMs whose platform was killed mid-deploy resume, the remaining
+(source, target) pairs of the three compute types restore at once, and warm instances are
+claimed on each compute type.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from tests.e2e.conftest import (
     record_timing,
     reset_timings,
 )
+from tests.e2e.writer import Writer
 from tests.podman import force_remove
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +50,8 @@ LAB = Path("/var/lib/oneplatform/bmlab/nodes.json")
 README = Path(__file__).resolve().parents[2] / "README.md"
 ALICE_PW = "S3cret-pass"  # the README's
 DATABASES = {"pgc": "container", "pgvm": "vm", "pgbm": "baremetal"}
+# Which database is on which compute type: as the tour made them, until the moves.
+ON = {compute_type: name for name, compute_type in DATABASES.items()}
 T = TypeVar("T")
 
 
@@ -265,6 +271,53 @@ def test_every_compute_type_backs_up_and_restores_onto_a_container(lab: Platform
     _parallel(lambda db: _restore(lab, db, "container.small"), DATABASES)
 
 
+# -- moves between compute types -------------------------------------------------------------
+MOVES = {"pgc": "vm.small", "pgvm": "baremetal.small", "pgbm": "container.small"}
+
+
+def _move(lab: Platform, db: str, flavor: str) -> None:
+    """``db`` moved live to ``flavor`` while a client writes every 50 ms through its
+    endpoint: every acknowledged write is there after, the data and the endpoint too."""
+    before = lab.json("db", "show", db)
+    endpoint = before["endpoint"]
+    writer = Writer(
+        f"host={endpoint['host']} port={endpoint['port']} user=alice password={ALICE_PW} "
+        "dbname=appdb connect_timeout=5"
+    )
+    writer.prepare()
+    writer.start()
+    started = time.monotonic()
+    try:
+        moved = lab.json("db", "move", db, "--flavor", flavor, "--wait", timeout=1500)
+        took = time.monotonic() - started
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+    case = f"{before['compute_type']} -> {moved['compute_type']}"
+    record_timing("switch", f"move {case}", writer.gap())
+    record_timing("move", case, took)
+    assert (moved["id"], moved["endpoint"], moved["status"]) == (before["id"], endpoint, "ACTIVE")
+    assert moved["flavor"] == flavor and moved["compute_type"] == flavor.split(".")[0]
+    assert writer.missing() == [] and len(writer.acked) > 100  # RPO 0
+    assert [(m["role"], m["compute_type"]) for m in moved["members"]] == [
+        ("primary", moved["compute_type"])
+    ]  # the former primary retired
+    assert _psql(lab, db, CHECKSUM_SQL) == CHECKSUMS[db]  # as alice: its users came along
+
+
+def test_every_compute_type_moves_live_to_another(lab: Platform) -> None:
+    """container -> VM, VM -> bare metal, bare metal -> container, at once; then the moved
+    databases keep their backups and back up into the same repository."""
+    _wait_nodes(lab, "available")  # the node the tour's bare-metal database does not hold
+    _parallel(lambda move: _move(lab, *move), MOVES.items())
+    ON.update({flavor.split(".")[0]: db for db, flavor in MOVES.items()})
+    moved = ON["container"]
+    backups = {b["name"] for b in lab.json("db", "backup", "list", moved)}
+    assert f"{moved}-full" in backups  # taken on bare metal, before the move
+    made = lab.json("db", "backup", "create", moved, "--name", f"{moved}-moved", "--wait")
+    assert made["status"] == "COMPLETED"
+
+
 # -- self-healing ------------------------------------------------------------------------------
 def _heal_and_check(lab: Platform, db: str, case: str, since: dt.datetime) -> None:
     """The platform repaired the compute (an operation that succeeded) and the database is
@@ -285,31 +338,31 @@ def _heal_and_check(lab: Platform, db: str, case: str, since: dt.datetime) -> No
 
 
 def test_a_killed_container_comes_back(lab: Platform) -> None:
-    (container,) = podman_containers(_instance_of(lab, "pgc"))
+    (container,) = podman_containers(_instance_of(lab, ON["container"]))
     since = _now()
     subprocess.run(["podman", "kill", container["Id"]], check=True, capture_output=True)
-    _heal_and_check(lab, "pgc", "podman kill (container)", since)
+    _heal_and_check(lab, ON["container"], "podman kill (container)", since)
 
 
 def test_a_removed_container_is_recreated_on_its_data_volume(lab: Platform) -> None:
-    instance_id = _instance_of(lab, "pgc")
+    instance_id = _instance_of(lab, ON["container"])
     (container,) = podman_containers(instance_id)
     since = _now()
     force_remove(container["Id"])
-    _heal_and_check(lab, "pgc", "podman rm -f (container)", since)
+    _heal_and_check(lab, ON["container"], "podman rm -f (container)", since)
     (again,) = podman_containers(instance_id)
     assert again["Id"] != container["Id"]
 
 
 def test_a_vm_whose_qemu_was_killed_comes_back(lab: Platform) -> None:
-    domain = f"onep-{_instance_of(lab, 'pgvm')}"
+    domain = f"onep-{_instance_of(lab, ON['vm'])}"
     pids = subprocess.run(
         ["pgrep", "-f", f"guest={domain},"], capture_output=True, text=True, check=True
     ).stdout.split()
     assert len(pids) == 1, pids
     since = _now()
     os.kill(int(pids[0]), 9)
-    _heal_and_check(lab, "pgvm", "QEMU killed (VM)", since)
+    _heal_and_check(lab, ON["vm"], "QEMU killed (VM)", since)
 
 
 def test_a_node_powered_off_through_its_bmc_comes_back(lab: Platform) -> None:
@@ -318,7 +371,7 @@ def test_a_node_powered_off_through_its_bmc_comes_back(lab: Platform) -> None:
     bmc = RedfishBmc(entry["bmc_url"], entry["username"], entry["password"], entry["system_id"])
     since = _now()
     bmc.set_power(PowerAction.FORCE_OFF)  # behind the platform's back: straight to the BMC
-    _heal_and_check(lab, "pgbm", "powered off at the BMC (bare metal)", since)
+    _heal_and_check(lab, ON["baremetal"], "powered off at the BMC (bare metal)", since)
 
 
 def test_the_platform_killed_with_minus_9_brings_everything_back(lab: Platform) -> None:
@@ -326,7 +379,7 @@ def test_the_platform_killed_with_minus_9_brings_everything_back(lab: Platform) 
     since = _now()
     started = time.monotonic()
     lab.start()
-    for name, compute_type in DATABASES.items():
+    for compute_type, name in ON.items():
         _healthy_again(lab, name, since)
         seconds = time.monotonic() - started
         record_timing("healing", f"onep up after kill -9 ({compute_type})", seconds)
@@ -364,28 +417,44 @@ def _file_contains(path: Path, needle: bytes, chunk: int = 64 << 20) -> bool:
 
 def test_deleting_the_bare_metal_database_cleans_its_node(lab: Platform) -> None:
     """The tenant's rows are on the node's disk while it lives, and nowhere on it after."""
+    gone = ON["baremetal"]
     marker = f"tenant-row-{os.urandom(8).hex()}"
-    _psql(lab, "pgbm", f"CREATE TABLE secret AS SELECT '{marker}'::text AS v")  # WAL: on disk
+    _psql(lab, gone, f"CREATE TABLE secret AS SELECT '{marker}'::text AS v")  # WAL: on disk
     (node,) = [n["name"] for n in _nodes(lab).values() if n["state"] == "active"]
     assert _disk_holds(node, marker.encode())
-    out = lab.run("db", "delete", "pgbm", "--wait", timeout=900)
-    assert "deleted pgbm" in out.stdout
+    out = lab.run("db", "delete", gone, "--wait", timeout=900)
+    assert f"deleted {gone}" in out.stdout
+    del ON["baremetal"]
     nodes = _wait_nodes(lab, "available", timeout=300)
     assert all(n["instance"] is None for n in nodes.values())
     assert not _disk_holds(node, marker.encode())
 
 
-def test_a_restore_onto_bare_metal_killed_mid_deploy_resumes(lab: Platform) -> None:
-    """The deleted pgbm's backup outlives it: restoring it onto bare metal, the platform is
-    killed with -9 after the ramdisk was booted but before the step was recorded; restarted,
-    the deploy resumes there and the restore ends ACTIVE with the table identical."""
+def _wait_op(lab: Platform, op_id: str, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while (op := lab.json("operation", "show", op_id))["status"] not in ("SUCCEEDED", "FAILED"):
+        assert time.monotonic() < deadline, op
+        time.sleep(3)
+    assert op["status"] == "SUCCEEDED", op
+
+
+def test_restores_killed_mid_deploy_resume(lab: Platform) -> None:
+    """The deleted bare-metal database's backup outlives it: it is restored onto bare metal,
+    and every database's onto a VM, at once; the platform is killed with -9 once the node's
+    ramdisk was booted but before the step was recorded. Restarted, every restore resumes
+    where it was and ends ACTIVE with its table identical."""
+    gone = next(db for db in DATABASES if db not in ON.values())  # deleted above
     _wait_nodes(lab, "available")
     lab.stop()
     lab.start(ONEP_FAILPOINT="instance.create.baremetal:boot_ramdisk")
     started = time.monotonic()
-    accepted = lab.json(
-        "db", "create", "pgbm-back", "--restore", "pgbm-full", "--flavor", "baremetal.small"
-    )  # fmt: skip
+    restores = {(gone, "baremetal.small"): f"{gone}-back"} | {
+        (db, "vm.small"): f"{db}-on-vm" for db in DATABASES
+    }
+    ops = {
+        name: lab.json("db", "create", name, "--restore", f"{db}-full", "--flavor", flavor)["id"]
+        for (db, flavor), name in restores.items()
+    }
     deadline = time.monotonic() + 300
     while "FAILPOINT instance.create.baremetal:boot_ramdisk" not in lab.log():
         assert time.monotonic() < deadline, lab.log()[-2000:]
@@ -393,36 +462,31 @@ def test_a_restore_onto_bare_metal_killed_mid_deploy_resumes(lab: Platform) -> N
     lab.kill()
     lab.start()  # no failpoint: the deploy resumes at boot_ramdisk and goes on
     try:
-        deadline = time.monotonic() + 900
-        while (op := lab.json("operation", "show", accepted["id"]))["status"] not in (
-            "SUCCEEDED",
-            "FAILED",
-        ):
-            assert time.monotonic() < deadline, op
-            time.sleep(3)
-        assert op["status"] == "SUCCEEDED", op
-        record_timing(
-            "restore", "baremetal -> baremetal (platform killed mid-deploy)",
-            time.monotonic() - started,
-        )  # fmt: skip
-        shown = lab.json("db", "show", "pgbm-back")
-        assert shown["status"] == "ACTIVE" and shown["compute_type"] == "baremetal"
+        for (db, flavor), name in restores.items():
+            _wait_op(lab, ops[name])
+            compute_type = flavor.split(".")[0]
+            record_timing(
+                "restore", f"{DATABASES[db]} -> {compute_type} (platform killed mid-way)",
+                time.monotonic() - started,
+            )  # fmt: skip
+            shown = lab.json("db", "show", name)
+            assert shown["status"] == "ACTIVE" and shown["compute_type"] == compute_type
+            assert _psql(lab, name, CHECKSUM_SQL) == CHECKSUMS[db]
         active = [n for n in _nodes(lab).values() if n["state"] == "active"]
         assert len(active) == 1
-        assert _psql(lab, "pgbm-back", CHECKSUM_SQL) == CHECKSUMS["pgbm"]
     finally:
-        lab.run("db", "delete", "pgbm-back", "--wait", timeout=900, check=False)
+        _parallel(
+            lambda name: lab.run("db", "delete", name, "--wait", timeout=900, check=False),
+            restores.values(),
+        )
     _wait_nodes(lab, "available", timeout=300)
 
 
-def test_every_compute_type_restores_onto_vms_and_bare_metal(lab: Platform) -> None:
-    """The other five (source, target) pairs, at once (the two nodes are free)."""
-    pairs = [
-        (db, flavor)
-        for db in DATABASES
-        for flavor in ("vm.small", "baremetal.small")
-        if (db, flavor) != ("pgbm", "baremetal.small")  # the test above
-    ]
+def test_every_compute_type_restores_onto_bare_metal(lab: Platform) -> None:
+    """The two other pairs onto bare metal, at once (the two nodes are free): with the
+    restores above, every (source, target) pair of the three compute types."""
+    gone = next(db for db in DATABASES if db not in ON.values())
+    pairs = [(db, "baremetal.small") for db in DATABASES if db != gone]
     _parallel(lambda pair: _restore(lab, *pair), pairs)
     _wait_nodes(lab, "available", timeout=300)
 

@@ -1,0 +1,182 @@
+"""Replicas and switchover end to end, on containers (moves between compute types: the lab
+module): the real HAProxy endpoint proxy, PostgreSQL streaming through the replication hub,
+and a client writing every 50 ms through the stable endpoint."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.e2e.conftest import Platform, podman_containers, record_timing, reset_timings
+from tests.e2e.writer import Writer
+
+pytestmark = pytest.mark.e2e
+PW = "Alice-pw-5e1c0a"
+
+
+def dsn(endpoint: dict[str, Any], dbname: str = "appdb") -> str:
+    return (
+        f"host={endpoint['host']} port={endpoint['port']} user=alice password={PW} "
+        f"dbname={dbname} connect_timeout=5"
+    )
+
+
+def query(endpoint: dict[str, Any], sql: str) -> Any:
+    with psycopg.connect(dsn(endpoint), autocommit=True) as conn:
+        return conn.execute(sql).fetchone()
+
+
+@pytest.fixture(scope="module")
+def group(platform: Platform) -> Iterator[dict[str, Any]]:
+    """pgha: a primary and one replica, made in one call."""
+    reset_timings("switch")
+    db = platform.json(
+        "db", "create", "pgha", "--flavor", "container.small", "--database", "appdb",
+        "--user", f"alice:{PW}", "--replicas", "1", "--wait",
+    )  # fmt: skip
+    yield db
+    platform.run("db", "delete", "pgha", "--wait", check=False)
+
+
+def members(platform: Platform) -> list[tuple[str, str, str]]:
+    return [
+        (m["name"], m["role"], m["state"]) for m in platform.json("db", "replica", "list", "pgha")
+    ]
+
+
+def test_a_group_made_in_one_call_streams_and_serves_reads(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    assert group["status"] == "ACTIVE"
+    listed = platform.json("db", "replica", "list", "pgha")
+    assert [(m["name"], m["role"], m["state"], m["compute_type"]) for m in listed] == [
+        ("pgha", "primary", "ACTIVE", "container"),
+        ("pgha-r1", "replica", "ACTIVE", "container"),
+    ]
+    assert set(listed[1]) == {
+        "name", "role", "flavor", "compute_type", "state", "status_message", "lag_bytes",
+        "lag_seconds", "endpoint",
+    }  # fmt: skip
+    rw, ro = group["endpoint"], group["read_only_endpoint"]
+    replica = listed[1]["endpoint"]
+    assert len({rw["port"], ro["port"], replica["port"], listed[0]["endpoint"]["port"]}) == 4
+    with psycopg.connect(dsn(rw), autocommit=True) as conn:
+        conn.execute("CREATE TABLE seen (v text)")
+        conn.execute("INSERT INTO seen VALUES ('through the endpoint')")
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+    deadline = time.monotonic() + 30
+    while True:  # the read-only endpoint leads to the replica, which has the row
+        try:
+            row = query(ro, "SELECT pg_is_in_recovery(), (SELECT v FROM seen)")
+        except psycopg.errors.UndefinedTable:
+            row = None
+        if row == (True, "through the endpoint"):
+            break
+        assert time.monotonic() < deadline, row
+        time.sleep(0.3)
+    assert query(replica, "SELECT pg_is_in_recovery()") == (True,)  # its own endpoint
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        query(ro, "INSERT INTO seen VALUES ('no')")
+    assert platform.json("db", "replica", "list", "pgha")[1]["lag_bytes"] is not None
+
+
+def _switch(platform: Platform, rw: dict[str, Any], *args: str) -> Writer:
+    writer = Writer(dsn(rw))
+    writer.prepare()
+    writer.start()
+    time.sleep(1.0)
+    try:
+        platform.run("db", "switchover", "pgha", *args, "--wait", timeout=300)
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+    return writer
+
+
+def test_a_switchover_loses_no_acknowledged_write_and_keeps_the_endpoint(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    rw = group["endpoint"]
+    for target, primary, replica in (("", "pgha-r1", "pgha"), ("pgha", "pgha", "pgha-r1")):
+        writer = _switch(platform, rw, *(["--to", target] if target else []))
+        record_timing("switch", f"switchover container -> container (to {primary})", writer.gap())
+        assert writer.missing() == []  # RPO 0: every acknowledged write is there
+        assert len(writer.acked) > 30
+        shown = platform.json("db", "show", "pgha")
+        assert (shown["id"], shown["endpoint"], shown["status"]) == (group["id"], rw, "ACTIVE")
+        assert members(platform) == [(primary, "primary", "ACTIVE"), (replica, "replica", "ACTIVE")]
+        assert query(rw, "SELECT pg_is_in_recovery()") == (False,)
+        # The former primary follows the new one: it has the last write.
+        former = next(m for m in shown["members"] if m["name"] == replica)["endpoint"]
+        last = writer.acked[-1][0]
+        deadline = time.monotonic() + 30
+        while query(former, "SELECT max(seq) FROM onep_writes")[0] != last:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert query(former, "SELECT pg_is_in_recovery()") == (True,)
+
+
+def _container_of(platform: Platform, member: str) -> str:
+    with sqlite3.connect(platform.home / "oneplatform.db") as conn:
+        (instance_id,) = conn.execute(
+            "SELECT instance_id FROM db_members WHERE name = ? AND deleted_at IS NULL", (member,)
+        ).fetchone()
+    (container,) = podman_containers(instance_id)
+    return str(container["Id"])
+
+
+def test_a_switchover_to_a_replica_that_cannot_catch_up_changes_nothing(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    """The target frozen: past the timeout the primary serves on, and nothing changed."""
+    rw = group["endpoint"]
+    frozen = _container_of(platform, "pgha-r1")
+    subprocess.run(["podman", "pause", frozen], check=True, capture_output=True)
+    try:
+        out = platform.run(
+            "db", "switchover", "pgha", "--to", "pgha-r1", "--timeout", "5", "--wait",
+            check=False, timeout=300,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["podman", "unpause", frozen], check=True, capture_output=True)
+    assert out.returncode != 0
+    assert "switchover_timeout" in out.stderr or "switchover_failed" in out.stderr, out.stderr
+    assert "nothing was changed" in out.stderr.replace("\n", " ")
+    shown = platform.json("db", "show", "pgha")
+    assert shown["status"] == "ACTIVE" and "nothing was changed" in shown["status_message"]
+    assert members(platform)[0] == ("pgha", "primary", "ACTIVE")
+    with psycopg.connect(dsn(rw), autocommit=True) as conn:
+        conn.execute("INSERT INTO seen VALUES ('after the refusal')")
+
+
+def test_replica_requests_that_cannot_be_done_are_refused(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    for argv, code in (
+        (("db", "replica", "delete", "pgha"), "is_primary"),
+        (("db", "replica", "create", "pgha", "--name", "pgha-r1"), "replica_exists"),
+        (("db", "replica", "create", "pgha", "--flavor", "no.such"), "flavor_not_found"),
+        (("db", "move", "pgha", "--flavor", "container.small"), "same_flavor"),
+        (("db", "switchover", "nope"), "db_instance_not_found"),
+    ):
+        out = platform.run(*argv, check=False)
+        assert out.returncode != 0 and code in out.stderr, (argv, out.stderr)
+    assert len(members(platform)) == 2
+
+
+def test_a_replica_deleted_leaves_the_read_only_endpoint_to_the_primary(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    out = platform.run("db", "replica", "delete", "pgha-r1", "--wait", timeout=300)
+    assert "deleted pgha-r1" in out.stdout
+    assert members(platform) == [("pgha", "primary", "ACTIVE")]
+    deadline = time.monotonic() + 20
+    while query(group["read_only_endpoint"], "SELECT pg_is_in_recovery()") != (False,):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
