@@ -4,6 +4,8 @@ and a client writing every 50 ms through the stable endpoint."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -122,29 +124,39 @@ def test_a_switchover_loses_no_acknowledged_write_and_keeps_the_endpoint(
         assert query(former, "SELECT pg_is_in_recovery()") == (True,)
 
 
-def _container_of(platform: Platform, member: str) -> str:
+def _walreceiver_of(platform: Platform, member: str) -> int:
+    """The host pid of the member's WAL receiver (a process in its container)."""
     with sqlite3.connect(platform.home / "oneplatform.db") as conn:
         (instance_id,) = conn.execute(
             "SELECT instance_id FROM db_members WHERE name = ? AND deleted_at IS NULL", (member,)
         ).fetchone()
     (container,) = podman_containers(instance_id)
-    return str(container["Id"])
+    init = subprocess.run(
+        ["podman", "inspect", "--format", "{{.State.Pid}}", container["Id"]],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    ns = os.readlink(f"/proc/{init}/ns/pid")
+    pids = subprocess.run(
+        ["pgrep", "-f", "walreceiver"], capture_output=True, text=True
+    ).stdout.split()
+    (pid,) = [int(p) for p in pids if os.readlink(f"/proc/{p}/ns/pid") == ns]
+    return pid
 
 
 def test_a_switchover_to_a_replica_that_cannot_catch_up_changes_nothing(
     platform: Platform, group: dict[str, Any]
 ) -> None:
-    """The target frozen: past the timeout the primary serves on, and nothing changed."""
+    """The target's WAL receiver frozen: the primary serves on, and nothing changed."""
     rw = group["endpoint"]
-    frozen = _container_of(platform, "pgha-r1")
-    subprocess.run(["podman", "pause", frozen], check=True, capture_output=True)
+    frozen = _walreceiver_of(platform, "pgha-r1")
+    os.kill(frozen, signal.SIGSTOP)
     try:
         out = platform.run(
             "db", "switchover", "pgha", "--to", "pgha-r1", "--timeout", "5", "--wait",
             check=False, timeout=300,
         )  # fmt: skip
     finally:
-        subprocess.run(["podman", "unpause", frozen], check=True, capture_output=True)
+        os.kill(frozen, signal.SIGCONT)
     assert out.returncode != 0
     assert "switchover_timeout" in out.stderr or "switchover_failed" in out.stderr, out.stderr
     assert "nothing was changed" in out.stderr.replace("\n", " ")

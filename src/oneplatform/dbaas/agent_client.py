@@ -103,7 +103,7 @@ class AgentClient:
 
     def promote(self, timeout: float = 60.0) -> dict[str, Any]:
         body = json.dumps({"timeout": timeout}).encode()
-        return self._call("POST", "/v1/replication/promote", body, timeout=timeout + 10)
+        return self._call("POST", "/v1/replication/promote", body, timeout=2 * timeout + 10)
 
     def demote(self, upstream: dict[str, Any], rewind: bool = False) -> dict[str, Any]:
         """Stop the engine, make it a standby of ``upstream`` and start it again; the

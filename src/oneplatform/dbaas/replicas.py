@@ -524,11 +524,23 @@ def step_switch(ctx: StepContext) -> None:
         old_instance = session.get_one(Instance, old.instance_id)
         upstream = upstream_for(ctx.settings, db, box, old_instance.compute_type, old.name)
         names = (old.name, target.name)
-    new_status = new_client.replication()
+    try:
+        new_status = new_client.replication()
+    except BackendUnavailable as err:
+        raise PlatformError(
+            f"{names[1]} does not answer ({err.message}); nothing was changed",
+            code="replica_unavailable",
+        ) from None
     if new_status["role"] == "primary":
         _record_switch(ctx, old.id, target.id, "found promoted")  # a retried step
         return
-    old_status = old_client.replication()
+    try:
+        old_status = old_client.replication()
+    except BackendUnavailable as err:
+        raise PlatformError(
+            f"the primary {names[0]} does not answer ({err.message}); nothing was changed",
+            code="primary_unavailable",
+        ) from None
     lag = (old_status.get("lsn_bytes") or 0) - (new_status.get("replay_bytes") or 0)
     if old_status["role"] == "primary" and lag > MAX_START_LAG_BYTES:
         raise PlatformError(
@@ -562,7 +574,7 @@ def step_switch(ctx: StepContext) -> None:
         caught_up = False
     if not caught_up:
         ctx.progress(f"{names[1]} did not catch up in {timeout:.0f} s: rolling back")
-        old_client.promote()
+        _promote_back(old_client, names[0])
         _resume(ctx, db.id)
         raise PlatformError(
             f"{names[1]} did not catch up within {timeout:.0f} s; {names[0]} is the "
@@ -581,6 +593,22 @@ def step_switch(ctx: StepContext) -> None:
         f"{stopped - started:.1f} s, caught up in {replayed - stopped:.1f} s, promoted in "
         f"{promoted - replayed:.1f} s",
     )
+
+
+def _promote_back(client: AgentClient, name: str) -> None:
+    """The former primary serves again (its agent waits for its restart as a standby)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.promote()
+            return
+        except BackendUnavailable as err:
+            if time.monotonic() > deadline:
+                raise PlatformError(
+                    f"rolling back, {name} could not be promoted back: {err.message}",
+                    code="rollback_failed",
+                ) from None
+            time.sleep(1.0)
 
 
 def _resume(ctx: StepContext, db_id: str) -> None:
@@ -638,7 +666,9 @@ def _fail_group(session: Session, ctx: StepContext, err: PlatformError) -> None:
     db = session.get_one(DbInstance, ctx.resource_id)
     if db.status in (DbStatus.DELETING.value, DbStatus.DELETED.value):
         return
-    DATABASES.move(session, db, DbStatus.ACTIVE, f"{ctx.kind.name} failed: {err.message}")
+    # A rollback that failed leaves no member serving writes: ERROR (the message says why).
+    status = DbStatus.ERROR if err.code == "rollback_failed" else DbStatus.ACTIVE
+    DATABASES.move(session, db, status, f"{ctx.kind.name} failed: {err.message}")
     if ctx.kind is DB_MOVE and not ctx.params.get("switched"):
         member = session.get(DbMember, ctx.params.get("target", ""))
         if member is not None and member.deleted_at is None:

@@ -156,7 +156,10 @@ class Agent:
                 rewind = bool(data.get("rewind", False))
         except (ValueError, TypeError, BundleError) as exc:
             return 400, error_body("bad_request", f"the body is not valid: {exc}")
-        running = self.supervisor.snapshot()[0] == ENGINE_RUNNING
+        # A promotion waits for a start under way (a former primary promoted back right
+        # after its demote); the rest answer at once.
+        wait = float(data.get("timeout", 60)) if action == "promote" else 0.0
+        running = self.supervisor.wait_running(wait)
         try:
             if action == "demote":
                 # Answers once the engine is stopped and made a standby (or found unclean);

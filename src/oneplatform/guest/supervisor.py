@@ -94,6 +94,17 @@ class Supervisor:
                     return False, f"the engine was not ready {timeout:.0f} s after the restart"
                 self._cond.wait(left)
 
+    def wait_running(self, timeout: float) -> bool:
+        """Whether the engine runs, waiting up to ``timeout`` for it (a start under way)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._state != ENGINE_RUNNING and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self._state == ENGINE_RUNNING
+
     def restart_with(self, hook: Callable[[], Any], timeout: float) -> Any:
         """Stop the engine, run ``hook`` (the engine stopped), start the engine again; the
         hook's result once it has run (not waiting for the engine to be ready again). A
