@@ -308,7 +308,10 @@ def _move(lab: Platform, db: str, flavor: str) -> None:
 def test_every_compute_type_moves_live_to_another(lab: Platform) -> None:
     """container -> VM, VM -> bare metal, bare metal -> container, at once; then the moved
     databases keep their backups and back up into the same repository."""
-    _wait_nodes(lab, "available")  # the node the tour's bare-metal database does not hold
+    deadline = time.monotonic() + 600  # the node the tour's bare-metal database does not hold
+    while not any(n["state"] == "available" for n in _nodes(lab).values()):
+        assert time.monotonic() < deadline, _nodes(lab)
+        time.sleep(2)
     _parallel(lambda move: _move(lab, *move), MOVES.items())
     ON.update({flavor.split(".")[0]: db for db, flavor in MOVES.items()})
     moved = ON["container"]
