@@ -455,7 +455,7 @@ class FakePostgreSQL(PostgreSQL):
         self.databases: set[str] = set()
         self.users: dict[str, tuple[str, set[str]]] = {}  # name -> (password, databases)
 
-    def ping(self, conn: ConnInfo) -> None:
+    def ping(self, conn: ConnInfo, timeout: float = 10.0) -> None:
         return
 
     def list_databases(self, conn: ConnInfo) -> list[str]:

@@ -15,6 +15,7 @@ import oneplatform.baremetal.registration
 import oneplatform.compute.builtin
 import oneplatform.compute.images
 import oneplatform.dbaas.backup_ops
+import oneplatform.dbaas.failover
 import oneplatform.dbaas.operations
 import oneplatform.dbaas.replicas  # noqa: F401
 from oneplatform.baremetal.states import NODES

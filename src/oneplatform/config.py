@@ -133,6 +133,15 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How often schedules and retention are looked at."
     )
     health_interval_seconds: float = Field(default=10.0, gt=0)
+    failover_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a database's primary may not answer (neither its agent nor its "
+        "engine) before the platform fences it and promotes a replica.",
+    )
+    failover_check_seconds: float = Field(
+        default=1.0, gt=0, description="How often the primaries of groups with replicas are asked."
+    )
     reconcile_interval_seconds: float = Field(
         default=15.0,
         gt=0,

@@ -21,6 +21,7 @@ from oneplatform.compute.reconciler import run_reconciler
 from oneplatform.config import Settings
 from oneplatform.dbaas.backups import run_backup_scheduler
 from oneplatform.dbaas.endpoints import ensure_endpoints, sync_proxy
+from oneplatform.dbaas.failover import run_failover_watcher
 from oneplatform.dbaas.health import run_health_checker
 from oneplatform.dbaas.warm import run_warm_keeper
 from oneplatform.hostsvc.objectstore import backup_store_service
@@ -88,6 +89,7 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
         (run_reconciler, "reconciler"),
         (run_warm_keeper, "warm-keeper"),
         (run_backup_scheduler, "backup-scheduler"),
+        (run_failover_watcher, "failover-watcher"),
     ):
         threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
     backup_store = backup_store_service(settings)

@@ -15,9 +15,11 @@ from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
 from oneplatform.compute import instances
 from oneplatform.compute.images import request_build
-from oneplatform.dbaas import backups, replicas
+from oneplatform.compute.reconciler import request_repair
+from oneplatform.dbaas import backups, failover, replicas
 from oneplatform.dbaas import service as dbaas
-from oneplatform.errors import BackendError, Conflict, PlatformError
+from oneplatform.dbaas.datastores.base import ConnInfo
+from oneplatform.errors import BackendError, BackendUnavailable, Conflict, PlatformError
 from oneplatform.ops.engine import Worker
 from oneplatform.ops.kinds import all_kinds
 from oneplatform.schemas.backups import BackupCreate
@@ -32,6 +34,7 @@ from oneplatform.store.models import (
     DbInstance,
     DbMember,
     DeployToken,
+    Event,
     Host,
     Image,
     Instance,
@@ -39,7 +42,7 @@ from oneplatform.store.models import (
     Operation,
     PortAllocation,
 )
-from tests.fakes import CLOUD, FakeAgent, FakeNode, SimulatedCrash
+from tests.fakes import CLOUD, FakeAgent, FakeNode, FakePostgreSQL, SimulatedCrash
 from tests.world import World
 
 IMAGE = "postgresql-15"
@@ -540,6 +543,45 @@ def test_a_database_delete_takes_its_replicas_with_it(group: World) -> None:
         assert session.scalars(select(DbInstance.rw_port)).one() is None
 
 
+def test_a_silent_primary_is_fenced_and_its_replica_promoted(
+    group: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary = _agent(group, "pg1")
+    port = next(m.endpoint for m in dbaas.get_db(group.store, group.member, "pg1").members).port
+
+    def ping(self: object, conn: ConnInfo, timeout: float = 10.0) -> None:
+        if conn.port == port:
+            raise BackendUnavailable("no answer")
+
+    monkeypatch.setattr(FakePostgreSQL, "ping", ping)
+    with group.store.session() as session:
+        old_instance = session.get_one(
+            DbInstance, dbaas.get_db(group.store, group.member, "pg1").id
+        ).instance_id
+    assert request_repair(group.store, old_instance or "", "test") is None  # held
+    down: dict[str, float] = {}
+    assert failover.watch_once(group.store, group.settings, down) == []  # it answers
+    primary.close()
+    group.settings.failover_grace_seconds = 0.0
+    (op_id,) = failover.watch_once(group.store, group.settings, down)
+    assert dbaas.get_db(group.store, group.member, "pg1").status == "FAILOVER"
+    assert group.drive(op_id).status == "SUCCEEDED"
+    group.drive_all()  # the new replica
+    shown = dbaas.get_db(group.store, group.member, "pg1")
+    assert (shown.status, shown.compute_type) == ("ACTIVE", "vm")
+    assert [(m.name, m.role, m.compute_type, m.state) for m in shown.members] == [
+        ("pg1-r1", "primary", "vm", "ACTIVE"),
+        ("pg1-r2", "replica", "container", "ACTIVE"),  # on the former primary's flavor
+    ]
+    assert CLOUD.count("stop") >= 1  # fenced through the compute API
+    with group.store.session() as session:
+        assert session.get_one(Instance, old_instance).status == "DELETED"
+        messages = [
+            e.message for e in session.scalars(select(Event).where(Event.resource_id == shown.id))
+        ]
+    assert any(m.startswith("failover: pg1 fenced") and "pg1-r1 promoted" in m for m in messages)
+
+
 def test_every_operation_kind_is_driven_by_this_module() -> None:
     driven = {
         "instance.create",
@@ -565,6 +607,7 @@ def test_every_operation_kind_is_driven_by_this_module() -> None:
         "db.replica.delete",
         "db.switchover",
         "db.move",
+        "db.failover",
         "backup.create",
         "backup.delete",
     }

@@ -119,6 +119,10 @@ class BaremetalDriver(
         caller polls and may force_reboot. Silent if off."""
         self.bmc().set_power(PowerAction.OFF)
 
+    def fence(self, instance_id: str) -> None:
+        """Power off at the BMC at once."""
+        self.power_off()
+
     def reboot(self, instance_id: str) -> None:
         self.bmc().set_power(PowerAction.REBOOT)
 

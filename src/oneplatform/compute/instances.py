@@ -172,6 +172,25 @@ def place_instance(
     return instance, op
 
 
+def fence(store: Store, settings: Settings, instance_id: str, reason: str) -> None:
+    """Cut the instance's power at once through its compute API — a container killed, a
+    domain destroyed, a node powered off at its BMC — and keep it off (SHUTOFF: the
+    reconciler leaves it so). Raises when its backend cannot do it: then it may still run."""
+    with store.session() as session:
+        instance = session.get_one(Instance, instance_id)
+        if instance.host_id is None:
+            return
+        driver = driver_of(session, settings, session.get_one(Host, instance.host_id))
+    driver.fence(instance_id)
+    with store.session() as session:
+        instance = session.get_one(Instance, instance_id)
+        if INSTANCES.state_of(instance) is not InstanceStatus.SHUTOFF:
+            if not INSTANCES.allows(INSTANCES.state_of(instance), InstanceStatus.SHUTOFF):
+                INSTANCES.move(session, instance, InstanceStatus.ERROR, f"fenced: {reason}")
+            INSTANCES.move(session, instance, InstanceStatus.SHUTOFF, f"fenced: {reason}")
+        instance.power_state = "stopped"
+
+
 def request_delete(session: Session, instance: Instance, project_id: str) -> Operation | None:
     """Move the instance to DELETING and enqueue its delete; None if already under way."""
     if INSTANCES.state_of(instance) in (InstanceStatus.DELETING, InstanceStatus.DELETED):

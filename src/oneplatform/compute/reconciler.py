@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from oneplatform.compute.hosts import driver_of
 from oneplatform.compute.operations import INSTANCE_REPAIR
@@ -84,6 +85,16 @@ RECOVERABLE = frozenset(
 )
 
 
+# Whoever owns an instance may hold its repairs: a service with a better answer than
+# restarting it (a database group fails over to a replica instead). A hold answers why.
+Hold = Callable[[Session, str], str | None]
+HOLDS: list[Hold] = []
+
+
+def register_hold(hold: Hold) -> None:
+    HOLDS.append(hold)
+
+
 def request_repair(
     store: Store,
     instance_id: str,
@@ -97,6 +108,11 @@ def request_repair(
         instance = session.get_one(Instance, instance_id, with_for_update=store.postgres)
         if INSTANCES.state_of(instance) not in allowed:
             return None
+        for hold in HOLDS:
+            why = hold(session, instance_id)
+            if why is not None:
+                log.info("not repairing instance %s: %s", instance_id, why)
+                return None
         busy = session.scalars(
             select(Operation.id).where(
                 Operation.resource_id == instance_id, Operation.status.in_(OPEN)

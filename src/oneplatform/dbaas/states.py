@@ -13,6 +13,7 @@ class DbStatus(enum.StrEnum):
     RESTARTING = "RESTARTING"
     SWITCHOVER = "SWITCHOVER"  # another member becomes the primary
     RESIZE = "RESIZE"  # a move to another flavor (of any compute type)
+    FAILOVER = "FAILOVER"  # its primary does not answer: fenced, a replica promoted
     DELETING = "DELETING"
     DELETED = "DELETED"
     ERROR = "ERROR"
@@ -35,10 +36,13 @@ DATABASES: StateMachine[DbStatus] = StateMachine(
     initial=D.BUILD,
     transitions={
         D.BUILD: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
-        D.ACTIVE: frozenset({D.RESTARTING, D.SWITCHOVER, D.RESIZE, D.DELETING, D.ERROR}),
+        D.ACTIVE: frozenset(
+            {D.RESTARTING, D.SWITCHOVER, D.RESIZE, D.FAILOVER, D.DELETING, D.ERROR}
+        ),
         D.RESTARTING: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
         D.SWITCHOVER: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
         D.RESIZE: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
+        D.FAILOVER: frozenset({D.ACTIVE, D.ERROR, D.DELETING}),
         D.ERROR: frozenset({D.DELETING, D.RESTARTING, D.ACTIVE}),
         D.DELETING: frozenset({D.DELETED, D.ERROR}),
         D.DELETED: frozenset(),

@@ -154,6 +154,11 @@ class ComputeDriver(abc.ABC):
     def stop(self, instance_id: str) -> None:
         """Stop gracefully (forcing after a grace period); silent if already stopped."""
 
+    def fence(self, instance_id: str) -> None:
+        """Cut the power at once, asking the guest nothing (fencing: it must not run on);
+        returns once it is off; silent if already off. The default stops it."""
+        self.stop(instance_id)
+
     @abc.abstractmethod
     def reboot(self, instance_id: str) -> None:
         """Restart the instance; returns when the backend has restarted it."""

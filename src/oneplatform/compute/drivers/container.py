@@ -632,6 +632,13 @@ class PodmanDriver(ComputeDriver, SupportsExec):
             return
         self._podman(["stop", "-t", str(STOP_GRACE_S), str(row["Id"])], timeout=STOP_TIMEOUT_S)
 
+    def fence(self, instance_id: str) -> None:
+        """``podman stop -t 0``: SIGKILL at once (a paused container too)."""
+        row = self._require(instance_id)
+        if str(row.get("State", "")).lower() in _NOT_RUNNING:
+            return
+        self._podman(["stop", "-t", "0", str(row["Id"])], timeout=STOP_TIMEOUT_S)
+
     def reboot(self, instance_id: str) -> None:
         """``podman restart`` (10 s grace); returns once the process runs again.
 

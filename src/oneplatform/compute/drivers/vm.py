@@ -567,6 +567,18 @@ class LibvirtDriver(ComputeDriver, SupportsSnapshot, SupportsResize, SupportsFor
         """
         self._stop_domain(self._require(instance_id))
 
+    def fence(self, instance_id: str) -> None:
+        """``virsh destroy``: QEMU killed at once (a paused domain too)."""
+        dom = self._require(instance_id)
+        if not self._active(dom):
+            return
+        try:
+            with self._lv.call("destroy domain"):
+                dom.destroy()
+        except BackendError as exc:  # it went off by itself in between
+            if not self._lv.is_code(exc, "VIR_ERR_OPERATION_INVALID"):
+                raise
+
     def reboot(self, instance_id: str) -> None:
         """Graceful stop (as :meth:`stop`), then start; starts a stopped domain too."""
         dom = self._require(instance_id)

@@ -73,8 +73,9 @@ class Datastore(abc.ABC):
         """Raise InvalidInput for a name the engine must not get."""
 
     @abc.abstractmethod
-    def ping(self, conn: ConnInfo) -> None:
-        """Log in and run a trivial query; raise BackendError if that fails."""
+    def ping(self, conn: ConnInfo, timeout: float = 10.0) -> None:
+        """Log in and run a trivial query within ``timeout`` seconds; raise BackendError
+        (BackendUnavailable when it does not answer) if that fails."""
 
     @abc.abstractmethod
     def list_databases(self, conn: ConnInfo) -> list[str]: ...

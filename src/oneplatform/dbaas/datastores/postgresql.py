@@ -74,7 +74,7 @@ class PostgreSQL(Datastore):
     # -- connections ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _connect(
-        self, conn: ConnInfo, database: str = "postgres", owner: bool = False
+        self, conn: ConnInfo, database: str = "postgres", owner: bool = False, timeout: float = 10
     ) -> Iterator[Any]:
         """A session as ``conn``'s role; ``owner``: as the tenant's admin (``SET ROLE``), for
         what the admin must own and grant."""
@@ -88,7 +88,7 @@ class PostgreSQL(Datastore):
                 user=conn.username,
                 password=conn.password,
                 dbname=database,
-                connect_timeout=10,
+                connect_timeout=max(1, int(timeout)),
                 autocommit=True,
                 # the platform's sessions never wait long on an engine a tenant keeps busy
                 options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout=10000",
@@ -114,8 +114,8 @@ class PostgreSQL(Datastore):
                 f"PostgreSQL refused: {_first_line(exc)}", code="engine_error"
             ) from None
 
-    def ping(self, conn: ConnInfo) -> None:
-        with self._connect(conn) as c:
+    def ping(self, conn: ConnInfo, timeout: float = 10.0) -> None:
+        with self._connect(conn, timeout=timeout) as c:
             c.execute("SELECT 1")
 
     # -- databases --------------------------------------------------------------------------------

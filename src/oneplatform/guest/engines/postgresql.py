@@ -340,6 +340,7 @@ class PostgresEngine(Engine):
             "lsn": row[1] or None,
             "lsn_bytes": lsn_bytes(row[1]),
             "receive_lsn": row[2] or None,
+            "receive_bytes": lsn_bytes(row[2]),
             "replay_lsn": row[3] or None,
             "replay_bytes": lsn_bytes(row[3]),
             "receiver": row[4] or None,
