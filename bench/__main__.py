@@ -1,8 +1,9 @@
 """``python -m bench [NAME ...] [--rounds N]``: run benchmarks (default: ``all``, the ones
 marked default: container and db, then the scheduler's; ``vm`` boots VMs under TCG,
 ``baremetal`` deploys onto the emulated bare-metal lab, ``warm`` claims warm instances
-of all three compute types and ``backup`` backs up and restores a ~1 GB database: they run
-only when named; ``make bench`` runs them all).
+of all three compute types, ``backup`` backs up and restores a ~1 GB database and
+``replication`` measures the write gaps of switchovers, moves and failovers: they run only
+when named; ``make bench`` runs them all).
 
 ``python -m bench scheduler [--hosts N --creates N ...]`` runs the placement benchmark
 (:mod:`bench.scheduler`) alone, with options of its own; it needs no running platform.
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from bench import backup, baremetal, container, db, scheduler, vm, warm
+from bench import backup, baremetal, container, db, replication, scheduler, vm, warm
 from bench.common import BenchError, PlatformProcess, machine_info, running_platform, write_results
 
 Benchmark = Callable[[PlatformProcess, int, float], dict[str, Any]]
@@ -73,6 +74,14 @@ BENCHMARKS: dict[str, Entry] = {
         rounds=backup.ROUNDS,
         default=False,
         env=backup.platform_env,  # a store of its own
+    ),
+    "replication": Entry(
+        replication.run,
+        replication.NAME,
+        replication.TIMEOUT_S,
+        rounds=replication.ROUNDS,
+        default=False,
+        env=replication.platform_env,  # all three compute types: the lab enrolled
     ),
 }
 ALIASES = {entry.results: name for name, entry in BENCHMARKS.items()}
