@@ -26,13 +26,17 @@ with the group's last container; see :data:`GUEST_SUBNETS`) and runs confined
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from oneplatform.compute.capabilities import Capability
@@ -633,11 +637,46 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         self._podman(["stop", "-t", str(STOP_GRACE_S), str(row["Id"])], timeout=STOP_TIMEOUT_S)
 
     def fence(self, instance_id: str) -> None:
-        """``podman stop -t 0``: SIGKILL at once (a paused container too)."""
+        """SIGKILL at once, a paused (frozen) container too: Podman refuses to stop or kill
+        one, and a cgroup-v1 freezer holds even SIGKILL until the thaw; so every process of
+        it gets SIGKILL queued first (on this machine), then it is thawed: they die before
+        they run again. Returns once it is no longer running."""
         row = self._require(instance_id)
-        if str(row.get("State", "")).lower() in _NOT_RUNNING:
+        cid = str(row["Id"])
+        state = str(row.get("State", "")).lower()
+        if state in _NOT_RUNNING:
             return
-        self._podman(["stop", "-t", "0", str(row["Id"])], timeout=STOP_TIMEOUT_S)
+        if state == "paused":
+            if (self.host.uri or "").strip() in LOCAL_URIS:
+                for pid in self._processes(cid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            self._podman(["unpause", cid], check=False)
+        self._podman(["kill", "--signal", "KILL", cid], check=False)
+        self._podman(["wait", "--condition", "stopped", cid], timeout=STOP_TIMEOUT_S, check=False)
+        if str(self._require(instance_id).get("State", "")).lower() not in _NOT_RUNNING:
+            raise BackendError(f"container {cid[:12]} still runs after SIGKILL")
+
+    def _processes(self, cid: str) -> list[int]:
+        """The host pids of every process in the container (its cgroup's)."""
+        pid = self._podman(["inspect", "--format", "{{.State.Pid}}", cid]).stdout.strip()
+        pids = {int(pid)} if pid.isdigit() and int(pid) > 0 else set()
+        for pid_ in list(pids):
+            try:
+                lines = Path(f"/proc/{pid_}/cgroup").read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                _, controllers, path = line.split(":", 2)
+                if "freezer" in controllers.split(","):  # cgroup v1: the freezer's group
+                    procs = Path("/sys/fs/cgroup/freezer", path.lstrip("/"), "cgroup.procs")
+                elif controllers == "":  # cgroup v2: the one hierarchy
+                    procs = Path("/sys/fs/cgroup", path.lstrip("/"), "cgroup.procs")
+                else:
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    pids |= {int(p) for p in procs.read_text().split()}
+        return sorted(pids)
 
     def reboot(self, instance_id: str) -> None:
         """``podman restart`` (10 s grace); returns once the process runs again.
