@@ -448,6 +448,9 @@ class FakePostgreSQL(PostgreSQL):
 
     initialize = Datastore.initialize  # through the calls below
 
+    def checkpoint(self, conn: ConnInfo) -> None:
+        return
+
     def wait_replayed(self, conn: ConnInfo, past: int, timeout: float) -> int | None:
         return FakeAgent.replayed if FakeAgent.replayed > past else None
 

@@ -117,6 +117,10 @@ class Datastore(abc.ABC):
         (no plain password in it), or None: then they are made over SQL as in any create."""
         return None
 
+    def checkpoint(self, conn: ConnInfo) -> None:
+        """Write the engine's dirty pages out now (before a planned stop)."""
+        raise NotImplementedError(f"{self.name} has no checkpoint")
+
     def wait_replayed(self, conn: ConnInfo, past: int, timeout: float) -> int | None:
         """Watch the standby at ``conn`` until it has replayed beyond ``past`` (a WAL
         position in bytes); its position then, or None after ``timeout`` seconds."""

@@ -286,6 +286,11 @@ class PostgreSQL(Datastore):
             ],
         }
 
+    def checkpoint(self, conn: ConnInfo) -> None:
+        # The platform's role holds pg_checkpoint through the admin's membership.
+        with self._connect(conn) as session:
+            session.execute("CHECKPOINT")
+
     def wait_replayed(self, conn: ConnInfo, past: int, timeout: float) -> int | None:
         # One session, polled every 20 ms: the wait is the whole of a switchover's pause.
         deadline = time.monotonic() + timeout
