@@ -223,10 +223,13 @@ def _check_member_name(session: Session, db: DbInstance, name: str) -> None:
 
 
 def _next_name(session: Session, db: DbInstance) -> str:
+    """NAME-r<n>: the first n no member of the project has now, nor any of this database
+    ever had (events and history keep naming one member)."""
     used = set(
         session.scalars(
             select(DbMember.name).where(
-                DbMember.project_id == db.project_id, DbMember.deleted_at.is_(None)
+                DbMember.project_id == db.project_id,
+                (DbMember.deleted_at.is_(None)) | (DbMember.db_id == db.id),
             )
         )
     )
