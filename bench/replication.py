@@ -296,9 +296,9 @@ def measure_by_hand(rounds: int) -> dict[str, list[dict[str, Any]]]:
             f.write(f"port = {ports[0]}\nlisten_addresses = '127.0.0.1'\n"
                     f"unix_socket_directories = '{root}'\nwal_log_hints = on\n")  # fmt: skip
         _pg_ctl(root, "a", "start")
-        _as_postgres(str(PG_BIN / "psql"), "-h", str(root), "-p", str(ports[0]), "-c",
-                     f"CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'; "
-                     "CREATE DATABASE appdb OWNER app", "postgres")  # fmt: skip
+        _as_postgres(str(PG_BIN / "psql"), "-h", str(root), "-p", str(ports[0]),
+                     "-c", f"CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'",
+                     "-c", "CREATE DATABASE appdb OWNER app", "postgres")  # fmt: skip
         primary, standby = "a", "b"
         for kind in ("switchover", "failover"):
             for rnd in range(1, rounds + 1):
