@@ -114,12 +114,15 @@ def in_use(ports: Iterable[tuple[str, str, int]], machine: str, address: str) ->
 
 def _bindable(host: Host, port: int) -> bool:
     """On this machine, skip ports that something outside the platform already holds."""
-    if host.machine != LOCAL:
-        return True
-    family = socket.AF_INET6 if ":" in host.bind_address else socket.AF_INET
+    return host.machine != LOCAL or bindable(host.bind_address, port)
+
+
+def bindable(address: str, port: int) -> bool:
+    """Whether ``port`` on ``address`` of this machine is free to bind now."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         try:
-            sock.bind((host.bind_address, port))
+            sock.bind((address, port))
         except OSError:
             return False
     return True

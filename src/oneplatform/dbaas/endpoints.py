@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from oneplatform.compute.instances import endpoints
-from oneplatform.compute.ports import LOCAL, held_ports, taken
+from oneplatform.compute.ports import LOCAL, bindable, held_ports, taken
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.states import MEMBERS, MemberStatus
@@ -118,7 +118,7 @@ def allocate_ports(session: Session, settings: Settings, db: DbInstance) -> None
     free = (
         p
         for p in range(settings.endpoint_port_start, settings.endpoint_port_end + 1)
-        if p not in used and _bindable(address, p)
+        if p not in used and bindable(address, p)
     )
     rw, ro = next(free, None), next(free, None)
     if rw is None or ro is None:
@@ -128,18 +128,6 @@ def allocate_ports(session: Session, settings: Settings, db: DbInstance) -> None
             code="no_free_port",
         )
     db.endpoint_address, db.rw_port, db.ro_port = address, rw, ro
-
-
-def _bindable(address: str, port: int) -> bool:
-    import socket
-
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 def sync_proxy(

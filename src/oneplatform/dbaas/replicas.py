@@ -528,23 +528,11 @@ def step_switch(ctx: StepContext) -> None:
         old_instance = session.get_one(Instance, old.instance_id)
         upstream = upstream_for(ctx.settings, db, box, old_instance.compute_type, old.name)
         names = (old.name, target.name)
-    try:
-        new_status = new_client.replication()
-    except BackendUnavailable as err:
-        raise PlatformError(
-            f"{names[1]} does not answer ({err.message}); nothing was changed",
-            code="replica_unavailable",
-        ) from None
+    new_status = _replication(new_client, names[1], "replica_unavailable")
     if new_status["role"] == "primary":
         _record_switch(ctx, old.id, target.id, "found promoted")  # a retried step
         return
-    try:
-        old_status = old_client.replication()
-    except BackendUnavailable as err:
-        raise PlatformError(
-            f"the primary {names[0]} does not answer ({err.message}); nothing was changed",
-            code="primary_unavailable",
-        ) from None
+    old_status = _replication(old_client, f"the primary {names[0]}", "primary_unavailable")
     lag = (old_status.get("lsn_bytes") or 0) - (new_status.get("replay_bytes") or 0)
     if old_status["role"] == "primary" and lag > MAX_START_LAG_BYTES:
         raise PlatformError(
@@ -605,6 +593,16 @@ def step_switch(ctx: StepContext) -> None:
         f"{stopped - started:.1f} s, caught up in {replayed - stopped:.1f} s, promoted in "
         f"{promoted - replayed:.1f} s",
     )
+
+
+def _replication(client: AgentClient, who: str, code: str) -> dict[str, Any]:
+    """A member's replication state, before anything is changed (refused if silent)."""
+    try:
+        return client.replication()
+    except BackendUnavailable as err:
+        raise PlatformError(
+            f"{who} does not answer ({err.message}); nothing was changed", code=code
+        ) from None
 
 
 def _promote_back(client: AgentClient, name: str) -> None:
