@@ -18,6 +18,7 @@ import pytest
 
 from oneplatform.baremetal import deploy_iso
 from oneplatform.baremetal.deploy_agent import (
+    ZERO_TOOL,
     DeployManifest,
     DeployStatus,
     ProtocolError,
@@ -266,6 +267,39 @@ def test_the_agent_erases_every_byte_of_the_disk_and_says_how_far(tmp_path: Path
     ]
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("losetup") is None, reason="needs root")
+def test_the_clean_zeroes_a_block_device_through_the_kernel(tmp_path: Path) -> None:
+    """On a block device the chunks go to BLKZEROOUT (blkdiscard -z), not through dd."""
+    backing = tmp_path / "disk"
+    size = 4 * MiB
+    backing.write_bytes(b"tenant-2 row " * (size // 13) + b"y" * (size % 13))
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        proc = subprocess.run(
+            ["sh", "-c", f'{agent_functions()}\nERASE_CHUNK_MIB=2\nZERO_TOOL={ZERO_TOOL}\n'
+             f'report() {{ echo "$*"; }}\nerase_disk {loop} {size // SECTOR}'],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "through the kernel" in proc.stderr and "zeroout failed" not in proc.stderr
+        assert proc.stdout.count("stage=erasing") == 2
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=True)
+    assert backing.read_bytes() == bytes(size)
+
+
+def test_the_clean_falls_back_to_dd_where_the_kernel_cannot_zero(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"  # a regular file: blkdiscard refuses it
+    disk.write_bytes(b"z" * (2 * MiB))
+    out = _sh(
+        f'ERASE_CHUNK_MIB=1\nZERO_TOOL={ZERO_TOOL}\nreport() {{ echo "$*"; }}\n'
+        f"erase_disk {disk} {2 * MiB // SECTOR}"
+    ).decode()
+    assert disk.read_bytes() == bytes(2 * MiB) and out.count("stage=erasing") == 2
+
+
 # --- the block map and the streamed write ------------------------------------------------------
 
 
@@ -421,7 +455,11 @@ def test_initramfs_has_the_agent_as_init() -> None:
         modules_dep="kernel/drivers/block/virtio_blk.ko:\nkernel/other.ko:\n",
         missing=("ahci",),
     )
-    archive = deploy_iso._initramfs(files, b"BUSYBOX", "#!/bin/sh\n")
+    tools = deploy_iso.host_program(ZERO_TOOL)
+    assert set(tools) >= {ZERO_TOOL.lstrip("/"), "lib64/ld-linux-x86-64.so.2"}, set(tools)
+    assert any(name.endswith("/libc.so.6") for name in tools)
+    archive = deploy_iso._initramfs(files, b"BUSYBOX", "#!/bin/sh\n", tools)
+    assert b"usr/sbin/blkdiscard\0" in archive
     assert b"init\0" in archive and b"bin/busybox\0" in archive
     assert b"lib/modules/6.1.0-test/kernel/drivers/block/virtio_blk.ko\0" in archive
     assert b"kernel/drivers/block/virtio_blk.ko:\n" in archive

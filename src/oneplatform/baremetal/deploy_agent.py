@@ -31,8 +31,11 @@ sets the boot device to disk and powers it on.
 
 Clean mode (before a node is ``available`` again): the manifest is ``version=2``,
 ``mode=clean`` and optionally ``target_disk`` (:func:`render_clean_manifest`). The agent
-writes zeros over the whole disk (every partition: the tenant's data, its config bundle,
-its logs; and the partition table), reporting ``stage=erasing`` with ``erased_mib`` and
+zeroes the whole disk (every partition: the tenant's data, its config bundle, its logs; and
+the partition table) with the kernel's BLKZEROOUT (util-linux's ``blkdiscard -z``, shipped in
+the ramdisk: the device's Write Zeroes command where it has one, which a virtio disk turns
+into holes in its file, else the kernel writes the zeros), falling back to writing zeros
+with dd, reporting ``stage=erasing`` with ``erased_mib`` and
 ``disk_mib`` every ERASE_CHUNK_MIB, then ``status=ok stage=done mode=clean`` (no sha256),
 and powers off. Nothing of one tenant reaches the node's next one (Ironic's erase_devices
 with zeros, not only its erase_devices_metadata).
@@ -273,12 +276,25 @@ wipe_ends() {
 
 erase_disk() {
   # erase_disk DEV SECTORS: zeros over every sector, a chunk at a time, reporting how far.
+  # Each chunk is zeroed by the kernel (BLKZEROOUT through ZERO_TOOL, `blkdiscard -z`: the
+  # device's Write Zeroes where it has one, else the kernel writes the zeros itself) and,
+  # when that fails (no tool, not a block device), by writing zeros with dd.
   total_mib=$(( $2 / 2048 ))
   at=0
+  zeroout=no
+  [ -x "${ZERO_TOOL:-}" ] && [ -b "$1" ] && zeroout=yes \
+    && echo "onep-deploy: zeroing $1 through the kernel (BLKZEROOUT)" >&2
   while [ "$at" -lt "$total_mib" ]; do
     n=$(( total_mib - at < ERASE_CHUNK_MIB ? total_mib - at : ERASE_CHUNK_MIB ))
-    dd if=/dev/zero of="$1" bs=1048576 seek="$at" count="$n" conv=notrunc 2>/dev/null \
-      || return 1
+    if [ "$zeroout" = yes ] && ! "$ZERO_TOOL" -f -z -o $((at * 1048576)) -l $((n * 1048576)) \
+      "$1" 2>/tmp/zero.err; then
+      echo "onep-deploy: zeroout failed ($(tail -n 1 /tmp/zero.err)): writing zeros" >&2
+      zeroout=no
+    fi
+    if [ "$zeroout" = no ]; then
+      dd if=/dev/zero of="$1" bs=1048576 seek="$at" count="$n" conv=notrunc 2>/dev/null \
+        || return 1
+    fi
     at=$((at + n))
     report status=running stage=erasing "erased_mib=$at" "disk_mib=$total_mib" || true
   done
@@ -352,6 +368,7 @@ MIN_DATA_MIB=@MIN_DATA_MIB@
 DATA_ENTRY_OFFSET=@DATA_ENTRY_OFFSET@
 HTTP_TIMEOUT=60
 ERASE_CHUNK_MIB=512
+ZERO_TOOL=@ZERO_TOOL@
 deploy_url=""
 stage=boot
 
@@ -632,6 +649,7 @@ power_off
 # virtio disks and NIC, SCSI/SATA/NVMe disks and CDs, common NICs, vfat for the config
 # partition. Debian's cloud kernel has no AHCI or Intel NIC drivers: a node that needs
 # them boots a deploy ramdisk made from a kernel that has them (linux-image-amd64).
+ZERO_TOOL = "/usr/sbin/blkdiscard"  # util-linux's, with its libraries, in the ramdisk
 MODULES_LIST = "/etc/onep-modules"  # in the ramdisk: the DEPLOY_MODULES its kernel has
 DEPLOY_MODULES = (
     "virtio_pci",
@@ -677,6 +695,7 @@ def _render(template: str) -> str:
         "DATA_ENTRY_OFFSET": str(MBR_TABLE_OFFSET + (DATA_PARTITION - 1) * MBR_ENTRY_SIZE),
         "DATA_TYPE_OCTAL": f"{TYPE_LINUX:03o}",
         "MODULES_LIST": MODULES_LIST,
+        "ZERO_TOOL": ZERO_TOOL,
         "CMDLINE_KEY": CMDLINE_KEY,
         "CMDLINE_MAC": CMDLINE_MAC,
         "CMDLINE_IP": CMDLINE_IP,

@@ -4,8 +4,10 @@ Shared by every recipe, the deploy ramdisk is cached beside the images, content-
 by its inputs (kernel, modules, busybox, the agent script)::
 
     deploy-<hash16>.vmlinuz           a Debian cloud kernel (the recipe rootfs's or the host's)
-    deploy-<hash16>.initrd.gz         busybox-static, the kernel modules for virtio/SCSI/NVMe
-                                      disks, NICs and vfat, and the deploy agent as /init
+    deploy-<hash16>.initrd.gz         busybox-static, util-linux's blkdiscard (the clean's
+                                      zeroout) with its libraries, the kernel modules for
+                                      virtio/SCSI/NVMe disks, NICs and vfat, and the deploy
+                                      agent as /init
 
 The deploy ISO is made **per deploy** (:func:`build_deploy_iso`): isolinux booting the
 cached kernel and ramdisk with ``onep.deploy_url=URL`` (the per-deploy token inside) on the
@@ -27,6 +29,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -91,7 +94,8 @@ def build_deploy_ramdisk(
     files = _kernel_files(kernel_source)
     busybox = _static_busybox()
     script = deploy_agent.agent_script()
-    key = _ramdisk_key(files, busybox, script)
+    tools = host_program(deploy_agent.ZERO_TOOL)
+    key = _ramdisk_key(files, busybox, script, tools)
     kernel = cache_dir / f"deploy-{key[:16]}.vmlinuz"
     initrd = cache_dir / f"deploy-{key[:16]}.initrd.gz"
     ramdisk = DeployRamdisk(kernel, initrd, files.version)
@@ -105,7 +109,7 @@ def build_deploy_ramdisk(
         say = labelled_progress(progress, "deploy")
         if files.missing:
             say(f"kernel {files.version} lacks modules: {' '.join(files.missing)}")
-        archive = gzip.compress(_initramfs(files, busybox, script), 9)
+        archive = gzip.compress(_initramfs(files, busybox, script, tools), 9)
         for path, data in ((kernel, files.kernel), (initrd, archive)):
             part = path.with_name(f".{path.name}.{os.getpid()}.part")
             try:
@@ -206,9 +210,11 @@ def _graft(path: Path) -> str:
     return str(path).replace("\\", "\\\\").replace("=", "\\=")
 
 
-def _ramdisk_key(files: _KernelFiles, busybox: bytes, script: str) -> str:
+def _ramdisk_key(files: _KernelFiles, busybox: bytes, script: str, tools: dict[str, bytes]) -> str:
     digest = hashlib.sha256(DEPLOY_FORMAT.encode())
     parts = [files.version.encode(), files.kernel, busybox, script.encode()]
+    for name in sorted(tools):
+        parts += [name.encode(), tools[name]]
     for name in sorted(files.modules):
         parts += [name.encode(), files.modules[name]]
     parts.append(files.modules_dep.encode())
@@ -342,6 +348,24 @@ def _static_busybox() -> bytes:
     )
 
 
+def host_program(path: str) -> dict[str, bytes]:
+    """A dynamically linked program of this host with the libraries ``ldd`` names, as
+    ramdisk paths (no leading /) -> contents; empty when the host lacks it (the agent then
+    falls back to busybox)."""
+    if not os.access(path, os.X_OK):
+        return {}
+    try:
+        out = subprocess.run(
+            ["ldd", path], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    shipped = {path.lstrip("/"): Path(path).read_bytes()}
+    for lib in re.findall(r"(?:^|\s)(/\S+)\s+\(0x", out, re.M):
+        shipped[lib.lstrip("/")] = Path(lib).read_bytes()  # a symlink's target's bytes
+    return shipped
+
+
 def is_static_elf(data: bytes) -> bool:
     """A 64-bit little-endian ELF executable without an interpreter (PT_INTERP)."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
@@ -360,7 +384,9 @@ def is_static_elf(data: bytes) -> bool:
 S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
 
 
-def _initramfs(files: _KernelFiles, busybox: bytes, script: str) -> bytes:
+def _initramfs(
+    files: _KernelFiles, busybox: bytes, script: str, tools: dict[str, bytes] | None = None
+) -> bytes:
     moddir = f"lib/modules/{files.version}"
     present = [name for name in DEPLOY_MODULES if name not in files.missing]
     shipped = set(files.modules)
@@ -375,6 +401,8 @@ def _initramfs(files: _KernelFiles, busybox: bytes, script: str) -> bytes:
     }
     for path, data in files.modules.items():
         regular[f"{moddir}/{path}"] = (0o644, data)
+    for path, data in (tools or {}).items():
+        regular[path] = (0o755, data)
     dirs = {"dev", "proc", "sys", "tmp", "run", "mnt", "sbin", "usr/bin", "usr/sbin"}
     for name in regular:
         parts = name.split("/")[:-1]
