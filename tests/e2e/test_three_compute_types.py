@@ -9,7 +9,11 @@ container (every acknowledged write kept; the write gap recorded). Then each one
 is broken behind the platform's back — ``podman kill``, ``podman rm -f``, the VM's QEMU
 killed, the node powered off through its BMC — and the platform itself is killed with -9:
 every time the database must come back HEALTHY with its data, and the time it took is
-recorded (printed at the end of the run). Then the bare-metal delete cleans the node,
+recorded (printed at the end of the run). Then the VM and the bare-metal database each get
+a replica on a container and fail over at once (the VM's QEMU killed, the node powered off
+at its BMC), and a VM primary frozen with ``virsh suspend`` is fenced, never writable again
+(write gaps recorded; no write lost beyond the last instant). Then the bare-metal delete
+cleans the node (which held a replica since the failover),
 restores onto bare metal and VMs whose platform was killed mid-deploy resume, the remaining
 (source, target) pairs of the three compute types restore at once, and warm instances are
 claimed on each compute type.
@@ -391,6 +395,144 @@ def test_the_platform_killed_with_minus_9_brings_everything_back(lab: Platform) 
         assert _psql(lab, name, "SELECT x FROM t") == "42"
 
 
+# -- failover on a VM and on bare metal ---------------------------------------------------------
+def _members(lab: Platform, db: str) -> list[tuple[str, str, str, str]]:
+    return [
+        (m["name"], m["role"], m["state"], m["compute_type"])
+        for m in lab.json("db", "replica", "list", db)
+    ]
+
+
+def _kill_qemu(lab: Platform, db: str) -> None:
+    domain = f"onep-{_instance_of(lab, db)}"
+    pids = subprocess.run(
+        ["pgrep", "-f", f"guest={domain},"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(pids) == 1, pids
+    os.kill(int(pids[0]), 9)
+
+
+def _node_bmc(name: str) -> RedfishBmc:
+    entry = next(n for n in json.loads(LAB.read_text())["nodes"] if n["name"] == name)
+    return RedfishBmc(entry["bmc_url"], entry["username"], entry["password"], entry["system_id"])
+
+
+def _fail_over(lab: Platform, db: str, break_it: Callable[[], object], case: str) -> str:
+    """Break ``db``'s primary with ``break_it`` while a client writes through its endpoint;
+    wait until another member is the primary. Returns the former primary's name."""
+    before = lab.json("db", "show", db)
+    endpoint, old = before["endpoint"], before["members"][0]["name"]
+    writer = Writer(
+        f"host={endpoint['host']} port={endpoint['port']} user=alice password={ALICE_PW} "
+        "dbname=appdb connect_timeout=5"
+    )
+    writer.prepare()
+    writer.start()
+    time.sleep(1.5)
+    broken_at = time.monotonic()
+    break_it()
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            shown = lab.json("db", "show", db)
+            if shown["status"] == "ACTIVE" and shown["members"][0]["name"] != old:
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.5)
+        time.sleep(2.0)
+    finally:
+        writer.stop()
+    record_timing("switch", f"failover {case}", writer.gap())
+    lost = set(writer.missing())  # at most what the replica had not received: the last instant
+    assert all(broken_at - t < 1.0 for seq, t in writer.acked if seq in lost), sorted(lost)[:10]
+    assert len(writer.acked) > 40
+    assert (shown["id"], shown["endpoint"]) == (before["id"], endpoint)
+    assert _psql(lab, db, CHECKSUM_SQL) == CHECKSUMS[db]
+    return str(old)
+
+
+def _whole_again(lab: Platform, db: str, old: str, compute_type: str) -> None:
+    """The former primary discarded, a new replica on its flavor: the group's size again."""
+    deadline = time.monotonic() + 900
+    while True:
+        members = _members(lab, db)
+        if [m[1:3] for m in members] == [("primary", "ACTIVE"), ("replica", "ACTIVE")]:
+            break
+        assert not any(m[2] == "ERROR" for m in members), members
+        assert time.monotonic() < deadline, members
+        time.sleep(2)
+    assert old not in [m[0] for m in members] and members[1][3] == compute_type, members
+
+
+def test_a_vm_primary_and_a_bare_metal_primary_fail_over(lab: Platform) -> None:
+    """Each gets a replica on a container; then, at once, the VM's QEMU is killed and the
+    node is powered off through its BMC. Each is fenced through the compute API, its
+    replica promoted behind the same endpoint, and a new replica made on its flavor."""
+    vm_db, bm_db = ON["vm"], ON["baremetal"]
+    _parallel(
+        lambda db: lab.run(
+            "db", "replica", "create", db, "--flavor", "container.small", "--wait", timeout=600
+        ),
+        (vm_db, bm_db),
+    )  # fmt: skip
+    (node,) = [n["name"] for n in _nodes(lab).values() if n["state"] == "active"]
+    vm_domain = f"onep-{_instance_of(lab, vm_db)}"
+    cases = [
+        (vm_db, lambda: _kill_qemu(lab, vm_db), "vm (QEMU killed)", "vm"),
+        (
+            bm_db,
+            lambda: _node_bmc(node).set_power(PowerAction.FORCE_OFF),
+            "baremetal (powered off at the BMC)",
+            "baremetal",
+        ),
+    ]
+    olds = _parallel(lambda case: _fail_over(lab, *case[:3]), cases)
+    for (db, _, _, compute_type), old in zip(cases, olds, strict=True):
+        _whole_again(lab, db, old, compute_type)
+    state = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "domstate", vm_domain], capture_output=True, text=True
+    )
+    assert state.returncode != 0 or state.stdout.strip() == "shut off", state  # gone, or off
+    for db in (vm_db, bm_db):  # what happened, step by step, in the platform's operations
+        db_id = lab.json("db", "show", db)["id"]
+        (op,) = [
+            o for o in lab.json("operation", "list")
+            if o["kind"] == "db.failover" and o["resource_id"] == db_id
+        ]  # fmt: skip
+        assert op["status"] == "SUCCEEDED"
+        assert [s["name"] for s in op["steps"]][:3] == ["fence", "promote", "replace"], op
+
+
+def test_a_frozen_vm_primary_is_fenced_and_never_writable_again(lab: Platform) -> None:
+    """A partition: the VM primary suspended (``virsh suspend``) until the failover is done,
+    then resumed: it was destroyed through the compute API, so nothing of it takes writes."""
+    db = ON["vm"]
+    (vm_replica,) = [m[0] for m in _members(lab, db) if m[1] == "replica" and m[3] == "vm"]
+    switched = lab.json("db", "switchover", db, "--to", vm_replica, "--wait", timeout=300)
+    assert switched["members"][0]["name"] == vm_replica
+    former = switched["members"][0]["endpoint"]
+    domain = f"onep-{_instance_of(lab, db)}"
+    suspend = ["virsh", "-c", "qemu:///system", "suspend", domain]
+    old = _fail_over(
+        lab, db, lambda: subprocess.run(suspend, check=True, capture_output=True), "vm (suspended)"
+    )
+    resumed = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "resume", domain], capture_output=True, text=True
+    )
+    assert resumed.returncode != 0, resumed.stdout  # destroyed (fenced), not frozen
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run(
+            ["psql", "-h", former["host"], "-p", str(former["port"]), "-U", "alice", "appdb",
+             "-c", "INSERT INTO t VALUES (7)"],
+            env={**os.environ, "PGPASSWORD": ALICE_PW, "PGCONNECT_TIMEOUT": "5"},
+            capture_output=True, check=True, timeout=30,
+        )  # fmt: skip
+    assert _psql(lab, db, "SELECT pg_is_in_recovery()") == "f"
+    _whole_again(lab, db, old, "vm")
+    (replica,) = [m[0] for m in _members(lab, db) if m[1] == "replica"]
+    lab.run("db", "replica", "delete", replica, "--wait", timeout=600)  # CPU for what follows
+
+
 # -- bare metal: delete, and a deploy killed mid-way -----------------------------------------------
 def _disk_holds(node: str, needle: bytes) -> bool:
     """Whether the node's disk, as the node itself reads it, holds ``needle`` anywhere."""
@@ -426,7 +568,12 @@ def test_deleting_the_bare_metal_database_cleans_its_node(lab: Platform) -> None
     marker = f"tenant-row-{os.urandom(8).hex()}"
     _psql(lab, gone, f"CREATE TABLE secret AS SELECT '{marker}'::text AS v")  # WAL: on disk
     (node,) = [n["name"] for n in _nodes(lab).values() if n["state"] == "active"]
-    assert _disk_holds(node, marker.encode())
+    for _ in range(5):  # the node holds a replica since the failover: streamed, then flushed
+        if _disk_holds(node, marker.encode()):
+            break
+        time.sleep(3)
+    else:
+        raise AssertionError(f"{marker} never reached the disk of {node}")
     out = lab.run("db", "delete", gone, "--wait", timeout=900)
     assert f"deleted {gone}" in out.stdout
     del ON["baremetal"]
