@@ -422,8 +422,15 @@ class FakeAgent:
             "lsn_bytes": 5000 if primary else None,
             "replay_bytes": None if primary else FakeAgent.replayed,
             "receiver": None if primary else "streaming",
+            "seeded_from": None if primary else self._seeded_from(),
             "replicas": [],
         }
+
+    def _seeded_from(self) -> str:
+        """What the real agent does with its bundle: the latest backup when told to and it
+        has the repository, else the primary."""
+        standby = self.bundle.get("standby") or {}
+        return "backup" if standby.get("from_backup") and self.bundle.get("backup") else "primary"
 
     def health(self) -> dict[str, Any]:
         return {

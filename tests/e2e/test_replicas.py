@@ -86,6 +86,32 @@ def test_a_group_made_in_one_call_streams_and_serves_reads(
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         query(ro, "INSERT INTO seen VALUES ('no')")
     assert platform.json("db", "replica", "list", "pgha")[1]["lag_bytes"] is not None
+    assert "seeded from the primary (pg_basebackup)" in listed[1]["status_message"]  # no backup
+
+
+def test_a_replica_is_seeded_from_the_latest_backup_and_the_wal_after_it(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    """Once a backup exists, a new replica restores it from the repository and replays the
+    WAL since (archived, then streamed): rows written after the backup are there."""
+    rw = group["endpoint"]
+    query(rw, "CREATE TABLE after_backup (v int)")
+    made = platform.json("db", "backup", "create", "pgha", "--name", "pgha-seed", "--wait")
+    assert made["status"] == "COMPLETED"
+    query(rw, "INSERT INTO after_backup SELECT generate_series(1, 1000)")
+    query(rw, "SELECT pg_switch_wal()")  # one segment archived after the backup, one streamed
+    query(rw, "INSERT INTO after_backup VALUES (1001)")
+    platform.run("db", "replica", "create", "pgha", "--name", "pgha-seeded", "--wait", timeout=600)
+    (seeded,) = [
+        m for m in platform.json("db", "replica", "list", "pgha") if m["name"] == "pgha-seeded"
+    ]
+    assert seeded["state"] == "ACTIVE"
+    assert "seeded from the latest backup" in seeded["status_message"], seeded
+    deadline = time.monotonic() + 30
+    while query(seeded["endpoint"], "SELECT count(*), max(v) FROM after_backup") != (1001, 1001):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    platform.run("db", "replica", "delete", "pgha-seeded", "--wait", timeout=300)
 
 
 def _switch(platform: Platform, rw: dict[str, Any], *args: str) -> Writer:

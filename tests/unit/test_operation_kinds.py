@@ -404,6 +404,13 @@ def test_a_replica_is_made_on_any_flavor_and_seeded_from_its_primary(group: Worl
     assert standby["user"] == f"onep_repl_{db.id}" and standby["port"] == 8334
     assert standby["host"] == "10.0.2.100"  # a VM reaches the hub through its forward
     assert db.repl_password_enc and standby["password"] not in db.repl_password_enc
+    assert "from_backup" not in standby  # no backup yet: pg_basebackup from the primary
+    (replica,) = [
+        m
+        for m in replicas.list_members(group.store, group.settings, group.member, "pg1")
+        if m.role == "replica"
+    ]
+    assert replica.status_message.endswith("seeded from the primary (pg_basebackup)")
 
 
 def _bundle(session: Session, member: str) -> str:
@@ -615,13 +622,9 @@ def test_every_operation_kind_is_driven_by_this_module() -> None:
     assert registered == driven
 
 
-def test_backups_are_taken_by_the_agent_recorded_and_expired(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """backup.create follows the agent's job and keeps what the repository says of it;
-    backup.delete expires it in the repository (pgBackRest on the host, faked here)."""
+def _with_backups(world: World, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """The world's databases get repositories (the store's admin calls recorded)."""
     made: list[tuple[str, ...]] = []
-    expired: list[str] = []
 
     class Admin:
         def __init__(self, _settings: object) -> None:
@@ -633,6 +636,43 @@ def test_backups_are_taken_by_the_agent_recorded_and_expired(
         def remove_identity(self, user: str) -> None:
             pass
 
+    monkeypatch.setattr("oneplatform.dbaas.operations.StoreAdmin", Admin)
+    world.settings.backups = True
+    return made
+
+
+def test_a_replica_of_a_database_with_a_backup_is_seeded_from_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _with_backups(world, monkeypatch)
+    world.create_db()
+    world.drive_all()
+    full = backups.create_backup(
+        world.store, world.settings, world.member, "pg1", BackupCreate(type="full", name="b1")
+    )
+    assert world.drive(full.operation.id).status == "SUCCEEDED"
+    accepted = replicas.create_replica(
+        world.store, world.settings, world.member, "pg1", ReplicaCreate(flavor="container.small")
+    )
+    assert world.drive(accepted.operation.id).status == "SUCCEEDED"
+    with world.store.session() as session:
+        bundle = json.loads(box_for(world.settings).decrypt(_bundle(session, "pg1-r1")))
+    assert bundle["standby"]["from_backup"] is True and bundle["backup"]["bucket"]
+    (replica,) = [
+        m
+        for m in replicas.list_members(world.store, world.settings, world.member, "pg1")
+        if m.role == "replica"
+    ]
+    assert replica.status_message.endswith("seeded from the latest backup")
+
+
+def test_backups_are_taken_by_the_agent_recorded_and_expired(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backup.create follows the agent's job and keeps what the repository says of it;
+    backup.delete expires it in the repository (pgBackRest on the host, faked here)."""
+    expired: list[str] = []
+
     class Tool:
         def expire(self, label: str | None, in_flight: int) -> None:
             assert in_flight == 0  # no other backup of pg1 runs
@@ -642,9 +682,8 @@ def test_backups_are_taken_by_the_agent_recorded_and_expired(
         def destroy(self) -> None:
             raise AssertionError("the instance lives: its repository stays")
 
-    monkeypatch.setattr("oneplatform.dbaas.operations.StoreAdmin", Admin)
+    made = _with_backups(world, monkeypatch)
     monkeypatch.setattr("oneplatform.dbaas.backup_ops.repository_tool", lambda *a: Tool())
-    world.settings.backups = True
     world.create_db()
     world.drive_all()
     assert made and made[0][0].startswith("onep-db-")  # its bucket, and keys of its own

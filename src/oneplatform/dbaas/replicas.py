@@ -42,7 +42,7 @@ from oneplatform.dbaas.endpoints import (
 )
 from oneplatform.dbaas.lookup import find_db
 from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, agent_client, make_bundle, reach
-from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, MemberStatus
+from oneplatform.dbaas.states import DATABASES, MEMBERS, BackupStatus, DbStatus, MemberStatus
 from oneplatform.errors import (
     AlreadyExists,
     BackendUnavailable,
@@ -71,7 +71,15 @@ from oneplatform.schemas.databases import (
 from oneplatform.schemas.operations import OperationOut
 from oneplatform.secrets import SecretBox, box_for, generate_password
 from oneplatform.store.db import Store
-from oneplatform.store.models import DbInstance, DbMember, Event, Flavor, Instance, new_id
+from oneplatform.store.models import (
+    Backup,
+    DbInstance,
+    DbMember,
+    Event,
+    Flavor,
+    Instance,
+    new_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +126,12 @@ def find_member(session: Session, caller: Caller, name: str) -> DbMember:
 
 # -- making a member ----------------------------------------------------------------------------
 def upstream_for(
-    settings: Settings, db: DbInstance, box: SecretBox, compute_type: str, name: str
+    settings: Settings,
+    db: DbInstance,
+    box: SecretBox,
+    compute_type: str,
+    name: str,
+    from_backup: bool = False,
 ) -> UpstreamSettings:
     """The primary as a member on ``compute_type`` reaches it: the replication hub."""
     assert db.repl_password_enc
@@ -129,6 +142,7 @@ def upstream_for(
         user=repl_user(db.id),
         password=box.decrypt(db.repl_password_enc),
         name=name,
+        from_backup=from_backup,
     )
 
 
@@ -167,6 +181,19 @@ def _place_member(
         if key in engine and key in primary_engine:
             engine[key] = str(max(int(engine[key]), int(primary_engine[key])))
     config = store_config(settings) if settings.backups and db.repo_bucket else None
+    # Seeded from the latest backup plus the repository's WAL where one exists (the primary
+    # then ships only what is new), else with pg_basebackup from the primary.
+    has_backup = (
+        config is not None
+        and session.scalars(
+            select(Backup.id).where(
+                Backup.db_instance_id == db.id,
+                Backup.status == BackupStatus.COMPLETED.value,
+                Backup.deleted_at.is_(None),
+            )
+        ).first()
+        is not None
+    )
     bundle = make_bundle(
         db.id,
         datastore,
@@ -180,7 +207,7 @@ def _place_member(
         box.decrypt(db.agent_secret_enc),
         load_recipe(version.image).ports,
         backup=backups.guest_store(config, db, box, flavor.compute_type) if config else None,
-        standby=upstream_for(settings, db, box, flavor.compute_type, name),
+        standby=upstream_for(settings, db, box, flavor.compute_type, name, has_backup),
         engine_settings=engine,
     )
     member_id = new_id()
@@ -474,13 +501,21 @@ def step_member_streaming(ctx: StepContext) -> None:
     if status.get("role") != "standby" or status.get("receiver") != "streaming":
         deadline(ctx, "the replica's streaming", ctx.settings.ready_timeout_seconds * 4)
         raise NotYet(f"the replica is {status.get('role')}, receiver {status.get('receiver')}", 1.0)
+    ctx.remember(seeded_from=status.get("seeded_from"))
 
 
 def step_member_active(ctx: StepContext) -> None:
     with ctx.transaction() as session:
         member = _member(session, ctx)
         _check_member_alive(member)
-        MEMBERS.move(session, member, MemberStatus.ACTIVE, "streaming from the primary")
+        seeded = {"backup": "the latest backup", "primary": "the primary (pg_basebackup)"}
+        how = seeded.get(str(ctx.params.get("seeded_from")), "")
+        MEMBERS.move(
+            session,
+            member,
+            MemberStatus.ACTIVE,
+            "streaming from the primary" + (f"; seeded from {how}" if how else ""),
+        )
     sync_proxy(ctx.store, ctx.settings)
 
 

@@ -340,6 +340,24 @@ class PgBackRest:
             shlex.join(args[:2]),
         )
 
+    def restore_standby(self, target: Path) -> None:
+        """Fill the empty ``target`` from this instance's own repository's latest backup,
+        writing no recovery settings (``--type=preserve`` of nothing): the agent makes it a
+        standby, whose restore_command and primary_conninfo it renders itself."""
+        log.info("pgBackRest: seeding a standby from the latest backup")
+        started = time.monotonic()
+        proc = self._pgbackrest(
+            self.conf,
+            f"--pg1-path={target}",
+            "--type=preserve",
+            "--process-max=2",
+            "restore",
+            timeout=RESTORE_TIMEOUT,
+        )
+        if proc.returncode != 0:
+            raise EngineError(f"restore failed: {_first_error(proc)}")
+        log.info("pgBackRest: standby copied in %.1f s", time.monotonic() - started)
+
 
 def restoring(pg_path: Path) -> bool:
     """Whether the data directory still has recovery to do (PostgreSQL removes the signal

@@ -39,6 +39,7 @@ class PostgresEngine(Engine):
     # A standby's upstream (the replication hub and role): with PostgreSQL's standby.signal,
     # what makes this member a replica; written by the seed and by a demote.
     UPSTREAM_NAME = "oneplatform-upstream.json"
+    SEEDED_NAME = "oneplatform-seeded"  # how this replica was seeded: "backup" or "primary"
     STANDBY_SIGNAL = "standby.signal"
     INCLUDE_LINE = f"include_if_exists = '{CONF_NAME}'  # written by the OnePlatform agent"
     # Settings the agent owns; the bundle cannot override them.
@@ -153,14 +154,33 @@ class PostgresEngine(Engine):
         self._write(target / self.PENDING_NAME, "set the admin role from the bundle\n")
 
     def _seed(self, target: Path) -> None:
-        """A replica's data directory: a base backup of the primary, through the platform's
-        replication hub; it starts as a standby following it."""
+        """A replica's data directory: with ``from_backup``, the repository's latest backup
+        (the WAL since then comes from the repository, then streams from the primary: the
+        primary only ships what is new); else, or when that restore fails, a base backup of
+        the primary through the platform's replication hub. It starts as a standby."""
         assert self.bundle is not None and self.bundle.standby is not None
         upstream = self.bundle.standby
         self._chown(target)
         target.chmod(0o700)
-        log.info("seeding a replica from its primary (%s:%d)", upstream.host, upstream.port)
         started = time.monotonic()
+        if upstream.from_backup and self.bundle.backup is not None:
+            self._configure_repo()
+            try:
+                self.repo.restore_standby(target)
+            except EngineError as exc:
+                log.warning("seeding from the latest backup failed (%s): from the primary", exc)
+                for child in target.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            else:
+                self._make_standby(target, upstream, "backup")
+                log.info(
+                    "replica seeded from the latest backup in %.1f s", time.monotonic() - started
+                )
+                return
+        log.info("seeding a replica from its primary (%s:%d)", upstream.host, upstream.port)
         kwargs = self._as_postgres()
         kwargs["env"] = {**kwargs["env"], "PGPASSWORD": upstream.password}
         proc = self.children.run(
@@ -183,12 +203,20 @@ class PostgresEngine(Engine):
             raise EngineError(
                 f"pg_basebackup failed with exit code {proc.returncode}: {_tail(proc.stderr)}"
             )
-        self._make_standby(target, upstream)
-        log.info("replica seeded in %.1f s", time.monotonic() - started)
+        self._make_standby(target, upstream, "primary")
+        log.info("replica seeded from its primary in %.1f s", time.monotonic() - started)
 
-    def _make_standby(self, pgdata: Path, upstream: UpstreamSettings) -> None:
+    def _make_standby(self, pgdata: Path, upstream: UpstreamSettings, seeded: str = "") -> None:
+        if seeded:
+            self._write(pgdata / self.SEEDED_NAME, seeded + "\n")
         self._write(pgdata / self.UPSTREAM_NAME, json.dumps(upstream.to_dict()))
         self._write(pgdata / self.STANDBY_SIGNAL, "")
+
+    def seeded_from(self) -> str | None:
+        try:
+            return (self.data_dir / self.SEEDED_NAME).read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
 
     def upstream(self) -> UpstreamSettings | None:
         """The primary this member follows, when it is a standby."""
@@ -345,6 +373,7 @@ class PostgresEngine(Engine):
             "replay_bytes": lsn_bytes(row[3]),
             "receiver": row[4] or None,
             "timeline": int(row[5], 16) if row[5] else None,
+            "seeded_from": self.seeded_from() if in_recovery else None,
             "replicas": [],
         }
         if not in_recovery:
