@@ -342,6 +342,16 @@ class FakeAgent:
                     owner = claim["bundle"]  # its "initial" is left to the platform's SQL
                     agent.bundle = owner
                     agent.verifier = RequestVerifier(owner["agent"]["secret"], owner["instance_id"])
+                if self.path == "/v1/replication/detach":  # a database of its own now
+                    sealed = json.loads(body)["sealed"]
+                    own = json.loads(unseal(agent.bundle["agent"]["secret"], sealed))
+                    if own.get("standby") or own["instance_id"] == agent.bundle["instance_id"]:
+                        self._send(400, {"error": {"code": "bad_detach", "message": "no"}})
+                        return
+                    agent.bundle, agent.role = own, "primary"
+                    agent.verifier = RequestVerifier(own["agent"]["secret"], own["instance_id"])
+                    self._send(200, agent.replication("/v1/replication", b""))
+                    return
                 if self.command == "POST" and self.path == "/v1/engine/restart":
                     agent.restarts += 1
                 if self.path == "/v1/backups":  # a backup runs and ends by the next look

@@ -298,3 +298,38 @@ def test_a_replica_deleted_leaves_the_read_only_endpoint_to_the_primary(
     while query(group["read_only_endpoint"], "SELECT pg_is_in_recovery()") != (False,):
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+def test_a_detached_replica_is_a_database_of_its_own(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    """``onep db replica detach``: the replica keeps its data as of the detach and the
+    group's users, takes writes behind endpoints of its own, backs up into a repository of
+    its own; the two diverge from then on, and the group keeps its primary."""
+    rw = group["endpoint"]
+    query(rw, "CREATE TABLE IF NOT EXISTS seen (v text)")
+    query(rw, "INSERT INTO seen VALUES ('before the detach')")
+    platform.run("db", "replica", "create", "pgha", "--name", "pgha-leaving", "--wait", timeout=600)
+    detached = platform.json(
+        "db", "replica", "detach", "pgha-leaving", "--name", "pgsolo", "--wait", timeout=600
+    )  # fmt: skip
+    try:
+        assert (detached["name"], detached["status"]) == ("pgsolo", "ACTIVE")
+        assert detached["id"] != group["id"] and detached["endpoint"] != rw
+        assert [(m["name"], m["role"]) for m in detached["members"]] == [("pgsolo", "primary")]
+        assert "pgha-leaving" not in [m[0] for m in members(platform)]
+        own = detached["endpoint"]
+        assert query(own, "SELECT pg_is_in_recovery()") == (False,)  # as alice: her password
+        query(own, "INSERT INTO seen VALUES ('only in pgsolo')")
+        query(rw, "INSERT INTO seen VALUES ('only in pgha')")
+        time.sleep(1.0)
+        assert query(
+            own, "SELECT string_agg(v, ',' ORDER BY v) FROM seen WHERE v LIKE 'only%'"
+        ) == ("only in pgsolo",)
+        assert query(rw, "SELECT count(*) FROM seen WHERE v = 'only in pgsolo'") == (0,)
+        assert query(own, "SELECT count(*) FROM seen WHERE v = 'before the detach'") == (1,)
+        assert query(own, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'onep_repl_%'") == (0,)
+        made = platform.json("db", "backup", "create", "pgsolo", "--name", "pgsolo-1", "--wait")
+        assert (made["status"], made["database"]) == ("COMPLETED", "pgsolo")
+    finally:
+        platform.run("db", "delete", "pgsolo", "--wait", timeout=300, check=False)

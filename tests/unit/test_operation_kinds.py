@@ -4,6 +4,7 @@ after the backend did its work (the next worker resumes without making a second 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -27,6 +28,7 @@ from oneplatform.schemas.databases import (
     DbInstanceCreate,
     MoveRequest,
     ReplicaCreate,
+    ReplicaDetach,
     SwitchoverRequest,
 )
 from oneplatform.secrets import box_for
@@ -615,11 +617,73 @@ def test_every_operation_kind_is_driven_by_this_module() -> None:
         "db.switchover",
         "db.move",
         "db.failover",
+        "db.detach",
         "backup.create",
         "backup.delete",
     }
     registered = {k.name for k in all_kinds() if not k.name.startswith("test.")}
     assert registered == driven
+
+
+def test_a_detached_replica_is_a_database_of_its_own(
+    group: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica's agent takes a bundle of a new identity (sealed with the group's secret)
+    and is promoted; the member is the new database's primary, on its compute, with its own
+    endpoints and agent secret; the group is left with its primary."""
+    made = _with_backups(group, monkeypatch)  # the new database gets a repository of its own
+    with group.store.session() as session:
+        session.scalars(select(DbInstance)).one().repo_bucket = "onep-db-parent"
+    parent = dbaas.get_db(group.store, group.member, "pg1")
+    accepted = dbaas.detach_replica(
+        group.store, group.settings, group.member, "pg1-r1", ReplicaDetach(name="pg2")
+    )
+    assert accepted.instance.status == "BUILD" and accepted.instance.name == "pg2"
+    assert [
+        m.state for m in replicas.list_members(group.store, group.settings, group.member, "pg1")
+    ][1] == "DETACHING"
+    with pytest.raises(Conflict) as busy:  # the group cannot go while its replica is leaving
+        dbaas.delete_db(group.store, group.member, "pg1")
+    assert busy.value.code == "invalid_state"
+    op = group.drive(accepted.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert [s["name"] for s in op.steps] == ["repository", "detach", "adopt", "endpoint", "finish"]
+    new = dbaas.get_db(group.store, group.member, "pg2")
+    assert (new.status, new.compute_type, new.flavor) == ("ACTIVE", "vm", "vm.small")
+    assert [(m.name, m.role, m.state) for m in new.members] == [("pg2", "primary", "ACTIVE")]
+    assert new.endpoint != parent.endpoint and new.id != parent.id
+    assert _roles(group) == [("pg1", "primary", "container", "ACTIVE")]
+    agent = _agent(group, "pg2")
+    assert agent.role == "primary" and agent.bundle["instance_id"] == new.id
+    assert "standby" not in agent.bundle
+    assert (
+        agent.bundle["backup"]["bucket"] == f"onep-db-{new.id}"
+        and made[-1][0] == f"onep-db-{new.id}"
+    )
+    with group.store.session() as session:
+        rows = {d.id: d for d in session.scalars(select(DbInstance))}
+        assert rows[new.id].agent_secret_enc != rows[parent.id].agent_secret_enc
+        instance = session.get_one(Instance, rows[new.id].instance_id)
+        kept = json.loads(box_for(group.settings).decrypt(instance.bundle_enc or ""))
+    assert kept == agent.bundle  # what a re-created compute is given: the same bundle
+
+
+def test_detach_requests_that_cannot_be_done_are_refused(group: World) -> None:
+    for name, req, code in [
+        ("pg1", ReplicaDetach(), "is_primary"),
+        ("pg1-r1", ReplicaDetach(name="pg1"), "db_instance_exists"),
+        ("nope", ReplicaDetach(), "replica_not_found"),
+    ]:
+        with pytest.raises(PlatformError) as refused:
+            dbaas.detach_replica(group.store, group.settings, group.member, name, req)
+        assert refused.value.code == code, name
+    stranger = dataclasses.replace(group.member, project_id="another-project")
+    with pytest.raises(PlatformError) as refused:  # another project's replica is not there
+        dbaas.detach_replica(group.store, group.settings, stranger, "pg1-r1", ReplicaDetach())
+    assert refused.value.code == "replica_not_found"
+    assert _roles(group)[1][3] == "ACTIVE"  # nothing changed
+    with group.store.session() as session:
+        assert len(session.scalars(select(DbInstance)).all()) == 1
 
 
 def _with_backups(world: World, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:

@@ -229,3 +229,26 @@ def test_the_claims_initial_databases_and_users_are_made_like_a_cold_creates() -
     assert script.index('GRANT USAGE, CREATE ON SCHEMA public TO "alice";') > connect
     assert "reports" not in script[connect:]  # nobody was granted it: no session there
     assert initial_sql("admin", {"databases": [], "users": []}) == ""
+
+
+def test_a_detached_replica_starts_with_the_bundle_it_adopted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adopted bundle (kept on the data disk at the detach) wins over the delivered one
+    while that one is the bundle it replaced; a delivered newer one (the compute re-created
+    by the platform, which has the new bundle) is used as it is; a broken file is ignored."""
+    group = owner_bundle()
+    own = dataclasses.replace(owner_bundle(password="own-pw"), instance_id="db-detached")
+    delivered = tmp_path / "bundle.json"
+    delivered.write_text(group.to_json())
+    adopted = tmp_path / "adopted-bundle.json"
+    monkeypatch.setenv("ONEP_BUNDLE", str(delivered))
+    assert _read_bundle(tmp_path / "claimed.json", adopted)[0] == group  # none adopted
+    adopted.write_text(json.dumps({"replaces": group.instance_id, "bundle": own.to_dict()}))
+    assert _read_bundle(tmp_path / "claimed.json", adopted)[0] == own
+    other = dataclasses.replace(group, instance_id="db-someone-else")
+    delivered.write_text(other.to_json())
+    assert _read_bundle(tmp_path / "claimed.json", adopted)[0] == other  # not the replaced one
+    delivered.write_text(group.to_json())
+    adopted.write_text('{"replaces": "' + group.instance_id + '", "bundle": {"format": 1}}')
+    assert _read_bundle(tmp_path / "claimed.json", adopted)[0] == group  # invalid: ignored

@@ -309,6 +309,22 @@ def replica_delete(replica: str, wait: WaitOpt = False, output: Format = OutputO
             console.print(f"{accepted.operation.kind} accepted: operation {accepted.operation.id}")
 
 
+@replica_app.command("detach")
+def replica_detach(
+    replica: str,
+    new_name: Annotated[
+        str | None,
+        typer.Option("--name", help="The new database instance's name (default: the replica's)."),
+    ] = None,
+    wait: WaitOpt = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Make replica REPLICA a database instance of its own: its data as of now, the group's
+    users and passwords, its own endpoints and backup repository."""
+    with Client.from_home() as c, api_errors():
+        _finish(c, c.db.detach_replica(replica, new_name), wait, output)
+
+
 def _wait(c: Client, op: OperationOut) -> None:
     try:
         wait_with_progress(c, op, quiet=False)

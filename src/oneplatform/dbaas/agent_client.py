@@ -105,6 +105,14 @@ class AgentClient:
         body = json.dumps({"timeout": timeout}).encode()
         return self._call("POST", "/v1/replication/promote", body, timeout=2 * timeout + 10)
 
+    def detach(self, sealed_bundle: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Make this standby a database of its own, with the sealed bundle (its new identity
+        and secret: this client's stop working once it answers)."""
+        body = json.dumps({"sealed": sealed_bundle, "timeout": timeout}).encode()
+        return self._call(
+            "POST", "/v1/replication/detach", body, timeout=2 * timeout + RESTART_TIMEOUT
+        )
+
     def demote(self, upstream: dict[str, Any], rewind: bool = False) -> dict[str, Any]:
         """Stop the engine, make it a standby of ``upstream`` and start it again; the
         answer (once stopped) says whether it had shut down cleanly and where."""

@@ -370,6 +370,25 @@ DB_DELETE = _kind(
     ("compute", step_delete_compute),
     ("finish", _become(DbStatus.DELETED)),
 )
+
+
+def _detach_failed(session: Session, ctx: StepContext, err: PlatformError) -> None:
+    fail_resource(DATABASES, load_db)(session, ctx, err)
+    replicas.detach_failed(session, ctx, err)
+
+
+# A replica detached into a database of its own (the resource: the new database).
+DB_DETACH = define(
+    "db.detach",
+    "db_instance",
+    Intent.CREATE,
+    ("repository", step_repository),
+    ("detach", replicas.step_detach),
+    ("adopt", replicas.step_adopt),
+    ("endpoint", step_endpoint),
+    ("finish", _become(DbStatus.ACTIVE, Health.HEALTHY)),
+    on_failure=_detach_failed,
+)
 DB_RESTART = _kind(
     "db.restart",
     Intent.ACTION,

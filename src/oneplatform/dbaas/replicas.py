@@ -52,7 +52,8 @@ from oneplatform.errors import (
     NotYet,
     PlatformError,
 )
-from oneplatform.guest.bundle import AdminCredentials, UpstreamSettings
+from oneplatform.guest.bundle import AdminCredentials, Bundle, UpstreamSettings
+from oneplatform.guest.sealing import seal
 from oneplatform.hostsvc.objectstore import GUEST_FORWARD_ADDRESS, store_config
 from oneplatform.hostsvc.proxy import REPLICA_SLOTS, EndpointProxy, ProxyError, repl_user
 from oneplatform.iam import Caller
@@ -753,3 +754,94 @@ DB_MOVE = define(
     ("finish", _finish),
     on_failure=_fail_group,
 )
+
+
+# -- detach: a replica becomes a database of its own --------------------------------------------
+def detached_bundle(session: Session, settings: Settings, new: DbInstance, member: DbMember) -> str:
+    """``member``'s bundle as the primary of ``new``: the new database's identity, agent
+    secret and repository, no upstream, and the engine settings it runs with now."""
+    box = box_for(settings)
+    instance = session.get_one(Instance, member.instance_id)
+    flavor = session.get_one(Flavor, instance.flavor_id)
+    current = Bundle.from_json(box.decrypt(instance.bundle_enc or ""))
+    datastore = get_datastore(new.datastore)
+    version = next(v for v in datastore.versions if v.version == new.version)
+    config = store_config(settings) if settings.backups and new.repo_bucket else None
+    return make_bundle(
+        new.id,
+        datastore,
+        new.version,
+        flavor.vcpus,
+        flavor.ram_mb,
+        AdminCredentials(new.admin_username, box.decrypt(new.admin_password_enc)),
+        AdminCredentials(datastore.platform_username, box.decrypt(new.platform_password_enc))
+        if new.platform_password_enc
+        else None,
+        box.decrypt(new.agent_secret_enc),
+        load_recipe(version.image).ports,
+        backup=backups.guest_store(config, new, box, flavor.compute_type) if config else None,
+        engine_settings=dict(current.engine.settings),
+    )
+
+
+def step_detach(ctx: StepContext) -> None:
+    """The replica's agent takes the new database's bundle (sealed with the group's agent
+    secret) and promotes its engine, archiving into the new repository. A retry after a lost
+    answer finds the new identity answering as a primary."""
+    box = box_for(ctx.settings)
+    with ctx.store.session() as session:
+        new = session.get_one(DbInstance, ctx.resource_id)
+        member = session.get_one(DbMember, ctx.params["member"])
+        if member.db_id == new.id:
+            return  # adopted already
+        group = session.get_one(DbInstance, member.db_id)
+        bundle = detached_bundle(session, ctx.settings, new, member)
+        as_group = reach(session, group, box, instance_id=member.instance_id)
+        as_new = reach(session, new, box, instance_id=member.instance_id)
+        secret = box.decrypt(group.agent_secret_enc)
+        name = member.name
+    with contextlib.suppress(PlatformError):
+        if agent_client(as_new, timeout=5.0).replication().get("role") == "primary":
+            return
+    ctx.progress(f"promoting {name} into a database of its own")
+    try:
+        agent_client(as_group, timeout=10.0).detach(seal(secret, bundle.encode()))
+    except BackendUnavailable as err:
+        deadline(ctx, "the replica's agent")
+        raise NotYet(f"waiting for the replica's agent: {err.message}", retry_after=2.0) from None
+
+
+def step_adopt(ctx: StepContext) -> None:
+    """The member is the new database's primary: its compute instance, flavor and bundle
+    are the new database's; it has left its group (and that group's read-only endpoint)."""
+    box = box_for(ctx.settings)
+    with ctx.transaction() as session:
+        new = session.get_one(DbInstance, ctx.resource_id)
+        member = session.get_one(DbMember, ctx.params["member"])
+        if member.db_id != new.id:
+            instance = session.get_one(Instance, member.instance_id)
+            instance.bundle_enc = box.encrypt(detached_bundle(session, ctx.settings, new, member))
+            group = session.get_one(DbInstance, member.db_id).name
+            member.db_id, member.role, member.name = new.id, PRIMARY, new.name
+            new.instance_id, new.flavor_id = instance.id, instance.flavor_id
+            MEMBERS.move(
+                session, member, MemberStatus.ACTIVE, f"the primary (detached from {group})"
+            )
+    sync_proxy(ctx.store, ctx.settings)
+
+
+def detach_failed(session: Session, ctx: StepContext, err: PlatformError) -> None:
+    """A detach that failed before the member was adopted: it is its group's replica again
+    (the agent restores its former settings when its promotion fails); the new database is
+    left in ERROR, for the caller to delete (its delete removes no compute)."""
+    member = session.get(DbMember, ctx.params["member"])
+    if member is None or member.status != MemberStatus.DETACHING.value:
+        return
+    if member.db_id == ctx.resource_id:
+        return
+    MEMBERS.move(
+        session,
+        member,
+        MemberStatus.ACTIVE,
+        f"detach failed at {ctx.step_name}: {err.message}; still a replica",
+    )

@@ -19,13 +19,19 @@ from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.instances import endpoints, missing_volumes, place_instance
 from oneplatform.config import Settings
-from oneplatform.dbaas import backups, warm
+from oneplatform.dbaas import backups, replicas, warm
 from oneplatform.dbaas import operations as ops
 from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
-from oneplatform.dbaas.endpoints import PRIMARY, allocate_ports, live_members, member_out
+from oneplatform.dbaas.endpoints import (
+    PRIMARY,
+    allocate_ports,
+    live_members,
+    member_out,
+    sync_proxy,
+)
 from oneplatform.dbaas.lookup import find_db
 from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
-from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, Health
+from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, Health, MemberStatus
 from oneplatform.errors import AlreadyExists, BackendError, Conflict, InvalidInput, NotFound
 from oneplatform.guest.bundle import AdminCredentials
 from oneplatform.hostsvc.objectstore import store_config
@@ -46,6 +52,7 @@ from oneplatform.schemas.databases import (
     DbUserCreate,
     DbUserCreated,
     DbUserOut,
+    ReplicaDetach,
 )
 from oneplatform.secrets import SecretBox, box_for, generate_password, generate_token
 from oneplatform.store.db import Store
@@ -298,6 +305,78 @@ def create_db(
         ) from None
 
 
+def detach_replica(
+    store: Store, settings: Settings, caller: Caller, name: str, req: ReplicaDetach
+) -> DbInstanceAccepted:
+    """Make a streaming replica a database instance of its own (default name: the
+    replica's): its data as of the detach, the group's users and passwords, its own
+    identity, endpoints and backup repository; the group has one replica less."""
+    box = box_for(settings)
+    try:
+        with store.session() as session:
+            member = replicas.find_member(session, caller, name)
+            group = session.get_one(DbInstance, member.db_id)
+            if member.role == PRIMARY:
+                raise Conflict(
+                    f"{member.name!r} is the primary of {group.name!r}: only a replica can be "
+                    "detached",
+                    code="is_primary",
+                )
+            if member.status != MemberStatus.ACTIVE or group.status != DbStatus.ACTIVE:
+                raise Conflict(
+                    f"replica {member.name!r} is {member.status} and {group.name!r} is "
+                    f"{group.status}: both must be ACTIVE",
+                    code="invalid_state",
+                )
+            new_name = req.name or member.name
+            _check_db_name_free(session, caller, new_name)
+            clash = session.scalars(
+                select(DbMember.id).where(
+                    DbMember.project_id == caller.project_id,
+                    DbMember.name == new_name,
+                    DbMember.deleted_at.is_(None),
+                    DbMember.id != member.id,
+                )
+            ).first()
+            if clash:
+                raise AlreadyExists(
+                    f"a database member named {new_name!r} already exists",
+                    code="db_instance_exists",
+                )
+            instance = session.get_one(Instance, member.instance_id)
+            new = DbInstance(
+                id=new_id(),
+                project_id=caller.project_id,
+                name=new_name,
+                datastore=group.datastore,
+                version=group.version,
+                flavor_id=instance.flavor_id,
+                size_gb=group.size_gb,
+                health=Health.UNKNOWN.value,
+                admin_username=group.admin_username,
+                admin_password_enc=group.admin_password_enc,
+                platform_password_enc=group.platform_password_enc,
+                agent_secret_enc=box.encrypt(generate_token()),
+            )
+            if group.repo_bucket and settings.backups:
+                backups.new_repository(new, box)
+            allocate_ports(session, settings, new)
+            DATABASES.created(
+                session, new, f"detach of replica {member.name} of {group.name} requested"
+            )
+            session.add(new)
+            session.flush()
+            MEMBERS.move(session, member, MemberStatus.DETACHING, f"being detached into {new_name}")
+            op = enqueue(session, ops.DB_DETACH, new.id, caller.project_id, {"member": member.id})
+            accepted = DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, new))
+    except IntegrityError:
+        raise AlreadyExists(
+            f"a database instance named {req.name!r} already exists", code="db_instance_exists"
+        ) from None
+    sync_proxy(store, settings)  # out of its group's read-only endpoint now
+    return accepted
+
+
 def _check_db_name_free(session: Session, caller: Caller, name: str) -> None:
     taken = session.scalars(
         select(DbInstance.id).where(
@@ -316,6 +395,16 @@ def delete_db(store: Store, caller: Caller, ident: str) -> DbInstanceAccepted:
     """Delete the database instance: its compute instance and its data volume."""
     with store.session() as session:
         db = find_db(session, caller, ident)
+        detaching = [
+            m.name for m in live_members(session, db.id) if m.status == MemberStatus.DETACHING
+        ]
+        if detaching:
+            raise Conflict(
+                f"replica {detaching[0]!r} of {db.name!r} is being detached: delete the "
+                "database instance once it is done",
+                code="invalid_state",
+                status=db.status,
+            )
         if db.status == DbStatus.DELETING.value:
             raise Conflict(
                 f"database instance {db.name!r} is already being deleted",

@@ -60,6 +60,7 @@ DATABASES: StateMachine[DbStatus] = StateMachine(
 class MemberStatus(enum.StrEnum):
     BUILD = "BUILD"
     ACTIVE = "ACTIVE"
+    DETACHING = "DETACHING"
     DELETING = "DELETING"
     DELETED = "DELETED"
     ERROR = "ERROR"
@@ -72,7 +73,9 @@ MEMBERS: StateMachine[MemberStatus] = StateMachine(
     initial=M.BUILD,
     transitions={
         M.BUILD: frozenset({M.ACTIVE, M.ERROR, M.DELETING}),
-        M.ACTIVE: frozenset({M.ERROR, M.DELETING}),
+        M.ACTIVE: frozenset({M.ERROR, M.DELETING, M.DETACHING}),
+        # A replica becoming a database of its own: ACTIVE again as that one's primary.
+        M.DETACHING: frozenset({M.ACTIVE, M.ERROR}),
         M.ERROR: frozenset({M.ACTIVE, M.DELETING}),
         M.DELETING: frozenset({M.DELETED, M.ERROR}),
         M.DELETED: frozenset(),

@@ -22,6 +22,10 @@ DATA_ROOT = "/var/lib/oneplatform"  # the data disk's mount point; engines keep 
 # A claimed warm instance keeps its owner's bundle on its data disk (root only, 0600): it
 # wins over the warm bundle its compute type delivers, at every later start.
 CLAIMED_BUNDLE_PATH = DATA_ROOT + "/claimed-bundle.json"
+# A replica detached into a database of its own keeps that database's bundle there too, as
+# {"replaces": <the bundle's instance_id it replaces>, "bundle": {...}}: it wins over the
+# bundle its compute type delivers while that one is still the replaced one.
+ADOPTED_BUNDLE_PATH = DATA_ROOT + "/adopted-bundle.json"
 
 # --- the agent's environment: the recipe's [env] and the VM init's ``exec env``
 BUNDLE_ENV = "ONEP_BUNDLE"  # another bundle path than BUNDLE_GUEST_PATH (tests)

@@ -59,6 +59,7 @@ class Agent:
         clock: Callable[[], float] = time.time,
         warm: Bundle | None = None,
         claimed_path: Path | None = None,
+        adopted_path: Path | None = None,
     ) -> None:
         self.bundle = bundle
         self.supervisor = supervisor
@@ -79,6 +80,7 @@ class Agent:
             RequestVerifier(warm.agent.secret, warm.instance_id, clock=clock) if warm else None
         )
         self.claimed_path = claimed_path
+        self.adopted_path = adopted_path  # where a detached replica keeps its new bundle
         self._claim_lock = threading.Lock()
         self.claimed_digest: str | None = None
         if warm is not None and bundle is not warm and claimed_path and claimed_path.exists():
@@ -121,6 +123,10 @@ class Agent:
             return 503, error_body("engine_failed", detail)
         if route == "/v1/backups":
             return self.backups(method, body)
+        if route == "/v1/replication/detach":
+            if method != "POST":
+                return 405, error_body("method_not_allowed", "use POST")
+            return self.detach(body)
         if route.startswith("/v1/replication"):
             return self.replication(method, route, body)
         if route == "/v1/archive":
@@ -182,6 +188,56 @@ class Agent:
             return 400, error_body("bad_request", f"missing {exc}")
         except (EngineError, OSError) as exc:
             return 409 if action == "role" else 503, error_body("replication_failed", str(exc))
+
+    def detach(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Become an independent database (a replica detached from its group): its bundle
+        (its own identity, agent secret and repository), sealed with the current secret, is
+        kept on the data disk (it wins at every later start) and the engine is promoted,
+        archiving into the new repository. From then on only the new secret is accepted."""
+        assert self.bundle is not None
+        engine = self.supervisor.engine
+        if engine is None:
+            return 503, error_body("engine_failed", self.supervisor.snapshot()[1])
+        try:
+            data = json.loads(body)
+            bundle = Bundle.from_dict(json.loads(unseal(self.bundle.agent.secret, data["sealed"])))
+            timeout = float(data.get("timeout", 60))
+        except (ValueError, KeyError, TypeError, SealError, BundleError) as exc:
+            detail = exc.args[0] if isinstance(exc, SealError | BundleError) else "bad body"
+            return 400, error_body("bad_detach", f"the detach is not valid: {detail}")
+        if (
+            bundle.warm
+            or bundle.standby is not None
+            or bundle.restore is not None
+            or (bundle.datastore, bundle.version) != (self.datastore, self.version)
+            or bundle.instance_id == self.bundle.instance_id
+        ):
+            return 400, error_body(
+                "bad_detach", "the bundle is not a new independent database's of this engine"
+            )
+        with self._claim_lock:
+            if not self.supervisor.wait_running(0):
+                return 503, error_body("engine_not_ready", "the engine is not running")
+            replaced = self.bundle.instance_id
+            if self.adopted_path is not None:
+                kept = {"replaces": replaced, "bundle": bundle.to_dict()}
+                _write_private(self.adopted_path, json.dumps(kept).encode("utf-8"))
+            try:
+                status = engine.detach(bundle, timeout)
+            except NotSupported as exc:
+                if self.adopted_path is not None:
+                    self.adopted_path.unlink(missing_ok=True)
+                return 501, error_body("not_supported", str(exc))
+            except (EngineError, OSError) as exc:
+                if self.adopted_path is not None and engine.upstream() is not None:
+                    self.adopted_path.unlink(missing_ok=True)  # still the group's standby
+                return 503, error_body("detach_failed", str(exc))
+            self.bundle = bundle
+            self.verifier = RequestVerifier(
+                bundle.agent.secret, bundle.instance_id, clock=self._clock
+            )
+        log.info("detached from %s: the instance is now %s's", replaced, bundle.instance_id)
+        return 200, status
 
     def backups(self, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """``GET``: the repository's state and the running or last backup job; ``POST``

@@ -13,6 +13,7 @@ over the network.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,8 +22,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, BundleError, load_bundle
 from .contract import (
+    ADOPTED_BUNDLE_PATH,
     BUNDLE_ENV,
     BUNDLE_GUEST_PATH,
     CLAIMED_BUNDLE_PATH,
@@ -61,6 +63,7 @@ def build(
     problem: str = "",
     warm: Bundle | None = None,
     claimed_path: Path | None = None,
+    adopted_path: Path | None = None,
 ) -> tuple[Agent, ChildProcesses]:
     """The agent and its supervisor for a bundle (or none), without starting anything;
     ``warm``: the warm bundle the instance was made with (``bundle`` is its owner's once
@@ -88,6 +91,7 @@ def build(
         version=version,
         warm=warm,
         claimed_path=claimed_path,
+        adopted_path=adopted_path,
     )
     return agent, children
 
@@ -98,12 +102,17 @@ def _setup_logging() -> None:
     )
 
 
-def _read_bundle(claimed_path: Path) -> tuple[Bundle | None, str, Bundle | None]:
+def _read_bundle(
+    claimed_path: Path, adopted_path: Path | None = None
+) -> tuple[Bundle | None, str, Bundle | None]:
     """(the bundle to run with, why there is none, the warm bundle if it is a warm one):
-    a warm instance already claimed runs with its owner's bundle, kept on its data disk."""
+    a warm instance already claimed runs with its owner's bundle, and a detached replica
+    with its new database's, both kept on its data disk."""
     bundle_path = Path(os.environ.get(BUNDLE_ENV) or BUNDLE_GUEST_PATH)
     bundle, problem = load_bundle(bundle_path)
     warm = bundle if bundle is not None and bundle.warm else None
+    if bundle is not None and warm is None and adopted_path is not None:
+        bundle = adopted_bundle(bundle, adopted_path)
     if warm is not None and claimed_path.exists():
         claimed, why = load_bundle(claimed_path)
         if claimed is None:
@@ -121,6 +130,23 @@ def _read_bundle(claimed_path: Path) -> tuple[Bundle | None, str, Bundle | None]
             ": warm, waiting for its owner" if bundle.warm else "",
         )
     return bundle, problem, warm
+
+
+def adopted_bundle(bundle: Bundle, path: Path) -> Bundle:
+    """The bundle a detached replica adopted instead of ``bundle`` (its compute type's),
+    while that one is still the bundle it replaced."""
+    try:
+        kept = json.loads(path.read_bytes())
+        if kept.get("replaces") != bundle.instance_id:
+            return bundle
+        adopted = Bundle.from_dict(kept["bundle"])
+    except FileNotFoundError:
+        return bundle
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, BundleError) as exc:
+        log.error("the adopted bundle at %s is not valid (%s): ignored", path, exc)
+        return bundle
+    log.info("running with the bundle adopted at a detach (instance %s)", adopted.instance_id)
+    return adopted
 
 
 def _stop_on_signals(stop: threading.Event, received: list[str]) -> None:
@@ -154,9 +180,9 @@ def main(machine: Machine | None = None) -> int:
     """Serve until SIGTERM or SIGINT; with ``machine`` (VM mode) also until Ctrl-Alt-Del or
     the power button. Returns the exit code; :func:`run` powers a VM off afterwards."""
     _setup_logging()
-    claimed_path = Path(CLAIMED_BUNDLE_PATH)
-    bundle, problem, warm = _read_bundle(claimed_path)
-    agent, children = build(bundle, problem, warm, claimed_path)
+    claimed_path, adopted_path = Path(CLAIMED_BUNDLE_PATH), Path(ADOPTED_BUNDLE_PATH)
+    bundle, problem, warm = _read_bundle(claimed_path, adopted_path)
+    agent, children = build(bundle, problem, warm, claimed_path, adopted_path)
     port = bundle.agent.port if bundle else DEFAULT_AGENT_PORT
     stop = threading.Event()
     received: list[str] = []

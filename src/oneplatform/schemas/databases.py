@@ -100,6 +100,12 @@ class ReplicaCreate(Request):
     )
 
 
+class ReplicaDetach(Request):
+    name: ResourceName | None = Field(
+        default=None, description="The new database instance's name; default: the replica's."
+    )
+
+
 class ReplicaAccepted(Response):
     operation: OperationOut
     replica: DbMemberOut

@@ -31,6 +31,7 @@ from oneplatform.schemas.databases import (
     PasswordChange,
     ReplicaAccepted,
     ReplicaCreate,
+    ReplicaDetach,
     SwitchoverRequest,
 )
 
@@ -130,6 +131,10 @@ class DbInstances:
 
     def delete_replica(self, name: str) -> ReplicaAccepted:
         return self.c.send("DELETE", f"/v1/db/replicas/{name}", ReplicaAccepted)
+
+    def detach_replica(self, name: str, new_name: str | None = None) -> DbInstanceAccepted:
+        body = ReplicaDetach.model_construct(name=new_name)
+        return self.c.send("POST", f"/v1/db/replicas/{name}/detach", DbInstanceAccepted, body)
 
     def switchover(
         self, ident: str, to: str | None = None, timeout_seconds: float = 60.0

@@ -21,6 +21,7 @@ from oneplatform.schemas.databases import (
     PasswordChange,
     ReplicaAccepted,
     ReplicaCreate,
+    ReplicaDetach,
     SwitchoverRequest,
 )
 
@@ -183,3 +184,12 @@ replica_router = APIRouter(
 def delete_replica(name: str, platform: PlatformDep, caller: CallerDep) -> ReplicaAccepted:
     """Delete a replica (not the primary) and its compute."""
     return replicas.delete_replica(platform.store, caller, name)
+
+
+@replica_router.post("/{name}/detach", response_model=DbInstanceAccepted, status_code=ACCEPTED)
+def detach_replica(
+    name: str, body: ReplicaDetach, platform: PlatformDep, caller: CallerDep
+) -> DbInstanceAccepted:
+    """Make a replica a database instance of its own: its data as of the detach, the
+    group's users, its own endpoints and backup repository."""
+    return service.detach_replica(platform.store, platform.settings, caller, name, body)

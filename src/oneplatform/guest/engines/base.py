@@ -107,6 +107,14 @@ class Engine:
     def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
         raise NotSupported(f"{self.datastore} has no replication")
 
+    def upstream(self) -> UpstreamSettings | None:
+        """The primary this member follows, when it is a standby."""
+        return None
+
+    def detach(self, bundle: Bundle, timeout: float) -> dict[str, Any]:
+        """This standby becomes an independent primary running with ``bundle``."""
+        raise NotSupported(f"{self.datastore} has no replication")
+
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """Shut the server down (fast), escalating if it takes longer than ``timeout``."""
         raise NotImplementedError

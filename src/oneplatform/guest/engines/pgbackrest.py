@@ -137,6 +137,7 @@ class PgBackRest:
         self._lock = threading.Lock()
         self._job: dict[str, Any] | None = None
         self._stanza_ok = False
+        self._store_key: tuple[str, ...] | None = None
         self._stanza_detail = "no repository"
         self._stanza_thread: threading.Thread | None = None
 
@@ -165,6 +166,9 @@ class PgBackRest:
             if each is not None:
                 map_store_host(each)
         if store is not None:
+            key = (store.host, store.bucket, store.path, store.access_key)
+            if key != self._store_key:  # another repository (a detach): its stanza anew
+                self._store_key, self._stanza_ok = key, False
             write(
                 self.conf,
                 render_config(store, self.pg_path, self.socket_dir, port, self.work, processes),

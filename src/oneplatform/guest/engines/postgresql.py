@@ -465,6 +465,42 @@ class PostgresEngine(Engine):
         log.info("demoted: following %s:%d", upstream.host, upstream.port)
         return answer
 
+    def detach(self, bundle: Bundle, timeout: float) -> dict[str, Any]:
+        """This standby becomes an independent primary with ``bundle`` (its own repository):
+        archiving goes to the new repository before the promotion, so the new timeline never
+        reaches the group's; then promoted; the group's replication role goes. On a failure
+        before the promotion it stays the group's standby, with its former bundle."""
+        upstream = self.upstream()
+        if upstream is None:
+            raise EngineError("this member is not a standby: there is nothing to detach from")
+        former = self.bundle
+        self.bundle = bundle
+        try:
+            self._configure_repo()
+            self._write(self.data_dir / self.CONF_NAME, self.render_conf())
+            self._query("SELECT pg_catalog.pg_reload_conf()")
+            self.promote(timeout)
+        except (EngineError, OSError):
+            self.bundle = former
+            try:
+                self._configure_repo()
+                self._write(self.data_dir / self.CONF_NAME, self.render_conf())
+                self._query("SELECT pg_catalog.pg_reload_conf()")
+            except (EngineError, OSError) as exc:
+                log.error("restoring the former settings after a failed detach: %s", exc)
+            raise
+        (self.data_dir / self.SEEDED_NAME).unlink(missing_ok=True)
+        try:
+            role = sql_identifier(upstream.user)
+            self._psql(
+                f"SET log_statement = 'none';\nDROP ROLE IF EXISTS {role};\n",
+                "dropping the group's replication role",
+            )
+        except EngineError as exc:  # it only lets one into the former group's hub backend
+            log.warning("the group's replication role stays: %s", exc)
+        log.info("detached: an independent primary (instance %s)", bundle.instance_id)
+        return self.replication_status()
+
     def _rewind(self, upstream: UpstreamSettings) -> None:
         kwargs = self._as_postgres()
         kwargs["env"] = {**kwargs["env"], "PGPASSWORD": upstream.password}
