@@ -34,6 +34,11 @@ def query(endpoint: dict[str, Any], sql: str) -> Any:
         return conn.execute(sql).fetchone()
 
 
+def execute(endpoint: dict[str, Any], sql: str) -> None:
+    with psycopg.connect(dsn(endpoint), autocommit=True) as conn:
+        conn.execute(sql)
+
+
 @pytest.fixture(scope="module")
 def group(platform: Platform) -> Iterator[dict[str, Any]]:
     """pgha: a primary and one replica, made in one call."""
@@ -95,12 +100,12 @@ def test_a_replica_is_seeded_from_the_latest_backup_and_the_wal_after_it(
     """Once a backup exists, a new replica restores it from the repository and replays the
     WAL since (archived, then streamed): rows written after the backup are there."""
     rw = group["endpoint"]
-    query(rw, "CREATE TABLE after_backup (v int)")
+    execute(rw, "CREATE TABLE after_backup (v int)")
     made = platform.json("db", "backup", "create", "pgha", "--name", "pgha-seed", "--wait")
     assert made["status"] == "COMPLETED"
-    query(rw, "INSERT INTO after_backup SELECT generate_series(1, 1000)")
+    execute(rw, "INSERT INTO after_backup SELECT generate_series(1, 1000)")
     query(rw, "SELECT pg_switch_wal()")  # one segment archived after the backup, one streamed
-    query(rw, "INSERT INTO after_backup VALUES (1001)")
+    execute(rw, "INSERT INTO after_backup VALUES (1001)")
     platform.run("db", "replica", "create", "pgha", "--name", "pgha-seeded", "--wait", timeout=600)
     (seeded,) = [
         m for m in platform.json("db", "replica", "list", "pgha") if m["name"] == "pgha-seeded"
@@ -307,8 +312,8 @@ def test_a_detached_replica_is_a_database_of_its_own(
     group's users, takes writes behind endpoints of its own, backs up into a repository of
     its own; the two diverge from then on, and the group keeps its primary."""
     rw = group["endpoint"]
-    query(rw, "CREATE TABLE IF NOT EXISTS seen (v text)")
-    query(rw, "INSERT INTO seen VALUES ('before the detach')")
+    execute(rw, "CREATE TABLE IF NOT EXISTS seen (v text)")
+    execute(rw, "INSERT INTO seen VALUES ('before the detach')")
     platform.run("db", "replica", "create", "pgha", "--name", "pgha-leaving", "--wait", timeout=600)
     detached = platform.json(
         "db", "replica", "detach", "pgha-leaving", "--name", "pgsolo", "--wait", timeout=600
@@ -320,8 +325,8 @@ def test_a_detached_replica_is_a_database_of_its_own(
         assert "pgha-leaving" not in [m[0] for m in members(platform)]
         own = detached["endpoint"]
         assert query(own, "SELECT pg_is_in_recovery()") == (False,)  # as alice: her password
-        query(own, "INSERT INTO seen VALUES ('only in pgsolo')")
-        query(rw, "INSERT INTO seen VALUES ('only in pgha')")
+        execute(own, "INSERT INTO seen VALUES ('only in pgsolo')")
+        execute(rw, "INSERT INTO seen VALUES ('only in pgha')")
         time.sleep(1.0)
         assert query(
             own, "SELECT string_agg(v, ',' ORDER BY v) FROM seen WHERE v LIKE 'only%'"
