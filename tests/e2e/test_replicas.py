@@ -100,12 +100,15 @@ def test_a_replica_is_seeded_from_the_latest_backup_and_the_wal_after_it(
     """Once a backup exists, a new replica restores it from the repository and replays the
     WAL since (archived, then streamed): rows written after the backup are there."""
     rw = group["endpoint"]
-    execute(rw, "CREATE TABLE after_backup (v int)")
+    execute(rw, "CREATE TABLE after_backup (v int, pad text)")
     made = platform.json("db", "backup", "create", "pgha", "--name", "pgha-seed", "--wait")
     assert made["status"] == "COMPLETED"
-    execute(rw, "INSERT INTO after_backup SELECT generate_series(1, 1000)")
-    query(rw, "SELECT pg_switch_wal()")  # one segment archived after the backup, one streamed
-    execute(rw, "INSERT INTO after_backup VALUES (1001)")
+    # ~30 MB of WAL after the backup: segments the repository archives, then the rest the
+    # primary streams
+    execute(
+        rw, "INSERT INTO after_backup SELECT g, repeat('x', 100) FROM generate_series(1, 150000) g"
+    )
+    execute(rw, "INSERT INTO after_backup VALUES (150001, '')")
     platform.run("db", "replica", "create", "pgha", "--name", "pgha-seeded", "--wait", timeout=600)
     (seeded,) = [
         m for m in platform.json("db", "replica", "list", "pgha") if m["name"] == "pgha-seeded"
@@ -113,7 +116,10 @@ def test_a_replica_is_seeded_from_the_latest_backup_and_the_wal_after_it(
     assert seeded["state"] == "ACTIVE"
     assert "seeded from the latest backup" in seeded["status_message"], seeded
     deadline = time.monotonic() + 30
-    while query(seeded["endpoint"], "SELECT count(*), max(v) FROM after_backup") != (1001, 1001):
+    while query(seeded["endpoint"], "SELECT count(*), max(v) FROM after_backup") != (
+        150001,
+        150001,
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.3)
     platform.run("db", "replica", "delete", "pgha-seeded", "--wait", timeout=300)
