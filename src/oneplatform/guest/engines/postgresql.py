@@ -492,8 +492,10 @@ class PostgresEngine(Engine):
         (self.data_dir / self.SEEDED_NAME).unlink(missing_ok=True)
         try:
             role = sql_identifier(upstream.user)
-            self._psql(
-                f"SET log_statement = 'none';\nDROP ROLE IF EXISTS {role};\n",
+            self._psql(  # its grants (the functions pg_rewind reads with) go first
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = "
+                f"{sql_literal(upstream.user)}) AS has_role \\gset\n"
+                f"\\if :has_role\nDROP OWNED BY {role};\nDROP ROLE {role};\n\\endif\n",
                 "dropping the group's replication role",
             )
         except EngineError as exc:  # it only lets one into the former group's hub backend
