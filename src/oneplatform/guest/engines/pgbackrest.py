@@ -233,8 +233,11 @@ class PgBackRest:
 
     # -- backups
 
-    def start_backup(self, kind: str) -> tuple[int, dict[str, Any]]:
-        """Start a backup of ``kind`` in a thread; (HTTP status, body)."""
+    def start_backup(
+        self, kind: str, prepare: Callable[[], object] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Start a backup of ``kind`` in a thread, after ``prepare`` (there); (HTTP status,
+        body)."""
         if kind not in BACKUP_TYPES:
             return 400, {"code": "bad_type", "message": f"type must be one of {BACKUP_TYPES}"}
         with self._lock:
@@ -253,7 +256,7 @@ class PgBackRest:
             }
             self._job = job
         threading.Thread(
-            target=self._backup, args=(dict(job),), name="pgbackrest-backup", daemon=True
+            target=self._backup, args=(dict(job), prepare), name="pgbackrest-backup", daemon=True
         ).start()
         return 200, {"job": job}
 
@@ -261,9 +264,11 @@ class PgBackRest:
         with self._lock:
             return dict(self._job) if self._job else None
 
-    def _backup(self, job: dict[str, Any]) -> None:
+    def _backup(self, job: dict[str, Any], prepare: Callable[[], object] | None = None) -> None:
         log.info("pgBackRest: %s backup started (job %s)", job["type"], job["id"])
         try:
+            if prepare is not None:
+                prepare()
             proc = self._pgbackrest(
                 self.conf, f"--type={job['type']}", "backup", timeout=BACKUP_TIMEOUT
             )

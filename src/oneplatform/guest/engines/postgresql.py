@@ -322,7 +322,10 @@ class PostgresEngine(Engine):
     def start_backup(self, kind: str) -> tuple[int, dict[str, Any]]:
         if self.bundle is None or self.bundle.backup is None:
             return 409, {"code": "no_repository", "message": "this instance has no repository"}
-        return self.repo.start_backup(kind)
+        # A checkpoint first: right after a promotion pg_control still names the timeline of
+        # the last restartpoint until the (spread) end-of-recovery checkpoint ends, and
+        # pgBackRest refuses a backup whose WAL timeline is not pg_control's.
+        return self.repo.start_backup(kind, prepare=lambda: self._query("CHECKPOINT"))
 
     def backup_job(self) -> dict[str, Any] | None:
         return self.repo.job()
