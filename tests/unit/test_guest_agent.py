@@ -26,6 +26,7 @@ from oneplatform.guest.engines.postgresql import (
     admin_role_sql,
     saslprep,
     scram_sha256_verifier,
+    waiting_for_archive,
 )
 from oneplatform.guest.http import Agent, AgentHTTPServer
 from oneplatform.guest.main import build
@@ -363,3 +364,25 @@ def test_with_a_platform_role_the_admin_is_no_superuser() -> None:
     for dangerous in ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files"):
         assert dangerous not in sql
     assert "SUPERUSER CREATEDB" not in sql.replace("NOSUPERUSER", "")
+
+
+def test_what_the_archive_still_has_to_take(tmp_path: Path) -> None:
+    """archive_now waits on the ``.ready`` marks up to the switched segment, history files
+    included (after a promotion the archiver's last name is a history or .partial file,
+    so its statistics cannot tell)."""
+    status = tmp_path / "archive_status"
+    status.mkdir()
+    segment = "000000030000000000000007"
+    assert waiting_for_archive(status, segment) == []
+    for name in (
+        "000000030000000000000006.done",  # archived
+        "000000030000000000000008.ready",  # after the switch: not waited for
+        "000000020000000000000006.partial.ready",  # the former timeline's last one
+        "00000003.history.ready",
+    ):
+        (status / name).touch()
+    assert waiting_for_archive(status, segment) == [
+        "000000020000000000000006.partial",
+        "00000003.history",
+    ]
+    assert waiting_for_archive(tmp_path / "gone", segment) == []

@@ -167,8 +167,41 @@ def _ensure_replication_role(store: Store, settings: Settings, db_id: str) -> No
         ) from None
 
 
+def _backup_seeds(store: Store, settings: Settings, db_id: str) -> bool:
+    """Whether new replicas are seeded from the latest backup plus the repository's WAL (the
+    primary then ships only what is new): the database has a backup, and its primary has
+    just archived what it wrote, so the repository leads a replica up to the primary's
+    timeline at once (no wait for ``archive_timeout``). Else pg_basebackup."""
+    box = box_for(settings)
+    with store.session() as session:
+        db = session.get_one(DbInstance, db_id)
+        if not settings.backups or not db.repo_bucket or not db.instance_id:
+            return False
+        backup = session.scalars(
+            select(Backup.id).where(
+                Backup.db_instance_id == db.id,
+                Backup.status == BackupStatus.COMPLETED.value,
+                Backup.deleted_at.is_(None),
+            )
+        ).first()
+        if backup is None:
+            return False
+        r = reach(session, db, box)
+    try:
+        agent_client(r).archive_now(timeout=20.0)
+    except PlatformError as err:
+        log.info("replicas of %s are seeded from the primary: %s", db_id, err.message)
+        return False
+    return True
+
+
 def _place_member(
-    session: Session, settings: Settings, db: DbInstance, flavor: Flavor, name: str
+    session: Session,
+    settings: Settings,
+    db: DbInstance,
+    flavor: Flavor,
+    name: str,
+    from_backup: bool = False,
 ) -> DbMember:
     """A new replica member on ``flavor``: its bundle (seeded from the primary, following
     it) and its compute instance, placed in the caller's transaction."""
@@ -182,19 +215,6 @@ def _place_member(
         if key in engine and key in primary_engine:
             engine[key] = str(max(int(engine[key]), int(primary_engine[key])))
     config = store_config(settings) if settings.backups and db.repo_bucket else None
-    # Seeded from the latest backup plus the repository's WAL where one exists (the primary
-    # then ships only what is new), else with pg_basebackup from the primary.
-    has_backup = (
-        config is not None
-        and session.scalars(
-            select(Backup.id).where(
-                Backup.db_instance_id == db.id,
-                Backup.status == BackupStatus.COMPLETED.value,
-                Backup.deleted_at.is_(None),
-            )
-        ).first()
-        is not None
-    )
     bundle = make_bundle(
         db.id,
         datastore,
@@ -208,7 +228,9 @@ def _place_member(
         box.decrypt(db.agent_secret_enc),
         load_recipe(version.image).ports,
         backup=backups.guest_store(config, db, box, flavor.compute_type) if config else None,
-        standby=upstream_for(settings, db, box, flavor.compute_type, name, has_backup),
+        standby=upstream_for(
+            settings, db, box, flavor.compute_type, name, from_backup and config is not None
+        ),
         engine_settings=engine,
     )
     member_id = new_id()
@@ -301,6 +323,7 @@ def _new_replica(
         flavor_by_name(session, flavor_name or session.get_one(Flavor, db.flavor_id).name)
         db_id = db.id
     _ensure_replication_role(store, settings, db_id)
+    from_backup = _backup_seeds(store, settings, db_id)
     try:
         with store.session() as session:
             db = session.get_one(DbInstance, db_id)
@@ -308,7 +331,9 @@ def _new_replica(
             flavor = flavor_by_name(
                 session, flavor_name or session.get_one(Flavor, db.flavor_id).name
             )
-            member = _place_member(session, settings, db, flavor, name or _next_name(session, db))
+            member = _place_member(
+                session, settings, db, flavor, name or _next_name(session, db), from_backup
+            )
             return db_id, member.id
     except IntegrityError:
         raise AlreadyExists(
@@ -323,11 +348,16 @@ def add_members(
     operation; idempotent. The ids of the group's replicas."""
     _ensure_replication_role(store, settings, db_id)
     with store.session() as session:
+        have = [m for m in live_members(session, db_id) if m.role == REPLICA]
+    from_backup = len(have) < count and _backup_seeds(store, settings, db_id)
+    with store.session() as session:
         db = session.get_one(DbInstance, db_id)
         flavor = flavor_by_name(session, flavor_name or session.get_one(Flavor, db.flavor_id).name)
         have = [m for m in live_members(session, db_id) if m.role == REPLICA]
         for _ in range(count - len(have)):
-            member = _place_member(session, settings, db, flavor, _next_name(session, db))
+            member = _place_member(
+                session, settings, db, flavor, _next_name(session, db), from_backup
+            )
             enqueue(session, DB_REPLICA_CREATE, member.id, db.project_id)
             have.append(member)
         return [m.id for m in have]

@@ -331,22 +331,26 @@ class PostgresEngine(Engine):
         return self.repo.job()
 
     def archive_now(self, timeout: float) -> float:
+        """Switch to a new WAL segment and wait until every completed one up to there (and
+        every timeline history file) is archived: nothing of them is left ``.ready`` in
+        pg_wal/archive_status. Returns the moment up to which commits are archived.
+        (``pg_stat_archiver.last_archived_wal`` cannot tell: after a promotion it names a
+        history or ``.partial`` file, and an idle server switches to no new segment.)"""
         if self.bundle is None or self.bundle.backup is None:
             raise EngineError("this instance has no repository")
         moment = time.time()
+        # pg_walfile_name of the boundary pg_switch_wal returns names the completed segment
+        # (or, with no WAL since the last switch, the one before the current: done already).
         segment = self._query("SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())")
         deadline = time.monotonic() + timeout
         while True:
-            done = self._query(
-                "SELECT coalesce(last_archived_wal, '') FROM pg_catalog.pg_stat_archiver"
-            )
-            # Names sort by timeline, then position: compare within the same timeline.
-            if (done[:8] == segment[:8] and done >= segment) or done[:8] > segment[:8]:
+            pending = waiting_for_archive(self.data_dir / "pg_wal" / "archive_status", segment)
+            if not pending:
                 return moment
             if time.monotonic() > deadline:
                 raise EngineError(
-                    f"WAL segment {segment} was not archived within {timeout:.0f} s "
-                    f"(last archived: {done or 'none'}; repository: {self.repo.status()['detail']})"
+                    f"WAL up to {segment} was not archived within {timeout:.0f} s (waiting: "
+                    f"{', '.join(pending[:3])}; repository: {self.repo.status()['detail']})"
                 )
             time.sleep(0.2)
 
@@ -768,6 +772,16 @@ _RELOADABLE = ("archive_command ", "primary_conninfo ", "restore_command ")
 
 def _without_reloadable(conf: str) -> list[str]:
     return [line for line in conf.splitlines() if not line.startswith(_RELOADABLE)]
+
+
+def waiting_for_archive(status_dir: Path, segment: str) -> list[str]:
+    """The WAL files up to ``segment`` (of its timeline or an earlier one) and the history
+    files that PostgreSQL has marked ready but not yet archived."""
+    try:
+        ready = sorted(p.name.removesuffix(".ready") for p in status_dir.glob("*.ready"))
+    except OSError:
+        return []
+    return [n for n in ready if n.endswith(".history") or n[:24] <= segment]
 
 
 def conninfo(upstream: UpstreamSettings, with_password: bool = True) -> str:
