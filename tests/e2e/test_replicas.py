@@ -204,6 +204,34 @@ def test_a_switchover_to_a_replica_that_cannot_catch_up_changes_nothing(
         conn.execute("INSERT INTO seen VALUES ('after the refusal')")
 
 
+def test_a_resize_is_a_move_to_a_flavor_of_the_same_type(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    """container.small -> container.medium by the one path of every flavor change: a
+    replica there, a switchover, the former primary retired; no acknowledged write lost."""
+    rw = group["endpoint"]
+    writer = Writer(dsn(rw))
+    writer.prepare()
+    writer.start()
+    time.sleep(1.0)
+    try:
+        moved = platform.json("db", "move", "pgha", "--flavor", "container.medium", "--wait")
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+    record_timing("switch", "resize container.small -> container.medium", writer.gap())
+    assert writer.missing() == [] and len(writer.acked) > 20
+    assert (moved["id"], moved["endpoint"], moved["status"]) == (group["id"], rw, "ACTIVE")
+    assert (moved["flavor"], moved["compute_type"]) == ("container.medium", "container")
+    deadline = time.monotonic() + 60  # the former primary retired (its delete may still run)
+    while [(m[1], m[2]) for m in members(platform)] != [
+        ("primary", "ACTIVE"),
+        ("replica", "ACTIVE"),
+    ]:
+        assert time.monotonic() < deadline, members(platform)
+        time.sleep(0.5)
+
+
 def test_replica_requests_that_cannot_be_done_are_refused(
     platform: Platform, group: dict[str, Any]
 ) -> None:
