@@ -196,20 +196,23 @@ class PgBackRest:
 
     # -- the stanza
 
-    def ensure_stanza(self, store: StoreSettings | None) -> None:
+    def ensure_stanza(
+        self, store: StoreSettings | None, on_ready: Callable[[], object] | None = None
+    ) -> None:
         """Create the stanza in the background (retrying until it exists): archiving works
-        from then on; WAL written before waits in pg_wal until then."""
+        from then on; WAL written before waits in pg_wal until then (``on_ready`` then
+        wakes the archiver, which sleeps a minute after three failed tries)."""
         if store is None or self._stanza_ok:
             return
         with self._lock:
             if self._stanza_thread is not None and self._stanza_thread.is_alive():
                 return
             self._stanza_thread = threading.Thread(
-                target=self._stanza_loop, name="pgbackrest-stanza", daemon=True
+                target=self._stanza_loop, args=(on_ready,), name="pgbackrest-stanza", daemon=True
             )
             self._stanza_thread.start()
 
-    def _stanza_loop(self) -> None:
+    def _stanza_loop(self, on_ready: Callable[[], object] | None = None) -> None:
         delay = 1.0
         while True:
             try:
@@ -222,6 +225,11 @@ class PgBackRest:
                 self._stanza_detail = "ready" if ok else f"stanza-create failed: {detail}"
             if ok:
                 log.info("pgBackRest: the stanza exists; WAL is archived")
+                if on_ready is not None:
+                    try:
+                        on_ready()
+                    except (EngineError, OSError) as exc:
+                        log.warning("pgBackRest: the archiver was not woken: %s", exc)
                 return
             log.warning("pgBackRest: stanza-create failed (retrying in %.0f s): %s", delay, detail)
             time.sleep(delay)

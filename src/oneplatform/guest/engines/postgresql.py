@@ -343,16 +343,25 @@ class PostgresEngine(Engine):
         # (or, with no WAL since the last switch, the one before the current: done already).
         segment = self._query("SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())")
         deadline = time.monotonic() + timeout
+        woken = time.monotonic()
         while True:
             pending = waiting_for_archive(self.data_dir / "pg_wal" / "archive_status", segment)
             if not pending:
                 return moment
+            if time.monotonic() - woken > 2.0:  # it may sleep a minute after failed tries
+                self._wake_archiver()
+                woken = time.monotonic()
             if time.monotonic() > deadline:
                 raise EngineError(
                     f"WAL up to {segment} was not archived within {timeout:.0f} s (waiting: "
                     f"{', '.join(pending[:3])}; repository: {self.repo.status()['detail']})"
                 )
             time.sleep(0.2)
+
+    def _wake_archiver(self) -> None:
+        """A configuration reload sets the archiver's latch: it tries its pending files now
+        instead of after the minute it sleeps following three failed tries."""
+        self._query("SELECT pg_catalog.pg_reload_conf()")
 
     # -- replication
 
@@ -444,7 +453,7 @@ class PostgresEngine(Engine):
             raise EngineError(f"the promotion did not end within {timeout:.0f} s")
         (self.data_dir / self.UPSTREAM_NAME).unlink(missing_ok=True)
         log.info("promoted: this member is the primary")
-        self.repo.ensure_stanza(self.bundle.backup if self.bundle else None)
+        self.repo.ensure_stanza(self.bundle.backup if self.bundle else None, self._wake_archiver)
         return {"role": "primary"}
 
     def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
@@ -647,7 +656,7 @@ class PostgresEngine(Engine):
         pending = self.data_dir / self.PENDING_NAME
         initial, self.initial = self.initial, None
         if self.bundle is not None and not self.bundle.warm and self.upstream() is None:
-            self.repo.ensure_stanza(self.bundle.backup)
+            self.repo.ensure_stanza(self.bundle.backup, self._wake_archiver)
         if not pending.exists():
             return
         if self.bundle is None:
