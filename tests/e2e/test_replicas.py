@@ -204,6 +204,21 @@ def test_a_switchover_to_a_replica_that_cannot_catch_up_changes_nothing(
         conn.execute("INSERT INTO seen VALUES ('after the refusal')")
 
 
+def test_replica_requests_that_cannot_be_done_are_refused(
+    platform: Platform, group: dict[str, Any]
+) -> None:
+    for argv, code in (
+        (("db", "replica", "delete", "pgha"), "is_primary"),
+        (("db", "replica", "create", "pgha", "--name", "pgha-r1"), "replica_exists"),
+        (("db", "replica", "create", "pgha", "--flavor", "no.such"), "flavor_not_found"),
+        (("db", "move", "pgha", "--flavor", "container.small"), "same_flavor"),
+        (("db", "switchover", "nope"), "db_instance_not_found"),
+    ):
+        out = platform.run(*argv, check=False)
+        assert out.returncode != 0 and code in out.stderr, (argv, out.stderr)
+    assert len(members(platform)) == 2
+
+
 def test_a_resize_is_a_move_to_a_flavor_of_the_same_type(
     platform: Platform, group: dict[str, Any]
 ) -> None:
@@ -230,21 +245,6 @@ def test_a_resize_is_a_move_to_a_flavor_of_the_same_type(
     ]:
         assert time.monotonic() < deadline, members(platform)
         time.sleep(0.5)
-
-
-def test_replica_requests_that_cannot_be_done_are_refused(
-    platform: Platform, group: dict[str, Any]
-) -> None:
-    for argv, code in (
-        (("db", "replica", "delete", "pgha"), "is_primary"),
-        (("db", "replica", "create", "pgha", "--name", "pgha-r1"), "replica_exists"),
-        (("db", "replica", "create", "pgha", "--flavor", "no.such"), "flavor_not_found"),
-        (("db", "move", "pgha", "--flavor", "container.small"), "same_flavor"),
-        (("db", "switchover", "nope"), "db_instance_not_found"),
-    ):
-        out = platform.run(*argv, check=False)
-        assert out.returncode != 0 and code in out.stderr, (argv, out.stderr)
-    assert len(members(platform)) == 2
 
 
 def _primary_container(platform: Platform) -> tuple[str, str]:
