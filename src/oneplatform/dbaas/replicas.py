@@ -85,8 +85,10 @@ from oneplatform.store.models import (
 log = logging.getLogger(__name__)
 
 MANAGED_BY = "dbaas"
-# Settings a hot standby needs at least as high as its primary's (PostgreSQL refuses to
-# replay otherwise): a member gets the highest of its flavor's and its primary's.
+# Settings a hot standby needs at least as high as its primary's (PostgreSQL pauses replay,
+# and refuses a promotion, otherwise). Every member of a group has the same values: a new
+# member takes the group's (the highest its members run with), whatever its flavor, so that
+# it can follow the primary and, promoted, be followed by the others.
 _FLOORED = ("max_connections", "max_worker_processes")
 # A switchover refuses to start while its target is further behind than this.
 MAX_START_LAG_BYTES = 64 * 1024 * 1024
@@ -167,6 +169,26 @@ def _ensure_replication_role(store: Store, settings: Settings, db_id: str) -> No
         ) from None
 
 
+def _group_settings(session: Session, settings: Settings, db: DbInstance) -> dict[str, str]:
+    """The highest value of each _FLOORED setting the group's live members run with (their
+    bundles; the primary's flavor's when none has one)."""
+    box = box_for(settings)
+    values = []
+    for m in live_members(session, db.id):
+        instance = session.get(Instance, m.instance_id)
+        if instance is not None and instance.bundle_enc:
+            values.append(dict(Bundle.from_json(box.decrypt(instance.bundle_enc)).engine.settings))
+    if not values:
+        primary_flavor = session.get_one(Flavor, db.flavor_id)
+        datastore = get_datastore(db.datastore)
+        values.append(datastore.engine_settings(primary_flavor.vcpus, primary_flavor.ram_mb))
+    return {
+        key: str(max(int(v[key]) for v in values if key in v))
+        for key in _FLOORED
+        if any(key in v for v in values)
+    }
+
+
 def _backup_seeds(store: Store, settings: Settings, db_id: str) -> bool:
     """Whether new replicas are seeded from the latest backup plus the repository's WAL (the
     primary then ships only what is new): the database has a backup, and its primary has
@@ -208,12 +230,11 @@ def _place_member(
     box = box_for(settings)
     datastore = get_datastore(db.datastore)
     version = next(v for v in datastore.versions if v.version == db.version)
-    primary_flavor = session.get_one(Flavor, db.flavor_id)
     engine = datastore.engine_settings(flavor.vcpus, flavor.ram_mb)
-    primary_engine = datastore.engine_settings(primary_flavor.vcpus, primary_flavor.ram_mb)
+    group = _group_settings(session, settings, db)
     for key in _FLOORED:
-        if key in engine and key in primary_engine:
-            engine[key] = str(max(int(engine[key]), int(primary_engine[key])))
+        if key in engine and key in group:
+            engine[key] = group[key]
     config = store_config(settings) if settings.backups and db.repo_bucket else None
     bundle = make_bundle(
         db.id,
