@@ -328,7 +328,7 @@ class Agent:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Write a root-only file atomically and durably (it replaces nothing: a first claim)."""
+    """Write a root-only file atomically and durably (a first claim, or a detach's bundle)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
