@@ -126,10 +126,7 @@ def test_a_replica_is_seeded_from_the_latest_backup_and_the_wal_after_it(
 
 
 def _switch(platform: Platform, rw: dict[str, Any], *args: str) -> Writer:
-    writer = Writer(dsn(rw))
-    writer.prepare()
-    writer.start()
-    time.sleep(1.0)
+    writer = Writer.running(dsn(rw))
     try:
         platform.run("db", "switchover", "pgha", *args, "--wait", timeout=300)
         time.sleep(1.0)
@@ -225,10 +222,7 @@ def test_a_resize_is_a_move_to_a_flavor_of_the_same_type(
     """container.small -> container.medium by the one path of every flavor change: a
     replica there, a switchover, the former primary retired; no acknowledged write lost."""
     rw = group["endpoint"]
-    writer = Writer(dsn(rw))
-    writer.prepare()
-    writer.start()
-    time.sleep(1.0)
+    writer = Writer.running(dsn(rw))
     try:
         moved = platform.json("db", "move", "pgha", "--flavor", "container.medium", "--wait")
         time.sleep(1.0)
@@ -269,10 +263,7 @@ def _failover(
     writes; wait for another member to be the primary and the group whole again."""
     old, container = _primary_container(platform)
     before = platform.json("db", "show", "pgha")
-    writer = Writer(dsn(rw))
-    writer.prepare()
-    writer.start()
-    time.sleep(1.5)
+    writer = Writer.running(dsn(rw), 1.5)
     lag = platform.json("db", "replica", "list", "pgha")[1]["lag_bytes"]
     broken_at = time.monotonic()
     subprocess.run([*break_it, container], check=True, capture_output=True)

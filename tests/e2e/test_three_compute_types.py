@@ -59,6 +59,13 @@ ON = {compute_type: name for name, compute_type in DATABASES.items()}
 T = TypeVar("T")
 
 
+def _alice_dsn(endpoint: dict[str, Any]) -> str:
+    return (
+        f"host={endpoint['host']} port={endpoint['port']} user=alice password={ALICE_PW} "
+        "dbname=appdb connect_timeout=5"
+    )
+
+
 def _require_lab() -> None:
     if LAB.exists():
         return
@@ -286,12 +293,7 @@ def _move(lab: Platform, db: str, flavor: str) -> None:
     endpoint: every acknowledged write is there after, the data and the endpoint too."""
     before = lab.json("db", "show", db)
     endpoint = before["endpoint"]
-    writer = Writer(
-        f"host={endpoint['host']} port={endpoint['port']} user=alice password={ALICE_PW} "
-        "dbname=appdb connect_timeout=5"
-    )
-    writer.prepare()
-    writer.start()
+    writer = Writer.running(_alice_dsn(endpoint), 0.0)
     started = time.monotonic()
     try:
         moved = lab.json("db", "move", db, "--flavor", flavor, "--wait", timeout=1500)
@@ -424,13 +426,7 @@ def _fail_over(lab: Platform, db: str, break_it: Callable[[], object], case: str
     wait until another member is the primary. Returns the former primary's name."""
     before = lab.json("db", "show", db)
     endpoint, old = before["endpoint"], before["members"][0]["name"]
-    writer = Writer(
-        f"host={endpoint['host']} port={endpoint['port']} user=alice password={ALICE_PW} "
-        "dbname=appdb connect_timeout=5"
-    )
-    writer.prepare()
-    writer.start()
-    time.sleep(1.5)
+    writer = Writer.running(_alice_dsn(endpoint), 1.5)
     broken_at = time.monotonic()
     break_it()
     try:

@@ -23,6 +23,15 @@ class Writer:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
+    @classmethod
+    def running(cls, dsn: str, warmup: float = 1.0) -> Writer:
+        """A writer on a fresh table, writing for ``warmup`` seconds already."""
+        writer = cls(dsn)
+        writer.prepare()
+        writer.start()
+        time.sleep(warmup)
+        return writer
+
     def prepare(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
             conn.execute("DROP TABLE IF EXISTS onep_writes")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -31,7 +32,7 @@ from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
 from oneplatform.dbaas import backups
 from oneplatform.dbaas.agent_client import AgentClient
-from oneplatform.dbaas.datastores import get_datastore
+from oneplatform.dbaas.datastores import get_datastore, get_version
 from oneplatform.dbaas.endpoints import (
     PRIMARY,
     REPLICA,
@@ -217,6 +218,36 @@ def _backup_seeds(store: Store, settings: Settings, db_id: str) -> bool:
     return True
 
 
+def _db_bundle(
+    settings: Settings,
+    db: DbInstance,
+    flavor: Flavor,
+    engine: Mapping[str, str],
+    standby: UpstreamSettings | None = None,
+) -> str:
+    """A bundle of ``db`` on ``flavor``: its identity, credentials, agent secret and
+    repository, running with ``engine``; a replica's when ``standby`` names its upstream."""
+    box = box_for(settings)
+    datastore = get_datastore(db.datastore)
+    config = store_config(settings) if settings.backups and db.repo_bucket else None
+    return make_bundle(
+        db.id,
+        datastore,
+        db.version,
+        flavor.vcpus,
+        flavor.ram_mb,
+        AdminCredentials(db.admin_username, box.decrypt(db.admin_password_enc)),
+        AdminCredentials(datastore.platform_username, box.decrypt(db.platform_password_enc))
+        if db.platform_password_enc
+        else None,
+        box.decrypt(db.agent_secret_enc),
+        load_recipe(get_version(datastore, db.version).image).ports,
+        backup=backups.guest_store(config, db, box, flavor.compute_type) if config else None,
+        standby=standby,
+        engine_settings=engine,
+    )
+
+
 def _place_member(
     session: Session,
     settings: Settings,
@@ -229,38 +260,27 @@ def _place_member(
     it) and its compute instance, placed in the caller's transaction."""
     box = box_for(settings)
     datastore = get_datastore(db.datastore)
-    version = next(v for v in datastore.versions if v.version == db.version)
     engine = datastore.engine_settings(flavor.vcpus, flavor.ram_mb)
     group = _group_settings(session, settings, db)
     for key in _FLOORED:
         if key in engine and key in group:
             engine[key] = group[key]
-    config = store_config(settings) if settings.backups and db.repo_bucket else None
-    bundle = make_bundle(
-        db.id,
-        datastore,
-        db.version,
-        flavor.vcpus,
-        flavor.ram_mb,
-        AdminCredentials(db.admin_username, box.decrypt(db.admin_password_enc)),
-        AdminCredentials(datastore.platform_username, box.decrypt(db.platform_password_enc))
-        if db.platform_password_enc
-        else None,
-        box.decrypt(db.agent_secret_enc),
-        load_recipe(version.image).ports,
-        backup=backups.guest_store(config, db, box, flavor.compute_type) if config else None,
-        standby=upstream_for(
-            settings, db, box, flavor.compute_type, name, from_backup and config is not None
-        ),
-        engine_settings=engine,
+    seeded = from_backup and settings.backups and bool(db.repo_bucket)
+    bundle = _db_bundle(
+        settings,
+        db,
+        flavor,
+        engine,
+        standby=upstream_for(settings, db, box, flavor.compute_type, name, seeded),
     )
+    image = get_version(datastore, db.version).image
     member_id = new_id()
     instance, _ = place_instance(
         session,
         db.project_id,
         f"db-{member_id[:12]}",
         flavor,
-        version.image,
+        image,
         managed_by=MANAGED_BY,
         bundle_enc=box.encrypt(bundle),
         volumes=[VolumeSpec(DATA_VOLUME, db.size_gb, DATA_PATH)],
@@ -279,18 +299,18 @@ def _place_member(
     return member
 
 
-def _check_member_name(session: Session, db: DbInstance, name: str) -> None:
-    taken = session.scalars(
-        select(DbMember.id).where(
-            DbMember.project_id == db.project_id,
-            DbMember.name == name,
-            DbMember.deleted_at.is_(None),
-        )
-    ).first()
-    if taken:
-        raise AlreadyExists(
-            f"a member named {name!r} already exists", code="replica_exists"
-        ) from None
+def member_name_taken(
+    session: Session, project_id: str, name: str, other_than: str | None = None
+) -> bool:
+    """Whether a live member of the project (but ``other_than``) is named ``name``."""
+    query = select(DbMember.id).where(
+        DbMember.project_id == project_id,
+        DbMember.name == name,
+        DbMember.deleted_at.is_(None),
+    )
+    if other_than is not None:
+        query = query.where(DbMember.id != other_than)
+    return session.scalars(query).first() is not None
 
 
 def _next_name(session: Session, db: DbInstance) -> str:
@@ -339,8 +359,8 @@ def _new_replica(
     with store.session() as session:
         db = find_db(session, caller, ident)
         _check_ready(session, db, action)
-        if name is not None:
-            _check_member_name(session, db, name)
+        if name is not None and member_name_taken(session, db.project_id, name):
+            raise AlreadyExists(f"a member named {name!r} already exists", code="replica_exists")
         flavor_by_name(session, flavor_name or session.get_one(Flavor, db.flavor_id).name)
         db_id = db.id
     _ensure_replication_role(store, settings, db_id)
@@ -815,24 +835,7 @@ def detached_bundle(session: Session, settings: Settings, new: DbInstance, membe
     instance = session.get_one(Instance, member.instance_id)
     flavor = session.get_one(Flavor, instance.flavor_id)
     current = Bundle.from_json(box.decrypt(instance.bundle_enc or ""))
-    datastore = get_datastore(new.datastore)
-    version = next(v for v in datastore.versions if v.version == new.version)
-    config = store_config(settings) if settings.backups and new.repo_bucket else None
-    return make_bundle(
-        new.id,
-        datastore,
-        new.version,
-        flavor.vcpus,
-        flavor.ram_mb,
-        AdminCredentials(new.admin_username, box.decrypt(new.admin_password_enc)),
-        AdminCredentials(datastore.platform_username, box.decrypt(new.platform_password_enc))
-        if new.platform_password_enc
-        else None,
-        box.decrypt(new.agent_secret_enc),
-        load_recipe(version.image).ports,
-        backup=backups.guest_store(config, new, box, flavor.compute_type) if config else None,
-        engine_settings=dict(current.engine.settings),
-    )
+    return _db_bundle(settings, new, flavor, dict(current.engine.settings))
 
 
 def step_detach(ctx: StepContext) -> None:

@@ -330,15 +330,7 @@ def detach_replica(
                 )
             new_name = req.name or member.name
             _check_db_name_free(session, caller, new_name)
-            clash = session.scalars(
-                select(DbMember.id).where(
-                    DbMember.project_id == caller.project_id,
-                    DbMember.name == new_name,
-                    DbMember.deleted_at.is_(None),
-                    DbMember.id != member.id,
-                )
-            ).first()
-            if clash:
+            if replicas.member_name_taken(session, caller.project_id, new_name, member.id):
                 raise AlreadyExists(
                     f"a database member named {new_name!r} already exists",
                     code="db_instance_exists",
