@@ -19,6 +19,10 @@ from oneplatform import iam
 from oneplatform.api.app import create_app
 from oneplatform.api.deps import Platform
 from oneplatform.config import Settings
+from oneplatform.dbaas.datastores import DATASTORES
+from oneplatform.dbaas.datastores.base import DatastoreVersion
+from oneplatform.dbaas.datastores.features import Feature
+from oneplatform.dbaas.datastores.postgresql import PostgreSQL
 from oneplatform.images.recipes import load_recipe
 from oneplatform.store.db import Store
 from oneplatform.store.models import (
@@ -602,7 +606,110 @@ def test_credentials_are_the_owners(api: Api) -> None:
 def test_datastores_catalog(api: Api) -> None:
     catalog = api.client.get("/v1/datastores", headers=api.other).json()
     pg = next(d for d in catalog if d["name"] == "postgresql")
-    assert {"version": "15", "image": "postgresql-15", "default": True} in pg["versions"]
+    v15 = next(v for v in pg["versions"] if v["version"] == "15")
+    assert (v15["image"], v15["default"]) == ("postgresql-15", True)
+    caps = {c["name"]: c for c in v15["capabilities"]}
+    assert set(caps) == {f.value for f in Feature}
+    assert all(c["supported"] and c["reason"] is None and c["description"] for c in caps.values())
+    assert v15["backup_types"] == ["full", "diff", "incr"]
+
+
+# -- datastore capabilities: what an engine lacks is refused up front, with its reason ----------
+class _KeyValue(PostgreSQL):
+    """A datastore that lacks what a key-value engine lacks (for the refusals' logic only)."""
+
+    name = "keyvalue"
+    versions = (
+        DatastoreVersion(
+            "1", IMAGE, unsupported={Feature.SWITCHOVER: "version 1 has no switchover"}
+        ),
+    )
+    default_version = "1"
+    unsupported = {
+        Feature.DATABASES: "it has no databases, only keys",
+        Feature.GRANTS: "its users are granted key patterns, not databases",
+        Feature.PITR: "its snapshots are points, not a window",
+    }
+    backup_types = ("full",)
+
+
+@pytest.fixture
+def keyvalue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(DATASTORES, _KeyValue.name, _KeyValue())
+
+
+@pytest.mark.usefixtures("keyvalue")
+def test_the_catalog_says_what_a_datastore_lacks_and_why(api: Api) -> None:
+    catalog = api.client.get("/v1/datastores", headers=api.other).json()
+    kv = next(d for d in catalog if d["name"] == "keyvalue")["versions"][0]
+    lacking = {c["name"]: c["reason"] for c in kv["capabilities"] if not c["supported"]}
+    assert lacking == {
+        "databases": "it has no databases, only keys",
+        "grants": "its users are granted key patterns, not databases",
+        "pitr": "its snapshots are points, not a window",
+        "switchover": "version 1 has no switchover",
+    }
+    assert kv["backup_types"] == ["full"]
+
+
+@pytest.mark.usefixtures("keyvalue")
+@pytest.mark.parametrize(
+    ("body", "feature"),
+    [
+        ({"databases": ["appdb"]}, "databases"),
+        ({"users": [{"name": "alice", "password": "Alice-pw-123", "databases": ["a"]}]}, "grants"),
+        ({"restore_from": "pg1", "to_time": "2026-01-01T00:00:00Z"}, "pitr"),
+    ],
+)
+def test_a_create_asking_what_the_datastore_lacks_is_refused_and_writes_nothing(
+    api: Api, body: dict[str, object], feature: str
+) -> None:
+    before = api.counts()
+    payload = {"name": "kv1", "datastore": "keyvalue", "flavor": "container.small", **body}
+    error = _error(
+        api.client.post("/v1/db/instances", json=payload, headers=api.admin),
+        409,
+        "capability_not_supported",
+    )
+    assert error["details"]["capability"] == feature
+    assert error["message"].startswith(f"keyvalue 1 does not support {feature}: ")
+    assert api.counts() == before
+
+
+@pytest.mark.usefixtures("keyvalue")
+def test_requests_for_what_a_datastore_lacks_are_refused_with_the_reason(api: Api) -> None:
+    """On a database of the datastore: each request names the feature it lacks (before its
+    state is looked at); what it has is not refused for that reason."""
+    db = _create_db(api, "kv1", datastore="keyvalue", databases=[], users=[])["instance"]
+    base = f"/v1/db/instances/{db['id']}"
+    refused = [
+        ("GET", f"{base}/databases", None, "databases"),
+        ("POST", f"{base}/databases", {"name": "x"}, "databases"),
+        ("DELETE", f"{base}/databases/x", None, "databases"),
+        ("POST", f"{base}/users", {"name": "bob", "databases": ["x"]}, "grants"),
+        ("POST", f"{base}/users/alice/grants", {"database": "x"}, "grants"),
+        ("DELETE", f"{base}/users/alice/grants/x", None, "grants"),
+        ("POST", f"{base}/backups", {"type": "incr"}, "backups"),
+        ("PUT", f"{base}/backup-schedule", _INCREMENTAL_SCHEDULE, "backups"),
+        ("POST", f"{base}/switchover", {}, "switchover"),
+    ]
+    before = api.counts()
+    for method, path, body, feature in refused:
+        response = api.client.request(method, path, json=body, headers=api.admin)
+        error = _error(response, 409, "capability_not_supported")
+        assert error["details"]["capability"] == feature, (method, path)
+    assert api.counts() == before
+    # Supported: refused only because the database is not ACTIVE yet.
+    for method, path, body in [
+        ("GET", f"{base}/users", None),
+        ("POST", f"{base}/backups", {"type": "full"}),
+        ("POST", f"{base}/replicas", {}),
+    ]:
+        response = api.client.request(method, path, json=body, headers=api.admin)
+        _error(response, 409, "invalid_state")
+
+
+_INCREMENTAL_SCHEDULE = {"every_seconds": 3600, "full_every_seconds": 86400, "keep_days": 7}
 
 
 # -- admin input is typed by compute type ------------------------------------------------------

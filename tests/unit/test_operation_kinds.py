@@ -20,6 +20,7 @@ from oneplatform.compute.reconciler import request_repair
 from oneplatform.dbaas import backups, failover, replicas
 from oneplatform.dbaas import service as dbaas
 from oneplatform.dbaas.datastores.base import ConnInfo
+from oneplatform.dbaas.datastores.features import Feature
 from oneplatform.errors import BackendError, BackendUnavailable, Conflict, PlatformError
 from oneplatform.ops.engine import Worker
 from oneplatform.ops.kinds import all_kinds
@@ -589,6 +590,29 @@ def test_a_silent_primary_is_fenced_and_its_replica_promoted(
             e.message for e in session.scalars(select(Event).where(Event.resource_id == shown.id))
         ]
     assert any(m.startswith("failover: pg1 fenced") and "pg1-r1 promoted" in m for m in messages)
+
+
+def test_a_datastore_without_failover_has_its_silent_primary_repaired_not_failed_over(
+    group: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakePostgreSQL, "unsupported", {Feature.FAILOVER: "not in this test"})
+    primary = _agent(group, "pg1")
+    with group.store.session() as session:
+        old_instance = session.get_one(
+            DbInstance, dbaas.get_db(group.store, group.member, "pg1").id
+        ).instance_id
+    monkeypatch.setattr(FakePostgreSQL, "ping", _silent)
+    primary.close()
+    group.settings.failover_grace_seconds = 0.0
+    down: dict[str, float] = {}
+    assert failover.watch_once(group.store, group.settings, down) == []
+    assert failover.watch_once(group.store, group.settings, down) == []
+    assert dbaas.get_db(group.store, group.member, "pg1").status == "ACTIVE"
+    assert request_repair(group.store, old_instance or "", "test") is not None  # not held
+
+
+def _silent(self: object, conn: ConnInfo, timeout: float = 10.0) -> None:
+    raise BackendUnavailable("no answer")
 
 
 def test_every_operation_kind_is_driven_by_this_module() -> None:

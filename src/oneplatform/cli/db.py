@@ -463,6 +463,22 @@ def user_revoke(name: str, user: str, database: str, output: Format = OutputOpt)
 
 
 @datastore_app.command("list")
-def datastore_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
+def datastore_list(output: Format = OutputOpt) -> None:
+    """Engines and versions, and what the platform can do with each (the reason when not)."""
     with Client.from_home() as c, api_errors():
-        emit(c.db.datastores(), output, ("name", "versions"), wide=wide)
+        datastores = c.db.datastores()
+        if output is Format.json:
+            emit(datastores, output, ())
+            return
+        for ds in datastores:
+            for v in ds.versions:
+                default = " (default)" if v.default else ""
+                console.print(f"[bold]{ds.name} {v.version}[/]{default}  image {v.image}")
+                for cap in v.capabilities:
+                    mark = "[green]yes[/]" if cap.supported else "[red]no[/] "
+                    console.print(
+                        f"  {mark} {cap.name:<11} {cap.reason or cap.description}",
+                        highlight=False,
+                    )
+                if v.backup_types:
+                    console.print(f"  backup types: {', '.join(v.backup_types)}", highlight=False)

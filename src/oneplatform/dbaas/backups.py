@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from oneplatform.config import Settings
 from oneplatform.dbaas import backup_ops
 from oneplatform.dbaas.backup_ops import BACKUP_DELETE
+from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.lookup import find_db, find_db_any
 from oneplatform.dbaas.reach import agent_client, reach
 from oneplatform.dbaas.states import BACKUPS, BackupStatus, DbStatus
@@ -192,6 +193,7 @@ def create_backup(
     try:
         with store.session() as session:
             db = find_db(session, caller, ident)
+            get_datastore(db.datastore).require_backup_type(db.version, req.type)
             if db.status != DbStatus.ACTIVE.value:
                 raise Conflict(
                     f"database instance {db.name!r} is {db.status}, not ACTIVE",
@@ -315,6 +317,10 @@ def set_schedule(store: Store, caller: Caller, ident: str, req: ScheduleSet) -> 
         )
     with store.session() as session:
         db = find_db(session, caller, ident)
+        # Between fulls the schedule takes incremental backups.
+        get_datastore(db.datastore).require_backup_type(
+            db.version, "full" if req.full_every_seconds is None else "incr"
+        )
         schedule = session.get(BackupSchedule, db.id)
         if schedule is None:
             schedule = BackupSchedule(db_instance_id=db.id, project_id=db.project_id)

@@ -36,6 +36,8 @@ from oneplatform.compute.instances import fence, request_delete
 from oneplatform.compute.reconciler import register_hold
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
+from oneplatform.dbaas.datastores import get_datastore
+from oneplatform.dbaas.datastores.features import Feature
 from oneplatform.dbaas.endpoints import PRIMARY, REPLICA, drop_member, live_members, sync_proxy
 from oneplatform.dbaas.reach import agent_client, reach
 from oneplatform.dbaas.replicas import add_members
@@ -59,6 +61,8 @@ def _hold(session: Session, instance_id: str) -> str | None:
     ).first()
     if member is None or member.role != PRIMARY:
         return None
+    if not _fails_over(session.get_one(DbInstance, member.db_id)):
+        return None
     ready = [
         m
         for m in live_members(session, member.db_id)
@@ -70,9 +74,15 @@ def _hold(session: Session, instance_id: str) -> str | None:
 register_hold(_hold)
 
 
+def _fails_over(db: DbInstance) -> bool:
+    """Whether the database's datastore supports automatic failover."""
+    return Feature.FAILOVER not in get_datastore(db.datastore).lacks(db.version)
+
+
 # -- the watcher --------------------------------------------------------------------------------
 def _groups(store: Store) -> list[str]:
-    """ACTIVE databases with a ready replica (the ones a failover can help)."""
+    """ACTIVE databases with a ready replica (the ones a failover can help) whose datastore
+    fails over."""
     with store.session() as session:
         ids = []
         for db in session.scalars(
@@ -80,6 +90,8 @@ def _groups(store: Store) -> list[str]:
                 DbInstance.deleted_at.is_(None), DbInstance.status == DbStatus.ACTIVE.value
             )
         ):
+            if not _fails_over(db):
+                continue
             members = live_members(session, db.id)
             if any(m.role == REPLICA and m.status == MemberStatus.ACTIVE.value for m in members):
                 ids.append(db.id)

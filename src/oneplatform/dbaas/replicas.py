@@ -33,6 +33,7 @@ from oneplatform.config import Settings
 from oneplatform.dbaas import backups
 from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.dbaas.datastores import get_datastore, get_version
+from oneplatform.dbaas.datastores.features import Feature
 from oneplatform.dbaas.endpoints import (
     PRIMARY,
     REPLICA,
@@ -330,15 +331,14 @@ def _next_name(session: Session, db: DbInstance) -> str:
     return f"{db.name}-r{n}"
 
 
-def _check_ready(session: Session, db: DbInstance, action: str) -> None:
+def _check_ready(session: Session, db: DbInstance, action: str, *needs: Feature) -> None:
+    get_datastore(db.datastore).require(db.version, *needs)
     if db.status != DbStatus.ACTIVE.value:
         raise Conflict(
             f"cannot {action} database instance {db.name!r} while it is {db.status}",
             code="invalid_state",
             status=db.status,
         )
-    if get_datastore(db.datastore).name != "postgresql":
-        raise Conflict(f"{db.datastore} has no replicas yet", code="not_supported")
     if len(live_members(session, db.id)) >= REPLICA_SLOTS:
         raise Conflict(
             f"database instance {db.name!r} has {REPLICA_SLOTS} members already",
@@ -358,7 +358,7 @@ def _new_replica(
     """Check, make the replication role, then place the member: (db id, member id)."""
     with store.session() as session:
         db = find_db(session, caller, ident)
-        _check_ready(session, db, action)
+        _check_ready(session, db, action, Feature.REPLICAS)
         if name is not None and member_name_taken(session, db.project_id, name):
             raise AlreadyExists(f"a member named {name!r} already exists", code="replica_exists")
         flavor_by_name(session, flavor_name or session.get_one(Flavor, db.flavor_id).name)
@@ -443,7 +443,7 @@ def switchover(
 ) -> OperationOut:
     with store.session() as session:
         db = find_db(session, caller, ident)
-        _check_ready(session, db, "switch over")
+        _check_ready(session, db, "switch over", Feature.SWITCHOVER)
         replicas = [
             m
             for m in live_members(session, db.id)
@@ -488,6 +488,7 @@ def move(
     """A replica on ``req.flavor``, then a switchover to it, then the former primary goes."""
     with store.session() as session:
         db = find_db(session, caller, ident)
+        get_datastore(db.datastore).require(db.version, Feature.MOVE)
         flavor = flavor_by_name(session, req.flavor)
         if flavor.id == db.flavor_id:
             raise InvalidInput(

@@ -22,6 +22,7 @@ from oneplatform.config import Settings
 from oneplatform.dbaas import backups, replicas, warm
 from oneplatform.dbaas import operations as ops
 from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
+from oneplatform.dbaas.datastores.features import FEATURE_HELP, Feature
 from oneplatform.dbaas.endpoints import (
     PRIMARY,
     allocate_ports,
@@ -39,6 +40,7 @@ from oneplatform.iam import Caller
 from oneplatform.images.recipes import load_recipe
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.service import to_out
+from oneplatform.schemas.compute import CapabilityOut
 from oneplatform.schemas.databases import (
     Credentials,
     DatabaseOut,
@@ -68,9 +70,22 @@ def list_datastores() -> list[DatastoreOut]:
             name=ds.name,
             versions=[
                 DatastoreVersionOut(
-                    version=v.version, image=v.image, default=v.version == ds.default_version
+                    version=v.version,
+                    image=v.image,
+                    default=v.version == ds.default_version,
+                    capabilities=[
+                        CapabilityOut(
+                            name=feature.value,
+                            supported=feature not in lacking,
+                            description=FEATURE_HELP[feature],
+                            reason=lacking.get(feature),
+                        )
+                        for feature in Feature
+                    ],
+                    backup_types=[] if Feature.BACKUPS in lacking else list(ds.backup_types),
                 )
                 for v in ds.versions
+                for lacking in [ds.lacks(v.version)]
             ],
         )
         for ds in DATASTORES.values()
@@ -164,14 +179,33 @@ def _validate_create(req: DbInstanceCreate) -> None:
             )
 
 
+def _create_needs(req: DbInstanceCreate) -> list[Feature]:
+    """The features a create asks of its datastore."""
+    needs = []
+    if req.databases:
+        needs.append(Feature.DATABASES)
+    if req.users:
+        needs.append(Feature.USERS)
+    if any(u.databases for u in req.users):
+        needs.append(Feature.GRANTS)
+    if req.restore or req.restore_from:
+        needs.append(Feature.BACKUPS)
+    if req.to_time is not None:
+        needs.append(Feature.PITR)
+    if req.replicas:
+        needs.append(Feature.REPLICAS)
+    return needs
+
+
 def create_db(
     store: Store, settings: Settings, caller: Caller, req: DbInstanceCreate
 ) -> DbInstanceAccepted:
     """Place the compute instance (or claim a warm one) and write the database instance, in
     one transaction."""
-    _validate_create(req)
     datastore = get_datastore(req.datastore)
     version = get_version(datastore, req.version)
+    datastore.require(version.version, *_create_needs(req))
+    _validate_create(req)
     box = box_for(settings)
     admin_password, agent_secret = generate_password(), generate_token()
     platform_password = generate_password()
@@ -316,6 +350,7 @@ def detach_replica(
         with store.session() as session:
             member = replicas.find_member(session, caller, name)
             group = session.get_one(DbInstance, member.db_id)
+            get_datastore(group.datastore).require(group.version, Feature.REPLICAS)
             if member.role == PRIMARY:
                 raise Conflict(
                     f"{member.name!r} is the primary of {group.name!r}: only a replica can be "
@@ -474,10 +509,14 @@ def _require_active(db: DbInstance) -> None:
         )
 
 
-def _reach_active(store: Store, settings: Settings, caller: Caller, ident: str) -> Reach:
+def _reach_active(
+    store: Store, settings: Settings, caller: Caller, ident: str, *needs: Feature
+) -> Reach:
+    """The engine of an ACTIVE database whose datastore supports ``needs``."""
     box = box_for(settings)
     with store.session() as session:
         db = find_db(session, caller, ident)
+        get_datastore(db.datastore).require(db.version, *needs)
         _require_active(db)
         return _reach_reconciled(session, db, box)
 
@@ -503,14 +542,14 @@ def _reach_reconciled(session: Session, db: DbInstance, box: SecretBox) -> Reach
 def list_databases(
     store: Store, settings: Settings, caller: Caller, ident: str
 ) -> list[DatabaseOut]:
-    r = _reach_active(store, settings, caller, ident)
+    r = _reach_active(store, settings, caller, ident, Feature.DATABASES)
     return [DatabaseOut(name=n) for n in r.datastore.list_databases(r.engine)]
 
 
 def create_database(
     store: Store, settings: Settings, caller: Caller, ident: str, name: str
 ) -> DatabaseOut:
-    r = _reach_active(store, settings, caller, ident)
+    r = _reach_active(store, settings, caller, ident, Feature.DATABASES)
     r.datastore.create_database(r.engine, name)
     return DatabaseOut(name=name)
 
@@ -518,12 +557,12 @@ def create_database(
 def delete_database(
     store: Store, settings: Settings, caller: Caller, ident: str, name: str
 ) -> None:
-    r = _reach_active(store, settings, caller, ident)
+    r = _reach_active(store, settings, caller, ident, Feature.DATABASES)
     r.datastore.delete_database(r.engine, name)
 
 
 def list_users(store: Store, settings: Settings, caller: Caller, ident: str) -> list[DbUserOut]:
-    r = _reach_active(store, settings, caller, ident)
+    r = _reach_active(store, settings, caller, ident, Feature.USERS)
     return [
         DbUserOut(name=u.name, databases=list(u.databases))
         for u in r.datastore.list_users(r.engine)
@@ -533,7 +572,8 @@ def list_users(store: Store, settings: Settings, caller: Caller, ident: str) -> 
 def create_user(
     store: Store, settings: Settings, caller: Caller, ident: str, req: DbUserCreate
 ) -> DbUserCreated:
-    r = _reach_active(store, settings, caller, ident)
+    needs = (Feature.USERS, Feature.GRANTS) if req.databases else (Feature.USERS,)
+    r = _reach_active(store, settings, caller, ident, *needs)
     ds = r.datastore
     ds.validate_user_name(req.name)
     for database in req.databases:
@@ -553,14 +593,14 @@ def create_user(
 
 
 def delete_user(store: Store, settings: Settings, caller: Caller, ident: str, name: str) -> None:
-    r = _reach_active(store, settings, caller, ident)
+    r = _reach_active(store, settings, caller, ident, Feature.USERS)
     r.datastore.delete_user(r.engine, name)
 
 
 def set_user_password(
     store: Store, settings: Settings, caller: Caller, ident: str, name: str, password: str | None
 ) -> Credentials:
-    r = _reach_active(store, settings, caller, ident)
+    r = _reach_active(store, settings, caller, ident, Feature.USERS)
     r.datastore.validate_user_name(name)
     new = password or generate_password()
     r.datastore.set_password(r.engine, name, new)
@@ -570,7 +610,7 @@ def set_user_password(
 def grant(
     store: Store, settings: Settings, caller: Caller, ident: str, user: str, database: str
 ) -> DbUserOut:
-    r = _reach_active(store, settings, caller, ident)
+    r = _reach_active(store, settings, caller, ident, Feature.GRANTS)
     r.datastore.grant(r.engine, user, database)
     return _user(r, user)
 
@@ -578,7 +618,7 @@ def grant(
 def revoke(
     store: Store, settings: Settings, caller: Caller, ident: str, user: str, database: str
 ) -> DbUserOut:
-    r = _reach_active(store, settings, caller, ident)
+    r = _reach_active(store, settings, caller, ident, Feature.GRANTS)
     r.datastore.revoke(r.engine, user, database)
     return _user(r, user)
 

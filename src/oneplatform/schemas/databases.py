@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from oneplatform.schemas.base import CatalogName, Request, ResourceName, Response
+from oneplatform.schemas.compute import CapabilityOut
 from oneplatform.schemas.operations import OperationOut
 
 DbObjectName = Annotated[
@@ -26,6 +27,10 @@ class DatastoreVersionOut(Response):
     version: str
     image: str
     default: bool
+    capabilities: list[CapabilityOut] = Field(
+        description="What the platform can do with this engine; each 'no' with its reason."
+    )
+    backup_types: list[str] = Field(description="What `onep backup create --type` takes.")
 
 
 class DatastoreOut(Response):

@@ -12,13 +12,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from oneplatform.errors import AlreadyExists
+from oneplatform.dbaas.datastores.features import BACKUP_TYPES, Feature, refusal
+from oneplatform.errors import AlreadyExists, CapabilityNotSupported
 
 
 @dataclass(frozen=True)
 class DatastoreVersion:
     version: str
     image: str
+    # What this version lacks beyond its datastore's ``unsupported``, and why.
+    unsupported: Mapping[Feature, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,34 @@ class Datastore(abc.ABC):
     platform_username: ClassVar[str] = "onep_platform"  # the platform's own role, never shown
     uri_scheme: ClassVar[str]  # of connection URIs: postgresql://user@host:port/database
     admin_database: ClassVar[str] = ""  # the database an admin connects to by default
+    # What the engine cannot do through the platform, and why (see ``features``).
+    unsupported: ClassVar[Mapping[Feature, str]] = {}
+    backup_types: ClassVar[tuple[str, ...]] = tuple(BACKUP_TYPES)
+
+    def lacks(self, version: str) -> dict[Feature, str]:
+        """Every feature ``version`` does not support, with the reason."""
+        extra = next((v.unsupported for v in self.versions if v.version == version), {})
+        return {**self.unsupported, **extra}
+
+    def require(self, version: str, *features: Feature) -> None:
+        """Refuse up front, with the reason, a feature ``version`` does not support."""
+        lacking = self.lacks(version)
+        for feature in features:
+            err = refusal(lacking, feature, self.name, version)
+            if err is not None:
+                raise err
+
+    def require_backup_type(self, version: str, backup_type: str) -> None:
+        self.require(version, Feature.BACKUPS)
+        if backup_type not in self.backup_types:
+            raise CapabilityNotSupported(
+                f"{self.name} {version} has no {backup_type!r} backups "
+                f"(it takes: {', '.join(self.backup_types)})",
+                capability=Feature.BACKUPS.value,
+                datastore=self.name,
+                version=version,
+                backup_type=backup_type,
+            )
 
     def connection_uri(self, host: str, port: int, user: str, database: str | None = None) -> str:
         """A URI the engine's own clients take; never with a password in it."""
