@@ -143,6 +143,10 @@ def step_claim(ctx: StepContext) -> None:
     )
 
 
+# A restore's engine starts once the data is restored and recovered, which for a large
+# database takes hours (the guest agent gives it as long before it calls the start failed).
+RESTORE_READY_S = 6 * 3600.0
+
 # The agent step asks every AGENT_POLL_S for up to AGENT_WINDOW_S in one go (the engine is
 # usually ready within a few tenths of a second of its port opening), then lets the worker go.
 AGENT_POLL_S = 0.05
@@ -173,7 +177,8 @@ def step_agent(ctx: StepContext) -> None:
                 f"the engine failed to start: {health.detail}", code="engine_failed"
             )
         if time.monotonic() - started >= AGENT_WINDOW_S:
-            deadline(ctx, "engine start")
+            restoring = bool(ctx.params.get("restore_source"))
+            deadline(ctx, "engine start", RESTORE_READY_S if restoring else None)
             raise NotYet(f"engine {health.engine}: {health.detail}", 0.5)
         time.sleep(AGENT_POLL_S)
 
