@@ -230,6 +230,7 @@ def test_the_readme_tour_runs_start_to_end(lab: Platform) -> None:
         assert dbs[name]["connection_uri"].startswith("postgresql://admin@")
         _psql(lab, name, "CREATE TABLE t (x int); INSERT INTO t VALUES (42)")
         assert _psql(lab, name, "SELECT x FROM t") == "42"
+    assert _psql(lab, "pgvm", "SHOW shared_buffers") == "256MB"  # vm.small: 1024 MB / 4
     active = [n for n in _nodes(lab).values() if n["state"] == "active"]
     assert len(active) == 1 and active[0]["power_state"] == "running"
 
@@ -602,19 +603,24 @@ def _wait_op(lab: Platform, op_id: str, timeout: float = 900) -> None:
 
 def test_restores_killed_mid_deploy_resume(lab: Platform) -> None:
     """The deleted bare-metal database's backup outlives it: it is restored onto bare metal,
-    and every database's onto a VM, at once; the platform is killed with -9 once the node's
-    ramdisk was booted but before the step was recorded. Restarted, every restore resumes
-    where it was and ends ACTIVE with its table identical."""
+    a second backup onto the other node and the third onto a VM, at once; the platform is
+    killed with -9 once a node's ramdisk was booted but before the step was recorded.
+    Restarted, every restore resumes where it was and ends ACTIVE with its table identical.
+    With the restores onto containers above, every compute type is restored from and onto
+    (the backups were taken on a container, a VM and a node: pgc, pgvm, pgbm)."""
     gone = next(db for db in DATABASES if db not in ON.values())  # deleted above
+    first = next(db for db in DATABASES if db != gone)  # onto the other node, at once
+    (last,) = [db for db in DATABASES if db not in (gone, first)]
     _wait_nodes(lab, "available")
     lab.stop()
     lab.start(ONEP_FAILPOINT="instance.create.baremetal:boot_ramdisk")
     started = time.monotonic()
-    first = next(db for db in DATABASES if db != gone)  # onto the other node, at once
     restores = {
         (gone, "baremetal.small"): f"{gone}-back",
         (first, "baremetal.small"): f"{first}-on-bm",
-    } | {(db, "vm.small"): f"{db}-on-vm" for db in DATABASES}
+        (last, "vm.small"): f"{last}-on-vm",
+    }
+    assert {DATABASES[db] for db, _ in restores} == set(DATABASES.values())
     ops = {
         name: lab.json("db", "create", name, "--restore", f"{db}-full", "--flavor", flavor)["id"]
         for (db, flavor), name in restores.items()
@@ -643,16 +649,6 @@ def test_restores_killed_mid_deploy_resume(lab: Platform) -> None:
             lambda name: lab.run("db", "delete", name, "--wait", timeout=900, check=False),
             restores.values(),
         )
-    _wait_nodes(lab, "available", timeout=300)
-
-
-def test_the_last_compute_type_restores_onto_bare_metal(lab: Platform) -> None:
-    """The last pair onto bare metal: with the restores above, every (source, target) pair
-    of the three compute types."""
-    gone = next(db for db in DATABASES if db not in ON.values())
-    first = next(db for db in DATABASES if db != gone)
-    (last,) = [db for db in DATABASES if db not in (gone, first)]
-    _restore(lab, last, "baremetal.small")
     _wait_nodes(lab, "available", timeout=300)
 
 

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
-from typing import Any
 
-import psycopg
 import pytest
 
 from tests.e2e.conftest import Platform
 
 pytestmark = pytest.mark.e2e
-ALICE_PW = "Alice-vm-pw-31"
-
-
-def _domains() -> set[str]:
-    out = subprocess.run(
-        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return {line.strip() for line in out.stdout.splitlines() if line.strip()}
 
 
 def _dumpxml(instance_id: str) -> str:
@@ -36,18 +22,6 @@ def _dumpxml(instance_id: str) -> str:
     ).stdout
 
 
-def _connect(endpoint: dict[str, Any], user: str, password: str, dbname: str) -> Any:
-    return psycopg.connect(
-        host=endpoint["host"],
-        port=endpoint["port"],
-        user=user,
-        password=password,
-        dbname=dbname,
-        connect_timeout=10,
-        autocommit=True,
-    )
-
-
 def test_vm_capabilities_are_served(platform: Platform) -> None:
     types = {t["name"]: t for t in platform.json("compute-type", "list")}
     caps = {c["name"]: c for c in types["vm"]["capabilities"]}
@@ -57,77 +31,6 @@ def test_vm_capabilities_are_served(platform: Platform) -> None:
     flavors = {f["name"]: f for f in platform.json("flavor", "list")}
     assert flavors["vm.small"]["compute_type"] == "vm"
     assert "vms" in [p["name"] for p in platform.json("pool", "list")]
-
-
-def _domain_of(platform: Platform, db_name: str) -> str:
-    """The libvirt domain behind a database instance (its compute instance is hidden)."""
-    with sqlite3.connect(platform.home / "oneplatform.db") as conn:
-        (instance_id,) = conn.execute(
-            "SELECT instance_id FROM db_instances WHERE name = ? AND deleted_at IS NULL",
-            (db_name,),
-        ).fetchone()
-    return f"onep-{instance_id}"
-
-
-def test_postgresql_database_on_a_vm(platform: Platform) -> None:
-    db = platform.json(
-        "db",
-        "create",
-        "pgvm",
-        "--datastore",
-        "postgresql",
-        "--flavor",
-        "vm.small",
-        "--database",
-        "appdb",
-        "--user",
-        f"alice:{ALICE_PW}",
-        "--wait",
-        timeout=1200,
-    )
-    try:
-        assert db["status"] == "ACTIVE" and db["health"] == "HEALTHY"
-        assert db["compute_type"] == "vm" and db["flavor"] == "vm.small"
-        domain = _domain_of(platform, "pgvm")
-        assert domain in _domains()
-        endpoint = db["endpoint"]
-        out = subprocess.run(
-            [
-                "psql",
-                "-h",
-                endpoint["host"],
-                "-p",
-                str(endpoint["port"]),
-                "-U",
-                "alice",
-                "-d",
-                "appdb",
-                "-tAc",
-                "CREATE TABLE t (x int); INSERT INTO t VALUES (7); SELECT x FROM t",
-            ],
-            env={"PGPASSWORD": ALICE_PW, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-        )
-        assert out.returncode == 0 and out.stdout.strip().endswith("7"), out.stderr
-        creds = platform.json("db", "credentials", "pgvm")
-        with _connect(endpoint, creds["username"], creds["password"], "postgres") as c:
-            assert c.execute("SHOW shared_buffers").fetchone() == ("256MB",)  # 1024 MB / 4
-
-        platform.run("db", "database", "create", "pgvm", "reports")
-        bob = platform.json("db", "user", "create", "pgvm", "bob", "--database", "reports")
-        with _connect(endpoint, "bob", bob["password"], "reports") as c:
-            c.execute("CREATE TABLE r (y int)")
-        assert {u["name"] for u in platform.json("db", "user", "list", "pgvm")} == {"alice", "bob"}
-
-        restarted = platform.json("db", "restart", "pgvm", "--wait", timeout=600)
-        assert restarted["status"] == "ACTIVE"
-        with _connect(endpoint, "alice", ALICE_PW, "appdb") as c:
-            assert c.execute("SELECT x FROM t").fetchone() == (7,)
-    finally:
-        platform.run("db", "delete", "pgvm", "--wait", timeout=600, check=False)
-    assert domain not in _domains()
-    assert platform.json("db", "list") == []
 
 
 def test_plain_vm_instance_lifecycle(platform: Platform) -> None:
