@@ -185,10 +185,17 @@ def enroll_lab_nodes(store: Store, settings: Settings) -> list[str]:
     return started
 
 
-def ensure_images(store: Store) -> list[str]:
-    """Start building every image that is not built yet; returns the operation ids."""
+def ensure_images(store: Store, settings: Settings) -> list[str]:
+    """Start building each image of ``settings.images`` that is not built yet; returns the
+    operation ids."""
+    wanted = settings.images.strip()
+    names = (
+        list_recipes()
+        if wanted == "*"
+        else [name.strip() for name in wanted.split(",") if name.strip()]
+    )
     started = []
-    for name in list_recipes():
+    for name in names:
         accepted = request_build(store, None, name)
         if accepted.operation is not None:
             started.append(accepted.operation.id)

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     port_range_start: int = Field(default=20000, ge=1024, le=65535)
     port_range_end: int = Field(default=29999, ge=1024, le=65535)
     ready_timeout_seconds: float = Field(default=300.0, gt=0)
+    images: str = Field(
+        default="*",
+        description="The images `onep up` builds at its start: '*' every recipe, else a "
+        "comma-separated list ('' none). Any other is built when an instance first needs it.",
+    )
     secret_key: str | None = Field(
         default=None,
         description="Fernet key for secrets at rest; $ONEP_HOME/secret.key when unset.",

@@ -81,7 +81,7 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
     for warning in ensure_defaults(store, settings):
         log.warning("%s", warning)
     enrolling = enroll_lab_nodes(store, settings)
-    builds = ensure_images(store)
+    builds = ensure_images(store, settings)
     stop = threading.Event()
     start_workers(store, settings, settings.workers, stop)
     for loop, name in (

@@ -314,14 +314,34 @@ def test_duplicate_name_is_refused(api: Api) -> None:
     assert api.counts() == before
 
 
-def test_image_not_built_is_refused(api: Api) -> None:
+def test_an_image_not_built_for_its_recipe_is_built_for_the_create(api: Api) -> None:
     with api.store.session() as s:
         s.scalars(select(Image)).one().content_hash = "stale"
+    payload = {"name": "db1", "flavor": "container.small", "image": IMAGE}
+    response = api.client.post("/v1/instances", json=payload, headers=api.admin)
+    assert response.status_code == 202, response.text
+    with api.store.session() as s:
+        image = s.scalars(select(Image)).one()
+        assert (image.status, image.content_hash) == ("BUILDING", load_recipe(IMAGE).content_hash())
+        kinds = sorted(op.kind for op in s.scalars(select(Operation)))
+    assert kinds == ["image.build", "instance.create"]
+    # A second create joins that build.
+    payload["name"] = "db2"
+    assert api.client.post("/v1/instances", json=payload, headers=api.admin).status_code == 202
+    with api.store.session() as s:
+        assert sorted(op.kind for op in s.scalars(select(Operation))).count("image.build") == 1
+
+
+def test_an_image_whose_build_failed_is_refused(api: Api) -> None:
+    with api.store.session() as s:
+        image = s.scalars(select(Image)).one()
+        image.status, image.status_message = "ERROR", "debootstrap failed"
     before = api.counts()
     payload = {"name": "db1", "flavor": "container.small", "image": IMAGE}
-    _error(
+    error = _error(
         api.client.post("/v1/instances", json=payload, headers=api.admin), 409, "image_not_ready"
     )
+    assert "debootstrap failed" in error["message"] and "onep image build" in error["message"]
     assert api.counts() == before
 
 

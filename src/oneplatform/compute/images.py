@@ -16,7 +16,7 @@ from oneplatform.compute.drivers import driver_for
 from oneplatform.compute.drivers.base import HostRef
 from oneplatform.compute.hosts import host_ref
 from oneplatform.compute.types import registered
-from oneplatform.errors import PlatformError
+from oneplatform.errors import ImageNotReady, PlatformError
 from oneplatform.iam import Caller
 from oneplatform.images.builder import artifact_for, build_rootfs
 from oneplatform.images.catalog import IMAGES, ImageStatus, image_row, recipe_named, to_out
@@ -36,25 +36,51 @@ def request_build(store: Store, caller: Caller | None, name: str) -> ImageBuildA
     if caller is not None:
         caller.require_admin()
     recipe = recipe_named(name)
-    digest = recipe.content_hash()
     with store.session() as session:
-        row = image_row(session, name)
-        current = row is not None and row.content_hash == digest
-        if row is not None and current and IMAGES.state_of(row) is ImageStatus.READY:
-            return ImageBuildAccepted(operation=None, image=to_out(recipe, row))
-        if row is not None and current and IMAGES.state_of(row) is ImageStatus.BUILDING:
-            running = _open_build(session, row.id)
-            if running is not None:
-                return ImageBuildAccepted(operation=op_out(running), image=to_out(recipe, row))
-        if row is None:
-            row = Image(id=new_id(), name=name, content_hash=digest, ports=dict(recipe.ports))
-            IMAGES.created(session, row, "build requested")
-            session.add(row)
-        else:
-            IMAGES.move(session, row, ImageStatus.BUILDING, "build requested")
-        row.content_hash, row.formats, row.ports = digest, {}, dict(recipe.ports)
-        op = enqueue(session, IMAGE_BUILD, row.id, None, {"name": name, "hash": digest})
-        return ImageBuildAccepted(operation=op_out(op), image=to_out(recipe, row))
+        row, op = _build(session, name)
+        return ImageBuildAccepted(
+            operation=op_out(op) if op is not None else None, image=to_out(recipe, row)
+        )
+
+
+def _build(session: Session, name: str) -> tuple[Image, Operation | None]:
+    """The image's row, and the build that makes its current recipe (None: it is built)."""
+    recipe = recipe_named(name)
+    digest = recipe.content_hash()
+    row = image_row(session, name)
+    current = row is not None and row.content_hash == digest
+    if row is not None and current and IMAGES.state_of(row) is ImageStatus.READY:
+        return row, None
+    if row is not None and current and IMAGES.state_of(row) is ImageStatus.BUILDING:
+        running = _open_build(session, row.id)
+        if running is not None:
+            return row, running
+    if row is None:
+        row = Image(id=new_id(), name=name, content_hash=digest, ports=dict(recipe.ports))
+        IMAGES.created(session, row, "build requested")
+        session.add(row)
+    else:
+        IMAGES.move(session, row, ImageStatus.BUILDING, "build requested")
+    row.content_hash, row.formats, row.ports = digest, {}, dict(recipe.ports)
+    session.flush()
+    return row, enqueue(session, IMAGE_BUILD, row.id, None, {"name": name, "hash": digest})
+
+
+def image_for_create(session: Session, name: str) -> Image:
+    """The image row a new instance may use, in the caller's transaction: built, or being
+    built (the create waits for it). An image never built for its recipe's current content
+    starts building now; one whose build failed is refused until it is built again."""
+    row = image_row(session, name)
+    if row is not None and row.content_hash == recipe_named(name).content_hash():
+        if IMAGES.state_of(row) is ImageStatus.ERROR:
+            raise ImageNotReady(
+                f"image {name!r} failed to build: {row.status_message} "
+                f"(`onep image build {name}` tries again)",
+                image=name,
+            )
+        return row
+    row, _ = _build(session, name)
+    return row
 
 
 def _open_build(session: Session, image_id: str) -> Operation | None:

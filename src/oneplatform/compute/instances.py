@@ -15,13 +15,13 @@ from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.catalog import flavor_by_name, require_capability
 from oneplatform.compute.drivers.base import SupportsExec, VolumeSpec
 from oneplatform.compute.hosts import driver_of
+from oneplatform.compute.images import image_for_create
 from oneplatform.compute.scheduler import fits_in_place, select_host
 from oneplatform.compute.states import INSTANCES, InstanceStatus
 from oneplatform.compute.types import spec_for
 from oneplatform.config import Settings
 from oneplatform.errors import AlreadyExists, Conflict, NotFound
 from oneplatform.iam import Caller
-from oneplatform.images.catalog import image_for_create
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.kinds import OperationKind
 from oneplatform.ops.service import to_out

@@ -89,6 +89,9 @@ def set_power(ctx: StepContext, power: PowerState) -> None:
 
 
 # -- create --------------------------------------------------------------------------------
+IMAGE_BUILD_WAIT_S = 3600.0
+
+
 def step_image(ctx: StepContext) -> None:
     """Wait for the image to be built, make the format the compute type loads, and make sure
     the host has it."""
@@ -96,7 +99,9 @@ def step_image(ctx: StepContext) -> None:
     with ctx.store.session() as session:
         image = session.get_one(Image, load_instance(session, ctx).image_id)
         if IMAGES.state_of(image) is ImageStatus.BUILDING:
-            deadline(ctx, f"the build of image {image.name!r}")
+            # The build has bounds of its own and fails the image (then this step) if it
+            # fails; a first build from scratch takes minutes.
+            deadline(ctx, f"the build of image {image.name!r}", IMAGE_BUILD_WAIT_S)
             raise NotYet(f"waiting for image {image.name} to be built", retry_after=2.0)
         artifact = ready_artifact(session, ctx.settings, image)
     prepared = spec_for(driver.compute_type).prepare_image(ctx.settings, artifact, ctx.progress)

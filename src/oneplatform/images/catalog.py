@@ -91,16 +91,3 @@ def ready_artifact(session: Session, settings: Settings, image: Image) -> ImageA
             image=image.name,
         )
     return artifact_for(load_recipe(image.name), settings.images_dir)
-
-
-def image_for_create(session: Session, name: str) -> Image:
-    """The image row a new instance may use: building is fine (the create waits for it)."""
-    recipe = recipe_named(name)
-    row = image_row(session, name)
-    if row is None or row.content_hash != recipe.content_hash():
-        raise ImageNotReady(
-            f"image {name!r} has not been built: run `onep image build {name}`", image=name
-        )
-    if IMAGES.state_of(row) is ImageStatus.ERROR:
-        raise ImageNotReady(f"image {name!r} failed to build: {row.status_message}", image=name)
-    return row
