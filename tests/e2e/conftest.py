@@ -30,6 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+DEFAULT_IMAGES = "postgresql-15"
+
+
 @dataclass
 class Platform:
     """One `onep up` process with its own home; restartable, killable."""
@@ -46,6 +49,9 @@ class Platform:
             ONEP_LEASE_SECONDS="3",
             # the emulated bare-metal lab is shared: only the tests that want it enroll it
             ONEP_BMLAB_FILE=str(self.home / "no-bmlab.json"),
+            # what its start builds (each image once, in the shared cache); a module that
+            # uses another engine names its image too
+            ONEP_IMAGES=DEFAULT_IMAGES,
         )
         env.update(self.extra_env)
         env.update(more)
@@ -113,9 +119,12 @@ class Platform:
         return json.loads(self.run(*args, "-o", "json", timeout=timeout, **env).stdout)
 
     def wait_images_ready(self, timeout: float = 900) -> None:
+        """Until the images the platform builds at its start (ONEP_IMAGES) are READY."""
+        wanted = set(self.env()["ONEP_IMAGES"].split(","))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            images = self.json("image", "list")
+            images = [i for i in self.json("image", "list") if i["name"] in wanted]
+            assert {i["name"] for i in images} == wanted, images
             if all(i["status"] == "READY" for i in images):
                 return
             assert not any(i["status"] == "ERROR" for i in images), images

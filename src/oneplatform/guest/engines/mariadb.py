@@ -1,0 +1,314 @@
+"""MariaDB from Debian's packages: install-db, configuration, start, readiness, admin user.
+
+The data directory is ``/var/lib/oneplatform/mysql`` on the data disk; the server reads one
+option file the agent writes at every start (``oneplatform.cnf`` beside the data directory,
+``--defaults-file``: nothing of Debian's /etc/mysql applies). The agent talks to the server
+as the OS root user over the local socket (``root@localhost`` authenticates by
+``unix_socket``); nobody logs in as root over the network.
+
+This first slice runs the server and makes the bundle's users; backups and replication
+come later (the platform's datastore says so in its capabilities).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ..bundle import Bundle
+from ..contract import DATA_ROOT
+from .base import ChildProcesses, Engine, EngineError
+
+log = logging.getLogger("onep-agent")
+
+DEFAULT_VERSION = "10.11"
+
+
+class MariaDbEngine(Engine):
+    """MariaDB from Debian's packages, data under /var/lib/oneplatform/mysql."""
+
+    datastore = "mariadb"
+    OS_USER = "mysql"
+    CONF_NAME = "oneplatform.cnf"
+    PENDING_NAME = "oneplatform-bootstrap.pending"
+    # Options the agent owns; the bundle cannot override them.
+    RESERVED = frozenset(
+        {
+            "datadir",
+            "socket",
+            "port",
+            "bind_address",
+            "user",
+            "pid_file",
+            "log_error",
+            "skip_networking",
+            "skip_grant_tables",
+            "local_infile",
+            "secure_file_priv",
+            "plugin_load_add",
+            "init_file",
+        }
+    )
+
+    def __init__(
+        self,
+        bundle: Bundle | None,
+        children: ChildProcesses,
+        *,
+        version: str = DEFAULT_VERSION,
+        data_dir: Path | None = None,
+        socket_dir: Path = Path("/run/mysqld"),
+    ) -> None:
+        super().__init__(bundle, children, version=version)
+        self.data_dir = data_dir or Path(DATA_ROOT) / "mysql"
+        self.socket_dir = socket_dir
+        self.port = bundle.engine.port if bundle else 3306
+
+    @property
+    def socket(self) -> Path:
+        return self.socket_dir / "mysqld.sock"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.data_dir.parent / self.CONF_NAME
+
+    # -- lifecycle
+
+    def initialize(self) -> None:
+        if shutil.which("mariadbd") is None and not Path("/usr/sbin/mariadbd").is_file():
+            raise EngineError(f"MariaDB {self.version} is not installed in this image")
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self._chown(self.socket_dir)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self._has_data():
+            self._own_tree(self.data_dir)
+            return
+        if self.data_dir.exists():
+            if any(self.data_dir.iterdir()):
+                raise EngineError(
+                    f"{self.data_dir} is not empty but holds no MariaDB data directory; "
+                    "refusing to touch it"
+                )
+            if os.path.ismount(self.data_dir):
+                self._install_db(self.data_dir)
+                return
+            self.data_dir.rmdir()
+        # Install into a scratch directory and rename it into place: a crash mid-way never
+        # leaves a half-made data directory that a later start would trust.
+        scratch = self.data_dir.with_name(self.data_dir.name + ".install")
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        scratch.mkdir(mode=0o750)
+        self._install_db(scratch)
+        os.rename(scratch, self.data_dir)
+
+    def _has_data(self) -> bool:
+        return (self.data_dir / "mysql").is_dir()
+
+    def _install_db(self, target: Path) -> None:
+        self._chown(target)
+        log.info("initialising a new MariaDB %s data directory in %s", self.version, target)
+        started = time.monotonic()
+        proc = self.children.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={target}",
+                f"--user={self.OS_USER}",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+                "--skip-name-resolve",
+            ],
+            timeout=300,
+            env=self._env(),
+        )
+        if proc.returncode != 0:
+            raise EngineError(
+                f"mariadb-install-db failed with exit code {proc.returncode}: "
+                f"{_tail(proc.stderr or proc.stdout)}"
+            )
+        self._write(target / self.PENDING_NAME, "create the admin user from the bundle\n")
+        log.info("mariadb-install-db finished in %.1f s", time.monotonic() - started)
+
+    def configure(self) -> None:
+        self._write(self.conf_path, self.render_conf())
+
+    def render_conf(self) -> str:
+        """The option file: the bundle's settings, then the ones the agent owns."""
+        lines = [
+            "# Written by the OnePlatform guest agent at every start; edits are lost.",
+            "[mariadbd]",
+        ]
+        settings = self.bundle.engine.settings if self.bundle else {}
+        for name, value in sorted(settings.items()):
+            if name.lower().replace("-", "_") in self.RESERVED:
+                log.warning("ignoring engine setting %s: the agent manages it", name)
+                continue
+            lines.append(f"{name} = {value}")
+        lines.append("# Managed by the agent (these win over the settings above).")
+        managed = {
+            "datadir": str(self.data_dir),
+            "socket": str(self.socket),
+            "port": str(self.port),
+            "bind_address": "0.0.0.0",
+            "skip_name_resolve": "ON",
+            "local_infile": "OFF",
+            "secure_file_priv": str(self.data_dir.parent / "mysql-files"),
+            "character_set_server": "utf8mb4",
+            "collation_server": "utf8mb4_unicode_ci",
+            # The binary log with GTIDs: what point-in-time recovery and replicas read.
+            "log_bin": "mariadb-bin",
+            "binlog_format": "ROW",
+            "server_id": "1",
+            "log_slave_updates": "ON",
+        }
+        lines += [f"{name} = {value}" for name, value in managed.items()]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        files = self.data_dir.parent / "mysql-files"
+        files.mkdir(mode=0o750, exist_ok=True)
+        self._chown(files)
+        return self.children.popen(
+            ["mariadbd", f"--defaults-file={self.conf_path}", f"--user={self.OS_USER}"],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=self._env(),
+        )
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            proc = self.children.run(
+                ["mariadb-admin", "--no-defaults", f"--socket={self.socket}",
+                 "--connect-timeout=3", "ping"],
+                timeout=10,
+                env=self._env(),
+            )  # fmt: skip
+        except (EngineError, OSError) as exc:
+            return False, f"mariadb-admin ping failed: {exc}"
+        if proc.returncode == 0:
+            return True, "accepting connections"
+        return False, _tail(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
+
+    def bootstrap(self) -> None:
+        """Make the bundle's users once, in one local client run as root."""
+        pending = self.data_dir / self.PENDING_NAME
+        if not pending.exists():
+            return
+        if self.bundle is None:
+            log.info("no bundle: no admin user is created, so nobody can log in remotely")
+            return
+        if self.bundle.warm:
+            log.info("warm: no user is made until the instance is claimed")
+            return
+        admin = self.bundle.admin
+        creds = self.bundle.platform
+        platform = (creds.username, creds.password) if creds else None
+        self._sql(admin_users_sql(admin.username, admin.password, platform), "creating users")
+        pending.unlink()
+        log.info("created the admin user %s", admin.username)
+
+    def _sql(self, script: str, what: str) -> None:
+        """Run ``script`` as root over the socket; it never reaches argv (passwords)."""
+        proc = self.children.run(
+            ["mariadb", "--no-defaults", f"--socket={self.socket}", "--batch"],
+            stdin=script.encode("utf-8"),
+            timeout=60,
+            env=self._env(),
+        )
+        if proc.returncode != 0:
+            raise EngineError(
+                f"{what} failed (mariadb exit code {proc.returncode}): "
+                + (_tail(proc.stderr) or "no error message")
+            )
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+        """SIGTERM is MariaDB's clean shutdown; SIGKILL if it hangs (InnoDB recovers)."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                log.warning("mariadbd did not stop within %.0f s of %s", wait, sig.name)
+        self.children.forget(proc)
+        return proc.returncode
+
+    # -- helpers
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": "/root",
+        }
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(self.OS_USER)
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _own_tree(self, root: Path) -> None:
+        """Give the server back its files when they are not its own (a container recreated
+        in a user namespace of its own sees its volume owned by its root)."""
+        if os.geteuid() != 0:
+            return
+        user = pwd.getpwnam(self.OS_USER)
+        if root.stat().st_uid == user.pw_uid:
+            return
+        log.info("giving %s back to %s", root, self.OS_USER)
+        os.chown(root, user.pw_uid, user.pw_gid)
+        for parent, dirs, files in os.walk(root):
+            for name in dirs + files:
+                os.lchown(os.path.join(parent, name), user.pw_uid, user.pw_gid)
+
+    def _write(self, path: Path, text: str) -> None:
+        """Write a file readable by the server only, atomically."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._chown(tmp)
+        os.replace(tmp, path)
+
+
+def sql_string(value: str) -> str:
+    """A MariaDB string literal that means ``value`` whatever the SQL mode (backslashes
+    doubled as well as quotes: NO_BACKSLASH_ESCAPES is off by default)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def admin_users_sql(username: str, password: str, platform: tuple[str, str] | None) -> str:
+    """The platform's own user (every privilege; its password known to the platform alone)
+    and the tenant's admin, from any host, by password only. The admin gets no global
+    privilege: it is granted each database the platform makes (as PostgreSQL's admin owns
+    them), never the system schema, files or the server."""
+    lines = []
+    if platform is not None:
+        name, secret = platform
+        lines += [
+            f"CREATE OR REPLACE USER {sql_string(name)}@'%' IDENTIFIED BY {sql_string(secret)};",
+            f"GRANT ALL PRIVILEGES ON *.* TO {sql_string(name)}@'%' WITH GRANT OPTION;",
+        ]
+    lines += [
+        f"CREATE OR REPLACE USER {sql_string(username)}@'%' IDENTIFIED BY {sql_string(password)};",
+        "FLUSH PRIVILEGES;",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _tail(data: bytes | None, lines: int = 5) -> str:
+    text = (data or b"").decode("utf-8", "replace").strip()
+    return " | ".join(text.splitlines()[-lines:])[:500]
