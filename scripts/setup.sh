@@ -19,6 +19,8 @@ APT_PACKAGES=(
   pgbackrest
   # Stable database endpoints: HAProxy, reconfigured at run time through its runtime API.
   haproxy
+  # MariaDB's server and client binaries (no service): the MariaDB engine's tests run them.
+  mariadb-server-core mariadb-client-core
   # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
   xorriso e2fsprogs
@@ -185,7 +187,17 @@ ensure_service_address() {
   log "service address ok ($SERVICE_ADDRESS on $SERVICE_LINK)"
 }
 
+ensure_mysql_user() {
+  # mariadb-server-core makes no user; the MariaDB engine runs its server as "mysql" (as
+  # in the images, where the full package makes it).
+  if ! getent passwd mysql >/dev/null; then
+    useradd --system --user-group --home-dir /nonexistent --shell /usr/sbin/nologin mysql
+    log "user mysql created"
+  fi
+}
+
 install_packages
+ensure_mysql_user
 ensure_subids
 ensure_service_address
 ensure_guest_firewall

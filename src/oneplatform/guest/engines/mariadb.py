@@ -65,10 +65,12 @@ class MariaDbEngine(Engine):
         version: str = DEFAULT_VERSION,
         data_dir: Path | None = None,
         socket_dir: Path = Path("/run/mysqld"),
+        bind_address: str = "0.0.0.0",  # the guest's; a test on the host uses 127.0.0.1
     ) -> None:
         super().__init__(bundle, children, version=version)
         self.data_dir = data_dir or Path(DATA_ROOT) / "mysql"
         self.socket_dir = socket_dir
+        self.bind_address = bind_address
         self.port = bundle.engine.port if bundle else 3306
 
     @property
@@ -157,7 +159,7 @@ class MariaDbEngine(Engine):
             "datadir": str(self.data_dir),
             "socket": str(self.socket),
             "port": str(self.port),
-            "bind_address": "0.0.0.0",
+            "bind_address": self.bind_address,
             "skip_name_resolve": "ON",
             "local_infile": "OFF",
             "secure_file_priv": str(self.data_dir.parent / "mysql-files"),
@@ -186,16 +188,19 @@ class MariaDbEngine(Engine):
     def health(self) -> tuple[bool, str]:
         try:
             proc = self.children.run(
-                ["mariadb-admin", "--no-defaults", f"--socket={self.socket}",
-                 "--connect-timeout=3", "ping"],
+                [*self._client_argv(), "--connect-timeout=3", "-e", "SELECT 1"],
                 timeout=10,
                 env=self._env(),
-            )  # fmt: skip
+            )
         except (EngineError, OSError) as exc:
-            return False, f"mariadb-admin ping failed: {exc}"
+            return False, f"the mariadb client failed: {exc}"
         if proc.returncode == 0:
             return True, "accepting connections"
         return False, _tail(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
+
+    def _client_argv(self) -> list[str]:
+        """The mariadb client as root over the local socket, no option file read."""
+        return ["mariadb", "--no-defaults", f"--socket={self.socket}", "--user=root", "--batch"]
 
     def bootstrap(self) -> None:
         """Make the bundle's users once, in one local client run as root."""
@@ -218,7 +223,7 @@ class MariaDbEngine(Engine):
     def _sql(self, script: str, what: str) -> None:
         """Run ``script`` as root over the socket; it never reaches argv (passwords)."""
         proc = self.children.run(
-            ["mariadb", "--no-defaults", f"--socket={self.socket}", "--batch"],
+            self._client_argv(),
             stdin=script.encode("utf-8"),
             timeout=60,
             env=self._env(),
