@@ -6,6 +6,7 @@ import pytest
 from rich.console import Console
 
 from oneplatform.cli import output
+from oneplatform.cli.db import client_argv
 from oneplatform.schemas.base import Response
 
 
@@ -73,3 +74,21 @@ def test_a_wide_terminal_shows_everything(monkeypatch: pytest.MonkeyPatch) -> No
 def test_fitting_keeps_at_least_the_first_column() -> None:
     assert output.fitting(("name", "status"), [["x" * 500, "ok"]], 80) == 1
     assert output.fitting(("name", "status"), [["a", "ok"]], 80) == 2
+
+
+@pytest.mark.parametrize(
+    ("uri", "argv"),
+    [
+        (
+            "postgresql://alice@127.0.0.1:20001/appdb",
+            ["psql", "postgresql://alice@127.0.0.1:20001/appdb"],
+        ),
+        (
+            "mysql://alice@127.0.0.1:20003/appdb",
+            ["mariadb", "-h", "127.0.0.1", "-P", "20003", "-u", "alice", "appdb"],
+        ),
+        ("mysql://admin@[::1]:20005/", ["mariadb", "-h", "::1", "-P", "20005", "-u", "admin"]),
+    ],
+)
+def test_db_connect_opens_each_engines_own_client(uri: str, argv: list[str]) -> None:
+    assert client_argv(uri) == argv

@@ -65,11 +65,28 @@ SHOW_COLUMNS = (
     "status_message",
     "health_message",
 )
-# How each kind of connection URI is opened with its engine's own client, and the
-# environment variable that client reads a password from (never put on its command line).
-CLIENTS: dict[str, tuple[tuple[str, ...], str]] = {
-    "postgresql": (("psql",), "PGPASSWORD"),
+# Each kind of connection URI's own client: its Debian package, and the environment
+# variable it reads a password from (never put on its command line).
+CLIENTS: dict[str, tuple[str, str, str]] = {
+    "postgresql": ("psql", "postgresql-client", "PGPASSWORD"),
+    "mysql": ("mariadb", "mariadb-client", "MYSQL_PWD"),
 }
+
+
+def client_argv(uri: str) -> list[str]:
+    """The command that opens ``uri`` with its engine's client (psql takes the URI; the
+    mariadb client takes host, port, user and database)."""
+    parts = urlsplit(uri)
+    program = CLIENTS[parts.scheme][0]
+    if parts.scheme == "postgresql":
+        return [program, uri]
+    argv = [program, "-h", parts.hostname or "127.0.0.1", "-P", str(parts.port or 3306)]
+    if parts.username:
+        argv += ["-u", parts.username]
+    database = parts.path.lstrip("/")
+    return argv + ([database] if database else [])
+
+
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Wait until the work is done.")]
 
 
@@ -206,8 +223,9 @@ def db_connect(
         typer.Option(help="Connect as this user (its client asks for the password)."),
     ] = None,
 ) -> None:
-    """Open the engine's own client on the database (psql for PostgreSQL); arguments after
-    `--` go to the client, e.g. `onep db connect pg1 -- -c 'select 1'`."""
+    """Open the engine's own client on the database (psql for PostgreSQL, mariadb for
+    MariaDB); arguments after `--` go to the client, e.g. `onep db connect pg1 -- -c
+    'select 1'`."""
     with Client.from_home() as c, api_errors():
         db = c.db.get(name)
         if db.endpoint is None or db.connection_uri is None:
@@ -216,14 +234,14 @@ def db_connect(
     scheme = db.connection_uri.split("://", 1)[0]
     if scheme not in CLIENTS:
         raise fail(f"no client is known for {scheme}:// URIs")
-    argv, password_env = CLIENTS[scheme]
-    uri = _with(db.connection_uri, user, database)
-    if shutil.which(argv[0]) is None:
-        raise fail(f"{argv[0]} is not installed here (Debian: apt-get install postgresql-client)")
+    program, package, password_env = CLIENTS[scheme]
+    if shutil.which(program) is None:
+        raise fail(f"{program} is not installed here (Debian: apt-get install {package})")
+    argv = client_argv(_with(db.connection_uri, user, database))
     env = dict(os.environ)
     if password is not None:
         env[password_env] = password
-    os.execvpe(argv[0], [*argv, uri, *ctx.args], env)
+    os.execvpe(program, [*argv, *ctx.args], env)
 
 
 @db_app.command("restart")
