@@ -4,6 +4,7 @@ the three compute types are restored in tests/e2e/test_three_compute_types.py.""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sqlite3
 import subprocess
@@ -22,6 +23,10 @@ from tests.e2e.test_db_cli import _connect
 pytestmark = pytest.mark.e2e
 
 ALICE = "Alice-pw-123"
+
+
+def _instant(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp)
 
 
 def _alice(platform: Platform, name: str) -> psycopg.Connection:
@@ -70,7 +75,7 @@ def test_backups_are_a_resource_and_restore_with_their_users(
     assert full["status"] == "COMPLETED" and full["type"] == "full", full
     assert full["database"] == "src" and full["parent"] is None
     assert full["size_bytes"] > 1_000_000 and full["wal_start"] and full["wal_stop"]
-    assert full["started_at"] <= full["finished_at"]
+    assert _instant(full["started_at"]) <= _instant(full["finished_at"])
     with _alice(platform, "src") as conn:
         _insert(conn, 20_001, 5_000, "b")
         expected = _checksum(conn)
@@ -88,7 +93,8 @@ def test_backups_are_a_resource_and_restore_with_their_users(
     assert "backup_has_dependents" in refused.stderr
     shown = platform.json("db", "show", "src")
     assert shown["restorable_from"] == full["finished_at"]
-    assert shown["restorable_until"] >= incr["finished_at"]
+    # instants, not strings: one may carry microseconds and the other none
+    assert _instant(shown["restorable_until"]) >= _instant(incr["finished_at"])
 
     # restored from the incremental (the other compute types: tests/e2e/test_three_compute_types)
     source_admin = platform.json("db", "credentials", "src")
@@ -183,7 +189,7 @@ def test_a_schedule_takes_backups_and_retention_expires_old_ones(platform: Platf
     platform.json("db", "backup", "create", "sched", "--name", "sched-last", "--wait")
     oldest = min(
         (b for b in _backups(platform, "sched") if b["status"] == "COMPLETED"),
-        key=lambda b: b["finished_at"],
+        key=lambda b: _instant(b["finished_at"]),
     )
     platform.run("db", "backup", "delete", oldest["name"], "--wait")
     left = [b for b in _backups(platform, "sched") if b["status"] == "COMPLETED"]
