@@ -8,6 +8,9 @@ class to :data:`ENGINES` below.
 from __future__ import annotations
 
 from .base import Engine
+from .mariadb import MariaDbEngine
 from .postgresql import PostgresEngine
 
-ENGINES: dict[str, type[Engine]] = {engine.datastore: engine for engine in (PostgresEngine,)}
+ENGINES: dict[str, type[Engine]] = {
+    engine.datastore: engine for engine in (PostgresEngine, MariaDbEngine)
+}
