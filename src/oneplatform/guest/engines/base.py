@@ -7,14 +7,20 @@ the rest of the agent is importable from here.
 
 from __future__ import annotations
 
+import logging
+import os
+import pwd
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..bundle import Bundle, UpstreamSettings
 from ..processes import ChildProcesses, EngineError
 
 __all__ = ["ChildProcesses", "Engine", "EngineError", "NotSupported"]
+
+log = logging.getLogger("onep-agent")
 
 
 class NotSupported(EngineError):
@@ -34,6 +40,7 @@ class Engine:
     """
 
     datastore: ClassVar[str] = ""
+    OS_USER: ClassVar[str] = ""  # the server runs as this user; its files are its own
 
     def __init__(
         self, bundle: Bundle | None, children: ChildProcesses, *, version: str = ""
@@ -118,3 +125,35 @@ class Engine:
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """Shut the server down (fast), escalating if it takes longer than ``timeout``."""
         raise NotImplementedError
+
+    # -- the server's files (run as root, the agent hands them to OS_USER)
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(self.OS_USER)
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _own_tree(self, root: Path) -> None:
+        """Give the server back its files when they are not its own: a container recreated
+        in a user namespace of its own sees its volume owned by its root, not the server's."""
+        if os.geteuid() != 0:
+            return
+        user = pwd.getpwnam(self.OS_USER)
+        if root.stat().st_uid == user.pw_uid:
+            return
+        log.info("giving %s back to %s", root, self.OS_USER)
+        os.chown(root, user.pw_uid, user.pw_gid)
+        for parent, dirs, files in os.walk(root):
+            for name in dirs + files:
+                os.lchown(os.path.join(parent, name), user.pw_uid, user.pw_gid)
+
+    def _write(self, path: Path, text: str) -> None:
+        """Write a file readable by the server only, atomically."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._chown(tmp)
+        os.replace(tmp, path)

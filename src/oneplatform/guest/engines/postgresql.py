@@ -745,36 +745,6 @@ class PostgresEngine(Engine):
             )
         return kwargs
 
-    def _chown(self, path: Path) -> None:
-        if os.geteuid() == 0:
-            user = pwd.getpwnam(self.OS_USER)
-            os.chown(path, user.pw_uid, user.pw_gid)
-
-    def _own_tree(self, root: Path) -> None:
-        """Give the server back its files when they are not its own: a container recreated
-        in a user namespace of its own sees its volume owned by its root, not by postgres."""
-        if os.geteuid() != 0:
-            return
-        user = pwd.getpwnam(self.OS_USER)
-        if root.stat().st_uid == user.pw_uid:
-            return
-        log.info("giving %s back to %s", root, self.OS_USER)
-        os.chown(root, user.pw_uid, user.pw_gid)
-        for parent, dirs, files in os.walk(root):
-            for name in dirs + files:
-                os.lchown(os.path.join(parent, name), user.pw_uid, user.pw_gid)
-
-    def _write(self, path: Path, text: str) -> None:
-        """Write a file readable by the server only, atomically."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._chown(tmp)
-        os.replace(tmp, path)
-
 
 _RELOADABLE = ("archive_command ", "primary_conninfo ", "restore_command ")
 
