@@ -91,6 +91,7 @@ class FakeCloud:
         self.failures: dict[str, list[BaseException]] = {}  # method -> raised, once each
         self.boot_polls = 0  # get() calls that report "starting" after a start
         self.nodes: dict[str, FakeNode] = {}  # system id -> node
+        self.published: set[int] = set()  # host ports published by objects not the platform's
         self.lock = threading.RLock()
 
     # test controls
@@ -261,6 +262,11 @@ class FakeDriver(
 
     def console_log(self, instance_id: str, tail: int = 200) -> str:
         return f"fake console of {instance_id}\n"
+
+    def published_ports(self) -> set[int]:
+        with CLOUD.lock:
+            ports = {p.host_port for o in CLOUD.objects.values() for p in o.spec.ports}
+            return ports | CLOUD.published
 
     def list_instances(self) -> list[BackendInstance]:
         return [self._record(o) for o in CLOUD.objects.values() if o.host_id == self.host.id]

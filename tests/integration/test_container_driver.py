@@ -34,6 +34,7 @@ from oneplatform.compute.drivers.container import (
     network_name,
     volume_name,
 )
+from oneplatform.compute.ports import bindable
 from oneplatform.errors import BackendError, BackendNotFound
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import PowerState
@@ -347,6 +348,26 @@ def test_list_instances_sees_ours(
     assert instance_id in listed
     assert listed[instance_id].backend_id == created.backend_id
     assert listed[instance_id].power_state is PowerState.RUNNING
+
+
+def test_published_ports_are_every_containers_running_or_not(
+    podman_driver: PodmanDriver,
+    test_image: ImageArtifact,
+    running: tuple[str, int, BackendInstance],
+    free_port: Callable[[], int],
+) -> None:
+    """A container not the platform's, created and never started, holds no socket for its
+    port (a bind finds it free) but claims it when it starts: the port is the backend's."""
+    _instance_id, ours, _ = running
+    podman_driver.ensure_image(test_image)
+    theirs = free_port()
+    name = f"not-onep-{theirs}"
+    podman_out("create", "--name", name, "-p", f"127.0.0.1:{theirs}:{TEST_PORT}", test_image.ref)
+    try:
+        assert bindable("127.0.0.1", theirs)
+        assert {ours, theirs} <= podman_driver.published_ports()
+    finally:
+        force_remove(name, check=False)
 
 
 def test_delete_twice_and_gone(

@@ -8,10 +8,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from oneplatform.compute.drivers import register_driver, unregister_driver
 from oneplatform.compute.ports import allocate_from_range, machine_of, machine_of_address
 from oneplatform.errors import NoValidHost
+from oneplatform.schemas.compute import ComputeType
 from oneplatform.store.db import Store
-from oneplatform.store.models import Host, Image, Node, PortAllocation
+from oneplatform.store.models import Host, Image, Node, Pool, PortAllocation
 from tests.factories import (
     make_flavor,
     make_host,
@@ -20,6 +22,7 @@ from tests.factories import (
     make_project,
     make_ready_image,
 )
+from tests.fakes import CLOUD, FakeDriver
 
 SERVICES = {"postgresql": 5432, "agent": 8471}
 
@@ -100,6 +103,24 @@ def test_a_port_something_else_holds_is_skipped_for_a_vm_host(store: Store, base
         squatter.listen(1)
         ports = _place(store, name)
     assert base not in ports.values()
+
+
+def test_a_port_the_backend_publishes_for_another_is_skipped(store: Store, base: int) -> None:
+    """A container outside the platform (or one whose conmon died, leaving its forwarding
+    rule) publishes a port nothing listens on: a bind finds it free, the backend knows."""
+    CLOUD.__init__()  # type: ignore[misc]
+    CLOUD.published = {base, base + 2}
+    register_driver(ComputeType.CONTAINER, "fake", lambda: FakeDriver)
+    try:
+        with store.session() as session:
+            host = _host(session, "container", "fake://podman", base)
+            host.machine = "local"
+            session.get_one(Pool, host.pool_id).settings = {"driver": "fake"}
+            name = host.name
+        ports = _place(store, name)
+    finally:
+        unregister_driver(ComputeType.CONTAINER, "fake")
+    assert sorted(ports.values()) == [base + 1, base + 3]
 
 
 def test_another_machine_has_ports_of_its_own(store: Store, base: int) -> None:

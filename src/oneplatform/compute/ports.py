@@ -8,6 +8,7 @@ compute type, and on this machine any port something else holds is skipped.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
@@ -15,9 +16,13 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from oneplatform.compute.drivers import driver_for
+from oneplatform.compute.hosts import host_ref
 from oneplatform.compute.types import registered
-from oneplatform.errors import NoValidHost
-from oneplatform.store.models import Host, Instance, PortAllocation
+from oneplatform.errors import BackendError, InvalidInput, NoValidHost
+from oneplatform.store.models import Host, Instance, Pool, PortAllocation
+
+log = logging.getLogger(__name__)
 
 LOCAL = "local"
 WILDCARDS = frozenset({"0.0.0.0", "::"})
@@ -50,9 +55,11 @@ def allocate_from_range(
 ) -> None:
     """Give every service port of the instance a free port of the host's range on its
     machine and bind address. ``held`` ports (a node's port map on the same machine) are
-    skipped, and so, on this machine, is any port something outside the platform holds."""
+    skipped, and so is any port the host's backend publishes for anything (the platform's
+    or not) and, on this machine, any port something outside the platform holds."""
     used = taken(session, host.machine, host.bind_address)
     used |= held_ports(session, host.machine, host.bind_address)
+    used |= published(session, host)
     candidates = (p for p in range(host.port_range_start, host.port_range_end + 1) if p not in used)
     for name, guest_port in sorted(services.items()):
         port = next((p for p in candidates if _bindable(host, p)), None)
@@ -63,6 +70,17 @@ def allocate_from_range(
                 code="no_free_port",
             )
         record(session, host, instance, name, int(guest_port), host.bind_address, port)
+
+
+def published(session: Session, host: Host) -> set[int]:
+    """The ports ``host``'s backend publishes (none known when it cannot be asked now: the
+    create then fails on the backend, not here)."""
+    pool = session.get_one(Pool, host.pool_id)
+    try:
+        return driver_for(host_ref(host, pool)).published_ports()
+    except (BackendError, InvalidInput) as err:
+        log.warning("host %s: its published ports are unknown: %s", host.name, err)
+        return set()
 
 
 def record(

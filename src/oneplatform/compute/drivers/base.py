@@ -154,6 +154,12 @@ class ComputeDriver(abc.ABC):
     def stop(self, instance_id: str) -> None:
         """Stop gracefully (forcing after a grace period); silent if already stopped."""
 
+    def published_ports(self) -> set[int]:
+        """Host ports the backend's objects publish — the platform's or anyone's, running or
+        not — that nothing may be listening on (a rule forwards them): a new port skips
+        them. The default: none beyond what a bind on the host finds held."""
+        return set()
+
     def fence(self, instance_id: str) -> None:
         """Cut the power at once, asking the guest nothing (fencing: it must not run on);
         returns once it is off; silent if already off. The default stops it."""

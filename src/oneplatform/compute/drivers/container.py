@@ -741,6 +741,18 @@ class PodmanDriver(ComputeDriver, SupportsExec):
         )
         return [self._to_instance(r) for r in rows or []]
 
+    def published_ports(self) -> set[int]:
+        """Every container's published host ports, whoever made it: a stopped container
+        claims its ports again when it starts, and one whose conmon died (the host's
+        processes killed, its state not) leaves a forwarding rule and no listener."""
+        ports: set[int] = set()
+        for row in self._podman_json(["ps", "-a", "--format", "json"]) or []:
+            for port in row.get("Ports") or []:
+                first = int(port.get("host_port", 0) or 0)
+                ports.update(range(first, first + int(port.get("range", 1) or 1)))
+        ports.discard(0)
+        return ports
+
     def exec(self, instance_id: str, argv: Sequence[str], timeout: float = 60.0) -> ExecResult:
         """Run ``argv`` in the running container; returns its exit code and merged output.
 
