@@ -9,12 +9,15 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
 
+from oneplatform.config import Settings
 from oneplatform.dbaas.datastores.base import ConnInfo
 from oneplatform.dbaas.datastores.mariadb import MariaDB
 from oneplatform.errors import AlreadyExists, InvalidInput, NotFound
@@ -23,11 +26,14 @@ from oneplatform.guest.bundle import (
     AgentSettings,
     Bundle,
     EngineSettings,
+    RestoreSettings,
+    StoreSettings,
     generate_password,
     generate_secret,
 )
 from oneplatform.guest.engines.mariadb import MariaDbEngine
-from oneplatform.guest.processes import ChildProcesses
+from oneplatform.guest.processes import ChildProcesses, EngineError
+from oneplatform.hostsvc.objectstore import StoreAdmin, embedded_store, store_config
 from tests.integration.conftest import find_free_port, require_or_fail
 
 pytestmark = pytest.mark.integration
@@ -61,33 +67,45 @@ def _ready(engine: MariaDbEngine, timeout: float = 60) -> None:
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    require_or_fail(shutil.which("mariadbd") or Path("/usr/sbin/mariadbd").exists(),
-                    "MariaDB is not installed (scripts/setup.sh installs it)")  # fmt: skip
-    home = ROOT / uuid.uuid4().hex[:12]
-    home.mkdir(parents=True, mode=0o755)
-    port = find_free_port()
-    admin_pw, platform_pw = generate_password(), generate_password()
-    bundle = Bundle(
+def _bundle(
+    port: int, backup: StoreSettings | None = None, restore: RestoreSettings | None = None
+) -> Bundle:
+    return Bundle(
         instance_id=uuid.uuid4().hex,
         datastore="mariadb",
         version="10.11",
         agent=AgentSettings(secret=generate_secret(), port=find_free_port()),
         engine=EngineSettings(port=port, settings=DS.engine_settings(1, 512)),
-        admin=AdminCredentials("admin", admin_pw),
-        platform=AdminCredentials("onep_platform", platform_pw),
+        admin=AdminCredentials("admin", generate_password()),
+        platform=AdminCredentials("onep_platform", generate_password()),
+        backup=backup,
+        restore=restore,
     )
+
+
+@contextmanager
+def _serving(
+    backup: StoreSettings | None = None, restore: RestoreSettings | None = None
+) -> Iterator[Server]:
+    """A server of its own (a restore's first start included), stopped and removed after."""
+    require_or_fail(shutil.which("mariadbd") or Path("/usr/sbin/mariadbd").exists(),
+                    "MariaDB is not installed (scripts/setup.sh installs it)")  # fmt: skip
+    home = ROOT / uuid.uuid4().hex[:12]
+    home.mkdir(parents=True, mode=0o755)
+    port = find_free_port()
+    bundle = _bundle(port, backup, restore)
     engine = MariaDbEngine(
         bundle, ChildProcesses(), data_dir=home / "mysql", socket_dir=home / "run",
-        bind_address="127.0.0.1",
+        bind_address="127.0.0.1", backup_conf_dir=home / "backup-conf",
+        map_store_host=lambda store: None,  # the store is at localhost, which its CA names
     )  # fmt: skip
+    assert bundle.platform is not None
     engine.initialize()
     engine.configure()
     srv = Server(
         engine, engine.start(), port,
-        ConnInfo("127.0.0.1", port, "onep_platform", platform_pw, act_as="admin"),
-        admin_pw,
+        ConnInfo("127.0.0.1", port, "onep_platform", bundle.platform.password, act_as="admin"),
+        bundle.admin.password,
     )  # fmt: skip
     try:
         _ready(engine)
@@ -96,6 +114,12 @@ def server() -> Iterator[Server]:
     finally:
         engine.stop(srv.proc, 30)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with _serving() as srv:
+        yield srv
 
 
 def test_the_engine_runs_with_the_flavor_sizing_and_the_bundle_users(server: Server) -> None:
@@ -182,3 +206,98 @@ def test_a_restart_keeps_the_data(server: Server) -> None:
     with server.connect("onep_platform", conn.password, "keep") as c, c.cursor() as cur:
         cur.execute("SELECT v FROM k")
         assert cur.fetchone() == ("kept",)
+
+
+# -- backups: mariadb-backup into the embedded store, restored into a server of its own ------
+STORE_PORT = 8339  # the benchmark's store port: the tests' platforms use 8331-8338
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    require_or_fail(shutil.which("mariadb-backup"), "mariadb-backup is not installed (setup.sh)")
+    require_or_fail(shutil.which("rclone"), "rclone is not installed (scripts/setup.sh)")
+    settings = Settings(home=tmp_path_factory.mktemp("mariadb-store"), store_port=STORE_PORT)
+    service = embedded_store(settings)
+    service.start()
+    assert service.wait_ready(60), service.detail
+    yield settings
+    service.stop()
+
+
+def _repository(settings: Settings, bucket: str, access: str, secret: str) -> StoreSettings:
+    return StoreSettings(
+        host="localhost", address="127.0.0.1", port=STORE_PORT, bucket=bucket,
+        access_key=access, secret_key=secret, ca_pem=store_config(settings).ca_pem,
+        cipher_pass="the-repositorys-own-passphrase",
+    )  # fmt: skip
+
+
+def _backup(srv: Server, kind: str) -> dict[str, Any]:
+    status, answer = srv.engine.start_backup(kind)
+    assert status == 200, answer
+    deadline = time.monotonic() + 300
+    while (job := srv.engine.backup_job()) and job["state"] == "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job is not None and job["state"] == "succeeded", job
+    return dict(job["backup"])
+
+
+def _rows(srv: Server, user: str, password: str) -> list[int]:
+    with srv.connect(user, password, "shop") as c, c.cursor() as cur:
+        cur.execute("SELECT id FROM orders ORDER BY id")
+        return [int(r[0]) for r in cur.fetchall()]
+
+
+def test_full_and_incremental_backups_restore_with_their_users(store: Settings) -> None:
+    """A full, rows, an incremental, more rows: each backup restores into a server of its
+    own with exactly the rows it held, the tenant's user and password with them, and the
+    new server's own admin credentials; a reader's keys are enough to restore."""
+    admin = StoreAdmin(store)
+    bucket, access, secret = (
+        f"onep-db-{uuid.uuid4().hex[:8]}",
+        "ONMARIA1",
+        "maria-secret-0123456789",
+    )
+    admin.create_repository(bucket, access, secret)
+    admin.add_reader(bucket, f"r-{bucket}", "ONMARIAR", "maria-reader-0123456789")
+    with _serving(backup=_repository(store, bucket, access, secret)) as src:
+        DS.create_database(src.platform, "shop")
+        DS.create_user(src.platform, "alice", "Alice-pass-1")
+        DS.grant(src.platform, "alice", "shop")
+        with src.connect("alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
+            cur.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+            cur.execute("INSERT INTO orders VALUES (1, 'in the full')")
+        full = _backup(src, "full")
+        with src.connect("alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
+            cur.execute("INSERT INTO orders VALUES (2, 'in the incremental')")
+        incr = _backup(src, "incr")
+        with src.connect("alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
+            cur.execute("INSERT INTO orders VALUES (3, 'in no backup')")
+    assert (full["type"], incr["type"], incr["prior"]) == ("full", "incr", full["label"])
+    assert incr["lsn"]["from"] == full["lsn"]["to"] and incr["lsn"]["last"] > full["lsn"]["last"]
+    assert full["info"]["size"] > full["info"]["repository"]["delta"] > 0  # compressed
+    assert full["binlog"]["gtid"], full
+    # what the repository holds is encrypted (crypt names it .bin): the manifest's own text
+    # is not in it
+    ca = store.home / "store-ca.pem"
+    ca.write_text(store_config(store).ca_pem)
+    raw = subprocess.run(
+        ["rclone", "--config=/dev/null", "--ca-cert", str(ca), "cat",
+         f":s3,provider=Other,access_key_id={access},secret_access_key={secret},"
+         f"endpoint='https://localhost:{STORE_PORT}':{bucket}/repo/{full['label']}/backup.json.bin"],
+        capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin"},  # no AWS_CA_BUNDLE
+    )  # fmt: skip
+    assert raw.returncode == 0 and raw.stdout, raw.stderr
+    assert full["label"].encode() not in raw.stdout
+    reader = _repository(store, bucket, "ONMARIAR", "maria-reader-0123456789")
+    for backup, rows in ((incr, [1, 2]), (full, [1])):
+        restore = RestoreSettings(store=reader, backup_set=backup["label"])
+        with _serving(restore=restore) as copy:
+            assert _rows(copy, "alice", "Alice-pass-1") == rows
+            copy.connect("admin", copy.admin_password, "shop").close()  # its own admin
+            DS.ping(copy.platform)
+    missing = RestoreSettings(store=reader, backup_set="20000101-000000F")
+    with pytest.raises(EngineError, match="not in the source"), _serving(restore=missing):
+        pass
+    admin.delete_repository(bucket)

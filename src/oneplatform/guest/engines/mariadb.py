@@ -6,8 +6,9 @@ option file the agent writes at every start (``oneplatform.cnf`` beside the data
 as the OS root user over the local socket (``root@localhost`` authenticates by
 ``unix_socket``); nobody logs in as root over the network.
 
-This first slice runs the server and makes the bundle's users; backups and replication
-come later (the platform's datastore says so in its capabilities).
+Backups are mariadb-backup's, streamed into the instance's repository
+(:mod:`.mariabackup`); a first start with a restore source fills the data directory from it.
+Replication comes later (the platform's datastore says so in its capabilities).
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..bundle import Bundle
+from ..bundle import Bundle, StoreSettings
 from ..contract import DATA_ROOT
+from . import mariabackup
 from .base import ChildProcesses, Engine, EngineError
+from .mariabackup import CONF_DIR, MariaBackup
 
 log = logging.getLogger("onep-agent")
 
@@ -65,12 +70,21 @@ class MariaDbEngine(Engine):
         data_dir: Path | None = None,
         socket_dir: Path = Path("/run/mysqld"),
         bind_address: str = "0.0.0.0",  # the guest's; a test on the host uses 127.0.0.1
+        backup_conf_dir: Path = CONF_DIR,
+        map_store_host: Callable[[StoreSettings], None] | None = None,  # a test's: none
     ) -> None:
         super().__init__(bundle, children, version=version)
         self.data_dir = data_dir or Path(DATA_ROOT) / "mysql"
         self.socket_dir = socket_dir
         self.bind_address = bind_address
         self.port = bundle.engine.port if bundle else 3306
+        self.backups = MariaBackup(
+            self._run_root,
+            self.socket,
+            self.data_dir.parent / "backup-work",
+            backup_conf_dir,
+            map_host=map_store_host or mariabackup.map_store_host,
+        )
 
     @property
     def socket(self) -> Path:
@@ -91,6 +105,9 @@ class MariaDbEngine(Engine):
         if self._has_data():
             self._own_tree(self.data_dir)
             return
+        make = self._install_db
+        if self.bundle is not None and self.bundle.restore is not None:
+            make = self._restore
         if self.data_dir.exists():
             if any(self.data_dir.iterdir()):
                 raise EngineError(
@@ -98,16 +115,16 @@ class MariaDbEngine(Engine):
                     "refusing to touch it"
                 )
             if os.path.ismount(self.data_dir):
-                self._install_db(self.data_dir)
+                make(self.data_dir)
                 return
             self.data_dir.rmdir()
-        # Install into a scratch directory and rename it into place: a crash mid-way never
-        # leaves a half-made data directory that a later start would trust.
+        # Install (or restore) into a scratch directory and rename it into place: a crash
+        # mid-way never leaves a half-made data directory that a later start would trust.
         scratch = self.data_dir.with_name(self.data_dir.name + ".install")
         if scratch.exists():
             shutil.rmtree(scratch)
         scratch.mkdir(mode=0o750)
-        self._install_db(scratch)
+        make(scratch)
         os.rename(scratch, self.data_dir)
 
     def _has_data(self) -> bool:
@@ -138,8 +155,26 @@ class MariaDbEngine(Engine):
         self._write(target / self.PENDING_NAME, "create the admin user from the bundle\n")
         log.info("mariadb-install-db finished in %.1f s", time.monotonic() - started)
 
+    def _restore(self, target: Path) -> None:
+        """The data directory from the bundle's restore source; the bootstrap then sets this
+        instance's own credentials (the source's users and grants come with the data)."""
+        assert self.bundle is not None and self.bundle.restore is not None
+        self._configure_backups()
+        self.backups.restore(self.bundle.restore, target)
+        self._own_tree(target)
+        self._write(target / self.PENDING_NAME, "set the admin user from the bundle\n")
+
+    def _configure_backups(self) -> None:
+        if self.bundle is None or self.bundle.warm:
+            return
+        if self.bundle.backup is None and self.bundle.restore is None:
+            return
+        (self.data_dir.parent / "backup-work").mkdir(mode=0o700, exist_ok=True)
+        self.backups.configure(self.bundle.backup, self.bundle.restore, self._write)
+
     def configure(self) -> None:
         self._write(self.conf_path, self.render_conf())
+        self._configure_backups()
 
     def render_conf(self) -> str:
         """The option file: the bundle's settings, then the ones the agent owns."""
@@ -233,6 +268,25 @@ class MariaDbEngine(Engine):
                 + (_tail(proc.stderr) or "no error message")
             )
 
+    # -- backups
+
+    def backup_status(self) -> dict[str, Any] | None:
+        if self.bundle is None or self.bundle.backup is None:
+            return None
+        return self.backups.status()
+
+    def start_backup(self, kind: str) -> tuple[int, dict[str, Any]]:
+        return self.backups.start_backup(kind)
+
+    def backup_job(self) -> dict[str, Any] | None:
+        return self.backups.job()
+
+    def _run_root(
+        self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[bytes]:
+        """A backup tool, as the agent's user (root: it reads the server's files)."""
+        return self.children.run(argv, stdin=stdin, timeout=timeout, env=self._env())
+
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """SIGTERM is MariaDB's clean shutdown; SIGKILL if it hangs (InnoDB recovers)."""
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
@@ -272,15 +326,19 @@ def admin_users_sql(username: str, password: str, platform: tuple[str, str] | No
     lines = []
     if platform is not None:
         name, secret = platform
-        lines += [
-            f"CREATE OR REPLACE USER {sql_string(name)}@'%' IDENTIFIED BY {sql_string(secret)};",
-            f"GRANT ALL PRIVILEGES ON *.* TO {sql_string(name)}@'%' WITH GRANT OPTION;",
-        ]
-    lines += [
-        f"CREATE OR REPLACE USER {sql_string(username)}@'%' IDENTIFIED BY {sql_string(password)};",
-        "FLUSH PRIVILEGES;",
-    ]
+        lines += _user_lines(name, secret)
+        lines.append(f"GRANT ALL PRIVILEGES ON *.* TO {sql_string(name)}@'%' WITH GRANT OPTION;")
+    lines += [*_user_lines(username, password), "FLUSH PRIVILEGES;"]
     return "\n".join(lines) + "\n"
+
+
+def _user_lines(username: str, password: str) -> list[str]:
+    """The user with this password; one that exists (a restore's) keeps its grants."""
+    user, secret = f"{sql_string(username)}@'%'", sql_string(password)
+    return [
+        f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {secret};",
+        f"ALTER USER {user} IDENTIFIED BY {secret};",
+    ]
 
 
 def _tail(data: bytes | None, lines: int = 5) -> str:
