@@ -19,8 +19,9 @@ APT_PACKAGES=(
   pgbackrest
   # Stable database endpoints: HAProxy, reconfigured at run time through its runtime API.
   haproxy
-  # MariaDB's server and client binaries (no service): the MariaDB engine's tests run them.
-  mariadb-server-core mariadb-client-core
+  # MariaDB's server and client binaries (no service): the MariaDB engine's tests run them;
+  # its backups are mariadb-backup's, compressed by zstd, stored and expired by rclone.
+  mariadb-server-core mariadb-client-core mariadb-backup zstd rclone
   # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
   xorriso e2fsprogs

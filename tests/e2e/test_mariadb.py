@@ -1,5 +1,5 @@
-"""MariaDB as a service end to end on a container: `onep db` against the real Podman and
-the real MariaDB 10.11 image, used with the engine's own client."""
+"""MariaDB as a service end to end: `onep db` against the real Podman, libvirt and the real
+MariaDB 10.11 image, used with the engine's own client; its backups restore onto a VM."""
 
 from __future__ import annotations
 
@@ -86,13 +86,55 @@ def test_users_and_grants_behave_as_mariadb(plat: Platform, mdb: dict[str, Any])
     assert [u["name"] for u in plat.json("db", "user", "list", "m1")] == ["alice"]
 
 
+def test_a_backup_chain_restores_onto_a_vm_with_its_data_and_users(
+    plat: Platform, mdb: dict[str, Any]
+) -> None:
+    """A full backup, a row, an incremental, a row: the incremental restored onto a VM holds
+    the rows up to it and the tenant's user; its admin is its own."""
+    plat.run("db", "backup", "create", "m1", "--name", "m1-full", "--wait", timeout=900)
+    _mariadb(mdb, "alice", ALICE_PW, "INSERT INTO t VALUES (8)", "appdb")
+    incr = plat.json(
+        "db", "backup", "create", "m1", "--name", "m1-incr", "--type", "incr", "--wait",
+        timeout=900,
+    )  # fmt: skip
+    _mariadb(mdb, "alice", ALICE_PW, "INSERT INTO t VALUES (9)", "appdb")  # in no backup
+    full = plat.json("db", "backup", "show", "m1-full")
+    assert (full["status"], incr["status"]) == ("COMPLETED", "COMPLETED"), (full, incr)
+    assert (full["type"], incr["type"]) == ("full", "incr") and incr["label"].startswith(
+        full["label"] + "_"
+    )
+    copy = plat.json(
+        "db", "create", "m1-vm", "--restore", "m1-incr", "--flavor", "vm.small", "--wait",
+        timeout=1800,
+    )  # fmt: skip
+    try:
+        assert (copy["status"], copy["compute_type"], copy["datastore"]) == (
+            "ACTIVE", "vm", "mariadb",
+        )  # fmt: skip
+        assert _mariadb(copy, "alice", ALICE_PW, "SELECT x FROM t ORDER BY x", "appdb") == "7\n8"
+        admin = plat.json("db", "credentials", "m1-vm")
+        assert admin["password"] != plat.json("db", "credentials", "m1")["password"]
+        assert _mariadb(copy, "admin", admin["password"], "SELECT count(*) FROM t", "appdb") == "2"
+    finally:
+        plat.run("db", "delete", "m1-vm", "--wait", check=False, timeout=900)
+
+
 def test_what_mariadb_cannot_do_yet_is_refused_with_the_reason(
     plat: Platform, mdb: dict[str, Any]
 ) -> None:
     catalog = {d["name"]: d for d in plat.json("datastore", "list")}
-    caps = {c["name"]: c for c in catalog["mariadb"]["versions"][0]["capabilities"]}
-    assert caps["databases"]["supported"] and not caps["replicas"]["supported"]
-    for argv in (("backup", "create", "m1"), ("replica", "create", "m1")):
-        refused = plat.run("db", *argv, check=False)
+    version = catalog["mariadb"]["versions"][0]
+    caps = {c["name"]: c for c in version["capabilities"]}
+    assert caps["backups"]["supported"] and version["backup_types"] == ["full", "incr"]
+    assert not caps["pitr"]["supported"] and not caps["replicas"]["supported"]
+    refusals = {
+        "replicas": ("db", "replica", "create", "m1"),
+        "pitr": ("db", "create", "m1-then", "--restore-from", "m1", "--to-time",
+                 "2026-01-01T00:00:00Z", "--flavor", "container.small"),
+    }  # fmt: skip
+    for feature, argv in refusals.items():
+        refused = plat.run(*argv, check=False)
         assert refused.returncode != 0 and "capability_not_supported" in refused.stderr, argv
-        assert caps[argv[0] + "s"]["reason"] in " ".join(refused.stderr.split())  # unwrapped
+        assert caps[feature]["reason"] in " ".join(refused.stderr.split())  # unwrapped
+    diff = plat.run("db", "backup", "create", "m1", "--type", "diff", check=False)
+    assert diff.returncode != 0 and "incr" in diff.stderr, diff.stderr

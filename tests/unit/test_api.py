@@ -697,6 +697,30 @@ def test_a_create_asking_what_the_datastore_lacks_is_refused_and_writes_nothing(
 
 
 @pytest.mark.usefixtures("keyvalue")
+def test_a_restore_naming_no_engine_is_of_its_sources(api: Api) -> None:
+    """A restore that names no datastore takes its source's (here refused for what that one
+    lacks, not as a PostgreSQL restore of another engine's data); one that names another
+    datastore is refused as a mismatch."""
+    _create_db(api, "kv1", datastore="keyvalue", databases=[], users=[])
+    body = {"name": "kv2", "flavor": "container.small", "restore_from": "kv1",
+            "to_time": "2026-01-01T00:00:00Z"}  # fmt: skip
+    before = api.counts()
+    error = _error(
+        api.client.post("/v1/db/instances", json=body, headers=api.admin),
+        409,
+        "capability_not_supported",
+    )
+    assert error["message"].startswith("keyvalue 1 does not support pitr: ")
+    other = {**body, "datastore": "postgresql"}
+    _error(
+        api.client.post("/v1/db/instances", json=other, headers=api.admin),
+        422,
+        "datastore_mismatch",
+    )
+    assert api.counts() == before
+
+
+@pytest.mark.usefixtures("keyvalue")
 def test_requests_for_what_a_datastore_lacks_are_refused_with_the_reason(api: Api) -> None:
     """On a database of the datastore: each request names the feature it lacks (before its
     state is looked at); what it has is not refused for that reason."""

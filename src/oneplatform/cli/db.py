@@ -137,8 +137,14 @@ def _user_spec(raw: str, databases: list[str]) -> dict[str, object]:
 def db_create(
     name: str,
     flavor: Annotated[str, typer.Option(help="Flavor: picks the compute type and size.")],
-    datastore: Annotated[str, typer.Option(help="Engine.")] = "postgresql",
-    version: Annotated[str | None, typer.Option(help="Engine version (default: newest).")] = None,
+    datastore: Annotated[
+        str | None,
+        typer.Option(help="Engine (default: a restore's source's, else postgresql)."),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Engine version (default: a restore's source's, else the newest)."),
+    ] = None,
     size_gb: Annotated[int, typer.Option("--size-gb", help="Data volume size in GB.")] = 1,
     database: Annotated[list[str] | None, typer.Option(help="Create this database.")] = None,
     user: Annotated[

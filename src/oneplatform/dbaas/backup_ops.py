@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.reach import agent_client, reach
 from oneplatform.dbaas.states import BACKUPS, BackupStatus, DbStatus
 from oneplatform.errors import BackendError, BackendUnavailable, NotYet, PlatformError
@@ -138,7 +139,9 @@ def step_expire(ctx: StepContext) -> None:
                 Backup.deleted_at.is_(None),
             )
         ).all()
-        tool = repository_tool(ctx.settings, db, box_for(ctx.settings))
+        tool = repository_tool(
+            ctx.settings, db, box_for(ctx.settings), get_datastore(db.datastore).repository_kind
+        )
         gone = db.status == DbStatus.DELETED.value
     if gone and not others:
         tool.destroy()

@@ -8,6 +8,7 @@ stored in an operation to be applied later.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -30,7 +31,7 @@ from oneplatform.dbaas.endpoints import (
     member_out,
     sync_proxy,
 )
-from oneplatform.dbaas.lookup import find_db
+from oneplatform.dbaas.lookup import find_db, find_db_any
 from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
 from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, Health, MemberStatus
 from oneplatform.errors import AlreadyExists, BackendError, Conflict, InvalidInput, NotFound
@@ -158,7 +159,26 @@ def list_dbs(store: Store, caller: Caller) -> list[DbInstanceOut]:
 
 
 # -- lifecycle ----------------------------------------------------------------------------------
+def _with_engine(store: Store, caller: Caller, req: DbInstanceCreate) -> DbInstanceCreate:
+    """``req`` with its engine named: a restore's source's when it names none (a backup of
+    MariaDB restores as MariaDB), else PostgreSQL; an unknown source is reported later."""
+    if req.datastore is not None:
+        return req
+    engine: dict[str, str | None] = {"datastore": "postgresql"}
+    with store.session() as session, contextlib.suppress(NotFound):
+        source = None
+        if req.restore:
+            backup = backups.find_backup(session, caller, req.restore)
+            source = session.get_one(DbInstance, backup.db_instance_id)
+        elif req.restore_from:
+            source = find_db_any(session, caller, req.restore_from)
+        if source is not None:
+            engine = {"datastore": source.datastore, "version": req.version or source.version}
+    return req.model_copy(update=engine)
+
+
 def _validate_create(req: DbInstanceCreate) -> None:
+    assert req.datastore is not None
     datastore = get_datastore(req.datastore)
     get_version(datastore, req.version)
     for name in req.databases:
@@ -202,6 +222,8 @@ def create_db(
 ) -> DbInstanceAccepted:
     """Place the compute instance (or claim a warm one) and write the database instance, in
     one transaction."""
+    req = _with_engine(store, caller, req)
+    assert req.datastore is not None
     datastore = get_datastore(req.datastore)
     version = get_version(datastore, req.version)
     datastore.require(version.version, *_create_needs(req))

@@ -478,14 +478,118 @@ class RepositoryTool:
                     raise
 
 
-def repository_tool(settings: Settings, db: object, box: object) -> RepositoryTool:
-    """The tool for a database instance's repository (its own keys)."""
+class FileRepositoryTool:
+    """A repository of backup folders (``<label>/backup.json`` and the data beside it,
+    encrypted by rclone's crypt: MariaDB's) through rclone on the host: expire and delete."""
+
+    def __init__(self, settings: Settings, repo: str, access: str, secret: str, cipher: str):
+        self.settings = settings
+        self.repo = repo
+        self._access, self._secret, self._cipher = access, secret, cipher
+
+    @contextlib.contextmanager
+    def _config(self) -> Iterator[Path]:
+        config = store_config(self.settings)
+        bucket, path = config.location(self.repo)
+        access, secret = self._access, self._secret
+        if config.shared is not None:
+            access, secret = config.shared.access_key, config.shared.secret_key
+        with tempfile.TemporaryDirectory(prefix="onep-rclone-") as tmp:
+            (Path(tmp) / "ca.pem").write_text(config.ca_pem)
+            obscured = self._rclone(Path(tmp), "obscure", "-", stdin=self._cipher).strip()
+            conf = Path(tmp) / "rclone.conf"
+            conf.write_text(
+                "\n".join(
+                    [
+                        "[store]",
+                        "type = s3",
+                        "provider = Other",
+                        f"endpoint = https://{config.host_endpoint}:{config.host_port}",
+                        f"region = {config.region}",
+                        f"access_key_id = {access}",
+                        f"secret_access_key = {secret}",
+                        "force_path_style = true",
+                        "no_check_bucket = true",
+                        "[repo]",
+                        "type = crypt",
+                        f"remote = store:{bucket}{path}",
+                        f"password = {obscured}",
+                        "filename_encryption = off",
+                        "directory_name_encryption = false",
+                        "",
+                    ]
+                )
+            )
+            conf.chmod(0o600)
+            yield Path(tmp)
+
+    def _rclone(self, tmp: Path, *args: str, stdin: str | None = None) -> str:
+        proc = subprocess.run(
+            ["rclone", f"--config={tmp / 'rclone.conf'}", f"--ca-cert={tmp / 'ca.pem'}",
+             "--contimeout=15s", "--timeout=30s", "--retries=2", "-q", *args],
+            input=stdin, capture_output=True, text=True, timeout=600,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp)},
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise BackendError(f"rclone {args[0]}: {(proc.stderr or proc.stdout)[-400:]}")
+        return proc.stdout
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every backup's manifest in the repository."""
+        with self._config() as tmp:
+            return self._manifests(tmp)
+
+    def _manifests(self, tmp: Path) -> list[dict[str, Any]]:
+        listed = json.loads(
+            self._rclone(tmp, "lsjson", "--recursive", "--files-only", "repo:") or "[]"
+        )
+        paths = [str(e["Path"]) for e in listed]
+        labels = sorted({p.split("/")[0] for p in paths if p.endswith("/backup.json")})
+        return [json.loads(self._rclone(tmp, "cat", f"repo:{each}/backup.json")) for each in labels]
+
+    def expire(self, label: str | None, in_flight: int) -> None:
+        """Delete the backup ``label`` and every backup built on it (``in_flight``: unused,
+        no log is kept beside the backups)."""
+        del in_flight
+        if label is None:
+            return
+        with self._config() as tmp:
+            manifests = self._manifests(tmp)
+            gone = {label} & {m["label"] for m in manifests}
+            while True:  # the backups whose chain holds one that goes
+                more = {m["label"] for m in manifests if m.get("prior") in gone} - gone
+                if not more:
+                    break
+                gone |= more
+            for each in sorted(gone, reverse=True):  # dependents first
+                self._rclone(tmp, "purge", f"repo:{each}")
+
+    def destroy(self) -> None:
+        """The repository and everything in it: the embedded store's bucket (and its keys);
+        in an external store, everything under the repository's prefix."""
+        if external_endpoint(self.settings) is None:
+            StoreAdmin(self.settings).delete_repository(self.repo)
+            return
+        with self._config() as tmp:
+            try:
+                self._rclone(tmp, "purge", "repo:")
+            except BackendError as err:
+                if "directory not found" not in err.message:
+                    raise
+
+
+def repository_tool(
+    settings: Settings, db: object, box: object, kind: str = "pgbackrest"
+) -> RepositoryTool | FileRepositoryTool:
+    """The tool for a database instance's repository (its own keys); ``kind``: what wrote
+    it (pgBackRest's, or backup folders of files)."""
     from oneplatform.secrets import SecretBox
     from oneplatform.store.models import DbInstance
 
     assert isinstance(db, DbInstance) and isinstance(box, SecretBox)
     assert db.repo_bucket and db.repo_access_key and db.repo_secret_enc and db.repo_cipher_enc
-    return RepositoryTool(
+    tool = FileRepositoryTool if kind == "files" else RepositoryTool
+    return tool(
         settings,
         db.repo_bucket,
         db.repo_access_key,

@@ -46,8 +46,14 @@ class DbUserSpec(Request):
 
 class DbInstanceCreate(Request):
     name: ResourceName
-    datastore: str = "postgresql"
-    version: str | None = None
+    datastore: str | None = Field(
+        default=None,
+        description="The engine; by default a restore's source's, else postgresql.",
+    )
+    version: str | None = Field(
+        default=None,
+        description="The engine's version; by default a restore's source's, else the newest.",
+    )
     flavor: CatalogName
     size_gb: int = Field(default=1, ge=1, le=1024, description="Data volume size.")
     databases: list[DbObjectName] = Field(default=[], max_length=64)

@@ -58,7 +58,7 @@ class DbInstances:
         self,
         name: str,
         flavor: str,
-        datastore: str = "postgresql",
+        datastore: str | None = None,
         version: str | None = None,
         size_gb: int = 1,
         databases: builtins.list[str] | None = None,
@@ -70,7 +70,9 @@ class DbInstances:
         replica_flavor: str | None = None,
     ) -> DbInstanceAccepted:
         """``users``: ``[{"name": ..., "password": ..., "databases": [...]}]``; ``restore``
-        (a backup) or ``restore_from`` (a database instance's window, with ``to_time``)."""
+        (a backup) or ``restore_from`` (a database instance's window, with ``to_time``);
+        ``datastore`` and ``version``: by default a restore's source's, else PostgreSQL's
+        newest."""
         body = DbInstanceCreate.model_construct(
             name=name,
             flavor=flavor,

@@ -60,6 +60,9 @@ class Datastore(abc.ABC):
     # What the engine cannot do through the platform, and why (see ``features``).
     unsupported: ClassVar[Mapping[Feature, str]] = {}
     backup_types: ClassVar[tuple[str, ...]] = tuple(BACKUP_TYPES)
+    # What its guests write into a repository: pgBackRest's, or backup folders of files
+    # (the host expires and deletes them with the matching tool).
+    repository_kind: ClassVar[str] = "pgbackrest"
 
     def lacks(self, version: str) -> dict[Feature, str]:
         """Every feature ``version`` does not support, with the reason."""

@@ -54,14 +54,17 @@ class MariaDB(Datastore):
     uri_scheme = "mysql"
     admin_database = ""
     unsupported = {
-        Feature.BACKUPS: NOT_YET,
-        Feature.PITR: NOT_YET,
+        Feature.PITR: (
+            "a MariaDB backup restores as it was taken: point-in-time recovery needs the "
+            "binary logs archived, which this release does not do yet"
+        ),
         Feature.REPLICAS: NOT_YET,
         Feature.SWITCHOVER: NOT_YET,
         Feature.MOVE: NOT_YET,
         Feature.FAILOVER: NOT_YET,
     }
-    backup_types = ()
+    backup_types = ("full", "incr")  # mariadb-backup's; no differential
+    repository_kind = "files"
 
     # -- sizing and names ---------------------------------------------------------------------
     def engine_settings(self, vcpus: int, ram_mb: int) -> dict[str, str]:
