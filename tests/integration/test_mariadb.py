@@ -20,7 +20,7 @@ import pytest
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores.base import ConnInfo
 from oneplatform.dbaas.datastores.mariadb import MariaDB
-from oneplatform.errors import AlreadyExists, InvalidInput, NotFound
+from oneplatform.errors import AlreadyExists, BackendError, InvalidInput, NotFound
 from oneplatform.guest.bundle import (
     AdminCredentials,
     AgentSettings,
@@ -33,7 +33,12 @@ from oneplatform.guest.bundle import (
 )
 from oneplatform.guest.engines.mariadb import MariaDbEngine
 from oneplatform.guest.processes import ChildProcesses, EngineError
-from oneplatform.hostsvc.objectstore import StoreAdmin, embedded_store, store_config
+from oneplatform.hostsvc.objectstore import (
+    FileRepositoryTool,
+    StoreAdmin,
+    embedded_store,
+    store_config,
+)
 from tests.integration.conftest import find_free_port, require_or_fail
 
 pytestmark = pytest.mark.integration
@@ -300,4 +305,31 @@ def test_full_and_incremental_backups_restore_with_their_users(store: Settings) 
     missing = RestoreSettings(store=reader, backup_set="20000101-000000F")
     with pytest.raises(EngineError, match="not in the source"), _serving(restore=missing):
         pass
-    admin.delete_repository(bucket)
+    # the host's tool: a backup expired takes those built on it; the repository goes whole
+    tool = FileRepositoryTool(store, bucket, access, secret, "the-repositorys-own-passphrase")
+    assert [m["label"] for m in tool.manifests()] == [full["label"], incr["label"]]
+    second = _backup_again(store, bucket, access, secret, reader, incr)
+    tool.expire(incr["label"], in_flight=0)
+    assert [m["label"] for m in tool.manifests()] == [full["label"]], second
+    tool.expire(full["label"], in_flight=0)
+    assert tool.manifests() == []
+    tool.destroy()
+    with pytest.raises(BackendError):
+        tool.manifests()
+
+
+def _backup_again(
+    store: Settings,
+    bucket: str,
+    access: str,
+    secret: str,
+    reader: StoreSettings,
+    after: dict[str, Any],
+) -> str:
+    """A server restored from ``after`` takes an incremental into the source's repository:
+    it builds on ``after`` (the newest), so expiring ``after`` takes it too."""
+    restore = RestoreSettings(store=reader, backup_set=after["label"])
+    with _serving(backup=_repository(store, bucket, access, secret), restore=restore) as srv:
+        made = _backup(srv, "incr")
+    assert made["prior"] == after["label"], made
+    return str(made["label"])
