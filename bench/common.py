@@ -42,6 +42,7 @@ PORT_RANGE = (31000, 31999)
 # runtime to use describe the machine, not a platform instance. Every other one is dropped
 # (a benchmark may set some of its own: see PlatformProcess's extra_env).
 PASSED_ENV = frozenset({"ONEP_IMAGE_CACHE", "ONEP_PODMAN_RUNTIME"})
+BENCH_IMAGES = "postgresql-15"
 # What the bench's `onep up` enrolls as bare-metal nodes unless a benchmark says otherwise:
 # a file that does not exist (in its home), so it never touches the shared bare-metal lab.
 NO_BMLAB_FILE = "no-bmlab.json"
@@ -302,6 +303,9 @@ class PlatformProcess:
             ONEP_PORT_RANGE_START=str(PORT_RANGE[0]),
             ONEP_PORT_RANGE_END=str(PORT_RANGE[1]),
             ONEP_BMLAB_FILE=str(self.home / NO_BMLAB_FILE),
+            # what its start builds: PostgreSQL's image (a benchmark of another engine
+            # names its own); the others build on first use
+            ONEP_IMAGES=BENCH_IMAGES,
         )
         env.update(self.extra_env)
         return env
@@ -348,7 +352,8 @@ class PlatformProcess:
         return self._client
 
     def wait_images_ready(self, timeout: float = 1800.0) -> None:
-        """Every image READY; the first time on a machine this is the (long) image build."""
+        """Every image its start builds READY; the first time on a machine this is the
+        (long) image build."""
         deadline = now() + timeout
         announced = False
         while True:
