@@ -22,6 +22,8 @@ APT_PACKAGES=(
   # MariaDB's server and client binaries (no service): the MariaDB engine's tests run them;
   # its backups are mariadb-backup's, compressed by zstd, stored and expired by rclone.
   mariadb-server-core mariadb-client-core mariadb-backup zstd rclone
+  # Redis's server and client (the Redis engine's tests run them; its service is disabled).
+  redis-server redis-tools
   # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
   xorriso e2fsprogs
@@ -188,6 +190,15 @@ ensure_service_address() {
   log "service address ok ($SERVICE_ADDRESS on $SERVICE_LINK)"
 }
 
+no_redis_service() {
+  # The package starts a redis-server of the host's own where systemd runs: the platform
+  # and its tests run theirs; this one only takes memory and port 6379.
+  if [ -d /run/systemd/system ] && systemctl is-enabled --quiet redis-server 2>/dev/null; then
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+    log "the host's redis-server service disabled"
+  fi
+}
+
 ensure_mysql_user() {
   # mariadb-server-core makes no user; the MariaDB engine runs its server as "mysql" (as
   # in the images, where the full package makes it).
@@ -199,6 +210,7 @@ ensure_mysql_user() {
 
 install_packages
 ensure_mysql_user
+no_redis_service
 ensure_subids
 ensure_service_address
 ensure_guest_firewall

@@ -88,6 +88,10 @@ def test_fitting_keeps_at_least_the_first_column() -> None:
             ["mariadb", "-h", "127.0.0.1", "-P", "20003", "-u", "alice", "appdb"],
         ),
         ("mysql://admin@[::1]:20005/", ["mariadb", "-h", "::1", "-P", "20005", "-u", "admin"]),
+        (
+            "redis://admin@127.0.0.1:20007",
+            ["redis-cli", "-h", "127.0.0.1", "-p", "20007", "--user", "admin"],
+        ),
     ],
 )
 def test_db_connect_opens_each_engines_own_client(uri: str, argv: list[str]) -> None:

@@ -241,7 +241,10 @@ def test_supervisor_without_an_engine_reports_why() -> None:
 
 
 def test_engines_are_registered_by_datastore_name() -> None:
-    assert list(ENGINES) == ["postgresql", "mariadb"] and ENGINES["postgresql"] is PostgresEngine
+    assert (
+        list(ENGINES) == ["postgresql", "mariadb", "redis"]
+        and ENGINES["postgresql"] is PostgresEngine
+    )
     assert all(name == engine.datastore for name, engine in ENGINES.items())
 
 

@@ -70,16 +70,20 @@ SHOW_COLUMNS = (
 CLIENTS: dict[str, tuple[str, str, str]] = {
     "postgresql": ("psql", "postgresql-client", "PGPASSWORD"),
     "mysql": ("mariadb", "mariadb-client", "MYSQL_PWD"),
+    "redis": ("redis-cli", "redis-tools", "REDISCLI_AUTH"),
 }
 
 
 def client_argv(uri: str) -> list[str]:
     """The command that opens ``uri`` with its engine's client (psql takes the URI; the
-    mariadb client takes host, port, user and database)."""
+    mariadb client takes host, port, user and database; redis-cli host, port and user)."""
     parts = urlsplit(uri)
     program = CLIENTS[parts.scheme][0]
     if parts.scheme == "postgresql":
         return [program, uri]
+    if parts.scheme == "redis":
+        argv = [program, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+        return argv + (["--user", parts.username] if parts.username else [])
     argv = [program, "-h", parts.hostname or "127.0.0.1", "-P", str(parts.port or 3306)]
     if parts.username:
         argv += ["-u", parts.username]
@@ -230,8 +234,8 @@ def db_connect(
     ] = None,
 ) -> None:
     """Open the engine's own client on the database (psql for PostgreSQL, mariadb for
-    MariaDB); arguments after `--` go to the client, e.g. `onep db connect pg1 -- -c
-    'select 1'`."""
+    MariaDB, redis-cli for Redis); arguments after `--` go to the client, e.g. `onep db
+    connect pg1 -- -c 'select 1'`."""
     with Client.from_home() as c, api_errors():
         db = c.db.get(name)
         if db.endpoint is None or db.connection_uri is None:
@@ -247,6 +251,8 @@ def db_connect(
     env = dict(os.environ)
     if password is not None:
         env[password_env] = password
+    elif scheme == "redis":
+        argv.append("--askpass")  # redis-cli asks only when told to
     os.execvpe(program, [*argv, *ctx.args], env)
 
 

@@ -20,7 +20,7 @@ from .contract import DEFAULT_AGENT_PORT, PASSWORD_ALPHABET, PASSWORD_LENGTH
 BUNDLE_FORMAT = 1
 MIN_SECRET_LENGTH = 32
 
-_SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+_SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")  # Redis's have dashes
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _ROLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LABEL_RE = re.compile(r"^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$")  # pgBackRest's

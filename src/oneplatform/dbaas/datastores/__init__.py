@@ -5,9 +5,10 @@ from __future__ import annotations
 from oneplatform.dbaas.datastores.base import Datastore, DatastoreVersion
 from oneplatform.dbaas.datastores.mariadb import MariaDB
 from oneplatform.dbaas.datastores.postgresql import PostgreSQL
+from oneplatform.dbaas.datastores.redis import Redis
 from oneplatform.errors import NotFound
 
-DATASTORES: dict[str, Datastore] = {ds.name: ds for ds in (PostgreSQL(), MariaDB())}
+DATASTORES: dict[str, Datastore] = {ds.name: ds for ds in (PostgreSQL(), MariaDB(), Redis())}
 
 
 def get_datastore(name: str) -> Datastore:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from .base import Engine
 from .mariadb import MariaDbEngine
 from .postgresql import PostgresEngine
+from .redis import RedisEngine
 
 ENGINES: dict[str, type[Engine]] = {
-    engine.datastore: engine for engine in (PostgresEngine, MariaDbEngine)
+    engine.datastore: engine for engine in (PostgresEngine, MariaDbEngine, RedisEngine)
 }

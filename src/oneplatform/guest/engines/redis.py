@@ -1,0 +1,435 @@
+"""Redis from Debian's packages: configuration, start, readiness, ACL users, RDB backups.
+
+The data directory is ``/var/lib/oneplatform/redis`` on the data disk: the RDB snapshot,
+the append-only file (``appendonly yes``: every write is logged, fsync'd each second) and
+the ACL file (``users.acl``: users survive a restart and a recreated container). The server
+reads one config file the agent writes at every start (``oneplatform-redis.conf`` beside
+the data directory); nothing of Debian's /etc/redis applies.
+
+Users are ACL users. ``default`` is off: nobody is let in without a user and password. The
+platform's user may do everything; the tenant's admin and the users the platform makes reach
+every key and channel with every command but the server's own (``-@admin``: CONFIG, ACL,
+SHUTDOWN, REPLICAOF, DEBUG, SAVE …). The agent talks to the server over its Unix socket as
+the platform's user (the password in ``REDISCLI_AUTH``, never in argv).
+
+Backups are the RDB snapshot (``BGSAVE``) and the ACL file, compressed and encrypted into
+the instance's repository with rclone, as MariaDB's are (:mod:`.mariabackup`'s repository).
+A restore puts them in an empty data directory and starts with ``appendonly no`` once:
+Redis loads the snapshot, then ``CONFIG SET appendonly yes`` rewrites the append-only file
+from memory (with ``appendonly yes`` and no such file, Redis would start empty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..bundle import Bundle, RestoreSettings, StoreSettings
+from ..contract import DATA_ROOT
+from . import mariabackup
+from .base import ChildProcesses, Engine, EngineError
+from .mariabackup import CONF_DIR, MANIFEST, Repository
+
+log = logging.getLogger("onep-agent")
+
+DEFAULT_VERSION = "7.0"
+SNAPSHOT = "dump.rdb.zst"
+USERS = "users.acl"
+BACKUP_TIMEOUT = 6 * 3600.0
+# The tenant's admin and users: every key and channel, every command but the server's own.
+TENANT_RULES = "~* &* +@all -@admin"
+
+
+def user_line(name: str, password: str, rules: str) -> str:
+    """An ACL file line: the user, on, with this one password (its SHA-256, never the text)."""
+    digest = hashlib.sha256(password.encode("utf-8")).hexdigest()
+    return f"user {name} on #{digest} {rules}"
+
+
+class RedisEngine(Engine):
+    """Redis from Debian's packages, data under /var/lib/oneplatform/redis."""
+
+    datastore = "redis"
+    OS_USER = "redis"
+    CONF_NAME = "oneplatform-redis.conf"
+    RESTORED_NAME = "oneplatform-restored.pending"  # load the snapshot, then turn AOF on
+    # Directives the agent owns; the bundle cannot override them.
+    RESERVED = frozenset(
+        {
+            "bind", "port", "dir", "dbfilename", "appendonly", "appenddirname", "aclfile",
+            "unixsocket", "unixsocketperm", "daemonize", "supervised", "logfile", "pidfile",
+            "protected-mode", "include", "loadmodule", "rename-command", "enable-debug-command",
+            "enable-module-command", "enable-protected-configs", "replicaof", "slaveof",
+            "masterauth", "masteruser", "requirepass",
+        }
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        bundle: Bundle | None,
+        children: ChildProcesses,
+        *,
+        version: str = DEFAULT_VERSION,
+        data_dir: Path | None = None,
+        socket_dir: Path = Path("/run/redis"),
+        bind_address: str = "0.0.0.0",  # the guest's; a test on the host uses 127.0.0.1
+        backup_conf_dir: Path = CONF_DIR,
+        map_store_host: Callable[[StoreSettings], None] | None = None,  # a test's: none
+    ) -> None:
+        super().__init__(bundle, children, version=version)
+        self.data_dir = data_dir or Path(DATA_ROOT) / "redis"
+        self.socket_dir = socket_dir
+        self.bind_address = bind_address
+        self.port = bundle.engine.port if bundle else 6379
+        mapper = map_store_host or mariabackup.map_store_host
+        self.repo = Repository(self._run_root, backup_conf_dir, "repository", mapper)
+        self.source = Repository(self._run_root, backup_conf_dir, "restore-source", mapper)
+        self._lock = threading.Lock()
+        self._job: dict[str, Any] | None = None
+        self._repo_detail = "no repository"
+        self._repo_ready = False
+
+    @property
+    def socket(self) -> Path:
+        return self.socket_dir / "redis.sock"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.data_dir.parent / self.CONF_NAME
+
+    # -- lifecycle
+
+    def initialize(self) -> None:
+        if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
+            raise EngineError(f"Redis {self.version} is not installed in this image")
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self._chown(self.socket_dir)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if (self.data_dir / USERS).exists():
+            self._own_tree(self.data_dir)
+            return
+        if self.data_dir.exists() and any(p.name != "lost+found" for p in self.data_dir.iterdir()):
+            raise EngineError(
+                f"{self.data_dir} is not empty but holds no Redis data; refusing to touch it"
+            )
+        # Made in a scratch directory and renamed into place: a crash mid-way never leaves
+        # a half-made data directory that a later start would trust.
+        scratch = self.data_dir.with_name(self.data_dir.name + ".install")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(mode=0o750)
+        self._chown(scratch)
+        kept = ""
+        if self.bundle is not None and self.bundle.restore is not None:
+            kept = self._restore(self.bundle.restore, scratch)
+        self._write(scratch / USERS, self._users_file(kept, with_admin=True))
+        if self.data_dir.exists():  # an empty mount point: fill it in place
+            for child in scratch.iterdir():
+                os.rename(child, self.data_dir / child.name)
+            scratch.rmdir()
+            self._chown(self.data_dir)
+        else:
+            os.rename(scratch, self.data_dir)
+
+    def configure(self) -> None:
+        self._write(self.conf_path, self.render_conf())
+        users = self.data_dir / USERS
+        if users.exists():  # the platform's user as the bundle has it (the agent logs in so)
+            current = users.read_text(encoding="utf-8")
+            wanted = self._users_file(current, with_admin=False)
+            if wanted != current:
+                self._write(users, wanted)
+        self._configure_backups()
+
+    def _users_file(self, kept: str, with_admin: bool) -> str:
+        """The ACL file: ``default`` off, the platform's user from the bundle, the users of
+        ``kept`` as they are (a restore's: the source's) and, ``with_admin`` (a new or
+        restored instance), the tenant's admin from the bundle."""
+        bundle = self.bundle
+        platform = bundle.platform if bundle is not None else None
+        admin = bundle.admin if bundle is not None and not bundle.warm else None
+        replaced = {"default"}
+        lines = ["user default off"]
+        if platform is not None:
+            replaced.add(platform.username)
+            lines.append(user_line(platform.username, platform.password, "~* &* +@all"))
+        if with_admin and admin is not None:
+            replaced.add(admin.username)
+            lines.append(user_line(admin.username, admin.password, TENANT_RULES))
+        for line in kept.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "user" and words[1] not in replaced:
+                lines.append(line)
+        return "\n".join(lines) + "\n"
+
+    def render_conf(self) -> str:
+        """The config file: the bundle's settings, then the ones the agent owns."""
+        lines = ["# Written by the OnePlatform guest agent at every start; edits are lost."]
+        settings = self.bundle.engine.settings if self.bundle else {}
+        for name, value in sorted(settings.items()):
+            if name.lower() in self.RESERVED:
+                log.warning("ignoring engine setting %s: the agent manages it", name)
+                continue
+            lines.append(f"{name} {value}")
+        restored = (self.data_dir / self.RESTORED_NAME).exists()
+        managed = {
+            "bind": self.bind_address,
+            "port": str(self.port),
+            "protected-mode": "no",  # the default user is off: every client logs in
+            "dir": str(self.data_dir),
+            "dbfilename": "dump.rdb",
+            # a restore's first start loads the snapshot; the bootstrap turns AOF on
+            "appendonly": "no" if restored else "yes",
+            "appenddirname": "appendonlydir",
+            "appendfsync": "everysec",
+            "aclfile": str(self.data_dir / USERS),
+            "unixsocket": str(self.socket),
+            "unixsocketperm": "700",
+            "daemonize": "no",
+            "logfile": '""',
+            "save": '"3600 1 300 100 60 10000"',
+        }
+        lines.append("# Managed by the agent (these win over the settings above).")
+        lines += [f"{name} {value}" for name, value in managed.items()]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        return self.children.popen(
+            ["redis-server", str(self.conf_path)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=self._env(),
+            user=self.OS_USER if os.geteuid() == 0 else None,
+        )
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            proc = self._cli("INFO", "persistence", timeout=10)
+        except (EngineError, OSError) as exc:
+            return False, f"redis-cli failed: {exc}"
+        text = (proc.stdout or b"").decode("utf-8", "replace")
+        if proc.returncode != 0 or "loading:" not in text:
+            return False, _tail(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
+        if "loading:1" in text:
+            return False, "loading the dataset"
+        return True, "accepting connections"
+
+    def bootstrap(self) -> None:
+        """After a restore, turn the append-only file on (Redis rewrites it from the loaded
+        snapshot). The users are in the ACL file the server started with."""
+        if self.bundle is not None and not self.bundle.warm:
+            self._start_repository()
+        restored = self.data_dir / self.RESTORED_NAME
+        if restored.exists():
+            self._command("CONFIG", "SET", "appendonly", "yes")
+            restored.unlink()
+            log.info("the restored snapshot is loaded; the append-only file is on")
+
+    def _start_repository(self) -> None:
+        with self._lock:
+            self._repo_ready = self.bundle is not None and self.bundle.backup is not None
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+        """SIGTERM is Redis's clean shutdown (it saves the snapshot and syncs the AOF)."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                log.warning("redis-server did not stop within %.0f s of %s", wait, sig.name)
+        self.children.forget(proc)
+        return proc.returncode
+
+    # -- the server, over its socket, as the platform's user
+
+    def _cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+        creds = self.bundle.platform if self.bundle else None
+        if creds is None:
+            raise EngineError("no platform user in the bundle: the agent cannot log in")
+        argv = ["redis-cli", "-e", "-s", str(self.socket), "--user", creds.username]
+        env = {**self._env(), "REDISCLI_AUTH": creds.password}
+        return self.children.run([*argv, *args], timeout=timeout, env=env)
+
+    def _command(self, *args: str, timeout: float = 60.0) -> str:
+        """Run one command; its reply, raising EngineError on an error reply."""
+        proc = self._cli(*args, timeout=timeout)  # -e: an error reply exits 1
+        if proc.returncode != 0:
+            raise EngineError(f"redis {args[0]} failed: {_tail(proc.stderr or proc.stdout)}")
+        return (proc.stdout or b"").decode("utf-8", "replace").strip()
+
+    def _info(self, section: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for line in self._command("INFO", section).splitlines():
+            key, sep, value = line.strip().strip('"').partition(":")
+            if sep:
+                found[key] = value
+        return found
+
+    # -- backups: the snapshot and the users, into the repository
+
+    def _configure_backups(self) -> None:
+        if self.bundle is None or self.bundle.warm:
+            return
+        try:
+            if self.bundle.backup is not None:
+                self.repo.configure(self.bundle.backup, self._write)
+                self._repo_detail = "ready"
+            if self.bundle.restore is not None:
+                self.source.configure(self.bundle.restore.store, self._write)
+        except (EngineError, OSError) as exc:
+            self._repo_detail = f"the repository is not configured: {exc}"
+            raise
+
+    def backup_status(self) -> dict[str, Any] | None:
+        if self.bundle is None or self.bundle.backup is None:
+            return None
+        with self._lock:
+            return {"stanza": self._repo_ready, "detail": self._repo_detail}
+
+    def start_backup(self, kind: str) -> tuple[int, dict[str, Any]]:
+        if kind != "full":
+            return 400, {"code": "bad_type", "message": "Redis takes full backups only"}
+        with self._lock:
+            if not self._repo_ready:
+                return 409, {"code": "no_repository", "message": self._repo_detail}
+            if self._job is not None and self._job["state"] == "running":
+                return 409, {"code": "busy", "message": "a backup is running", "job": self._job}
+            job = {
+                "id": uuid.uuid4().hex,
+                "type": kind,
+                "state": "running",
+                "started_at": time.time(),
+                "finished_at": None,
+                "label": None,
+                "detail": "",
+            }
+            self._job = job
+        threading.Thread(target=self._backup, args=(dict(job),), daemon=True).start()
+        return 200, {"job": job}
+
+    def backup_job(self) -> dict[str, Any] | None:
+        with self._lock:
+            return dict(self._job) if self._job else None
+
+    def _backup(self, job: dict[str, Any]) -> None:
+        try:
+            entry: dict[str, Any] | None = self.backup()
+            ok, detail = True, ""
+        except (EngineError, OSError, ValueError, KeyError) as exc:
+            entry, ok, detail = None, False, str(exc)
+        with self._lock:
+            assert self._job is not None
+            self._job.update(
+                state="succeeded" if ok else "failed",
+                finished_at=time.time(),
+                label=entry["label"] if entry else None,
+                backup=entry,
+                detail=detail,
+            )
+        log.info("redis backup job %s: %s", job["id"], entry["label"] if entry else detail)
+
+    def backup(self) -> dict[str, Any]:
+        """A snapshot now (BGSAVE, waited for), stored with the ACL file; its manifest."""
+        started = time.time()
+        before = int(self._info("persistence").get("rdb_saves", "0"))
+        self._command("BGSAVE", "SCHEDULE")  # after an AOF rewrite, if one runs
+        deadline = time.monotonic() + BACKUP_TIMEOUT
+        while True:
+            info = self._info("persistence")
+            if info.get("rdb_bgsave_in_progress") == "0" and int(info["rdb_saves"]) > before:
+                if info.get("rdb_last_bgsave_status") != "ok":
+                    raise EngineError("the snapshot (BGSAVE) failed: see the server's log")
+                break
+            if time.monotonic() > deadline:
+                raise EngineError("the snapshot (BGSAVE) did not end in time")
+            time.sleep(0.2)
+        label = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started)) + "F"
+        work = self.data_dir.parent / "backup-work"
+        work.mkdir(mode=0o700, exist_ok=True)
+        packed = work / f"{label}.rdb.zst"
+        try:  # compressed beside the data (the next save replaces dump.rdb), then stored
+            snapshot = str(self.data_dir / "dump.rdb")
+            self._run_checked(
+                ["zstd", "-q", "-3", "-T2", "-f", "-o", str(packed), snapshot],
+                "compressing the snapshot",
+            )
+            self._run_checked(
+                self.repo.argv("copyto", str(packed), f"repo:{label}/{SNAPSHOT}"),
+                "storing the snapshot",
+            )
+            self.repo.put(f"{label}/{USERS}", (self.data_dir / USERS).read_bytes())
+            entry = {
+                "label": label,
+                "type": "full",
+                "prior": None,
+                "timestamp": {"start": int(started), "stop": int(time.time())},
+                "info": {
+                    "size": (self.data_dir / "dump.rdb").stat().st_size,
+                    "repository": {"delta": packed.stat().st_size},
+                },
+            }
+            self.repo.put(f"{label}/{MANIFEST}", json.dumps(entry).encode())
+            return entry
+        finally:
+            packed.unlink(missing_ok=True)
+
+    def _run_checked(self, argv: list[str], what: str) -> None:
+        proc = self._run_root(argv, timeout=BACKUP_TIMEOUT)
+        if proc.returncode != 0:
+            raise EngineError(f"{what} failed: {_tail(proc.stderr or proc.stdout)}")
+
+    def _restore(self, restore: RestoreSettings, target: Path) -> str:
+        """The snapshot of the source's backup into ``target``; the source's ACL file."""
+        if restore.target_time:
+            raise EngineError("Redis restores a snapshot as it was taken: no target time")
+        self._configure_backups()
+        label = restore.backup_set
+        if label not in {str(m["label"]) for m in self.source.manifests()}:
+            raise EngineError(f"backup {label} is not in the source's repository")
+        packed = target / "dump.rdb.zst"
+        self._run_checked(
+            self.source.argv("copyto", f"repo:{label}/{SNAPSHOT}", str(packed)),
+            f"reading backup {label}",
+        )
+        self._run_checked(
+            ["zstd", "-q", "-d", "-f", "--rm", "-o", str(target / "dump.rdb"), str(packed)],
+            f"unpacking backup {label}",
+        )
+        self._write(target / self.RESTORED_NAME, "load the snapshot, then turn AOF on\n")
+        self._own_tree(target)
+        log.info("restored backup %s", label)
+        return self.source.call("cat", f"repo:{label}/{USERS}").decode("utf-8")
+
+    # -- helpers
+
+    def _run_root(
+        self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[bytes]:
+        return self.children.run(argv, stdin=stdin, timeout=timeout, env=self._env())
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": "/root",
+        }
+
+
+def _tail(data: bytes | None, lines: int = 5) -> str:
+    text = (data or b"").decode("utf-8", "replace").strip()
+    return " | ".join(text.splitlines()[-lines:])[:500]
