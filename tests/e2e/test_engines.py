@@ -1,5 +1,7 @@
-"""MariaDB as a service end to end: `onep db` against the real Podman, libvirt and the real
-MariaDB 10.11 image, used with the engine's own client; its backups restore onto a VM."""
+"""MariaDB and Redis as a service end to end: `onep db` against the real Podman, libvirt and
+the real MariaDB 10.11 and Redis 7.0 images, each used with its engine's own client; a
+MariaDB backup restores onto a VM, a Redis snapshot onto another container. One platform
+for both (their images build at its start, side by side)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from tests.e2e.conftest import Platform, own_platform
 
 pytestmark = pytest.mark.e2e
 ALICE_PW = "Alice-maria-7f2"
+IMAGES = "mariadb-10.11,redis-7.0"
 
 
 @pytest.fixture(scope="module")
 def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with own_platform(tmp_path_factory, "onep-mariadb", ONEP_IMAGES="mariadb-10.11") as p:
+    with own_platform(tmp_path_factory, "onep-engines", ONEP_IMAGES=IMAGES) as p:
         yield p
 
 
@@ -138,3 +141,73 @@ def test_what_mariadb_cannot_do_yet_is_refused_with_the_reason(
         assert caps[feature]["reason"] in " ".join(refused.stderr.split())  # unwrapped
     diff = plat.run("db", "backup", "create", "m1", "--type", "diff", check=False)
     assert diff.returncode != 0 and "incr" in diff.stderr, diff.stderr
+
+
+# -- Redis ------------------------------------------------------------------------------------
+CAROL_PW = "Carol-redis-41a"
+
+
+@pytest.fixture(scope="module")
+def rdb(plat: Platform) -> Iterator[dict[str, Any]]:
+    db = plat.json(
+        "db", "create", "r1", "--datastore", "redis", "--version", "7.0",
+        "--flavor", "container.small", "--user", f"carol:{CAROL_PW}", "--wait", timeout=900,
+    )  # fmt: skip
+    yield db
+    plat.run("db", "delete", "r1", "--wait", check=False)
+
+
+def _redis(db: dict[str, Any], user: str, password: str, *command: str) -> str:
+    """``command`` through the database's endpoint with redis-cli, as ``user``."""
+    endpoint = db["endpoint"]
+    out = subprocess.run(
+        ["redis-cli", "-e", "-h", endpoint["host"], "-p", str(endpoint["port"]),
+         "--user", user, *command],
+        env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise AssertionError((out.stderr or out.stdout).strip())
+    return out.stdout.strip()
+
+
+def test_a_redis_database_serves_acl_users_with_redis_cli(
+    plat: Platform, rdb: dict[str, Any]
+) -> None:
+    assert (rdb["status"], rdb["health"], rdb["datastore"]) == ("ACTIVE", "HEALTHY", "redis")
+    assert rdb["connection_uri"].startswith("redis://admin@")
+    assert _redis(rdb, "carol", CAROL_PW, "SET", "cart:1", "3 apples") == "OK"
+    assert _redis(rdb, "carol", CAROL_PW, "GET", "cart:1") == "3 apples"
+    with pytest.raises(AssertionError, match="NOPERM"):  # the server's own commands
+        _redis(rdb, "carol", CAROL_PW, "CONFIG", "GET", "maxmemory")
+    with pytest.raises(AssertionError, match="WRONGPASS"):
+        _redis(rdb, "carol", "not-her-password", "PING")
+    # users are ACL users; databases and grants are refused with the reason
+    dave = plat.json("db", "user", "create", "r1", "dave")
+    assert _redis(rdb, "dave", dave["password"], "PING") == "PONG"
+    assert [u["name"] for u in plat.json("db", "user", "list", "r1")] == ["carol", "dave"]
+    plat.run("db", "user", "delete", "r1", "dave")
+    with pytest.raises(AssertionError, match="WRONGPASS"):
+        _redis(rdb, "dave", dave["password"], "PING")
+    refused = plat.run("db", "database", "create", "r1", "appdb", check=False)
+    assert refused.returncode != 0 and "capability_not_supported" in refused.stderr
+    assert "no databases" in " ".join(refused.stderr.split())
+    # `onep db connect` opens redis-cli as the admin
+    assert plat.run("db", "connect", "r1", "--", "GET", "cart:1").stdout.strip() == "3 apples"
+
+
+def test_a_redis_snapshot_restores_with_its_users(plat: Platform, rdb: dict[str, Any]) -> None:
+    _redis(rdb, "carol", CAROL_PW, "SET", "stock", "42")
+    snap = plat.json("db", "backup", "create", "r1", "--name", "r1-snap", "--wait", timeout=900)
+    assert (snap["status"], snap["type"]) == ("COMPLETED", "full"), snap
+    _redis(rdb, "carol", CAROL_PW, "SET", "stock", "41")  # after the snapshot
+    copy = plat.json(
+        "db", "create", "r1-copy", "--restore", "r1-snap", "--flavor", "container.small",
+        "--wait", timeout=900,
+    )  # fmt: skip
+    try:
+        assert (copy["status"], copy["datastore"]) == ("ACTIVE", "redis")
+        assert _redis(copy, "carol", CAROL_PW, "GET", "stock") == "42"
+        assert _redis(copy, "carol", CAROL_PW, "GET", "cart:1") == "3 apples"
+    finally:
+        plat.run("db", "delete", "r1-copy", "--wait", check=False)
