@@ -369,23 +369,31 @@ class StoreAdmin:
 
 
 # -- repository-side pgBackRest on the host ---------------------------------------------------
-class RepositoryTool:
-    """pgBackRest run on the host against one instance's repository (what needs no server:
-    expire, info), and its deletion; it reaches the embedded store at localhost, which the
-    store's certificate names too, an external one by its name."""
+class _Repository:
+    """One instance's repository as the host reaches it: the embedded store at localhost,
+    which the store's certificate names too, an external one by its name."""
 
     def __init__(self, settings: Settings, repo: str, access: str, secret: str, cipher: str):
         self.settings = settings
         self.repo = repo  # the repository's name: the embedded store's bucket, else a prefix
         self._access, self._secret, self._cipher = access, secret, cipher
 
-    @contextlib.contextmanager
-    def _config(self) -> Iterator[Path]:
+    def _where(self) -> tuple[StoreConfig, str, str, str, str]:
+        """(the store, bucket, path, access key, secret key)."""
         config = store_config(self.settings)
         bucket, path = config.location(self.repo)
-        access, secret = self._access, self._secret
         if config.shared is not None:
-            access, secret = config.shared.access_key, config.shared.secret_key
+            return config, bucket, path, config.shared.access_key, config.shared.secret_key
+        return config, bucket, path, self._access, self._secret
+
+
+class RepositoryTool(_Repository):
+    """pgBackRest run on the host against one instance's repository (what needs no server:
+    expire, info), and its deletion."""
+
+    @contextlib.contextmanager
+    def _config(self) -> Iterator[Path]:
+        config, bucket, path, access, secret = self._where()
         with tempfile.TemporaryDirectory(prefix="onep-pgbr-") as tmp:
             ca = Path(tmp) / "ca.pem"
             ca.write_text(config.ca_pem)
@@ -478,48 +486,27 @@ class RepositoryTool:
                     raise
 
 
-class FileRepositoryTool:
+class FileRepositoryTool(_Repository):
     """A repository of backup folders (``<label>/backup.json`` and the data beside it,
-    encrypted by rclone's crypt: MariaDB's) through rclone on the host: expire and delete."""
-
-    def __init__(self, settings: Settings, repo: str, access: str, secret: str, cipher: str):
-        self.settings = settings
-        self.repo = repo
-        self._access, self._secret, self._cipher = access, secret, cipher
+    encrypted by rclone's crypt: MariaDB's and Redis's) through rclone on the host: expire
+    and delete. The config is the guests' own (:func:`render_rclone`)."""
 
     @contextlib.contextmanager
     def _config(self) -> Iterator[Path]:
-        config = store_config(self.settings)
-        bucket, path = config.location(self.repo)
-        access, secret = self._access, self._secret
-        if config.shared is not None:
-            access, secret = config.shared.access_key, config.shared.secret_key
+        from oneplatform.guest.bundle import StoreSettings
+        from oneplatform.guest.engines.filerepo import render_rclone
+
+        config, bucket, path, access, secret = self._where()
+        store = StoreSettings(
+            host=config.host_endpoint, address="", port=config.host_port, bucket=bucket,
+            access_key=access, secret_key=secret, ca_pem=config.ca_pem,
+            cipher_pass=self._cipher, region=config.region, path=path,
+        )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="onep-rclone-") as tmp:
             (Path(tmp) / "ca.pem").write_text(config.ca_pem)
             obscured = self._rclone(Path(tmp), "obscure", "-", stdin=self._cipher).strip()
             conf = Path(tmp) / "rclone.conf"
-            conf.write_text(
-                "\n".join(
-                    [
-                        "[store]",
-                        "type = s3",
-                        "provider = Other",
-                        f"endpoint = https://{config.host_endpoint}:{config.host_port}",
-                        f"region = {config.region}",
-                        f"access_key_id = {access}",
-                        f"secret_access_key = {secret}",
-                        "force_path_style = true",
-                        "no_check_bucket = true",
-                        "[repo]",
-                        "type = crypt",
-                        f"remote = store:{bucket}{path}",
-                        f"password = {obscured}",
-                        "filename_encryption = off",
-                        "directory_name_encryption = false",
-                        "",
-                    ]
-                )
-            )
+            conf.write_text(render_rclone(store, obscured))
             conf.chmod(0o600)
             yield Path(tmp)
 

@@ -7,9 +7,11 @@ the rest of the agent is importable from here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
+import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,6 +127,22 @@ class Engine:
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """Shut the server down (fast), escalating if it takes longer than ``timeout``."""
         raise NotImplementedError
+
+    def _stop_by_signals(
+        self, proc: subprocess.Popen[bytes], steps: tuple[tuple[signal.Signals, float], ...]
+    ) -> int | None:
+        """Send each signal in turn, waiting its seconds, until the server has exited."""
+        for sig, wait in steps:
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s of %s", self.datastore, wait, sig.name)
+        self.children.forget(proc)
+        return proc.returncode
 
     # -- the server's files (run as root, the agent hands them to OS_USER)
 

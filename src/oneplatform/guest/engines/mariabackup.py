@@ -9,9 +9,7 @@ range, binary log position and GTID, times and sizes. An incremental reads the n
 manifest for its start LSN (``--incremental-lsn``): nothing of it is kept in the guest, so
 a new primary goes on where the former one stopped.
 
-The repository is reached through rclone (Debian's): S3 over TLS with the store's CA, and
-its ``crypt`` layer encrypting every file's content with the repository's passphrase
-(NaCl secretbox: authenticated; file names stay readable — labels are no secret).
+The repository is reached through rclone, encrypted (:mod:`.filerepo`).
 """
 
 from __future__ import annotations
@@ -24,113 +22,23 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..bundle import RestoreSettings, StoreSettings
 from ..processes import EngineError
-from .pgbackrest import map_store_host
+from .filerepo import CONF_DIR, MANIFEST, Repository, map_store_host, tail
+from .jobs import BackupJobs, no_repository
 
 log = logging.getLogger("onep-agent")
 
 BACKUP_TYPES = ("full", "incr")
-CONF_DIR = Path("/etc/oneplatform-backup")
-MANIFEST = "backup.json"
 DATA = "data.xbs.zst"
 BACKUP_TIMEOUT = 6 * 3600.0
 RESTORE_TIMEOUT = 6 * 3600.0
 
 Runner = Callable[..., subprocess.CompletedProcess[bytes]]
-
-
-def render_rclone(store: StoreSettings, obscured_pass: str) -> str:
-    """rclone's config: the store (``store``) and the encrypted repository on it (``repo``)."""
-    return "\n".join(
-        [
-            "# Written by the OnePlatform guest agent at every start; edits are lost.",
-            "[store]",
-            "type = s3",
-            "provider = Other",
-            f"endpoint = https://{store.host}:{store.port}",
-            f"region = {store.region}",
-            f"access_key_id = {store.access_key}",
-            f"secret_access_key = {store.secret_key}",
-            "force_path_style = true",
-            "no_check_bucket = true",  # the platform made it; the keys may not list buckets
-            "",
-            "[repo]",
-            "type = crypt",
-            f"remote = store:{store.bucket}{store.path}",
-            f"password = {obscured_pass}",
-            "filename_encryption = off",
-            "directory_name_encryption = false",
-            "",
-        ]
-    )
-
-
-def _tail(data: bytes | str | None, lines: int = 4) -> str:
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
-    return " | ".join(text.strip().splitlines()[-lines:])[:600]
-
-
-class Repository:
-    """One repository through rclone (``name``: its config file's stem)."""
-
-    def __init__(
-        self,
-        run: Runner,
-        conf_dir: Path,
-        name: str,
-        map_host: Callable[[StoreSettings], None] = map_store_host,
-    ) -> None:
-        self._run = run
-        self.conf = conf_dir / f"{name}.conf"
-        self.ca = conf_dir / "store-ca.pem"
-        self._map_host = map_host  # the store's name to the guest's path to it
-
-    def configure(self, store: StoreSettings, write: Callable[[Path, str], None]) -> None:
-        self.conf.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write(self.ca, store.ca_pem)
-        self._map_host(store)
-        obscured = self._run(
-            ["rclone", "obscure", "-"], stdin=store.cipher_pass.encode(), timeout=30
-        )
-        if obscured.returncode != 0:
-            raise EngineError(f"rclone obscure failed: {_tail(obscured.stderr)}")
-        write(self.conf, render_rclone(store, obscured.stdout.decode().strip()))
-
-    def argv(self, *args: str) -> list[str]:
-        """rclone on the repository: a store that stops answering fails in 15 s, not 5 min."""
-        return [
-            "rclone", f"--config={self.conf}", f"--ca-cert={self.ca}", "--contimeout=15s",
-            "--timeout=30s", "--retries=3", "--low-level-retries=3", "-q", *args,
-        ]  # fmt: skip
-
-    def command(self, *args: str) -> str:
-        """The rclone command line, for a shell pipeline."""
-        return shlex.join(self.argv(*args))
-
-    def call(self, *args: str, timeout: float = 120.0) -> bytes:
-        proc = self._run(self.argv(*args), timeout=timeout)
-        if proc.returncode != 0:
-            raise EngineError(f"rclone {args[0]} failed: {_tail(proc.stderr or proc.stdout)}")
-        return proc.stdout or b""
-
-    def put(self, path: str, data: bytes) -> None:
-        proc = self._run(self.argv("rcat", f"repo:{path}"), stdin=data, timeout=120)
-        if proc.returncode != 0:
-            raise EngineError(f"rclone rcat failed: {_tail(proc.stderr)}")
-
-    def manifests(self) -> list[dict[str, Any]]:
-        """Every backup's manifest, oldest first (a folder without one is no backup)."""
-        listed = json.loads(self.call("lsjson", "--recursive", "--files-only", "repo:") or b"[]")
-        labels = sorted(
-            str(e["Path"]).split("/")[0] for e in listed if str(e["Path"]).endswith(MANIFEST)
-        )
-        return [json.loads(self.call("cat", f"repo:{label}/{MANIFEST}")) for label in labels]
 
 
 class MariaBackup:
@@ -152,7 +60,7 @@ class MariaBackup:
         self.source = Repository(run, conf_dir, "restore-source", map_host)
         self._clock = clock
         self._lock = threading.Lock()
-        self._job: dict[str, Any] | None = None
+        self.jobs = BackupJobs("mariadb-backup", clock)
         self._store: StoreSettings | None = None
         self._detail = "no repository"
 
@@ -185,46 +93,11 @@ class MariaBackup:
         if kind not in BACKUP_TYPES:
             return 400, {"code": "bad_type", "message": f"type must be one of {BACKUP_TYPES}"}
         with self._lock:
-            if self._store is None:
-                return 409, {"code": "no_repository", "message": self._detail}
-            if self._job is not None and self._job["state"] == "running":
-                return 409, {"code": "busy", "message": "a backup is running", "job": self._job}
-            job = {
-                "id": uuid.uuid4().hex,
-                "type": kind,
-                "state": "running",
-                "started_at": self._clock(),
-                "finished_at": None,
-                "label": None,
-                "detail": "",
-            }
-            self._job = job
-        threading.Thread(
-            target=self._backup, args=(dict(job),), name="mariabackup", daemon=True
-        ).start()
-        return 200, {"job": job}
+            refusal = None if self._store is not None else no_repository(self._detail)
+        return self.jobs.start(kind, lambda job: self.backup(str(job["type"])), refusal)
 
     def job(self) -> dict[str, Any] | None:
-        with self._lock:
-            return dict(self._job) if self._job else None
-
-    def _backup(self, job: dict[str, Any]) -> None:
-        log.info("mariadb-backup: %s backup started (job %s)", job["type"], job["id"])
-        try:
-            entry: dict[str, Any] | None = self.backup(str(job["type"]))
-            ok, detail = True, ""
-        except (EngineError, OSError, ValueError, KeyError) as exc:
-            entry, ok, detail = None, False, str(exc)
-        with self._lock:
-            assert self._job is not None
-            self._job.update(
-                state="succeeded" if ok else "failed",
-                finished_at=self._clock(),
-                label=entry["label"] if entry else None,
-                backup=entry,
-                detail=detail,
-            )
-        log.info("mariadb-backup: job %s %s", job["id"], entry["label"] if entry else detail)
+        return self.jobs.job()
 
     def backup(self, kind: str) -> dict[str, Any]:
         """Take a backup of ``kind`` (an incremental with no backup before it is a full);
@@ -257,7 +130,7 @@ class MariaBackup:
             )
             proc = self._run(["bash", "-c", pipeline], timeout=BACKUP_TIMEOUT)
             if proc.returncode != 0:
-                said = _tail(_read(logs["backup"])) or _tail(proc.stderr)
+                said = tail(_read(logs["backup"])) or tail(proc.stderr)
                 raise EngineError(f"the backup failed: {said}")
             checkpoints = _keyvalues(lsn_dir / "xtrabackup_checkpoints")
             info = _keyvalues(lsn_dir / "xtrabackup_info")
@@ -320,7 +193,7 @@ class MariaBackup:
         )
         proc = self._run(["bash", "-c", pipeline], timeout=RESTORE_TIMEOUT)
         if proc.returncode != 0:
-            raise EngineError(f"reading backup {label} failed: {_tail(proc.stderr)}")
+            raise EngineError(f"reading backup {label} failed: {tail(proc.stderr)}")
 
     def _prepare(self, target: Path, delta: Path | None = None) -> None:
         argv = ["mariadb-backup", "--prepare", f"--target-dir={target}"]
@@ -328,7 +201,7 @@ class MariaBackup:
             argv.append(f"--incremental-dir={delta}")
         proc = self._run(argv, timeout=RESTORE_TIMEOUT)
         if proc.returncode != 0:
-            raise EngineError(f"mariadb-backup --prepare failed: {_tail(proc.stderr, 6)}")
+            raise EngineError(f"mariadb-backup --prepare failed: {tail(proc.stderr, 6)}")
 
 
 def _chain(manifests: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ Replication comes later (the platform's datastore says so in its capabilities).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -26,9 +25,10 @@ from typing import Any
 
 from ..bundle import Bundle, StoreSettings
 from ..contract import DATA_ROOT
-from . import mariabackup
+from . import filerepo
 from .base import ChildProcesses, Engine, EngineError
-from .mariabackup import CONF_DIR, MariaBackup
+from .filerepo import CONF_DIR
+from .mariabackup import MariaBackup
 
 log = logging.getLogger("onep-agent")
 
@@ -83,7 +83,7 @@ class MariaDbEngine(Engine):
             self.socket,
             self.data_dir.parent / "backup-work",
             backup_conf_dir,
-            map_host=map_store_host or mariabackup.map_store_host,
+            map_host=map_store_host or filerepo.map_store_host,
         )
 
     @property
@@ -289,17 +289,7 @@ class MariaDbEngine(Engine):
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """SIGTERM is MariaDB's clean shutdown; SIGKILL if it hangs (InnoDB recovers)."""
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                log.warning("mariadbd did not stop within %.0f s of %s", wait, sig.name)
-        self.children.forget(proc)
-        return proc.returncode
+        return self._stop_by_signals(proc, ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)))
 
     # -- helpers
 

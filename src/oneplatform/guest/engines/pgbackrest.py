@@ -16,13 +16,13 @@ import shlex
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..bundle import RestoreSettings, StoreSettings
 from ..processes import EngineError
+from .jobs import BackupJobs, no_repository
 
 log = logging.getLogger("onep-agent")
 
@@ -133,9 +133,8 @@ class PgBackRest:
         self.work = work
         self.conf = conf_dir / "pgbackrest.conf"
         self.restore_conf = conf_dir / "restore.conf"
-        self._clock = clock
         self._lock = threading.Lock()
-        self._job: dict[str, Any] | None = None
+        self.jobs = BackupJobs("pgBackRest", clock)
         self._stanza_ok = False
         self._store_key: tuple[str, ...] | None = None
         self._stanza_detail = "no repository"
@@ -249,59 +248,26 @@ class PgBackRest:
         if kind not in BACKUP_TYPES:
             return 400, {"code": "bad_type", "message": f"type must be one of {BACKUP_TYPES}"}
         with self._lock:
-            if not self._stanza_ok:
-                return 409, {"code": "no_repository", "message": self._stanza_detail}
-            if self._job is not None and self._job["state"] == "running":
-                return 409, {"code": "busy", "message": "a backup is running", "job": self._job}
-            job = {
-                "id": uuid.uuid4().hex,
-                "type": kind,
-                "state": "running",
-                "started_at": self._clock(),
-                "finished_at": None,
-                "label": None,
-                "detail": "",
-            }
-            self._job = job
-        threading.Thread(
-            target=self._backup, args=(dict(job), prepare), name="pgbackrest-backup", daemon=True
-        ).start()
-        return 200, {"job": job}
+            refusal = None if self._stanza_ok else no_repository(self._stanza_detail)
+        return self.jobs.start(kind, lambda job: self._backup(job, prepare), refusal)
 
     def job(self) -> dict[str, Any] | None:
-        with self._lock:
-            return dict(self._job) if self._job else None
+        return self.jobs.job()
 
-    def _backup(self, job: dict[str, Any], prepare: Callable[[], object] | None = None) -> None:
-        log.info("pgBackRest: %s backup started (job %s)", job["type"], job["id"])
-        try:
-            if prepare is not None:
-                prepare()
-            proc = self._pgbackrest(
-                self.conf, f"--type={job['type']}", "backup", timeout=BACKUP_TIMEOUT
-            )
-            ok, detail = proc.returncode == 0, _first_error(proc)
-            entry = self._newest(job) if ok else None
-            if ok and entry is None:
-                ok, detail = False, "the backup finished but is not in the repository's info"
-        except (EngineError, OSError, ValueError) as exc:
-            ok, detail, entry = False, str(exc), None
-        label = str(entry["label"]) if entry else None
-        with self._lock:
-            assert self._job is not None
-            self._job.update(
-                state="succeeded" if ok else "failed",
-                finished_at=self._clock(),
-                label=label,
-                backup=entry,
-                detail="" if ok else detail,
-            )
-        log.info(
-            "pgBackRest: backup job %s %s %s",
-            job["id"],
-            "made" if ok else "failed:",
-            label if ok else detail,
+    def _backup(
+        self, job: dict[str, Any], prepare: Callable[[], object] | None = None
+    ) -> dict[str, Any]:
+        if prepare is not None:
+            prepare()
+        proc = self._pgbackrest(
+            self.conf, f"--type={job['type']}", "backup", timeout=BACKUP_TIMEOUT
         )
+        if proc.returncode != 0:
+            raise EngineError(_first_error(proc))
+        entry = self._newest(job)
+        if entry is None:
+            raise EngineError("the backup finished but is not in the repository's info")
+        return entry
 
     def _newest(self, job: dict[str, Any]) -> dict[str, Any] | None:
         """The repository's entry for the backup ``job`` made (pgBackRest's info; its type

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -710,17 +709,9 @@ class PostgresEngine(Engine):
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """SIGINT is PostgreSQL's fast shutdown; SIGQUIT (immediate) if it hangs."""
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 2.0), (signal.SIGKILL, 1.0)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                log.warning("postgres did not stop within %.0f s of %s", wait, sig.name)
-        self.children.forget(proc)
-        return proc.returncode
+        return self._stop_by_signals(
+            proc, ((signal.SIGINT, timeout), (signal.SIGQUIT, 2.0), (signal.SIGKILL, 1.0))
+        )
 
     # -- helpers
 

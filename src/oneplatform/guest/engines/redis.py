@@ -13,7 +13,7 @@ SHUTDOWN, REPLICAOF, DEBUG, SAVE …). The agent talks to the server over its Un
 the platform's user (the password in ``REDISCLI_AUTH``, never in argv).
 
 Backups are the RDB snapshot (``BGSAVE``) and the ACL file, compressed and encrypted into
-the instance's repository with rclone, as MariaDB's are (:mod:`.mariabackup`'s repository).
+the instance's repository with rclone, as MariaDB's are (:mod:`.filerepo`).
 A restore puts them in an empty data directory and starts with ``appendonly no`` once:
 Redis loads the snapshot, then ``CONFIG SET appendonly yes`` rewrites the append-only file
 from memory (with ``appendonly yes`` and no such file, Redis would start empty).
@@ -21,7 +21,6 @@ from memory (with ``appendonly yes`` and no such file, Redis would start empty).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -31,16 +30,16 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..bundle import Bundle, RestoreSettings, StoreSettings
 from ..contract import DATA_ROOT
-from . import mariabackup
+from . import filerepo
 from .base import ChildProcesses, Engine, EngineError
-from .mariabackup import CONF_DIR, MANIFEST, Repository
+from .filerepo import CONF_DIR, MANIFEST, Repository
+from .jobs import BackupJobs, no_repository
 
 log = logging.getLogger("onep-agent")
 
@@ -93,11 +92,11 @@ class RedisEngine(Engine):
         self.socket_dir = socket_dir
         self.bind_address = bind_address
         self.port = bundle.engine.port if bundle else 6379
-        mapper = map_store_host or mariabackup.map_store_host
+        mapper = map_store_host or filerepo.map_store_host
         self.repo = Repository(self._run_root, backup_conf_dir, "repository", mapper)
         self.source = Repository(self._run_root, backup_conf_dir, "restore-source", mapper)
         self._lock = threading.Lock()
-        self._job: dict[str, Any] | None = None
+        self.jobs = BackupJobs("redis")
         self._repo_detail = "no repository"
         self._repo_ready = False
 
@@ -242,17 +241,7 @@ class RedisEngine(Engine):
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """SIGTERM is Redis's clean shutdown (it saves the snapshot and syncs the AOF)."""
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                log.warning("redis-server did not stop within %.0f s of %s", wait, sig.name)
-        self.children.forget(proc)
-        return proc.returncode
+        return self._stop_by_signals(proc, ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)))
 
     # -- the server, over its socket, as the platform's user
 
@@ -304,43 +293,11 @@ class RedisEngine(Engine):
         if kind != "full":
             return 400, {"code": "bad_type", "message": "Redis takes full backups only"}
         with self._lock:
-            if not self._repo_ready:
-                return 409, {"code": "no_repository", "message": self._repo_detail}
-            if self._job is not None and self._job["state"] == "running":
-                return 409, {"code": "busy", "message": "a backup is running", "job": self._job}
-            job = {
-                "id": uuid.uuid4().hex,
-                "type": kind,
-                "state": "running",
-                "started_at": time.time(),
-                "finished_at": None,
-                "label": None,
-                "detail": "",
-            }
-            self._job = job
-        threading.Thread(target=self._backup, args=(dict(job),), daemon=True).start()
-        return 200, {"job": job}
+            refusal = None if self._repo_ready else no_repository(self._repo_detail)
+        return self.jobs.start(kind, lambda job: self.backup(), refusal)
 
     def backup_job(self) -> dict[str, Any] | None:
-        with self._lock:
-            return dict(self._job) if self._job else None
-
-    def _backup(self, job: dict[str, Any]) -> None:
-        try:
-            entry: dict[str, Any] | None = self.backup()
-            ok, detail = True, ""
-        except (EngineError, OSError, ValueError, KeyError) as exc:
-            entry, ok, detail = None, False, str(exc)
-        with self._lock:
-            assert self._job is not None
-            self._job.update(
-                state="succeeded" if ok else "failed",
-                finished_at=time.time(),
-                label=entry["label"] if entry else None,
-                backup=entry,
-                detail=detail,
-            )
-        log.info("redis backup job %s: %s", job["id"], entry["label"] if entry else detail)
+        return self.jobs.job()
 
     def backup(self) -> dict[str, Any]:
         """A snapshot now (BGSAVE, waited for), stored with the ACL file; its manifest."""
