@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,107 +16,44 @@ import pymysql
 import pytest
 
 from oneplatform.config import Settings
-from oneplatform.dbaas.datastores.base import ConnInfo
 from oneplatform.dbaas.datastores.mariadb import MariaDB
 from oneplatform.errors import AlreadyExists, BackendError, InvalidInput, NotFound
 from oneplatform.guest.bundle import (
-    AdminCredentials,
-    AgentSettings,
-    Bundle,
-    EngineSettings,
     RestoreSettings,
     StoreSettings,
-    generate_password,
-    generate_secret,
 )
 from oneplatform.guest.engines.mariadb import MariaDbEngine
-from oneplatform.guest.processes import ChildProcesses, EngineError
+from oneplatform.guest.processes import EngineError
 from oneplatform.hostsvc.objectstore import (
     FileRepositoryTool,
     StoreAdmin,
-    embedded_store,
     store_config,
 )
-from tests.integration.conftest import find_free_port, require_or_fail
+from tests.integration import engines
+from tests.integration.conftest import require_or_fail
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path("/var/lib/oneplatform/mariadbtest")  # the server's user must reach it (not /tmp/..)
 DS = MariaDB()
+Server = engines.Server[MariaDbEngine]
 
 
-@dataclass
-class Server:
-    engine: MariaDbEngine
-    proc: subprocess.Popen[bytes]
-    port: int
-    platform: ConnInfo
-    admin_password: str
-
-    def connect(self, user: str, password: str, database: str | None = None) -> pymysql.Connection:
-        return pymysql.connect(
-            host="127.0.0.1", port=self.port, user=user, password=password,
-            database=database, connect_timeout=5, autocommit=True,
-        )  # fmt: skip
-
-
-def _ready(engine: MariaDbEngine, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        ok, detail = engine.health()
-        if ok:
-            return
-        assert time.monotonic() < deadline, detail
-        time.sleep(0.3)
-
-
-def _bundle(
-    port: int, backup: StoreSettings | None = None, restore: RestoreSettings | None = None
-) -> Bundle:
-    return Bundle(
-        instance_id=uuid.uuid4().hex,
-        datastore="mariadb",
-        version="10.11",
-        agent=AgentSettings(secret=generate_secret(), port=find_free_port()),
-        engine=EngineSettings(port=port, settings=DS.engine_settings(1, 512)),
-        admin=AdminCredentials("admin", generate_password()),
-        platform=AdminCredentials("onep_platform", generate_password()),
-        backup=backup,
-        restore=restore,
-    )
+def connect(srv: Server, user: str, password: str, database: str | None = None) -> Any:
+    return pymysql.connect(
+        host="127.0.0.1", port=srv.port, user=user, password=password,
+        database=database, connect_timeout=5, autocommit=True,
+    )  # fmt: skip
 
 
 @contextmanager
 def _serving(
     backup: StoreSettings | None = None, restore: RestoreSettings | None = None
 ) -> Iterator[Server]:
-    """A server of its own (a restore's first start included), stopped and removed after."""
     require_or_fail(shutil.which("mariadbd") or Path("/usr/sbin/mariadbd").exists(),
                     "MariaDB is not installed (scripts/setup.sh installs it)")  # fmt: skip
-    home = ROOT / uuid.uuid4().hex[:12]
-    home.mkdir(parents=True, mode=0o755)
-    port = find_free_port()
-    bundle = _bundle(port, backup, restore)
-    engine = MariaDbEngine(
-        bundle, ChildProcesses(), data_dir=home / "mysql", socket_dir=home / "run",
-        bind_address="127.0.0.1", backup_conf_dir=home / "backup-conf",
-        map_store_host=lambda store: None,  # the store is at localhost, which its CA names
-    )  # fmt: skip
-    assert bundle.platform is not None
-    engine.initialize()
-    engine.configure()
-    srv = Server(
-        engine, engine.start(), port,
-        ConnInfo("127.0.0.1", port, "onep_platform", bundle.platform.password, act_as="admin"),
-        bundle.admin.password,
-    )  # fmt: skip
-    try:
-        _ready(engine)
-        engine.bootstrap()
+    with engines.serving(MariaDbEngine, DS, ROOT, "mysql", backup, restore) as srv:
         yield srv
-    finally:
-        engine.stop(srv.proc, 30)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +64,11 @@ def server() -> Iterator[Server]:
 
 def test_the_engine_runs_with_the_flavor_sizing_and_the_bundle_users(server: Server) -> None:
     assert not (server.engine.data_dir / server.engine.PENDING_NAME).exists()  # bootstrapped
-    with server.connect("admin", server.admin_password) as c, c.cursor() as cur:
+    with connect(server, "admin", server.admin_password) as c, c.cursor() as cur:
         cur.execute("SELECT @@innodb_buffer_pool_size, @@log_bin, @@local_infile")
         assert cur.fetchone() == (256 * 1024 * 1024, 1, 0)  # 512 MB / 2
     with pytest.raises(pymysql.err.OperationalError):  # root only through the local socket
-        server.connect("root", "")
+        connect(server, "root", "")
     DS.ping(server.platform)
 
 
@@ -144,22 +79,22 @@ def test_databases_users_and_grants_behave_as_mariadb(server: Server) -> None:
         DS.create_database(conn, "appdb")
     DS.create_user(conn, "alice", "Alice-pass-1")
     DS.grant(conn, "alice", "appdb")
-    with server.connect("alice", "Alice-pass-1", "appdb") as c, c.cursor() as cur:
+    with connect(server, "alice", "Alice-pass-1", "appdb") as c, c.cursor() as cur:
         cur.execute("CREATE TABLE t (x int)")
         cur.execute("INSERT INTO t VALUES (7)")
     assert {u.name: u.databases for u in DS.list_users(conn)} == {"alice": ("appdb",)}
     assert "appdb" in DS.list_databases(conn) and "mysql" not in DS.list_databases(conn)
     # The admin owns what the platform made; it reads no system table.
-    with server.connect("admin", server.admin_password, "appdb") as c, c.cursor() as cur:
+    with connect(server, "admin", server.admin_password, "appdb") as c, c.cursor() as cur:
         cur.execute("SELECT x FROM t")
         assert cur.fetchone() == (7,)
         with pytest.raises(pymysql.err.OperationalError):
             cur.execute("SELECT authentication_string FROM mysql.user")
     DS.revoke(conn, "alice", "appdb")
     with pytest.raises(pymysql.err.OperationalError):
-        server.connect("alice", "Alice-pass-1", "appdb")
+        connect(server, "alice", "Alice-pass-1", "appdb")
     DS.set_password(conn, "alice", "Alice-pass-2")
-    server.connect("alice", "Alice-pass-2").close()
+    connect(server, "alice", "Alice-pass-2").close()
     DS.delete_user(conn, "alice")
     with pytest.raises(NotFound):
         DS.delete_user(conn, "alice")
@@ -172,15 +107,15 @@ def test_a_grant_is_on_exactly_one_database(server: Server) -> None:
         DS.create_database(conn, name)
     DS.create_user(conn, "bob", "Bob-pass-123")
     DS.grant(conn, "bob", "app_db")
-    server.connect("bob", "Bob-pass-123", "app_db").close()
+    connect(server, "bob", "Bob-pass-123", "app_db").close()
     with pytest.raises(pymysql.err.OperationalError):
-        server.connect("bob", "Bob-pass-123", "appxdb")
+        connect(server, "bob", "Bob-pass-123", "appxdb")
     assert {u.name: u.databases for u in DS.list_users(conn)}["bob"] == ("app_db",)
     # A database deleted and made again does not open to the users of the old one.
     DS.delete_database(conn, "app_db")
     DS.create_database(conn, "app_db")
     with pytest.raises(pymysql.err.OperationalError):
-        server.connect("bob", "Bob-pass-123", "app_db")
+        connect(server, "bob", "Bob-pass-123", "app_db")
 
 
 @pytest.mark.parametrize(
@@ -199,57 +134,25 @@ def test_hostile_names_are_refused_and_change_nothing(server: Server, name: str)
 def test_a_restart_keeps_the_data(server: Server) -> None:
     conn = server.platform
     DS.create_database(conn, "keep")
-    with server.connect("onep_platform", conn.password, "keep") as c, c.cursor() as cur:
+    with connect(server, "onep_platform", conn.password, "keep") as c, c.cursor() as cur:
         cur.execute("CREATE TABLE k (v varchar(10))")
         cur.execute("INSERT INTO k VALUES ('kept')")
-    assert server.engine.stop(server.proc, 30) == 0  # a clean shutdown
-    server.engine.initialize()  # finds its data: nothing made again
-    server.engine.configure()
-    server.proc = server.engine.start()
-    _ready(server.engine)
-    server.engine.bootstrap()  # nothing pending
-    with server.connect("onep_platform", conn.password, "keep") as c, c.cursor() as cur:
+    engines.restart(server)  # a clean shutdown; nothing pending at the bootstrap
+    with connect(server, "onep_platform", conn.password, "keep") as c, c.cursor() as cur:
         cur.execute("SELECT v FROM k")
         assert cur.fetchone() == ("kept",)
 
 
 # -- backups: mariadb-backup into the embedded store, restored into a server of its own ------
-STORE_PORT = 8339  # the benchmark's store port: the tests' platforms use 8331-8338
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     require_or_fail(shutil.which("mariadb-backup"), "mariadb-backup is not installed (setup.sh)")
-    require_or_fail(shutil.which("rclone"), "rclone is not installed (scripts/setup.sh)")
-    settings = Settings(home=tmp_path_factory.mktemp("mariadb-store"), store_port=STORE_PORT)
-    service = embedded_store(settings)
-    service.start()
-    assert service.wait_ready(60), service.detail
-    yield settings
-    service.stop()
-
-
-def _repository(settings: Settings, bucket: str, access: str, secret: str) -> StoreSettings:
-    return StoreSettings(
-        host="localhost", address="127.0.0.1", port=STORE_PORT, bucket=bucket,
-        access_key=access, secret_key=secret, ca_pem=store_config(settings).ca_pem,
-        cipher_pass="the-repositorys-own-passphrase",
-    )  # fmt: skip
-
-
-def _backup(srv: Server, kind: str) -> dict[str, Any]:
-    status, answer = srv.engine.start_backup(kind)
-    assert status == 200, answer
-    deadline = time.monotonic() + 300
-    while (job := srv.engine.backup_job()) and job["state"] == "running":
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
-    assert job is not None and job["state"] == "succeeded", job
-    return dict(job["backup"])
+    with engines.backup_store(tmp_path_factory, "mariadb-store") as settings:
+        yield settings
 
 
 def _rows(srv: Server, user: str, password: str) -> list[int]:
-    with srv.connect(user, password, "shop") as c, c.cursor() as cur:
+    with connect(srv, user, password, "shop") as c, c.cursor() as cur:
         cur.execute("SELECT id FROM orders ORDER BY id")
         return [int(r[0]) for r in cur.fetchall()]
 
@@ -266,18 +169,18 @@ def test_full_and_incremental_backups_restore_with_their_users(store: Settings) 
     )
     admin.create_repository(bucket, access, secret)
     admin.add_reader(bucket, f"r-{bucket}", "ONMARIAR", "maria-reader-0123456789")
-    with _serving(backup=_repository(store, bucket, access, secret)) as src:
+    with _serving(backup=engines.repository(store, bucket, access, secret)) as src:
         DS.create_database(src.platform, "shop")
         DS.create_user(src.platform, "alice", "Alice-pass-1")
         DS.grant(src.platform, "alice", "shop")
-        with src.connect("alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
+        with connect(src, "alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
             cur.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
             cur.execute("INSERT INTO orders VALUES (1, 'in the full')")
-        full = _backup(src, "full")
-        with src.connect("alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
+        full = engines.take_backup(src.engine, "full")
+        with connect(src, "alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
             cur.execute("INSERT INTO orders VALUES (2, 'in the incremental')")
-        incr = _backup(src, "incr")
-        with src.connect("alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
+        incr = engines.take_backup(src.engine, "incr")
+        with connect(src, "alice", "Alice-pass-1", "shop") as c, c.cursor() as cur:
             cur.execute("INSERT INTO orders VALUES (3, 'in no backup')")
     assert (full["type"], incr["type"], incr["prior"]) == ("full", "incr", full["label"])
     assert incr["lsn"]["from"] == full["lsn"]["to"] and incr["lsn"]["last"] > full["lsn"]["last"]
@@ -290,23 +193,23 @@ def test_full_and_incremental_backups_restore_with_their_users(store: Settings) 
     raw = subprocess.run(
         ["rclone", "--config=/dev/null", "--ca-cert", str(ca), "cat",
          f":s3,provider=Other,access_key_id={access},secret_access_key={secret},"
-         f"endpoint='https://localhost:{STORE_PORT}':{bucket}/repo/{full['label']}/backup.json.bin"],
+         f"endpoint='https://localhost:{engines.STORE_PORT}':{bucket}/repo/{full['label']}/backup.json.bin"],
         capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin"},  # no AWS_CA_BUNDLE
     )  # fmt: skip
     assert raw.returncode == 0 and raw.stdout, raw.stderr
     assert full["label"].encode() not in raw.stdout
-    reader = _repository(store, bucket, "ONMARIAR", "maria-reader-0123456789")
+    reader = engines.repository(store, bucket, "ONMARIAR", "maria-reader-0123456789")
     for backup, rows in ((incr, [1, 2]), (full, [1])):
         restore = RestoreSettings(store=reader, backup_set=backup["label"])
         with _serving(restore=restore) as copy:
             assert _rows(copy, "alice", "Alice-pass-1") == rows
-            copy.connect("admin", copy.admin_password, "shop").close()  # its own admin
+            connect(copy, "admin", copy.admin_password, "shop").close()  # its own admin
             DS.ping(copy.platform)
     missing = RestoreSettings(store=reader, backup_set="20000101-000000F")
     with pytest.raises(EngineError, match="not in the source"), _serving(restore=missing):
         pass
     # the host's tool: a backup expired takes those built on it; the repository goes whole
-    tool = FileRepositoryTool(store, bucket, access, secret, "the-repositorys-own-passphrase")
+    tool = FileRepositoryTool(store, bucket, access, secret, engines.CIPHER)
     assert [m["label"] for m in tool.manifests()] == [full["label"], incr["label"]]
     second = _backup_again(store, bucket, access, secret, reader, incr)
     tool.expire(incr["label"], in_flight=0)
@@ -329,7 +232,7 @@ def _backup_again(
     """A server restored from ``after`` takes an incremental into the source's repository:
     it builds on ``after`` (the newest), so expiring ``after`` takes it too."""
     restore = RestoreSettings(store=reader, backup_set=after["label"])
-    with _serving(backup=_repository(store, bucket, access, secret), restore=restore) as srv:
-        made = _backup(srv, "incr")
+    with _serving(backup=engines.repository(store, bucket, access, secret), restore=restore) as srv:
+        made = engines.take_backup(srv.engine, "incr")
     assert made["prior"] == after["label"], made
     return str(made["label"])

@@ -43,6 +43,8 @@ class Engine:
 
     datastore: ClassVar[str] = ""
     OS_USER: ClassVar[str] = ""  # the server runs as this user; its files are its own
+    # Settings the agent owns: the bundle's are ignored (lower-case; see :meth:`_owned`).
+    RESERVED: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self, bundle: Bundle | None, children: ChildProcesses, *, version: str = ""
@@ -77,6 +79,19 @@ class Engine:
         restart for them (the default: always)."""
         self.configure()
         return True
+
+    def bundle_settings(self) -> list[tuple[str, str]]:
+        """The bundle's engine settings, sorted, but those the agent owns (logged)."""
+        kept = []
+        for name, value in sorted((self.bundle.engine.settings if self.bundle else {}).items()):
+            if self._owned(name):
+                log.warning("ignoring engine setting %s: the agent manages it", name)
+                continue
+            kept.append((name, value))
+        return kept
+
+    def _owned(self, name: str) -> bool:
+        return name.lower() in self.RESERVED
 
     def ready_timeout(self, default: float) -> float:
         """How long the next start may take to be ready (longer while it recovers)."""

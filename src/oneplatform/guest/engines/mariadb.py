@@ -127,6 +127,9 @@ class MariaDbEngine(Engine):
         make(scratch)
         os.rename(scratch, self.data_dir)
 
+    def _owned(self, name: str) -> bool:
+        return name.lower().replace("-", "_") in self.RESERVED  # both spellings are options
+
     def _has_data(self) -> bool:
         return (self.data_dir / "mysql").is_dir()
 
@@ -182,12 +185,7 @@ class MariaDbEngine(Engine):
             "# Written by the OnePlatform guest agent at every start; edits are lost.",
             "[mariadbd]",
         ]
-        settings = self.bundle.engine.settings if self.bundle else {}
-        for name, value in sorted(settings.items()):
-            if name.lower().replace("-", "_") in self.RESERVED:
-                log.warning("ignoring engine setting %s: the agent manages it", name)
-                continue
-            lines.append(f"{name} = {value}")
+        lines += [f"{name} = {value}" for name, value in self.bundle_settings()]
         lines.append("# Managed by the agent (these win over the settings above).")
         managed = {
             "datadir": str(self.data_dir),

@@ -567,12 +567,7 @@ class PostgresEngine(Engine):
     def render_conf(self) -> str:
         """The include file: the bundle's settings, then the ones the agent owns."""
         lines = ["# Written by the OnePlatform guest agent at every start; edits are lost."]
-        settings = self.bundle.engine.settings if self.bundle else {}
-        for name, value in sorted(settings.items()):
-            if name.lower() in self.RESERVED:
-                log.warning("ignoring engine setting %s: the agent manages it", name)
-                continue
-            lines.append(f"{name} = {pg_quote(value)}")
+        lines += [f"{name} = {pg_quote(value)}" for name, value in self.bundle_settings()]
         lines.append("# Managed by the agent (these win over the settings above).")
         managed = {
             "listen_addresses": "*",

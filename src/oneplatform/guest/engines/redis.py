@@ -175,12 +175,7 @@ class RedisEngine(Engine):
     def render_conf(self) -> str:
         """The config file: the bundle's settings, then the ones the agent owns."""
         lines = ["# Written by the OnePlatform guest agent at every start; edits are lost."]
-        settings = self.bundle.engine.settings if self.bundle else {}
-        for name, value in sorted(settings.items()):
-            if name.lower() in self.RESERVED:
-                log.warning("ignoring engine setting %s: the agent manages it", name)
-                continue
-            lines.append(f"{name} {value}")
+        lines += [f"{name} {value}" for name, value in self.bundle_settings()]
         restored = (self.data_dir / self.RESTORED_NAME).exists()
         managed = {
             "bind": self.bind_address,
