@@ -352,16 +352,17 @@ class PlatformProcess:
         return self._client
 
     def wait_images_ready(self, timeout: float = 1800.0) -> None:
-        """Every image its start builds READY; the first time on a machine this is the
-        (long) image build."""
+        """The images its start builds (ONEP_IMAGES) READY; the first time on a machine this
+        is the (long) image build."""
+        wanted = set(self.env()["ONEP_IMAGES"].split(","))
         deadline = now() + timeout
         announced = False
         while True:
-            images = self.client.images.list()
+            images = [i for i in self.client.images.list() if i.name in wanted]
             failed = [i for i in images if i.status == "ERROR"]
             if failed:
                 raise BenchError(f"image build failed: {failed}")
-            if all(i.status == "READY" for i in images):
+            if {i.name for i in images} == wanted and all(i.status == "READY" for i in images):
                 return
             if not announced:
                 print("waiting for images to be built (first run on this machine)...", flush=True)
