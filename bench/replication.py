@@ -205,8 +205,11 @@ def _break(platform: PlatformProcess, compute_type: str, instance_id: str) -> No
             raise BenchError(f"no single QEMU for {instance_id}: {pids}")
         os.kill(int(pids[0]), signal.SIGKILL)
     else:
-        nodes = platform.client.nodes.list()
-        node = next(n for n in nodes if n.instance == instance_id)
+        with sqlite3.connect(platform.home / "oneplatform.db") as conn:
+            (name,) = conn.execute(
+                "SELECT name FROM instances WHERE id = ?", (instance_id,)
+            ).fetchone()
+        node = next(n for n in platform.client.nodes.list() if n.instance == name)
         entry = next(e for e in json.loads(LAB.read_text())["nodes"] if e["name"] == node.name)
         bmc = RedfishBmc(entry["bmc_url"], entry["username"], entry["password"], entry["system_id"])
         bmc.set_power(PowerAction.FORCE_OFF)

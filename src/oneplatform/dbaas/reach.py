@@ -99,6 +99,11 @@ def reach(
             f"database instance {db.name!r} has no compute instance", code="invalid_state"
         )
     by_name = {e.name: e for e in endpoints(session, instance)}
+    if datastore.engine_endpoint not in by_name or AGENT_ENDPOINT not in by_name:
+        raise Conflict(  # its ports released: being deleted, or never given
+            f"database instance {db.name!r}: its compute instance has no endpoints",
+            code="invalid_state",
+        )
     engine, agent = by_name[datastore.engine_endpoint], by_name[AGENT_ENDPOINT]
     admin = ConnInfo(
         engine.host, engine.port, db.admin_username, password or box.decrypt(db.admin_password_enc)
