@@ -14,13 +14,14 @@ from sqlalchemy.orm import Session
 
 from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
-from oneplatform.compute import instances
+from oneplatform.compute import instances, ports
 from oneplatform.compute.images import request_build
 from oneplatform.compute.reconciler import request_repair
 from oneplatform.dbaas import backups, failover, replicas
 from oneplatform.dbaas import service as dbaas
 from oneplatform.dbaas.datastores.base import ConnInfo
 from oneplatform.dbaas.datastores.features import Feature
+from oneplatform.dbaas.reach import reach
 from oneplatform.errors import BackendError, BackendUnavailable, Conflict, PlatformError
 from oneplatform.ops.engine import Worker
 from oneplatform.ops.kinds import all_kinds
@@ -351,6 +352,19 @@ def test_db_create_initializes_then_restart_and_delete(world: World) -> None:
     assert CLOUD.objects == {}
     with world.store.session() as session:
         assert session.get_one(DbInstance, db_id).status == "DELETED"
+
+
+def test_an_instance_whose_ports_are_released_is_unreachable_clearly(world: World) -> None:
+    """A delete under way releases the compute's ports: a step reaching the database then
+    gets a clear invalid_state (it crashed with a KeyError once)."""
+    db_id = world.create_db()
+    world.drive_all()
+    with world.store.session() as session:
+        db = session.get_one(DbInstance, db_id)
+        assert reach(session, db, box_for(world.settings)).engine.port > 0
+        ports.release(session, db.instance_id)
+    with world.store.session() as session, pytest.raises(Conflict, match="no endpoints"):
+        reach(session, session.get_one(DbInstance, db_id), box_for(world.settings))
 
 
 def test_db_create_fails_when_its_compute_fails(world: World) -> None:
