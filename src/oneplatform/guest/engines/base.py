@@ -20,9 +20,15 @@ from typing import Any, ClassVar
 from ..bundle import Bundle, UpstreamSettings
 from ..processes import ChildProcesses, EngineError
 
-__all__ = ["ChildProcesses", "Engine", "EngineError", "NotSupported"]
+__all__ = ["ChildProcesses", "Engine", "EngineError", "NotSupported", "tail"]
 
 log = logging.getLogger("onep-agent")
+
+
+def tail(data: bytes | str | None, lines: int = 5, limit: int = 500) -> str:
+    """The last ``lines`` lines of a tool's output on one line, at most ``limit`` characters."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
+    return " | ".join(text.strip().splitlines()[-lines:])[:limit]
 
 
 class NotSupported(EngineError):
@@ -158,6 +164,23 @@ class Engine:
                 log.warning("%s did not stop within %.0f s of %s", self.datastore, wait, sig.name)
         self.children.forget(proc)
         return proc.returncode
+
+    # -- processes
+
+    def _env(self) -> dict[str, str]:
+        """The environment of the engine's processes: nothing of the agent's own."""
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": "/root",
+        }
+
+    def _run_root(
+        self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[bytes]:
+        """A tool as the agent's user (root: a backup tool reads the server's files)."""
+        return self.children.run(argv, stdin=stdin, timeout=timeout, env=self._env())
 
     # -- the server's files (run as root, the agent hands them to OS_USER)
 

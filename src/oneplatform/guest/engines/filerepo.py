@@ -17,6 +17,7 @@ from typing import Any
 
 from ..bundle import StoreSettings
 from ..processes import EngineError
+from .base import tail
 from .pgbackrest import map_store_host
 
 __all__ = ["CONF_DIR", "MANIFEST", "Repository", "map_store_host", "render_rclone", "tail"]
@@ -51,11 +52,6 @@ def render_rclone(store: StoreSettings, obscured_pass: str) -> str:
             "",
         ]
     )
-
-
-def tail(data: bytes | str | None, lines: int = 4) -> str:
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
-    return " | ".join(text.strip().splitlines()[-lines:])[:600]
 
 
 class Repository:

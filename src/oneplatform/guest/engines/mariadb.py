@@ -26,7 +26,7 @@ from typing import Any
 from ..bundle import Bundle, StoreSettings
 from ..contract import DATA_ROOT
 from . import filerepo
-from .base import ChildProcesses, Engine, EngineError
+from .base import ChildProcesses, Engine, EngineError, tail
 from .filerepo import CONF_DIR
 from .mariabackup import MariaBackup
 
@@ -153,7 +153,7 @@ class MariaDbEngine(Engine):
         if proc.returncode != 0:
             raise EngineError(
                 f"mariadb-install-db failed with exit code {proc.returncode}: "
-                f"{_tail(proc.stderr or proc.stdout)}"
+                f"{tail(proc.stderr or proc.stdout)}"
             )
         self._write(target / self.PENDING_NAME, "create the admin user from the bundle\n")
         log.info("mariadb-install-db finished in %.1f s", time.monotonic() - started)
@@ -228,7 +228,7 @@ class MariaDbEngine(Engine):
             return False, f"the mariadb client failed: {exc}"
         if proc.returncode == 0:
             return True, "accepting connections"
-        return False, _tail(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
+        return False, tail(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
 
     def _client_argv(self) -> list[str]:
         """The mariadb client as root over the local socket, no option file read."""
@@ -263,7 +263,7 @@ class MariaDbEngine(Engine):
         if proc.returncode != 0:
             raise EngineError(
                 f"{what} failed (mariadb exit code {proc.returncode}): "
-                + (_tail(proc.stderr) or "no error message")
+                + (tail(proc.stderr) or "no error message")
             )
 
     # -- backups
@@ -279,25 +279,11 @@ class MariaDbEngine(Engine):
     def backup_job(self) -> dict[str, Any] | None:
         return self.backups.job()
 
-    def _run_root(
-        self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
-    ) -> subprocess.CompletedProcess[bytes]:
-        """A backup tool, as the agent's user (root: it reads the server's files)."""
-        return self.children.run(argv, stdin=stdin, timeout=timeout, env=self._env())
-
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """SIGTERM is MariaDB's clean shutdown; SIGKILL if it hangs (InnoDB recovers)."""
         return self._stop_by_signals(proc, ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)))
 
     # -- helpers
-
-    def _env(self) -> dict[str, str]:
-        return {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "HOME": "/root",
-        }
 
 
 def sql_string(value: str) -> str:
@@ -327,8 +313,3 @@ def _user_lines(username: str, password: str) -> list[str]:
         f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {secret};",
         f"ALTER USER {user} IDENTIFIED BY {secret};",
     ]
-
-
-def _tail(data: bytes | None, lines: int = 5) -> str:
-    text = (data or b"").decode("utf-8", "replace").strip()
-    return " | ".join(text.splitlines()[-lines:])[:500]

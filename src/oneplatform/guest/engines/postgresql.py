@@ -711,13 +711,7 @@ class PostgresEngine(Engine):
     # -- helpers
 
     def _env(self) -> dict[str, str]:
-        return {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "HOME": "/var/lib/postgresql",
-            "PGDATA": str(self.data_dir),
-        }
+        return {**super()._env(), "HOME": "/var/lib/postgresql", "PGDATA": str(self.data_dir)}
 
     def _as_postgres(self) -> dict[str, Any]:
         """Popen arguments that run a child as the postgres user (setuid before exec)."""

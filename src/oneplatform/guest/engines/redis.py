@@ -37,7 +37,7 @@ from typing import Any
 from ..bundle import Bundle, RestoreSettings, StoreSettings
 from ..contract import DATA_ROOT
 from . import filerepo
-from .base import ChildProcesses, Engine, EngineError
+from .base import ChildProcesses, Engine, EngineError, tail
 from .filerepo import CONF_DIR, MANIFEST, Repository
 from .jobs import BackupJobs, no_repository
 
@@ -214,7 +214,7 @@ class RedisEngine(Engine):
             return False, f"redis-cli failed: {exc}"
         text = (proc.stdout or b"").decode("utf-8", "replace")
         if proc.returncode != 0 or "loading:" not in text:
-            return False, _tail(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
+            return False, tail(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
         if "loading:1" in text:
             return False, "loading the dataset"
         return True, "accepting connections"
@@ -252,7 +252,7 @@ class RedisEngine(Engine):
         """Run one command; its reply, raising EngineError on an error reply."""
         proc = self._cli(*args, timeout=timeout)  # -e: an error reply exits 1
         if proc.returncode != 0:
-            raise EngineError(f"redis {args[0]} failed: {_tail(proc.stderr or proc.stdout)}")
+            raise EngineError(f"redis {args[0]} failed: {tail(proc.stderr or proc.stdout)}")
         return (proc.stdout or b"").decode("utf-8", "replace").strip()
 
     def _info(self, section: str) -> dict[str, str]:
@@ -342,7 +342,7 @@ class RedisEngine(Engine):
     def _run_checked(self, argv: list[str], what: str) -> None:
         proc = self._run_root(argv, timeout=BACKUP_TIMEOUT)
         if proc.returncode != 0:
-            raise EngineError(f"{what} failed: {_tail(proc.stderr or proc.stdout)}")
+            raise EngineError(f"{what} failed: {tail(proc.stderr or proc.stdout)}")
 
     def _restore(self, restore: RestoreSettings, target: Path) -> str:
         """The snapshot of the source's backup into ``target``; the source's ACL file."""
@@ -367,21 +367,3 @@ class RedisEngine(Engine):
         return self.source.call("cat", f"repo:{label}/{USERS}").decode("utf-8")
 
     # -- helpers
-
-    def _run_root(
-        self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
-    ) -> subprocess.CompletedProcess[bytes]:
-        return self.children.run(argv, stdin=stdin, timeout=timeout, env=self._env())
-
-    def _env(self) -> dict[str, str]:
-        return {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "HOME": "/root",
-        }
-
-
-def _tail(data: bytes | None, lines: int = 5) -> str:
-    text = (data or b"").decode("utf-8", "replace").strip()
-    return " | ".join(text.splitlines()[-lines:])[:500]
