@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,16 @@ def _above_ephemeral_ports() -> int:
     return min(high + 1, 65000) // 100 * 100 + 100
 
 
+def _port_block() -> int:
+    """A random block of 100 ports for one test's fake hosts: each xdist worker draws from
+    blocks of its own (two tests running at once never pick the same ports)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker) if worker.isdigit() else 0
+    blocks = range(_above_ephemeral_ports() // 100 + index, 654, max(1, workers))
+    return random.choice(blocks) * 100
+
+
 @pytest.fixture
 def world(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     """Fake containers and VMs (one host each, on a random port range), a
@@ -54,7 +65,7 @@ def world(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(ramdisk, "build_deploy_iso", fake_iso)
     settings.ready_timeout_seconds = 30
     disk_sha = plant_image_formats(settings)
-    base = random.randrange(_above_ephemeral_ports(), 65400, 100)
+    base = _port_block()
     with store.session() as session:
         admin_project, project = make_project(session, "admin"), make_project(session)
         make_ready_image(session, IMAGE)
