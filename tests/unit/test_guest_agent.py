@@ -4,6 +4,7 @@ platform's client against it, and the PostgreSQL engine's pure helpers."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import subprocess
@@ -18,7 +19,14 @@ import pytest
 
 from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.errors import BackendError, BackendUnavailable
-from oneplatform.guest.bundle import AdminCredentials, AgentSettings, Bundle, EngineSettings
+from oneplatform.guest.bundle import (
+    AdminCredentials,
+    AgentSettings,
+    Bundle,
+    EngineSettings,
+    StoreSettings,
+    UpstreamSettings,
+)
 from oneplatform.guest.engines import ENGINES
 from oneplatform.guest.engines.base import ChildProcesses, Engine, EngineError
 from oneplatform.guest.engines.postgresql import (
@@ -306,6 +314,50 @@ def test_render_conf_quotes_values_and_keeps_managed_settings(tmp_path: Path) ->
         "archive_timeout = '60'",
         "archive_command = '/bin/true'",  # no repository in this bundle: nothing is kept
     ]
+
+
+def test_a_prepared_standby_streams_only_until_promoted_or_the_time_is_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StoreSettings(
+        host="store.test",
+        address="10.0.0.1",
+        port=8333,
+        bucket="b",
+        access_key="a",
+        secret_key="s",
+        ca_pem="-----BEGIN CERTIFICATE-----",
+        cipher_pass="c",
+    )
+    bundle = dataclasses.replace(make_bundle(), backup=store)
+    engine = PostgresEngine(bundle, ChildProcesses(), data_dir=tmp_path)
+    queries: list[str] = []
+    monkeypatch.setattr(engine, "_query", lambda sql, *a, **k: queries.append(sql) or "t")
+    monkeypatch.setattr(engine.repo, "ensure_stanza", lambda *a, **k: None)
+    monkeypatch.setattr(engine, "replication_status", lambda: {"role": "standby"})
+    with pytest.raises(EngineError, match="not a standby"):
+        engine.prepare_promotion(5)  # a primary has nothing to prepare
+
+    engine._make_standby(tmp_path, UpstreamSettings("hub", 8334, "repl", "pw"))
+
+    def restores() -> bool:
+        return any(line.startswith("restore_command") for line in engine.render_conf().splitlines())
+
+    def written() -> str:
+        return (tmp_path / engine.CONF_NAME).read_text()
+
+    assert restores()
+    engine.prepare_promotion(1.0)  # no promotion comes: restore_command is back by itself
+    assert not restores() and "restore_command" not in written()
+    assert queries[-1] == "SELECT pg_catalog.pg_reload_conf()"
+    wait_for(lambda: "restore_command" in written(), timeout=5.0)
+    assert restores() and queries[-1] == "SELECT pg_catalog.pg_reload_conf()"
+
+    engine.prepare_promotion(30.0)  # promoted within the time: it is a primary for good
+    assert engine.promote(5.0) == {"role": "primary"}
+    assert engine._fallback_timer is None and "restore_command" not in written()
+    engine._make_standby(tmp_path, UpstreamSettings("hub", 8334, "repl", "pw"))
+    assert restores()  # later a standby again: it fetches from the repository again
 
 
 def test_scram_verifier_matches_rfc_7677() -> None:

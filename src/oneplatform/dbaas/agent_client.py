@@ -101,6 +101,11 @@ class AgentClient:
         body = json.dumps({"user": user, "password": password}).encode()
         return self._call("POST", "/v1/replication/role", body)
 
+    def prepare_promotion(self, seconds: float) -> dict[str, Any]:
+        """Tell a standby its promotion comes within ``seconds`` (it streams only)."""
+        body = json.dumps({"seconds": seconds}).encode()
+        return self._call("POST", "/v1/replication/prepare", body)
+
     def promote(self, timeout: float = 60.0) -> dict[str, Any]:
         body = json.dumps({"timeout": timeout}).encode()
         return self._call("POST", "/v1/replication/promote", body, timeout=2 * timeout + 10)

@@ -47,6 +47,7 @@ from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, agent_client, make_b
 from oneplatform.dbaas.states import DATABASES, MEMBERS, BackupStatus, DbStatus, MemberStatus
 from oneplatform.errors import (
     AlreadyExists,
+    BackendError,
     BackendUnavailable,
     Conflict,
     InvalidInput,
@@ -94,6 +95,9 @@ MANAGED_BY = "dbaas"
 _FLOORED = ("max_connections", "max_worker_processes")
 # A switchover refuses to start while its target is further behind than this.
 MAX_START_LAG_BYTES = 64 * 1024 * 1024
+# A switchover's target streams only for its timeout and this much more (then by itself
+# fetches from the repository again, if the switchover did not come).
+PREPARE_MARGIN_S = 30.0
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -647,6 +651,13 @@ def step_switch(ctx: StepContext) -> None:
             f"{names[1]} is {lag} bytes behind the primary; nothing was changed",
             code="replica_lagging",
         )
+    # The target streams only from now on: when the primary stops it waits for WAL where it
+    # sees the promotion at once, not in a repository round trip (an older agent has no such
+    # call: the switch goes on without it).
+    try:
+        new_client.prepare_promotion(timeout + PREPARE_MARGIN_S)
+    except BackendError as err:
+        log.warning("switchover of %s: preparing %s: %s", db.id, names[1], err.message)
     if old_status["role"] == "primary":
         # A checkpoint now, while writes go on, leaves the shutdown's own little to write:
         # the pause below is shorter by what it would have flushed.

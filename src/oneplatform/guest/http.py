@@ -8,6 +8,7 @@ instance, ``POST /v1/claim`` (``{"sealed": ...}``: its owner's bundle, sealed an
 with the warm bundle's secret; once applied, only the owner's secret is accepted).
 Replication: ``GET /v1/replication`` (role, WAL positions, replicas), ``POST
 /v1/replication/role`` (``{"user", "password"}``: the replication role, on a primary),
+``POST /v1/replication/prepare`` (``{"seconds"}``: a standby's promotion comes within them),
 ``POST /v1/replication/promote`` and ``POST /v1/replication/demote`` (``{"upstream": {...},
 "rewind": bool}``: stop, become a standby of ``upstream``, start again; answers once
 stopped, with the shutdown's checkpoint).
@@ -149,6 +150,7 @@ class Agent:
         if (method, action) not in {
             ("GET", ""),
             ("POST", "role"),
+            ("POST", "prepare"),
             ("POST", "promote"),
             ("POST", "demote"),
         }:
@@ -179,6 +181,8 @@ class Agent:
             if action == "role":
                 engine.ensure_replication_role(str(data["user"]), str(data["password"]))
                 return 200, engine.replication_status()
+            if action == "prepare":
+                return 200, engine.prepare_promotion(float(data.get("seconds", 60)))
             if action == "promote":
                 return 200, engine.promote(float(data.get("timeout", 60)))
             return 200, engine.replication_status()

@@ -131,6 +131,11 @@ class Engine:
     def ensure_replication_role(self, user: str, password: str) -> None:
         raise NotSupported(f"{self.datastore} has no replication")
 
+    def prepare_promotion(self, seconds: float) -> dict[str, Any]:
+        """A switchover to this standby is coming (within ``seconds``): whatever makes
+        its promotion quicker, taken back by itself if none comes."""
+        raise NotSupported(f"{self.datastore} has no replication")
+
     def promote(self, timeout: float) -> dict[str, Any]:
         raise NotSupported(f"{self.datastore} has no replication")
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import stringprep
 import subprocess
+import threading
 import time
 import unicodedata
 from collections.abc import Mapping
@@ -97,6 +98,11 @@ class PostgresEngine(Engine):
         self.port = bundle.engine.port if bundle else 5432
         self._first_start = True
         self._promoting = False
+        # Until then (monotonic), a standby asks only its primary for WAL: a switchover is
+        # under way (:meth:`prepare_promotion`).
+        self._streaming_only_until = 0.0
+        self._fallback_timer: threading.Timer | None = None
+        self._fallback_lock = threading.Lock()
         self.repo = PgBackRest(
             lambda argv, timeout: self.children.run(argv, timeout=timeout, **self._as_postgres()),
             self.data_dir,
@@ -432,6 +438,39 @@ class PostgresEngine(Engine):
         ]
         self._psql("\n".join(lines), "making the replication role")
 
+    def prepare_promotion(self, seconds: float) -> dict[str, Any]:
+        """A switchover to this standby is coming: for up to ``seconds`` it asks only its
+        primary for WAL, not the repository. When the primary stops, the startup process
+        then waits on streaming, where it sees a promotion at once, instead of running
+        restore_command (a repository round trip for the next segment and one for every
+        newer timeline's history file, seconds on a slow machine) before it looks. Taken
+        back by itself after ``seconds`` if no promotion came (a switchover rolled back)."""
+        if self.upstream() is None:
+            raise EngineError("this member is not a standby: there is nothing to prepare")
+        seconds = max(1.0, min(float(seconds), 600.0))
+        with self._fallback_lock:
+            self._streaming_only_until = time.monotonic() + seconds
+            if self._fallback_timer is not None:
+                self._fallback_timer.cancel()
+            self._fallback_timer = threading.Timer(seconds + 0.5, self._archive_fallback_back)
+            self._fallback_timer.daemon = True
+            self._fallback_timer.start()
+        self._write(self.data_dir / self.CONF_NAME, self.render_conf())
+        self._query("SELECT pg_catalog.pg_reload_conf()")
+        log.info("preparing a promotion: WAL from the primary only for %.0f s", seconds)
+        return self.replication_status()
+
+    def _archive_fallback_back(self) -> None:
+        """The preparation expired: a standby asks the repository again."""
+        if self.upstream() is None or time.monotonic() < self._streaming_only_until:
+            return
+        try:
+            self._write(self.data_dir / self.CONF_NAME, self.render_conf())
+            self._query("SELECT pg_catalog.pg_reload_conf()")
+            log.info("no promotion came: missing WAL is fetched from the repository again")
+        except (EngineError, OSError) as exc:  # the next start renders it in any case
+            log.warning("restoring restore_command: %s", exc)
+
     def promote(self, timeout: float) -> dict[str, Any]:
         """End recovery (``pg_promote``, waiting for it); this member is the primary."""
         # At its promotion PostgreSQL asks restore_command for every newer timeline's history
@@ -451,6 +490,11 @@ class PostgresEngine(Engine):
             self._write(self.data_dir / self.CONF_NAME, self.render_conf())
             raise EngineError(f"the promotion did not end within {timeout:.0f} s")
         (self.data_dir / self.UPSTREAM_NAME).unlink(missing_ok=True)
+        with self._fallback_lock:
+            self._streaming_only_until = 0.0
+            if self._fallback_timer is not None:
+                self._fallback_timer.cancel()
+                self._fallback_timer = None
         log.info("promoted: this member is the primary")
         self.repo.ensure_stanza(self.bundle.backup if self.bundle else None, self._wake_archiver)
         return {"role": "primary"}
@@ -594,7 +638,12 @@ class PostgresEngine(Engine):
             managed["primary_conninfo"] = conninfo(upstream)
             managed["recovery_target_timeline"] = "latest"
             managed["hot_standby"] = "on"
-            if self.bundle is not None and self.bundle.backup is not None and not self._promoting:
+            if (
+                self.bundle is not None
+                and self.bundle.backup is not None
+                and not self._promoting
+                and time.monotonic() >= self._streaming_only_until
+            ):
                 # Segments the primary no longer holds come from the repository.
                 managed["restore_command"] = self.repo.archive_get_command()
         lines += [f"{name} = {pg_quote(value)}" for name, value in managed.items()]
