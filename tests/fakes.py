@@ -369,6 +369,8 @@ class FakeAgent:
                         self._send(200, {"repository": {"stanza": True}, "job": agent.job})
                     return
                 if self.path == "/v1/archive":
+                    switch = json.loads(body or b"{}").get("switch", True)
+                    agent.calls.append("archive" if switch else "archive completed")
                     self._send(200, {"archived_until": time.time()})
                     return
                 if self.path.startswith("/v1/replication"):

@@ -440,4 +440,10 @@ def test_what_the_archive_still_has_to_take(tmp_path: Path) -> None:
         "000000020000000000000006.partial",
         "00000003.history",
     ]
+    # without a switch (before a switchover's pause): everything marked ready
+    assert waiting_for_archive(status, "F" * 24) == [
+        "000000020000000000000006.partial",
+        "00000003.history",
+        "000000030000000000000008",
+    ]
     assert waiting_for_archive(tmp_path / "gone", segment) == []

@@ -451,7 +451,11 @@ def test_a_switchover_swaps_the_roles_and_the_database_keeps_its_endpoint(group:
         ("pg1-r1", "primary", "vm", "ACTIVE"),
         ("pg1", "replica", "container", "ACTIVE"),
     ]
-    assert _agent(group, "pg1").calls[-1] == "demote" and _agent(group, "pg1-r1").role == "primary"
+    old, new = _agent(group, "pg1"), _agent(group, "pg1-r1")
+    assert old.calls[-1] == "demote" and new.role == "primary"
+    # before the pause: the target streams only, the primary's completed WAL is archived
+    assert old.calls[-2] == "archive completed"
+    assert new.calls.index("prepare") == new.calls.index("promote") - 1
 
 
 def test_a_target_that_does_not_catch_up_changes_nothing(

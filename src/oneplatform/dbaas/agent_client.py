@@ -89,9 +89,12 @@ class AgentClient:
         """Start a ``kind`` backup; the answer's ``job`` is followed with :meth:`backups`."""
         return self._call("POST", "/v1/backups", json.dumps({"type": kind}).encode())
 
-    def archive_now(self, timeout: float = 90.0) -> float:
-        """Archive the WAL written so far; the epoch up to which commits are archived."""
-        return float(self._call("POST", "/v1/archive", b"{}", timeout=timeout)["archived_until"])
+    def archive_now(self, timeout: float = 90.0, switch: bool = True) -> float:
+        """Archive the WAL written so far (without ``switch``: what is completed, nothing
+        pending is left); the epoch up to which commits are archived."""
+        body = json.dumps({"switch": switch, "timeout": timeout}).encode()
+        answer = self._call("POST", "/v1/archive", body, timeout=timeout + 10)
+        return float(answer["archived_until"])
 
     def replication(self) -> dict[str, Any]:
         """This member's role, WAL positions and (a primary's) streaming replicas."""

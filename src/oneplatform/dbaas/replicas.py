@@ -98,6 +98,9 @@ MAX_START_LAG_BYTES = 64 * 1024 * 1024
 # A switchover's target streams only for its timeout and this much more (then by itself
 # fetches from the repository again, if the switchover did not come).
 PREPARE_MARGIN_S = 30.0
+# How long a switchover waits, before its pause, for the primary's completed WAL to be
+# archived (a shutdown waits for the archiver: better before the pause than in it).
+ARCHIVE_WAIT_S = 30.0
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -659,6 +662,14 @@ def step_switch(ctx: StepContext) -> None:
     except BackendError as err:
         log.warning("switchover of %s: preparing %s: %s", db.id, names[1], err.message)
     if old_status["role"] == "primary":
+        # A shutdown waits for the archiver's last round: what is completed goes to the
+        # repository now, while writes go on (a move's new replica has just had its base
+        # backup: a segment and the backup's history file wait). Only time is at stake.
+        ctx.progress(f"{names[0]} archives its completed WAL before the pause")
+        try:
+            old_client.archive_now(timeout=min(ARCHIVE_WAIT_S, timeout / 2), switch=False)
+        except PlatformError as err:
+            log.warning("switchover of %s: archiving before: %s", db.id, err.message)
         # A checkpoint now, while writes go on, leaves the shutdown's own little to write:
         # the pause below is shorter by what it would have flushed.
         ctx.progress(f"a checkpoint on {names[0]} before the pause")

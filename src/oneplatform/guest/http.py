@@ -3,7 +3,8 @@
 ``GET /v1/health`` (the engine's state and whether it takes connections),
 ``POST /v1/engine/restart`` (returns once the engine is ready again), ``GET|POST
 /v1/backups`` (the repository's state and backup job; start a backup), ``POST
-/v1/archive`` (archive the WAL written so far, and say up to when) and, on a warm
+/v1/archive`` (``{"switch", "timeout"}``: archive the WAL written so far, or with ``switch``
+false only the completed segments, and say up to when) and, on a warm
 instance, ``POST /v1/claim`` (``{"sealed": ...}``: its owner's bundle, sealed and signed
 with the warm bundle's secret; once applied, only the owner's secret is accepted).
 Replication: ``GET /v1/replication`` (role, WAL positions, replicas), ``POST
@@ -137,7 +138,15 @@ class Agent:
             if engine is None or self.supervisor.snapshot()[0] != ENGINE_RUNNING:
                 return 503, error_body("engine_not_ready", "the engine is not running")
             try:
-                return 200, {"archived_until": engine.archive_now(60.0)}
+                data = json.loads(body or b"{}")
+                if not isinstance(data, dict):
+                    raise TypeError
+                switch = bool(data.get("switch", True))
+                timeout = min(max(float(data.get("timeout", 60.0)), 1.0), 120.0)
+            except (ValueError, TypeError) as exc:
+                return 400, error_body("bad_request", f"the body is not valid: {exc}")
+            try:
+                return 200, {"archived_until": engine.archive_now(timeout, switch)}
             except EngineError as exc:
                 return 503, error_body("archive_failed", str(exc))
         return 404, error_body("not_found", f"no such endpoint: {route}")

@@ -117,7 +117,7 @@ class Engine:
         """The running or last backup job."""
         return None
 
-    def archive_now(self, timeout: float) -> float:
+    def archive_now(self, timeout: float, switch: bool = True) -> float:
         """Close the current WAL segment and wait until it is archived; the moment (epoch)
         up to which everything committed is then in the repository."""
         raise EngineError(f"{self.datastore} does not archive")

@@ -335,18 +335,24 @@ class PostgresEngine(Engine):
     def backup_job(self) -> dict[str, Any] | None:
         return self.repo.job()
 
-    def archive_now(self, timeout: float) -> float:
+    def archive_now(self, timeout: float, switch: bool = True) -> float:
         """Switch to a new WAL segment and wait until every completed one up to there (and
         every timeline history file) is archived: nothing of them is left ``.ready`` in
         pg_wal/archive_status. Returns the moment up to which commits are archived.
         (``pg_stat_archiver.last_archived_wal`` cannot tell: after a promotion it names a
-        history or ``.partial`` file, and an idle server switches to no new segment.)"""
+        history or ``.partial`` file, and an idle server switches to no new segment.)
+        Without ``switch``, only what is completed already: nothing is left for the
+        archiver (whose last round a shutdown waits for)."""
         if self.bundle is None or self.bundle.backup is None:
             raise EngineError("this instance has no repository")
         moment = time.time()
         # pg_walfile_name of the boundary pg_switch_wal returns names the completed segment
         # (or, with no WAL since the last switch, the one before the current: done already).
-        segment = self._query("SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())")
+        segment = (
+            self._query("SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())")
+            if switch
+            else "F" * 24  # every file marked ready
+        )
         deadline = time.monotonic() + timeout
         woken = time.monotonic()
         while True:
