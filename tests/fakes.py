@@ -324,6 +324,7 @@ class FakeAgent:
         # bundle) has replayed ``FakeAgent.replayed`` bytes; a demote stops at 5000.
         self.role = "standby" if bundle.get("standby") else "primary"
         self.calls: list[str] = []
+        self.starting = 0  # replication calls answered "the engine is not running" first
         self.verifier = RequestVerifier(bundle["agent"]["secret"], bundle["instance_id"])
         agent = self
 
@@ -374,6 +375,12 @@ class FakeAgent:
                     self._send(200, {"archived_until": time.time()})
                     return
                 if self.path.startswith("/v1/replication"):
+                    if agent.starting > 0:
+                        agent.starting -= 1
+                        agent.calls.append("not running")
+                        error = {"code": "engine_not_ready", "message": "not running"}
+                        self._send(503, {"error": error})
+                        return
                     self._send(200, agent.replication(self.path, body))
                     return
                 self._send(200, agent.health())

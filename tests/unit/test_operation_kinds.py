@@ -458,6 +458,30 @@ def test_a_switchover_swaps_the_roles_and_the_database_keeps_its_endpoint(group:
     assert new.calls.index("prepare") == new.calls.index("promote") - 1
 
 
+def test_a_switchover_waits_for_a_member_s_engine_that_is_starting(
+    group: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back to back: the former primary restarts as a standby after the first switchover;
+    the second waits for it (bounded), the third finds it never comes back: nothing changes."""
+    target = _agent(group, "pg1-r1")
+    target.starting = 3
+    started = replicas.switchover(
+        group.store, group.settings, group.member, "pg1", SwitchoverRequest()
+    )
+    assert group.drive(started.id).status == "SUCCEEDED"
+    assert target.calls.count("not running") == 3 and target.role == "primary"
+    assert target.calls.index("not running") < target.calls.index("prepare")
+    monkeypatch.setattr(replicas, "ENGINE_WAIT_S", 0.0)
+    _agent(group, "pg1").starting = 10**6
+    started = replicas.switchover(
+        group.store, group.settings, group.member, "pg1", SwitchoverRequest()
+    )
+    op = group.drive(started.id)
+    assert (op.status, op.error_code) == ("FAILED", "timeout")
+    assert "engine start did not happen" in (op.error_message or "")
+    assert _roles(group)[0][:2] == ("pg1-r1", "primary") and target.role == "primary"
+
+
 def test_a_target_that_does_not_catch_up_changes_nothing(
     group: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

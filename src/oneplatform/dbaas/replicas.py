@@ -101,6 +101,8 @@ PREPARE_MARGIN_S = 30.0
 # How long a switchover waits, before its pause, for the primary's completed WAL to be
 # archived (a shutdown waits for the archiver: better before the pause than in it).
 ARCHIVE_WAIT_S = 30.0
+# How long a switchover waits for a member's engine that is starting (after the previous one).
+ENGINE_WAIT_S = 120.0
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -643,11 +645,11 @@ def step_switch(ctx: StepContext) -> None:
         old_instance = session.get_one(Instance, old.instance_id)
         upstream = upstream_for(ctx.settings, db, box, old_instance.compute_type, old.name)
         names = (old.name, target.name)
-    new_status = _replication(new_client, names[1], "replica_unavailable")
+    new_status = _replication(ctx, new_client, names[1], "replica_unavailable")
     if new_status["role"] == "primary":
         _record_switch(ctx, old.id, target.id, "found promoted")  # a retried step
         return
-    old_status = _replication(old_client, f"the primary {names[0]}", "primary_unavailable")
+    old_status = _replication(ctx, old_client, f"the primary {names[0]}", "primary_unavailable")
     lag = (old_status.get("lsn_bytes") or 0) - (new_status.get("replay_bytes") or 0)
     if old_status["role"] == "primary" and lag > MAX_START_LAG_BYTES:
         raise PlatformError(
@@ -725,11 +727,16 @@ def step_switch(ctx: StepContext) -> None:
     )
 
 
-def _replication(client: AgentClient, who: str, code: str) -> dict[str, Any]:
-    """A member's replication state, before anything is changed (refused if silent)."""
+def _replication(ctx: StepContext, client: AgentClient, who: str, code: str) -> dict[str, Any]:
+    """A member's replication state, before anything is changed: waited for while its engine
+    starts (a former primary restarting as a standby after the previous switchover), refused
+    if its agent is silent or the engine does not come back."""
     try:
         return client.replication()
     except BackendUnavailable as err:
+        if err.details.get("agent_code") == "engine_not_ready":
+            deadline(ctx, f"{who}'s engine start", ENGINE_WAIT_S)
+            raise NotYet(f"{who}'s engine is starting", retry_after=1.0) from None
         raise PlatformError(
             f"{who} does not answer ({err.message}); nothing was changed", code=code
         ) from None
