@@ -255,6 +255,8 @@ def test_admin_logs_in_and_settings_apply(running: Running) -> None:
         assert conn.execute("SHOW max_connections").fetchone() == ("40",)
         assert conn.execute("SHOW jit").fetchone() == ("off",)
         assert conn.execute("SHOW server_encoding").fetchone() == ("UTF8",)
+        # small WAL segments: a switchover's clean shutdown streams the rest of one
+        assert conn.execute("SHOW wal_segment_size").fetchone() == ("1MB",)
         row = conn.execute(
             "SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin FROM pg_roles "
             "WHERE rolname = current_user"
