@@ -214,6 +214,51 @@ def test_supervisor_restarts_an_engine_that_dies() -> None:
     assert engine.proc is not None and engine.proc.poll() is not None
 
 
+class SlowStopEngine(FakeEngine):
+    """Its server says it is done at once but takes its time to exit (as an archiving
+    PostgreSQL's last archiver round)."""
+
+    def __init__(self) -> None:
+        super().__init__(make_bundle())
+        self.shut_down = threading.Event()
+        self.exit_now = threading.Event()
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+        self.shut_down.set()
+        self.exit_now.wait(10)
+        return super().stop(proc, timeout)
+
+
+def test_a_stop_and_start_may_answer_before_the_engine_has_exited() -> None:
+    engine = SlowStopEngine()
+    supervisor = fast_supervisor(engine)
+    supervisor.start()
+    hooks: list[str] = []
+    try:
+        wait_for(lambda: supervisor.snapshot()[0] == ENGINE_RUNNING)
+        first = engine.proc
+        answer = supervisor.restart_with(
+            lambda: hooks.append("hook") or "after the exit",
+            10,
+            early=lambda: "early" if engine.shut_down.is_set() else None,
+        )
+        assert answer == "early" and hooks == []  # answered; the engine is still exiting
+        assert first is not None and first.poll() is None
+        engine.exit_now.set()
+        wait_for(lambda: hooks == ["hook"])  # the hook still ran, after the exit
+        wait_for(lambda: supervisor.snapshot()[0] == ENGINE_RUNNING and engine.proc is not first)
+        # without an early answer, the hook's result, once the engine has exited
+        engine.exit_now.clear()
+        engine.shut_down.clear()
+        threading.Timer(0.5, engine.exit_now.set).start()
+        assert supervisor.restart_with(lambda: "after the exit", 10, early=lambda: None) == (
+            "after the exit"
+        )
+    finally:
+        engine.exit_now.set()
+        supervisor.stop(10)
+
+
 def test_supervisor_reports_start_failures_and_retries() -> None:
     engine = FakeEngine(make_bundle(), fail_starts=2)
     supervisor = fast_supervisor(engine)

@@ -182,7 +182,10 @@ class Agent:
                 # Answers once the engine is stopped and made a standby (or found unclean);
                 # it starts again meanwhile.
                 result = self.supervisor.restart_with(
-                    lambda: engine.demote_stopped(upstream, rewind), self.restart_timeout
+                    lambda: engine.demote_stopped(upstream, rewind),
+                    self.restart_timeout,
+                    # a switchover's pause lasts until this answer: no wait for the exit
+                    early=None if rewind else lambda: engine.demoted_when_shut_down(upstream),
                 )
                 return 200, result
             if not running:

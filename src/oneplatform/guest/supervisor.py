@@ -17,6 +17,7 @@ ENGINE_RUNNING = "running"
 ENGINE_STOPPED = "stopped"
 ENGINE_FAILED = "failed"
 STABLE_AFTER = 60.0  # seconds an engine must run before its restart backoff resets
+EARLY_POLL_S = 0.1  # how often a stop-and-start asks whether it may answer before the stop
 
 log = logging.getLogger("onep-agent")
 
@@ -105,10 +106,17 @@ class Supervisor:
                 self._cond.wait(left)
             return self._state == ENGINE_RUNNING
 
-    def restart_with(self, hook: Callable[[], Any], timeout: float) -> Any:
+    def restart_with(
+        self,
+        hook: Callable[[], Any],
+        timeout: float,
+        early: Callable[[], Any | None] | None = None,
+    ) -> Any:
         """Stop the engine, run ``hook`` (the engine stopped), start the engine again; the
         hook's result once it has run (not waiting for the engine to be ready again). A
-        hook's exception is raised here; the engine starts again in any case."""
+        hook's exception is raised here; the engine starts again in any case. ``early``,
+        polled while the engine stops, may answer first (not None): the engine is as good
+        as stopped for the caller; the hook still runs once it has."""
         if self.engine is None:
             raise EngineError(self._detail)
         deadline = time.monotonic() + timeout
@@ -123,7 +131,18 @@ class Supervisor:
                 if self._stopping or left <= 0:
                     self._hook = None
                     raise EngineError(f"the engine did not stop within {timeout:.0f} s")
-                self._cond.wait(left)
+                if early is None:
+                    self._cond.wait(left)
+                    continue
+                self._cond.wait(min(left, EARLY_POLL_S))
+                if self._hook_done is None and self._hook is hook:  # still stopping
+                    self._cond.release()
+                    try:
+                        answer = early()
+                    finally:
+                        self._cond.acquire()
+                    if answer is not None:
+                        return answer
             result, error = self._hook_done
         if error is not None:
             raise error

@@ -142,6 +142,12 @@ class Engine:
     def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
         raise NotSupported(f"{self.datastore} has no replication")
 
+    def demoted_when_shut_down(self, upstream: UpstreamSettings) -> dict[str, Any] | None:
+        """While the server stops: :meth:`demote_stopped`'s answer as soon as the server
+        takes no more writes and its last record is written, before it has exited (None:
+        not yet, or the engine cannot tell: the demote then answers after the exit)."""
+        return None
+
     def upstream(self) -> UpstreamSettings | None:
         """The primary this member follows, when it is a standby."""
         return None

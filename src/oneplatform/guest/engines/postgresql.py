@@ -535,6 +535,20 @@ class PostgresEngine(Engine):
         log.info("demoted: following %s:%d", upstream.host, upstream.port)
         return answer
 
+    def demoted_when_shut_down(self, upstream: UpstreamSettings) -> dict[str, Any] | None:
+        """While the server stops: once its control file says it is shut down (the shutdown
+        checkpoint is written and it takes no more connections), demoted as
+        :meth:`demote_stopped` does, and its answer, before the postmaster has exited. The
+        exit can take seconds more: an archiving server's shutdown closes its WAL segment
+        and its archiver's last round sends it. None while it is not shut down yet."""
+        try:
+            control = self._controldata()
+        except EngineError:
+            return None
+        if control.get("Database cluster state") != "shut down":
+            return None
+        return self.demote_stopped(upstream, rewind=False)
+
     def detach(self, bundle: Bundle, timeout: float) -> dict[str, Any]:
         """This standby becomes an independent primary with ``bundle`` (its own repository):
         archiving goes to the new repository before the promotion, so the new timeline never
