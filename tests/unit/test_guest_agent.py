@@ -244,6 +244,7 @@ def test_a_stop_and_start_may_answer_before_the_engine_has_exited() -> None:
         )
         assert answer == "early" and hooks == []  # answered; the engine is still exiting
         assert first is not None and first.poll() is None
+        assert supervisor.snapshot()[:2] == ("starting", "stopping to start again")
         engine.exit_now.set()
         wait_for(lambda: hooks == ["hook"])  # the hook still ran, after the exit
         wait_for(lambda: supervisor.snapshot()[0] == ENGINE_RUNNING and engine.proc is not first)

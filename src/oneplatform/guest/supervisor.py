@@ -213,6 +213,10 @@ class Supervisor:
         with self._cond:
             return self._stopping or self._restart_requested
 
+    def _interrupted_by_stop(self) -> bool:
+        with self._cond:
+            return self._stopping
+
     def _run(self) -> None:
         assert self.engine is not None
         engine = self.engine
@@ -251,6 +255,10 @@ class Supervisor:
             else:
                 code = proc.poll()
             if proc.poll() is None:  # stop or restart requested, or never became ready
+                if outcome == "ready" and not self._interrupted_by_stop():
+                    # no longer serving: a caller answered early (a demote) must not find
+                    # it "running" while it shuts down
+                    self._set(ENGINE_STARTING, "stopping to start again")
                 code = engine.stop(proc, self._stop_timeout)
                 log.info("%s stopped (exit code %s)", engine.datastore, code)
             else:
