@@ -12,7 +12,8 @@ Replication: ``GET /v1/replication`` (role, WAL positions, replicas), ``POST
 ``POST /v1/replication/prepare`` (``{"seconds"}``: a standby's promotion comes within them),
 ``POST /v1/replication/promote`` and ``POST /v1/replication/demote`` (``{"upstream": {...},
 "rewind": bool}``: stop, become a standby of ``upstream``, start again; answers once
-stopped, with the shutdown's checkpoint).
+shut down, with the shutdown's checkpoint: without ``rewind``, as soon as the control file
+says so, before the exit).
 """
 
 from __future__ import annotations
