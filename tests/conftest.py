@@ -91,6 +91,26 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+# Integration and end-to-end tests run on two workers (`make test`: -n 2 --dist loadgroup):
+# what uses the emulated bare-metal lab's nodes (the lab module and the Redfish and deploy
+# tests) in one group, everything else in the other, each group in order on one worker.
+# The two never share a fixed port, a port range or a lab node (tests/e2e/conftest.py).
+LAB_TESTS = (
+    "tests/e2e/test_three_compute_types.py",
+    "tests/integration/test_baremetal_image.py",
+    "tests/integration/test_redfish.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        if where.startswith(("tests/integration/", "tests/e2e/")):
+            group = "lab" if where in LAB_TESTS else "rest"
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Under CI=true, a skipped test is a failed test: CI must run everything for real."""

@@ -31,6 +31,26 @@ def free_port() -> int:
 
 
 DEFAULT_IMAGES = "postgresql-15"
+# The lab's platform and the others' run at once (two test workers): each side has its own
+# store and replication ports (the lab's nodes forward 8333, the default) and its own host
+# and endpoint port ranges. The ports of the modules with a store of their own (8331-8338)
+# are on the others' side, which runs one module at a time.
+OTHERS_PORTS = {
+    "ONEP_STORE_PORT": "8339",
+    "ONEP_REPLICATION_PORT": "8330",
+    "ONEP_PORT_RANGE_START": "25000",
+    "ONEP_PORT_RANGE_END": "29999",
+    "ONEP_ENDPOINT_PORT_START": "16500",
+    "ONEP_ENDPOINT_PORT_END": "17999",
+}
+LAB_PORTS = {
+    "ONEP_STORE_PORT": "8333",
+    "ONEP_REPLICATION_PORT": "8334",
+    "ONEP_PORT_RANGE_START": "20000",
+    "ONEP_PORT_RANGE_END": "24999",
+    "ONEP_ENDPOINT_PORT_START": "15000",
+    "ONEP_ENDPOINT_PORT_END": "16499",
+}
 
 
 @dataclass
@@ -52,6 +72,7 @@ class Platform:
             # what its start builds (each image once, in the shared cache); a module that
             # uses another engine names its image too
             ONEP_IMAGES=DEFAULT_IMAGES,
+            **OTHERS_PORTS,
         )
         env.update(self.extra_env)
         env.update(more)

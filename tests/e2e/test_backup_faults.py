@@ -19,7 +19,7 @@ from tests.e2e.test_db_cli import _connect
 
 pytestmark = pytest.mark.e2e
 
-STORE_PORT = "8336"  # its own store: the other modules' platforms use 8333
+STORE_PORT = "8336"  # its own store: the lab's platform uses 8333, the others' 8339
 ALICE = "Alice-pw-123"
 
 

@@ -205,7 +205,7 @@ def _backups(platform: Platform, db: str) -> list[dict[str, Any]]:
 
 def _archived_wal(platform: Platform, db: str) -> list[str]:
     """The WAL segments in ``db``'s repository, read on the host with its own keys."""
-    settings = Settings(home=platform.home)
+    settings = Settings(home=platform.home, store_port=int(platform.env()["ONEP_STORE_PORT"]))
     box = box_for(settings)
     with sqlite3.connect(platform.home / "oneplatform.db") as conn:
         row = conn.execute(

@@ -27,7 +27,7 @@ from tests.e2e.test_db_cli import _connect
 
 pytestmark = pytest.mark.e2e
 
-RELAY_PORT = "8335"  # the relay guests reach (the other modules' stores: 8333, 8336, 8338)
+RELAY_PORT = "8335"  # the relay guests reach (the other stores: 8333, 8336, 8338, 8339)
 EXTERNAL_PORT = 8337
 BUCKET = "operators-bucket"
 ALICE = "Alice-pw-123"

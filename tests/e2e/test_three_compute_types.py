@@ -40,6 +40,7 @@ import pytest
 from oneplatform.baremetal.bmc import PowerAction
 from oneplatform.baremetal.redfish import RedfishBmc
 from tests.e2e.conftest import (
+    LAB_PORTS,
     Platform,
     free_port,
     podman_containers,
@@ -110,6 +111,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         home=tmp_path_factory.mktemp("onep-lab"),
         port=free_port(),
         extra_env={
+            **LAB_PORTS,
             "ONEP_BMLAB_FILE": str(LAB),
             "ONEP_DEPLOY_PORT": str(_free_deploy_port()),
             "ONEP_HEALTH_INTERVAL_SECONDS": "2",
