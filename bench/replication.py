@@ -23,6 +23,9 @@ reports what it lost.
     killed with SIGKILL and the standby promoted at once (no detection, no fencing). The
     standby is rebuilt between rounds (untimed).
 
+``BENCH_REPLICATION=move`` (comma-separated, of switchover, failover, move) measures only
+those (default: all three).
+
 Goals (issue 13): at most 2 s for a switchover, 5 s for a move, 10 s for a failover
 (medians). VMs and the lab's nodes run under TCG here: their stops and promotions are slow.
 It enrolls the bare-metal lab (an ``onep up`` of its own, as :mod:`bench.baremetal`).
@@ -363,21 +366,38 @@ def _median(samples: list[dict[str, Any]]) -> float:
     return statistics.median(s["gap_s"] for s in samples)
 
 
+def parts() -> list[str]:
+    """What to measure: ``BENCH_REPLICATION`` (comma-separated, of switchover, failover,
+    move), all three by default."""
+    chosen = [p.strip() for p in os.environ.get("BENCH_REPLICATION", "").split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(GOALS))
+    if unknown:
+        raise BenchError(f"BENCH_REPLICATION: unknown part(s) {unknown}; known: {list(GOALS)}")
+    return chosen or list(GOALS)
+
+
 def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any]:
     client = platform.client
-    print(f"{NAME}: write gaps, {rounds} round(s)", flush=True)
+    wanted = parts()
+    print(f"{NAME}: write gaps ({', '.join(wanted)}), {rounds} round(s)", flush=True)
     hand = measure_by_hand(rounds)
     results: dict[str, Any] = {"rounds": rounds, "by_hand": hand, "goals_s": GOALS}
-    results["switchover"] = measure_switchovers(client, rounds, timeout)
-    results["failover"] = measure_failovers(platform, rounds, timeout)
-    results["move"] = measure_moves(client, rounds, timeout)
+    if "switchover" in wanted:
+        results["switchover"] = measure_switchovers(client, rounds, timeout)
+    if "failover" in wanted:
+        results["failover"] = measure_failovers(platform, rounds, timeout)
+    if "move" in wanted:
+        results["move"] = measure_moves(client, rounds, timeout)
     raw_sw, raw_fo = _median(hand["switchover"]), _median(hand["failover"])
     print(f"{NAME} summary: write gap medians (seconds), ratio to by hand", flush=True)
-    lines = [("switchover container", _median(results["switchover"]), raw_sw, "switchover")]
+    lines = []
+    if "switchover" in results:
+        lines.append(("switchover container", _median(results["switchover"]), raw_sw, "switchover"))
     lines += [
-        (f"failover {t}", _median(s), raw_fo, "failover") for t, s in results["failover"].items()
+        (f"failover {t}", _median(s), raw_fo, "failover")
+        for t, s in results.get("failover", {}).items()
     ]
-    lines += [(f"move {p}", _median(s), raw_sw, "move") for p, s in results["move"].items()]
+    lines += [(f"move {p}", _median(s), raw_sw, "move") for p, s in results.get("move", {}).items()]
     summary = {}
     for label, gap, raw, kind in lines:
         goal = GOALS[kind]
