@@ -449,9 +449,9 @@ def _fail_over(lab: Platform, db: str, break_it: Callable[[], object], case: str
     assert all(broken_at - t < 1.0 for seq, t in writer.acked if seq in lost), sorted(lost)[:10]
     # the client wrote to the old primary and then to the new one (how many depends on how
     # fast an emulated guest commits on a loaded machine: 18 in all were seen)
-    before = sum(1 for _, t in writer.acked if t < broken_at)
-    after = sum(1 for _, t in writer.acked if t > switched_at)
-    assert before >= 3 and after >= 3, (before, after, len(writer.acked))
+    wrote_before = sum(1 for _, t in writer.acked if t < broken_at)
+    wrote_after = sum(1 for _, t in writer.acked if t > switched_at)
+    assert wrote_before >= 3 and wrote_after >= 3, (wrote_before, wrote_after, len(writer.acked))
     assert (shown["id"], shown["endpoint"]) == (before["id"], endpoint)
     assert _psql(lab, db, CHECKSUM_SQL) == CHECKSUMS[db]
     return str(old)
