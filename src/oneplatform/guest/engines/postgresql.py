@@ -459,25 +459,36 @@ class PostgresEngine(Engine):
         if self.upstream() is None:
             raise EngineError("this member is not a standby: there is nothing to prepare")
         seconds = max(1.0, min(float(seconds), 600.0))
-        with self._fallback_lock:
-            self._streaming_only_until = time.monotonic() + seconds
-            if self._fallback_timer is not None:
-                self._fallback_timer.cancel()
-            self._fallback_timer = threading.Timer(seconds + 0.5, self._archive_fallback_back)
-            self._fallback_timer.daemon = True
-            self._fallback_timer.start()
-        self._write(self.data_dir / self.CONF_NAME, self.render_conf())
-        self._query("SELECT pg_catalog.pg_reload_conf()")
+        self._stream_only_until(time.monotonic() + seconds)
+        self._apply_conf()
         log.info("preparing a promotion: WAL from the primary only for %.0f s", seconds)
         return self.replication_status()
+
+    def _stream_only_until(self, until: float) -> None:
+        """A standby streams only until ``until`` (monotonic; 0: no longer), then a timer
+        lets it ask the repository again."""
+        with self._fallback_lock:
+            self._streaming_only_until = until
+            if self._fallback_timer is not None:
+                self._fallback_timer.cancel()
+                self._fallback_timer = None
+            if until:
+                delay = until - time.monotonic() + 0.5
+                self._fallback_timer = threading.Timer(delay, self._archive_fallback_back)
+                self._fallback_timer.daemon = True
+                self._fallback_timer.start()
+
+    def _apply_conf(self) -> None:
+        """Write the agent's settings and have the running server reload them."""
+        self._write(self.data_dir / self.CONF_NAME, self.render_conf())
+        self._query("SELECT pg_catalog.pg_reload_conf()")
 
     def _archive_fallback_back(self) -> None:
         """The preparation expired: a standby asks the repository again."""
         if self.upstream() is None or time.monotonic() < self._streaming_only_until:
             return
         try:
-            self._write(self.data_dir / self.CONF_NAME, self.render_conf())
-            self._query("SELECT pg_catalog.pg_reload_conf()")
+            self._apply_conf()
             log.info("no promotion came: missing WAL is fetched from the repository again")
         except (EngineError, OSError) as exc:  # the next start renders it in any case
             log.warning("restoring restore_command: %s", exc)
@@ -501,11 +512,7 @@ class PostgresEngine(Engine):
             self._write(self.data_dir / self.CONF_NAME, self.render_conf())
             raise EngineError(f"the promotion did not end within {timeout:.0f} s")
         (self.data_dir / self.UPSTREAM_NAME).unlink(missing_ok=True)
-        with self._fallback_lock:
-            self._streaming_only_until = 0.0
-            if self._fallback_timer is not None:
-                self._fallback_timer.cancel()
-                self._fallback_timer = None
+        self._stream_only_until(0.0)
         log.info("promoted: this member is the primary")
         self.repo.ensure_stanza(self.bundle.backup if self.bundle else None, self._wake_archiver)
         return {"role": "primary"}
@@ -561,15 +568,13 @@ class PostgresEngine(Engine):
         self.bundle = bundle
         try:
             self._configure_repo()
-            self._write(self.data_dir / self.CONF_NAME, self.render_conf())
-            self._query("SELECT pg_catalog.pg_reload_conf()")
+            self._apply_conf()
             self.promote(timeout)
         except (EngineError, OSError):
             self.bundle = former
             try:
                 self._configure_repo()
-                self._write(self.data_dir / self.CONF_NAME, self.render_conf())
-                self._query("SELECT pg_catalog.pg_reload_conf()")
+                self._apply_conf()
             except (EngineError, OSError) as exc:
                 log.error("restoring the former settings after a failed detach: %s", exc)
             raise
