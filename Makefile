@@ -31,7 +31,7 @@ test: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	ONEP_TEST_DATABASE_URL="$$(scripts/test-postgres.sh url)" $(PY) -m pytest -q -ra -n 2 --durations=10 tests/unit
-	ONEP_TEST_DATABASE_URL="$$(scripts/test-postgres.sh url)" $(PY) -m pytest -q -ra --durations=30 tests/integration tests/e2e
+	ONEP_TEST_DATABASE_URL="$$(scripts/test-postgres.sh url)" $(PY) -m pytest -q -ra --durations=30 -n 2 --dist loadgroup tests/integration tests/e2e
 
 # Reference pages generated from the code (a unit test fails when they are stale).
 docs: setup

@@ -275,10 +275,12 @@ def _failover(
                 break
             assert time.monotonic() < deadline, shown
             time.sleep(0.5)
-        time.sleep(2.0)
+        switched_at = time.monotonic()
+        wrote_after = writer.wait_for_writes(3, switched_at)
     finally:
         writer.stop()
     record_timing("switch", f"failover container ({case})", writer.gap())
+    assert wrote_after >= 3, writer.errors[-5:]  # the client writes again, to the new primary
     # Writes lost are at most what the replica had not received: the last instants only.
     lost = set(writer.missing())
     lost_at = [t for seq, t in writer.acked if seq in lost]
@@ -296,8 +298,9 @@ def _failover(
 def test_a_primary_killed_fails_over_to_its_replica(
     platform: Platform, group: dict[str, Any]
 ) -> None:
-    writer, _, _ = _failover(platform, group["endpoint"], ["podman", "kill"], "podman kill")
-    assert len(writer.acked) > 40
+    # A replica promoted behind the same endpoint, the client writing again, no more than
+    # the last instant's writes lost, the group whole again: all asserted in _failover.
+    _failover(platform, group["endpoint"], ["podman", "kill"], "podman kill")
 
 
 def test_a_frozen_primary_is_fenced_and_never_writable_again(

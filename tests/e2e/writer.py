@@ -67,6 +67,17 @@ class Writer:
         if self._thread is not None:
             self._thread.join(10)
 
+    def wait_for_writes(self, count: int, since: float, timeout: float = 120.0) -> int:
+        """Wait until ``count`` writes were acknowledged after ``since`` (or ``timeout``
+        passed); returns how many were. A client on a loaded machine may need seconds to
+        reconnect after a switch: how long is a measurement, not a pass mark."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = sum(1 for _, t in self.acked if t > since)
+            if done >= count or time.monotonic() > deadline:
+                return done
+            time.sleep(0.1)
+
     def gap(self, since: float | None = None) -> float:
         """The longest interval without an acknowledged write (from ``since`` on)."""
         times = [t for _, t in self.acked if since is None or t >= since]
