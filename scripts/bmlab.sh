@@ -14,7 +14,7 @@
 # as boot mode Legacy), boot order cdrom then hd, a blank 8 GiB qcow2 disk
 # onep-bm-I-disk.qcow2 in the libvirt pool `default` (virtio), an IDE CD-ROM for virtual media,
 # one virtio NIC at PCI 0x10 on QEMU user networking with host forwards
-# 127.0.0.1:(PORT_BASE+10*I) -> :5432 and 127.0.0.1:(PORT_BASE+10*I+1) -> :8471 and restrict=on
+# 127.0.0.1:(PORT_BASE+10*I+K) -> the K-th of GUEST_PORTS (5432, 8471, 3306, 6379) and restrict=on
 # (the node reaches nothing through it but the backup store: 10.0.2.100:8333 is forwarded to
 # the store on the host's service address), a second virtio NIC (MAC 52:54:00:6f:71:I) on the
 # provisioning bridge, and its serial console logged to $STATE_DIR/onep-bm-I.console.log
@@ -104,8 +104,17 @@ node_name() { echo "${NAME_PREFIX}$1"; }
 disk_vol() { echo "${NAME_PREFIX}$1-disk.qcow2"; }
 node_mac() { printf '52:54:00:6f:70:%02x' "$1"; }
 prov_mac() { printf '52:54:00:6f:71:%02x' "$1"; }
-pg_port() { echo $((PORT_BASE + 10 * $1)); }
-agent_port() { echo $((PORT_BASE + 10 * $1 + 1)); }
+# The guest ports a node forwards, in order: node I's K-th at PORT_BASE + 10*I + K (PostgreSQL,
+# the guest agent, MariaDB, Redis). nodes.json lists them; enrolment takes them as the port map.
+GUEST_PORTS=(5432 8471 3306 6379)
+host_port() { echo $((PORT_BASE + 10 * $1 + $2)); }
+hostfwds() {
+  local k out=""
+  for k in "${!GUEST_PORTS[@]}"; do
+    out+="hostfwd=tcp:127.0.0.1:$(host_port "$1" "$k")-:${GUEST_PORTS[$k]},"
+  done
+  echo "$out"
+}
 console_log() { echo "$STATE_DIR/$(node_name "$1").console.log"; }
 
 # ---------------------------------------------------------------------------- prerequisites
@@ -282,7 +291,7 @@ node_xml() {
   </devices>
   <qemu:commandline>
     <qemu:arg value='-netdev'/>
-    <qemu:arg value='user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$(pg_port "$i")-:5432,hostfwd=tcp:127.0.0.1:$(agent_port "$i")-:8471,guestfwd=tcp:$STORE_GUEST_ADDRESS:$STORE_PORT-cmd:/bin/sh -c &quot;exec /usr/bin/busybox nc $SERVICE_ADDRESS $STORE_PORT 2&gt;/dev/null&quot;,guestfwd=tcp:$STORE_GUEST_ADDRESS:$REPL_PORT-cmd:/bin/sh -c &quot;exec /usr/bin/busybox nc $SERVICE_ADDRESS $REPL_PORT 2&gt;/dev/null&quot;'/>
+    <qemu:arg value='user,id=n0,restrict=on,$(hostfwds "$i")guestfwd=tcp:$STORE_GUEST_ADDRESS:$STORE_PORT-cmd:/bin/sh -c &quot;exec /usr/bin/busybox nc $SERVICE_ADDRESS $STORE_PORT 2&gt;/dev/null&quot;,guestfwd=tcp:$STORE_GUEST_ADDRESS:$REPL_PORT-cmd:/bin/sh -c &quot;exec /usr/bin/busybox nc $SERVICE_ADDRESS $REPL_PORT 2&gt;/dev/null&quot;'/>
     <qemu:arg value='-sandbox'/>
     <qemu:arg value='on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny'/>
   </qemu:commandline>
@@ -335,9 +344,9 @@ write_nodes_json() {
   for i in $(seq 0 $((NODES - 1))); do uuids+=("$(node_uuid "$i")"); done
   tmp="$(mktemp "$STATE_DIR/.nodes.XXXXXX")"
   python3 - "$tmp" "$BMC_URL" "$BMC_USER" "$PWFILE" "$PORT_BASE" "$STATE_DIR" "$NAME_PREFIX" \
-    "$PROV_GATEWAY" "${uuids[@]}" <<'EOF'
+    "$PROV_GATEWAY" "${GUEST_PORTS[*]}" "${uuids[@]}" <<'EOF'
 import json, sys
-out, url, user, pwfile, base, state, prefix, gateway, *uuids = sys.argv[1:]
+out, url, user, pwfile, base, state, prefix, gateway, guest_ports, *uuids = sys.argv[1:]
 password = open(pwfile).read().strip()
 nodes = []
 for i, uuid in enumerate(uuids):
@@ -350,7 +359,7 @@ for i, uuid in enumerate(uuids):
         "username": user,
         "password": password,
         "mac": "52:54:00:6f:70:%02x" % i,
-        "ports": {"5432": int(base) + 10 * i, "8471": int(base) + 10 * i + 1},
+        "ports": {g: int(base) + 10 * i + k for k, g in enumerate(guest_ports.split())},
         "console_log": f"{state}/{name}.console.log",
         "disk_volume": f"{prefix}{i}-disk.qcow2",
         "provisioning": {"mac": "52:54:00:6f:71:%02x" % i, "address": f"10.95.0.{10 + i}/24"},

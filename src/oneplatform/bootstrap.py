@@ -153,13 +153,20 @@ def _ensure_baremetal_pool(store: Store) -> None:
 
 def enroll_lab_nodes(store: Store, settings: Settings) -> list[str]:
     """Enroll the emulated nodes that `scripts/bmlab.sh up` made (Redfish emulator on
-    127.0.0.1), unless enrolled already. Returns the enroll operation ids."""
+    127.0.0.1), unless enrolled already: those take the lab's port map again (a newer lab
+    forwards more guest ports). Returns the enroll operation ids."""
     path = settings.bmlab_file
     if not path.exists():
         return []
     lab = json.loads(path.read_text())
     with store.session() as session:
-        have = set(session.scalars(select(Node.name)))
+        enrolled = {node.name: node for node in session.scalars(select(Node))}
+        for n in lab.get("nodes", []):
+            node = enrolled.get(str(n["name"]))
+            forwards = {g: {"host": "127.0.0.1", "port": int(p)} for g, p in n["ports"].items()}
+            if node is not None and node.port_map != forwards:
+                node.port_map = forwards
+        have = set(enrolled)
         admin = session.scalars(select(Pool.id).where(Pool.name == BAREMETAL_POOL)).first()
     if admin is None:
         return []

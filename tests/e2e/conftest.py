@@ -242,6 +242,7 @@ SECTIONS = {
     "restore": "restores: CLI call to ACTIVE, data checked",
     "switch": "switchovers and moves: write gap (longest time without an acknowledged write)",
     "move": "moves: CLI call to done (a replica made, caught up, switched to, the former retired)",
+    "create": "creates: CLI call to ACTIVE (side by side)",
 }
 
 

@@ -1,16 +1,16 @@
 """MariaDB and Redis as a service end to end: `onep db` against the real Podman, libvirt and
 the real MariaDB 10.11 and Redis 7.0 images, each used with its engine's own client; a
-MariaDB backup restores onto a VM, a Redis snapshot onto another container. One platform
-for both (their images build at its start, side by side)."""
+MariaDB backup restores onto a VM, a Redis snapshot too. One platform for both (their images
+build at its start, side by side). Both on bare metal: test_three_compute_types (the lab's)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.e2e.clients import mariadb, redis
 from tests.e2e.conftest import Platform, own_platform
 
 pytestmark = pytest.mark.e2e
@@ -35,21 +35,6 @@ def mdb(plat: Platform) -> Iterator[dict[str, Any]]:
     plat.run("db", "delete", "m1", "--wait", check=False)
 
 
-def _mariadb(db: dict[str, Any], user: str, password: str, sql: str, database: str = "") -> str:
-    """``sql`` through the database's endpoint with the mariadb client, as ``user``."""
-    endpoint = db["endpoint"]
-    argv = ["mariadb", "--no-defaults", "-h", endpoint["host"], "-P", str(endpoint["port"]),
-            "-u", user, "--batch", "--skip-column-names", "-e", sql]  # fmt: skip
-    out = subprocess.run(
-        [*argv, *([database] if database else [])],
-        env={"MYSQL_PWD": password, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if out.returncode != 0:
-        raise AssertionError(out.stderr.strip())
-    return out.stdout.strip()
-
-
 def test_a_mariadb_database_serves_its_users_with_the_engines_own_client(
     plat: Platform, mdb: dict[str, Any]
 ) -> None:
@@ -60,12 +45,12 @@ def test_a_mariadb_database_serves_its_users_with_the_engines_own_client(
         "container",
     )
     assert mdb["connection_uri"].startswith("mysql://admin@")
-    _mariadb(mdb, "alice", ALICE_PW, "CREATE TABLE t (x int); INSERT INTO t VALUES (7)", "appdb")
-    assert _mariadb(mdb, "alice", ALICE_PW, "SELECT x FROM t", "appdb") == "7"
+    mariadb(mdb, "alice", ALICE_PW, "CREATE TABLE t (x int); INSERT INTO t VALUES (7)", "appdb")
+    assert mariadb(mdb, "alice", ALICE_PW, "SELECT x FROM t", "appdb") == "7"
     # sized from the flavor: half its RAM is the buffer pool
     ram_mb = next(f["ram_mb"] for f in plat.json("flavor", "list") if f["name"] == mdb["flavor"])
     admin = plat.json("db", "credentials", "m1")
-    pool = _mariadb(mdb, "admin", admin["password"], "SELECT @@innodb_buffer_pool_size")
+    pool = mariadb(mdb, "admin", admin["password"], "SELECT @@innodb_buffer_pool_size")
     assert int(pool) == ram_mb // 2 * 1024 * 1024
     # `onep db connect` opens the mariadb client as the admin
     out = plat.run(
@@ -77,14 +62,14 @@ def test_a_mariadb_database_serves_its_users_with_the_engines_own_client(
 def test_users_and_grants_behave_as_mariadb(plat: Platform, mdb: dict[str, Any]) -> None:
     plat.run("db", "database", "create", "m1", "reports")
     bob = plat.json("db", "user", "create", "m1", "bob", "--database", "reports")
-    _mariadb(mdb, "bob", bob["password"], "CREATE TABLE r (y int)", "reports")
+    mariadb(mdb, "bob", bob["password"], "CREATE TABLE r (y int)", "reports")
     with pytest.raises(AssertionError, match="denied"):
-        _mariadb(mdb, "bob", bob["password"], "SELECT * FROM t", "appdb")
+        mariadb(mdb, "bob", bob["password"], "SELECT * FROM t", "appdb")
     users = {u["name"]: u["databases"] for u in plat.json("db", "user", "list", "m1")}
     assert users == {"alice": ["appdb"], "bob": ["reports"]}
     plat.run("db", "user", "revoke", "m1", "bob", "reports")
     with pytest.raises(AssertionError, match="denied"):
-        _mariadb(mdb, "bob", bob["password"], "SELECT * FROM r", "reports")
+        mariadb(mdb, "bob", bob["password"], "SELECT * FROM r", "reports")
     plat.run("db", "user", "delete", "m1", "bob")
     assert [u["name"] for u in plat.json("db", "user", "list", "m1")] == ["alice"]
 
@@ -95,12 +80,12 @@ def test_a_backup_chain_restores_onto_a_vm_with_its_data_and_users(
     """A full backup, a row, an incremental, a row: the incremental restored onto a VM holds
     the rows up to it and the tenant's user; its admin is its own."""
     plat.run("db", "backup", "create", "m1", "--name", "m1-full", "--wait", timeout=900)
-    _mariadb(mdb, "alice", ALICE_PW, "INSERT INTO t VALUES (8)", "appdb")
+    mariadb(mdb, "alice", ALICE_PW, "INSERT INTO t VALUES (8)", "appdb")
     incr = plat.json(
         "db", "backup", "create", "m1", "--name", "m1-incr", "--type", "incr", "--wait",
         timeout=900,
     )  # fmt: skip
-    _mariadb(mdb, "alice", ALICE_PW, "INSERT INTO t VALUES (9)", "appdb")  # in no backup
+    mariadb(mdb, "alice", ALICE_PW, "INSERT INTO t VALUES (9)", "appdb")  # in no backup
     full = plat.json("db", "backup", "show", "m1-full")
     assert (full["status"], incr["status"]) == ("COMPLETED", "COMPLETED"), (full, incr)
     assert (full["type"], incr["type"], incr["parent"]) == ("full", "incr", "m1-full")
@@ -112,10 +97,10 @@ def test_a_backup_chain_restores_onto_a_vm_with_its_data_and_users(
         assert (copy["status"], copy["compute_type"], copy["datastore"]) == (
             "ACTIVE", "vm", "mariadb",
         )  # fmt: skip
-        assert _mariadb(copy, "alice", ALICE_PW, "SELECT x FROM t ORDER BY x", "appdb") == "7\n8"
+        assert mariadb(copy, "alice", ALICE_PW, "SELECT x FROM t ORDER BY x", "appdb") == "7\n8"
         admin = plat.json("db", "credentials", "m1-vm")
         assert admin["password"] != plat.json("db", "credentials", "m1")["password"]
-        assert _mariadb(copy, "admin", admin["password"], "SELECT count(*) FROM t", "appdb") == "2"
+        assert mariadb(copy, "admin", admin["password"], "SELECT count(*) FROM t", "appdb") == "2"
     finally:
         plat.run("db", "delete", "m1-vm", "--wait", check=False, timeout=900)
 
@@ -155,38 +140,24 @@ def rdb(plat: Platform) -> Iterator[dict[str, Any]]:
     plat.run("db", "delete", "r1", "--wait", check=False)
 
 
-def _redis(db: dict[str, Any], user: str, password: str, *command: str) -> str:
-    """``command`` through the database's endpoint with redis-cli, as ``user``."""
-    endpoint = db["endpoint"]
-    out = subprocess.run(
-        ["redis-cli", "-e", "-h", endpoint["host"], "-p", str(endpoint["port"]),
-         "--user", user, *command],
-        env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if out.returncode != 0:
-        raise AssertionError((out.stderr or out.stdout).strip())
-    return out.stdout.strip()
-
-
 def test_a_redis_database_serves_acl_users_with_redis_cli(
     plat: Platform, rdb: dict[str, Any]
 ) -> None:
     assert (rdb["status"], rdb["health"], rdb["datastore"]) == ("ACTIVE", "HEALTHY", "redis")
     assert rdb["connection_uri"].startswith("redis://admin@")
-    assert _redis(rdb, "carol", CAROL_PW, "SET", "cart:1", "3 apples") == "OK"
-    assert _redis(rdb, "carol", CAROL_PW, "GET", "cart:1") == "3 apples"
+    assert redis(rdb, "carol", CAROL_PW, "SET", "cart:1", "3 apples") == "OK"
+    assert redis(rdb, "carol", CAROL_PW, "GET", "cart:1") == "3 apples"
     with pytest.raises(AssertionError, match="NOPERM"):  # the server's own commands
-        _redis(rdb, "carol", CAROL_PW, "CONFIG", "GET", "maxmemory")
+        redis(rdb, "carol", CAROL_PW, "CONFIG", "GET", "maxmemory")
     with pytest.raises(AssertionError, match="WRONGPASS"):
-        _redis(rdb, "carol", "not-her-password", "PING")
+        redis(rdb, "carol", "not-her-password", "PING")
     # users are ACL users; databases and grants are refused with the reason
     dave = plat.json("db", "user", "create", "r1", "dave")
-    assert _redis(rdb, "dave", dave["password"], "PING") == "PONG"
+    assert redis(rdb, "dave", dave["password"], "PING") == "PONG"
     assert [u["name"] for u in plat.json("db", "user", "list", "r1")] == ["carol", "dave"]
     plat.run("db", "user", "delete", "r1", "dave")
     with pytest.raises(AssertionError, match="WRONGPASS"):
-        _redis(rdb, "dave", dave["password"], "PING")
+        redis(rdb, "dave", dave["password"], "PING")
     refused = plat.run("db", "database", "create", "r1", "appdb", check=False)
     assert refused.returncode != 0 and "capability_not_supported" in refused.stderr
     assert "no databases" in " ".join(refused.stderr.split())
@@ -194,18 +165,22 @@ def test_a_redis_database_serves_acl_users_with_redis_cli(
     assert plat.run("db", "connect", "r1", "--", "GET", "cart:1").stdout.strip() == "3 apples"
 
 
-def test_a_redis_snapshot_restores_with_its_users(plat: Platform, rdb: dict[str, Any]) -> None:
-    _redis(rdb, "carol", CAROL_PW, "SET", "stock", "42")
+def test_a_redis_snapshot_restores_onto_a_vm_with_its_users(
+    plat: Platform, rdb: dict[str, Any]
+) -> None:
+    redis(rdb, "carol", CAROL_PW, "SET", "stock", "42")
     snap = plat.json("db", "backup", "create", "r1", "--name", "r1-snap", "--wait", timeout=900)
     assert (snap["status"], snap["type"]) == ("COMPLETED", "full"), snap
-    _redis(rdb, "carol", CAROL_PW, "SET", "stock", "41")  # after the snapshot
+    redis(rdb, "carol", CAROL_PW, "SET", "stock", "41")  # after the snapshot
     copy = plat.json(
-        "db", "create", "r1-copy", "--restore", "r1-snap", "--flavor", "container.small",
-        "--wait", timeout=900,
+        "db", "create", "r1-copy", "--restore", "r1-snap", "--flavor", "vm.small", "--wait",
+        timeout=1800,
     )  # fmt: skip
     try:
-        assert (copy["status"], copy["datastore"]) == ("ACTIVE", "redis")
-        assert _redis(copy, "carol", CAROL_PW, "GET", "stock") == "42"
-        assert _redis(copy, "carol", CAROL_PW, "GET", "cart:1") == "3 apples"
+        assert (copy["status"], copy["compute_type"], copy["datastore"]) == (
+            "ACTIVE", "vm", "redis",
+        )  # fmt: skip
+        assert redis(copy, "carol", CAROL_PW, "GET", "stock") == "42"
+        assert redis(copy, "carol", CAROL_PW, "GET", "cart:1") == "3 apples"
     finally:
-        plat.run("db", "delete", "r1-copy", "--wait", check=False)
+        plat.run("db", "delete", "r1-copy", "--wait", check=False, timeout=900)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
+from oneplatform.bootstrap import enroll_lab_nodes
 from oneplatform.compute import instances, ports
 from oneplatform.compute.images import request_build
 from oneplatform.compute.reconciler import request_repair
@@ -224,6 +225,20 @@ def test_enroll_verifies_inspects_and_cleans_a_node(world: World) -> None:
     with world.store.session() as session:
         host = session.get_one(Host, node.host_id)
         assert (host.enabled, host.vcpus, host.disk_gb) == (True, 2, 8)
+
+
+def test_an_enrolled_lab_node_takes_the_labs_newer_port_map(world: World) -> None:
+    """A lab made again forwards more guest ports (3306, 6379): the platform's next start
+    gives its enrolled node the lab's port map instead of enrolling it again."""
+    world.drive(world.enroll("n1", provide=False))
+    assert set(world.node("n1").port_map) == {"5432", "8471"}
+    ports_now = {"5432": 23000, "8471": 23001, "3306": 23002, "6379": 23003}
+    lab = {"nodes": [{"name": "n1", "ports": ports_now}]}
+    world.settings.bmlab_file.write_text(json.dumps(lab))
+    assert enroll_lab_nodes(world.store, world.settings) == []
+    assert world.node("n1").port_map == {
+        g: {"host": "127.0.0.1", "port": port} for g, port in ports_now.items()
+    }
 
 
 def test_a_node_with_wrong_credentials_fails_to_verify(world: World) -> None:
