@@ -176,6 +176,28 @@ ensure_guest_firewall() {
   log "guest firewall ok ($subnets)"
 }
 
+no_stale_port_forwards() {
+  # A container whose network was never torn down (its podman killed mid-way) leaves CNI's
+  # port forward behind: a DNAT of 127.0.0.1:PORT to an address nobody has any more. Any
+  # later listener on PORT (a platform's API, a guest's published port) is then unreachable
+  # ("connection refused"). Each forward names its container: those podman no longer
+  # knows go, with their chains.
+  local known rule id chain gone=0
+  known="$(podman ps -a -q --no-trunc 2>/dev/null || true)"
+  while IFS= read -r rule; do
+    id="$(sed -n 's/.*id: \\"\([0-9a-f]\{64\}\)\\".*/\1/p' <<<"$rule")"
+    chain="$(sed -n 's/.* -j \(CNI-DN-[0-9a-f]*\)$/\1/p' <<<"$rule")"
+    [ -n "$id" ] && [ -n "$chain" ] || continue
+    grep -qx "$id" <<<"$known" && continue
+    # shellcheck disable=SC2086 # the rule's own words
+    eval "iptables -t nat ${rule/-A /-D }"
+    iptables -t nat -F "$chain" 2>/dev/null || true
+    iptables -t nat -X "$chain" 2>/dev/null || true
+    gone=$((gone + 1))
+  done < <(iptables -t nat -S CNI-HOSTPORT-DNAT 2>/dev/null | grep '^-A ' || true)
+  log "stale port forwards removed: $gone"
+}
+
 ensure_service_address() {
   # The host services guests may reach (the backup store) listen on one address of their
   # own, on an interface of its own with no ports (a bridge: kernels without the dummy
@@ -214,6 +236,7 @@ no_redis_service
 ensure_subids
 ensure_service_address
 ensure_guest_firewall
+no_stale_port_forwards
 ensure_libvirt
 check_python
 ensure_venv
