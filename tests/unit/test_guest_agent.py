@@ -7,6 +7,8 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import os
+import pwd
 import subprocess
 import sys
 import threading
@@ -493,3 +495,31 @@ def test_what_the_archive_still_has_to_take(tmp_path: Path) -> None:
         "000000030000000000000008",
     ]
     assert waiting_for_archive(tmp_path / "gone", segment) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user takes root")
+def test_a_recreated_containers_server_gets_its_archiving_files_back(tmp_path: Path) -> None:
+    """A container recreated on its volume in a user namespace of its own finds the volume
+    owned by someone else: the server's data directory and pgBackRest's spool (made by
+    pgBackRest, below the directories the agent makes) both go back to the server's user,
+    else every archive-push fails ("Permission denied" on the spool) and no WAL is archived."""
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    engine = PostgresEngine(make_bundle(), ChildProcesses(), data_dir=data,
+                            socket_dir=tmp_path / "run")  # fmt: skip
+    out = engine.repo.work / "spool" / "archive" / "db" / "out"
+    out.mkdir(parents=True)
+    (out / "000000020000000000000012.ok").write_text("")
+    engine.repo.work.chmod(0o750)
+    everything = [data, data / "PG_VERSION"] + [
+        Path(parent) / name
+        for parent, dirs, files in os.walk(engine.repo.work)
+        for name in [".", *dirs, *files]
+    ]
+    for path in everything:
+        os.lchown(path, 54321, 54321)  # the former container's postgres, as this one sees it
+    os.lchown(engine.repo.work, pwd.getpwnam("postgres").pw_uid, 0)  # made its own already
+    engine.initialize()
+    server = pwd.getpwnam("postgres").pw_uid
+    assert {path.lstat().st_uid for path in everything} == {server}

@@ -200,19 +200,25 @@ class Engine:
             user = pwd.getpwnam(self.OS_USER)
             os.chown(path, user.pw_uid, user.pw_gid)
 
-    def _own_tree(self, root: Path) -> None:
+    def _own_tree(self, root: Path, every_entry: bool = False) -> None:
         """Give the server back its files when they are not its own: a container recreated
-        in a user namespace of its own sees its volume owned by its root, not the server's."""
-        if os.geteuid() != 0:
+        in a user namespace of its own sees its volume owned by its root, not the server's.
+        The root's owner tells for a data directory; ``every_entry`` looks at each entry
+        (a tree whose top the agent makes its own again at every start)."""
+        if os.geteuid() != 0 or not root.exists():
             return
         user = pwd.getpwnam(self.OS_USER)
-        if root.stat().st_uid == user.pw_uid:
+        if not every_entry and root.stat().st_uid == user.pw_uid:
             return
-        log.info("giving %s back to %s", root, self.OS_USER)
-        os.chown(root, user.pw_uid, user.pw_gid)
+        given = 0
         for parent, dirs, files in os.walk(root):
-            for name in dirs + files:
-                os.lchown(os.path.join(parent, name), user.pw_uid, user.pw_gid)
+            for name in [".", *dirs, *files]:
+                path = os.path.join(parent, name)
+                if os.lstat(path).st_uid != user.pw_uid:
+                    os.lchown(path, user.pw_uid, user.pw_gid)
+                    given += 1
+        if given:
+            log.info("gave %s back to %s (%d entries)", root, self.OS_USER, given)
 
     def _write(self, path: Path, text: str) -> None:
         """Write a file readable by the server only, atomically."""

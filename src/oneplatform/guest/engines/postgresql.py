@@ -121,6 +121,9 @@ class PostgresEngine(Engine):
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if (self.data_dir / "PG_VERSION").is_file():
             self._own_tree(self.data_dir)
+            # pgBackRest's spool and locks too (its subdirectories are its own making): left
+            # to the former owner, every archive-push fails and WAL is archived no more.
+            self._own_tree(self.repo.work, every_entry=True)
             self.data_dir.chmod(0o700)
             return
         make = self._initdb
