@@ -429,6 +429,7 @@ class FakeAgent:
         }
 
     replayed = 6000  # what every replica has replayed (a test may hold it back)
+    received = 6000  # what every replica's receiver has received (the primary is at 5000)
     demote_clean = True
 
     def replication(self, path: str, body: bytes) -> dict[str, Any]:
@@ -446,6 +447,7 @@ class FakeAgent:
             "role": self.role,
             "lsn_bytes": 5000 if primary else None,
             "replay_bytes": None if primary else FakeAgent.replayed,
+            "receive_bytes": None if primary else FakeAgent.received,
             "receiver": None if primary else "streaming",
             "seeded_from": None if primary else self._seeded_from(),
             "replicas": [],

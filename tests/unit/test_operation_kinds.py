@@ -445,6 +445,27 @@ def test_a_replica_is_made_on_any_flavor_and_seeded_from_its_primary(group: Worl
     assert replica.status_message.endswith("seeded from the primary (pg_basebackup)")
 
 
+def test_a_replica_is_ready_only_once_it_received_what_the_primary_wrote(
+    group: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that connects and is refused at once (WAL the primary no longer holds)
+    says "streaming" for an instant: the replica stays BUILD until it has received up to
+    the primary's position (5000 in the fakes), and the create ends with a timeout."""
+    monkeypatch.setattr(FakeAgent, "received", 4000)
+    monkeypatch.setattr(group.settings, "ready_timeout_seconds", 0.5)  # 2 s to stream
+    accepted = replicas.create_replica(
+        group.store, group.settings, group.member, "pg1", ReplicaCreate(flavor="container.small")
+    )
+    op = group.drive(accepted.operation.id)
+    assert (op.status, op.error_code) == ("FAILED", "timeout"), op.error_message
+    assert "streaming did not happen" in (op.error_message or "")  # its receiver "streams"
+    monkeypatch.setattr(FakeAgent, "received", 5000)  # caught up: a new replica is made
+    again = replicas.create_replica(
+        group.store, group.settings, group.member, "pg1", ReplicaCreate(flavor="container.small")
+    )
+    assert group.drive(again.operation.id).status == "SUCCEEDED"
+
+
 def _bundle(session: Session, member: str) -> str:
     instance_id = session.scalars(select(DbMember.instance_id).where(DbMember.name == member)).one()
     return session.get_one(Instance, instance_id).bundle_enc or ""

@@ -562,17 +562,22 @@ def _member_agent(
 
 def step_member_streaming(ctx: StepContext) -> None:
     """Wait for the replica's engine (its base backup copied, then started as a standby) to
-    stream from the primary."""
+    stream from the primary: connected, and having received what the primary had written
+    when asked just before (a receiver that connects and is refused at once, for WAL the
+    primary no longer holds, says "streaming" for an instant and never receives a byte)."""
     with ctx.store.session() as session:
         member = _member(session, ctx)
         _check_member_alive(member)
         client = _member_agent(session, ctx, member)
+        db = session.get_one(DbInstance, member.db_id)
+        primary = _member_agent(session, ctx, _primary_member(session, db))
     try:
         health = client.health()
         if not health.ready:
             if health.engine == "failed" and "pg_basebackup" not in health.detail:
                 ctx.progress(f"engine: {health.detail}")
             raise NotYet(f"the replica's engine is {health.engine}: {health.detail}", 1.0)
+        written = primary.replication().get("lsn_bytes")  # first: WAL only grows
         status = client.replication()
     except BackendUnavailable as err:
         deadline(ctx, "the replica's start", ctx.settings.ready_timeout_seconds * 4)
@@ -583,6 +588,14 @@ def step_member_streaming(ctx: StepContext) -> None:
     if status.get("role") != "standby" or status.get("receiver") != "streaming":
         deadline(ctx, "the replica's streaming", ctx.settings.ready_timeout_seconds * 4)
         raise NotYet(f"the replica is {status.get('role')}, receiver {status.get('receiver')}", 1.0)
+    received = status.get("receive_bytes") or 0
+    if written is not None and received < written:
+        deadline(ctx, "the replica's streaming", ctx.settings.ready_timeout_seconds * 4)
+        raise NotYet(
+            f"the replica's receiver is connected but has received WAL up to byte {received} "
+            f"of the primary's {written}",
+            1.0,
+        )
     ctx.remember(seeded_from=status.get("seeded_from"))
 
 
