@@ -551,11 +551,15 @@ def test_a_primary_that_does_not_stop_cleanly_is_not_switched_over(
 
 def test_a_move_keeps_the_database_and_retires_its_former_primary(group: World) -> None:
     before = dbaas.get_db(group.store, group.member, "pg1")
+    former_agent = _agent(group, "pg1")
     op = replicas.move(
         group.store, group.settings, group.member, "pg1", MoveRequest(flavor="vm.medium")
     )
     assert dbaas.get_db(group.store, group.member, "pg1").status == "RESIZE"
     assert group.drive(op.id).status == "SUCCEEDED"
+    # retired only once what its shutdown closed is archived (asked after its demote)
+    demoted = former_agent.calls.index("demote")
+    assert "archive completed" in former_agent.calls[demoted:], former_agent.calls
     group.drive_all()
     after = dbaas.get_db(group.store, group.member, "pg1")
     assert (after.status, after.flavor, after.compute_type) == ("ACTIVE", "vm.medium", "vm")

@@ -799,7 +799,29 @@ def _record_switch(ctx: StepContext, old_id: str, new_id_: str, how: str) -> Non
 def step_retire(ctx: StepContext) -> None:
     """A move's last step: the former primary (now a replica) leaves the group at once and
     its compute is deleted by an operation of its own (a node's cleaning takes minutes; the
-    database has moved already)."""
+    database has moved already). First its shutdown's last archiver round must be over: the
+    segment the shutdown closed goes to the repository only then (the switch answered before
+    it), the new primary never archives what it received, and deleted before, the repository
+    would miss that segment for good: a replica seeded from an older backup could never
+    catch up (seen in e2e)."""
+    if not ctx.params.get("former_archived"):
+        with ctx.store.session() as session:
+            former = session.get_one(DbMember, ctx.params["former"])
+            name = former.name
+            client = _member_agent(session, ctx, former, timeout=ARCHIVE_WAIT_S + 10)
+        ctx.progress(f"{name} archives the WAL its shutdown closed")
+        try:
+            client.archive_now(timeout=ARCHIVE_WAIT_S, switch=False)
+        except BackendUnavailable as err:
+            if err.details.get("agent_code") == "engine_not_ready":
+                deadline(ctx, f"{name}'s restart as a standby", ENGINE_WAIT_S)
+                raise NotYet(f"{name} is still stopping", retry_after=1.0) from None
+            log.warning("move of %s: %s did not archive its last WAL: %s",
+                        ctx.resource_id, name, err.message)  # fmt: skip
+        except PlatformError as err:
+            log.warning("move of %s: %s did not archive its last WAL: %s",
+                        ctx.resource_id, name, err.message)  # fmt: skip
+        ctx.remember(former_archived=True)
     with ctx.transaction() as session:
         former = session.get_one(DbMember, ctx.params["former"])
         if former.status not in (MemberStatus.DELETING.value, MemberStatus.DELETED.value):
