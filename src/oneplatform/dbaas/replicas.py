@@ -812,13 +812,13 @@ def step_retire(ctx: StepContext) -> None:
         ctx.progress(f"{name} archives the WAL its shutdown closed")
         try:
             client.archive_now(timeout=ARCHIVE_WAIT_S, switch=False)
-        except BackendUnavailable as err:
-            if err.details.get("agent_code") == "engine_not_ready":
+        except PlatformError as err:
+            stopping = isinstance(err, BackendUnavailable) and (
+                err.details.get("agent_code") == "engine_not_ready"
+            )
+            if stopping:
                 deadline(ctx, f"{name}'s restart as a standby", ENGINE_WAIT_S)
                 raise NotYet(f"{name} is still stopping", retry_after=1.0) from None
-            log.warning("move of %s: %s did not archive its last WAL: %s",
-                        ctx.resource_id, name, err.message)  # fmt: skip
-        except PlatformError as err:
             log.warning("move of %s: %s did not archive its last WAL: %s",
                         ctx.resource_id, name, err.message)  # fmt: skip
         ctx.remember(former_archived=True)
