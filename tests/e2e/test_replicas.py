@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -256,8 +256,57 @@ def _container_of(platform: Platform, member: str) -> str:
     return str(container["Id"])
 
 
+def _in_container(container: str, script: str, user: str = "postgres") -> str:
+    """A shell script run in a member's container (``$PG``: psql as the superuser over the
+    engine's socket)."""
+    prelude = (
+        "for s in /var/run/postgresql/.s.PGSQL.*[0-9]; do port=${s##*.}; done; "
+        'PG="$(echo /usr/lib/postgresql/*/bin/psql) -X -At -h /var/run/postgresql '
+        '-p $port -U postgres -d postgres"; '
+    )
+    argv = ["podman", "exec", "--user", user, container, "sh", "-c", prelude + script]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
+PGBACKREST = "pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=db"
+
+
+def _unarchived_segments(container: str) -> list[str]:
+    """Freeze the primary's archiving (its archiver and pgBackRest's processes stopped),
+    complete two WAL segments and wait until the replicas received them: segments only the
+    replicas hold, as when a primary dies before its archiver's next round."""
+    _in_container(
+        container,
+        "for p in /proc/[0-9]*; do [ ${p#/proc/} = $$ ] && continue; "
+        "case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in "
+        "*archiver*|*pgbackrest*) kill -STOP ${p#/proc/};; esac; done",
+        user="root",
+    )
+    segments = []
+    for _ in range(2):
+        time.sleep(0.3)  # the writer's rows in it
+        segments.append(
+            _in_container(container, '$PG -c "SELECT pg_walfile_name(pg_switch_wal())"')
+        )
+    lsn = _in_container(container, '$PG -c "SELECT pg_current_wal_lsn()"')
+    deadline = time.monotonic() + 30
+    while (
+        _in_container(
+            container, f"$PG -c \"SELECT bool_and(flush_lsn >= '{lsn}') FROM pg_stat_replication\""
+        )
+        != "t"
+    ):
+        assert time.monotonic() < deadline, "the replica did not receive the segments"
+        time.sleep(0.3)
+    return segments
+
+
 def _failover(
-    platform: Platform, rw: dict[str, Any], break_it: list[str], case: str
+    platform: Platform,
+    rw: dict[str, Any],
+    break_it: list[str],
+    case: str,
+    before_break: Callable[[str], object] = lambda container: None,
 ) -> tuple[Writer, str, dict[str, Any]]:
     """Break the primary with ``break_it`` (its container id appended) while a client
     writes; wait for another member to be the primary and the group whole again."""
@@ -265,6 +314,7 @@ def _failover(
     before = platform.json("db", "show", "pgha")
     writer = Writer.running(dsn(rw), 1.5)
     lag = platform.json("db", "replica", "list", "pgha")[1]["lag_bytes"]
+    before_break(container)
     broken_at = time.monotonic()
     subprocess.run([*break_it, container], check=True, capture_output=True)
     try:
@@ -300,7 +350,24 @@ def test_a_primary_killed_fails_over_to_its_replica(
 ) -> None:
     # A replica promoted behind the same endpoint, the client writing again, no more than
     # the last instant's writes lost, the group whole again: all asserted in _failover.
-    _failover(platform, group["endpoint"], ["podman", "kill"], "podman kill")
+    # The primary dies with completed segments it never archived: the promoted replica
+    # sends them to the repository (else a replica seeded from an older backup could never
+    # catch up once the new primary recycles them).
+    unarchived: list[str] = []
+    _failover(
+        platform, group["endpoint"], ["podman", "kill"], "podman kill",
+        before_break=lambda container: unarchived.extend(_unarchived_segments(container)),
+    )  # fmt: skip
+    _, container = _primary_container(platform)
+    for segment in unarchived:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _in_container(container, f"{PGBACKREST} archive-get {segment} /tmp/{segment}")
+                break
+            except subprocess.CalledProcessError as exc:
+                assert time.monotonic() < deadline, (segment, exc.stdout, exc.stderr)
+                time.sleep(1)
 
 
 def test_a_frozen_primary_is_fenced_and_never_writable_again(

@@ -34,6 +34,7 @@ from oneplatform.guest.engines.base import ChildProcesses, Engine, EngineError
 from oneplatform.guest.engines.postgresql import (
     PostgresEngine,
     admin_role_sql,
+    mark_streamed_for_archive,
     saslprep,
     scram_sha256_verifier,
     waiting_for_archive,
@@ -495,6 +496,37 @@ def test_what_the_archive_still_has_to_take(tmp_path: Path) -> None:
         "000000030000000000000008",
     ]
     assert waiting_for_archive(tmp_path / "gone", segment) == []
+
+
+def test_a_promotion_archives_the_completed_segments_it_streamed(tmp_path: Path) -> None:
+    """What a standby streamed is marked archived by PostgreSQL; before a promotion the
+    completed segments of its newest timeline are marked ready again (a primary that died
+    may not have archived them), not the one being received nor an older timeline's."""
+    status = tmp_path / "archive_status"
+    status.mkdir()
+    size = 16 * 1024 * 1024
+    assert mark_streamed_for_archive(status, 0x1_05, size) == []
+    for name in (
+        "0000000200000000000000FF.done",  # the newest timeline, before the next log id
+        "000000020000000100000004.done",
+        "000000020000000100000005.done",  # the one being received: maybe incomplete
+        "000000010000000000000003.done",  # an older timeline
+        "000000020000000100000003.ready",  # not archived yet: left as it is
+        "00000002.history.done",
+        "000000010000000000000002.partial.done",
+    ):
+        (status / name).touch()
+    marked = mark_streamed_for_archive(status, 0x1_05, size)
+    assert marked == ["0000000200000000000000FF", "000000020000000100000004"]
+    assert sorted(p.name for p in status.iterdir()) == [
+        "000000010000000000000002.partial.done",
+        "000000010000000000000003.done",
+        "00000002.history.done",
+        "0000000200000000000000FF.ready",
+        "000000020000000100000003.ready",
+        "000000020000000100000004.ready",
+        "000000020000000100000005.done",
+    ]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user takes root")

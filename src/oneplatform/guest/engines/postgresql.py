@@ -502,6 +502,7 @@ class PostgresEngine(Engine):
         # file (a round trip to the backup store each): the command goes first (a reload).
         self._promoting = True
         try:
+            self._archive_what_was_streamed()
             self._write(self.data_dir / self.CONF_NAME, self.render_conf())
             answer = self._query(
                 "SELECT pg_catalog.pg_reload_conf(); SELECT pg_catalog.pg_sleep(0.05); "
@@ -519,6 +520,36 @@ class PostgresEngine(Engine):
         log.info("promoted: this member is the primary")
         self.repo.ensure_stanza(self.bundle.backup if self.bundle else None, self._wake_archiver)
         return {"role": "primary"}
+
+    def _archive_what_was_streamed(self) -> None:
+        """Before a promotion: the completed segments this standby holds of its newest
+        timeline go to the repository once it is the primary. PostgreSQL (archive_mode=on)
+        marks what a standby streams as archived already, so the segments a primary that
+        died had not archived yet would be missing from the repository for good, and a
+        replica seeded from an older backup could never catch up. Marked ready here, the
+        new primary's archiver sends them (pgBackRest takes a segment it holds already,
+        with the same checksum, as sent)."""
+        try:
+            row = self._query(
+                "SELECT coalesce(pg_catalog.pg_last_wal_receive_lsn()::text, ''), "
+                "(SELECT setting FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size')"
+            ).split("|")
+            received, segment_size = lsn_bytes(row[0]), int(row[1])
+            if received is None:
+                return  # nothing streamed: what it replayed came from the repository
+            marked = mark_streamed_for_archive(
+                self.data_dir / "pg_wal" / "archive_status", received // segment_size, segment_size
+            )
+        except (EngineError, OSError, ValueError, IndexError) as exc:
+            log.warning("streamed WAL not marked for archiving: %s", exc)
+            return
+        if marked:
+            log.info(
+                "%d streamed segment(s) will be archived (%s..%s)",
+                len(marked),
+                marked[0],
+                marked[-1],
+            )
 
     def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
         """With the server stopped: make this member a standby of ``upstream``. A clean
@@ -823,6 +854,29 @@ def waiting_for_archive(status_dir: Path, segment: str) -> list[str]:
     except OSError:
         return []
     return [n for n in ready if n.endswith(".history") or n[:24] <= segment]
+
+
+def mark_streamed_for_archive(status_dir: Path, receiving: int, segment_size: int) -> list[str]:
+    """Mark ready the WAL segments of the newest timeline in ``status_dir`` that are marked
+    archived and come before segment number ``receiving`` (the one being received, maybe
+    incomplete: a promotion archives it as ``.partial``). Older timelines are left alone
+    (their segments past a switch point are not the history that won). Returns the names."""
+    per_id = 0x1_0000_0000 // segment_size
+    done: dict[str, Path] = {}
+    for path in status_dir.glob("*.done"):
+        name = path.name.removesuffix(".done")
+        if len(name) == 24 and all(c in "0123456789ABCDEF" for c in name):
+            done[name] = path
+    if not done:
+        return []
+    newest = max(name[:8] for name in done)
+    marked: list[str] = []
+    for name in sorted(done):
+        segment = int(name[8:16], 16) * per_id + int(name[16:], 16)
+        if name[:8] == newest and segment < receiving:
+            done[name].rename(done[name].with_name(name + ".ready"))
+            marked.append(name)
+    return marked
 
 
 def conninfo(upstream: UpstreamSettings, with_password: bool = True) -> str:
