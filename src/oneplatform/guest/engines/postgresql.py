@@ -496,13 +496,16 @@ class PostgresEngine(Engine):
         except (EngineError, OSError) as exc:  # the next start renders it in any case
             log.warning("restoring restore_command: %s", exc)
 
-    def promote(self, timeout: float) -> dict[str, Any]:
-        """End recovery (``pg_promote``, waiting for it); this member is the primary."""
+    def promote(self, timeout: float, archive_streamed: bool = True) -> dict[str, Any]:
+        """End recovery (``pg_promote``, waiting for it); this member is the primary. With
+        ``archive_streamed``, what it streamed goes to its repository too (not on a detach:
+        the group's WAL is no history of the new database's repository)."""
         # At its promotion PostgreSQL asks restore_command for every newer timeline's history
         # file (a round trip to the backup store each): the command goes first (a reload).
         self._promoting = True
         try:
-            self._archive_what_was_streamed()
+            if archive_streamed:
+                self._archive_what_was_streamed()
             self._write(self.data_dir / self.CONF_NAME, self.render_conf())
             answer = self._query(
                 "SELECT pg_catalog.pg_reload_conf(); SELECT pg_catalog.pg_sleep(0.05); "
@@ -603,7 +606,7 @@ class PostgresEngine(Engine):
         try:
             self._configure_repo()
             self._apply_conf()
-            self.promote(timeout)
+            self.promote(timeout, archive_streamed=False)
         except (EngineError, OSError):
             self.bundle = former
             try:
