@@ -39,7 +39,7 @@ import pytest
 
 from oneplatform.baremetal.bmc import PowerAction
 from oneplatform.baremetal.redfish import RedfishBmc
-from tests.e2e.clients import redis
+from tests.e2e.clients import mariadb, redis
 from tests.e2e.conftest import (
     LAB_PORTS,
     Platform,
@@ -653,32 +653,51 @@ def test_restores_killed_mid_deploy_resume(lab: Platform) -> None:
     _wait_nodes(lab, "available", timeout=300)
 
 
-# -- Redis on bare metal ------------------------------------------------------------------------
-REDIS_PW = "Carol-bm-redis-5"
+# -- MariaDB and Redis on bare metal ---------------------------------------------------------------
+MARIA_PW, REDIS_PW = "Alice-bm-maria-3", "Carol-bm-redis-5"
+ENGINES_ON_BM = {
+    "mdb-bm": ("--datastore", "mariadb", "--version", "10.11", "--database", "appdb",
+               "--user", f"alice:{MARIA_PW}"),
+    "rdb-bm": ("--datastore", "redis", "--version", "7.0", "--user", f"carol:{REDIS_PW}"),
+}  # fmt: skip
 
 
-def test_redis_serves_from_bare_metal(lab: Platform) -> None:
-    """A Redis database on a node (its whole-disk image deployed through Redfish), used with
-    redis-cli through its endpoint as the tenant's user; deleted, the node is cleaned and
-    available again. (Redis and MariaDB on containers and VMs: test_engines. MariaDB on
-    bare metal fails at mariadb-install-db there: not covered yet.)"""
+def test_mariadb_and_redis_serve_from_bare_metal(lab: Platform) -> None:
+    """A MariaDB and a Redis database on the two nodes at once (each engine's whole-disk
+    image deployed through Redfish), each used with its own client through its endpoint as
+    the tenant's user; deleted, both nodes are cleaned and available again. (Both engines on
+    containers and VMs, their backups and users: test_engines.)"""
     _wait_nodes(lab, "available")
     started = time.monotonic()
+
+    def create(name: str) -> dict[str, Any]:
+        db = lab.json("db", "create", name, *ENGINES_ON_BM[name], "--flavor", "baremetal.small",
+                      "--wait", timeout=1800)  # fmt: skip
+        record_timing("create", f"{name}: db create on bare metal", time.monotonic() - started)
+        return db
+
     try:
-        rdb = lab.json("db", "create", "rdb-bm", "--datastore", "redis", "--version", "7.0",
-                       "--user", f"carol:{REDIS_PW}", "--flavor", "baremetal.small", "--wait",
-                       timeout=1800)  # fmt: skip
-        record_timing("create", "rdb-bm: db create on bare metal", time.monotonic() - started)
-        assert (rdb["status"], rdb["compute_type"], rdb["health"]) == (
-            "ACTIVE", "baremetal", "HEALTHY",
-        ), rdb  # fmt: skip
-        assert [n["instance"] for n in _nodes(lab).values() if n["state"] == "active"]
+        mdb, rdb = _parallel(create, ENGINES_ON_BM)
+        for db in (mdb, rdb):
+            assert (db["status"], db["compute_type"], db["health"]) == (
+                "ACTIVE", "baremetal", "HEALTHY",
+            ), db  # fmt: skip
+        serving = {n["instance"] for n in _nodes(lab).values() if n["state"] == "active"}
+        assert len(serving) == 2, _nodes(lab)
+        mariadb(mdb, "alice", MARIA_PW, "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)",
+                "appdb")  # fmt: skip
+        assert mariadb(mdb, "alice", MARIA_PW, "SELECT sum(x) FROM t", "appdb") == "3"
+        with pytest.raises(AssertionError, match="denied"):
+            mariadb(mdb, "alice", "not-her-password", "SELECT 1")
         assert redis(rdb, "carol", REDIS_PW, "SET", "cart:1", "3 apples") == "OK"
         assert redis(rdb, "carol", REDIS_PW, "GET", "cart:1") == "3 apples"
         with pytest.raises(AssertionError, match="NOPERM"):  # the server's own commands
             redis(rdb, "carol", REDIS_PW, "CONFIG", "GET", "maxmemory")
     finally:
-        lab.run("db", "delete", "rdb-bm", "--wait", timeout=900, check=False)
+        _parallel(
+            lambda name: lab.run("db", "delete", name, "--wait", timeout=900, check=False),
+            ENGINES_ON_BM,
+        )
     nodes = _wait_nodes(lab, "available", timeout=300)
     assert all(n["instance"] is None for n in nodes.values())
 

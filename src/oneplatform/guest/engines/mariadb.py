@@ -146,14 +146,24 @@ class MariaDbEngine(Engine):
                 "--auth-root-authentication-method=socket",
                 "--skip-test-db",
                 "--skip-name-resolve",
+                # Its own hostname check first looks the host up: a guest with no name
+                # server waited minutes for it, then failed. No name is resolved anyway.
+                "--force",
             ],
             timeout=300,
             env=self._env(),
         )
         if proc.returncode != 0:
+            output = (proc.stderr or b"").decode("utf-8", "replace") + (
+                proc.stdout or b""
+            ).decode("utf-8", "replace")
+            log.error("mariadb-install-db said:\n%s", output.strip())
+            # Its reason comes first (or as ERROR lines), its advice after.
+            lines = [line.strip() for line in output.splitlines() if line.strip()]
+            reason = [line for line in lines if "ERROR" in line] or lines[:4]
             raise EngineError(
                 f"mariadb-install-db failed with exit code {proc.returncode}: "
-                f"{tail(proc.stderr or proc.stdout)}"
+                f"{' | '.join(reason[:4])[:500]}"
             )
         self._write(target / self.PENDING_NAME, "create the admin user from the bundle\n")
         log.info("mariadb-install-db finished in %.1f s", time.monotonic() - started)
