@@ -41,7 +41,7 @@ docs: setup
 # deploy by phase, warm claims on the three, backup and restore of a ~1 GB database from a
 # container and a VM, then the scheduler's (about an hour here).
 bench: setup
-	$(PY) -m bench container db vm baremetal warm backup replication
+	$(PY) -m bench container db vm baremetal warm backup replication engines
 	$(PY) -m bench scheduler
 
 # Tool caches and the throwaway test database; keeps the (slow to build) image cache.

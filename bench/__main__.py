@@ -2,8 +2,9 @@
 marked default: container and db, then the scheduler's; ``vm`` boots VMs under TCG,
 ``baremetal`` deploys onto the emulated bare-metal lab, ``warm`` claims warm instances
 of all three compute types, ``backup`` backs up and restores a ~1 GB database and
-``replication`` measures the write gaps of switchovers, moves and failovers: they run only
-when named; ``make bench`` runs them all).
+``replication`` measures the write gaps of switchovers, moves and failovers, ``engines``
+times create -> first query of every engine on every compute type against its raw start:
+they run only when named; ``make bench`` runs them all).
 
 ``python -m bench scheduler [--hosts N --creates N ...]`` runs the placement benchmark
 (:mod:`bench.scheduler`) alone, with options of its own; it needs no running platform.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from bench import backup, baremetal, container, db, replication, scheduler, vm, warm
+from bench import backup, baremetal, container, db, engines, replication, scheduler, vm, warm
 from bench.common import BenchError, PlatformProcess, machine_info, running_platform, write_results
 
 Benchmark = Callable[[PlatformProcess, int, float], dict[str, Any]]
@@ -74,6 +75,14 @@ BENCHMARKS: dict[str, Entry] = {
         rounds=backup.ROUNDS,
         default=False,
         env=backup.platform_env,  # a store of its own
+    ),
+    "engines": Entry(
+        engines.run,
+        engines.NAME,
+        engines.TIMEOUT_S,
+        rounds=engines.ROUNDS,
+        default=False,
+        env=engines.platform_env,  # all three compute types: the lab enrolled
     ),
     "replication": Entry(
         replication.run,

@@ -1,13 +1,14 @@
 """The raw baseline of a bare-metal create: what a person with QEMU, the same deploy ISO and
 the same image would do by hand, timed the same way as the platform (until PostgreSQL
-accepts a login).
+accepts a login; another engine's image the same way, until its admin logs in).
 
 1. Boot the deploy ISO the platform uses in a plain QEMU (TCG, 1 vCPU, 1024 MB, a blank
    3 GiB raw disk, user networking with the engine's and the agent's ports forwarded to
    127.0.0.1), served by a small HTTP server on 127.0.0.1 here. Its manifest maps the
    **whole** image as one run, so the ramdisk writes every byte of it with one ``dd`` (no
    block map), then checks its sha256 from the page cache and powers off.
-2. Boot that disk and wait until the admin logs in to PostgreSQL (psycopg, ``SELECT 1``).
+2. Boot that disk and wait until the admin logs in to the engine with its own client and
+   runs its simplest query (:func:`bench.probes.first_query`).
 
 Timed from just before the first QEMU starts (the ISO is built before, as the platform's is
 cached) to the login; ``deploy`` (until the first QEMU exits) and ``disk_boot`` (the rest)
@@ -29,12 +30,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import psycopg
-
 from bench.common import BenchError, Sample, free_port
+from bench.probes import first_query
 from oneplatform.baremetal.deploy_agent import DeployManifest, DeployStatus
 from oneplatform.baremetal.deploy_iso import build_deploy_iso
 from oneplatform.config import Settings
+from oneplatform.dbaas.datastores import get_datastore, get_version
 from oneplatform.guest.bundle import (
     AdminCredentials,
     AgentSettings,
@@ -47,7 +48,7 @@ from oneplatform.images.builder import rootfs_path
 from oneplatform.images.recipes import load_recipe
 from oneplatform.images.wholedisk import MAP_BLOCK, DiskImage, MiB, disk_image_if_built
 
-IMAGE = "postgresql-15"
+DATASTORE = "postgresql"
 QEMU = "qemu-system-x86_64"
 DISK_BYTES = 3 * 1024 * MiB
 DEPLOY_TIMEOUT_S = 600.0
@@ -132,12 +133,20 @@ class _Server:
 
 
 def _qemu(
-    work: Path, disk: Path, name: str, ports: tuple[int, int], iso: Path | None
+    work: Path,
+    disk: Path,
+    name: str,
+    ports: tuple[int, int],
+    iso: Path | None,
+    guest_ports: tuple[int, int] = (5432, 8471),
 ) -> subprocess.Popen[bytes]:
     qemu = shutil.which(QEMU)
     if qemu is None:
         raise BenchError(f"{QEMU} is not installed (run scripts/setup.sh)")
-    forwards = f"hostfwd=tcp:127.0.0.1:{ports[0]}-:5432,hostfwd=tcp:127.0.0.1:{ports[1]}-:8471"
+    forwards = ",".join(
+        f"hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+        for host, guest in zip(ports, guest_ports, strict=True)
+    )
     argv = [
         qemu, "-accel", "tcg", "-m", "1024", "-smp", "1", "-nographic", "-no-reboot",
         "-drive", f"file={disk},format=raw,if=virtio,discard=unmap,detect-zeroes=unmap",
@@ -154,18 +163,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(30)
 
 
-def raw_round(settings: Settings, index: int) -> Sample:
-    """One raw deploy and disk boot; a Sample labelled ``raw``."""
-    recipe = load_recipe(IMAGE)
+def raw_round(settings: Settings, index: int, datastore_name: str = DATASTORE) -> Sample:
+    """One raw deploy and disk boot of the datastore's default version; a Sample labelled
+    ``raw``."""
+    datastore = get_datastore(datastore_name)
+    version = get_version(datastore, None)
+    recipe = load_recipe(version.image)
     image = disk_image_if_built(recipe, settings.images_dir)
     if image is None:
-        raise BenchError(f"the {IMAGE} whole-disk image is not built yet")
+        raise BenchError(f"the {version.image} whole-disk image is not built yet")
+    guest_ports = (int(recipe.ports[datastore.engine_endpoint]), int(recipe.ports["agent"]))
     bundle = Bundle(
         instance_id=f"bench-raw-{uuid.uuid4().hex[:12]}",
-        datastore="postgresql",
-        version="15",
-        agent=AgentSettings(secret=generate_secret(), port=8471),
-        engine=EngineSettings(port=5432, settings={}),
+        datastore=datastore_name,
+        version=version.version,
+        agent=AgentSettings(secret=generate_secret(), port=guest_ports[1]),
+        engine=EngineSettings(port=guest_ports[0], settings={}),
         admin=AdminCredentials(username="onep_admin", password=generate_password()),
     )
     work = Path(tempfile.mkdtemp(prefix="onep-bench-raw-"))
@@ -183,7 +196,7 @@ def raw_round(settings: Settings, index: int) -> Sample:
         )
         with server.serving():
             started = time.monotonic()
-            deploy = _qemu(work, disk, "deploy", ports, iso)
+            deploy = _qemu(work, disk, "deploy", ports, iso, guest_ports)
             try:
                 deploy.wait(DEPLOY_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -192,7 +205,7 @@ def raw_round(settings: Settings, index: int) -> Sample:
             deployed = time.monotonic() - started
         if server.final is None or server.final.status != "ok":
             raise BenchError(f"raw round {index}: the deploy reported {server.final}")
-        boot = _qemu(work, disk, "disk", ports, None)
+        boot = _qemu(work, disk, "disk", ports, None, guest_ports)
         try:
             login = _wait_login(ports[0], bundle, started + DEPLOY_TIMEOUT_S + READY_TIMEOUT_S)
         finally:
@@ -214,20 +227,11 @@ def raw_round(settings: Settings, index: int) -> Sample:
 
 
 def _wait_login(port: int, bundle: Bundle, deadline: float) -> float:
-    last = "nothing yet"
+    last: str | None = "nothing yet"
     while time.monotonic() < deadline:
-        try:
-            with psycopg.connect(
-                host="127.0.0.1",
-                port=port,
-                user=bundle.admin.username,
-                password=bundle.admin.password,
-                dbname="postgres",
-                connect_timeout=3,
-            ) as conn:
-                conn.execute("SELECT 1")
+        admin = bundle.admin
+        last = first_query(bundle.datastore, port, admin.username, admin.password, None)
+        if last is None:
             return time.monotonic()
-        except psycopg.OperationalError as exc:
-            last = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         time.sleep(0.2)
-    raise BenchError(f"raw disk boot: no PostgreSQL login ({last})")
+    raise BenchError(f"raw disk boot: no {bundle.datastore} login (last: {last})")

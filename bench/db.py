@@ -27,8 +27,6 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-import psycopg
-
 from bench.common import (
     BENCH_LABEL,
     LOOPBACK,
@@ -48,6 +46,7 @@ from bench.common import (
     step_durations,
     summarise,
 )
+from bench.probes import first_query
 from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import FINAL, ApiError, Client
 
@@ -68,46 +67,10 @@ SAME_REQUEST_S = 5.0
 
 
 # -- (a) the platform -------------------------------------------------------------------------
-def classify(exc: psycopg.Error) -> str:
-    """What a failed login says about the server: ``refused`` (nothing listens),
-    ``closed`` (accepted, then dropped), ``starting`` (PostgreSQL not accepting yet),
-    ``auth`` (PostgreSQL answers but the user or database is not ready), ``other``."""
-    text = str(exc).lower()
-    if "connection refused" in text:
-        return "refused"
-    if "starting up" in text or "shutting down" in text or "not yet accepting" in text:
-        return "starting"
-    if "closed the connection" in text or "connection reset" in text or "eof" in text:
-        return "closed"
-    if (
-        "password authentication failed" in text
-        or "does not exist" in text
-        or "permission denied" in text
-        or "pg_hba.conf" in text
-    ):
-        return "auth"
-    return "other"
-
-
 def try_login(port: int, password: str) -> str | None:
     """Log in as the application user and run ``SELECT 1``: None when it worked, else the
-    kind of failure (see :func:`classify`)."""
-    try:
-        with psycopg.connect(
-            host=LOOPBACK,
-            port=port,
-            dbname=DATABASE,
-            user=USER,
-            password=password,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            sslmode="disable",
-            gssencmode="disable",
-            application_name="onep-bench",
-        ) as conn:
-            row = conn.execute("SELECT 1").fetchone()
-    except psycopg.Error as exc:
-        return classify(exc)
-    return None if row == (1,) else "other"
+    kind of failure (see :func:`bench.probes.first_query`)."""
+    return first_query("postgresql", port, USER, password, DATABASE)
 
 
 def wait_login(port: int, password: str, deadline: float) -> tuple[float, dict[str, float]]:

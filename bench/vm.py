@@ -44,8 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from bench.common import (
     LOOPBACK,
     BenchError,
@@ -57,7 +55,8 @@ from bench.common import (
     step_durations,
     summarise,
 )
-from bench.db import classify, find_compute_create, step_medians, wait_operation
+from bench.db import find_compute_create, step_medians, wait_operation
+from bench.probes import first_query
 from oneplatform.compute.drivers.vm_domain import (
     CONFIG_VOLUME_ID,
     FIRST_DISK_SLOT,
@@ -89,7 +88,6 @@ FLAVOR = "vm.small"
 DATASTORE = "postgresql"
 DATABASE = "appdb"
 USER = "app"
-RAW_DATABASE = "postgres"  # what the admin of a bare guest can log in to
 DATA_SIZE_GB = 1  # the SDK's (and API's) default size_gb of a db instance
 POLL_S = 0.1  # between login attempts, on both sides
 CONNECT_TIMEOUT_S = 2  # libpq's minimum
@@ -109,39 +107,21 @@ GiB = 1024**3
 
 
 # -- logging in ---------------------------------------------------------------------------------
-def try_login(port: int, user: str, password: str, dbname: str) -> str | None:
-    """Log in and run ``SELECT 1``: None when it worked, else the kind of failure."""
-    try:
-        with psycopg.connect(
-            host=LOOPBACK,
-            port=port,
-            dbname=dbname,
-            user=user,
-            password=password,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            sslmode="disable",
-            gssencmode="disable",
-            application_name="onep-bench",
-        ) as conn:
-            row = conn.execute("SELECT 1").fetchone()
-    except psycopg.Error as exc:
-        return classify(exc)
-    return None if row == (1,) else "other"
-
-
 def wait_login(
     port: int,
     user: str,
     password: str,
-    dbname: str,
+    dbname: str | None,
     deadline: float,
     check: Callable[[], None] = lambda: None,
+    datastore: str = DATASTORE,
 ) -> tuple[float, dict[str, float]]:
-    """Poll until ``user`` can query ``dbname``; returns when (``now()``) it first did, and
+    """Poll until ``user`` can query ``dbname`` (the engine's simplest query, with its own
+    client: :func:`bench.probes.first_query`); returns when (``now()``) it first did, and
     when each other kind of answer was first seen. ``check`` raises to give up early."""
     first_seen: dict[str, float] = {}
     while True:
-        outcome = try_login(port, user, password, dbname)
+        outcome = first_query(datastore, port, user, password, dbname)
         t = now()
         if outcome is None:
             return t, first_seen
@@ -322,6 +302,7 @@ class RawVm:
     """What the bare QEMU boot needs: the image's VM files and the flavor's size."""
 
     vm: VmImage
+    datastore: str
     vcpus: int
     ram_mb: int
     root_bytes: int  # the overlay's virtual size: max(base, flavor disk), as the driver does
@@ -348,8 +329,8 @@ def tool(name: str, timeout: float, *args: str) -> str:
     return proc.stdout
 
 
-def raw_vm(flavor: FlavorOut) -> RawVm:
-    datastore = get_datastore(DATASTORE)
+def raw_vm(flavor: FlavorOut, datastore_name: str = DATASTORE) -> RawVm:
+    datastore = get_datastore(datastore_name)
     version = get_version(datastore, None)
     recipe = load_recipe(version.image)
     vm = vm_image_if_built(recipe, Settings().images_dir)
@@ -358,6 +339,7 @@ def raw_vm(flavor: FlavorOut) -> RawVm:
     info = json.loads(tool("qemu-img", 60, "info", "--output=json", str(vm.disk)))
     return RawVm(
         vm=vm,
+        datastore=datastore_name,
         vcpus=flavor.vcpus,
         ram_mb=flavor.ram_mb,
         root_bytes=max(int(info["virtual-size"]), flavor.disk_gb * GiB),
@@ -385,14 +367,14 @@ def make_disks(spec: RawVm, work: Path, bundle: Bundle) -> tuple[Path, Path, Pat
 
 
 def qemu_argv(
-    spec: RawVm, disks: tuple[Path, Path, Path], console: Path, pg_port: int, agent_port: int
+    spec: RawVm, disks: tuple[Path, Path, Path], console: Path, engine_port: int, agent_port: int
 ) -> list[str]:
     """What libvirt starts for a ``qemu`` (TCG) domain of the driver, minus libvirt's own
     plumbing (monitor, sandbox, secrets); -no-reboot so a guest panic ends the sample."""
     overlay, config, data = disks
     forwards = (
         f"hostfwd=tcp:{LOOPBACK}:{agent_port}-:{spec.agent_port},"
-        f"hostfwd=tcp:{LOOPBACK}:{pg_port}-:{spec.engine_port}"
+        f"hostfwd=tcp:{LOOPBACK}:{engine_port}-:{spec.engine_port}"
     )
     argv = [
         QEMU, "-machine", "pc,usb=off,dump-guest-core=off", "-accel", "tcg", "-cpu", "qemu64",
@@ -421,21 +403,21 @@ def measure_qemu(spec: RawVm, run_id: str, rnd: int, timeout: float, watch: Qemu
     password = secrets.token_urlsafe(18)
     bundle = Bundle(
         instance_id=f"bench_{run_id}_{rnd}",
-        datastore=DATASTORE,
+        datastore=spec.datastore,
         version=spec.version,
         agent=AgentSettings(secret=generate_secret(), port=spec.agent_port),
         engine=EngineSettings(port=spec.engine_port, settings=spec.engine_settings),
         admin=AdminCredentials(username=USER, password=password),
     )
-    pg_port = free_port()
+    engine_port = free_port()
     agent_port = free_port()
-    while agent_port == pg_port:
+    while agent_port == engine_port:
         agent_port = free_port()
-    watch.markers.add(hostfwd_marker(pg_port))
+    watch.markers.add(hostfwd_marker(engine_port))
     console, stderr = work / "console.log", work / "qemu.err"
     proc: subprocess.Popen[bytes] | None = None
     try:
-        argv = qemu_argv(spec, make_disks(spec, work, bundle), console, pg_port, agent_port)
+        argv = qemu_argv(spec, make_disks(spec, work, bundle), console, engine_port, agent_port)
         with stderr.open("wb") as err:
             t0 = now()
             proc = subprocess.Popen(
@@ -448,7 +430,9 @@ def measure_qemu(spec: RawVm, run_id: str, rnd: int, timeout: float, watch: Qemu
                 err_text = stderr.read_text(errors="replace")[-2000:]
                 raise BenchError(f"QEMU exited {started.returncode} during the boot: {err_text}")
 
-        t_login, first_seen = wait_login(pg_port, USER, password, RAW_DATABASE, t0 + timeout, alive)
+        t_login, first_seen = wait_login(
+            engine_port, USER, password, None, t0 + timeout, alive, datastore=spec.datastore
+        )
         phases = {f"first_{k}": t - t0 for k, t in sorted(first_seen.items(), key=lambda i: i[1])}
         return Sample("qemu", rnd, t_login - t0, phases)
     except BenchError as exc:
@@ -540,8 +524,7 @@ def run(platform: PlatformProcess, rounds: int, timeout: float) -> dict[str, Any
         "poll_seconds": {"login": POLL_S},
         "measures": {
             "platform": f"db.create ({FLAVOR}) -> {USER} logs in to {DATABASE}, SELECT 1",
-            "qemu": f"start {QEMU} on fresh disks -> admin {USER} logs in to "
-            f"{RAW_DATABASE}, SELECT 1",
+            "qemu": f"start {QEMU} on fresh disks -> admin {USER} logs in to postgres, SELECT 1",
         },
         "samples": samples,
         "platform_instances": instances,

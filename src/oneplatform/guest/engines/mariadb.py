@@ -154,9 +154,7 @@ class MariaDbEngine(Engine):
             env=self._env(),
         )
         if proc.returncode != 0:
-            output = (proc.stderr or b"").decode("utf-8", "replace") + (
-                proc.stdout or b""
-            ).decode("utf-8", "replace")
+            output = ((proc.stderr or b"") + (proc.stdout or b"")).decode("utf-8", "replace")
             log.error("mariadb-install-db said:\n%s", output.strip())
             # Its reason comes first (or as ERROR lines), its advice after.
             lines = [line.strip() for line in output.splitlines() if line.strip()]
