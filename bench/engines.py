@@ -72,8 +72,8 @@ QUIET_WAIT_S = 600.0
 
 
 def platform_env() -> dict[str, str]:
-    """Its own `onep up`, with the bare-metal lab enrolled (all three compute types)."""
-    return lab_env()
+    """Its own `onep up`, with the bare-metal lab enrolled when bare metal is measured."""
+    return lab_env() if "baremetal" in chosen("BENCH_COMPUTE", tuple(COMPUTE)) else {}
 
 
 def chosen(variable: str, known: tuple[str, ...]) -> list[str]:
