@@ -323,7 +323,7 @@ def measure_by_hand(rounds: int) -> dict[str, list[dict[str, Any]]]:
                         _pg_ctl(root, primary, "stop", "-m", "fast")
                     else:
                         pid = int((root / primary / "postmaster.pid").read_text().split()[0])
-                        os.kill(pid, signal.SIGKILL)
+                        _kill_server(pid)
                     _pg_ctl(root, standby, "promote")
                     time.sleep(SETTLE_S)
                 finally:
@@ -342,6 +342,20 @@ def measure_by_hand(rounds: int) -> dict[str, list[dict[str, Any]]]:
             with suppress(Exception):
                 _pg_ctl(root, name, "stop", "-m", "immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_server(pid: int) -> None:
+    """The whole server dies at once, as its container or VM does: the postmaster and every
+    child. (The postmaster alone leaves its backends serving until they notice, seconds
+    later: a client's INSERT then hangs on an orphan instead of failing over.)"""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    for victim in (pid, *children):
+        with suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
 
 
 def _pg_ctl(root: Path, name: str, action: str, *more: str) -> None:
