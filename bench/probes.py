@@ -55,7 +55,13 @@ def _postgres(port: int, user: str | None, password: str | None, database: str) 
             return "closed"
         if any(
             s in text
-            for s in ("password authentication", "does not exist", "permission denied", "pg_hba")
+            for s in (
+                "password authentication",
+                "no password supplied",
+                "does not exist",
+                "permission denied",
+                "pg_hba",
+            )
         ):
             return "auth"
         return "other"
