@@ -46,7 +46,7 @@ from bench.common import (
     step_durations,
     summarise,
 )
-from bench.probes import first_query
+from bench.probes import first_query, wait_first_query
 from oneplatform.schemas.operations import OperationOut
 from oneplatform.sdk.client import FINAL, ApiError, Client
 
@@ -76,19 +76,7 @@ def try_login(port: int, password: str) -> str | None:
 def wait_login(port: int, password: str, deadline: float) -> tuple[float, dict[str, float]]:
     """Poll until the application user can query; returns when (``now()``) it first did,
     and when each other kind of answer was first seen."""
-    first_seen: dict[str, float] = {}
-    while True:
-        outcome = try_login(port, password)
-        t = now()
-        if outcome is None:
-            return t, first_seen
-        first_seen.setdefault(outcome, t)
-        if t > deadline:
-            raise BenchError(
-                f"{USER}@{DATABASE} on 127.0.0.1:{port} could not log in in time "
-                f"(last: {outcome}; seen: {', '.join(first_seen)})"
-            )
-        time.sleep(POLL_S)
+    return wait_first_query("postgresql", port, USER, password, DATABASE, deadline, POLL_S)
 
 
 def wait_operation(client: Client, op_id: str, deadline: float) -> OperationOut:

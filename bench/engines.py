@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 import uuid
 from contextlib import suppress
 from typing import Any
@@ -52,7 +51,7 @@ from bench.common import (
     summarise,
 )
 from bench.db import wait_operation
-from bench.probes import ANSWERING, first_query
+from bench.probes import wait_first_query
 from bench.replication import platform_env as lab_env
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore, get_version
@@ -93,27 +92,6 @@ def has_databases(client: Client, datastore: str) -> bool:
     return any(c.name == "databases" and c.supported for c in version.capabilities)
 
 
-def wait_first_query(
-    datastore: str, port: int, user: str | None, password: str | None, database: str | None,
-    deadline: float, answered: bool = False,
-) -> tuple[float, dict[str, float]]:  # fmt: skip
-    """Poll until the query works (or, with ``answered``, the engine answers at all);
-    returns when (``now()``) and when each other kind of answer was first seen."""
-    first_seen: dict[str, float] = {}
-    while True:
-        outcome = first_query(datastore, port, user, password, database)
-        t = now()
-        if outcome is None or (answered and outcome in ANSWERING):
-            return t, first_seen
-        first_seen.setdefault(outcome, t)
-        if t > deadline:
-            raise BenchError(
-                f"{datastore} on 127.0.0.1:{port}: no query in time "
-                f"(last: {outcome}; seen: {', '.join(first_seen)})"
-            )
-        time.sleep(POLL_S)
-
-
 # -- (a) the platform -----------------------------------------------------------------------------
 def measure_platform(
     client: Client, datastore: str, flavor: str, name: str, rnd: int, timeout: float
@@ -133,7 +111,7 @@ def measure_platform(
             raise BenchError(f"db instance {name} has no endpoint")
         database = databases[0] if databases else None
         t_query, first_seen = wait_first_query(
-            datastore, endpoint.port, USER, password, database, deadline
+            datastore, endpoint.port, USER, password, database, deadline, POLL_S
         )
         op = wait_operation(client, op_id, now() + timeout)  # not timed from here on
         if op.status != "SUCCEEDED":
@@ -168,7 +146,7 @@ def measure_podman(
     try:
         podman(args, timeout=timeout)
         t_answer, first_seen = wait_first_query(
-            datastore, port, None, None, None, t0 + timeout, answered=True
+            datastore, port, None, None, None, t0 + timeout, POLL_S, answered=True
         )
         phases = {f"first_{k}": t - t0 for k, t in sorted(first_seen.items(), key=lambda i: i[1])}
         return Sample("raw", rnd, t_answer - t0, phases)

@@ -4,11 +4,14 @@ Redis. Every connection goes to 127.0.0.1, without TLS."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import psycopg
 import pymysql
 import redis
 
-from bench.common import LOOPBACK
+from bench.common import LOOPBACK, BenchError, now
 
 CONNECT_TIMEOUT_S = 2  # libpq's minimum; the same for the others
 # What a failed attempt says about the server (see first_query).
@@ -29,6 +32,29 @@ def first_query(
     if datastore == "redis":
         return _redis(port, user, password)
     raise ValueError(f"no probe for the datastore {datastore!r}")
+
+
+def wait_first_query(
+    datastore: str, port: int, user: str | None, password: str | None, database: str | None,
+    deadline: float, poll: float, answered: bool = False, check: Callable[[], None] = lambda: None,
+) -> tuple[float, dict[str, float]]:  # fmt: skip
+    """Poll :func:`first_query` every ``poll`` s until it works (or, with ``answered``, until
+    the engine answers at all); returns when (``now()``) and when each other kind of answer
+    was first seen. ``check`` raises to give up early."""
+    first_seen: dict[str, float] = {}
+    while True:
+        outcome = first_query(datastore, port, user, password, database)
+        t = now()
+        if outcome is None or (answered and outcome in ANSWERING):
+            return t, first_seen
+        first_seen.setdefault(outcome, t)
+        check()
+        if t > deadline:
+            raise BenchError(
+                f"{user or 'nobody'}@{database or datastore} on {LOOPBACK}:{port}: no query "
+                f"in time (last: {outcome}; seen: {', '.join(first_seen)})"
+            )
+        time.sleep(poll)
 
 
 def _postgres(port: int, user: str | None, password: str | None, database: str) -> str | None:

@@ -56,7 +56,7 @@ from bench.common import (
     summarise,
 )
 from bench.db import find_compute_create, step_medians, wait_operation
-from bench.probes import first_query
+from bench.probes import wait_first_query
 from oneplatform.compute.drivers.vm_domain import (
     CONFIG_VOLUME_ID,
     FIRST_DISK_SLOT,
@@ -117,22 +117,8 @@ def wait_login(
     datastore: str = DATASTORE,
 ) -> tuple[float, dict[str, float]]:
     """Poll until ``user`` can query ``dbname`` (the engine's simplest query, with its own
-    client: :func:`bench.probes.first_query`); returns when (``now()``) it first did, and
-    when each other kind of answer was first seen. ``check`` raises to give up early."""
-    first_seen: dict[str, float] = {}
-    while True:
-        outcome = first_query(datastore, port, user, password, dbname)
-        t = now()
-        if outcome is None:
-            return t, first_seen
-        first_seen.setdefault(outcome, t)
-        check()
-        if t > deadline:
-            raise BenchError(
-                f"{user}@{dbname} on 127.0.0.1:{port} could not log in in time "
-                f"(last: {outcome}; seen: {', '.join(first_seen)})"
-            )
-        time.sleep(POLL_S)
+    client: :func:`bench.probes.wait_first_query`). ``check`` raises to give up early."""
+    return wait_first_query(datastore, port, user, password, dbname, deadline, POLL_S, check=check)
 
 
 def other_qemus(markers: Collection[str] = (), own: Collection[int] = ()) -> list[int]:
