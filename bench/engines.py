@@ -56,7 +56,7 @@ from bench.replication import platform_env as lab_env
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore, get_version
 from oneplatform.images.recipes import load_recipe
-from oneplatform.sdk.client import ApiError, Client
+from oneplatform.sdk.client import Client
 
 NAME = "engines-create"
 ENGINES = ("postgresql", "mariadb", "redis")
@@ -120,15 +120,7 @@ def measure_platform(
         phases |= step_durations(op, "srv.db.create.")
         return Sample("platform", rnd, t_query - t0, phases)
     finally:
-        delete_db(client, db_id)
-
-
-def delete_db(client: Client, db_id: str) -> None:
-    try:
-        accepted = client.db.delete(db_id)
-        client.operations.wait(accepted.operation.id, timeout=DELETE_TIMEOUT_S, poll=0.5)
-    except ApiError as exc:
-        print(f"  warning: deleting db instance {db_id} failed: {exc}", flush=True)
+        vm.delete_db(client, db_id, DELETE_TIMEOUT_S)
 
 
 # -- (b) raw --------------------------------------------------------------------------------------

@@ -242,11 +242,11 @@ def measure_platform(
         delete_db(client, db_id)
 
 
-def delete_db(client: Client, db_id: str) -> None:
+def delete_db(client: Client, db_id: str, timeout: float = DELETE_TIMEOUT_S) -> None:
     """Delete through the API and wait (the domain and its volumes go with it)."""
     try:
         accepted = client.db.delete(db_id)
-        client.operations.wait(accepted.operation.id, timeout=DELETE_TIMEOUT_S, poll=0.2)
+        client.operations.wait(accepted.operation.id, timeout=timeout, poll=0.2)
     except ApiError as exc:  # swept with virsh at the end of the run
         print(f"  warning: deleting db instance {db_id} through the API failed: {exc}")
 
