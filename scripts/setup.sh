@@ -21,7 +21,7 @@ APT_PACKAGES=(
   haproxy
   # MariaDB's server and client binaries (no service): the MariaDB engine's tests run them;
   # its backups are mariadb-backup's, compressed by zstd, stored and expired by rclone.
-  mariadb-server-core mariadb-client-core mariadb-backup zstd rclone
+  mariadb-server-core mariadb-client-core mariadb-client mariadb-backup zstd rclone
   # Redis's server and client (the Redis engine's tests run them; its service is disabled).
   redis-server redis-tools
   # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.

@@ -24,6 +24,7 @@ from oneplatform.guest.bundle import (
     EngineSettings,
     RestoreSettings,
     StoreSettings,
+    UpstreamSettings,
     generate_password,
     generate_secret,
 )
@@ -66,10 +67,15 @@ def serving(
     data: str,
     backup: StoreSettings | None = None,
     restore: RestoreSettings | None = None,
+    *,
+    standby: UpstreamSettings | None = None,
+    like: Server[Any] | None = None,
+    **options: Any,
 ) -> Iterator[Server[E]]:
     """An engine of class ``make`` for ``ds`` in a directory of its own under ``root`` (its
     data in ``data`` there), started, bootstrapped (a restore's first start included);
-    stopped and removed after."""
+    stopped and removed after. ``standby``: a replica of that upstream, with the users of
+    the server ``like`` (as a database's members have); ``options`` go to the engine."""
     home = root / uuid.uuid4().hex[:12]
     home.mkdir(parents=True, mode=0o755)
     port = find_free_port()
@@ -79,16 +85,20 @@ def serving(
         version=ds.default_version,
         agent=AgentSettings(secret=generate_secret(), port=find_free_port()),
         engine=EngineSettings(port=port, settings=ds.engine_settings(1, 512)),
-        admin=AdminCredentials("admin", generate_password()),
-        platform=AdminCredentials("onep_platform", generate_password()),
+        admin=AdminCredentials("admin", like.admin_password if like else generate_password()),
+        platform=AdminCredentials(
+            "onep_platform", like.platform.password if like else generate_password()
+        ),
         backup=backup,
         restore=restore,
+        standby=standby,
     )
     assert bundle.platform is not None
     engine = make(
         bundle, ChildProcesses(), data_dir=home / data, socket_dir=home / "run",  # type: ignore[call-arg]
         bind_address="127.0.0.1", backup_conf_dir=home / "backup-conf",
         map_store_host=lambda store: None,  # the store is at localhost, which its CA names
+        **options,
     )  # fmt: skip
     engine.initialize()
     engine.configure()

@@ -20,8 +20,18 @@ from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.states import MEMBERS, MemberStatus
 from oneplatform.errors import NoValidHost
-from oneplatform.hostsvc.proxy import EndpointProxy, ProxyError, Route, Server, hub_bindable, render
+from oneplatform.guest.relay import relay_key
+from oneplatform.hostsvc.proxy import (
+    EndpointProxy,
+    ProxyError,
+    Route,
+    Server,
+    hub_bindable,
+    render,
+    repl_user,
+)
 from oneplatform.schemas.databases import DbEndpoint, DbMemberOut
+from oneplatform.secrets import SecretBox, box_for
 from oneplatform.store.db import Store
 from oneplatform.store.models import DbInstance, DbMember, Flavor, Instance
 
@@ -88,7 +98,9 @@ def drop_member(session: Session, member: DbMember, message: str) -> None:
     MEMBERS.move(session, member, MemberStatus.DELETED, message)
 
 
-def route_of(session: Session, db: DbInstance, fenced: bool = False) -> Route | None:
+def route_of(
+    session: Session, db: DbInstance, box: SecretBox, fenced: bool = False
+) -> Route | None:
     if db.rw_port is None or db.ro_port is None:
         return None
     primary = (
@@ -102,7 +114,12 @@ def route_of(session: Session, db: DbInstance, fenced: bool = False) -> Route | 
             server = member_server(session, db.datastore, m.instance_id)
             if server is not None:
                 replicas.append(server)
-    return Route(db.id, db.rw_port, db.ro_port, primary, tuple(replicas))
+    relay = (
+        relay_key(repl_user(db.id), box.decrypt(db.repl_password_enc))
+        if db.repl_password_enc
+        else None
+    )
+    return Route(db.id, db.rw_port, db.ro_port, primary, tuple(replicas), relay)
 
 
 def allocate_ports(session: Session, settings: Settings, db: DbInstance) -> None:
@@ -144,7 +161,8 @@ def sync_proxy(
                     DbInstance.deleted_at.is_(None), DbInstance.rw_port.is_not(None)
                 )
             )
-            routes = [r for db in rows if (r := route_of(session, db, db.id in fenced))]
+            box = box_for(settings)
+            routes = [r for db in rows if (r := route_of(session, db, box, db.id in fenced))]
         try:
             proxy.apply(render(settings, routes, hub=hub_bindable(settings)), force=force)
         except ProxyError as exc:

@@ -178,6 +178,7 @@ def _ensure_replication_role(store: Store, settings: Settings, db_id: str) -> No
             f"the primary does not answer, so no replica can be made now: {err.message}",
             code="primary_unavailable",
         ) from None
+    sync_proxy(store, settings)  # the hub's route for relayed replicas (its key is new)
 
 
 def _group_settings(session: Session, settings: Settings, db: DbInstance) -> dict[str, str]:

@@ -13,7 +13,8 @@ Replication: ``GET /v1/replication`` (role, WAL positions, replicas), ``POST
 ``POST /v1/replication/promote`` and ``POST /v1/replication/demote`` (``{"upstream": {...},
 "rewind": bool}``: stop, become a standby of ``upstream``, start again; answers once
 shut down, with the shutdown's checkpoint: without ``rewind``, as soon as the control file
-says so, before the exit).
+says so, before the exit; an engine demoted while it runs, MariaDB and Redis, answers with
+its last position without a restart).
 """
 
 from __future__ import annotations
@@ -179,6 +180,10 @@ class Agent:
         wait = float(data.get("timeout", 60)) if action == "promote" else 0.0
         running = self.supervisor.wait_running(wait)
         try:
+            if action == "demote" and not rewind and running:
+                live = engine.demote_live(upstream)
+                if live is not None:
+                    return 200, live
             if action == "demote":
                 # Answers once the engine is stopped and made a standby (or found unclean);
                 # it starts again meanwhile.

@@ -7,7 +7,7 @@ import os
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 class EngineError(RuntimeError):
@@ -42,12 +42,22 @@ class ChildProcesses:
             self._ours.discard(proc.pid)
 
     def run(
-        self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0, **kwargs: Any
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float = 60.0,
+        stdin_file: IO[bytes] | None = None,
+        stdout: IO[bytes] | int = subprocess.PIPE,
+        **kwargs: Any,
     ) -> subprocess.CompletedProcess[bytes]:
+        """Run to its end; its output (``stdout``: a file to write it to instead)."""
         proc = self.popen(
             argv,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdin=stdin_file
+            if stdin_file is not None
+            else (subprocess.PIPE if stdin is not None else subprocess.DEVNULL),
+            stdout=stdout,
             stderr=subprocess.PIPE,
             **kwargs,
         )

@@ -5,7 +5,10 @@ its primary: read-write (to the primary) and read-only (balanced over its ready 
 the primary standing in when there is none). Its replicas, whatever their compute type,
 reach the primary through one *replication hub* on the service address: a replica's
 startup packet names the database's replication role (``onep_repl_<id>``), and the hub
-routes on it (``req.payload`` and a map) to the database's read-write backend.
+routes on it (``req.payload`` and a map) to the database's replication backend. An engine
+whose protocol does not name a user first (MariaDB, Redis) reaches the hub through its
+guest's relay (:mod:`oneplatform.guest.relay`): a preamble with the user and a key derived
+from the replication password, which the hub routes on and then strips (a Lua action).
 
 The platform writes the whole configuration from its store (:func:`render`), so a proxy
 started afresh is right at once. A change of frontends (a database created or deleted) is
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oneplatform.config import Settings
+from oneplatform.guest.relay import KEY_LEN, MARKER, PREAMBLE_LEN
 from oneplatform.hostsvc.supervisor import HostService
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,13 @@ REPL_USER_PREFIX = "onep_repl_"
 REPL_USER_LEN = len(REPL_USER_PREFIX) + 32  # the prefix and a 32-hex-digit id
 # A PostgreSQL 3.0 startup packet: length (4), protocol (4), then "user\0" and its name.
 _USER_OFFSET = 13
+assert len(MARKER) == _USER_OFFSET  # a relayed connection's key is where the user is
+# The hub's Lua action: a relayed connection's preamble goes before it reaches the engine.
+_STRIP_LUA = f"""-- Written by OnePlatform: the replication hub strips a relay's preamble.
+core.register_action("onep_strip_preamble", {{"tcp-req"}}, function(txn)
+  txn.req:remove(0, {PREAMBLE_LEN})
+end, 0)
+"""
 
 
 def repl_user(db_id: str) -> str:
@@ -59,6 +70,7 @@ class Route:
     ro_port: int
     primary: Server | None  # None: no primary (failing over): the endpoint refuses
     replicas: tuple[Server, ...] = field(default=())
+    relay_key: str | None = None  # what the database's relayed replicas send (see relay)
 
 
 def proxy_dir(settings: Settings) -> Path:
@@ -94,6 +106,7 @@ def render(settings: Settings, routes: Sequence[Route], hub: bool = True) -> Ren
     lines = [
         "# Written by OnePlatform from its store; edits are lost.",
         "global",
+        f"  lua-load {directory / 'relay.lua'}",
         f"  stats socket {directory / 'admin.sock'} mode 600 level admin expose-fd listeners",
         "  maxconn 4096",
         "defaults",
@@ -115,14 +128,22 @@ def render(settings: Settings, routes: Sequence[Route], hub: bool = True) -> Ren
             "frontend replication_hub",
             f"  bind {settings.service_address}:{settings.replication_port}",
             "  tcp-request inspect-delay 5s",
-            f"  tcp-request content accept if {{ req.len ge {_USER_OFFSET + REPL_USER_LEN} }}",
-            f"  use_backend %[req.payload({_USER_OFFSET},{REPL_USER_LEN}),"
-            f"map({directory / 'replication.map'})]",
+            # A relay's preamble: its key, then the preamble goes.
+            f"  tcp-request content set-var(sess.key) req.payload({_USER_OFFSET},{KEY_LEN}) "
+            f"if {{ req.payload(0,{len(MARKER)}) -m str {MARKER.decode()} }}",
+            "  tcp-request content lua.onep_strip_preamble if { var(sess.key) -m found }",
+            # Else PostgreSQL's startup packet: the user.
+            f"  tcp-request content set-var(sess.key) req.payload({_USER_OFFSET},{REPL_USER_LEN}) "
+            f"if !{{ var(sess.key) -m found }} {{ req.len ge {_USER_OFFSET + REPL_USER_LEN} }}",
+            "  tcp-request content accept if { var(sess.key) -m found }",
+            f"  use_backend %[var(sess.key),map({directory / 'replication.map'})]",
         ]
     entries = []
     for route in sorted(routes, key=lambda r: r.db_id):
         rw, ro, repl = f"rw_{route.db_id}", f"ro_{route.db_id}", f"repl_{route.db_id}"
         entries.append(f"{repl_user(route.db_id)} {repl}")
+        if route.relay_key:
+            entries.append(f"{route.relay_key} {repl}")
         lines += [
             f"frontend {rw}",
             f"  bind {settings.bind_address}:{route.rw_port}",
@@ -186,18 +207,20 @@ class EndpointProxy:
         runtime API for the servers that changed (and those of the databases in
         ``force``: their runtime state may differ from the file's, after a pause)."""
         old_config = _read(self.config_file)
+        old_map = _read(self.map_file)
         try:
             old_servers = json.loads(_read(self.servers_file) or "{}")
         except ValueError:
             old_servers = {}
+        _write(self.dir / "relay.lua", _STRIP_LUA)
         _write(self.map_file, rendered.map)
         _write(self.config_file, rendered.config)
         _write(self.servers_file, json.dumps(rendered.servers, sort_keys=True))
         if not self.admin.exists():
             return  # not running yet: it starts with these files
         old = Rendered(old_config, "", {})
-        if old.structure() != rendered.structure():
-            self.reload()
+        if old.structure() != rendered.structure() or old_map != rendered.map:
+            self.reload()  # the hub's map is read at a (re)load
             return
         commands = []
         for key, (host, port, enabled) in sorted(rendered.servers.items()):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from oneplatform.errors import (
     InvalidInput,
     NotFound,
 )
+from oneplatform.guest.engines.mariadb import gtid_seq
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,79}$")
@@ -35,7 +37,7 @@ _RESERVED = frozenset(
     }
 )  # fmt: skip
 STATEMENT_TIMEOUT_S = 30
-NOT_YET = "not built for MariaDB in this release"
+PLATFORM_PREFIX = "onep_"  # the platform's own users (its role, the replication user)
 
 # MariaDB's error numbers the platform answers for.
 ER_DB_CREATE_EXISTS = 1007
@@ -58,10 +60,10 @@ class MariaDB(Datastore):
             "a MariaDB backup restores as it was taken: point-in-time recovery needs the "
             "binary logs archived, which this release does not do yet"
         ),
-        Feature.REPLICAS: NOT_YET,
-        Feature.SWITCHOVER: NOT_YET,
-        Feature.MOVE: NOT_YET,
-        Feature.FAILOVER: NOT_YET,
+        Feature.FAILOVER: (
+            "not built for MariaDB in this release: a replica is made primary by a "
+            "switchover (db switchover), not yet automatically when its primary dies"
+        ),
     }
     backup_types = ("full", "incr")  # mariadb-backup's; no differential
     repository_kind = "files"
@@ -91,6 +93,11 @@ class MariaDB(Datastore):
 
     def validate_user_name(self, name: str) -> None:
         self._check("user", name, _USER_NAME)
+        if name.startswith(PLATFORM_PREFIX):
+            raise InvalidInput(
+                f"user names starting with {PLATFORM_PREFIX!r} are the platform's",
+                code="invalid_input",
+            )
 
     # -- connections ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -131,6 +138,24 @@ class MariaDB(Datastore):
         with self._connect(conn, timeout=timeout) as c:
             c.execute("SELECT 1")
 
+    # -- replication ------------------------------------------------------------------------------
+    def checkpoint(self, conn: ConnInfo) -> None:
+        """Nothing: a switchover does not stop a MariaDB primary (it is demoted running)."""
+
+    def wait_replayed(self, conn: ConnInfo, past: int, timeout: float) -> int | None:
+        """Positions are GTID sequence numbers (domain 0) the standby has applied."""
+        deadline = time.monotonic() + timeout
+        with self._connect(conn) as c:
+            while True:
+                c.execute("SELECT @@GLOBAL.gtid_slave_pos")
+                row = c.fetchone()
+                position = gtid_seq(str(row[0]) if row else "")
+                if position > past:
+                    return position
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.02)
+
     # -- databases --------------------------------------------------------------------------------
     def list_databases(self, conn: ConnInfo) -> list[str]:
         with self._connect(conn) as c:
@@ -166,7 +191,11 @@ class MariaDB(Datastore):
         hidden = {conn.username, conn.admin}
         with self._connect(conn) as c:
             c.execute("SELECT User FROM mysql.user WHERE Host = '%' ORDER BY User")
-            names = [row[0] for row in c.fetchall() if row[0] not in hidden]
+            names = [
+                row[0]
+                for row in c.fetchall()
+                if row[0] not in hidden and not row[0].startswith(PLATFORM_PREFIX)
+            ]
             c.execute("SELECT User, Db FROM mysql.db WHERE Host = '%' ORDER BY Db")
             grants: dict[str, list[str]] = {}
             for user, db in c.fetchall():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +34,7 @@ from oneplatform.errors import (
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _RESERVED = frozenset({"default", "admin", "onep_platform", "root"})
 TENANT_RULES = ("~*", "&*", "+@all", "-@admin")  # as the guest's ACL file has them
-NOT_YET = "not built for Redis in this release"
+PLATFORM_PREFIX = "onep_"  # the platform's own users (its own, the replication user)
 NO_DATABASES = "Redis has no databases: an instance is one keyspace, and its users reach every key"
 
 
@@ -52,10 +53,10 @@ class Redis(Datastore):
             "a Redis backup is a snapshot (RDB): it restores as it was taken, there is no "
             "window to recover to a moment of"
         ),
-        Feature.REPLICAS: NOT_YET,
-        Feature.SWITCHOVER: NOT_YET,
-        Feature.MOVE: NOT_YET,
-        Feature.FAILOVER: NOT_YET,
+        Feature.FAILOVER: (
+            "not built for Redis in this release: a replica is made primary by a "
+            "switchover (db switchover), not yet automatically when its primary dies"
+        ),
     }
     backup_types = ("full",)  # a snapshot
     repository_kind = "files"
@@ -85,7 +86,7 @@ class Redis(Datastore):
                 "starting with a letter or '_'",
                 code="invalid_input",
             )
-        if name in _RESERVED:
+        if name in _RESERVED or name.startswith(PLATFORM_PREFIX):
             raise InvalidInput(f"user name {name!r} is reserved", code="invalid_input")
 
     # -- connections ------------------------------------------------------------------------------
@@ -121,6 +122,23 @@ class Redis(Datastore):
         with self._connect(conn, timeout=timeout):
             pass
 
+    # -- replication ------------------------------------------------------------------------------
+    def checkpoint(self, conn: ConnInfo) -> None:
+        """Nothing: a switchover does not stop a Redis primary (it is demoted running)."""
+
+    def wait_replayed(self, conn: ConnInfo, past: int, timeout: float) -> int | None:
+        """Positions are replication offsets (bytes) the replica has processed."""
+        deadline = time.monotonic() + timeout
+        with self._connect(conn) as c:
+            while True:
+                info = c.info("replication")
+                position = int(info.get("slave_repl_offset", -1))
+                if position > past:
+                    return position
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.02)
+
     # -- databases: none --------------------------------------------------------------------------
     def list_databases(self, conn: ConnInfo) -> list[str]:
         return []
@@ -141,7 +159,8 @@ class Redis(Datastore):
     def list_users(self, conn: ConnInfo) -> list[UserInfo]:
         hidden = {conn.username, conn.admin, "default"}
         with self._connect(conn) as c:
-            names = sorted(str(n) for n in c.acl_users() if n not in hidden)
+            listed = [str(n) for n in c.acl_users()]
+        names = sorted(n for n in listed if n not in hidden and not n.startswith(PLATFORM_PREFIX))
         return [UserInfo(name=n, databases=()) for n in names]
 
     def create_user(self, conn: ConnInfo, name: str, password: str) -> None:

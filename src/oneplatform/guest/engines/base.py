@@ -139,6 +139,11 @@ class Engine:
     def promote(self, timeout: float) -> dict[str, Any]:
         raise NotSupported(f"{self.datastore} has no replication")
 
+    def demote_live(self, upstream: UpstreamSettings) -> dict[str, Any] | None:
+        """Make the running primary a standby of ``upstream`` without stopping it, and
+        answer as :meth:`demote_stopped` does; None: this engine is demoted stopped."""
+        return None
+
     def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
         raise NotSupported(f"{self.datastore} has no replication")
 

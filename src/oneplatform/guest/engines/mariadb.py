@@ -8,31 +8,44 @@ as the OS root user over the local socket (``root@localhost`` authenticates by
 
 Backups are mariadb-backup's, streamed into the instance's repository
 (:mod:`.mariabackup`); a first start with a restore source fills the data directory from it.
-Replication comes later (the platform's datastore says so in its capabilities).
+
+Replicas follow their primary by GTID (``MASTER_USE_GTID=slave_pos``) through the guest's
+replication relay (:mod:`..relay`): a new one is seeded with a consistent dump of the
+primary taken through the relay (``mariadb-dump --single-transaction --gtid``, loaded
+without binary logging), then replicates from the dump's GTID position. A position is the
+sequence number of the last transaction in GTID domain 0 (the platform's positions are
+"bytes" for PostgreSQL, transactions here). A switchover demotes the running primary
+(``read_only``, then following the new one) instead of stopping it: MariaDB's shutdown does
+not wait for its replicas to receive the last transactions, as PostgreSQL's does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..bundle import Bundle, StoreSettings
+from ..bundle import Bundle, StoreSettings, UpstreamSettings
 from ..contract import DATA_ROOT
+from ..relay import RELAY_PORT
 from . import filerepo
-from .base import ChildProcesses, Engine, EngineError, tail
+from .base import ChildProcesses, Engine, EngineError, NotSupported, tail
 from .filerepo import CONF_DIR
+from .following import Following
 from .mariabackup import MariaBackup
 
 log = logging.getLogger("onep-agent")
 
 DEFAULT_VERSION = "10.11"
+HELP_TABLES = ("topic", "category", "relation", "keyword")
 
 
 class MariaDbEngine(Engine):
@@ -42,6 +55,8 @@ class MariaDbEngine(Engine):
     OS_USER = "mysql"
     CONF_NAME = "oneplatform.cnf"
     PENDING_NAME = "oneplatform-bootstrap.pending"
+    SEED_NAME = "oneplatform-seed.pending"  # a new replica: its data from the primary
+    UPSTREAM_NAME = "mariadb-upstream.json"  # beside the data directory
     # Options the agent owns; the bundle cannot override them.
     RESERVED = frozenset(
         {
@@ -72,9 +87,13 @@ class MariaDbEngine(Engine):
         bind_address: str = "0.0.0.0",  # the guest's; a test on the host uses 127.0.0.1
         backup_conf_dir: Path = CONF_DIR,
         map_store_host: Callable[[StoreSettings], None] | None = None,  # a test's: none
+        relay_port: int = RELAY_PORT,
     ) -> None:
         super().__init__(bundle, children, version=version)
         self.data_dir = data_dir or Path(DATA_ROOT) / "mysql"
+        self.following = Following(
+            self.data_dir.parent / self.UPSTREAM_NAME, self._write, relay_port
+        )
         self.socket_dir = socket_dir
         self.bind_address = bind_address
         self.port = bundle.engine.port if bundle else 3306
@@ -108,6 +127,8 @@ class MariaDbEngine(Engine):
         make = self._install_db
         if self.bundle is not None and self.bundle.restore is not None:
             make = self._restore
+        elif self.bundle is not None and self.bundle.standby is not None:
+            make = self._install_standby
         if self.data_dir.exists():
             if any(self.data_dir.iterdir()):
                 raise EngineError(
@@ -166,6 +187,14 @@ class MariaDbEngine(Engine):
         self._write(target / self.PENDING_NAME, "create the admin user from the bundle\n")
         log.info("mariadb-install-db finished in %.1f s", time.monotonic() - started)
 
+    def _install_standby(self, target: Path) -> None:
+        """A new replica: an empty data directory now; the bootstrap fills it from the
+        primary, then follows it."""
+        assert self.bundle is not None and self.bundle.standby is not None
+        self._install_db(target)
+        self._write(target / self.SEED_NAME, "seed from the primary\n")
+        self.following.follow(self.bundle.standby)
+
     def _restore(self, target: Path) -> None:
         """The data directory from the bundle's restore source; the bootstrap then sets this
         instance's own credentials (the source's users and grants come with the data)."""
@@ -208,11 +237,23 @@ class MariaDbEngine(Engine):
             # The binary log with GTIDs: what point-in-time recovery and replicas read.
             "log_bin": "mariadb-bin",
             "binlog_format": "ROW",
-            "server_id": "1",
+            "server_id": str(self.server_id()),
             "log_slave_updates": "ON",
+            # A standby takes no writes but replication's, and starts replicating only when
+            # the agent has pointed it at its primary (the bootstrap).
+            "read_only": "ON" if self.following.upstream() is not None else "OFF",
+            "skip_slave_start": "ON",
+            "slave_net_timeout": "10",  # a silent primary is noticed in seconds
         }
         lines += [f"{name} = {value}" for name, value in managed.items()]
         return "\n".join(lines) + "\n"
+
+    def server_id(self) -> int:
+        """Distinct per member (replication refuses two members with one id): from the
+        instance's id; 1 without a bundle."""
+        if self.bundle is None:
+            return 1
+        return 2 + zlib.crc32(self.bundle.instance_id.encode()) % (2**31 - 3)
 
     def start(self) -> subprocess.Popen[bytes]:
         files = self.data_dir.parent / "mysql-files"
@@ -243,7 +284,15 @@ class MariaDbEngine(Engine):
         return ["mariadb", "--no-defaults", f"--socket={self.socket}", "--user=root", "--batch"]
 
     def bootstrap(self) -> None:
-        """Make the bundle's users once, in one local client run as root."""
+        """A replica: seeded from its primary (once), then following it. Else: make the
+        bundle's users once, in one local client run as root."""
+        upstream = self.following.upstream()
+        if upstream is not None:
+            self.following.run(upstream, self._watch)
+            if (self.data_dir / self.SEED_NAME).exists():
+                self._seed(upstream)
+            self._replicate_from(upstream)
+            return
         pending = self.data_dir / self.PENDING_NAME
         if not pending.exists():
             return
@@ -287,11 +336,245 @@ class MariaDbEngine(Engine):
     def backup_job(self) -> dict[str, Any] | None:
         return self.backups.job()
 
+    # -- replication
+
+    def upstream(self) -> UpstreamSettings | None:
+        return self.following.upstream()
+
+    def _seed(self, upstream: UpstreamSettings) -> None:
+        """The primary's data and users, from a consistent dump taken through the relay,
+        loaded without binary logging (the transactions are the primary's, not new ones);
+        the dump's GTID position is where replication starts."""
+        started = time.monotonic()
+        dump = self.data_dir.parent / "seed.sql"
+        log.info("seeding the replica from its primary (%s:%d)", upstream.host, upstream.port)
+        with open(dump, "wb") as out:
+            proc = self.children.run(
+                [
+                    "mariadb-dump",
+                    "--no-defaults",
+                    "--host=127.0.0.1",
+                    f"--port={self.following.port}",
+                    f"--user={upstream.user}",
+                    "--all-databases",
+                    "--single-transaction",
+                    "--gtid",
+                    "--master-data=2",
+                    "--routines",
+                    "--events",
+                    "--triggers",
+                    "--ignore-table=mysql.gtid_slave_pos",  # its position is set after
+                    # the server's help text: the replica's install has it (megabytes)
+                    *(f"--ignore-table=mysql.help_{t}" for t in HELP_TABLES),
+                ],
+                timeout=6 * 3600,
+                env={**self._env(), "MYSQL_PWD": upstream.password},
+                stdout=out,
+            )
+        try:
+            if proc.returncode != 0:
+                raise EngineError(
+                    f"mariadb-dump of the primary failed (exit code {proc.returncode}): "
+                    + (tail(proc.stderr) or "no error message")
+                )
+            position = _dump_position(dump)
+            with open(dump, "rb") as source:
+                loaded = self.children.run(
+                    [*self._client_argv(), "--init-command=SET SESSION sql_log_bin = 0"],
+                    timeout=6 * 3600,
+                    env=self._env(),
+                    stdin_file=source,
+                )
+            if loaded.returncode != 0:
+                raise EngineError(
+                    "loading the primary's dump failed: "
+                    + (tail(loaded.stderr) or f"exit code {loaded.returncode}")
+                )
+        finally:
+            dump.unlink(missing_ok=True)
+        self._sql(
+            f"FLUSH PRIVILEGES;\nSET GLOBAL gtid_slave_pos = {sql_string(position)};\n",
+            "setting the replica's position",
+        )
+        (self.data_dir / self.PENDING_NAME).unlink(missing_ok=True)  # the users came with it
+        (self.data_dir / self.SEED_NAME).unlink()
+        log.info(
+            "replica seeded from its primary in %.1f s (at GTID %s)",
+            time.monotonic() - started,
+            position or "none",
+        )
+
+    def _replicate_from(self, upstream: UpstreamSettings) -> None:
+        """Point replication at the relay and start it, from the furthest this member has
+        (what it replicated, or what it wrote itself as a primary: a former primary)."""
+        binlog = self._value("SELECT @@GLOBAL.gtid_binlog_pos")
+        applied = self._value("SELECT @@GLOBAL.gtid_slave_pos")
+        position = binlog if gtid_seq(binlog) > gtid_seq(applied) else applied
+        self._sql(
+            "\n".join(
+                [
+                    "STOP SLAVE;",
+                    f"SET GLOBAL gtid_slave_pos = {sql_string(position)};",
+                    "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', "
+                    f"MASTER_PORT = {self.following.port}, "
+                    f"MASTER_USER = {sql_string(upstream.user)}, "
+                    f"MASTER_PASSWORD = {sql_string(upstream.password)}, "
+                    "MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1;",
+                    "START SLAVE;",
+                    "",
+                ]
+            ),
+            "starting replication",
+        )
+        log.info("replicating from the primary (from GTID %s)", position or "the start")
+
+    def _watch(self, upstream: UpstreamSettings) -> None:
+        """A replication thread that stopped on an error starts again (a connection that
+        reached this member itself, before the hub led to the new primary, stops it)."""
+        status = self._slave_status()
+        if not status:
+            return
+        if status.get("Slave_IO_Running") == "No" or status.get("Slave_SQL_Running") == "No":
+            error = status.get("Last_IO_Error") or status.get("Last_SQL_Error") or ""
+            log.info("replication stopped (%s): starting it again", error or "no error")
+            self._sql("START SLAVE;\n", "starting replication again")
+
+    def _slave_status(self) -> dict[str, str]:
+        proc = self.children.run(
+            [*self._client_argv(), "--vertical", "-e", "SHOW SLAVE STATUS"],
+            timeout=30,
+            env=self._env(),
+        )
+        if proc.returncode != 0:
+            raise EngineError(f"SHOW SLAVE STATUS failed: {tail(proc.stderr)}")
+        found: dict[str, str] = {}
+        for line in (proc.stdout or b"").decode("utf-8", "replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not key.startswith("*"):
+                found[key.strip()] = value.strip()
+        return found
+
+    def _value(self, query: str) -> str:
+        proc = self.children.run(
+            [*self._client_argv(), "--skip-column-names", "-e", query],
+            timeout=30,
+            env=self._env(),
+        )
+        if proc.returncode != 0:
+            raise EngineError(f"the query failed: {tail(proc.stderr)}")
+        return (proc.stdout or b"").decode("utf-8", "replace").strip()
+
+    def replication_status(self) -> dict[str, Any]:
+        """Role and positions (GTID sequence numbers of domain 0); a primary cannot tell
+        how far its replicas are (MariaDB has no such feedback): no replica list."""
+        if self.following.upstream() is None:
+            position = gtid_seq(self._value("SELECT @@GLOBAL.gtid_binlog_pos"))
+            return {"role": "primary", "lsn_bytes": position, "replicas": []}
+        status = self._slave_status()
+        running = status.get("Slave_IO_Running") == "Yes"
+        applying = status.get("Slave_SQL_Running") == "Yes"
+        replayed = gtid_seq(self._value("SELECT @@GLOBAL.gtid_slave_pos"))
+        received = max(gtid_seq(status.get("Gtid_IO_Pos", "")), replayed)
+        return {
+            "role": "standby",
+            "lsn_bytes": None,
+            "receive_bytes": received,
+            "replay_bytes": replayed,
+            "receiver": "streaming" if running and applying else ("stopped" if status else None),
+            "detail": status.get("Last_IO_Error") or status.get("Last_SQL_Error") or None,
+            "seeded_from": "primary",
+            "replicas": [],
+        }
+
+    def ensure_replication_role(self, user: str, password: str) -> None:
+        """The replication user (on the primary; replicated to its replicas): replication,
+        and the reads a new replica's seeding dump takes."""
+        if self.following.upstream() is not None:
+            raise EngineError("this member is a standby: users are made on the primary")
+        name = f"{sql_string(user)}@'%'"
+        self._sql(
+            "\n".join(
+                [
+                    *_user_lines(user, password),
+                    "GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT, SHOW VIEW, TRIGGER, "
+                    f"EVENT, RELOAD, LOCK TABLES ON *.* TO {name};",
+                    "",
+                ]
+            ),
+            "making the replication user",
+        )
+
+    def prepare_promotion(self, seconds: float) -> dict[str, Any]:
+        """Nothing to prepare: a standby applies what it receives as it comes."""
+        if self.following.upstream() is None:
+            raise EngineError("this member is not a standby: there is nothing to prepare")
+        return self.replication_status()
+
+    def promote(self, timeout: float) -> dict[str, Any]:
+        """Stop receiving, apply everything received, stop replicating; take writes."""
+        if self.following.upstream() is None:
+            self._sql("SET GLOBAL read_only = OFF;\n", "taking writes")
+            return {"role": "primary"}
+        self._sql("STOP SLAVE IO_THREAD;\n", "stopping the receiver")
+        received = self._slave_status().get("Gtid_IO_Pos", "")
+        if received:
+            waited = self._value(
+                f"SELECT MASTER_GTID_WAIT({sql_string(received)}, {max(1, int(timeout))})"
+            )
+            if waited != "0":
+                self._sql("START SLAVE IO_THREAD;\n", "starting the receiver again")
+                raise EngineError(
+                    f"the promotion did not end within {timeout:.0f} s (applying up to {received})"
+                )
+        self.following.stop_following()
+        self._sql("STOP SLAVE;\nRESET SLAVE ALL;\nSET GLOBAL read_only = OFF;\n", "promoting")
+        log.info("promoted: this member is the primary (at GTID %s)", received or "none")
+        return {"role": "primary"}
+
+    def demote_live(self, upstream: UpstreamSettings) -> dict[str, Any] | None:
+        """The running primary takes no more writes and follows ``upstream``; its last
+        position is what the new primary must have applied before its promotion."""
+        self._sql("SET GLOBAL read_only = ON;\n", "refusing writes")
+        last = gtid_seq(self._value("SELECT @@GLOBAL.gtid_binlog_pos"))
+        self.following.follow(upstream)
+        self.following.run(upstream, self._watch)
+        self._replicate_from(upstream)
+        log.info("demoted at GTID sequence %d: following %s:%d", last, upstream.host, upstream.port)
+        return {"clean": True, "checkpoint_bytes": last - 1, "timeline": None, "rewound": False}
+
+    def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
+        raise NotSupported("MariaDB is demoted while it runs (there is no rewind)")
+
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """SIGTERM is MariaDB's clean shutdown; SIGKILL if it hangs (InnoDB recovers)."""
         return self._stop_by_signals(proc, ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)))
 
     # -- helpers
+
+
+def gtid_seq(position: str, domain: int = 0) -> int:
+    """The sequence number of ``domain`` in a GTID position ("0-1-42,1-2-7" -> 42); 0 when
+    it has none."""
+    for gtid in filter(None, (p.strip() for p in position.split(","))):
+        parts = gtid.split("-")
+        if len(parts) == 3 and parts[0] == str(domain) and parts[2].isdigit():
+            return int(parts[2])
+    return 0
+
+
+_DUMP_GTID = re.compile(rb"^-- SET GLOBAL gtid_slave_pos='([0-9,\-]*)';$", re.MULTILINE)
+
+
+def _dump_position(dump: Path) -> str:
+    """The GTID position a dump (``--gtid --master-data=2``) was taken at: a comment line
+    near its end (after the data)."""
+    with open(dump, "rb") as handle:
+        handle.seek(max(0, dump.stat().st_size - 64 * 1024))
+        tail_ = handle.read()
+    found = _DUMP_GTID.search(tail_)
+    if found is None:
+        raise EngineError("the primary's dump names no GTID position")
+    return found.group(1).decode().strip()
 
 
 def sql_string(value: str) -> str:

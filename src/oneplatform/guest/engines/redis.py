@@ -14,6 +14,15 @@ the platform's user (the password in ``REDISCLI_AUTH``, never in argv).
 
 Backups are the RDB snapshot (``BGSAVE``) and the ACL file, compressed and encrypted into
 the instance's repository with rclone, as MariaDB's are (:mod:`.filerepo`).
+
+Replicas follow their primary (``replicaof``) through the guest's replication relay
+(:mod:`..relay`) as the database's replication user; a new one is seeded by Redis's own full
+synchronisation. Positions are replication offsets (bytes). Redis keeps its ACL users per
+server, not in the data: a replica copies its primary's users every few seconds (``ACL
+LIST`` through the relay), so that a promoted replica lets in whoever its primary did. A
+switchover demotes the running primary as Redis's ``FAILOVER`` does (writes paused, the
+offset read, then ``REPLICAOF``); ``FAILOVER`` itself cannot be used: it has the primary
+connect to the replica's own address, and members reach each other only through the hub.
 A restore puts them in an empty data directory and starts with ``appendonly no`` once:
 Redis loads the snapshot, then ``CONFIG SET appendonly yes`` rewrites the append-only file
 from memory (with ``appendonly yes`` and no such file, Redis would start empty).
@@ -34,11 +43,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..bundle import Bundle, RestoreSettings, StoreSettings
+from ..bundle import Bundle, RestoreSettings, StoreSettings, UpstreamSettings
 from ..contract import DATA_ROOT
+from ..relay import RELAY_PORT
 from . import filerepo
-from .base import ChildProcesses, Engine, EngineError, tail
+from .base import ChildProcesses, Engine, EngineError, NotSupported, tail
 from .filerepo import CONF_DIR, MANIFEST, Repository
+from .following import Following
 from .jobs import BackupJobs, no_repository
 
 log = logging.getLogger("onep-agent")
@@ -49,6 +60,8 @@ USERS = "users.acl"
 BACKUP_TIMEOUT = 6 * 3600.0
 # The tenant's admin and users: every key and channel, every command but the server's own.
 TENANT_RULES = "~* &* +@all -@admin"
+# The replication user: a replica's handshake, and reading the primary's users.
+REPL_RULES = "+psync +sync +replconf +ping +acl|list"
 
 
 def user_line(name: str, password: str, rules: str) -> str:
@@ -64,6 +77,7 @@ class RedisEngine(Engine):
     OS_USER = "redis"
     CONF_NAME = "oneplatform-redis.conf"
     RESTORED_NAME = "oneplatform-restored.pending"  # load the snapshot, then turn AOF on
+    UPSTREAM_NAME = "redis-upstream.json"  # beside the data directory
     # Directives the agent owns; the bundle cannot override them.
     RESERVED = frozenset(
         {
@@ -86,9 +100,13 @@ class RedisEngine(Engine):
         bind_address: str = "0.0.0.0",  # the guest's; a test on the host uses 127.0.0.1
         backup_conf_dir: Path = CONF_DIR,
         map_store_host: Callable[[StoreSettings], None] | None = None,  # a test's: none
+        relay_port: int = RELAY_PORT,
     ) -> None:
         super().__init__(bundle, children, version=version)
         self.data_dir = data_dir or Path(DATA_ROOT) / "redis"
+        self.following = Following(
+            self.data_dir.parent / self.UPSTREAM_NAME, self._write, relay_port
+        )
         self.socket_dir = socket_dir
         self.bind_address = bind_address
         self.port = bundle.engine.port if bundle else 6379
@@ -132,6 +150,8 @@ class RedisEngine(Engine):
         kept = ""
         if self.bundle is not None and self.bundle.restore is not None:
             kept = self._restore(self.bundle.restore, scratch)
+        elif self.bundle is not None and self.bundle.standby is not None:
+            self.following.follow(self.bundle.standby)  # its data: a full synchronisation
         self._write(scratch / USERS, self._users_file(kept, with_admin=True))
         if self.data_dir.exists():  # an empty mount point: fill it in place
             for child in scratch.iterdir():
@@ -163,6 +183,10 @@ class RedisEngine(Engine):
         if platform is not None:
             replaced.add(platform.username)
             lines.append(user_line(platform.username, platform.password, "~* &* +@all"))
+        upstream = self.following.upstream()
+        if upstream is not None:  # a promoted replica lets the others in as its primary did
+            replaced.add(upstream.user)
+            lines.append(user_line(upstream.user, upstream.password, REPL_RULES))
         if with_admin and admin is not None:
             replaced.add(admin.username)
             lines.append(user_line(admin.username, admin.password, TENANT_RULES))
@@ -194,6 +218,14 @@ class RedisEngine(Engine):
             "logfile": '""',
             "save": '"3600 1 300 100 60 10000"',
         }
+        upstream = self.following.upstream()
+        if upstream is not None:
+            managed |= {
+                "replicaof": f"127.0.0.1 {self.following.port}",
+                "masteruser": upstream.user,
+                "masterauth": upstream.password,
+                "replica-read-only": "yes",
+            }
         lines.append("# Managed by the agent (these win over the settings above).")
         lines += [f"{name} {value}" for name, value in managed.items()]
         return "\n".join(lines) + "\n"
@@ -224,6 +256,9 @@ class RedisEngine(Engine):
         snapshot). The users are in the ACL file the server started with."""
         if self.bundle is not None and not self.bundle.warm:
             self._start_repository()
+        upstream = self.following.upstream()
+        if upstream is not None:
+            self.following.run(upstream, self._copy_users)
         restored = self.data_dir / self.RESTORED_NAME
         if restored.exists():
             self._command("CONFIG", "SET", "appendonly", "yes")
@@ -234,23 +269,121 @@ class RedisEngine(Engine):
         with self._lock:
             self._repo_ready = self.bundle is not None and self.bundle.backup is not None
 
+    # -- replication
+
+    def upstream(self) -> UpstreamSettings | None:
+        return self.following.upstream()
+
+    def replication_status(self) -> dict[str, Any]:
+        """Role and replication offsets; a primary's replicas are not named (they connect
+        through the hub, all from one address)."""
+        info = self._info("replication")
+        if info.get("role") == "master":
+            return {
+                "role": "primary",
+                "lsn_bytes": int(info.get("master_repl_offset", "0")),
+                "replicas": [],
+            }
+        link = info.get("master_link_status", "down")
+        syncing = info.get("master_sync_in_progress") == "1"
+        replayed = int(info.get("slave_repl_offset", "0") or 0)
+        received = int(info.get("slave_read_repl_offset", "0") or 0)
+        return {
+            "role": "standby",
+            "lsn_bytes": None,
+            "receive_bytes": max(received, replayed),
+            "replay_bytes": replayed,
+            "receiver": "streaming" if link == "up" and not syncing else link,
+            "seeded_from": "primary",
+            "replicas": [],
+        }
+
+    def ensure_replication_role(self, user: str, password: str) -> None:
+        """The replication user (on the primary), in its ACL file."""
+        if self.following.upstream() is not None:
+            raise EngineError("this member is a standby: users are made on the primary")
+        digest = user_line(user, password, REPL_RULES).split()[3]
+        self._command("ACL", "SETUSER", user, "reset", "on", digest, *REPL_RULES.split())
+        self._command("ACL", "SAVE")
+
+    def _copy_users(self, upstream: UpstreamSettings) -> None:
+        """The primary's users (but this member's own platform and replication users) into
+        this member's ACL file, loaded when they changed."""
+        relay = ["-h", "127.0.0.1", "-p", str(self.following.port), "--user", upstream.user]
+        proc = self.children.run(
+            ["redis-cli", "-e", *relay, "ACL", "LIST"],
+            timeout=10,
+            env={**self._env(), "REDISCLI_AUTH": upstream.password},
+        )
+        if proc.returncode != 0:
+            return  # the primary is not reachable now (its replication says why)
+        listed = (proc.stdout or b"").decode("utf-8", "replace")
+        users = self.data_dir / USERS
+        current = users.read_text(encoding="utf-8")
+        wanted = self._users_file(listed, with_admin=False)
+        if wanted != current:
+            self._write(users, wanted)
+            self._command("ACL", "LOAD")
+            log.info("users copied from the primary")
+
+    def prepare_promotion(self, seconds: float) -> dict[str, Any]:
+        """Nothing to prepare: a replica applies what it receives as it comes."""
+        if self.following.upstream() is None:
+            raise EngineError("this member is not a standby: there is nothing to prepare")
+        return self.replication_status()
+
+    def promote(self, timeout: float) -> dict[str, Any]:
+        """``REPLICAOF NO ONE``: it takes writes, and keeps its replication history so that
+        the others continue from where they are (PSYNC)."""
+        self.following.stop_following()
+        self._command("REPLICAOF", "NO", "ONE")
+        log.info("promoted: this member is the primary")
+        return {"role": "primary"}
+
+    def demote_live(self, upstream: UpstreamSettings) -> dict[str, Any] | None:
+        """As ``FAILOVER`` does: writes paused, the final offset read, then a replica of
+        ``upstream`` (it continues from its own offset once the hub leads to the new
+        primary; until then the hub leads to itself, which refuses: no master link)."""
+        self._command("CLIENT", "PAUSE", "30000", "WRITE")
+        try:
+            last = int(self._info("replication").get("master_repl_offset", "0"))
+            self.following.follow(upstream)
+            self._command("CONFIG", "SET", "masteruser", upstream.user)
+            self._command("CONFIG", "SET", "masterauth", last=upstream.password)
+            self._command("REPLICAOF", "127.0.0.1", str(self.following.port))
+            self.following.run(upstream, self._copy_users)
+        finally:
+            self._command("CLIENT", "UNPAUSE")
+        log.info("demoted at offset %d: following %s:%d", last, upstream.host, upstream.port)
+        return {"clean": True, "checkpoint_bytes": last - 1, "timeline": None, "rewound": False}
+
+    def demote_stopped(self, upstream: UpstreamSettings, rewind: bool) -> dict[str, Any]:
+        raise NotSupported("Redis is demoted while it runs (there is no rewind)")
+
     def stop(self, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         """SIGTERM is Redis's clean shutdown (it saves the snapshot and syncs the AOF)."""
         return self._stop_by_signals(proc, ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)))
 
     # -- the server, over its socket, as the platform's user
 
-    def _cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    def _cli(
+        self, *args: str, timeout: float = 30.0, last: str | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """redis-cli over the socket; ``last``: the command's last argument, read from
+        stdin (``-x``: a secret never in argv)."""
         creds = self.bundle.platform if self.bundle else None
         if creds is None:
             raise EngineError("no platform user in the bundle: the agent cannot log in")
         argv = ["redis-cli", "-e", "-s", str(self.socket), "--user", creds.username]
+        if last is not None:
+            argv.append("-x")
         env = {**self._env(), "REDISCLI_AUTH": creds.password}
-        return self.children.run([*argv, *args], timeout=timeout, env=env)
+        stdin = last.encode() if last is not None else None
+        return self.children.run([*argv, *args], timeout=timeout, env=env, stdin=stdin)
 
-    def _command(self, *args: str, timeout: float = 60.0) -> str:
+    def _command(self, *args: str, timeout: float = 60.0, last: str | None = None) -> str:
         """Run one command; its reply, raising EngineError on an error reply."""
-        proc = self._cli(*args, timeout=timeout)  # -e: an error reply exits 1
+        proc = self._cli(*args, timeout=timeout, last=last)  # -e: an error reply exits 1
         if proc.returncode != 0:
             raise EngineError(f"redis {args[0]} failed: {tail(proc.stderr or proc.stdout)}")
         return (proc.stdout or b"").decode("utf-8", "replace").strip()
