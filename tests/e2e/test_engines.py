@@ -1,17 +1,21 @@
 """MariaDB and Redis as a service end to end: `onep db` against the real Podman, libvirt and
 the real MariaDB 10.11 and Redis 7.0 images, each used with its engine's own client; a
-MariaDB backup restores onto a VM, a Redis snapshot too. One platform for both (their images
-build at its start, side by side). Both on bare metal: test_three_compute_types (the lab's)."""
+MariaDB backup restores onto a VM, a Redis snapshot too; each gets a replica through the
+replication hub, and a switchover and a move under a writer keep every acknowledged write.
+One platform for both (their images build at its start, side by side). Both on bare metal:
+test_three_compute_types (the lab's)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.clients import mariadb, redis
 from tests.e2e.conftest import Platform, own_platform
+from tests.e2e.writer import MariaDbWriter, RedisWriter, Writer
 
 pytestmark = pytest.mark.e2e
 ALICE_PW = "Alice-maria-7f2"
@@ -112,9 +116,10 @@ def test_what_mariadb_cannot_do_yet_is_refused_with_the_reason(
     version = catalog["mariadb"]["versions"][0]
     caps = {c["name"]: c for c in version["capabilities"]}
     assert caps["backups"]["supported"] and version["backup_types"] == ["full", "incr"]
-    assert not caps["pitr"]["supported"] and not caps["replicas"]["supported"]
+    assert all(caps[f]["supported"] for f in ("replicas", "switchover", "move"))
+    assert not caps["pitr"]["supported"] and not caps["failover"]["supported"]
+    assert "switchover" in caps["failover"]["reason"]
     refusals = {
-        "replicas": ("db", "replica", "create", "m1"),
         "pitr": ("db", "create", "m1-then", "--restore-from", "m1", "--to-time",
                  "2026-01-01T00:00:00Z", "--flavor", "container.small"),
     }  # fmt: skip
@@ -184,3 +189,81 @@ def test_a_redis_snapshot_restores_onto_a_vm_with_its_users(
         assert redis(copy, "carol", CAROL_PW, "GET", "cart:1") == "3 apples"
     finally:
         plat.run("db", "delete", "r1-copy", "--wait", check=False, timeout=900)
+
+
+# -- replicas, switchover and move, both engines ------------------------------------------------
+def _replica_switchover_and_move(
+    plat: Platform,
+    name: str,
+    writer: type[Writer],
+    dsn: str,
+    has_write: Callable[[dict[str, Any], int], bool],
+) -> None:
+    """A replica of ``name``; then a switchover to it and a move to container.medium, each
+    under a writer on the read-write endpoint: every acknowledged write is there after, and
+    the former primary follows the new one (it has the last write)."""
+    plat.run("db", "replica", "create", name, "--wait", timeout=900)
+    listed = plat.json("db", "replica", "list", name)
+    assert [(m["name"], m["role"], m["state"]) for m in listed] == [
+        (name, "primary", "ACTIVE"),
+        (f"{name}-r1", "replica", "ACTIVE"),
+    ]
+    for action in (("switchover", name), ("move", name, "--flavor", "container.medium")):
+        w = writer.running(dsn)
+        try:
+            plat.run("db", *action, "--wait", timeout=900)
+            time.sleep(1.0)
+        finally:
+            w.stop()
+        assert len(w.acked) > 20, (action, w.errors[-3:])
+        assert w.missing() == [], action  # every acknowledged write
+        shown = plat.json("db", "show", name)
+        assert shown["status"] == "ACTIVE", shown
+        deadline = time.monotonic() + 90  # a move's former primary retires
+        while True:
+            members = plat.json("db", "show", name)["members"]
+            roles = sorted((m["role"], m["state"]) for m in members)
+            if roles == [("primary", "ACTIVE"), ("replica", "ACTIVE")]:
+                break
+            assert time.monotonic() < deadline, members
+            time.sleep(1.0)
+        replica = next(m for m in members if m["role"] == "replica")
+        last = w.acked[-1][0]
+        deadline = time.monotonic() + 60
+        while not has_write(replica, last):
+            assert time.monotonic() < deadline, (action, replica)
+            time.sleep(0.5)
+    assert shown["flavor"] == "container.medium"
+    assert f"{name}-r1" in [m["name"] for m in members]  # the switchover's primary stayed
+
+
+def test_a_mariadb_replica_switchover_and_move_keep_every_acknowledged_write(
+    plat: Platform, mdb: dict[str, Any]
+) -> None:
+    ep = mdb["endpoint"]
+    dsn = f"host={ep['host']} port={ep['port']} user=alice password={ALICE_PW} dbname=appdb"
+
+    def has_write(member: dict[str, Any], seq: int) -> bool:
+        sql = f"SELECT count(*) FROM onep_writes WHERE seq = {seq}"
+        return mariadb(member, "alice", ALICE_PW, sql, "appdb") == "1"
+
+    _replica_switchover_and_move(plat, "m1", MariaDbWriter, dsn, has_write)
+    # a replica takes no writes, even from the tenant's admin
+    replica = next(m for m in plat.json("db", "show", "m1")["members"] if m["role"] == "replica")
+    with pytest.raises(AssertionError, match="read-only"):
+        mariadb(replica, "alice", ALICE_PW, "INSERT INTO t VALUES (10)", "appdb")
+
+
+def test_a_redis_replica_switchover_and_move_keep_every_acknowledged_write(
+    plat: Platform, rdb: dict[str, Any]
+) -> None:
+    ep = rdb["endpoint"]
+    dsn = f"host={ep['host']} port={ep['port']} user=carol password={CAROL_PW}"
+
+    def has_write(member: dict[str, Any], seq: int) -> bool:
+        return redis(member, "carol", CAROL_PW, "SISMEMBER", "onep_writes", str(seq)) == "1"
+
+    _replica_switchover_and_move(plat, "r1", RedisWriter, dsn, has_write)
+    replica = next(m for m in plat.json("db", "show", "r1")["members"] if m["role"] == "replica")
+    with pytest.raises(AssertionError, match="READONLY"):
+        redis(replica, "carol", CAROL_PW, "SET", "k", "v")

@@ -1,6 +1,7 @@
 """A client that writes a sequence number every 50 ms through a database's endpoint,
 reconnecting on error: what a switchover, move or failover costs it (the write gap) and
-whether every acknowledged write is there afterwards."""
+whether every acknowledged write is there afterwards. :class:`Writer` speaks PostgreSQL;
+:class:`MariaDbWriter` and :class:`RedisWriter` the other engines, the same way."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ class Writer:
             conn.execute("DROP TABLE IF EXISTS onep_writes")
             conn.execute("CREATE TABLE onep_writes (seq int PRIMARY KEY)")
 
+    # What an engine's writer changes: its client.
+    def _connect(self) -> Any:
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
+
+    def _write(self, conn: Any, seq: int) -> None:
+        conn.execute("INSERT INTO onep_writes VALUES (%s)", (seq,))
+
+    def present(self) -> set[int]:
+        """The sequence numbers the database has."""
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+            return {row[0] for row in conn.execute("SELECT seq FROM onep_writes")}
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
         self._thread.start()
@@ -48,14 +61,14 @@ class Writer:
             began = time.monotonic()
             try:
                 if conn is None:
-                    conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
+                    conn = self._connect()
                 seq += 1
-                conn.execute("INSERT INTO onep_writes VALUES (%s)", (seq,))
+                self._write(conn, seq)
                 self.acked.append((seq, time.monotonic()))
-            except psycopg.Error as exc:
+            except Exception as exc:  # any client's error: a write not acknowledged
                 self.errors.append(f"{time.monotonic():.3f} {type(exc).__name__}: {exc}"[:300])
                 if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
+                    with contextlib.suppress(Exception):
                         conn.close()
                 conn = None
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
@@ -85,6 +98,70 @@ class Writer:
 
     def missing(self) -> list[int]:
         """Acknowledged sequence numbers the database does not have."""
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
-            present = {row[0] for row in conn.execute("SELECT seq FROM onep_writes")}
+        present = self.present()
         return [seq for seq, _ in self.acked if seq not in present]
+
+
+def _endpoint(dsn: str) -> dict[str, str]:
+    """A writer's "dsn" for MariaDB and Redis: ``key=value`` words, as libpq's."""
+    return dict(word.split("=", 1) for word in dsn.split())
+
+
+@dataclass
+class MariaDbWriter(Writer):
+    """``dsn``: "host=H port=P user=U password=W dbname=D"."""
+
+    def _connect(self) -> Any:
+        import pymysql
+
+        e = _endpoint(self.dsn)
+        return pymysql.connect(
+            host=e["host"], port=int(e["port"]), user=e["user"], password=e["password"],
+            database=e["dbname"], autocommit=True, connect_timeout=2, read_timeout=10,
+            write_timeout=10,
+        )  # fmt: skip
+
+    def prepare(self) -> None:
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS onep_writes")
+            cur.execute("CREATE TABLE onep_writes (seq int PRIMARY KEY)")
+
+    def _write(self, conn: Any, seq: int) -> None:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO onep_writes VALUES (%s)", (seq,))
+
+    def present(self) -> set[int]:
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT seq FROM onep_writes")
+            return {int(row[0]) for row in cur.fetchall()}
+
+
+@dataclass
+class RedisWriter(Writer):
+    """``dsn``: "host=H port=P user=U password=W"; the writes go to one set, ``onep_writes``."""
+
+    def _connect(self) -> Any:
+        import redis
+
+        e = _endpoint(self.dsn)
+        client = redis.Redis(
+            host=e["host"], port=int(e["port"]), username=e["user"], password=e["password"],
+            socket_connect_timeout=2, socket_timeout=10, retry_on_timeout=False,
+        )  # fmt: skip
+        client.ping()
+        return client
+
+    def prepare(self) -> None:
+        client = self._connect()
+        client.delete("onep_writes")
+        client.close()
+
+    def _write(self, conn: Any, seq: int) -> None:
+        conn.sadd("onep_writes", seq)
+
+    def present(self) -> set[int]:
+        client = self._connect()
+        try:
+            return {int(n) for n in client.smembers("onep_writes")}
+        finally:
+            client.close()

@@ -372,7 +372,7 @@ def detach_replica(
         with store.session() as session:
             member = replicas.find_member(session, caller, name)
             group = session.get_one(DbInstance, member.db_id)
-            get_datastore(group.datastore).require(group.version, Feature.REPLICAS)
+            get_datastore(group.datastore).require(group.version, Feature.DETACH)
             if member.role == PRIMARY:
                 raise Conflict(
                     f"{member.name!r} is the primary of {group.name!r}: only a replica can be "

@@ -23,6 +23,7 @@ class Feature(enum.StrEnum):
     SWITCHOVER = "switchover"
     MOVE = "move"
     FAILOVER = "failover"
+    DETACH = "detach"
 
 
 FEATURE_HELP: dict[Feature, str] = {
@@ -35,6 +36,7 @@ FEATURE_HELP: dict[Feature, str] = {
     Feature.SWITCHOVER: "make a replica the primary behind the same endpoint",
     Feature.MOVE: "move or resize to any flavor with the database live (db move)",
     Feature.FAILOVER: "automatic failover: fence the silent primary, promote a replica",
+    Feature.DETACH: "make a replica a database instance of its own (db replica detach)",
 }
 
 # Backup types, as ``onep backup create --type`` takes them.

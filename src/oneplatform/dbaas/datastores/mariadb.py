@@ -64,6 +64,10 @@ class MariaDB(Datastore):
             "not built for MariaDB in this release: a replica is made primary by a "
             "switchover (db switchover), not yet automatically when its primary dies"
         ),
+        Feature.DETACH: (
+            "not built for MariaDB in this release: a replica stays a member of its "
+            "database (delete it, or restore a backup into a database of its own)"
+        ),
     }
     backup_types = ("full", "incr")  # mariadb-backup's; no differential
     repository_kind = "files"

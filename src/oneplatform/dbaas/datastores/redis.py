@@ -57,6 +57,10 @@ class Redis(Datastore):
             "not built for Redis in this release: a replica is made primary by a "
             "switchover (db switchover), not yet automatically when its primary dies"
         ),
+        Feature.DETACH: (
+            "not built for Redis in this release: a replica stays a member of its "
+            "database (delete it, or restore a backup into a database of its own)"
+        ),
     }
     backup_types = ("full",)  # a snapshot
     repository_kind = "files"

@@ -52,8 +52,13 @@ class MariaBackup:
         conf_dir: Path = CONF_DIR,
         clock: Callable[[], float] = time.time,
         map_host: Callable[[StoreSettings], None] = map_store_host,
+        server: str = "",
     ) -> None:
         self._run = run
+        # Which member's data files a backup is of: an incremental continues only a chain of
+        # this server's (after a switchover the primary's files are another member's, whose
+        # LSNs have nothing to do with the chain's).
+        self.server = server
         self.socket = socket
         self.work = work
         self.repo = Repository(run, conf_dir, "repository", map_host)
@@ -100,9 +105,13 @@ class MariaBackup:
         return self.jobs.job()
 
     def backup(self, kind: str) -> dict[str, Any]:
-        """Take a backup of ``kind`` (an incremental with no backup before it is a full);
+        """Take a backup of ``kind`` (an incremental with no backup of this server's before
+        it is a full);
         its manifest, once it is in the repository."""
         prior = self.repo.manifests()[-1:] if kind == "incr" else []
+        if prior and prior[0].get("server") != self.server:
+            log.info("the last backup is another member's: a full backup, not an incremental")
+            prior = []
         kind = "incr" if prior else "full"
         started = self._clock()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
@@ -153,6 +162,7 @@ class MariaBackup:
                     "repository": {"delta": _copied(_read(logs["stored"]))},
                 },
                 "server_version": info.get("server_version", ""),
+                "server": self.server,
             }
             self.repo.put(f"{label}/{MANIFEST}", json.dumps(entry).encode())
             return entry

@@ -103,6 +103,7 @@ class MariaDbEngine(Engine):
             self.data_dir.parent / "backup-work",
             backup_conf_dir,
             map_host=map_store_host or filerepo.map_store_host,
+            server=str(self.server_id()),
         )
 
     @property
