@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -189,6 +190,16 @@ def podman_containers(instance_id: str) -> list[dict[str, Any]]:
         check=True,
     ).stdout
     return json.loads(out or "[]")
+
+
+def member_container(platform: Platform, member: str) -> str:
+    """The id of the container a database's live member runs in."""
+    with sqlite3.connect(platform.home / "oneplatform.db") as conn:
+        (instance_id,) = conn.execute(
+            "SELECT instance_id FROM db_members WHERE name = ? AND deleted_at IS NULL", (member,)
+        ).fetchone()
+    (container,) = podman_containers(instance_id)
+    return str(container["Id"])
 
 
 def _require(ok: bool, reason: str) -> None:

@@ -7,6 +7,7 @@ test_three_compute_types (the lab's)."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.clients import mariadb, redis
-from tests.e2e.conftest import Platform, own_platform
+from tests.e2e.conftest import Platform, member_container, own_platform
 from tests.e2e.writer import MariaDbWriter, RedisWriter, Writer
 
 pytestmark = pytest.mark.e2e
@@ -116,9 +117,8 @@ def test_what_mariadb_cannot_do_yet_is_refused_with_the_reason(
     version = catalog["mariadb"]["versions"][0]
     caps = {c["name"]: c for c in version["capabilities"]}
     assert caps["backups"]["supported"] and version["backup_types"] == ["full", "incr"]
-    assert all(caps[f]["supported"] for f in ("replicas", "switchover", "move"))
-    assert not caps["pitr"]["supported"] and not caps["failover"]["supported"]
-    assert "switchover" in caps["failover"]["reason"]
+    assert all(caps[f]["supported"] for f in ("replicas", "switchover", "move", "failover"))
+    assert not caps["pitr"]["supported"] and not caps["detach"]["supported"]
     refusals = {
         "pitr": ("db", "create", "m1-then", "--restore-from", "m1", "--to-time",
                  "2026-01-01T00:00:00Z", "--flavor", "container.small"),
@@ -237,7 +237,45 @@ def _replica_switchover_and_move(
     assert f"{name}-r1" in [m["name"] for m in members]  # the switchover's primary stayed
 
 
-def test_a_mariadb_replica_switchover_and_move_keep_every_acknowledged_write(
+def _killed_primary_fails_over(plat: Platform, name: str, writer: type[Writer], dsn: str) -> None:
+    """The primary's container killed under a writer: a replica is promoted behind the same
+    endpoint, the client writes again, no more than the last instant's writes are lost, and
+    a new replica makes the group whole again."""
+    before = plat.json("db", "show", name)
+    old = next(m["name"] for m in before["members"] if m["role"] == "primary")
+    w = writer.running(dsn, 1.5)
+    broken_at = time.monotonic()
+    subprocess.run(["podman", "kill", member_container(plat, old)], check=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            shown = plat.json("db", "show", name)
+            primary = next((m for m in shown["members"] if m["role"] == "primary"), None)
+            if shown["status"] == "ACTIVE" and primary and primary["name"] != old:
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.5)
+        wrote_after = w.wait_for_writes(3, time.monotonic())
+    finally:
+        w.stop()
+    assert wrote_after >= 3, w.errors[-5:]
+    lost = set(w.missing())
+    assert all(broken_at - t < 1.0 for seq, t in w.acked if seq in lost), sorted(lost)[:10]
+    assert shown["endpoint"] == before["endpoint"]
+    deadline = time.monotonic() + 300
+    while True:
+        members = plat.json("db", "show", name)["members"]
+        if sorted((m["role"], m["state"]) for m in members) == [
+            ("primary", "ACTIVE"),
+            ("replica", "ACTIVE"),
+        ]:
+            break
+        assert time.monotonic() < deadline, members
+        time.sleep(1.0)
+    assert old not in [m["name"] for m in members]  # the former primary is discarded
+
+
+def test_a_mariadb_replica_switchover_move_and_failover(
     plat: Platform, mdb: dict[str, Any]
 ) -> None:
     ep = mdb["endpoint"]
@@ -248,15 +286,16 @@ def test_a_mariadb_replica_switchover_and_move_keep_every_acknowledged_write(
         return mariadb(member, "alice", ALICE_PW, sql, "appdb") == "1"
 
     _replica_switchover_and_move(plat, "m1", MariaDbWriter, dsn, has_write)
-    # a replica takes no writes, even from the tenant's admin
+    # a replica takes no writes
     replica = next(m for m in plat.json("db", "show", "m1")["members"] if m["role"] == "replica")
     with pytest.raises(AssertionError, match="read-only"):
         mariadb(replica, "alice", ALICE_PW, "INSERT INTO t VALUES (10)", "appdb")
+    refused = plat.run("db", "replica", "detach", replica["name"], check=False)
+    assert refused.returncode != 0 and "capability_not_supported" in refused.stderr
+    _killed_primary_fails_over(plat, "m1", MariaDbWriter, dsn)
 
 
-def test_a_redis_replica_switchover_and_move_keep_every_acknowledged_write(
-    plat: Platform, rdb: dict[str, Any]
-) -> None:
+def test_a_redis_replica_switchover_move_and_failover(plat: Platform, rdb: dict[str, Any]) -> None:
     ep = rdb["endpoint"]
     dsn = f"host={ep['host']} port={ep['port']} user=carol password={CAROL_PW}"
 
@@ -267,3 +306,4 @@ def test_a_redis_replica_switchover_and_move_keep_every_acknowledged_write(
     replica = next(m for m in plat.json("db", "show", "r1")["members"] if m["role"] == "replica")
     with pytest.raises(AssertionError, match="READONLY"):
         redis(replica, "carol", CAROL_PW, "SET", "k", "v")
+    _killed_primary_fails_over(plat, "r1", RedisWriter, dsn)

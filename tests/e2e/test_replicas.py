@@ -15,7 +15,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.conftest import Platform, podman_containers, record_timing, reset_timings
+from tests.e2e.conftest import (
+    Platform,
+    member_container,
+    podman_containers,
+    record_timing,
+    reset_timings,
+)
 from tests.e2e.writer import Writer
 
 pytestmark = pytest.mark.e2e
@@ -244,16 +250,7 @@ def test_a_resize_is_a_move_to_a_flavor_of_the_same_type(
 def _primary_container(platform: Platform) -> tuple[str, str]:
     (name, role, _) = members(platform)[0]
     assert role == "primary"
-    return name, _container_of(platform, name)
-
-
-def _container_of(platform: Platform, member: str) -> str:
-    with sqlite3.connect(platform.home / "oneplatform.db") as conn:
-        (instance_id,) = conn.execute(
-            "SELECT instance_id FROM db_members WHERE name = ? AND deleted_at IS NULL", (member,)
-        ).fetchone()
-    (container,) = podman_containers(instance_id)
-    return str(container["Id"])
+    return name, member_container(platform, name)
 
 
 def _in_container(container: str, script: str, user: str = "postgres") -> str:

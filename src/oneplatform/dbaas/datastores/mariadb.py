@@ -60,10 +60,6 @@ class MariaDB(Datastore):
             "a MariaDB backup restores as it was taken: point-in-time recovery needs the "
             "binary logs archived, which this release does not do yet"
         ),
-        Feature.FAILOVER: (
-            "not built for MariaDB in this release: a replica is made primary by a "
-            "switchover (db switchover), not yet automatically when its primary dies"
-        ),
         Feature.DETACH: (
             "not built for MariaDB in this release: a replica stays a member of its "
             "database (delete it, or restore a backup into a database of its own)"

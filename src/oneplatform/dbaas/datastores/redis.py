@@ -53,10 +53,6 @@ class Redis(Datastore):
             "a Redis backup is a snapshot (RDB): it restores as it was taken, there is no "
             "window to recover to a moment of"
         ),
-        Feature.FAILOVER: (
-            "not built for Redis in this release: a replica is made primary by a "
-            "switchover (db switchover), not yet automatically when its primary dies"
-        ),
         Feature.DETACH: (
             "not built for Redis in this release: a replica stays a member of its "
             "database (delete it, or restore a backup into a database of its own)"

@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ class MariaDbEngine(Engine):
     PENDING_NAME = "oneplatform-bootstrap.pending"
     SEED_NAME = "oneplatform-seed.pending"  # a new replica: its data from the primary
     UPSTREAM_NAME = "mariadb-upstream.json"  # beside the data directory
+    SERVER_ID_NAME = "mariadb-server-id"  # beside it too: the member's, never copied
     # Options the agent owns; the bundle cannot override them.
     RESERVED = frozenset(
         {
@@ -103,7 +104,6 @@ class MariaDbEngine(Engine):
             self.data_dir.parent / "backup-work",
             backup_conf_dir,
             map_host=map_store_host or filerepo.map_store_host,
-            server=str(self.server_id()),
         )
 
     @property
@@ -215,6 +215,7 @@ class MariaDbEngine(Engine):
 
     def configure(self) -> None:
         self._write(self.conf_path, self.render_conf())
+        self.backups.server = str(self.server_id())
         self._configure_backups()
 
     def render_conf(self) -> str:
@@ -250,11 +251,16 @@ class MariaDbEngine(Engine):
         return "\n".join(lines) + "\n"
 
     def server_id(self) -> int:
-        """Distinct per member (replication refuses two members with one id): from the
-        instance's id; 1 without a bundle."""
-        if self.bundle is None:
-            return 1
-        return 2 + zlib.crc32(self.bundle.instance_id.encode()) % (2**31 - 3)
+        """Distinct per member (replication refuses two members with one id; a database's
+        members share its bundle's identity): drawn once, kept beside the data directory."""
+        path = self.data_dir.parent / self.SERVER_ID_NAME
+        try:
+            return int(path.read_text(encoding="utf-8").strip())
+        except (FileNotFoundError, ValueError):
+            server_id = secrets.randbelow(2**31 - 3) + 2
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(path, f"{server_id}\n")
+            return server_id
 
     def start(self) -> subprocess.Popen[bytes]:
         files = self.data_dir.parent / "mysql-files"
