@@ -192,49 +192,61 @@ def test_a_redis_snapshot_restores_onto_a_vm_with_its_users(
 
 
 # -- replicas, switchover and move, both engines ------------------------------------------------
-def _replica_switchover_and_move(
+def _under_writer(
+    plat: Platform,
+    name: str,
+    writer: type[Writer],
+    dsn: str,
+    has_write: Callable[[dict[str, Any], int], bool],
+    *action: str,
+) -> dict[str, Any]:
+    """``onep db ACTION NAME ...`` under a writer on the read-write endpoint: every
+    acknowledged write is there after, the group is a primary and a replica again, and the
+    replica (the former primary) follows the new one: it has the last write."""
+    w = writer.running(dsn)
+    try:
+        plat.run("db", action[0], name, *action[1:], "--wait", timeout=1800)
+        time.sleep(1.0)
+    finally:
+        w.stop()
+    assert len(w.acked) > 20, (action, w.errors[-3:])
+    assert w.missing() == [], action  # every acknowledged write
+    shown = plat.json("db", "show", name)
+    assert shown["status"] == "ACTIVE", shown
+    deadline = time.monotonic() + 90  # a move's former primary retires
+    while True:
+        members = plat.json("db", "show", name)["members"]
+        roles = sorted((m["role"], m["state"]) for m in members)
+        if roles == [("primary", "ACTIVE"), ("replica", "ACTIVE")]:
+            break
+        assert time.monotonic() < deadline, members
+        time.sleep(1.0)
+    replica = next(m for m in members if m["role"] == "replica")
+    last = w.acked[-1][0]
+    deadline = time.monotonic() + 60
+    while not has_write(replica, last):
+        assert time.monotonic() < deadline, (action, replica)
+        time.sleep(0.5)
+    return plat.json("db", "show", name)
+
+
+def _replica_and_switchover(
     plat: Platform,
     name: str,
     writer: type[Writer],
     dsn: str,
     has_write: Callable[[dict[str, Any], int], bool],
 ) -> None:
-    """A replica of ``name``; then a switchover to it and a move to container.medium, each
-    under a writer on the read-write endpoint: every acknowledged write is there after, and
-    the former primary follows the new one (it has the last write)."""
+    """A replica of ``name`` through the hub, then a switchover to it under a writer."""
     plat.run("db", "replica", "create", name, "--wait", timeout=900)
     listed = plat.json("db", "replica", "list", name)
     assert [(m["name"], m["role"], m["state"]) for m in listed] == [
         (name, "primary", "ACTIVE"),
         (f"{name}-r1", "replica", "ACTIVE"),
     ]
-    for action in (("switchover", name), ("move", name, "--flavor", "container.medium")):
-        w = writer.running(dsn)
-        try:
-            plat.run("db", *action, "--wait", timeout=900)
-            time.sleep(1.0)
-        finally:
-            w.stop()
-        assert len(w.acked) > 20, (action, w.errors[-3:])
-        assert w.missing() == [], action  # every acknowledged write
-        shown = plat.json("db", "show", name)
-        assert shown["status"] == "ACTIVE", shown
-        deadline = time.monotonic() + 90  # a move's former primary retires
-        while True:
-            members = plat.json("db", "show", name)["members"]
-            roles = sorted((m["role"], m["state"]) for m in members)
-            if roles == [("primary", "ACTIVE"), ("replica", "ACTIVE")]:
-                break
-            assert time.monotonic() < deadline, members
-            time.sleep(1.0)
-        replica = next(m for m in members if m["role"] == "replica")
-        last = w.acked[-1][0]
-        deadline = time.monotonic() + 60
-        while not has_write(replica, last):
-            assert time.monotonic() < deadline, (action, replica)
-            time.sleep(0.5)
-    assert shown["flavor"] == "container.medium"
-    assert f"{name}-r1" in [m["name"] for m in members]  # the switchover's primary stayed
+    shown = _under_writer(plat, name, writer, dsn, has_write, "switchover")
+    primary = next(m for m in shown["members"] if m["role"] == "primary")
+    assert primary["name"] == f"{name}-r1"
 
 
 def _killed_primary_fails_over(plat: Platform, name: str, writer: type[Writer], dsn: str) -> None:
@@ -285,7 +297,11 @@ def test_a_mariadb_replica_switchover_move_and_failover(
         sql = f"SELECT count(*) FROM onep_writes WHERE seq = {seq}"
         return mariadb(member, "alice", ALICE_PW, sql, "appdb") == "1"
 
-    _replica_switchover_and_move(plat, "m1", MariaDbWriter, dsn, has_write)
+    _replica_and_switchover(plat, "m1", MariaDbWriter, dsn, has_write)
+    moved = _under_writer(
+        plat, "m1", MariaDbWriter, dsn, has_write, "move", "--flavor", "container.medium"
+    )
+    assert (moved["flavor"], moved["compute_type"]) == ("container.medium", "container")
     # a replica takes no writes
     replica = next(m for m in plat.json("db", "show", "m1")["members"] if m["role"] == "replica")
     with pytest.raises(AssertionError, match="read-only"):
@@ -295,15 +311,20 @@ def test_a_mariadb_replica_switchover_move_and_failover(
     _killed_primary_fails_over(plat, "m1", MariaDbWriter, dsn)
 
 
-def test_a_redis_replica_switchover_move_and_failover(plat: Platform, rdb: dict[str, Any]) -> None:
+def test_a_redis_replica_switchover_failover_and_move_to_a_vm(
+    plat: Platform, rdb: dict[str, Any]
+) -> None:
     ep = rdb["endpoint"]
     dsn = f"host={ep['host']} port={ep['port']} user=carol password={CAROL_PW}"
 
     def has_write(member: dict[str, Any], seq: int) -> bool:
         return redis(member, "carol", CAROL_PW, "SISMEMBER", "onep_writes", str(seq)) == "1"
 
-    _replica_switchover_and_move(plat, "r1", RedisWriter, dsn, has_write)
+    _replica_and_switchover(plat, "r1", RedisWriter, dsn, has_write)
     replica = next(m for m in plat.json("db", "show", "r1")["members"] if m["role"] == "replica")
     with pytest.raises(AssertionError, match="READONLY"):
         redis(replica, "carol", CAROL_PW, "SET", "k", "v")
     _killed_primary_fails_over(plat, "r1", RedisWriter, dsn)
+    # a move to another compute type: the replica on a VM reaches the hub through QEMU
+    moved = _under_writer(plat, "r1", RedisWriter, dsn, has_write, "move", "--flavor", "vm.small")
+    assert (moved["flavor"], moved["compute_type"]) == ("vm.small", "vm")
