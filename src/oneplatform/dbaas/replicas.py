@@ -604,7 +604,12 @@ def step_member_active(ctx: StepContext) -> None:
     with ctx.transaction() as session:
         member = _member(session, ctx)
         _check_member_alive(member)
-        seeded = {"backup": "the latest backup", "primary": "the primary (pg_basebackup)"}
+        seeded = {
+            "backup": "the latest backup",
+            "primary": "the primary (pg_basebackup)",
+            "dump": "a dump of the primary (mariadb-dump)",
+            "sync": "the primary (a full synchronisation)",
+        }
         how = seeded.get(str(ctx.params.get("seeded_from")), "")
         MEMBERS.move(
             session,

@@ -489,7 +489,7 @@ class MariaDbEngine(Engine):
             "replay_bytes": replayed,
             "receiver": "streaming" if running and applying else ("stopped" if status else None),
             "detail": status.get("Last_IO_Error") or status.get("Last_SQL_Error") or None,
-            "seeded_from": "primary",
+            "seeded_from": "dump",
             "replicas": [],
         }
 

@@ -294,7 +294,7 @@ class RedisEngine(Engine):
             "receive_bytes": max(received, replayed),
             "replay_bytes": replayed,
             "receiver": "streaming" if link == "up" and not syncing else link,
-            "seeded_from": "primary",
+            "seeded_from": "sync",
             "replicas": [],
         }
 
