@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,6 @@ import pytest
 from tests.e2e.conftest import (
     Platform,
     member_container,
-    podman_containers,
     record_timing,
     reset_timings,
 )
@@ -166,13 +164,8 @@ def test_a_switchover_loses_no_acknowledged_write_and_keeps_the_endpoint(
 
 def _walreceiver_of(platform: Platform, member: str) -> int:
     """The host pid of the member's WAL receiver (a process in its container)."""
-    with sqlite3.connect(platform.home / "oneplatform.db") as conn:
-        (instance_id,) = conn.execute(
-            "SELECT instance_id FROM db_members WHERE name = ? AND deleted_at IS NULL", (member,)
-        ).fetchone()
-    (container,) = podman_containers(instance_id)
     init = subprocess.run(
-        ["podman", "inspect", "--format", "{{.State.Pid}}", container["Id"]],
+        ["podman", "inspect", "--format", "{{.State.Pid}}", member_container(platform, member)],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     ns = os.readlink(f"/proc/{init}/ns/pid")

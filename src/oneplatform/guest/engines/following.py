@@ -22,6 +22,18 @@ log = logging.getLogger("onep-agent")
 WATCH_INTERVAL_S = 2.0
 
 
+def read_upstream(path: Path) -> UpstreamSettings | None:
+    """The upstream a standby keeps in ``path``; None without one (or a broken one)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return UpstreamSettings.from_dict(data, "upstream")
+    except FileNotFoundError:
+        return None
+    except (ValueError, BundleError) as exc:
+        log.error("the upstream file is not valid (%s): following no primary", exc)
+        return None
+
+
 class Following:
     def __init__(
         self, path: Path, write: Callable[[Path, str], None], port: int = RELAY_PORT
@@ -35,14 +47,7 @@ class Following:
         self._generation = 0  # a new one stops the former watcher
 
     def upstream(self) -> UpstreamSettings | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return UpstreamSettings.from_dict(data, "upstream")
-        except FileNotFoundError:
-            return None
-        except (ValueError, BundleError) as exc:
-            log.error("the upstream file is not valid (%s): following no primary", exc)
-            return None
+        return read_upstream(self.path)
 
     def follow(self, upstream: UpstreamSettings) -> None:
         """From now on (and at every later start) this member follows ``upstream``."""

@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..bundle import Bundle, BundleError, UpstreamSettings
+from ..bundle import Bundle, UpstreamSettings
 from ..contract import DATA_ROOT, DEFAULT_VERSION
 from .base import ChildProcesses, Engine, EngineError
+from .following import read_upstream
 from .pgbackrest import PgBackRest, restoring
 
 log = logging.getLogger("onep-agent")
@@ -230,14 +231,7 @@ class PostgresEngine(Engine):
         """The primary this member follows, when it is a standby."""
         if not (self.data_dir / self.STANDBY_SIGNAL).exists():
             return None
-        try:
-            data = json.loads((self.data_dir / self.UPSTREAM_NAME).read_text(encoding="utf-8"))
-            return UpstreamSettings.from_dict(data, "upstream")
-        except FileNotFoundError:
-            return None
-        except (ValueError, BundleError) as exc:
-            log.error("the upstream file is not valid (%s): following no primary", exc)
-            return None
+        return read_upstream(self.data_dir / self.UPSTREAM_NAME)
 
     def _initdb(self, target: Path) -> None:
         self._chown(target)
