@@ -740,7 +740,7 @@ def step_switch(ctx: StepContext) -> None:
         ctx,
         old.id,
         target.id,
-        f"writes paused {time.monotonic() - started:.1f} s: primary stopped in "
+        f"writes paused {time.monotonic() - started:.1f} s: primary demoted in "
         f"{stopped - started:.1f} s, caught up in {replayed - stopped:.1f} s, promoted in "
         f"{promoted - replayed:.1f} s",
     )
