@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.clients import mariadb, redis
 from tests.e2e.conftest import Platform, member_container, own_platform
-from tests.e2e.writer import MariaDbWriter, RedisWriter, Writer
+from tests.e2e.writer import MariaDbWriter, RedisWriter, Writer, under_writer
 
 pytestmark = pytest.mark.e2e
 ALICE_PW = "Alice-maria-7f2"
@@ -192,44 +192,6 @@ def test_a_redis_snapshot_restores_onto_a_vm_with_its_users(
 
 
 # -- replicas, switchover and move, both engines ------------------------------------------------
-def _under_writer(
-    plat: Platform,
-    name: str,
-    writer: type[Writer],
-    dsn: str,
-    has_write: Callable[[dict[str, Any], int], bool],
-    *action: str,
-) -> dict[str, Any]:
-    """``onep db ACTION NAME ...`` under a writer on the read-write endpoint: every
-    acknowledged write is there after, the group is a primary and a replica again, and the
-    replica (the former primary) follows the new one: it has the last write."""
-    w = writer.running(dsn)
-    try:
-        plat.run("db", action[0], name, *action[1:], "--wait", timeout=1800)
-        time.sleep(1.0)
-    finally:
-        w.stop()
-    assert len(w.acked) > 20, (action, w.errors[-3:])
-    assert w.missing() == [], action  # every acknowledged write
-    shown = plat.json("db", "show", name)
-    assert shown["status"] == "ACTIVE", shown
-    deadline = time.monotonic() + 90  # a move's former primary retires
-    while True:
-        members = plat.json("db", "show", name)["members"]
-        roles = sorted((m["role"], m["state"]) for m in members)
-        if roles == [("primary", "ACTIVE"), ("replica", "ACTIVE")]:
-            break
-        assert time.monotonic() < deadline, members
-        time.sleep(1.0)
-    replica = next(m for m in members if m["role"] == "replica")
-    last = w.acked[-1][0]
-    deadline = time.monotonic() + 60
-    while not has_write(replica, last):
-        assert time.monotonic() < deadline, (action, replica)
-        time.sleep(0.5)
-    return plat.json("db", "show", name)
-
-
 def _replica_and_switchover(
     plat: Platform,
     name: str,
@@ -244,7 +206,7 @@ def _replica_and_switchover(
         (name, "primary", "ACTIVE"),
         (f"{name}-r1", "replica", "ACTIVE"),
     ]
-    shown = _under_writer(plat, name, writer, dsn, has_write, "switchover")
+    shown = under_writer(plat, name, writer, dsn, has_write, "switchover")
     primary = next(m for m in shown["members"] if m["role"] == "primary")
     assert primary["name"] == f"{name}-r1"
 
@@ -298,7 +260,7 @@ def test_a_mariadb_replica_switchover_move_and_failover(
         return mariadb(member, "alice", ALICE_PW, sql, "appdb") == "1"
 
     _replica_and_switchover(plat, "m1", MariaDbWriter, dsn, has_write)
-    moved = _under_writer(
+    moved = under_writer(
         plat, "m1", MariaDbWriter, dsn, has_write, "move", "--flavor", "container.medium"
     )
     assert (moved["flavor"], moved["compute_type"]) == ("container.medium", "container")
@@ -326,5 +288,5 @@ def test_a_redis_replica_switchover_failover_and_move_to_a_vm(
         redis(replica, "carol", CAROL_PW, "SET", "k", "v")
     _killed_primary_fails_over(plat, "r1", RedisWriter, dsn)
     # a move to another compute type: the replica on a VM reaches the hub through QEMU
-    moved = _under_writer(plat, "r1", RedisWriter, dsn, has_write, "move", "--flavor", "vm.small")
+    moved = under_writer(plat, "r1", RedisWriter, dsn, has_write, "move", "--flavor", "vm.small")
     assert (moved["flavor"], moved["compute_type"]) == ("vm.small", "vm")

@@ -48,7 +48,7 @@ from tests.e2e.conftest import (
     record_timing,
     reset_timings,
 )
-from tests.e2e.writer import Writer
+from tests.e2e.writer import MariaDbWriter, RedisWriter, Writer, under_writer
 from tests.podman import force_remove
 
 pytestmark = pytest.mark.e2e
@@ -662,6 +662,29 @@ ENGINES_ON_BM = {
 }  # fmt: skip
 
 
+def _container_replica_takes_over(lab: Platform, db: dict[str, Any], user: str, pw: str) -> None:
+    name, ep = db["name"], db["endpoint"]
+    dsn = f"host={ep['host']} port={ep['port']} user={user} password={pw}"
+    if db["datastore"] == "mariadb":
+        writer: type[Writer] = MariaDbWriter
+        dsn += " dbname=appdb"
+
+        def has_write(member: dict[str, Any], seq: int) -> bool:
+            sql = f"SELECT count(*) FROM onep_writes WHERE seq = {seq}"
+            return mariadb(member, user, pw, sql, "appdb") == "1"
+    else:
+        writer = RedisWriter
+
+        def has_write(member: dict[str, Any], seq: int) -> bool:
+            return redis(member, user, pw, "SISMEMBER", "onep_writes", str(seq)) == "1"
+
+    lab.run("db", "replica", "create", name, "--flavor", "container.small", "--wait",
+            timeout=900)  # fmt: skip
+    shown = under_writer(lab, name, writer, dsn, has_write, "switchover")
+    by_role = {m["role"]: m["compute_type"] for m in shown["members"]}
+    assert by_role == {"primary": "container", "replica": "baremetal"}, shown
+
+
 def test_mariadb_and_redis_serve_from_bare_metal(lab: Platform) -> None:
     """A MariaDB and a Redis database on the two nodes at once (each engine's whole-disk
     image deployed through Redfish), each used with its own client through its endpoint as
@@ -693,6 +716,13 @@ def test_mariadb_and_redis_serve_from_bare_metal(lab: Platform) -> None:
         assert redis(rdb, "carol", REDIS_PW, "GET", "cart:1") == "3 apples"
         with pytest.raises(AssertionError, match="NOPERM"):  # the server's own commands
             redis(rdb, "carol", REDIS_PW, "CONFIG", "GET", "maxmemory")
+        # A container replica of each, then a switchover to it under a writer: every
+        # acknowledged write kept, and the node, now a replica, follows the container
+        # primary (the relays of both compute types through the hub).
+        _parallel(
+            lambda case: _container_replica_takes_over(lab, *case),
+            [(mdb, "alice", MARIA_PW), (rdb, "carol", REDIS_PW)],
+        )
     finally:
         _parallel(
             lambda name: lab.run("db", "delete", name, "--wait", timeout=900, check=False),

@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,3 +166,41 @@ class RedisWriter(Writer):
             return {int(n) for n in client.smembers("onep_writes")}
         finally:
             client.close()
+
+
+def under_writer(
+    plat: Any,
+    name: str,
+    writer: type[Writer],
+    dsn: str,
+    has_write: Callable[[dict[str, Any], int], bool],
+    *action: str,
+) -> dict[str, Any]:
+    """``onep db ACTION NAME ...`` under a writer on the read-write endpoint: every
+    acknowledged write is there after, the group is a primary and a replica again, and the
+    replica (the former primary) follows the new one: it has the last write."""
+    w = writer.running(dsn)
+    try:
+        plat.run("db", action[0], name, *action[1:], "--wait", timeout=1800)
+        time.sleep(1.0)
+    finally:
+        w.stop()
+    assert len(w.acked) > 20, (action, w.errors[-3:])
+    assert w.missing() == [], action  # every acknowledged write
+    shown = plat.json("db", "show", name)
+    assert shown["status"] == "ACTIVE", shown
+    deadline = time.monotonic() + 90  # a move's former primary retires
+    while True:
+        members = plat.json("db", "show", name)["members"]
+        roles = sorted((m["role"], m["state"]) for m in members)
+        if roles == [("primary", "ACTIVE"), ("replica", "ACTIVE")]:
+            break
+        assert time.monotonic() < deadline, members
+        time.sleep(1.0)
+    replica = next(m for m in members if m["role"] == "replica")
+    last = w.acked[-1][0]
+    deadline = time.monotonic() + 60
+    while not has_write(replica, last):
+        assert time.monotonic() < deadline, (action, replica)
+        time.sleep(0.5)
+    return plat.json("db", "show", name)
