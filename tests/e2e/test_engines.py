@@ -247,6 +247,9 @@ def _killed_primary_fails_over(plat: Platform, name: str, writer: type[Writer], 
         assert time.monotonic() < deadline, members
         time.sleep(1.0)
     assert old not in [m["name"] for m in members]  # the former primary is discarded
+    said = [e["message"] for e in plat.json("db", "events", name, "--limit", "500")]
+    assert any(m.startswith(f"failover: {old} fenced") for m in said), said[-10:]
+    assert any(m.startswith("switchover: ") for m in said), said[-10:]
 
 
 def test_a_mariadb_replica_switchover_move_and_failover(

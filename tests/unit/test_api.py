@@ -493,6 +493,7 @@ DB_CALLS = [
     ("GET", "/v1/db/instances/{i}/backup-schedule", None),
     ("PUT", "/v1/db/instances/{i}/backup-schedule", {"every_seconds": 3600, "keep_days": 7}),
     ("DELETE", "/v1/db/instances/{i}/backup-schedule", None),
+    ("GET", "/v1/db/instances/{i}/events", None),
     ("GET", "/v1/db/instances/{i}/replicas", None),
     ("POST", "/v1/db/instances/{i}/replicas", {}),
     ("POST", "/v1/db/instances/{i}/switchover", {}),
@@ -612,6 +613,24 @@ def test_sql_level_calls_wait_for_active(api: Api) -> None:
                 method, path.format(i=db["id"]), json=body, headers=api.admin
             )
             _error(response, 409, "invalid_state")
+
+
+def test_events_tell_the_database_its_members_and_compute_oldest_first(api: Api) -> None:
+    db = _create_db(api)["instance"]
+    url = f"/v1/db/instances/{db['name']}/events"
+    events = api.client.get(url, headers=api.admin).json()
+    seen = [(e["resource"], e["name"], e["to_status"]) for e in events]
+    assert ("database", "pg1", "BUILD") in seen and ("member", "pg1", "BUILD") in seen
+    assert ("compute", "pg1", "BUILD") in seen  # the member's compute instance
+    assert [e["at"] for e in events] == sorted(e["at"] for e in events)
+    with api.store.session() as s:  # another database's event is not among them
+        s.add(Event(resource_type="db_instance", resource_id="f" * 32, to_status="ACTIVE"))
+        s.add(Event(resource_type="db_instance", resource_id=db["id"], to_status="ACTIVE",
+                    message="the latest"))  # fmt: skip
+    latest = api.client.get(url, params={"limit": 1}, headers=api.admin).json()
+    assert [(e["name"], e["message"]) for e in latest] == [("pg1", "the latest")]
+    assert len(api.client.get(url, headers=api.admin).json()) == len(events) + 1
+    _error(api.client.get(url, params={"limit": 0}, headers=api.admin), 422, "invalid_input")
 
 
 def test_credentials_are_the_owners(api: Api) -> None:

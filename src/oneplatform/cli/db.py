@@ -317,6 +317,24 @@ def replica_create(
         emit(member, output, MEMBER_COLUMNS)
 
 
+EVENT_COLUMNS = ("at", "resource", "name", "from_status", "to_status", "message")
+
+
+@db_app.command("events")
+def db_events(
+    name: str,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=1000, help="How many of the latest.")
+    ] = 50,
+    output: Format = OutputOpt,
+) -> None:
+    """What happened to database instance NAME (live or deleted), its members, their compute
+    and its backups: state changes, repairs, switchovers, failovers; the latest, oldest
+    first."""
+    with Client.from_home() as c, api_errors():
+        emit(c.db.events(name, limit), output, EVENT_COLUMNS)
+
+
 @replica_app.command("list")
 def replica_list(name: str, output: Format = OutputOpt, wide: bool = WideOpt) -> None:
     """The members of database instance NAME (the primary first), with each replica's lag."""

@@ -84,6 +84,18 @@ class DbEndpoint(Response):
     port: int
 
 
+class DbEventOut(Response):
+    """One change in a database instance's life: its own, its members', their compute's or
+    its backups' (a state change, a repair, a switchover, a failover ...)."""
+
+    at: dt.datetime
+    resource: str = Field(description="database, member, compute or backup")
+    name: str = Field(description="the database's, member's or backup's name")
+    from_status: str | None = None
+    to_status: str
+    message: str = ""
+
+
 class DbMemberOut(Response):
     """One server of the database instance's group."""
 

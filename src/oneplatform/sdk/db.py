@@ -18,6 +18,7 @@ from oneplatform.schemas.databases import (
     DatabaseCreate,
     DatabaseOut,
     DatastoreOut,
+    DbEventOut,
     DbInstanceAccepted,
     DbInstanceCreate,
     DbInstanceOut,
@@ -121,6 +122,10 @@ class DbInstances:
         self.c.request("DELETE", f"{BASE}/{ident}/backup-schedule")
 
     # -- replicas, switchover, moves
+    def events(self, ident: str, limit: int = 100) -> builtins.list[DbEventOut]:
+        """The latest ``limit`` events of the database instance, oldest first."""
+        return self.c.get_list(f"{BASE}/{ident}/events", DbEventOut, limit=limit)
+
     def list_replicas(self, ident: str) -> builtins.list[DbMemberOut]:
         """The group's members, the primary first, with each replica's lag."""
         return self.c.get_list(f"{BASE}/{ident}/replicas", DbMemberOut)

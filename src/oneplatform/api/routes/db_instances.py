@@ -1,14 +1,18 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
 from oneplatform.api.errors import declared
-from oneplatform.dbaas import replicas, service
+from oneplatform.dbaas import events, replicas, service
+from oneplatform.dbaas.events import MAX_EVENTS
 from oneplatform.schemas.databases import (
     Credentials,
     DatabaseCreate,
     DatabaseOut,
+    DbEventOut,
     DbInstanceAccepted,
     DbInstanceCreate,
     DbInstanceOut,
@@ -64,6 +68,18 @@ def restart_db_instance(ident: str, platform: PlatformDep, caller: CallerDep) ->
     """Restart the engine; a compute that is down or failed is repaired first (from ERROR
     too, while the data volume exists)."""
     return service.restart_db(platform.store, platform.settings, caller, ident)
+
+
+@router.get("/{ident}/events", response_model=list[DbEventOut])
+def list_events(
+    ident: str,
+    platform: PlatformDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
+) -> list[DbEventOut]:
+    """The latest events of the database instance (live or deleted), its members, their
+    compute and its backups, oldest first."""
+    return events.db_events(platform.store, caller, ident, limit)
 
 
 @router.get("/{ident}/replicas", response_model=list[DbMemberOut])
