@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.clients import mariadb, redis
-from tests.e2e.conftest import Platform, member_container, own_platform
+from tests.e2e.conftest import ONEP, Platform, member_container, own_platform
 from tests.e2e.writer import MariaDbWriter, RedisWriter, Writer, under_writer
 
 pytestmark = pytest.mark.e2e
@@ -62,6 +62,9 @@ def test_a_mariadb_database_serves_its_users_with_the_engines_own_client(
         "db", "connect", "m1", "--database", "appdb", "--", "-N", "-e", "SELECT x FROM t"
     )
     assert out.stdout.strip() == "7"
+    # the engine's own log, through the agent
+    logged = plat.run("db", "logs", "m1", "--tail", "500").stdout
+    assert "ready for connections" in logged, logged[-2000:]
 
 
 def test_users_and_grants_behave_as_mariadb(plat: Platform, mdb: dict[str, Any]) -> None:
@@ -168,6 +171,17 @@ def test_a_redis_database_serves_acl_users_with_redis_cli(
     assert "no databases" in " ".join(refused.stderr.split())
     # `onep db connect` opens redis-cli as the admin
     assert plat.run("db", "connect", "r1", "--", "GET", "cart:1").stdout.strip() == "3 apples"
+    # the engine's log, followed: the lines there are, then what comes (a save it logs)
+    follower = subprocess.Popen(
+        [ONEP, "db", "logs", "r1", "--tail", "5", "--follow"],
+        stdout=subprocess.PIPE, text=True, env=plat.env(),
+    )  # fmt: skip
+    time.sleep(2.0)
+    plat.run("db", "backup", "create", "r1", "--name", "r1-logged", "--wait", timeout=900)
+    time.sleep(2.5)
+    follower.terminate()
+    followed, _ = follower.communicate(timeout=30)
+    assert "Background saving started" in followed, followed[-2000:]
 
 
 def test_a_redis_snapshot_restores_onto_a_vm_with_its_users(

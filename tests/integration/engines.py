@@ -3,6 +3,7 @@ directory and ports, the bundle's users, and the embedded store for its backups.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -28,6 +29,7 @@ from oneplatform.guest.bundle import (
     generate_password,
     generate_secret,
 )
+from oneplatform.guest.enginelog import EngineLog
 from oneplatform.guest.engines.base import Engine
 from oneplatform.guest.processes import ChildProcesses
 from oneplatform.hostsvc.objectstore import embedded_store, store_config
@@ -104,6 +106,7 @@ def serving(
     engine.configure()
     platform = ConnInfo("127.0.0.1", port, "onep_platform", bundle.platform.password, "admin")
     srv = Server(engine, engine.start(), port, platform, bundle.admin.password)
+    _drain(srv.proc)
     try:
         wait_ready(engine)
         engine.bootstrap()
@@ -113,12 +116,18 @@ def serving(
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _drain(proc: subprocess.Popen[bytes]) -> None:
+    """Read the server's output as the agent does (a full pipe would stop the server)."""
+    EngineLog(echo=open(os.devnull, "wb")).attach(proc.stdout)  # noqa: SIM115 - the thread's
+
+
 def restart(srv: Server[Any]) -> None:
     """Stop the server cleanly and start it again as the agent would."""
     assert srv.engine.stop(srv.proc, 30) == 0
     srv.engine.initialize()  # finds its data: nothing made again
     srv.engine.configure()
     srv.proc = srv.engine.start()
+    _drain(srv.proc)
     wait_ready(srv.engine)
     srv.engine.bootstrap()
 

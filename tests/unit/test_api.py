@@ -494,6 +494,7 @@ DB_CALLS = [
     ("PUT", "/v1/db/instances/{i}/backup-schedule", {"every_seconds": 3600, "keep_days": 7}),
     ("DELETE", "/v1/db/instances/{i}/backup-schedule", None),
     ("GET", "/v1/db/instances/{i}/events", None),
+    ("GET", "/v1/db/instances/{i}/logs", None),
     ("GET", "/v1/db/instances/{i}/replicas", None),
     ("POST", "/v1/db/instances/{i}/replicas", {}),
     ("POST", "/v1/db/instances/{i}/switchover", {}),

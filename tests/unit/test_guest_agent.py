@@ -29,6 +29,7 @@ from oneplatform.guest.bundle import (
     StoreSettings,
     UpstreamSettings,
 )
+from oneplatform.guest.enginelog import SERVER_OUTPUT, EngineLog
 from oneplatform.guest.engines import ENGINES
 from oneplatform.guest.engines.base import ChildProcesses, Engine, EngineError
 from oneplatform.guest.engines.postgresql import (
@@ -158,6 +159,56 @@ def test_signed_health_and_restart_through_the_client(serve: Callable[[Agent], i
     assert restarted.ready and restarted.engine == ENGINE_RUNNING
     assert engine.proc is not first and first.poll() is not None
     assert engine.starts == 2 and engine.bootstraps == 2
+
+
+class TalkingEngine(FakeEngine):
+    """A server that writes three lines at its start, then one more each 0.1 s."""
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.starts += 1
+        script = (
+            "import sys, time\n"
+            "for i in range(3): print(f'started {i}', flush=True)\n"
+            "for i in range(600):\n"
+            "    time.sleep(0.1)\n"
+            "    print(f'tick {i}', file=sys.stderr, flush=True)\n"
+        )
+        self.proc = self.children.popen(
+            [sys.executable, "-c", script], stdin=subprocess.DEVNULL, **SERVER_OUTPUT
+        )
+        return self.proc
+
+
+def test_the_engine_log_is_read_through_the_agent_and_followed(
+    serve: Callable[[Agent], int],
+) -> None:
+    supervisor = fast_supervisor(TalkingEngine(make_bundle()))
+    supervisor.log = EngineLog(echo=open(os.devnull, "wb"))  # noqa: SIM115 - kept by the log
+    port = serve(Agent(make_bundle(), supervisor))
+    client = AgentClient("127.0.0.1", port, INSTANCE, SECRET)
+    wait_for(lambda: len(client.logs(tail=100)["lines"]) >= 5)
+    first = client.logs(tail=100)
+    assert first["lines"][:3] == ["started 0", "started 1", "started 2"]  # stdout and stderr
+    assert first["lines"][3].startswith("tick ")
+    last = client.logs(tail=2)
+    assert len(last["lines"]) == 2 and last["next"] >= first["next"]
+    wait_for(lambda: client.logs(after=first["next"])["lines"] != [])
+    later = client.logs(after=first["next"])
+    assert later["first"] == first["next"] + 1  # nothing missed, nothing twice
+    assert all(line.startswith("tick ") for line in later["lines"])
+    with pytest.raises(BackendError) as info:
+        client._call("GET", "/v1/logs?tail=many")
+    assert info.value.details["agent_code"] == "bad_request"
+
+
+def test_the_engine_log_keeps_the_latest_lines_numbered() -> None:
+    ring = EngineLog(capacity=3, echo=open(os.devnull, "wb"))  # noqa: SIM115
+    assert ring.read() == {"lines": [], "first": None, "next": 0}
+    for i in range(5):
+        ring.add(f"line {i}")
+    assert ring.read(tail=10) == {"lines": ["line 2", "line 3", "line 4"], "first": 3, "next": 5}
+    assert ring.read(tail=1, after=3) == {"lines": ["line 3"], "first": 4, "next": 4}
+    assert ring.read(after=5) == {"lines": [], "first": None, "next": 5}
 
 
 def test_refusals_over_http(serve: Callable[[Agent], int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import time
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
@@ -333,6 +334,38 @@ def db_events(
     first."""
     with Client.from_home() as c, api_errors():
         emit(c.db.events(name, limit), output, EVENT_COLUMNS)
+
+
+@db_app.command("logs")
+def db_logs(
+    name: str,
+    tail: Annotated[int, typer.Option("--tail", min=1, max=5000, help="How many lines.")] = 100,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")
+    ] = False,
+    member: Annotated[
+        str | None, typer.Option("--member", help="A member's log (default: the primary's).")
+    ] = None,
+    output: Format = OutputOpt,
+) -> None:
+    """The engine's own log (its server's output) on NAME's primary or on one member."""
+    with Client.from_home() as c, api_errors():
+        got = c.db.logs(name, tail=tail, member=member)
+        if output is Format.json and not follow:
+            emit(got, output, ())
+            return
+        for line in got.lines:
+            console.out(line, highlight=False)
+        after = got.next
+        try:
+            while follow:
+                time.sleep(1.0)
+                got = c.db.logs(name, tail=5000, after=after, member=got.member)
+                for line in got.lines:
+                    console.out(line, highlight=False)
+                after = got.next
+        except KeyboardInterrupt:
+            return
 
 
 @replica_app.command("list")

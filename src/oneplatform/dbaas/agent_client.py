@@ -96,6 +96,11 @@ class AgentClient:
         answer = self._call("POST", "/v1/archive", body, timeout=timeout + 10)
         return float(answer["archived_until"])
 
+    def logs(self, tail: int = 100, after: int | None = None) -> dict[str, Any]:
+        """The engine's own output: its last ``tail`` lines, or those after line ``after``."""
+        query = f"tail={int(tail)}" + (f"&after={int(after)}" if after is not None else "")
+        return self._call("GET", f"/v1/logs?{query}")
+
     def replication(self) -> dict[str, Any]:
         """This member's role, WAL positions and (a primary's) streaming replicas."""
         return self._call("GET", "/v1/replication")

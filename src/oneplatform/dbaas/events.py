@@ -1,17 +1,24 @@
-"""A database instance's events: what happened to it, its members, their compute and its
-backups, from the platform's event log (every state change is recorded there)."""
+"""A database instance's events (what happened to it, its members, their compute and its
+backups, from the platform's event log: every state change is recorded there) and its
+engine's log (a member's server output, which its agent keeps)."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
-from oneplatform.dbaas.lookup import find_db_any
+from oneplatform.config import Settings
+from oneplatform.dbaas.endpoints import PRIMARY, live_members
+from oneplatform.dbaas.lookup import find_db, find_db_any
+from oneplatform.dbaas.reach import agent_client, reach
+from oneplatform.errors import NotFound
 from oneplatform.iam import Caller
-from oneplatform.schemas.databases import DbEventOut
+from oneplatform.schemas.databases import DbEventOut, DbLogOut
+from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
 from oneplatform.store.models import Backup, DbMember, Event
 
 MAX_EVENTS = 1000
+MAX_LOG_LINES = 5000  # what an agent keeps
 
 
 def db_events(store: Store, caller: Caller, ident: str, limit: int = 100) -> list[DbEventOut]:
@@ -42,3 +49,34 @@ def db_events(store: Store, caller: Caller, ident: str, limit: int = 100) -> lis
             )
             for e in reversed(rows)
         ]
+
+
+def db_logs(
+    store: Store,
+    settings: Settings,
+    caller: Caller,
+    ident: str,
+    tail: int = 100,
+    after: int | None = None,
+    member: str | None = None,
+) -> DbLogOut:
+    """The engine log of the database's primary (or of its member ``member``): the last
+    ``tail`` lines, or those after line ``after``."""
+    with store.session() as session:
+        db = find_db(session, caller, ident)
+        members = live_members(session, db.id)
+        if member is None:
+            chosen = next((m for m in members if m.role == PRIMARY), None)
+        else:
+            chosen = next((m for m in members if member in (m.name, m.id)), None)
+        if chosen is None:
+            what = f"no member {member!r}" if member else "no primary"
+            raise NotFound(f"{db.name!r} has {what}", code="replica_not_found")
+        r = reach(session, db, box_for(settings), instance_id=chosen.instance_id)
+        name = chosen.name
+    answer = agent_client(r, timeout=10.0).logs(tail, after)
+    return DbLogOut(
+        member=name,
+        lines=[str(line) for line in answer.get("lines", [])],
+        next=int(answer.get("next") or 0),
+    )

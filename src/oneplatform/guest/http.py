@@ -7,7 +7,8 @@
 false only the completed segments, and say up to when) and, on a warm
 instance, ``POST /v1/claim`` (``{"sealed": ...}``: its owner's bundle, sealed and signed
 with the warm bundle's secret; once applied, only the owner's secret is accepted).
-Replication: ``GET /v1/replication`` (role, WAL positions, replicas), ``POST
+``GET /v1/logs?tail=N&after=K`` (the engine's own output: its last N lines, or those after
+line K). Replication: ``GET /v1/replication`` (role, WAL positions, replicas), ``POST
 /v1/replication/role`` (``{"user", "password"}``: the replication role, on a primary),
 ``POST /v1/replication/prepare`` (``{"seconds"}``: a standby's promotion comes within them),
 ``POST /v1/replication/promote`` and ``POST /v1/replication/demote`` (``{"upstream": {...},
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .bundle import Bundle, BundleError, UpstreamSettings
 from .contract import DEFAULT_DATASTORE, DEFAULT_VERSION
@@ -125,6 +126,16 @@ class Agent:
             if detail.startswith("the engine was not ready"):
                 return 504, error_body("timeout", detail)
             return 503, error_body("engine_failed", detail)
+        if route == "/v1/logs":
+            if method != "GET":
+                return 405, error_body("method_not_allowed", "use GET")
+            query = parse_qs(urlsplit(path).query)
+            try:
+                tail = int(query.get("tail", ["100"])[0])
+                after = int(query["after"][0]) if "after" in query else None
+            except ValueError as exc:
+                return 400, error_body("bad_request", f"tail and after are numbers: {exc}")
+            return 200, self.supervisor.log.read(tail, after)
         if route == "/v1/backups":
             return self.backups(method, body)
         if route == "/v1/replication/detach":

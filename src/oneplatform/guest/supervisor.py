@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .bundle import Bundle
+from .enginelog import EngineLog
 from .engines.base import Engine, EngineError
 
 ENGINE_STARTING = "starting"
@@ -38,6 +39,7 @@ class Supervisor:
         poll_interval: float = 0.2,
     ) -> None:
         self.engine = engine
+        self.log = EngineLog()  # the engine's own output, as `onep db logs` reads it
         self._ready_timeout = ready_timeout
         self._stop_timeout = stop_timeout
         self._backoff_initial = backoff_initial
@@ -236,6 +238,7 @@ class Supervisor:
                     if self._stopping:
                         break
                 proc = engine.start()
+                self.log.attach(proc.stdout)
             except Exception as exc:
                 consecutive += 1
                 delay = self._backoff(consecutive)

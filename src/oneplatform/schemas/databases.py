@@ -96,6 +96,14 @@ class DbEventOut(Response):
     message: str = ""
 
 
+class DbLogOut(Response):
+    """Lines of a member's engine log (its server's own output), oldest first."""
+
+    member: str
+    lines: list[str]
+    next: int = Field(description="ask with after=next for the lines that come later")
+
+
 class DbMemberOut(Response):
     """One server of the database instance's group."""
 

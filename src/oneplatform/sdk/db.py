@@ -22,6 +22,7 @@ from oneplatform.schemas.databases import (
     DbInstanceAccepted,
     DbInstanceCreate,
     DbInstanceOut,
+    DbLogOut,
     DbMemberOut,
     DbUserCreate,
     DbUserCreated,
@@ -125,6 +126,18 @@ class DbInstances:
     def events(self, ident: str, limit: int = 100) -> builtins.list[DbEventOut]:
         """The latest ``limit`` events of the database instance, oldest first."""
         return self.c.get_list(f"{BASE}/{ident}/events", DbEventOut, limit=limit)
+
+    def logs(
+        self, ident: str, tail: int = 100, after: int | None = None, member: str | None = None
+    ) -> DbLogOut:
+        """The engine log of the primary (or ``member``): its last ``tail`` lines, or those
+        after line ``after``."""
+        params: dict[str, Any] = {"tail": tail}
+        if after is not None:
+            params["after"] = after
+        if member is not None:
+            params["member"] = member
+        return self.c.get(f"{BASE}/{ident}/logs", DbLogOut, **params)
 
     def list_replicas(self, ident: str) -> builtins.list[DbMemberOut]:
         """The group's members, the primary first, with each replica's lag."""

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Response, status
 from oneplatform.api.deps import CallerDep, PlatformDep
 from oneplatform.api.errors import declared
 from oneplatform.dbaas import events, replicas, service
-from oneplatform.dbaas.events import MAX_EVENTS
+from oneplatform.dbaas.events import MAX_EVENTS, MAX_LOG_LINES
 from oneplatform.schemas.databases import (
     Credentials,
     DatabaseCreate,
@@ -16,6 +16,7 @@ from oneplatform.schemas.databases import (
     DbInstanceAccepted,
     DbInstanceCreate,
     DbInstanceOut,
+    DbLogOut,
     DbMemberOut,
     DbUserCreate,
     DbUserCreated,
@@ -80,6 +81,20 @@ def list_events(
     """The latest events of the database instance (live or deleted), its members, their
     compute and its backups, oldest first."""
     return events.db_events(platform.store, caller, ident, limit)
+
+
+@router.get("/{ident}/logs", response_model=DbLogOut)
+def engine_logs(
+    ident: str,
+    platform: PlatformDep,
+    caller: CallerDep,
+    tail: Annotated[int, Query(ge=1, le=MAX_LOG_LINES)] = 100,
+    after: Annotated[int | None, Query(ge=0)] = None,
+    member: Annotated[str | None, Query(max_length=63)] = None,
+) -> DbLogOut:
+    """The engine's own log on the primary (or on ``member``): the last ``tail`` lines, or
+    those after line ``after`` (follow with the ``next`` of the previous answer)."""
+    return events.db_logs(platform.store, platform.settings, caller, ident, tail, after, member)
 
 
 @router.get("/{ident}/replicas", response_model=list[DbMemberOut])

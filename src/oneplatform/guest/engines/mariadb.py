@@ -35,6 +35,7 @@ from typing import Any
 
 from ..bundle import Bundle, StoreSettings, UpstreamSettings
 from ..contract import DATA_ROOT
+from ..enginelog import SERVER_OUTPUT
 from ..relay import RELAY_PORT
 from . import filerepo
 from .base import ChildProcesses, Engine, EngineError, NotSupported, tail
@@ -270,6 +271,7 @@ class MariaDbEngine(Engine):
             ["mariadbd", f"--defaults-file={self.conf_path}", f"--user={self.OS_USER}"],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            **SERVER_OUTPUT,
             env=self._env(),
         )
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..bundle import Bundle, UpstreamSettings
 from ..contract import DATA_ROOT, DEFAULT_VERSION
+from ..enginelog import SERVER_OUTPUT
 from .base import ChildProcesses, Engine, EngineError
 from .following import read_upstream
 from .pgbackrest import PgBackRest, restoring
@@ -723,6 +724,7 @@ class PostgresEngine(Engine):
             [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            **SERVER_OUTPUT,
             **self._as_postgres(),
         )
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from ..bundle import Bundle, RestoreSettings, StoreSettings, UpstreamSettings
 from ..contract import DATA_ROOT
+from ..enginelog import SERVER_OUTPUT
 from ..relay import RELAY_PORT
 from . import filerepo
 from .base import ChildProcesses, Engine, EngineError, NotSupported, tail
@@ -235,6 +236,7 @@ class RedisEngine(Engine):
             ["redis-server", str(self.conf_path)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            **SERVER_OUTPUT,
             env=self._env(),
             user=self.OS_USER if os.geteuid() == 0 else None,
         )
