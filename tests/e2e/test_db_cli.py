@@ -166,6 +166,9 @@ def test_restart_keeps_data_and_reports_health(platform: Platform, pgdb: dict[st
     assert restarted["status"] == "ACTIVE" and restarted["health"] == "HEALTHY"
     with _connect(pgdb["endpoint"], "alice", ALICE_PW, "appdb") as c:
         assert c.execute("SELECT body FROM notes").fetchall() == [("kept",)]
+    # the engine's own log, kept across its restarts by the agent: both starts are there
+    logged = platform.run("db", "logs", "pgc", "--tail", "5000").stdout
+    assert logged.count("database system is ready to accept connections") >= 2, logged[-3000:]
 
 
 def test_reset_admin_password(platform: Platform, pgdb: dict[str, Any]) -> None:
@@ -188,6 +191,8 @@ def test_another_project_cannot_see_the_database(platform: Platform, pgdb: dict[
         ["restart", "pgc"],
         ["database", "list", "pgc"],
         ["user", "list", "pgc"],
+        ["logs", "pgc"],
+        ["events", "pgc"],
         ["delete", "pgc"],
     ):
         out = platform.run("db", *args, check=False, ONEP_TOKEN=token)
@@ -210,8 +215,10 @@ def test_secrets_never_reach_logs_store_or_operations(
     for secret in secrets:
         assert secret not in dump
     ops = json.dumps(platform.json("operation", "list"))
+    said = platform.run("db", "logs", "pgc", "--tail", "5000").stdout
+    said += platform.run("db", "events", "pgc", "--limit", "1000", "-o", "json").stdout
     for secret in secrets:
-        assert secret not in ops
+        assert secret not in ops and secret not in said
     db_id = pgdb["id"]
     inst_logs = subprocess.run(
         ["podman", "ps", "-a", "--format", "json", "--filter", "label=oneplatform.managed=1"],
