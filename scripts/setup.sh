@@ -24,6 +24,8 @@ APT_PACKAGES=(
   mariadb-server-core mariadb-client-core mariadb-client mariadb-backup zstd rclone
   # Redis's server and client (the Redis engine's tests run them; its service is disabled).
   redis-server redis-tools
+  # promtool, which checks /metrics in the tests (the package's server is not run).
+  prometheus
   # Virtual machines: QEMU (TCG here), libvirt, and the tools that make VM disks.
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
   xorriso e2fsprogs

@@ -6,7 +6,10 @@ any backend is touched. Each refusal must leave the store exactly as it was.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -632,6 +635,46 @@ def test_events_tell_the_database_its_members_and_compute_oldest_first(api: Api)
     assert [(e["name"], e["message"]) for e in latest] == [("pg1", "the latest")]
     assert len(api.client.get(url, headers=api.admin).json()) == len(events) + 1
     _error(api.client.get(url, params={"limit": 0}, headers=api.admin), 422, "invalid_input")
+
+
+def test_metrics_are_prometheus_text_for_an_admin_and_pass_promtool(api: Api) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _create_db(api)
+    api.client.get("/v1/db/instances/nope", headers=api.admin)  # a 404, counted too
+    assert api.client.get("/metrics").status_code == 401
+    _error(api.client.get("/metrics", headers=api.other), 403, "admin_required")
+    scraped = api.client.get("/metrics", headers=api.admin)
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(scraped.text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    db = {"datastore": "postgresql", "compute_type": "container", "status": "BUILD",
+          "health": "UNKNOWN"}  # fmt: skip
+    assert value("onep_databases", **db) == 1
+    assert value("onep_operations", kind="db.create", status="PENDING") == 1
+    host = {"host": "h1", "pool": "containers", "compute_type": "container"}
+    assert value("onep_host_capacity", **host, resource="vcpus") == 2 * 4.0  # overcommit
+    assert value("onep_host_used", **host, resource="ram_mb") == 512
+    created = {"route": "/v1/db/instances", "method": "POST", "status": "202"}
+    assert value("onep_api_requests_total", **created) == 1
+    missing = {"route": "/v1/db/instances/{ident}", "method": "GET", "status": "404"}
+    assert value("onep_api_requests_total", **missing) == 1
+    assert value("onep_compute_repairs") == 0
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        assert os.environ.get("CI") != "true", "promtool is not installed (scripts/setup.sh)"
+        pytest.skip("promtool is not installed (scripts/setup.sh)")
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=scraped.text, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_credentials_are_the_owners(api: Api) -> None:

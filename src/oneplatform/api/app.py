@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from oneplatform import __version__
-from oneplatform.api.deps import Platform
+from oneplatform.api.deps import CallerDep, Platform
+from oneplatform.api.errors import declared
 from oneplatform.api.gate import Gate
+from oneplatform.api.metrics import CONTENT_TYPE, MeasureRequests, Metrics
 from oneplatform.api.routes import (
     backups,
     compute_types,
@@ -66,6 +68,22 @@ def create_app(platform: Platform) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    metrics = Metrics(platform.store)
+
+    @app.get(
+        "/metrics",
+        tags=["metrics"],
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus's text format"},
+            **declared(401, 403),
+        },
+    )
+    def scrape(caller: CallerDep) -> Response:
+        """The platform's metrics in Prometheus's text format (an admin token)."""
+        caller.require_admin()
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     app.add_exception_handler(PlatformError, _platform_error)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
@@ -87,6 +105,7 @@ def create_app(platform: Platform) -> FastAPI:
         )
 
     app.add_middleware(Gate, store=platform.store)
+    app.add_middleware(MeasureRequests, metrics=metrics)  # outermost: refusals count too
     return app
 
 
