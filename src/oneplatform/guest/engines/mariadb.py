@@ -544,10 +544,15 @@ class MariaDbEngine(Engine):
         """The running primary takes no more writes and follows ``upstream``; its last
         position is what the new primary must have applied before its promotion."""
         self._sql("SET GLOBAL read_only = ON;\n", "refusing writes")
-        last = gtid_seq(self._value("SELECT @@GLOBAL.gtid_binlog_pos"))
-        self.following.follow(upstream)
-        self.following.run(upstream, self._watch)
-        self._replicate_from(upstream)
+        try:
+            last = gtid_seq(self._value("SELECT @@GLOBAL.gtid_binlog_pos"))
+            self.following.follow(upstream)
+            self.following.run(upstream, self._watch)
+            self._replicate_from(upstream)
+        except (EngineError, OSError):
+            self.following.stop_following()  # it serves on as the primary
+            self._sql("STOP SLAVE;\nRESET SLAVE ALL;\nSET GLOBAL read_only = OFF;\n", "undoing")
+            raise
         log.info("demoted at GTID sequence %d: following %s:%d", last, upstream.host, upstream.port)
         return {"clean": True, "checkpoint_bytes": last - 1, "timeline": None, "rewound": False}
 

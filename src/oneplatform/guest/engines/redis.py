@@ -261,6 +261,10 @@ class RedisEngine(Engine):
         upstream = self.following.upstream()
         if upstream is not None:
             self.following.run(upstream, self._copy_users)
+            try:  # the primary's users now, not at the watcher's first round
+                self._copy_users(upstream)
+            except (EngineError, OSError) as exc:
+                log.info("the primary's users are copied later: %s", exc)
         restored = self.data_dir / self.RESTORED_NAME
         if restored.exists():
             self._command("CONFIG", "SET", "appendonly", "yes")
@@ -349,11 +353,15 @@ class RedisEngine(Engine):
         self._command("CLIENT", "PAUSE", "30000", "WRITE")
         try:
             last = int(self._info("replication").get("master_repl_offset", "0"))
-            self.following.follow(upstream)
             self._command("CONFIG", "SET", "masteruser", upstream.user)
             self._command("CONFIG", "SET", "masterauth", last=upstream.password)
-            self._command("REPLICAOF", "127.0.0.1", str(self.following.port))
+            self.following.follow(upstream)
             self.following.run(upstream, self._copy_users)
+            self._command("REPLICAOF", "127.0.0.1", str(self.following.port))
+        except (EngineError, OSError):
+            self.following.stop_following()  # it serves on as the primary
+            self._command("REPLICAOF", "NO", "ONE")
+            raise
         finally:
             self._command("CLIENT", "UNPAUSE")
         log.info("demoted at offset %d: following %s:%d", last, upstream.host, upstream.port)
