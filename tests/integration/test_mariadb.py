@@ -212,9 +212,14 @@ def test_full_and_incremental_backups_restore_with_their_users(store: Settings) 
     tool = FileRepositoryTool(store, bucket, access, secret, engines.CIPHER)
     assert [m["label"] for m in tool.manifests()] == [full["label"], incr["label"]]
     second = _backup_again(store, bucket, access, secret, reader, incr)
+    # Other data files (a new server; a replica made primary): no incremental on that chain
+    with _serving(backup=engines.repository(store, bucket, access, secret)) as other:
+        fresh = engines.take_backup(other.engine, "incr")
+    assert (fresh["type"], fresh["prior"]) == ("full", None), fresh
     tool.expire(incr["label"], in_flight=0)
-    assert [m["label"] for m in tool.manifests()] == [full["label"]], second
+    assert [m["label"] for m in tool.manifests()] == [full["label"], fresh["label"]], second
     tool.expire(full["label"], in_flight=0)
+    tool.expire(fresh["label"], in_flight=0)
     assert tool.manifests() == []
     tool.destroy()
     with pytest.raises(BackendError):

@@ -52,13 +52,13 @@ class MariaBackup:
         conf_dir: Path = CONF_DIR,
         clock: Callable[[], float] = time.time,
         map_host: Callable[[StoreSettings], None] = map_store_host,
-        server: str = "",
     ) -> None:
         self._run = run
-        # Which member's data files a backup is of: an incremental continues only a chain of
-        # this server's (after a switchover the primary's files are another member's, whose
-        # LSNs have nothing to do with the chain's).
-        self.server = server
+        # The lineage of the server's data files (a new data directory or a replica's dump
+        # starts one; a restore continues its backup's): an incremental continues only a
+        # chain of the same lineage (after a switchover the primary's files are another
+        # member's, whose LSNs have nothing to do with the chain's).
+        self.lineage = ""
         self.socket = socket
         self.work = work
         self.repo = Repository(run, conf_dir, "repository", map_host)
@@ -105,12 +105,12 @@ class MariaBackup:
         return self.jobs.job()
 
     def backup(self, kind: str) -> dict[str, Any]:
-        """Take a backup of ``kind`` (an incremental with no backup of this server's before
-        it is a full);
+        """Take a backup of ``kind`` (an incremental with no backup of these data files'
+        lineage before it is a full);
         its manifest, once it is in the repository."""
         prior = self.repo.manifests()[-1:] if kind == "incr" else []
-        if prior and prior[0].get("server") != self.server:
-            log.info("the last backup is another member's: a full backup, not an incremental")
+        if prior and prior[0].get("lineage") != self.lineage:
+            log.info("the last backup is of other data files: a full backup, not an incremental")
             prior = []
         kind = "incr" if prior else "full"
         started = self._clock()
@@ -162,7 +162,7 @@ class MariaBackup:
                     "repository": {"delta": _copied(_read(logs["stored"]))},
                 },
                 "server_version": info.get("server_version", ""),
-                "server": self.server,
+                "lineage": self.lineage,
             }
             self.repo.put(f"{label}/{MANIFEST}", json.dumps(entry).encode())
             return entry
@@ -174,10 +174,11 @@ class MariaBackup:
 
     # -- restore
 
-    def restore(self, restore: RestoreSettings, target: Path) -> None:
+    def restore(self, restore: RestoreSettings, target: Path) -> str:
         """Fill the empty ``target`` from the source's backup ``backup_set`` and the chain it
         builds on: the full extracted there, each incremental applied in order, prepared
-        (InnoDB's redo applied): a data directory the server starts on as it is."""
+        (InnoDB's redo applied): a data directory the server starts on as it is. Returns
+        the lineage the restored files continue."""
         if restore.target_time:
             raise EngineError("MariaDB restores a backup as it was taken: no target time")
         chain = _chain(self.source.manifests(), restore.backup_set)
@@ -195,6 +196,7 @@ class MariaBackup:
             finally:
                 shutil.rmtree(delta, ignore_errors=True)
         log.info("mariadb-backup: restored in %.1f s", time.monotonic() - started)
+        return str(chain[-1].get("lineage") or chain[0]["label"])
 
     def _extract(self, label: str, into: Path) -> None:
         pipeline = (

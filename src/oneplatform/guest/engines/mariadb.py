@@ -59,6 +59,7 @@ class MariaDbEngine(Engine):
     SEED_NAME = "oneplatform-seed.pending"  # a new replica: its data from the primary
     UPSTREAM_NAME = "mariadb-upstream.json"  # beside the data directory
     SERVER_ID_NAME = "mariadb-server-id"  # beside it too: the member's, never copied
+    LINEAGE_NAME = "mariadb-lineage"  # and the data files' lineage (see MariaBackup.lineage)
     # Options the agent owns; the bundle cannot override them.
     RESERVED = frozenset(
         {
@@ -187,6 +188,7 @@ class MariaDbEngine(Engine):
                 f"{' | '.join(reason[:4])[:500]}"
             )
         self._write(target / self.PENDING_NAME, "create the admin user from the bundle\n")
+        self.lineage(secrets.token_hex(16))  # new data files
         log.info("mariadb-install-db finished in %.1f s", time.monotonic() - started)
 
     def _install_standby(self, target: Path) -> None:
@@ -202,7 +204,7 @@ class MariaDbEngine(Engine):
         instance's own credentials (the source's users and grants come with the data)."""
         assert self.bundle is not None and self.bundle.restore is not None
         self._configure_backups()
-        self.backups.restore(self.bundle.restore, target)
+        self.lineage(self.backups.restore(self.bundle.restore, target))
         self._own_tree(target)
         self._write(target / self.PENDING_NAME, "set the admin user from the bundle\n")
 
@@ -216,7 +218,7 @@ class MariaDbEngine(Engine):
 
     def configure(self) -> None:
         self._write(self.conf_path, self.render_conf())
-        self.backups.server = str(self.server_id())
+        self.backups.lineage = self.lineage()
         self._configure_backups()
 
     def render_conf(self) -> str:
@@ -250,6 +252,22 @@ class MariaDbEngine(Engine):
         }
         lines += [f"{name} = {value}" for name, value in managed.items()]
         return "\n".join(lines) + "\n"
+
+    def lineage(self, new: str | None = None) -> str:
+        """The data files' lineage, kept beside the data directory: ``new`` sets it (a new
+        data directory, a seeding, a restore); one is drawn when there is none."""
+        path = self.data_dir.parent / self.LINEAGE_NAME
+        if new is None:
+            try:
+                new = path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                new = ""
+            if new:
+                return new
+            new = secrets.token_hex(16)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write(path, new + "\n")
+        return new
 
     def server_id(self) -> int:
         """Distinct per member (replication refuses two members with one id; a database's
