@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from oneplatform.api.gate import App, Message, Receive, Scope, Send
 from oneplatform.compute.scheduler import host_states
 from oneplatform.dbaas.backups import window
 from oneplatform.store.db import Store
@@ -195,15 +196,10 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
 class MeasureRequests:
     """ASGI middleware: each HTTP request's route template, status and time into ``metrics``."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: Metrics):
+    def __init__(self, app: App, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -214,7 +210,7 @@ class MeasureRequests:
         started = time.perf_counter()
         status = [500]
 
-        async def sending(message: dict[str, Any]) -> None:
+        async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
             await send(message)

@@ -14,6 +14,9 @@ the platform's user (the password in ``REDISCLI_AUTH``, never in argv).
 
 Backups are the RDB snapshot (``BGSAVE``) and the ACL file, compressed and encrypted into
 the instance's repository with rclone, as MariaDB's are (:mod:`.filerepo`).
+A restore puts them in an empty data directory and starts with ``appendonly no`` once:
+Redis loads the snapshot, then ``CONFIG SET appendonly yes`` rewrites the append-only file
+from memory (with ``appendonly yes`` and no such file, Redis would start empty).
 
 Replicas follow their primary (``replicaof``) through the guest's replication relay
 (:mod:`..relay`) as the database's replication user; a new one is seeded by Redis's own full
@@ -23,9 +26,6 @@ LIST`` through the relay), so that a promoted replica lets in whoever its primar
 switchover demotes the running primary as Redis's ``FAILOVER`` does (writes paused, the
 offset read, then ``REPLICAOF``); ``FAILOVER`` itself cannot be used: it has the primary
 connect to the replica's own address, and members reach each other only through the hub.
-A restore puts them in an empty data directory and starts with ``appendonly no`` once:
-Redis loads the snapshot, then ``CONFIG SET appendonly yes`` rewrites the append-only file
-from memory (with ``appendonly yes`` and no such file, Redis would start empty).
 """
 
 from __future__ import annotations
