@@ -81,6 +81,12 @@ class Forbidden(ClientError):
     status = 403
 
 
+class QuotaExceeded(Forbidden):
+    """A request would take its project over a quota; ``details`` names the resource."""
+
+    code = "quota_exceeded"
+
+
 class BackendError(PlatformError):
     """A compute backend (Podman, libvirt, a BMC) failed; translated at the driver edge."""
 

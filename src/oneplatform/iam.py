@@ -60,6 +60,12 @@ class Caller:
         if not self.is_admin:
             raise Forbidden("this needs an admin token", code="admin_required")
 
+    def require_writer(self, what: str) -> None:
+        """A reader reads the project's resources, never what would let it write (a
+        database's credentials)."""
+        if self.read_only:
+            raise Forbidden(f"a reader token cannot {what}", code="read_only")
+
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()

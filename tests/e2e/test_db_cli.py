@@ -199,6 +199,28 @@ def test_another_project_cannot_see_the_database(platform: Platform, pgdb: dict[
         assert out.returncode == 1 and "db_instance_not_found" in out.stderr, out.stderr
 
 
+def test_a_quota_is_set_shown_and_enforced_through_the_cli(
+    platform: Platform, pgdb: dict[str, Any]
+) -> None:
+    token = platform.json("project", "create", "quotaed")["token"]
+    shown = platform.json(
+        "quota", "set", "quotaed", "--databases", "0", "--vcpus", "4", "--ram-mb", "unlimited"
+    )
+    assert shown["quota"]["databases"] == {"limit": 0, "used": 0}
+    assert shown["quota"]["vcpus"]["limit"] == 4 and shown["quota"]["ram_mb"]["limit"] is None
+    assert platform.json("quota", "show", ONEP_TOKEN=token)["project"]["name"] == "quotaed"
+    refused = platform.run(
+        "db", "create", "pgq", "--flavor", "container.small", check=False, ONEP_TOKEN=token
+    )
+    assert refused.returncode == 1 and "quota_exceeded" in refused.stderr, refused.stderr
+    assert "databases" in refused.stderr
+    assert platform.json("db", "list", ONEP_TOKEN=token) == []
+    bad = platform.run("quota", "set", "quotaed", "--vcpus", "many", check=False)
+    assert bad.returncode == 2 and "unlimited" in bad.stderr
+    member = platform.run("quota", "set", "quotaed", "--vcpus", "9", check=False, ONEP_TOKEN=token)
+    assert member.returncode == 1 and "admin_required" in member.stderr
+
+
 def test_secrets_never_reach_logs_store_or_operations(
     platform: Platform, pgdb: dict[str, Any]
 ) -> None:

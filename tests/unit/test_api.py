@@ -917,3 +917,161 @@ def test_a_body_over_the_limit_is_refused(api: Api) -> None:
 def test_a_deploy_report_with_an_unknown_token_is_not_read(api: Api) -> None:
     response = api.client.post("/v1/deploy/not-a-token/status", content=b"status=ok\n" * 10000)
     assert response.status_code == 404
+
+
+# -- roles: every route with each role -----------------------------------------------------------
+# The least role each route needs ("reader": any token of the project). A route missing here
+# fails test_the_role_table_covers_every_route: a new route is classified when it is added.
+# Admin-only writes get a valid body: their check runs in the route, after the body's.
+FLAVOR_BODY = {"name": "f.x", "compute_type": "container", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}
+ROLE_TABLE: dict[tuple[str, str], tuple[str, object]] = {
+    ("GET", "/v1/compute-types"): ("reader", None),
+    ("GET", "/v1/pools"): ("admin", None),
+    ("POST", "/v1/pools"): ("admin", {"name": "p2", "compute_type": "container"}),
+    ("GET", "/v1/hosts"): ("admin", None),
+    ("POST", "/v1/hosts"): ("admin", {"name": "h2", "pool": "containers", "uri": "local://"}),
+    ("GET", "/v1/flavors"): ("reader", None),
+    ("POST", "/v1/flavors"): ("admin", FLAVOR_BODY),
+    ("GET", "/v1/images"): ("reader", None),
+    ("GET", "/v1/images/{name}"): ("reader", None),
+    ("POST", "/v1/images/{name}/build"): ("admin", None),
+    ("GET", "/v1/instances"): ("reader", None),
+    ("POST", "/v1/instances"): ("member", {}),
+    ("GET", "/v1/instances/{ident}"): ("reader", None),
+    ("DELETE", "/v1/instances/{ident}"): ("member", None),
+    ("POST", "/v1/instances/{ident}/action"): ("member", {"action": "stop"}),
+    ("POST", "/v1/instances/{ident}/resize"): ("member", {"flavor": "container.small"}),
+    ("GET", "/v1/instances/{ident}/console"): ("reader", None),
+    ("POST", "/v1/instances/{ident}/exec"): ("member", {"command": ["true"]}),
+    ("POST", "/v1/instances/{ident}/snapshot"): ("member", {"name": "s1"}),
+    ("GET", "/v1/operations"): ("reader", None),
+    ("GET", "/v1/operations/{operation_id}"): ("reader", None),
+    ("GET", "/v1/projects"): ("admin", None),
+    ("POST", "/v1/projects"): ("admin", {"name": "third"}),
+    ("GET", "/v1/whoami"): ("reader", None),
+    ("GET", "/v1/quota"): ("reader", None),
+    ("GET", "/v1/projects/{name}/quota"): ("admin", None),  # another project's
+    ("PATCH", "/v1/projects/{name}/quota"): ("admin", {"databases": 1}),
+    ("GET", "/v1/tokens"): ("reader", None),
+    ("POST", "/v1/tokens"): ("member", {}),
+    ("DELETE", "/v1/tokens/{name}"): ("member", None),
+    ("GET", "/v1/datastores"): ("reader", None),
+    ("GET", "/v1/db/instances"): ("reader", None),
+    ("POST", "/v1/db/instances"): ("member", {}),
+    ("GET", "/v1/db/instances/{ident}"): ("reader", None),
+    ("DELETE", "/v1/db/instances/{ident}"): ("member", None),
+    ("POST", "/v1/db/instances/{ident}/restart"): ("member", None),
+    ("GET", "/v1/db/instances/{ident}/events"): ("reader", None),
+    ("GET", "/v1/db/instances/{ident}/logs"): ("reader", None),
+    ("GET", "/v1/db/instances/{ident}/replicas"): ("reader", None),
+    ("POST", "/v1/db/instances/{ident}/replicas"): ("member", {}),
+    ("POST", "/v1/db/instances/{ident}/switchover"): ("member", {}),
+    ("POST", "/v1/db/instances/{ident}/move"): ("member", {"flavor": "container.small"}),
+    ("GET", "/v1/db/instances/{ident}/credentials"): ("member", None),  # would let it write
+    ("POST", "/v1/db/instances/{ident}/reset-password"): ("member", None),
+    ("GET", "/v1/db/instances/{ident}/databases"): ("reader", None),
+    ("POST", "/v1/db/instances/{ident}/databases"): ("member", {"name": "d1"}),
+    ("DELETE", "/v1/db/instances/{ident}/databases/{name}"): ("member", None),
+    ("GET", "/v1/db/instances/{ident}/users"): ("reader", None),
+    ("POST", "/v1/db/instances/{ident}/users"): ("member", {}),
+    ("DELETE", "/v1/db/instances/{ident}/users/{name}"): ("member", None),
+    ("PUT", "/v1/db/instances/{ident}/users/{name}/password"): ("member", {}),
+    ("POST", "/v1/db/instances/{ident}/users/{name}/grants"): ("member", {}),
+    ("DELETE", "/v1/db/instances/{ident}/users/{name}/grants/{database}"): ("member", None),
+    ("POST", "/v1/db/instances/{ident}/backups"): ("member", {}),
+    ("GET", "/v1/backups"): ("reader", None),
+    ("GET", "/v1/backups/{ident}"): ("reader", None),
+    ("DELETE", "/v1/backups/{ident}"): ("member", None),
+    ("GET", "/v1/db/instances/{ident}/backup-schedule"): ("reader", None),
+    ("PUT", "/v1/db/instances/{ident}/backup-schedule"): ("member", {}),
+    ("DELETE", "/v1/db/instances/{ident}/backup-schedule"): ("member", None),
+    ("GET", "/v1/nodes"): ("admin", None),
+    ("POST", "/v1/nodes"): (
+        "admin",
+        {"name": "n9", "bmc_address": "http://127.0.0.1:1", "bmc_system_id": "x"},
+    ),
+    ("GET", "/v1/nodes/{ident}"): ("admin", None),
+    ("POST", "/v1/nodes/{ident}/manage"): ("admin", None),
+    ("POST", "/v1/nodes/{ident}/inspect"): ("admin", None),
+    ("POST", "/v1/nodes/{ident}/provide"): ("admin", None),
+    ("POST", "/v1/nodes/{ident}/power"): ("admin", {"action": "on"}),
+    ("GET", "/v1/warm"): ("admin", None),
+    ("PUT", "/v1/warm"): ("admin", {"flavor": "container.small", "count": 0}),
+    ("DELETE", "/v1/db/replicas/{name}"): ("member", None),
+    ("POST", "/v1/db/replicas/{name}/detach"): ("member", {}),
+    ("GET", "/metrics"): ("admin", None),
+}
+RANKS = {"reader": 0, "member": 1, "admin": 2}
+
+
+def _templates(api: Api) -> set[tuple[str, str]]:
+    spec = api.client.get("/openapi.json").json()
+    return {(m.upper(), p) for p, methods in spec["paths"].items() for m in methods}
+
+
+def test_the_role_table_covers_every_route(api: Api) -> None:
+    published = {r for r in _templates(api) if r[1] != "/healthz"}
+    assert published == set(ROLE_TABLE)
+
+
+@pytest.fixture
+def role_headers(api: Api) -> dict[str, dict[str, str]]:
+    """A token of each role: the admin's, and a member's and a reader's of project other."""
+    made = api.client.post("/v1/tokens", json={"name": "ro", "role": "reader"}, headers=api.other)
+    assert made.status_code == 201, made.text
+    return {"admin": api.admin, "member": api.other, "reader": _bearer(made.json()["token"])}
+
+
+@pytest.mark.parametrize("role", ["admin", "member", "reader"])
+def test_every_route_with_each_role(
+    api: Api, role_headers: dict[str, dict[str, str]], role: str
+) -> None:
+    """Each role reaches what its rank allows (a 2xx, 404 or 409 of the route itself, never
+    401 or 403) and is refused the rest with 403 and the code that says why, leaving the
+    store as it was."""
+    wrong: list[str] = []
+    for (method, template), (least, body) in ROLE_TABLE.items():
+        path = re.sub(r"\{[^}]+\}", "x", template).replace("/images/x", f"/images/{IMAGE}")
+        before = api.counts()
+        response = api.client.request(method, path, json=body, headers=role_headers[role])
+        got = response.status_code
+        code = response.json().get("error", {}).get("code") if got >= 400 and got != 404 else None
+        if RANKS[role] >= RANKS[least]:
+            if got in (401, 403):
+                wrong.append(f"{method} {template}: {role} refused ({got} {code})")
+        else:
+            want = "read_only" if role == "reader" and least == "member" else "admin_required"
+            if role == "reader" and method not in ("GET", "HEAD") and least == "admin":
+                want = "read_only"
+            if (got, code) != (403, want):
+                wrong.append(f"{method} {template}: {role} got {got} {code}, not 403 {want}")
+            elif api.counts() != before:
+                wrong.append(f"{method} {template}: the refusal of {role} changed the store")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_quotas_through_the_api(api: Api) -> None:
+    quota = "/v1/projects/other/quota"
+    _error(api.client.patch(quota, json={"vcpus": -1}, headers=api.admin), 422, "invalid_input")
+    _error(api.client.patch(quota, json={"cpus": 1}, headers=api.admin), 422, "invalid_input")
+    _error(api.client.patch(quota, json={"vcpus": 1}, headers=api.other), 403, "admin_required")
+    _error(api.client.get("/v1/projects/nope/quota", headers=api.admin), 404, "project_not_found")
+    set_ = api.client.patch(quota, json={"vcpus": 0, "backups": 3}, headers=api.admin)
+    assert set_.status_code == 200, set_.text
+    own = api.client.get("/v1/quota", headers=api.other).json()
+    assert own["project"]["name"] == "other"
+    assert own["quota"]["vcpus"] == {"limit": 0, "used": 0}
+    assert own["quota"]["backups"] == {"limit": 3, "used": 0}
+
+    before = api.counts()
+    payload = {"name": "i1", "flavor": "container.small", "image": IMAGE}
+    refused = api.client.post("/v1/instances", json=payload, headers=api.other)
+    error = _error(refused, 403, "quota_exceeded")
+    assert error["details"] == {"resource": "vcpus", "limit": 0, "used": 0, "requested": 1}
+    assert api.counts() == before
+
+    lifted = api.client.patch(quota, json={"vcpus": None}, headers=api.admin).json()
+    assert lifted["quota"]["vcpus"]["limit"] is None
+    assert lifted["quota"]["backups"]["limit"] == 3  # left out: kept
+    _create(api, headers=api.other)
+    assert api.client.get("/v1/quota", headers=api.other).json()["quota"]["vcpus"]["used"] == 1

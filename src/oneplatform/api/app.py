@@ -25,6 +25,7 @@ from oneplatform.api.routes import (
     operations,
     pools,
     projects,
+    quotas,
     tokens,
     warm,
 )
@@ -53,6 +54,7 @@ def create_app(platform: Platform) -> FastAPI:
         instances,
         operations,
         projects,
+        quotas,
         tokens,
         datastores,
         db_instances,

@@ -8,7 +8,8 @@ from oneplatform.schemas.base import ErrorResponse
 
 MEANING = {
     401: "No token, or a token that is not valid (`token_missing`, `token_invalid`).",
-    403: "The token's role may not do this (`admin_required`).",
+    403: "The token's role may not do this (`admin_required`, `read_only`), or it would take "
+    "the project over a quota (`quota_exceeded`, naming the resource in `details`).",
     404: "No such resource in the caller's project (another project's looks the same).",
     409: "The resource's state or another resource does not allow it now.",
     413: "The body is over 1 MiB (`body_too_large`).",

@@ -68,6 +68,10 @@ class StoreCollector(Collector):
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    def describe(self) -> Iterator[Any]:
+        """Nothing up front: registering must not read the store (it may not be up yet)."""
+        return iter(())
+
     def collect(self) -> Iterator[Any]:
         now = utcnow()
         with self.store.session() as session:

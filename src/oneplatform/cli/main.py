@@ -19,6 +19,7 @@ from oneplatform.cli.output import (
     fail,
     wait_with_progress,
 )
+from oneplatform.cli.quotas import quota_app
 from oneplatform.cli.warm import warm_app
 from oneplatform.schemas.compute import ComputeType, FlavorCreate
 from oneplatform.schemas.instances import InstanceAccepted
@@ -49,6 +50,7 @@ for sub, name in (
     (op_app, "operation"),
     (project_app, "project"),
     (token_app, "token"),
+    (quota_app, "quota"),
     (pool_app, "pool"),
     (host_app, "host"),
 ):

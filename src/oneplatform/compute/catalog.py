@@ -92,7 +92,8 @@ def create_pool(store: Store, caller: Caller, req: PoolCreate) -> PoolOut:
         raise AlreadyExists(f"pool {req.name!r} already exists", code="pool_exists") from None
 
 
-def list_pools(store: Store) -> list[PoolOut]:
+def list_pools(store: Store, caller: Caller) -> list[PoolOut]:
+    caller.require_admin()
     with store.session() as session:
         return [
             PoolOut.model_validate(p) for p in session.scalars(select(Pool).order_by(Pool.name))

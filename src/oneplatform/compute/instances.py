@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from oneplatform import quotas
 from oneplatform.compute import operations as ops
 from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.catalog import flavor_by_name, require_capability
@@ -137,16 +138,20 @@ def place_instance(
     managed_by: str | None = None,
     bundle_enc: str | None = None,
     volumes: list[VolumeSpec] | None = None,
+    credit: quotas.Need | None = None,
 ) -> tuple[Instance, Operation]:
     """Place a new instance and enqueue its create, in the caller's transaction.
 
     Used by the compute API and by services (dbaas) that own their instances. Volumes count
-    against the host's disk beside the flavor's own disk.
+    against the host's disk beside the flavor's own disk, and against the project's storage
+    quota; ``credit`` is what the same request gives back (a move's former primary).
     """
     spec = spec_for(flavor.compute_type)
     image = image_for_create(session, image_name)
     _check_name_free(session, project_id, name)
     extra_disk = sum(v.size_gb for v in volumes or ())
+    need = quotas.compute_need(flavor.vcpus, flavor.ram_mb, flavor.disk_gb + extra_disk)
+    quotas.require(session, project_id, need, credit)
     host = select_host(session, flavor, extra_disk_gb=extra_disk, spread_project=project_id)
     instance = Instance(
         id=new_id(),
@@ -256,6 +261,12 @@ def resize(store: Store, caller: Caller, ident: str, flavor_name: str) -> Instan
                 f"{instance.compute_type}: an instance keeps its compute type",
                 code="flavor_mismatch",
             )
+        quotas.require(
+            session,
+            instance.project_id,
+            quotas.compute_need(flavor.vcpus, flavor.ram_mb, instance.disk_gb),
+            credit=quotas.compute_need(instance.vcpus, instance.ram_mb, instance.disk_gb),
+        )
         host = session.get_one(Host, cast(str, instance.host_id))
         fits_in_place(
             session,

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from oneplatform import quotas
 from oneplatform.config import Settings
 from oneplatform.dbaas import backup_ops
 from oneplatform.dbaas.backup_ops import BACKUP_DELETE
@@ -211,6 +212,7 @@ def create_backup(
                     f"a {req.type} backup needs a full backup of {db.name!r} first",
                     code="no_full_backup",
                 )
+            quotas.require(session, caller.project_id, quotas.Need(backups=1))
             stamp = utcnow().strftime("%Y%m%d-%H%M%S")
             backup = Backup(
                 id=new_id(),

@@ -40,7 +40,7 @@ from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.dbaas.datastores.features import Feature
 from oneplatform.dbaas.endpoints import PRIMARY, REPLICA, drop_member, live_members, sync_proxy
 from oneplatform.dbaas.reach import agent_client, reach
-from oneplatform.dbaas.replicas import add_members
+from oneplatform.dbaas.replicas import add_members, compute_credit
 from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, Health, MemberStatus
 from oneplatform.errors import BackendUnavailable, NotYet, PlatformError
 from oneplatform.hostsvc.proxy import EndpointProxy, ProxyError
@@ -254,6 +254,7 @@ def step_replace(ctx: StepContext) -> None:
         former = session.get_one(DbMember, ctx.params["former"])
         instance = session.get_one(Instance, former.instance_id)
         flavor = session.get_one(Flavor, instance.flavor_id).name
+        credit = compute_credit(instance)  # on its way out: the replacement takes its place
         size = len([m for m in live_members(session, former.db_id) if m.role == REPLICA])
         if former.deleted_at is None:
             request_delete(session, instance, former.project_id)
@@ -261,7 +262,7 @@ def step_replace(ctx: StepContext) -> None:
     if not ctx.params.get("replaced"):
         # ``size`` counted the former primary: as many replicas as before the failure.
         with contextlib.suppress(PlatformError):
-            add_members(ctx.store, ctx.settings, ctx.resource_id, size, flavor)
+            add_members(ctx.store, ctx.settings, ctx.resource_id, size, flavor, credit)
         ctx.remember(replaced=True)
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from oneplatform import quotas
 from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.instances import place_instance, request_delete
@@ -266,9 +267,11 @@ def _place_member(
     flavor: Flavor,
     name: str,
     from_backup: bool = False,
+    credit: quotas.Need | None = None,
 ) -> DbMember:
     """A new replica member on ``flavor``: its bundle (seeded from the primary, following
-    it) and its compute instance, placed in the caller's transaction."""
+    it) and its compute instance, placed in the caller's transaction (``credit``: what the
+    request gives back, against the project's quota)."""
     box = box_for(settings)
     datastore = get_datastore(db.datastore)
     engine = datastore.engine_settings(flavor.vcpus, flavor.ram_mb)
@@ -295,6 +298,7 @@ def _place_member(
         managed_by=MANAGED_BY,
         bundle_enc=box.encrypt(bundle),
         volumes=[VolumeSpec(DATA_VOLUME, db.size_gb, DATA_PATH)],
+        credit=credit,
     )
     member = DbMember(
         id=member_id,
@@ -364,8 +368,10 @@ def _new_replica(
     flavor_name: str | None,
     name: str | None,
     action: str,
+    credit_former: bool = False,
 ) -> tuple[str, str]:
-    """Check, make the replication role, then place the member: (db id, member id)."""
+    """Check, make the replication role, then place the member: (db id, member id). With
+    ``credit_former`` (a move) the primary it replaces is credited against the quota."""
     with store.session() as session:
         db = find_db(session, caller, ident)
         _check_ready(session, db, action, Feature.REPLICAS)
@@ -382,8 +388,18 @@ def _new_replica(
             flavor = flavor_by_name(
                 session, flavor_name or session.get_one(Flavor, db.flavor_id).name
             )
+            credit = None
+            if credit_former:
+                former = session.get_one(Instance, _primary_member(session, db).instance_id)
+                credit = compute_credit(former)
             member = _place_member(
-                session, settings, db, flavor, name or _next_name(session, db), from_backup
+                session,
+                settings,
+                db,
+                flavor,
+                name or _next_name(session, db),
+                from_backup,
+                credit,
             )
             return db_id, member.id
     except IntegrityError:
@@ -392,11 +408,22 @@ def _new_replica(
         ) from None
 
 
+def compute_credit(instance: Instance) -> quotas.Need:
+    """What an instance on its way out gives back to its project's quota."""
+    return quotas.compute_need(instance.vcpus, instance.ram_mb, instance.disk_gb)
+
+
 def add_members(
-    store: Store, settings: Settings, db_id: str, count: int, flavor_name: str | None
+    store: Store,
+    settings: Settings,
+    db_id: str,
+    count: int,
+    flavor_name: str | None,
+    credit: quotas.Need | None = None,
 ) -> list[str]:
     """Replicas until the group has ``count`` (a create's ``--replicas``), each with its
-    operation; idempotent. The ids of the group's replicas."""
+    operation; idempotent. The ids of the group's replicas. ``credit``: what the request
+    gives back against the quota (a failover's discarded primary)."""
     _ensure_replication_role(store, settings, db_id)
     with store.session() as session:
         have = [m for m in live_members(session, db_id) if m.role == REPLICA]
@@ -407,7 +434,7 @@ def add_members(
         have = [m for m in live_members(session, db_id) if m.role == REPLICA]
         for _ in range(count - len(have)):
             member = _place_member(
-                session, settings, db, flavor, _next_name(session, db), from_backup
+                session, settings, db, flavor, _next_name(session, db), from_backup, credit
             )
             enqueue(session, DB_REPLICA_CREATE, member.id, db.project_id)
             have.append(member)
@@ -505,7 +532,9 @@ def move(
                 f"database instance {db.name!r} is on flavor {flavor.name!r} already",
                 code="same_flavor",
             )
-    db_id, member_id = _new_replica(store, settings, caller, ident, req.flavor, None, "move")
+    db_id, member_id = _new_replica(
+        store, settings, caller, ident, req.flavor, None, "move", credit_former=True
+    )
     with store.session() as session:
         db = session.get_one(DbInstance, db_id)
         former = _primary_member(session, db)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from oneplatform import quotas
 from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.instances import endpoints, missing_volumes, place_instance
@@ -217,6 +218,20 @@ def _create_needs(req: DbInstanceCreate) -> list[Feature]:
     return needs
 
 
+def _require_quota(session: Session, caller: Caller, req: DbInstanceCreate, flavor: Flavor) -> None:
+    """The whole create against the project's quota up front: one database, its primary and
+    the replicas it asks for (each placement checks its own part again as it is made)."""
+
+    def member(f: Flavor) -> quotas.Need:
+        return quotas.compute_need(f.vcpus, f.ram_mb, f.disk_gb + req.size_gb)
+
+    need = quotas.Need(databases=1).plus(member(flavor))
+    if req.replicas:
+        replica_flavor = flavor_by_name(session, req.replica_flavor or flavor.name)
+        need = need.plus(member(replica_flavor).times(req.replicas))
+    quotas.require(session, caller.project_id, need)
+
+
 def create_db(
     store: Store, settings: Settings, caller: Caller, req: DbInstanceCreate
 ) -> DbInstanceAccepted:
@@ -239,6 +254,7 @@ def create_db(
         with store.session() as session:
             _check_db_name_free(session, caller, req.name)
             flavor = flavor_by_name(session, req.flavor)
+            _require_quota(session, caller, req, flavor)
             db = DbInstance(
                 id=new_id(),
                 project_id=caller.project_id,
@@ -387,6 +403,7 @@ def detach_replica(
                 )
             new_name = req.name or member.name
             _check_db_name_free(session, caller, new_name)
+            quotas.require(session, caller.project_id, quotas.Need(databases=1))
             if replicas.member_name_taken(session, caller.project_id, new_name, member.id):
                 raise AlreadyExists(
                     f"a database member named {new_name!r} already exists",
@@ -496,6 +513,7 @@ def restart_db(store: Store, settings: Settings, caller: Caller, ident: str) -> 
 
 # -- credentials --------------------------------------------------------------------------------
 def credentials(store: Store, settings: Settings, caller: Caller, ident: str) -> Credentials:
+    caller.require_writer("see a database's credentials")
     box = box_for(settings)
     with store.session() as session:
         db = find_db(session, caller, ident)

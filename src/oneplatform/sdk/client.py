@@ -51,6 +51,7 @@ from oneplatform.schemas.projects import (
     TokenOut,
     WhoAmI,
 )
+from oneplatform.schemas.quotas import QuotaOut
 from oneplatform.schemas.warm import WarmPoolOut, WarmSet
 from oneplatform.sdk.db import DbInstances
 
@@ -261,6 +262,18 @@ class Projects(_Resource):
 
     def whoami(self) -> WhoAmI:
         return self.c.get("/v1/whoami", WhoAmI)
+
+    def quota(self, project: str | None = None) -> QuotaOut:
+        """A project's limits and usage (None: the caller's own project)."""
+        path = f"/v1/projects/{project}/quota" if project else "/v1/quota"
+        return self.c.get(path, QuotaOut)
+
+    def set_quota(self, project: str, **limits: int | None) -> QuotaOut:
+        """Change the limits named (admin): an int, or None to lift the limit; a limit not
+        named keeps its value."""
+        return QuotaOut.model_validate(
+            self.c.request("PATCH", f"/v1/projects/{project}/quota", json=dict(limits))
+        )
 
 
 class Tokens(_Resource):

@@ -79,6 +79,21 @@ class Project(Timestamps, Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
 
 
+class ProjectQuota(Timestamps, Base):
+    """An admin's limits for one project; NULL (or no row) is unlimited. What counts is in
+    oneplatform.quotas."""
+
+    __tablename__ = "project_quotas"
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    databases: Mapped[int | None] = mapped_column(Integer, default=None)
+    vcpus: Mapped[int | None] = mapped_column(Integer, default=None)
+    ram_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    storage_gb: Mapped[int | None] = mapped_column(Integer, default=None)
+    backups: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
 class Token(Timestamps, Base):
     __tablename__ = "tokens"
     __table_args__ = (

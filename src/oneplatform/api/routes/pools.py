@@ -11,8 +11,10 @@ router = APIRouter(tags=["pools"], responses=declared(401, 403, 409, 413, 422))
 
 
 @router.get("/pools", response_model=list[PoolOut])
-def list_pools(platform: PlatformDep, _caller: CallerDep) -> list[PoolOut]:
-    return catalog.list_pools(platform.store)
+def list_pools(platform: PlatformDep, caller: CallerDep) -> list[PoolOut]:
+    """The pools of hosts and their settings (admin: a project sees compute types and
+    flavors, not the machines behind them)."""
+    return catalog.list_pools(platform.store, caller)
 
 
 @router.post("/pools", response_model=PoolOut, status_code=status.HTTP_201_CREATED)
