@@ -140,6 +140,31 @@ class Platform:
     def json(self, *args: str, timeout: float = 600, **env: str) -> Any:
         return json.loads(self.run(*args, "-o", "json", timeout=timeout, **env).stdout)
 
+    def engine_metrics(
+        self, database: str, want: str = "onep_db_connections", timeout: float = 120
+    ) -> dict[str, float]:
+        """``onep_db_*`` samples of ``database`` from ``/metrics`` (the admin's token), once
+        the health checker has read what ``want`` names: {metric name[replica]: value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        token = (self.home / "admin-token").read_text().strip()
+        deadline = time.monotonic() + timeout
+        while True:
+            scraped = subprocess.run(
+                ["curl", "-sf", "-H", f"Authorization: Bearer {token}",
+                 f"http://127.0.0.1:{self.port}/metrics"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            found = {
+                s.name + (f"[{s.labels['replica']}]" if "replica" in s.labels else ""): s.value
+                for family in text_string_to_metric_families(scraped)
+                for s in family.samples
+                if s.name.startswith("onep_db_") and s.labels.get("database") == database
+            }
+            if any(want in k for k in found) or time.monotonic() > deadline:
+                return found
+            time.sleep(2)
+
     def wait_images_ready(self, timeout: float = 900) -> None:
         """Until the images the platform builds at its start (ONEP_IMAGES) are READY."""
         wanted = set(self.env()["ONEP_IMAGES"].split(","))

@@ -199,6 +199,13 @@ def test_another_project_cannot_see_the_database(platform: Platform, pgdb: dict[
         assert out.returncode == 1 and "db_instance_not_found" in out.stderr, out.stderr
 
 
+def test_metrics_show_what_the_engine_counts(platform: Platform, pgdb: dict[str, Any]) -> None:
+    m = platform.engine_metrics("pgc")
+    assert m.get("onep_db_connections", -1) >= 0, m
+    assert m["onep_db_transactions_total"] > 0 and m["onep_db_size_bytes"] > 1_000_000, m
+    assert 0 < m["onep_db_cache_hit_ratio"] <= 1, m
+
+
 def test_a_quota_is_set_shown_and_enforced_through_the_cli(
     platform: Platform, pgdb: dict[str, Any]
 ) -> None:

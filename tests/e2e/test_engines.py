@@ -65,6 +65,16 @@ def test_a_mariadb_database_serves_its_users_with_the_engines_own_client(
     # the engine's own log, through the agent
     logged = plat.run("db", "logs", "m1", "--tail", "500").stdout
     assert "ready for connections" in logged, logged[-2000:]
+    _engine_metrics_are_real(plat, "m1")
+
+
+def _engine_metrics_are_real(plat: Platform, name: str) -> None:
+    """/metrics shows what the engine itself counts (through its agent)."""
+    m = plat.engine_metrics(name)
+    assert m.get("onep_db_connections", -1) >= 0, m
+    assert m["onep_db_transactions_total"] > 0 and m["onep_db_size_bytes"] > 0, m
+    if "onep_db_cache_hit_ratio" in m:
+        assert 0 <= m["onep_db_cache_hit_ratio"] <= 1, m
 
 
 def test_users_and_grants_behave_as_mariadb(plat: Platform, mdb: dict[str, Any]) -> None:
@@ -157,6 +167,7 @@ def test_a_redis_database_serves_acl_users_with_redis_cli(
     assert redis(rdb, "carol", CAROL_PW, "GET", "cart:1") == "3 apples"
     with pytest.raises(AssertionError, match="NOPERM"):  # the server's own commands
         redis(rdb, "carol", CAROL_PW, "CONFIG", "GET", "maxmemory")
+    _engine_metrics_are_real(plat, "r1")
     with pytest.raises(AssertionError, match="WRONGPASS"):
         redis(rdb, "carol", "not-her-password", "PING")
     # users are ACL users; databases and grants are refused with the reason
@@ -220,6 +231,8 @@ def _replica_and_switchover(
         (name, "primary", "ACTIVE"),
         (f"{name}-r1", "replica", "ACTIVE"),
     ]
+    lag = [k for k in plat.engine_metrics(name, f"[{name}-r1]") if k.endswith(f"[{name}-r1]")]
+    assert lag and lag[0].startswith("onep_db_replica_lag_"), lag
     shown = under_writer(plat, name, writer, dsn, has_write, "switchover")
     primary = next(m for m in shown["members"] if m["role"] == "primary")
     assert primary["name"] == f"{name}-r1"

@@ -641,6 +641,15 @@ def test_metrics_are_prometheus_text_for_an_admin_and_pass_promtool(api: Api) ->
     from prometheus_client.parser import text_string_to_metric_families
 
     _create_db(api)
+    with api.store.session() as s:  # as the health checker records what the agent said
+        s.scalars(select(DbInstance)).one().engine_stats = {
+            "connections": 3,
+            "transactions": 120,
+            "size_bytes": 7_000_000,
+            "cache_hits": 90,
+            "cache_misses": 10,
+            "replicas": {"pg1-r1": {"behind": 4096, "seconds": 0.5}},
+        }
     api.client.get("/v1/db/instances/nope", headers=api.admin)  # a 404, counted too
     assert api.client.get("/metrics").status_code == 401
     _error(api.client.get("/metrics", headers=api.other), 403, "admin_required")
@@ -667,6 +676,15 @@ def test_metrics_are_prometheus_text_for_an_admin_and_pass_promtool(api: Api) ->
     missing = {"route": "/v1/db/instances/{ident}", "method": "GET", "status": "404"}
     assert value("onep_api_requests_total", **missing) == 1
     assert value("onep_compute_repairs") == 0
+    with api.store.session() as s:
+        project_id = s.scalars(select(DbInstance.project_id)).one()
+    pg = {"project": project_id, "database": "pg1", "datastore": "postgresql"}
+    assert value("onep_db_connections", **pg) == 3
+    assert value("onep_db_transactions_total", **pg) == 120
+    assert value("onep_db_size_bytes", **pg) == 7_000_000
+    assert value("onep_db_cache_hit_ratio", **pg) == 0.9
+    assert value("onep_db_replica_lag_bytes", **pg, replica="pg1-r1") == 4096
+    assert value("onep_db_replica_lag_seconds", **pg, replica="pg1-r1") == 0.5
     promtool = shutil.which("promtool")
     if promtool is None:
         assert os.environ.get("CI") != "true", "promtool is not installed (scripts/setup.sh)"

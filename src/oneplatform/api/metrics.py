@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from oneplatform.api.gate import App, Message, Receive, Scope, Send
 from oneplatform.compute.scheduler import host_states
 from oneplatform.dbaas.backups import window
+from oneplatform.dbaas.datastores import get_datastore
 from oneplatform.store.db import Store
 from oneplatform.store.models import (
     Backup,
@@ -163,6 +164,7 @@ def _databases(session: Any, now: dt.datetime) -> Iterator[Any]:
         labels=("project", "database"),
     )
     grouped: dict[tuple[str, str, str, str], int] = {}
+    engine = EngineFamilies()
     rows = session.execute(
         select(DbInstance, Instance.compute_type)
         .outerjoin(Instance, Instance.id == DbInstance.instance_id)
@@ -181,11 +183,73 @@ def _databases(session: Any, now: dt.datetime) -> Iterator[Any]:
         first, until = window(session, db)
         if first is not None and until is not None:
             recovery.add_metric([db.project_id, db.name], (until - first).total_seconds())
+        if db.engine_stats:
+            engine.add(db)
     for key, count in sorted(grouped.items()):
         counts.add_metric(list(key), count)
     yield counts
     yield age
     yield recovery
+    yield from engine.families()
+
+
+class EngineFamilies:
+    """Each database's engine figures as the health checker last read them from its
+    primary's agent, and each replica's lag behind it."""
+
+    LABELS = ("project", "database", "datastore")
+
+    def __init__(self) -> None:
+        def gauge(name: str, text: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=(*self.LABELS, *extra))
+
+        self.connections = gauge("onep_db_connections", "Client connections to the engine.")
+        self.transactions = CounterMetricFamily(
+            "onep_db_transactions",
+            "Transactions the engine counted (commits and rollbacks; Redis: commands).",
+            labels=self.LABELS,
+        )
+        self.size = gauge("onep_db_size_bytes", "The engine's data (Redis: its dataset).")
+        self.hit_ratio = gauge(
+            "onep_db_cache_hit_ratio",
+            "Reads served from the engine's memory, of all reads since it started.",
+        )
+        self.lags: dict[str, GaugeMetricFamily] = {}
+        self.lag_seconds = gauge(
+            "onep_db_replica_lag_seconds",
+            "How long ago a replica's replayed position was the primary's (PostgreSQL).",
+            ("replica",),
+        )
+
+    def add(self, db: DbInstance) -> None:
+        stats = db.engine_stats or {}
+        labels = [db.project_id, db.name, db.datastore]
+        self.connections.add_metric(labels, stats.get("connections", 0))
+        self.transactions.add_metric(labels, stats.get("transactions", 0))
+        self.size.add_metric(labels, stats.get("size_bytes", 0))
+        hits, misses = stats.get("cache_hits", 0), stats.get("cache_misses", 0)
+        if hits + misses:
+            self.hit_ratio.add_metric(labels, hits / (hits + misses))
+        unit = get_datastore(db.datastore).position_unit
+        for replica, lag in sorted((stats.get("replicas") or {}).items()):
+            family = self.lags.get(unit)
+            if family is None:
+                family = self.lags[unit] = GaugeMetricFamily(
+                    f"onep_db_replica_lag_{unit}",
+                    f"How far a replica's replayed position is behind its primary's ({unit}).",
+                    labels=(*self.LABELS, "replica"),
+                )
+            family.add_metric([*labels, replica], lag["behind"])
+            if lag.get("seconds") is not None:
+                self.lag_seconds.add_metric([*labels, replica], lag["seconds"])
+
+    def families(self) -> Iterator[Any]:
+        yield self.connections
+        yield self.transactions
+        yield self.size
+        yield self.hit_ratio
+        yield from self.lags.values()
+        yield self.lag_seconds
 
 
 class Metrics:

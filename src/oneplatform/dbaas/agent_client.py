@@ -101,6 +101,10 @@ class AgentClient:
         query = f"tail={int(tail)}" + (f"&after={int(after)}" if after is not None else "")
         return self._call("GET", f"/v1/logs?{query}")
 
+    def stats(self) -> dict[str, int]:
+        """The engine's figures: connections, transactions, size_bytes, cache hits/misses."""
+        return {k: int(v) for k, v in self._call("GET", "/v1/stats").items()}
+
     def replication(self) -> dict[str, Any]:
         """This member's role, WAL positions and (a primary's) streaming replicas."""
         return self._call("GET", "/v1/replication")

@@ -14,14 +14,17 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
 from oneplatform.compute.reconciler import reconcile_once
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
+from oneplatform.dbaas.agent_client import AgentClient
+from oneplatform.dbaas.endpoints import REPLICA, live_members
 from oneplatform.dbaas.reach import Reach, agent_client, reach
-from oneplatform.dbaas.states import DATABASES, DbStatus, Health
+from oneplatform.dbaas.states import DATABASES, DbStatus, Health, MemberStatus
 from oneplatform.errors import PlatformError
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
@@ -45,6 +48,7 @@ class Probe:
     compute_message: str = ""
     unreachable: bool = False  # the agent did not answer: its compute may be down
     archived_until: dt.datetime | None = None  # what its repository holds, when known
+    stats: dict[str, Any] | None = None  # the engine's figures and replicas' lag, when read
 
 
 def probe(store: Store, settings: Settings, db_id: str) -> Probe:
@@ -74,10 +78,53 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
     health = ENGINE_HEALTH.get(answer.engine, Health.UNKNOWN)
     if health is Health.HEALTHY and not answer.ready:
         health = Health.STARTING
-    detail, archived = answer.detail[:500], None
+    detail, archived, stats = answer.detail[:500], None, None
     if health is Health.HEALTHY and has_repository:
         detail, archived = _archiving(r, detail)
-    return Probe(db_id, health, detail, status, archived_until=archived)
+    if health is Health.HEALTHY:
+        stats = _engine_stats(store, settings, db_id, agent_client(r, timeout=3.0))
+    return Probe(db_id, health, detail, status, archived_until=archived, stats=stats)
+
+
+def _engine_stats(
+    store: Store, settings: Settings, db_id: str, primary: AgentClient
+) -> dict[str, Any] | None:
+    """The primary's engine figures, and how far behind it each ACTIVE replica is (in the
+    datastore's position unit, and in seconds where the engine says)."""
+    try:
+        stats: dict[str, Any] = dict(primary.stats())
+    except PlatformError:
+        return None
+    with store.session() as session:
+        db = session.get_one(DbInstance, db_id)
+        box = box_for(settings)
+        try:
+            replicas = {
+                m.name: reach(session, db, box, instance_id=m.instance_id)
+                for m in live_members(session, db_id)
+                if m.role == REPLICA and m.status == MemberStatus.ACTIVE.value
+            }
+        except PlatformError:
+            replicas = {}
+    stats["replicas"] = {}
+    if replicas:
+        try:
+            head = primary.replication()
+        except PlatformError:
+            return stats
+        position = head.get("lsn_bytes")
+        seconds = {r["name"]: r.get("lag_seconds") for r in head.get("replicas", [])}
+        for name, where in replicas.items():
+            try:
+                replayed = agent_client(where, timeout=3.0).replication().get("replay_bytes")
+            except PlatformError:
+                continue
+            if position is not None and replayed is not None:
+                stats["replicas"][name] = {
+                    "behind": max(0, int(position) - int(replayed)),
+                    "seconds": seconds.get(name),
+                }
+    return stats
 
 
 def _archiving(r: Reach, detail: str) -> tuple[str, dt.datetime | None]:
@@ -122,6 +169,8 @@ def _record(store: Store, results: list[Probe]) -> None:
                 log.info("database instance %s health %s -> %s", db.name, db.health, result.health)
             db.health, db.health_message = result.health.value, result.message
             db.health_checked_at = utcnow()
+            if result.stats is not None:
+                db.engine_stats = {**result.stats, "at": db.health_checked_at.isoformat()}
             until = result.archived_until
             if until is not None and (db.archived_until is None or db.archived_until < until):
                 db.archived_until = until

@@ -8,14 +8,15 @@ false only the completed segments, and say up to when) and, on a warm
 instance, ``POST /v1/claim`` (``{"sealed": ...}``: its owner's bundle, sealed and signed
 with the warm bundle's secret; once applied, only the owner's secret is accepted).
 ``GET /v1/logs?tail=N&after=K`` (the engine's own output: its last N lines, or those after
-line K). Replication: ``GET /v1/replication`` (role, WAL positions, replicas), ``POST
-/v1/replication/role`` (``{"user", "password"}``: the replication role, on a primary),
-``POST /v1/replication/prepare`` (``{"seconds"}``: a standby's promotion comes within them),
-``POST /v1/replication/promote`` and ``POST /v1/replication/demote`` (``{"upstream": {...},
-"rewind": bool}``: stop, become a standby of ``upstream``, start again; answers once
-shut down, with the shutdown's checkpoint: without ``rewind``, as soon as the control file
-says so, before the exit; an engine demoted while it runs, MariaDB and Redis, answers with
-its last position without a restart).
+line K). ``GET /v1/stats`` (the engine's connections, transactions, size and cache reads,
+for the platform's metrics). Replication: ``GET /v1/replication`` (role, WAL positions,
+replicas), ``POST /v1/replication/role`` (``{"user", "password"}``: the replication role,
+on a primary), ``POST /v1/replication/prepare`` (``{"seconds"}``: a standby's promotion
+comes within them), ``POST /v1/replication/promote`` and ``POST /v1/replication/demote``
+(``{"upstream": {...}, "rewind": bool}``: stop, become a standby of ``upstream``, start
+again; answers once shut down, with the shutdown's checkpoint: without ``rewind``, as soon
+as the control file says so, before the exit; an engine demoted while it runs, MariaDB and
+Redis, answers with its last position without a restart).
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ class Agent:
             except ValueError as exc:
                 return 400, error_body("bad_request", f"tail and after are numbers: {exc}")
             return 200, self.supervisor.log.read(tail, after)
+        if route == "/v1/stats":
+            if method != "GET":
+                return 405, error_body("method_not_allowed", "use GET")
+            return self.stats()
         if route == "/v1/backups":
             return self.backups(method, body)
         if route == "/v1/replication/detach":
@@ -163,6 +168,18 @@ class Agent:
             except EngineError as exc:
                 return 503, error_body("archive_failed", str(exc))
         return 404, error_body("not_found", f"no such endpoint: {route}")
+
+    def stats(self) -> tuple[int, dict[str, Any]]:
+        """The engine's figures for the platform's metrics (503 while it does not run)."""
+        engine = self.supervisor.engine
+        if engine is None or self.supervisor.snapshot()[0] != ENGINE_RUNNING:
+            return 503, error_body("engine_not_ready", "the engine is not running")
+        try:
+            return 200, dict(engine.stats())
+        except NotSupported as exc:
+            return 501, error_body("not_supported", str(exc))
+        except (EngineError, ValueError) as exc:
+            return 503, error_body("stats_failed", str(exc))
 
     def replication(self, method: str, route: str, body: bytes) -> tuple[int, dict[str, Any]]:
         engine = self.supervisor.engine

@@ -304,6 +304,9 @@ class DbInstance(Timestamps, Base):
     health: Mapped[str] = mapped_column(String(16), default="UNKNOWN")
     health_message: Mapped[str] = mapped_column(Text, default="")
     health_checked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # What the health checker last read of the engine (its agent's /v1/stats, with each
+    # replica's lag and when), for /metrics; None until read.
+    engine_stats: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     admin_username: Mapped[str] = mapped_column(String(63))
     # Secrets, encrypted at rest (secrets.SecretBox); never logged, never in operations.
     admin_password_enc: Mapped[str] = mapped_column(Text)

@@ -63,6 +63,8 @@ class Datastore(abc.ABC):
     # What its guests write into a repository: pgBackRest's, or backup folders of files
     # (the host expires and deletes them with the matching tool).
     repository_kind: ClassVar[str] = "pgbackrest"
+    # What its replication positions count: how far behind a replica is, in these.
+    position_unit: ClassVar[str] = "bytes"
 
     def lacks(self, version: str) -> dict[Feature, str]:
         """Every feature ``version`` does not support, with the reason."""

@@ -52,6 +52,7 @@ class MariaDB(Datastore):
     versions = (DatastoreVersion("10.11", "mariadb-10.11"),)
     default_version = "10.11"
     engine_endpoint = "mariadb"
+    position_unit = "transactions"  # GTID sequence numbers
     admin_username = "admin"
     uri_scheme = "mysql"
     admin_database = ""

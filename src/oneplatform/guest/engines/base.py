@@ -122,6 +122,15 @@ class Engine:
         up to which everything committed is then in the repository."""
         raise EngineError(f"{self.datastore} does not archive")
 
+    # -- statistics: what the platform's /metrics shows of the engine
+
+    def stats(self) -> dict[str, int]:
+        """The engine's own figures, in one shape for every engine: ``connections`` (client
+        connections now), ``transactions`` (a counter: what the engine counts as such —
+        commits and rollbacks, or a key-value store's commands), ``size_bytes`` (its data),
+        ``cache_hits`` and ``cache_misses`` (counters: reads served from memory, and not)."""
+        raise NotSupported(f"{self.datastore} reports no statistics")
+
     # -- replication (an engine without it keeps these defaults: the agent answers 501)
 
     def replication_status(self) -> dict[str, Any]:

@@ -491,6 +491,27 @@ class MariaDbEngine(Engine):
             raise EngineError(f"the query failed: {tail(proc.stderr)}")
         return (proc.stdout or b"").decode("utf-8", "replace").strip()
 
+    def stats(self) -> dict[str, int]:
+        """From the global status (InnoDB's buffer pool for the cache; Handler_commit
+        counts every commit, autocommitted statements too) and the tables' sizes."""
+
+        def status(name: str) -> str:
+            return (
+                "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+                f"WHERE VARIABLE_NAME = '{name}')"
+            )
+
+        row = self._value(
+            f"SELECT {status('THREADS_CONNECTED')}, "
+            f"{status('HANDLER_COMMIT')} + {status('HANDLER_ROLLBACK')}, "
+            "(SELECT coalesce(sum(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES), "
+            f"{status('INNODB_BUFFER_POOL_READ_REQUESTS')} - "
+            f"{status('INNODB_BUFFER_POOL_READS')}, "
+            f"{status('INNODB_BUFFER_POOL_READS')}"
+        ).split("\t")
+        keys = ("connections", "transactions", "size_bytes", "cache_hits", "cache_misses")
+        return {key: int(float(value or 0)) for key, value in zip(keys, row, strict=True)}
+
     def replication_status(self) -> dict[str, Any]:
         """Role and positions (GTID sequence numbers of domain 0); a primary cannot tell
         how far its replicas are (MariaDB has no such feedback): no replica list."""

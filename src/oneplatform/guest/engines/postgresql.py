@@ -655,6 +655,19 @@ class PostgresEngine(Engine):
             values[key.strip()] = value.strip()
         return values
 
+    def stats(self) -> dict[str, int]:
+        """From pg_stat_activity and pg_stat_database (the databases one connects to)."""
+        row = self._query(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity "
+            "WHERE backend_type = 'client backend'), "
+            "sum(s.xact_commit + s.xact_rollback), "
+            "sum(pg_catalog.pg_database_size(d.oid)), sum(s.blks_hit), sum(s.blks_read) "
+            "FROM pg_catalog.pg_database d JOIN pg_catalog.pg_stat_database s "
+            "ON s.datid = d.oid WHERE d.datallowconn"
+        ).split("|")
+        keys = ("connections", "transactions", "size_bytes", "cache_hits", "cache_misses")
+        return {key: int(value or 0) for key, value in zip(keys, row, strict=True)}
+
     def _query(self, query: str) -> str:
         proc = self.children.run(
             self._psql_argv("-A", "-t", "-c", query),

@@ -280,6 +280,18 @@ class RedisEngine(Engine):
     def upstream(self) -> UpstreamSettings | None:
         return self.following.upstream()
 
+    def stats(self) -> dict[str, int]:
+        """From INFO: clients, commands processed, memory used by the data, keyspace hits
+        and misses."""
+        info = self._info("all")
+        return {
+            "connections": int(info.get("connected_clients", "0")),
+            "transactions": int(info.get("total_commands_processed", "0")),
+            "size_bytes": int(info.get("used_memory_dataset", info.get("used_memory", "0"))),
+            "cache_hits": int(info.get("keyspace_hits", "0")),
+            "cache_misses": int(info.get("keyspace_misses", "0")),
+        }
+
     def replication_status(self) -> dict[str, Any]:
         """Role and replication offsets; a primary's replicas are not named (they connect
         through the hub, all from one address)."""

@@ -1,4 +1,5 @@
-"""project quotas: an admin's limits per project (no row, or NULL: unlimited)
+"""project quotas (an admin's limits per project; no row, or NULL: unlimited), and the
+engine statistics the health checker last read of each database instance
 
 Revision ID: 0014
 Revises: 0013
@@ -33,7 +34,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
+    op.add_column("db_instances", sa.Column("engine_stats", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("db_instances") as batch:
+        batch.drop_column("engine_stats")
     op.drop_table("project_quotas")
