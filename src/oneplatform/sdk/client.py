@@ -51,6 +51,7 @@ from oneplatform.schemas.projects import (
     TokenOut,
     WhoAmI,
 )
+from oneplatform.schemas.ui import UiTicketOut
 from oneplatform.schemas.warm import WarmPoolOut, WarmSet
 from oneplatform.sdk.db import DbInstances
 
@@ -100,6 +101,7 @@ class Client:
         self.nodes = Nodes(self)
         self.warm = Warm(self)
         self.tokens = Tokens(self)
+        self.dashboard = Dashboard(self)
 
     @classmethod
     def from_home(cls, home: Path | None = None) -> Client:
@@ -321,3 +323,9 @@ class Hosts(_Resource):
 
     def create(self, body: HostCreate) -> HostOut:
         return self.c.send("POST", "/v1/hosts", HostOut, body)
+
+
+class Dashboard(_Resource):
+    def ticket(self) -> UiTicketOut:
+        """A one-time login ticket for the web dashboard (two minutes, one use)."""
+        return self.c.send("POST", "/v1/ui/tickets", UiTicketOut)
