@@ -128,10 +128,11 @@ def test_log_in_create_watch_and_delete_a_database(
 
     driver.execute_script("window.noReload = true;")  # gone if the page reloads
     browser.wait(
-        "ACTIVE and HEALTHY on the page",
+        "ACTIVE and HEALTHY, the create operation SUCCEEDED, on the page",
         lambda: (
             browser.text("#database .db-status .status") == "ACTIVE"
             and browser.text("#database .db-health .status") == "HEALTHY"
+            and browser.text("#database tr[data-operation] .status") == "SUCCEEDED"
         ),
     )
     assert driver.execute_script("return window.noReload === true;"), "the page was reloaded"
