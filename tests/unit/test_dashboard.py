@@ -279,3 +279,13 @@ def test_the_catalog_says_what_each_compute_type_cannot_do_and_why(dash: Dash) -
     page = dash.client.get("/ui/catalog").text
     assert 'data-compute-type="container"' in page and 'data-datastore="postgresql"' in page
     assert '<li class="no"' in page and "<small>" in page  # a "no", with its reason
+
+
+def test_what_the_pages_show_is_escaped(dash: Dash) -> None:
+    db_id = dash.world.create_db("pg-x")
+    with dash.world.store.session() as session:
+        session.get_one(DbInstance, db_id).status_message = "<script>alert(1)</script>"
+    dash.log_in(dash.member)
+    for path in ("/ui/databases", "/ui/databases/pg-x"):
+        text = dash.client.get(path).text
+        assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
