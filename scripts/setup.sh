@@ -34,6 +34,8 @@ APT_PACKAGES=(
   # Bare metal: whole-disk images with extlinux, the deploy ISO, the emulated nodes' BIOS,
   # and a kernel for the deploy ramdisk.
   isolinux syslinux-common extlinux dosfstools mtools seabios linux-image-cloud-amd64
+  # The web dashboard's browser test: headless Chromium driven through its chromedriver.
+  chromium chromium-driver
 )
 LIBVIRT_URI="qemu:///system"
 SERVICE_ADDRESS="${ONEP_SERVICE_ADDRESS:-10.95.255.1}"

@@ -1018,6 +1018,7 @@ ROLE_TABLE: dict[tuple[str, str], tuple[str, object]] = {
     ("DELETE", "/v1/db/replicas/{name}"): ("member", None),
     ("POST", "/v1/db/replicas/{name}/detach"): ("member", {}),
     ("GET", "/metrics"): ("admin", None),
+    ("POST", "/v1/ui/tickets"): ("reader", None),  # its session has the token's role
 }
 RANKS = {"reader": 0, "member": 1, "admin": 2}
 

@@ -27,9 +27,11 @@ from oneplatform.api.routes import (
     projects,
     quotas,
     tokens,
+    ui_tickets,
     warm,
 )
 from oneplatform.errors import PlatformError
+from oneplatform.ui import mount as mount_dashboard
 
 
 async def _platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
@@ -62,9 +64,11 @@ def create_app(platform: Platform) -> FastAPI:
         nodes,
         warm,
         deploy,
+        ui_tickets,
     ):
         app.include_router(module.router, prefix="/v1")
     app.include_router(db_instances.replica_router, prefix="/v1")
+    mount_dashboard(app)  # the web dashboard at /ui
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -34,16 +34,22 @@ _bearer = HTTPBearer(auto_error=False)
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def get_caller(
+def get_any_caller(
     request: Request,
     platform: Annotated[Platform, Depends(get_platform)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The authenticated caller (the gate authenticated it before the body was read); a
-    reader token may only read."""
+    """The authenticated caller (the gate authenticated it before the body was read), of
+    any role: for the few requests that change nothing of the project's (a reader may
+    still get a dashboard ticket)."""
     caller = request.scope.get("state", {}).get(CALLER_KEY)
     if not isinstance(caller, Caller):
         caller = authenticate(platform.store, credentials.credentials if credentials else None)
+    return caller
+
+
+def get_caller(request: Request, caller: Annotated[Caller, Depends(get_any_caller)]) -> Caller:
+    """The authenticated caller; a reader token may only read."""
     if caller.read_only and request.method not in READS:
         raise Forbidden("this token may only read", code="read_only")
     return caller
@@ -51,3 +57,4 @@ def get_caller(
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
+AnyCallerDep = Annotated[Caller, Depends(get_any_caller)]

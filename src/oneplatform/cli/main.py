@@ -152,6 +152,15 @@ def status() -> None:
         console.print(f"up at {c.url} (project {who.project.name}, role {who.role})")
 
 
+@app.command()
+def ui() -> None:
+    """Print a one-time URL that logs a browser into the web dashboard as your token (valid
+    for two minutes, once)."""
+    with client() as c, api_errors():
+        ticket = c.dashboard.ticket()
+        typer.echo(c.url.rstrip("/") + ticket.login_path)
+
+
 # -- instances ---------------------------------------------------------------------------------
 def _finish(c: Client, accepted: InstanceAccepted, wait: bool, fmt: Format) -> None:
     op, ident, name = accepted.operation, accepted.instance.id, accepted.instance.name

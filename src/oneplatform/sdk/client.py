@@ -52,6 +52,7 @@ from oneplatform.schemas.projects import (
     WhoAmI,
 )
 from oneplatform.schemas.quotas import QuotaOut
+from oneplatform.schemas.ui import UiTicketOut
 from oneplatform.schemas.warm import WarmPoolOut, WarmSet
 from oneplatform.sdk.db import DbInstances
 
@@ -101,6 +102,7 @@ class Client:
         self.nodes = Nodes(self)
         self.warm = Warm(self)
         self.tokens = Tokens(self)
+        self.dashboard = Dashboard(self)
 
     @classmethod
     def from_home(cls, home: Path | None = None) -> Client:
@@ -334,3 +336,9 @@ class Hosts(_Resource):
 
     def create(self, body: HostCreate) -> HostOut:
         return self.c.send("POST", "/v1/hosts", HostOut, body)
+
+
+class Dashboard(_Resource):
+    def ticket(self) -> UiTicketOut:
+        """A one-time login ticket for the web dashboard (two minutes, one use)."""
+        return self.c.send("POST", "/v1/ui/tickets", UiTicketOut)

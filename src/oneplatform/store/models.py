@@ -509,3 +509,18 @@ class Event(Base):
     to_status: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class UiSession(Timestamps, Base):
+    """A web dashboard login: a one-time ticket (``kind`` ticket) or a browser session
+    (``kind`` session). Only the secret's SHA-256 is kept; it acts as the API token that
+    made it (a revoked or expired token ends its sessions)."""
+
+    __tablename__ = "ui_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # ticket | session
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64), default="")
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    used_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # exchanged / logged out
