@@ -1,0 +1,341 @@
+"""Engine parameters a configuration group may set: each datastore version's catalog (made
+from the engine itself by ``catalog_gen``, checked into ``catalogs/``), the parameters the
+platform owns, and validation that normalises a value as the engine reads it.
+
+A value is checked for its name (known to the engine, not the platform's), its type
+(boolean, integer, real, enum, string), its unit (``8MB``, ``1GB``, ``30s``: converted to
+the parameter's own unit, rounded as the engine rounds) and its range. Every refusal is a
+422 with a stable code and the parameter in ``details``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from oneplatform.errors import CapabilityNotSupported, InvalidInput
+
+# PostgreSQL: what the platform itself sets, and why a group may not.
+_PG_OWNED_REASONS: dict[str, tuple[str, ...]] = {
+    "the platform publishes the server on its own address, port and socket": (
+        "listen_addresses",
+        "port",
+        "unix_socket_directories",
+        "unix_socket_group",
+        "unix_socket_permissions",
+        "bonjour",
+        "bonjour_name",
+    ),
+    "the platform owns the data directory and its configuration files": (
+        "data_directory",
+        "config_file",
+        "hba_file",
+        "ident_file",
+        "external_pid_file",
+        "include",
+        "include_dir",
+        "include_if_exists",
+    ),
+    "the platform owns WAL archiving, replication and recovery (backups, replicas, failover)": (
+        "wal_level",
+        "wal_log_hints",
+        "archive_mode",
+        "archive_command",
+        "archive_library",
+        "archive_timeout",
+        "archive_cleanup_command",
+        "restore_command",
+        "recovery_end_command",
+        "recovery_init_sync_method",
+        "primary_conninfo",
+        "primary_slot_name",
+        "promote_trigger_file",
+        "hot_standby",
+        "max_wal_senders",
+        "max_replication_slots",
+        "synchronous_standby_names",
+        "synchronous_commit",
+        "wal_receiver_create_temp_slot",
+        "full_page_writes",
+        "fsync",
+        "ignore_invalid_pages",
+        "zero_damaged_pages",
+        "data_sync_retry",
+    ),
+    "the platform owns TLS and authentication": (
+        "password_encryption",
+        "krb_server_keyfile",
+        "krb_caseins_users",
+        "db_user_namespace",
+        "authentication_timeout",
+    ),
+    "the agent reads the server's log from its output": (
+        "logging_collector",
+        "log_destination",
+        "log_directory",
+        "log_filename",
+        "log_file_mode",
+        "log_rotation_age",
+        "log_rotation_size",
+        "log_truncate_on_rotation",
+        "syslog_facility",
+        "syslog_ident",
+        "event_source",
+    ),
+    "loading server code or running programs is the platform's": (
+        "shared_preload_libraries",
+        "local_preload_libraries",
+        "session_preload_libraries",
+        "dynamic_library_path",
+        "jit",
+        "jit_provider",
+        "ssl_passphrase_command",
+    ),
+}
+_OWNED_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "postgresql": (
+        ("ssl", "the platform owns TLS and authentication"),
+        ("recovery_target", "the platform owns point-in-time recovery (restores)"),
+    ),
+}
+OWNED: dict[str, dict[str, str]] = {
+    "postgresql": {name: reason for reason, names in _PG_OWNED_REASONS.items() for name in names},
+}
+
+_NUMBER = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$")
+# PostgreSQL's units, each in bytes or microseconds.
+_MEMORY = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+_TIME = {"us": 1, "ms": 1000, "s": 1000**2, "min": 60 * 1000**2, "h": 3600 * 1000**2}
+_TIME["d"] = 24 * _TIME["h"]
+_TRUE = ("on", "true", "yes", "1")
+_FALSE = ("off", "false", "no", "0")
+MAX_STRING = 1024
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One engine parameter as its catalog describes it."""
+
+    name: str
+    type: str  # bool | integer | real | enum | string
+    restart: bool  # takes effect only when the server restarts
+    unit: str = ""
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] = ()
+    default: str = ""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    datastore: str
+    version: str
+    parameters: Mapping[str, Parameter]
+
+    def owned_reason(self, name: str) -> str | None:
+        """Why the platform keeps ``name`` for itself, or None when a group may set it."""
+        reason = OWNED.get(self.datastore, {}).get(name)
+        if reason is not None:
+            return reason
+        for prefix, why in _OWNED_PREFIXES.get(self.datastore, ()):
+            if name.startswith(prefix):
+                return why
+        return None
+
+
+@functools.cache
+def catalog(datastore: str, version: str) -> Catalog:
+    """The parameter catalog of ``datastore`` ``version``; 409 when there is none."""
+    path = resources.files("oneplatform.dbaas") / "catalogs" / f"{datastore}-{version}.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CapabilityNotSupported(
+            f"{datastore} {version} has no parameter catalog: configuration groups are not "
+            "built for it yet",
+            code="capability_not_supported",
+            capability="configuration",
+            datastore=datastore,
+            version=version,
+        ) from None
+    params = {p["name"]: _parameter(p) for p in doc["parameters"]}
+    return Catalog(datastore, version, params)
+
+
+def _parameter(raw: Mapping[str, Any]) -> Parameter:
+    return Parameter(
+        name=raw["name"],
+        type=raw["type"],
+        restart=bool(raw["restart"]),
+        unit=raw.get("unit", ""),
+        min=raw.get("min"),
+        max=raw.get("max"),
+        values=tuple(raw.get("values", ())),
+        default=str(raw.get("default", "")),
+    )
+
+
+def validate(cat: Catalog, values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` checked and normalised as the engine reads them (sorted by name)."""
+    out = {name.strip().lower(): validate_one(cat, name, value) for name, value in values.items()}
+    return dict(sorted(out.items()))
+
+
+def validate_one(cat: Catalog, name: str, value: str) -> str:
+    key = name.strip().lower()
+    reason = cat.owned_reason(key)
+    if reason is not None:
+        raise InvalidInput(
+            f"parameter {key!r} is managed by the platform and cannot be set by a "
+            f"configuration group: {reason}",
+            code="config_parameter_owned",
+            parameter=key,
+        )
+    param = cat.parameters.get(key)
+    if param is None:
+        raise InvalidInput(
+            f"{cat.datastore} {cat.version} has no parameter {key!r}",
+            code="config_parameter_unknown",
+            parameter=key,
+        )
+    if "\n" in value or "\x00" in value or len(value) > MAX_STRING:
+        raise _bad(param, value, "a value is one line of at most 1024 characters")
+    return _NORMALISERS[param.type](param, value.strip())
+
+
+def _bad(param: Parameter, value: str, why: str) -> InvalidInput:
+    return InvalidInput(
+        f"invalid value {value!r} for parameter {param.name!r}: {why}",
+        code="config_value_invalid",
+        parameter=param.name,
+    )
+
+
+def _out_of_range(param: Parameter, value: str, shown: str) -> InvalidInput:
+    unit = f" (in {param.unit})" if param.unit else ""
+    return InvalidInput(
+        f"value {value!r} of parameter {param.name!r} is out of range: {shown} is not "
+        f"between {_fmt(param.min)} and {_fmt(param.max)}{unit}",
+        code="config_value_out_of_range",
+        parameter=param.name,
+        min=param.min,
+        max=param.max,
+        unit=param.unit or None,
+    )
+
+
+def _fmt(number: float | None) -> str:
+    if number is None:
+        return "-"
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e18 else str(number)
+
+
+def _bool(param: Parameter, value: str) -> str:
+    word = value.lower()
+    if word and any(t.startswith(word) for t in _TRUE) and word not in ("o",):
+        return "on"
+    if word and any(f.startswith(word) for f in _FALSE) and word not in ("o",):
+        return "off"
+    raise _bad(param, value, "a boolean (on, off, true, false, yes, no, 1, 0)")
+
+
+def _enum(param: Parameter, value: str) -> str:
+    for allowed in param.values:
+        if allowed.lower() == value.lower():
+            return allowed
+    raise _bad(param, value, f"one of {', '.join(param.values)}")
+
+
+def _string(param: Parameter, value: str) -> str:
+    return value
+
+
+def _in_unit(param: Parameter, value: str) -> tuple[float, bool]:
+    """``value`` (a number, with a unit or not) in the parameter's own unit, and whether
+    it came with a unit."""
+    match = _NUMBER.match(value)
+    if match is None:
+        kind = "an integer" if param.type == "integer" else "a number"
+        raise _bad(param, value, f"{kind}{_unit_help(param)}")
+    number, unit = float(match.group(1)), match.group(2)
+    if not unit:
+        return number, False
+    base, table = _unit_base(param)
+    if table is None or unit not in table:
+        raise _bad(param, value, f"unknown unit {unit!r}{_unit_help(param)}")
+    return number * table[unit] / base, True
+
+
+def _unit_base(param: Parameter) -> tuple[float, dict[str, int] | None]:
+    """The size of one of the parameter's units, in bytes or microseconds, and its table."""
+    unit = param.unit
+    match = re.match(r"^(\d*)([A-Za-z]+)$", unit)
+    if not match:
+        return 1.0, None
+    factor, name = int(match.group(1) or 1), match.group(2)
+    if name in _MEMORY:
+        return float(factor * _MEMORY[name]), _MEMORY
+    if name in _TIME:
+        return float(factor * _TIME[name]), _TIME
+    return 1.0, None
+
+
+def _unit_help(param: Parameter) -> str:
+    _, table = _unit_base(param)
+    if table is None:
+        return ""
+    return f" (units: {', '.join(table)}; without one: {param.unit})"
+
+
+def _integer(param: Parameter, value: str) -> str:
+    amount, has_unit = _in_unit(param, value)
+    if not math.isfinite(amount):
+        raise _bad(param, value, "a finite number")
+    if not has_unit and not float(amount).is_integer():
+        raise _bad(param, value, f"an integer{_unit_help(param)}")
+    number = math.floor(amount + 0.5) if amount >= 0 else -math.floor(-amount + 0.5)
+    _check_range(param, value, number)
+    return _with_unit(param, number)
+
+
+def _with_unit(param: Parameter, number: int) -> str:
+    """``number`` of the parameter's units in the largest unit that holds it exactly, as
+    the engine shows it (8192 kB is ``8MB``); zero and negatives (off) without a unit."""
+    base, table = _unit_base(param)
+    if table is None or number <= 0:
+        return str(number)
+    total = int(number * base)
+    for unit, size in sorted(table.items(), key=lambda item: -item[1]):
+        if size >= base and total % size == 0:
+            return f"{total // size}{unit}"
+    return str(number)
+
+
+def _real(param: Parameter, value: str) -> str:
+    amount, _ = _in_unit(param, value)
+    if not math.isfinite(amount):
+        raise _bad(param, value, "a finite number")
+    _check_range(param, value, amount)
+    return repr(amount) if not amount.is_integer() else str(int(amount))
+
+
+def _check_range(param: Parameter, value: str, number: float) -> None:
+    if (param.min is not None and number < param.min) or (
+        param.max is not None and number > param.max
+    ):
+        raise _out_of_range(param, value, _fmt(number))
+
+
+_NORMALISERS = {
+    "bool": _bool,
+    "integer": _integer,
+    "real": _real,
+    "enum": _enum,
+    "string": _string,
+}
