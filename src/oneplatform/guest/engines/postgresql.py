@@ -316,11 +316,12 @@ class PostgresEngine(Engine):
         for a restart, as pg_settings says."""
         self.configure()
         names = ", ".join(sql_literal(name.lower()) for name in changed)
+        self._query("SELECT pg_catalog.pg_reload_conf()")
         out = self._query(
-            "SELECT pg_catalog.pg_reload_conf(); SELECT name FROM pg_catalog.pg_settings "
+            "SELECT name FROM pg_catalog.pg_settings "
             f"WHERE name IN ({names}) AND (context = 'postmaster' OR pending_restart)"
         )
-        return [line.strip() for line in out.splitlines() if line.strip()]
+        return [name for name in out.split() if name in changed]
 
     def backup_status(self) -> dict[str, Any] | None:
         """The repository's state, and up to when commits are archived (epoch; None before
