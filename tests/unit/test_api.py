@@ -502,6 +502,8 @@ DB_CALLS = [
     ("POST", "/v1/db/instances/{i}/replicas", {}),
     ("POST", "/v1/db/instances/{i}/switchover", {}),
     ("POST", "/v1/db/instances/{i}/move", {"flavor": "container.small"}),
+    ("PUT", "/v1/db/instances/{i}/configuration", {"configuration": "x"}),
+    ("DELETE", "/v1/db/instances/{i}/configuration", None),
 ]
 
 
