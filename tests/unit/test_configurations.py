@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -33,7 +34,7 @@ from tests.world import World
 
 PG15 = catalog("postgresql", "15")
 api = test_api.api  # the API in-process, as a fixture here too
-CATALOG_FILE = Path(configurations.__file__).parent / "catalogs" / "postgresql-15.json"
+CATALOGS = Path(configurations.__file__).parent / "catalogs"
 
 
 # -- the catalog and validation ---------------------------------------------------------------
@@ -107,16 +108,109 @@ def test_the_catalog_says_what_needs_a_restart() -> None:
 
 def test_a_version_without_a_catalog_has_no_groups() -> None:
     with pytest.raises(CapabilityNotSupported) as caught:
-        catalog("mariadb", "10.11")
+        catalog("postgresql", "9")
     assert caught.value.details["capability"] == "configuration"
 
 
-def test_the_checked_in_catalog_is_what_the_engine_says() -> None:
-    """Regenerated from the host's PostgreSQL 15 (scripts/setup.sh installs it)."""
-    if shutil.which("runuser") is None or not Path("/usr/lib/postgresql/15/bin").is_dir():
-        pytest.skip("PostgreSQL 15 is not installed here")
-    fresh = catalog_gen.generate("postgresql", "15")
-    assert fresh == json.loads(CATALOG_FILE.read_text(encoding="utf-8"))
+@pytest.mark.parametrize(
+    ("datastore", "version", "binary"),
+    [
+        ("postgresql", "15", "/usr/lib/postgresql/15/bin/postgres"),
+        ("mariadb", "10.11", "/usr/sbin/mariadbd"),
+        ("redis", "7.0", "/usr/bin/redis-server"),
+    ],
+)
+def test_the_checked_in_catalog_is_what_the_engine_says(
+    datastore: str, version: str, binary: str
+) -> None:
+    """Regenerated from the host's engine (scripts/setup.sh installs the three, from the
+    same Debian packages as the images); defaults aside (some follow the machine)."""
+    if shutil.which("runuser") is None or not Path(binary).exists():
+        pytest.skip(f"{binary} is not installed here")
+    checked_in = json.loads((CATALOGS / f"{datastore}-{version}.json").read_text("utf-8"))
+    fresh = catalog_gen.generate(datastore, version)
+
+    def without_defaults(doc: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in p.items() if k != "default"} for p in doc["parameters"]]
+
+    assert without_defaults(fresh) == without_defaults(checked_in)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "normal"),
+    [
+        ("max_connections", "200", "200"),
+        ("max-connections", "1K", "1024"),
+        ("innodb_buffer_pool_size", "256M", "268435456"),
+        ("innodb_buffer_pool_size", "268435457", "268435456"),  # its block: 1 MiB
+        ("slow_query_log", "1", "ON"),
+        ("long_query_time", "0.5", "0.5"),
+        ("sql_mode", "strict_trans_tables, no_zero_date", "STRICT_TRANS_TABLES,NO_ZERO_DATE"),
+        ("optimizer_switch", "MRR=on,default", "mrr=on,default"),
+    ],
+)
+def test_mariadb_values_are_normalised_as_it_reads_them(name: str, value: str, normal: str) -> None:
+    cat = catalog("mariadb", "10.11")
+    assert validate(cat, {name: value}) == {name.replace("-", "_"): normal}
+    assert not cat.parameters["max_connections"].restart  # SET GLOBAL takes it
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "code"),
+    [
+        ("no_such_variable", "1", "config_parameter_unknown"),
+        ("server_id", "7", "config_parameter_owned"),
+        ("log_bin", "x", "config_parameter_owned"),
+        ("datadir", "/tmp", "config_parameter_owned"),
+        ("ssl_cert", "/x", "config_parameter_owned"),
+        ("wsrep_on", "ON", "config_parameter_owned"),
+        ("max_connections", "5", "config_value_out_of_range"),
+        ("max_connections", "1X", "config_value_invalid"),
+        ("sql_mode", "NOPE", "config_value_invalid"),
+        ("optimizer_switch", "mrr=maybe", "config_value_invalid"),
+    ],
+)
+def test_bad_mariadb_values_are_refused(name: str, value: str, code: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate(catalog("mariadb", "10.11"), {name: value})
+    assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "normal"),
+    [
+        ("maxmemory", "100mb", "104857600"),
+        ("maxmemory", "1k", "1000"),  # Redis: k is 1000, kb 1024
+        ("maxmemory-policy", "ALLKEYS-LRU", "allkeys-lru"),
+        ("timeout", "300", "300"),
+        ("lazyfree-lazy-eviction", "on", "yes"),
+        ("notify-keyspace-events", "Ex", "Ex"),
+    ],
+)
+def test_redis_values_are_normalised_as_it_reads_them(name: str, value: str, normal: str) -> None:
+    cat = catalog("redis", "7.0")
+    assert validate(cat, {name: value}) == {name: normal}
+    assert cat.parameters["io-threads"].restart and not cat.parameters["maxmemory"].restart
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "code"),
+    [
+        ("no-such-parameter", "1", "config_parameter_unknown"),
+        ("appendonly", "no", "config_parameter_owned"),
+        ("requirepass", "x", "config_parameter_owned"),
+        ("replicaof", "127.0.0.1 1", "config_parameter_owned"),
+        ("repl-backlog-size", "1mb", "config_parameter_owned"),
+        ("timeout", "-1", "config_value_out_of_range"),
+        ("timeout", "5mb", "config_value_invalid"),  # no unit: not a memory value
+        ("maxmemory", "1xb", "config_value_invalid"),
+        ("maxmemory-policy", "lru", "config_value_invalid"),
+    ],
+)
+def test_bad_redis_values_are_refused(name: str, value: str, code: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate(catalog("redis", "7.0"), {name: value})
+    assert caught.value.code == code
 
 
 # -- groups -----------------------------------------------------------------------------------
@@ -364,9 +458,9 @@ def test_the_api_refuses_bad_values_with_their_codes_and_writes_nothing(api: Api
         "datastore_not_found",
     )
     _error(
-        api.client.post(GROUPS, json={"name": "g1", "datastore": "redis"}, headers=api.admin),
-        409,
-        "capability_not_supported",
+        api.client.post(GROUPS, json={"name": "g1", "version": "9"}, headers=api.admin),
+        404,
+        "datastore_version_not_found",
     )
     assert api.client.get(GROUPS, headers=api.admin).json() == []
 

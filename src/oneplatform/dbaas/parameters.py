@@ -98,14 +98,105 @@ _PG_OWNED_REASONS: dict[str, tuple[str, ...]] = {
         "ssl_passphrase_command",
     ),
 }
+_MARIADB_OWNED_REASONS: dict[str, tuple[str, ...]] = {
+    "the platform publishes the server on its own address, port and socket": (
+        "port", "bind_address", "socket", "skip_networking", "extra_port",
+        "proxy_protocol_networks", "skip_name_resolve", "report_host", "report_port",
+        "report_user", "report_password",
+    ),
+    "the platform owns the data directory and the server's files": (
+        "datadir", "basedir", "tmpdir", "pid_file", "log_error", "general_log_file",
+        "slow_query_log_file", "innodb_data_home_dir", "innodb_log_group_home_dir",
+        "innodb_undo_directory", "aria_log_dir_path", "character_sets_dir", "lc_messages_dir",
+        "plugin_dir", "secure_file_priv", "local_infile", "lower_case_table_names",
+        "core_file", "large_pages", "user",
+    ),
+    "the platform owns the binary log and replication (backups, replicas, failover)": (
+        "log_bin", "log_bin_basename", "log_bin_index", "binlog_format", "log_slave_updates",
+        "server_id", "read_only", "skip_slave_start", "sync_binlog", "expire_logs_days",
+        "binlog_expire_logs_seconds", "init_slave", "gtid_domain_id", "gtid_strict_mode",
+        "gtid_ignore_duplicates", "master_verify_checksum",
+    ),
+    "the platform owns authentication and the server's start": (
+        "skip_grant_tables", "init_file", "init_connect", "plugin_load", "plugin_load_add",
+        "plugin_maturity", "secure_auth", "thread_handling",
+    ),
+    "the platform sets the server's character set (utf8mb4)": (
+        "character_set_server", "collation_server",
+    ),
+}  # fmt: skip
+_REDIS_OWNED_REASONS: dict[str, tuple[str, ...]] = {
+    "the platform publishes the server on its own address, port and socket": (
+        "bind", "bind-source-addr", "port", "protected-mode", "unixsocket", "unixsocketperm",
+        "tcp-backlog",
+    ),
+    "the platform owns the data directory and persistence (backups)": (
+        "dir", "dbfilename", "appendonly", "appendfilename", "appenddirname", "appendfsync",
+        "save", "databases",
+    ),
+    "the platform owns users and authentication (its ACL file)": (
+        "aclfile", "requirepass", "masterauth", "masteruser",
+    ),
+    "the platform owns replication (replicas, failover)": ("replicaof", "slaveof"),
+    "the platform owns the server's process and log": (
+        "daemonize", "supervised", "logfile", "pidfile", "syslog-enabled", "syslog-ident",
+        "syslog-facility", "include", "loadmodule", "rename-command", "enable-debug-command",
+        "enable-module-command", "enable-protected-configs", "proc-title-template",
+        "set-proc-title", "oom-score-adj", "oom-score-adj-values", "ignore-warnings",
+        "server_cpulist", "bio_cpulist", "aof_rewrite_cpulist", "bgsave_cpulist",
+    ),
+}  # fmt: skip
 _OWNED_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "redis": (
+        ("tls-", "the platform owns TLS and authentication"),
+        ("cluster-", "the platform runs Redis without cluster mode"),
+        ("repl-", "the platform owns replication (replicas, failover)"),
+        ("replica-", "the platform owns replication (replicas, failover)"),
+        ("slave-", "the platform owns replication (replicas, failover)"),
+        ("min-replicas-", "the platform owns replication (replicas, failover)"),
+        ("min-slaves-", "the platform owns replication (replicas, failover)"),
+    ),
     "postgresql": (
         ("ssl", "the platform owns TLS and authentication"),
         ("recovery_target", "the platform owns point-in-time recovery (restores)"),
     ),
+    "mariadb": (
+        ("ssl_", "the platform owns TLS and authentication"),
+        ("wsrep_", "the platform owns replication (Galera is not used)"),
+        ("relay_log", "the platform owns the binary log and replication"),
+        ("slave_", "the platform owns the binary log and replication"),
+        ("replicate_", "the platform owns the binary log and replication"),
+        ("rpl_", "the platform owns the binary log and replication"),
+        ("debug", "debugging the server is the platform's"),
+    ),
 }
 OWNED: dict[str, dict[str, str]] = {
     "postgresql": {name: reason for reason, names in _PG_OWNED_REASONS.items() for name in names},
+    "mariadb": {name: reason for reason, names in _MARIADB_OWNED_REASONS.items() for name in names},
+    "redis": {name: reason for reason, names in _REDIS_OWNED_REASONS.items() for name in names},
+}
+# Redis's memory values: 1k is 1000 bytes, 1kb 1024 (and m, mb, g, gb).
+_REDIS_MEMORY = {"K": 1000, "KB": 1024, "M": 1000**2, "MB": 1024**2, "G": 1000**3, "GB": 1024**3}
+# MariaDB's option files take K, M, G ... (in 1024s) after any number.
+_SUFFIXES = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5, "E": 1024**6}
+
+
+@dataclass(frozen=True)
+class Style:
+    """How an engine spells values: its booleans, the suffixes its numbers take, whether
+    '-' and '_' are one in a name."""
+
+    true: str = "on"
+    false: str = "off"
+    suffixes: Mapping[str, int] | None = None
+    suffixes_for_bytes_only: bool = False  # only a parameter in bytes takes them
+    dashes_are_underscores: bool = False
+
+
+STYLES = {
+    "postgresql": Style(),
+    "mariadb": Style("ON", "OFF", _SUFFIXES, dashes_are_underscores=True),
+    "redis": Style("yes", "no", _REDIS_MEMORY, suffixes_for_bytes_only=True),
 }
 
 _NUMBER = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$")
@@ -130,6 +221,8 @@ class Parameter:
     max: float | None = None
     values: tuple[str, ...] = ()
     default: str = ""
+    block: int = 1  # an integer is rounded down to a multiple of it (MariaDB)
+    style: Style = Style()
 
 
 @dataclass(frozen=True)
@@ -137,6 +230,12 @@ class Catalog:
     datastore: str
     version: str
     parameters: Mapping[str, Parameter]
+
+    def key(self, name: str) -> str:
+        """``name`` as the catalog spells it."""
+        key = name.strip().lower()
+        style = STYLES.get(self.datastore, Style())
+        return key.replace("-", "_") if style.dashes_are_underscores else key
 
     def owned_reason(self, name: str) -> str | None:
         """Why the platform keeps ``name`` for itself, or None when a group may set it."""
@@ -164,11 +263,12 @@ def catalog(datastore: str, version: str) -> Catalog:
             datastore=datastore,
             version=version,
         ) from None
-    params = {p["name"]: _parameter(p) for p in doc["parameters"]}
+    style = STYLES.get(datastore, Style())
+    params = {p["name"]: _parameter(p, style) for p in doc["parameters"]}
     return Catalog(datastore, version, params)
 
 
-def _parameter(raw: Mapping[str, Any]) -> Parameter:
+def _parameter(raw: Mapping[str, Any], style: Style) -> Parameter:
     return Parameter(
         name=raw["name"],
         type=raw["type"],
@@ -178,17 +278,19 @@ def _parameter(raw: Mapping[str, Any]) -> Parameter:
         max=raw.get("max"),
         values=tuple(raw.get("values", ())),
         default=str(raw.get("default", "")),
+        block=int(raw.get("block", 1)),
+        style=style,
     )
 
 
 def validate(cat: Catalog, values: Mapping[str, str]) -> dict[str, str]:
     """``values`` checked and normalised as the engine reads them (sorted by name)."""
-    out = {name.strip().lower(): validate_one(cat, name, value) for name, value in values.items()}
+    out = {cat.key(name): validate_one(cat, name, value) for name, value in values.items()}
     return dict(sorted(out.items()))
 
 
 def validate_one(cat: Catalog, name: str, value: str) -> str:
-    key = name.strip().lower()
+    key = cat.key(name)
     reason = cat.owned_reason(key)
     if reason is not None:
         raise InvalidInput(
@@ -238,10 +340,10 @@ def _fmt(number: float | None) -> str:
 
 def _bool(param: Parameter, value: str) -> str:
     word = value.lower()
-    if word and any(t.startswith(word) for t in _TRUE) and word not in ("o",):
-        return "on"
-    if word and any(f.startswith(word) for f in _FALSE) and word not in ("o",):
-        return "off"
+    if word in _TRUE:
+        return param.style.true
+    if word in _FALSE:
+        return param.style.false
     raise _bad(param, value, "a boolean (on, off, true, false, yes, no, 1, 0)")
 
 
@@ -266,6 +368,14 @@ def _in_unit(param: Parameter, value: str) -> tuple[float, bool]:
     number, unit = float(match.group(1)), match.group(2)
     if not unit:
         return number, False
+    suffixes = param.style.suffixes
+    if param.style.suffixes_for_bytes_only and param.unit != "B":
+        suffixes = {}
+    if suffixes is not None and param.type == "integer":
+        if unit.upper() not in suffixes:
+            with_units = f", or one with {', '.join(suffixes)}" if suffixes else " (no unit)"
+            raise _bad(param, value, f"a number{with_units}")
+        return number * suffixes[unit.upper()], True
     base, table = _unit_base(param)
     if table is None or unit not in table:
         raise _bad(param, value, f"unknown unit {unit!r}{_unit_help(param)}")
@@ -301,6 +411,10 @@ def _integer(param: Parameter, value: str) -> str:
         raise _bad(param, value, f"an integer{_unit_help(param)}")
     number = math.floor(amount + 0.5) if amount >= 0 else -math.floor(-amount + 0.5)
     _check_range(param, value, number)
+    if param.block > 1:
+        number -= number % param.block
+    if param.style.suffixes is not None:
+        return str(number)
     return _with_unit(param, number)
 
 
@@ -332,7 +446,30 @@ def _check_range(param: Parameter, value: str, number: float) -> None:
         raise _out_of_range(param, value, _fmt(number))
 
 
+def _set(param: Parameter, value: str) -> str:
+    """A comma-separated subset of the allowed words (empty: none)."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    return ",".join(_enum(param, item) for item in items)
+
+
+def _flagset(param: Parameter, value: str) -> str:
+    """``flag=on|off|default`` pairs (or ``default``), as optimizer_switch takes them."""
+    out = []
+    for item in (i.strip() for i in value.split(",") if i.strip()):
+        flag, sep, state = item.partition("=")
+        if flag.strip().lower() == "default" and not sep:
+            out.append("default")
+            continue
+        known = [v for v in param.values if v.lower() == flag.strip().lower()]
+        if not sep or not known or state.strip().lower() not in ("on", "off", "default"):
+            raise _bad(param, value, f"flag=on|off|default, flags: {', '.join(param.values)}")
+        out.append(f"{known[0]}={state.strip().lower()}")
+    return ",".join(out)
+
+
 _NORMALISERS = {
+    "set": _set,
+    "flagset": _flagset,
     "bool": _bool,
     "integer": _integer,
     "real": _real,
