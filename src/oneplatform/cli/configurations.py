@@ -130,13 +130,20 @@ def config_detach(db: str, output: Format = OutputOpt) -> None:
 @config_app.command("parameters")
 def config_parameters(
     datastore: Annotated[str, typer.Option(help="Engine.")] = "postgresql",
-    version: Annotated[str, typer.Option(help="Engine version.")] = "15",
+    version: Annotated[
+        str | None, typer.Option(help="Engine version (default: the newest).")
+    ] = None,
     output: Format = OutputOpt,
     wide: bool = WideOpt,
 ) -> None:
     """What a configuration group of this engine version may set (from the engine's own
     catalog); restart_required: it takes effect at the engine's next restart."""
     with Client.from_home() as c, api_errors():
+        if version is None:
+            known = {d.name: d for d in c.db.datastores()}
+            if datastore not in known:
+                raise fail(f"no datastore {datastore!r} (known: {', '.join(sorted(known))})")
+            version = next(v.version for v in known[datastore].versions if v.default)
         emit(c.configurations.parameters(datastore, version), output, PARAMETER_COLUMNS, wide)
 
 

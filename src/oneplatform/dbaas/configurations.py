@@ -141,6 +141,17 @@ def check_for_create(
     return group
 
 
+def inherited(session: Session, source: DbInstance, new: DbInstance) -> str | None:
+    """The group a restore of ``source`` into ``new`` starts with: the source's, while it
+    exists and fits ``new``'s datastore version."""
+    if source.configuration_id is None:
+        return None
+    group = session.get(ConfigurationGroup, source.configuration_id)
+    if group is None or (group.datastore, group.version) != (new.datastore, new.version):
+        return None
+    return group.id
+
+
 def _check_match(group: ConfigurationGroup, datastore: str, version: str, what: str) -> None:
     if (group.datastore, group.version) != (datastore, version):
         raise Conflict(

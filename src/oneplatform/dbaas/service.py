@@ -283,6 +283,8 @@ def create_db(
                 db.configuration_id = configurations.check_for_create(
                     session, caller, req.configuration, datastore.name, version.version
                 ).id
+            elif source is not None:  # a restore runs with its source's group, if any
+                db.configuration_id = configurations.inherited(session, source, db)
             config = store_config(settings) if settings.backups else None
             bundle = make_bundle(
                 db.id,
