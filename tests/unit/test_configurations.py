@@ -379,6 +379,16 @@ def test_detach_gives_the_engine_back_its_own_settings(world: World) -> None:
     assert _count(world) == 0
 
 
+def test_a_group_of_a_deleted_database_can_be_deleted(world: World) -> None:
+    _active_db(world)
+    _group(world)
+    dbaas.attach_configuration(world.store, world.settings, world.member, "pg1", "tuned")
+    world.drive(dbaas.delete_db(world.store, world.member, "pg1").operation.id)
+    assert configurations.get_group(world.store, world.member, "tuned").instances == []
+    configurations.delete_group(world.store, world.member, "tuned")
+    assert _count(world) == 0
+
+
 def test_a_new_database_starts_with_the_groups_values(world: World) -> None:
     _group(world)
     db_id = _active_db(world, configuration="tuned")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -235,6 +235,12 @@ def delete_group(store: Store, caller: Caller, ident: str) -> None:
                 code="configuration_in_use",
                 instances=[db.name for db in users],
             )
+        # deleted database instances keep their rows, not their group
+        session.execute(
+            update(DbInstance)
+            .where(DbInstance.configuration_id == group.id)
+            .values(configuration_id=None)
+        )
         session.delete(group)
 
 
