@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from sqlalchemy import func, select
 
+from oneplatform.cli.configurations import parse_sets
 from oneplatform.dbaas import catalog_gen, configurations, replicas
 from oneplatform.dbaas import service as dbaas
 from oneplatform.dbaas.parameters import catalog, validate
@@ -522,3 +524,15 @@ def test_a_reader_sees_groups_but_cannot_change_them(api: Api) -> None:
         response = api.client.request(method, path, json=payload, headers=reader)
         _error(response, 403, "read_only")
     assert [g["name"] for g in api.client.get(GROUPS, headers=api.admin).json()] == ["g1"]
+
+
+# -- the CLI's own parsing --------------------------------------------------------------------
+def test_set_options_are_name_value_pairs() -> None:
+    assert parse_sets(["max_connections=200", " work_mem = 8MB ", "search_path=a=b"]) == {
+        "max_connections": "200",
+        "work_mem": "8MB",
+        "search_path": "a=b",
+    }
+    for bad in (["work_mem"], ["=8MB"]):
+        with pytest.raises(typer.Exit):
+            parse_sets(bad)
