@@ -207,6 +207,8 @@ def test_redis_values_are_normalised_as_it_reads_them(name: str, value: str, nor
         ("timeout", "5mb", "config_value_invalid"),  # no unit: not a memory value
         ("maxmemory", "1xb", "config_value_invalid"),
         ("maxmemory-policy", "lru", "config_value_invalid"),
+        ("notify-keyspace-events", "", "config_value_invalid"),  # redis.conf: no argument
+        ("notify-keyspace-events", '"Ex"', "config_value_invalid"),
     ],
 )
 def test_bad_redis_values_are_refused(name: str, value: str, code: str) -> None:
