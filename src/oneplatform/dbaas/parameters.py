@@ -191,12 +191,13 @@ class Style:
     suffixes: Mapping[str, int] | None = None
     suffixes_for_bytes_only: bool = False  # only a parameter in bytes takes them
     dashes_are_underscores: bool = False
-    plain_words_only: bool = False  # its configuration file reads quotes and escapes
+    # its configuration file reads quotes, escapes (and MariaDB's '#' comments)
+    plain_words_only: bool = False
 
 
 STYLES = {
     "postgresql": Style(),
-    "mariadb": Style("ON", "OFF", _SUFFIXES, dashes_are_underscores=True),
+    "mariadb": Style("ON", "OFF", _SUFFIXES, dashes_are_underscores=True, plain_words_only=True),
     "redis": Style("yes", "no", _REDIS_MEMORY, suffixes_for_bytes_only=True, plain_words_only=True),
 }
 
@@ -356,8 +357,8 @@ def _enum(param: Parameter, value: str) -> str:
 
 
 def _string(param: Parameter, value: str) -> str:
-    if param.style.plain_words_only and (not value or any(c in value for c in "\"'\\")):
-        raise _bad(param, value, "a non-empty value without quotes or backslashes")
+    if param.style.plain_words_only and (not value or any(c in value for c in "\"'\\#")):
+        raise _bad(param, value, "a non-empty value without quotes, backslashes or '#'")
     return value
 
 
