@@ -314,6 +314,8 @@ class FakeAgent:
     """Answers the agent's signed calls for one instance, with the secret of its bundle;
     unsigned or badly signed calls are refused as the real agent refuses them."""
 
+    RESTART_SETTINGS = frozenset({"max_connections", "shared_buffers"})
+
     def __init__(self, port: int, bundle: dict[str, Any]) -> None:
         self.bundle = bundle
         self.restarts = 0
@@ -325,6 +327,10 @@ class FakeAgent:
         self.role = "standby" if bundle.get("standby") else "primary"
         self.calls: list[str] = []
         self.starting = 0  # replication calls answered "the engine is not running" first
+        # The configuration group's values it runs with (its bundle's until one is applied);
+        # those of RESTART_SETTINGS changed since its last restart wait for one.
+        self.configuration: dict[str, str] = dict(bundle["engine"].get("configuration", {}))
+        self.waiting: set[str] = set()
         self.verifier = RequestVerifier(bundle["agent"]["secret"], bundle["instance_id"])
         agent = self
 
@@ -361,6 +367,10 @@ class FakeAgent:
                     return
                 if self.command == "POST" and self.path == "/v1/engine/restart":
                     agent.restarts += 1
+                    agent.waiting.clear()
+                if self.path == "/v1/configuration":
+                    self._send(200, agent.configure(self.command, body))
+                    return
                 if self.path == "/v1/backups":  # a backup runs and ends by the next look
                     if self.command == "POST":
                         kind = json.loads(body)["type"]
@@ -458,6 +468,20 @@ class FakeAgent:
         has the repository, else the primary."""
         standby = self.bundle.get("standby") or {}
         return "backup" if standby.get("from_backup") and self.bundle.get("backup") else "primary"
+
+    def configure(self, method: str, body: bytes) -> dict[str, Any]:
+        """``GET|POST /v1/configuration`` as the real agent answers it."""
+        if method == "GET":
+            return {"values": self.configuration}
+        values = json.loads(body)["values"]
+        changed = sorted(
+            k for k in values.keys() | self.configuration.keys()
+            if values.get(k) != self.configuration.get(k)
+        )  # fmt: skip
+        self.configuration = dict(values)
+        self.waiting |= set(changed) & self.RESTART_SETTINGS
+        self.calls.append("configuration")
+        return {"changed": changed, "pending_restart": sorted(self.waiting & set(changed))}
 
     def health(self) -> dict[str, Any]:
         return {

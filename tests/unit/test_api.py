@@ -502,6 +502,8 @@ DB_CALLS = [
     ("POST", "/v1/db/instances/{i}/replicas", {}),
     ("POST", "/v1/db/instances/{i}/switchover", {}),
     ("POST", "/v1/db/instances/{i}/move", {"flavor": "container.small"}),
+    ("PUT", "/v1/db/instances/{i}/configuration", {"configuration": "x"}),
+    ("DELETE", "/v1/db/instances/{i}/configuration", None),
 ]
 
 
@@ -1019,6 +1021,14 @@ ROLE_TABLE: dict[tuple[str, str], tuple[str, object]] = {
     ("POST", "/v1/db/replicas/{name}/detach"): ("member", {}),
     ("GET", "/metrics"): ("admin", None),
     ("POST", "/v1/ui/tickets"): ("reader", None),  # its session has the token's role
+    ("GET", "/v1/db/configurations"): ("reader", None),
+    ("POST", "/v1/db/configurations"): ("member", {}),
+    ("GET", "/v1/db/configurations/{ident}"): ("reader", None),
+    ("PATCH", "/v1/db/configurations/{ident}"): ("member", {}),
+    ("DELETE", "/v1/db/configurations/{ident}"): ("member", None),
+    ("PUT", "/v1/db/instances/{ident}/configuration"): ("member", {"configuration": "g1"}),
+    ("DELETE", "/v1/db/instances/{ident}/configuration"): ("member", None),
+    ("GET", "/v1/datastores/{datastore}/versions/{version}/parameters"): ("reader", None),
 }
 RANKS = {"reader": 0, "member": 1, "admin": 2}
 

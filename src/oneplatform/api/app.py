@@ -14,6 +14,7 @@ from oneplatform.api.metrics import CONTENT_TYPE, MeasureRequests, Metrics
 from oneplatform.api.routes import (
     backups,
     compute_types,
+    configurations,
     datastores,
     db_instances,
     deploy,
@@ -61,6 +62,7 @@ def create_app(platform: Platform) -> FastAPI:
         datastores,
         db_instances,
         backups,
+        configurations,
         nodes,
         warm,
         deploy,

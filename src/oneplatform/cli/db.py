@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 
 from oneplatform.cli.backups import backup_app
+from oneplatform.cli.configurations import config_app
 from oneplatform.cli.output import (
     Format,
     OutputOpt,
@@ -37,6 +38,7 @@ replica_app = typer.Typer(
     help="Streaming replicas of a database instance, on any flavor.", no_args_is_help=True
 )
 db_app.add_typer(replica_app, name="replica")
+db_app.add_typer(config_app, name="config")
 
 DB_COLUMNS = (
     "name",
@@ -63,6 +65,8 @@ SHOW_COLUMNS = (
     "connection_uri",
     "restorable_from",
     "restorable_until",
+    "configuration",
+    "restart_required",
     "status_message",
     "health_message",
 )
@@ -174,6 +178,10 @@ def db_create(
         str | None,
         typer.Option(help="The replicas' flavor, of any compute type (default: --flavor)."),
     ] = None,
+    configuration: Annotated[
+        str | None,
+        typer.Option(help="A configuration group (onep db config) the engine starts with."),
+    ] = None,
     wait: WaitOpt = False,
     output: Format = OutputOpt,
 ) -> None:
@@ -195,6 +203,7 @@ def db_create(
             to_time=moment,
             replicas=replicas,
             replica_flavor=replica_flavor,
+            configuration=configuration,
         )
         _finish(c, accepted, wait, output)
 

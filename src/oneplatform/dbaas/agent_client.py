@@ -96,6 +96,17 @@ class AgentClient:
         answer = self._call("POST", "/v1/archive", body, timeout=timeout + 10)
         return float(answer["archived_until"])
 
+    def apply_configuration(self, values: dict[str, str]) -> dict[str, Any]:
+        """Make ``values`` the configuration group's values of this member (kept for every
+        later start, applied live where the engine can); the answer's ``pending_restart``
+        names those that wait for a restart."""
+        body = json.dumps({"values": values}).encode()
+        return self._call("POST", "/v1/configuration", body)
+
+    def configuration(self) -> dict[str, Any]:
+        """The configuration group's values this member runs with."""
+        return self._call("GET", "/v1/configuration")
+
     def logs(self, tail: int = 100, after: int | None = None) -> dict[str, Any]:
         """The engine's own output: its last ``tail`` lines, or those after line ``after``."""
         query = f"tail={int(tail)}" + (f"&after={int(after)}" if after is not None else "")

@@ -342,12 +342,33 @@ def _wait_for_repair(ctx: StepContext, repair_id: str) -> None:
 
 
 def step_restart(ctx: StepContext) -> None:
-    """Restart the engine through the agent (not after a repair: it has just started)."""
+    """Restart the engine through the agent (not after a repair: it has just started).
+    When a configuration value waits for a restart, the replicas restart first (a standby
+    needs settings such as max_connections at least as high as its primary's)."""
     if ctx.params.get("repair"):
         return
+    box = box_for(ctx.settings)
     with ctx.store.session() as session:
-        r = reach(session, _db(session, ctx), box_for(ctx.settings))
+        db = _db(session, ctx)
+        r = reach(session, db, box)
+        replicas_first = (
+            [
+                reach(session, db, box, instance_id=m.instance_id)
+                for m in live_members(session, db.id)
+                if m.role != PRIMARY and m.status == MemberStatus.ACTIVE
+            ]
+            if db.restart_required
+            else []
+        )
+    for replica in replicas_first:
+        agent_client(replica, timeout=ctx.settings.ready_timeout_seconds).restart_engine()
     agent_client(r, timeout=ctx.settings.ready_timeout_seconds).restart_engine()
+
+
+def step_restarted(ctx: StepContext) -> None:
+    """The engine has started with every configuration value: none waits any more."""
+    with ctx.store.session() as session:
+        _db(session, ctx).restart_required = False
 
 
 def _kind(name: str, intent: Intent, *steps: tuple[str, StepFn]) -> OperationKind:
@@ -400,5 +421,6 @@ DB_RESTART = _kind(
     ("compute", step_restart_compute),
     ("restart", step_restart),
     ("agent", step_agent),
+    ("configuration", step_restarted),
     ("finish", _become(DbStatus.ACTIVE, Health.HEALTHY)),
 )

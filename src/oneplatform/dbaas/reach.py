@@ -61,9 +61,11 @@ def make_bundle(
     restore: RestoreSettings | None = None,
     standby: UpstreamSettings | None = None,
     engine_settings: Mapping[str, str] | None = None,
+    configuration: Mapping[str, str] | None = None,
 ) -> str:
     """The config bundle the guest agent reads; the same whatever the compute type.
-    ``ports``: the image's guest ports by endpoint name (the engine's and the agent's)."""
+    ``ports``: the image's guest ports by endpoint name (the engine's and the agent's);
+    ``configuration``: its configuration group's values (they win over the engine's)."""
     return Bundle(
         instance_id=instance_id,
         datastore=datastore.name,
@@ -72,6 +74,7 @@ def make_bundle(
         engine=EngineSettings(
             port=int(ports[datastore.engine_endpoint]),
             settings=engine_settings or datastore.engine_settings(vcpus, ram_mb),
+            configuration=configuration or {},
         ),
         admin=admin,
         platform=platform,

@@ -31,7 +31,7 @@ from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.instances import place_instance, request_delete
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
-from oneplatform.dbaas import backups
+from oneplatform.dbaas import backups, configurations
 from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.dbaas.datastores import get_datastore, get_version
 from oneplatform.dbaas.datastores.features import Feature
@@ -236,9 +236,11 @@ def _db_bundle(
     flavor: Flavor,
     engine: Mapping[str, str],
     standby: UpstreamSettings | None = None,
+    configuration: Mapping[str, str] | None = None,
 ) -> str:
     """A bundle of ``db`` on ``flavor``: its identity, credentials, agent secret and
-    repository, running with ``engine``; a replica's when ``standby`` names its upstream."""
+    repository, running with ``engine`` and its configuration group's values; a replica's
+    when ``standby`` names its upstream."""
     box = box_for(settings)
     datastore = get_datastore(db.datastore)
     config = store_config(settings) if settings.backups and db.repo_bucket else None
@@ -257,6 +259,7 @@ def _db_bundle(
         backup=backups.guest_store(config, db, box, flavor.compute_type) if config else None,
         standby=standby,
         engine_settings=engine,
+        configuration=configuration,
     )
 
 
@@ -286,6 +289,7 @@ def _place_member(
         flavor,
         engine,
         standby=upstream_for(settings, db, box, flavor.compute_type, name, seeded),
+        configuration=configurations.values_for(session, db),
     )
     image = get_version(datastore, db.version).image
     member_id = new_id()
@@ -935,7 +939,13 @@ def detached_bundle(session: Session, settings: Settings, new: DbInstance, membe
     instance = session.get_one(Instance, member.instance_id)
     flavor = session.get_one(Flavor, instance.flavor_id)
     current = Bundle.from_json(box.decrypt(instance.bundle_enc or ""))
-    return _db_bundle(settings, new, flavor, dict(current.engine.settings))
+    return _db_bundle(
+        settings,
+        new,
+        flavor,
+        dict(current.engine.settings),
+        configuration=configurations.values_for(session, new),
+    )
 
 
 def step_detach(ctx: StepContext) -> None:

@@ -21,7 +21,7 @@ from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.instances import endpoints, missing_volumes, place_instance
 from oneplatform.config import Settings
-from oneplatform.dbaas import backups, replicas, warm
+from oneplatform.dbaas import backups, configurations, replicas, warm
 from oneplatform.dbaas import operations as ops
 from oneplatform.dbaas.datastores import DATASTORES, get_datastore, get_version
 from oneplatform.dbaas.datastores.features import FEATURE_HELP, Feature
@@ -139,6 +139,8 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         connection_uri=uri,
         restorable_from=restorable_from,
         restorable_until=restorable_until,
+        configuration=configurations.group_name(session, db),
+        restart_required=db.restart_required,
         created_at=db.created_at,
         updated_at=db.updated_at,
     )
@@ -293,6 +295,12 @@ def create_db(
                     req.restore_from,
                     req.to_time,
                 )
+            if req.configuration:
+                db.configuration_id = configurations.check_for_create(
+                    session, caller, req.configuration, datastore.name, version.version
+                ).id
+            elif source is not None:  # a restore runs with its source's group, if any
+                db.configuration_id = configurations.inherited(session, source, db)
             config = store_config(settings) if settings.backups else None
             bundle = make_bundle(
                 db.id,
@@ -308,6 +316,7 @@ def create_db(
                 if config is not None and db.repo_bucket
                 else None,
                 restore=restore,
+                configuration=configurations.values_for(session, db),
             )
             bundle_enc = box.encrypt(bundle)
             # A restore's data comes from the first start's restore: never a warm instance.
@@ -423,6 +432,9 @@ def detach_replica(
                 admin_password_enc=group.admin_password_enc,
                 platform_password_enc=group.platform_password_enc,
                 agent_secret_enc=box.encrypt(generate_token()),
+                # its data disk keeps the group's values: it keeps the group too
+                configuration_id=group.configuration_id,
+                restart_required=group.restart_required,
             )
             if group.repo_bucket and settings.backups:
                 backups.new_repository(new, box)
@@ -509,6 +521,22 @@ def restart_db(store: Store, settings: Settings, caller: Caller, ident: str) -> 
         DATABASES.move(session, db, DbStatus.RESTARTING, "restart requested")
         op = enqueue(session, ops.DB_RESTART, db.id, caller.project_id)
         return DbInstanceAccepted(operation=to_out(op), instance=to_out_db(session, db))
+
+
+# -- configuration groups ----------------------------------------------------------------------
+def attach_configuration(
+    store: Store, settings: Settings, caller: Caller, ident: str, group: str
+) -> DbInstanceOut:
+    """Attach a configuration group and apply it to every member at once."""
+    configurations.attach(store, settings, caller, ident, group)
+    return get_db(store, caller, ident)
+
+
+def detach_configuration(
+    store: Store, settings: Settings, caller: Caller, ident: str
+) -> DbInstanceOut:
+    configurations.detach(store, settings, caller, ident)
+    return get_db(store, caller, ident)
 
 
 # -- credentials --------------------------------------------------------------------------------

@@ -42,10 +42,15 @@ class EngineSettings:
     port: int
     # Values may be given as numbers or booleans; they are kept as strings.
     settings: Mapping[str, str] = field(default_factory=dict)
+    # The configuration group's values (they win over ``settings``): what a new member
+    # starts with until the platform applies the group to it (``POST /v1/configuration``).
+    configuration: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         normal = {str(k): _setting_value(k, v) for k, v in self.settings.items()}
         object.__setattr__(self, "settings", normal)
+        group = {str(k): _setting_value(k, v) for k, v in self.configuration.items()}
+        object.__setattr__(self, "configuration", group)
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,11 @@ class Bundle:
             "engine": {
                 "port": self.engine.port,
                 "settings": dict(sorted(self.engine.settings.items())),
+                **(
+                    {"configuration": dict(sorted(self.engine.configuration.items()))}
+                    if self.engine.configuration
+                    else {}
+                ),
             },
             "admin": {"username": self.admin.username, "password": self.admin.password},
             **(
@@ -230,6 +240,15 @@ class Bundle:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def check_setting_names(settings: Mapping[str, str]) -> None:
+        """Raise BundleError for a setting name or value a configuration file must not get."""
+        for name, value in settings.items():
+            if not _SETTING_NAME_RE.match(name):
+                raise BundleError(f"bundle: engine setting name {name!r} is not valid")
+            if not isinstance(value, str) or _CONTROL_RE.search(value):
+                raise BundleError(f"bundle: engine setting {name!r} must be a single-line string")
 
     @classmethod
     def from_dict(cls, data: Any) -> Bundle:
@@ -269,6 +288,7 @@ class Bundle:
             engine=EngineSettings(
                 port=_port(engine.get("port"), "engine.port"),
                 settings=raw_settings,
+                configuration=_object(engine.get("configuration", {}), "engine.configuration"),
             ),
             admin=AdminCredentials(
                 username=_string(admin, "username", "admin"),
@@ -349,11 +369,7 @@ def _validate_bundle(bundle: Bundle) -> None:
     _port(bundle.engine.port, "engine.port")
     if bundle.agent.port == bundle.engine.port:
         raise BundleError("bundle: 'agent.port' and 'engine.port' must differ")
-    for name, value in bundle.engine.settings.items():
-        if not _SETTING_NAME_RE.match(name):
-            raise BundleError(f"bundle: engine setting name {name!r} is not valid")
-        if not isinstance(value, str) or _CONTROL_RE.search(value):
-            raise BundleError(f"bundle: engine setting {name!r} must be a single-line string")
+    Bundle.check_setting_names({**bundle.engine.settings, **bundle.engine.configuration})
     for where, creds in (("admin", bundle.admin), ("platform", bundle.platform)):
         if creds is None:
             continue

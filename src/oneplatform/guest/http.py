@@ -7,6 +7,9 @@
 false only the completed segments, and say up to when) and, on a warm
 instance, ``POST /v1/claim`` (``{"sealed": ...}``: its owner's bundle, sealed and signed
 with the warm bundle's secret; once applied, only the owner's secret is accepted).
+``GET|POST /v1/configuration`` (the configuration group's values; ``{"values": {...}}``
+makes them the group's: kept on the data disk, applied live where the engine can, the
+answer names what waits for a restart).
 ``GET /v1/logs?tail=N&after=K`` (the engine's own output: its last N lines, or those after
 line K). ``GET /v1/stats`` (the engine's connections, transactions, size and cache reads,
 for the platform's metrics). Replication: ``GET /v1/replication`` (role, WAL positions,
@@ -143,6 +146,8 @@ class Agent:
             return self.stats()
         if route == "/v1/backups":
             return self.backups(method, body)
+        if route == "/v1/configuration":
+            return self.configuration(method, body)
         if route == "/v1/replication/detach":
             if method != "POST":
                 return 405, error_body("method_not_allowed", "use POST")
@@ -309,6 +314,34 @@ class Agent:
         if status != 200:
             return status, {"error": answer, **({"job": answer["job"]} if "job" in answer else {})}
         return 200, answer
+
+    def configuration(self, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``GET``: the configuration group's values this member runs with; ``POST``
+        ``{"values": {name: value}}``: make them the group's (kept on the data disk for every
+        later start; given to the running engine where it takes them live), answered with
+        the ``changed`` settings and those waiting for a restart (``pending_restart``)."""
+        engine = self.supervisor.engine
+        if engine is None:
+            return 503, error_body("engine_failed", self.supervisor.snapshot()[1])
+        if method == "GET":
+            return 200, {"values": engine.configuration()}
+        if method != "POST":
+            return 405, error_body("method_not_allowed", "use GET or POST")
+        try:
+            raw = json.loads(body or b"{}")["values"]
+            if not isinstance(raw, dict):
+                raise TypeError
+            values = {str(k): str(v) for k, v in raw.items()}
+            Bundle.check_setting_names(values)
+        except (ValueError, KeyError, TypeError, BundleError) as exc:
+            return 400, error_body("bad_request", f"the body is not valid: {exc}")
+        with self._claim_lock:
+            if not self.supervisor.wait_running(0):
+                return 503, error_body("engine_not_ready", "the engine is not running")
+            try:
+                return 200, engine.apply_configuration(values)
+            except (EngineError, OSError) as exc:
+                return 503, error_body("configuration_failed", str(exc))
 
     def claim(self, body: bytes) -> tuple[int, dict[str, Any]]:
         """Take the owner's bundle: keep it on the data disk, make the engine's roles (and

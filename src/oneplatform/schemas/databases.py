@@ -74,6 +74,11 @@ class DbInstanceCreate(Request):
     replicas: int = Field(
         default=0, ge=0, le=7, description="Streaming replicas made with it (an HA group)."
     )
+    configuration: str | None = Field(
+        default=None,
+        description="A configuration group (name or id) of the same datastore version: "
+        "the engine starts with its values.",
+    )
     replica_flavor: CatalogName | None = Field(
         default=None, description="The replicas' flavor, of any compute type (default: its own)."
     )
@@ -196,6 +201,14 @@ class DbInstanceOut(Response):
         default=None,
         description="The admin's connection URI, without the password "
         "(`onep db credentials NAME` shows it; `onep db connect NAME` uses it).",
+    )
+    configuration: str | None = Field(
+        default=None, description="The name of its configuration group, if any."
+    )
+    restart_required: bool = Field(
+        default=False,
+        description="A value of its configuration group takes effect only once the engine "
+        "restarts (`onep db restart NAME`).",
     )
     created_at: dt.datetime
     updated_at: dt.datetime

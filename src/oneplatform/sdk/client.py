@@ -54,6 +54,7 @@ from oneplatform.schemas.projects import (
 from oneplatform.schemas.quotas import QuotaOut
 from oneplatform.schemas.ui import UiTicketOut
 from oneplatform.schemas.warm import WarmPoolOut, WarmSet
+from oneplatform.sdk.configurations import Configurations
 from oneplatform.sdk.db import DbInstances
 
 M = TypeVar("M", bound=BaseModel)
@@ -99,6 +100,7 @@ class Client:
         self.pools = Pools(self)
         self.hosts = Hosts(self)
         self.db = DbInstances(self)
+        self.configurations = Configurations(self)
         self.nodes = Nodes(self)
         self.warm = Warm(self)
         self.tokens = Tokens(self)

@@ -70,6 +70,7 @@ class DbInstances:
         to_time: dt.datetime | None = None,
         replicas: int = 0,
         replica_flavor: str | None = None,
+        configuration: str | None = None,
     ) -> DbInstanceAccepted:
         """``users``: ``[{"name": ..., "password": ..., "databases": [...]}]``; ``restore``
         (a backup) or ``restore_from`` (a database instance's window, with ``to_time``);
@@ -88,6 +89,7 @@ class DbInstances:
             to_time=to_time,
             replicas=replicas,
             replica_flavor=replica_flavor,
+            configuration=configuration,
         )
         return self.c.send("POST", BASE, DbInstanceAccepted, body)
 

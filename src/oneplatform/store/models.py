@@ -333,7 +333,28 @@ class DbInstance(Timestamps, Base):
     ro_port: Mapped[int | None] = mapped_column(Integer, default=None)
     # The password of its replication role (onep_repl_<id>), made on the first replica.
     repl_password_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    # Its configuration group, and whether a value of it waits for the engine's restart.
+    configuration_id: Mapped[str | None] = mapped_column(
+        ForeignKey("configuration_groups.id"), default=None, index=True
+    )
+    restart_required: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class ConfigurationGroup(Timestamps, Base):
+    """Engine parameters of one datastore version, named in a project; the database
+    instances attached to it run with its values."""
+
+    __tablename__ = "configuration_groups"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_configuration_groups_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    description: Mapped[str] = mapped_column(Text, default="")
+    datastore: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(16))
+    # {parameter: value}, validated and normalised against the version's catalog.
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class DbMember(Timestamps, Base):

@@ -8,6 +8,7 @@ the rest of the agent is importable from here.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pwd
@@ -87,9 +88,11 @@ class Engine:
         return True
 
     def bundle_settings(self) -> list[tuple[str, str]]:
-        """The bundle's engine settings, sorted, but those the agent owns (logged)."""
+        """The bundle's engine settings with the configuration group's values over them,
+        sorted, but those the agent owns (logged)."""
         kept = []
-        for name, value in sorted((self.bundle.engine.settings if self.bundle else {}).items()):
+        base = dict(self.bundle.engine.settings) if self.bundle else {}
+        for name, value in sorted({**base, **self.configuration()}.items()):
             if self._owned(name):
                 log.warning("ignoring engine setting %s: the agent manages it", name)
                 continue
@@ -98,6 +101,46 @@ class Engine:
 
     def _owned(self, name: str) -> bool:
         return name.lower() in self.RESERVED
+
+    # -- the configuration group (kept beside the data, on the data disk)
+
+    CONFIGURATION_NAME: ClassVar[str] = "configuration.json"
+    data_dir: Path
+
+    def configuration_path(self) -> Path:
+        return self.data_dir.parent / self.CONFIGURATION_NAME
+
+    def configuration(self) -> dict[str, str]:
+        """The configuration group's values: the last the platform applied (kept on the data
+        disk, so a restart or a repair keeps them), else the bundle's (a new member's)."""
+        path = self.configuration_path()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {str(k): str(v) for k, v in dict(data["values"]).items()}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring %s: %s", path, exc)
+        return dict(self.bundle.engine.configuration) if self.bundle else {}
+
+    def apply_configuration(self, values: Mapping[str, str]) -> dict[str, Any]:
+        """Make ``values`` the configuration group's: kept for every later start, and given
+        to the running engine where it takes them live. The answer names the changed
+        settings and those that wait for a restart (``pending_restart``)."""
+        before = dict(self.bundle_settings())
+        text = json.dumps({"values": dict(sorted(values.items()))}, sort_keys=True)
+        self._write(self.configuration_path(), text + "\n")
+        after = dict(self.bundle_settings())
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        pending = self.apply_live(changed, after) if changed else []
+        return {"changed": changed, "pending_restart": sorted(pending)}
+
+    def apply_live(self, changed: list[str], settings: Mapping[str, str]) -> list[str]:
+        """Write the engine's configuration and give the running engine the ``changed``
+        settings (now ``settings``; a name missing there goes back to its default); the
+        names that wait for a restart. The default: written, all wait."""
+        self.configure()
+        return changed
 
     def ready_timeout(self, default: float) -> float:
         """How long the next start may take to be ready (longer while it recovers)."""

@@ -29,7 +29,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +305,26 @@ class MariaDbEngine(Engine):
         if proc.returncode == 0:
             return True, "accepting connections"
         return False, tail(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
+
+    def apply_live(self, changed: list[str], settings: Mapping[str, str]) -> list[str]:
+        """Rewrite the option file (every later start) and ``SET GLOBAL`` each changed
+        variable the server changes while it runs (one it no longer names goes back to its
+        default); a read-only one waits for a restart."""
+        self.configure()
+        pending = []
+        for name in changed:
+            variable = name.lower().replace("-", "_")
+            if not re.fullmatch(r"[a-z0-9_]+", variable):
+                pending.append(name)
+                continue
+            value = settings.get(name)
+            literal = "DEFAULT" if value is None else _set_literal(value)
+            try:
+                self._sql(f"SET GLOBAL {variable} = {literal};\n", f"setting {variable}")
+            except EngineError as exc:
+                log.info("%s waits for a restart: %s", variable, exc)
+                pending.append(name)
+        return pending
 
     def _client_argv(self) -> list[str]:
         """The mariadb client as root over the local socket, no option file read."""
@@ -657,3 +677,10 @@ def _user_lines(username: str, password: str) -> list[str]:
         f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {secret};",
         f"ALTER USER {user} IDENTIFIED BY {secret};",
     ]
+
+
+def _set_literal(value: str) -> str:
+    """A value of ``SET GLOBAL``: a number or a word as it is, else a quoted string."""
+    if re.fullmatch(r"-?\d+(\.\d+)?|[A-Za-z_][A-Za-z0-9_]*", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"

@@ -310,6 +310,19 @@ class PostgresEngine(Engine):
         self.configure()
         return True
 
+    def apply_live(self, changed: list[str], settings: Mapping[str, str]) -> list[str]:
+        """Rewrite the include file and reload: what the server takes at a reload applies
+        now; the postmaster's settings (``max_connections``, ``shared_buffers`` ...) wait
+        for a restart, as pg_settings says."""
+        self.configure()
+        names = ", ".join(sql_literal(name.lower()) for name in changed)
+        self._query("SELECT pg_catalog.pg_reload_conf()")
+        out = self._query(
+            "SELECT name FROM pg_catalog.pg_settings "
+            f"WHERE name IN ({names}) AND (context = 'postmaster' OR pending_restart)"
+        )
+        return [name for name in out.split() if name in changed]
+
     def backup_status(self) -> dict[str, Any] | None:
         """The repository's state, and up to when commits are archived (epoch; None before
         the first segment is)."""

@@ -39,7 +39,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +387,24 @@ class RedisEngine(Engine):
         return self._stop_by_signals(proc, ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)))
 
     # -- the server, over its socket, as the platform's user
+
+    def apply_live(self, changed: list[str], settings: Mapping[str, str]) -> list[str]:
+        """Rewrite the config file (every later start) and ``CONFIG SET`` each changed
+        parameter; one Redis sets only at start, or one no longer named (its default is
+        the file's absence), waits for a restart."""
+        self.configure()
+        pending = []
+        for name in changed:
+            value = settings.get(name)
+            if value is None:
+                pending.append(name)
+                continue
+            try:
+                self._command("CONFIG", "SET", name, value)
+            except EngineError as exc:
+                log.info("%s waits for a restart: %s", name, exc)
+                pending.append(name)
+        return pending
 
     def _cli(
         self, *args: str, timeout: float = 30.0, last: str | None = None
