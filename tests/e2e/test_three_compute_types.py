@@ -215,7 +215,7 @@ def test_enrolled_nodes_become_available(lab: Platform) -> None:
     caps = {c["name"]: c for c in types["baremetal"]["capabilities"]}
     for name in ("boot_device", "virtual_media", "forced_reboot"):
         assert caps[name]["supported"] is True
-    for name in ("snapshot", "resize", "exec"):
+    for name in ("snapshot", "resize", "exec", "grow_storage"):
         assert caps[name]["supported"] is False and caps[name]["reason"]
 
 

@@ -502,6 +502,7 @@ DB_CALLS = [
     ("POST", "/v1/db/instances/{i}/replicas", {}),
     ("POST", "/v1/db/instances/{i}/switchover", {}),
     ("POST", "/v1/db/instances/{i}/move", {"flavor": "container.small"}),
+    ("POST", "/v1/db/instances/{i}/resize", {"size_gb": 2}),
 ]
 
 

@@ -124,6 +124,14 @@ def _with(uri: str, user: str | None, database: str | None) -> str:
 
 def _show(db: DbInstanceOut, fmt: Format) -> None:
     emit(db, fmt, SHOW_COLUMNS)
+    if fmt is Format.table and db.storage is not None:
+        gb = 1024**3
+        s = db.storage
+        console.print(
+            f"storage: {s.used_bytes / gb:.2f} GB used of {s.total_bytes / gb:.2f} GB, "
+            f"{s.free_bytes / gb:.2f} GB free (reported {s.checked_at:%Y-%m-%d %H:%M:%S} UTC)",
+            highlight=False,
+        )
     if fmt is Format.table and db.connection_uri:
         console.print(
             f"\nconnect: onep db connect {db.name}    password: onep db credentials {db.name}",
@@ -444,6 +452,23 @@ def db_move(
     backups and recovery window stay."""
     with Client.from_home() as c, api_errors():
         _finish(c, c.db.move(name, flavor, timeout_seconds=timeout), wait, output)
+
+
+@db_app.command("resize")
+def db_resize(
+    name: str,
+    size_gb: Annotated[
+        int, typer.Option("--size-gb", help="The data volume's new size in GB (larger).")
+    ],
+    wait: WaitOpt = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Grow the database's storage: every member's data volume, then its filesystem, online
+    where the compute type allows (a VM's disk and ext4 filesystem; a container's volume size
+    is a record, not enforced). Storage only grows: a smaller size is refused, and so is
+    bare metal (a node's data partition spans its disk already)."""
+    with Client.from_home() as c, api_errors():
+        _finish(c, c.db.resize(name, size_gb), wait, output)
 
 
 @db_app.command("credentials")

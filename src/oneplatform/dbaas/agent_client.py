@@ -132,6 +132,16 @@ class AgentClient:
         body = json.dumps({"upstream": upstream, "rewind": rewind}).encode()
         return self._call("POST", "/v1/replication/demote", body, timeout=RESTART_TIMEOUT)
 
+    def storage(self) -> dict[str, Any]:
+        """The data filesystem's ``total_bytes``, ``used_bytes`` and ``free_bytes``."""
+        return self._call("GET", "/v1/storage")
+
+    def grow_storage(self, size_bytes: int, timeout: float = 660.0) -> dict[str, Any]:
+        """Grow the data filesystem into its disk, grown to ``size_bytes`` underneath; the
+        answer says whether there was one of its own to grow (``grown``) and its usage."""
+        body = json.dumps({"size_bytes": int(size_bytes)}).encode()
+        return self._call("POST", "/v1/storage/grow", body, timeout=timeout)
+
     def _health(self, data: dict[str, Any]) -> AgentHealth:
         health = AgentHealth.from_dict(data)
         if health.instance_id != self.instance_id:

@@ -14,6 +14,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -45,6 +46,7 @@ class Probe:
     compute_message: str = ""
     unreachable: bool = False  # the agent did not answer: its compute may be down
     archived_until: dt.datetime | None = None  # what its repository holds, when known
+    storage: dict[str, Any] | None = None  # its data filesystem's usage, when reported
 
 
 def probe(store: Store, settings: Settings, db_id: str) -> Probe:
@@ -77,7 +79,9 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
     detail, archived = answer.detail[:500], None
     if health is Health.HEALTHY and has_repository:
         detail, archived = _archiving(r, detail)
-    return Probe(db_id, health, detail, status, archived_until=archived)
+    storage = answer.raw.get("storage")
+    usage = storage if isinstance(storage, dict) else None
+    return Probe(db_id, health, detail, status, archived_until=archived, storage=usage)
 
 
 def _archiving(r: Reach, detail: str) -> tuple[str, dt.datetime | None]:
@@ -92,6 +96,17 @@ def _archiving(r: Reach, detail: str) -> tuple[str, dt.datetime | None]:
     if not repository.get("stanza"):
         detail = f"{detail}; not archiving yet: {repository.get('detail', '')}"[:500]
     return detail, moment
+
+
+def record_usage(db: DbInstance, usage: dict[str, Any], at: dt.datetime | None = None) -> None:
+    """Keep what a guest agent said of its data filesystem (ignoring what is not numbers)."""
+    try:
+        total, used = int(usage["total_bytes"]), int(usage["used_bytes"])
+        free = int(usage["free_bytes"])
+    except (KeyError, TypeError, ValueError):
+        return
+    db.storage_total_bytes, db.storage_used_bytes, db.storage_free_bytes = total, used, free
+    db.storage_checked_at = at or utcnow()
 
 
 def check_once(store: Store, settings: Settings) -> int:
@@ -122,6 +137,8 @@ def _record(store: Store, results: list[Probe]) -> None:
                 log.info("database instance %s health %s -> %s", db.name, db.health, result.health)
             db.health, db.health_message = result.health.value, result.message
             db.health_checked_at = utcnow()
+            if result.storage is not None:
+                record_usage(db, result.storage)
             until = result.archived_until
             if until is not None and (db.archived_until is None or db.archived_until < until):
                 db.archived_until = until

@@ -34,6 +34,7 @@ from oneplatform.schemas.databases import (
     ReplicaAccepted,
     ReplicaCreate,
     ReplicaDetach,
+    StorageResize,
     SwitchoverRequest,
 )
 
@@ -165,6 +166,11 @@ class DbInstances:
     def move(self, ident: str, flavor: str, timeout_seconds: float = 60.0) -> DbInstanceAccepted:
         body = MoveRequest.model_construct(flavor=flavor, timeout_seconds=timeout_seconds)
         return self.c.send("POST", f"{BASE}/{ident}/move", DbInstanceAccepted, body)
+
+    def resize(self, ident: str, size_gb: int) -> DbInstanceAccepted:
+        """Grow the data volume of every member to ``size_gb`` (storage only grows)."""
+        body = StorageResize.model_construct(size_gb=size_gb)
+        return self.c.send("POST", f"{BASE}/{ident}/resize", DbInstanceAccepted, body)
 
     def delete(self, ident: str) -> DbInstanceAccepted:
         return self.c.send("DELETE", f"{BASE}/{ident}", DbInstanceAccepted)

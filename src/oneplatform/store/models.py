@@ -315,6 +315,12 @@ class DbInstance(Timestamps, Base):
     ro_port: Mapped[int | None] = mapped_column(Integer, default=None)
     # The password of its replication role (onep_repl_<id>), made on the first replica.
     repl_password_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    # Its data filesystem as the guest agent last reported it (health checks, storage
+    # growth); None until it did.
+    storage_total_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage_used_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage_free_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage_checked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
