@@ -238,6 +238,19 @@ def test_the_readme_tour_runs_start_to_end(lab: Platform) -> None:
     assert len(active) == 1 and active[0]["power_state"] == "running"
 
 
+def test_storage_grows_where_the_compute_type_can(lab: Platform) -> None:
+    """A node's data partition spans its disk: refused with the reason, nothing changed; a
+    container grows with its data (a VM's online growth: tests/e2e/test_vm_cli.py)."""
+    refused = lab.run("db", "resize", "pgbm", "--size-gb", "2", check=False)
+    assert refused.returncode == 1 and "capability_not_supported" in refused.stderr
+    assert "spans the rest of its disk" in refused.stderr, refused.stderr
+    shown = lab.json("db", "show", "pgbm")
+    assert (shown["status"], shown["size_gb"]) == ("ACTIVE", 1)
+    grown = lab.json("db", "resize", "pgc", "--size-gb", "2", "--wait")
+    assert (grown["status"], grown["size_gb"]) == ("ACTIVE", 2)
+    assert _psql(lab, "pgc", "SELECT x FROM t") == "42"
+
+
 PAIRS_SQL = (
     "CREATE TABLE pairs AS SELECT g AS id, md5(random()::text) AS v FROM generate_series(1, 5000) g"
 )
