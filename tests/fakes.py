@@ -490,12 +490,14 @@ class FakeAgent:
         }
 
     size_bytes = 1024**3  # the data filesystem's size (grown by /v1/storage/grow)
+    used_bytes = 4096  # what is used of it
 
     def usage(self) -> dict[str, int]:
+        used = self.used_bytes
         return {
             "total_bytes": self.size_bytes,
-            "used_bytes": 4096,
-            "free_bytes": self.size_bytes - 4096,
+            "used_bytes": used,
+            "free_bytes": self.size_bytes - used,
         }
 
     def close(self) -> None:

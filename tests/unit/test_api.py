@@ -503,6 +503,7 @@ DB_CALLS = [
     ("POST", "/v1/db/instances/{i}/switchover", {}),
     ("POST", "/v1/db/instances/{i}/move", {"flavor": "container.small"}),
     ("POST", "/v1/db/instances/{i}/resize", {"size_gb": 2}),
+    ("PUT", "/v1/db/instances/{i}/autogrow", {"max_gb": 4}),
 ]
 
 

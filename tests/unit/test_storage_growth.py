@@ -15,7 +15,12 @@ from oneplatform.dbaas import service as dbaas
 from oneplatform.dbaas.states import DATABASES, DbStatus
 from oneplatform.errors import BackendError, CapabilityNotSupported, Conflict, InvalidInput
 from oneplatform.schemas.compute import ComputeType
-from oneplatform.schemas.databases import ReplicaCreate, StorageResize
+from oneplatform.schemas.databases import (
+    DbInstanceCreate,
+    ReplicaCreate,
+    StorageAutogrow,
+    StorageResize,
+)
 from oneplatform.store.models import DbInstance, DbMember, Host, Instance, Operation
 from tests.fakes import CLOUD, FakeAgent
 from tests.world import World
@@ -167,3 +172,104 @@ def test_the_health_checker_records_the_usage_the_agent_reports(pg1: World) -> N
     out = dbaas.get_db(pg1.store, pg1.member, "pg1")
     assert out.storage is not None
     assert (out.storage.total_bytes, out.storage.used_bytes) == (GIB, 4096)
+
+
+# -- auto-growth -------------------------------------------------------------------------------
+@pytest.fixture
+def vm1(world: World) -> World:
+    """vm1: an ACTIVE PostgreSQL on a VM, 2 GB of storage."""
+    accepted = dbaas.create_db(
+        world.store,
+        world.settings,
+        world.member,
+        DbInstanceCreate(name="vm1", flavor="vm.small", size_gb=2),
+    )
+    assert world.drive(accepted.operation.id).status == "SUCCEEDED"
+    return world
+
+
+def _grow_ops(world: World) -> list[Operation]:
+    with world.store.session() as session:
+        rows = list(session.scalars(select(Operation).where(Operation.kind == "db.storage.grow")))
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def _reported(world: World, name: str, used: float) -> None:
+    """What the health checker's round does with an agent's report: ``used`` of the
+    storage's size (the fake guest's filesystem is the volume's size) full."""
+    with world.store.session() as session:
+        db = session.scalars(select(DbInstance).where(DbInstance.name == name)).one()
+        total = db.size_gb * GIB
+        usage = {"total_bytes": total, "used_bytes": int(used * total), "free_bytes": 0}
+        storage.record_usage(db, usage)
+        storage.autogrow(session, db)
+
+
+def test_autogrow_grows_by_half_when_over_80_percent_full_up_to_its_cap(vm1: World) -> None:
+    out = storage.set_autogrow(
+        vm1.store, vm1.settings, vm1.member, "vm1", StorageAutogrow(max_gb=4)
+    )
+    assert out.autogrow_max_gb == 4
+    _reported(vm1, "vm1", 0.7)  # not yet
+    assert _grow_ops(vm1) == []
+    _reported(vm1, "vm1", 0.9)  # grow by half: 2 -> 3
+    (op,) = _grow_ops(vm1)
+    assert op.params["size_gb"] == 3 and op.project_id == vm1.member.project_id
+    assert dbaas.get_db(vm1.store, vm1.member, "vm1").status == "RESIZE"
+    _reported(vm1, "vm1", 0.99)  # under way: not twice
+    assert len(_grow_ops(vm1)) == 1
+    assert vm1.drive(op.id).status == "SUCCEEDED"
+    assert dbaas.get_db(vm1.store, vm1.member, "vm1").size_gb == 3
+    _reported(vm1, "vm1", 0.95)  # 3 * 1.5 is above the cap: up to it
+    ops = _grow_ops(vm1)
+    assert len(ops) == 2 and ops[-1].params["size_gb"] == 4
+    assert vm1.drive(ops[-1].id).status == "SUCCEEDED"
+    _reported(vm1, "vm1", 0.95)  # at its cap: no more
+    assert len(_grow_ops(vm1)) == 2
+    assert dbaas.get_db(vm1.store, vm1.member, "vm1").size_gb == 4
+
+
+def test_the_health_checker_starts_an_autogrowth_from_the_agents_report(
+    vm1: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.set_autogrow(vm1.store, vm1.settings, vm1.member, "vm1", StorageAutogrow(max_gb=4))
+    monkeypatch.setattr(FakeAgent, "used_bytes", int(0.9 * FakeAgent.size_bytes))
+    health.check_once(vm1.store, vm1.settings)
+    (op,) = _grow_ops(vm1)
+    assert op.params["size_gb"] == 3
+
+
+def test_autogrow_never_acts_on_a_container_whose_volume_is_not_size_limited(pg1: World) -> None:
+    storage.set_autogrow(pg1.store, pg1.settings, pg1.member, "pg1", StorageAutogrow(max_gb=8))
+    _reported(pg1, "pg1", 0.99)
+    assert _grow_ops(pg1) == []
+
+
+def test_autogrow_refusals(pg1: World) -> None:
+    assert pg1.drive(_resize(pg1, 2)).status == "SUCCEEDED"
+    with pytest.raises(InvalidInput, match="above it"):
+        storage.set_autogrow(pg1.store, pg1.settings, pg1.member, "pg1", StorageAutogrow(max_gb=2))
+    with pg1.store.session() as session:  # as if pg1 ran on a node
+        session.execute(update(Instance).values(compute_type="baremetal"))
+    with pytest.raises(CapabilityNotSupported, match="spans the rest of its disk"):
+        storage.set_autogrow(pg1.store, pg1.settings, pg1.member, "pg1", StorageAutogrow(max_gb=4))
+    off = storage.set_autogrow(
+        pg1.store, pg1.settings, pg1.member, "pg1", StorageAutogrow(max_gb=None)
+    )
+    assert off.autogrow_max_gb is None
+
+
+def test_an_autogrowth_the_host_has_no_room_for_is_said_in_the_status_message(
+    vm1: World,
+) -> None:
+    storage.set_autogrow(vm1.store, vm1.settings, vm1.member, "vm1", StorageAutogrow(max_gb=9))
+    (row,) = _instances(vm1)
+    with vm1.store.session() as session:
+        host = session.get_one(Host, row.host_id)
+        session.execute(update(Host).values(disk_gb=host.used_disk_gb))
+    _reported(vm1, "vm1", 0.9)
+    out = dbaas.get_db(vm1.store, vm1.member, "vm1")
+    assert out.status == "ACTIVE" and "auto-growth refused" in out.status_message
+    assert _grow_ops(vm1) == []

@@ -58,6 +58,7 @@ SHOW_COLUMNS = (
     "flavor",
     "compute_type",
     "size_gb",
+    "autogrow_max_gb",
     "endpoint",
     "read_only_endpoint",
     "connection_uri",
@@ -469,6 +470,25 @@ def db_resize(
     bare metal (a node's data partition spans its disk already)."""
     with Client.from_home() as c, api_errors():
         _finish(c, c.db.resize(name, size_gb), wait, output)
+
+
+@db_app.command("autogrow")
+def db_autogrow(
+    name: str,
+    max_gb: Annotated[
+        int | None,
+        typer.Option("--max-gb", help="Grow up to this size in GB (above the current one)."),
+    ] = None,
+    off: Annotated[bool, typer.Option("--off", help="Turn auto-growth off.")] = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Auto-growth: once the data filesystem is over 80 % full, grow the storage by half (at
+    least 1 GB), up to --max-gb, as `onep db resize` does. It acts where a volume's size is
+    what the guest gets (VMs); a container's volume is not size-limited, so it never fills."""
+    if (max_gb is not None) == off:
+        raise typer.BadParameter("give --max-gb N, or --off")
+    with Client.from_home() as c, api_errors():
+        _show(c.db.set_autogrow(name, None if off else max_gb), output)
 
 
 @db_app.command("credentials")

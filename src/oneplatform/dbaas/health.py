@@ -23,6 +23,7 @@ from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
 from oneplatform.dbaas.reach import Reach, agent_client, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health
+from oneplatform.dbaas.storage import autogrow, record_usage
 from oneplatform.errors import PlatformError
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
@@ -98,17 +99,6 @@ def _archiving(r: Reach, detail: str) -> tuple[str, dt.datetime | None]:
     return detail, moment
 
 
-def record_usage(db: DbInstance, usage: dict[str, Any], at: dt.datetime | None = None) -> None:
-    """Keep what a guest agent said of its data filesystem (ignoring what is not numbers)."""
-    try:
-        total, used = int(usage["total_bytes"]), int(usage["used_bytes"])
-        free = int(usage["free_bytes"])
-    except (KeyError, TypeError, ValueError):
-        return
-    db.storage_total_bytes, db.storage_used_bytes, db.storage_free_bytes = total, used, free
-    db.storage_checked_at = at or utcnow()
-
-
 def check_once(store: Store, settings: Settings) -> int:
     """Refresh the health of every ACTIVE or ERROR database instance; returns how many."""
     with store.session() as session:
@@ -149,6 +139,8 @@ def _record(store: Store, results: list[Probe]) -> None:
                     DbStatus.ERROR,
                     f"its compute instance failed: {result.compute_message}",
                 )
+            elif result.storage is not None:
+                autogrow(session, db)  # a storage growth when due and on
 
 
 def _repair_unreachable(store: Store, settings: Settings, results: list[Probe]) -> None:

@@ -134,6 +134,7 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         compute_type=flavor.compute_type,
         size_gb=db.size_gb,
         storage=_storage_out(db),
+        autogrow_max_gb=db.autogrow_max_gb,
         endpoint=endpoint,
         read_only_endpoint=read_only,
         members=members,

@@ -173,6 +173,15 @@ class StorageResize(Request):
     )
 
 
+class StorageAutogrow(Request):
+    max_gb: int | None = Field(
+        ge=2,
+        le=MAX_SIZE_GB,
+        description="Grow the storage by half when it is over 80 % full, up to this size in GB "
+        "(above the current size); null turns auto-growth off.",
+    )
+
+
 class DbStorageOut(Response):
     total_bytes: int
     used_bytes: int
@@ -201,6 +210,11 @@ class DbInstanceOut(Response):
         description="The data filesystem as the guest agent last reported it (on a "
         "container: the host storage its volume is a directory of, since a container "
         "volume's size is recorded, not enforced).",
+    )
+    autogrow_max_gb: int | None = Field(
+        default=None,
+        description="Auto-growth: the storage grows by half when over 80 % full, up to this "
+        "size (null: off).",
     )
     endpoint: DbEndpoint | None = Field(
         default=None,

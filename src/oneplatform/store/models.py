@@ -321,6 +321,8 @@ class DbInstance(Timestamps, Base):
     storage_used_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     storage_free_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     storage_checked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Auto-growth: grow by half when over 80 % full, up to this size; None: off.
+    autogrow_max_gb: Mapped[int | None] = mapped_column(Integer, default=None)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 

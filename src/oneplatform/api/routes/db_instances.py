@@ -27,6 +27,7 @@ from oneplatform.schemas.databases import (
     ReplicaAccepted,
     ReplicaCreate,
     ReplicaDetach,
+    StorageAutogrow,
     StorageResize,
     SwitchoverRequest,
 )
@@ -138,6 +139,15 @@ def resize_storage(
     """Grow the storage (every member's data volume, then its filesystem), online where the
     compute type allows; storage only grows."""
     return storage.resize_storage(platform.store, platform.settings, caller, ident, body)
+
+
+@router.put("/{ident}/autogrow", response_model=DbInstanceOut)
+def set_autogrow(
+    ident: str, body: StorageAutogrow, platform: PlatformDep, caller: CallerDep
+) -> DbInstanceOut:
+    """Auto-growth: grow the storage by half when over 80 % full, up to ``max_gb`` (null:
+    off). It acts where a volume's size is what the guest gets (VMs)."""
+    return storage.set_autogrow(platform.store, platform.settings, caller, ident, body)
 
 
 @router.get("/{ident}/credentials", response_model=Credentials)

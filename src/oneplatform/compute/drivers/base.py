@@ -248,6 +248,10 @@ class SupportsVirtualMedia(abc.ABC):
 
 
 class SupportsGrowStorage(abc.ABC):
+    # Whether a volume's size is what the guest gets (False: a record, the guest may use
+    # more); auto-growth acts only where it is.
+    VOLUME_SIZE_ENFORCED: ClassVar[bool] = True
+
     @abc.abstractmethod
     def grow_volume(
         self, instance_id: str, volumes: Sequence[VolumeSpec], name: str, size_gb: int

@@ -187,6 +187,7 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
     """
 
     compute_type: ClassVar[ComputeType] = ComputeType.CONTAINER
+    VOLUME_SIZE_ENFORCED: ClassVar[bool] = False  # see create(): the size is a record
     UNSUPPORTED: ClassVar[Mapping[Capability, str]] = {
         Capability.SNAPSHOT: (
             "a container has no disks of its own to snapshot: its state is the image plus "

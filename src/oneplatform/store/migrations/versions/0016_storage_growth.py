@@ -1,4 +1,4 @@
-"""storage growth: the data filesystem's usage the guest agent last reported
+"""storage growth: the data filesystem's usage the guest agent last reported, auto-growth cap
 
 Revision ID: 0016
 Revises: 0013
@@ -22,10 +22,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("storage_used_bytes", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("storage_free_bytes", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("storage_checked_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("autogrow_max_gb", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("db_instances") as batch:
+        batch.drop_column("autogrow_max_gb")
         batch.drop_column("storage_checked_at")
         batch.drop_column("storage_free_bytes")
         batch.drop_column("storage_used_bytes")
