@@ -43,6 +43,7 @@ from oneplatform.compute.drivers.base import (
     SupportsBootDevice,
     SupportsExec,
     SupportsForcedReboot,
+    SupportsGrowStorage,
     SupportsLiveMigrate,
     SupportsResize,
     SupportsSnapshot,
@@ -87,6 +88,7 @@ class FakeCloud:
         self.objects: dict[str, FakeObject] = {}
         self.images: dict[str, set[str]] = {}  # host id -> image refs loaded
         self.volumes: set[tuple[str, str]] = set()  # (instance id, volume name)
+        self.volume_gb: dict[tuple[str, str], int] = {}  # grown volumes: their size
         self.calls: list[tuple[str, str]] = []  # (method, instance or host id)
         self.failures: dict[str, list[BaseException]] = {}  # method -> raised, once each
         self.boot_polls = 0  # get() calls that report "starting" after a start
@@ -173,6 +175,7 @@ class FakeDriver(
     SupportsForcedReboot,
     SupportsBootDevice,
     SupportsVirtualMedia,
+    SupportsGrowStorage,
     VolumeSpec,
 ):
     """A driver that keeps its backend in :data:`CLOUD`; idempotent like a real one."""
@@ -289,6 +292,15 @@ class FakeDriver(
         obj.vcpus, obj.ram_mb, obj.power = vcpus, ram_mb, PowerState.RUNNING
         _listen(obj)
 
+    def grow_volume(
+        self, instance_id: str, volumes: Sequence[VolumeSpec], name: str, size_gb: int
+    ) -> None:
+        CLOUD._enter("grow_volume", instance_id)
+        if (instance_id, name) not in CLOUD.volumes or name not in {v.name for v in volumes}:
+            raise BackendError(f"no volume {name} of {instance_id}")
+        key = (instance_id, name)
+        CLOUD.volume_gb[key] = max(CLOUD.volume_gb.get(key, 0), size_gb)
+
     def live_migrate(self, instance_id: str, target: Any) -> None:
         raise BackendError("the fake cloud has one host per object")
 
@@ -378,6 +390,11 @@ class FakeAgent:
                         self._send(200, {"job": {**agent.job, "state": "running"}})
                     else:
                         self._send(200, {"repository": {"stanza": True}, "job": agent.job})
+                    return
+                if self.path == "/v1/storage/grow":
+                    agent.calls.append("grow storage")
+                    agent.size_bytes = json.loads(body)["size_bytes"]
+                    self._send(200, {"grown": True, **agent.usage()})
                     return
                 if self.path == "/v1/archive":
                     switch = json.loads(body or b"{}").get("switch", True)
@@ -493,6 +510,18 @@ class FakeAgent:
             "detail": "",
             "restarts": self.restarts,
             "warm": bool(self.bundle.get("warm")),
+            "storage": self.usage(),
+        }
+
+    size_bytes = 1024**3  # the data filesystem's size (grown by /v1/storage/grow)
+    used_bytes = 4096  # what is used of it
+
+    def usage(self) -> dict[str, int]:
+        used = self.used_bytes
+        return {
+            "total_bytes": self.size_bytes,
+            "used_bytes": used,
+            "free_bytes": self.size_bytes - used,
         }
 
     def close(self) -> None:

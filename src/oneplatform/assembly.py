@@ -17,7 +17,8 @@ import oneplatform.compute.images
 import oneplatform.dbaas.backup_ops
 import oneplatform.dbaas.failover
 import oneplatform.dbaas.operations
-import oneplatform.dbaas.replicas  # noqa: F401
+import oneplatform.dbaas.replicas
+import oneplatform.dbaas.storage  # noqa: F401
 from oneplatform.baremetal.states import NODES
 from oneplatform.compute.states import INSTANCES
 from oneplatform.dbaas.states import BACKUPS, DATABASES, MEMBERS

@@ -171,6 +171,26 @@ def test_restart_keeps_data_and_reports_health(platform: Platform, pgdb: dict[st
     assert logged.count("database system is ready to accept connections") >= 2, logged[-3000:]
 
 
+def test_storage_grows_with_the_data_kept_and_never_shrinks(
+    platform: Platform, pgdb: dict[str, Any]
+) -> None:
+    """A container's volume size is a record, not a limit: the growth records it (and
+    the room on its host) and the data stays; the guest reports the storage it sees."""
+    grown = platform.json("db", "resize", "pgc", "--size-gb", "2", "--wait")
+    assert (grown["status"], grown["size_gb"], grown["status_message"]) == ("ACTIVE", 2, "")
+    assert grown["storage"] is not None and grown["storage"]["total_bytes"] > 0
+    with _connect(pgdb["endpoint"], "alice", ALICE_PW, "appdb") as c:
+        assert c.execute("SELECT body FROM notes").fetchall() == [("kept",)]
+        c.execute("INSERT INTO notes (body) VALUES ('after growth')")
+    for size, code in (("1", "storage_cannot_shrink"), ("2", "same_size")):
+        refused = platform.run("db", "resize", "pgc", "--size-gb", size, check=False)
+        assert refused.returncode == 1 and code in refused.stderr, refused.stderr
+    shown = platform.json("db", "show", "pgc")
+    assert (shown["status"], shown["size_gb"]) == ("ACTIVE", 2)
+    ops = [o for o in platform.json("operation", "list") if o["kind"] == "db.storage.grow"]
+    assert [o["status"] for o in ops] == ["SUCCEEDED"]
+
+
 def test_reset_admin_password(platform: Platform, pgdb: dict[str, Any]) -> None:
     old = platform.json("db", "credentials", "pgc")
     new = platform.json("db", "reset-password", "pgc")

@@ -215,7 +215,7 @@ def test_enrolled_nodes_become_available(lab: Platform) -> None:
     caps = {c["name"]: c for c in types["baremetal"]["capabilities"]}
     for name in ("boot_device", "virtual_media", "forced_reboot"):
         assert caps[name]["supported"] is True
-    for name in ("snapshot", "resize", "exec"):
+    for name in ("snapshot", "resize", "exec", "grow_storage"):
         assert caps[name]["supported"] is False and caps[name]["reason"]
 
 
@@ -236,6 +236,19 @@ def test_the_readme_tour_runs_start_to_end(lab: Platform) -> None:
     assert _psql(lab, "pgvm", "SHOW shared_buffers") == "256MB"  # vm.small: 1024 MB / 4
     active = [n for n in _nodes(lab).values() if n["state"] == "active"]
     assert len(active) == 1 and active[0]["power_state"] == "running"
+
+
+def test_storage_grows_where_the_compute_type_can(lab: Platform) -> None:
+    """A node's data partition spans its disk: refused with the reason, nothing changed; a
+    container grows with its data (a VM's online growth: tests/e2e/test_vm_cli.py)."""
+    refused = lab.run("db", "resize", "pgbm", "--size-gb", "2", check=False)
+    assert refused.returncode == 1 and "capability_not_supported" in refused.stderr
+    assert "spans the rest of its disk" in refused.stderr, refused.stderr
+    shown = lab.json("db", "show", "pgbm")
+    assert (shown["status"], shown["size_gb"]) == ("ACTIVE", 1)
+    grown = lab.json("db", "resize", "pgc", "--size-gb", "2", "--wait")
+    assert (grown["status"], grown["size_gb"]) == ("ACTIVE", 2)
+    assert _psql(lab, "pgc", "SELECT x FROM t") == "42"
 
 
 PAIRS_SQL = (

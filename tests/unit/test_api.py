@@ -504,6 +504,8 @@ DB_CALLS = [
     ("POST", "/v1/db/instances/{i}/move", {"flavor": "container.small"}),
     ("PUT", "/v1/db/instances/{i}/configuration", {"configuration": "x"}),
     ("DELETE", "/v1/db/instances/{i}/configuration", None),
+    ("POST", "/v1/db/instances/{i}/resize", {"size_gb": 2}),
+    ("PUT", "/v1/db/instances/{i}/autogrow", {"max_gb": 4}),
 ]
 
 
@@ -1029,6 +1031,8 @@ ROLE_TABLE: dict[tuple[str, str], tuple[str, object]] = {
     ("PUT", "/v1/db/instances/{ident}/configuration"): ("member", {"configuration": "g1"}),
     ("DELETE", "/v1/db/instances/{ident}/configuration"): ("member", None),
     ("GET", "/v1/datastores/{datastore}/versions/{version}/parameters"): ("reader", None),
+    ("POST", "/v1/db/instances/{ident}/resize"): ("member", {"size_gb": 2}),
+    ("PUT", "/v1/db/instances/{ident}/autogrow"): ("member", {"max_gb": 4}),
 }
 RANKS = {"reader": 0, "member": 1, "admin": 2}
 

@@ -18,7 +18,7 @@ from oneplatform.bootstrap import enroll_lab_nodes
 from oneplatform.compute import instances, ports
 from oneplatform.compute.images import request_build
 from oneplatform.compute.reconciler import request_repair
-from oneplatform.dbaas import backups, failover, replicas
+from oneplatform.dbaas import backups, failover, replicas, storage
 from oneplatform.dbaas import service as dbaas
 from oneplatform.dbaas.datastores.base import ConnInfo
 from oneplatform.dbaas.datastores.features import Feature
@@ -32,6 +32,7 @@ from oneplatform.schemas.databases import (
     MoveRequest,
     ReplicaCreate,
     ReplicaDetach,
+    StorageResize,
     SwitchoverRequest,
 )
 from oneplatform.secrets import box_for
@@ -697,6 +698,20 @@ def _silent(self: object, conn: ConnInfo, timeout: float = 10.0) -> None:
     raise BackendUnavailable("no answer")
 
 
+def test_db_storage_grow_grows_the_volume_then_the_filesystem(world: World) -> None:
+    """The storage growth's steps (its refusals and failures: tests/unit/test_storage_growth.py)."""
+    world.create_db()
+    world.drive_all()
+    accepted = storage.resize_storage(
+        world.store, world.settings, world.member, "pg1", StorageResize(size_gb=2)
+    )
+    assert world.drive(accepted.operation.id).status == "SUCCEEDED"
+    (instance_id,) = CLOUD.objects
+    assert CLOUD.volume_gb[(instance_id, "data")] == 2
+    out = dbaas.get_db(world.store, world.member, "pg1")
+    assert (out.status, out.size_gb) == ("ACTIVE", 2)
+
+
 def test_every_operation_kind_is_driven_by_this_module() -> None:
     driven = {
         "instance.create",
@@ -724,6 +739,7 @@ def test_every_operation_kind_is_driven_by_this_module() -> None:
         "db.move",
         "db.failover",
         "db.detach",
+        "db.storage.grow",
         "backup.create",
         "backup.delete",
     }

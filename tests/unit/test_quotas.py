@@ -12,12 +12,17 @@ from sqlalchemy import func, select
 
 from oneplatform import quotas
 from oneplatform.compute import instances as service
-from oneplatform.dbaas import backups, replicas
+from oneplatform.dbaas import backups, replicas, storage
 from oneplatform.dbaas import service as dbaas
 from oneplatform.errors import Forbidden, NotFound, QuotaExceeded
 from oneplatform.iam import Caller
 from oneplatform.schemas.backups import BackupCreate
-from oneplatform.schemas.databases import DbInstanceCreate, MoveRequest, ReplicaCreate
+from oneplatform.schemas.databases import (
+    DbInstanceCreate,
+    MoveRequest,
+    ReplicaCreate,
+    StorageResize,
+)
 from oneplatform.schemas.instances import InstanceCreate
 from oneplatform.schemas.quotas import QuotaSet
 from oneplatform.store.db import Store
@@ -184,6 +189,22 @@ def test_a_move_counts_only_what_it_adds(active_db: World) -> None:
         world.store, world.settings, world.member, "pg1", MoveRequest(flavor="vm.small")
     )
     assert op.kind == "db.move"
+
+
+def test_storage_growth_over_the_quota_is_refused(active_db: World) -> None:
+    world = active_db
+    used = quotas.get_quota(world.store, world.member).quota["storage_gb"].used
+    _limit(world, storage_gb=used + 1)
+    before = _counts(world.store)
+    with pytest.raises(QuotaExceeded) as err:
+        storage.resize_storage(
+            world.store, world.settings, world.member, "pg1", StorageResize(size_gb=3)
+        )
+    _refused(err, "storage_gb")  # 1 -> 3 GB takes 2 more
+    assert _counts(world.store) == before
+    storage.resize_storage(
+        world.store, world.settings, world.member, "pg1", StorageResize(size_gb=2)
+    )
 
 
 def test_backups_over_the_quota_are_refused(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

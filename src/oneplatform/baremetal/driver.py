@@ -42,6 +42,9 @@ class BaremetalDriver(
         Capability.RESIZE: "a machine's CPUs and RAM are its hardware: pick a flavor that "
         "fits another node instead",
         Capability.LIVE_MIGRATE: "processes on a physical machine cannot be moved while running",
+        Capability.GROW_STORAGE: "a node's data partition already spans the rest of its disk "
+        "(the deploy makes it so) and a physical disk cannot grow: move the database to a "
+        "flavor with a larger disk instead (onep db move)",
     }
 
     def bmc(self) -> Bmc:

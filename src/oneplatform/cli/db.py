@@ -60,6 +60,7 @@ SHOW_COLUMNS = (
     "flavor",
     "compute_type",
     "size_gb",
+    "autogrow_max_gb",
     "endpoint",
     "read_only_endpoint",
     "connection_uri",
@@ -128,6 +129,14 @@ def _with(uri: str, user: str | None, database: str | None) -> str:
 
 def _show(db: DbInstanceOut, fmt: Format) -> None:
     emit(db, fmt, SHOW_COLUMNS)
+    if fmt is Format.table and db.storage is not None:
+        gb = 1024**3
+        s = db.storage
+        console.print(
+            f"storage: {s.used_bytes / gb:.2f} GB used of {s.total_bytes / gb:.2f} GB, "
+            f"{s.free_bytes / gb:.2f} GB free (reported {s.checked_at:%Y-%m-%d %H:%M:%S} UTC)",
+            highlight=False,
+        )
     if fmt is Format.table and db.connection_uri:
         console.print(
             f"\nconnect: onep db connect {db.name}    password: onep db credentials {db.name}",
@@ -453,6 +462,42 @@ def db_move(
     backups and recovery window stay."""
     with Client.from_home() as c, api_errors():
         _finish(c, c.db.move(name, flavor, timeout_seconds=timeout), wait, output)
+
+
+@db_app.command("resize")
+def db_resize(
+    name: str,
+    size_gb: Annotated[
+        int, typer.Option("--size-gb", help="The data volume's new size in GB (larger).")
+    ],
+    wait: WaitOpt = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Grow the database's storage: every member's data volume, then its filesystem, online
+    where the compute type allows (a VM's disk and ext4 filesystem; a container's volume size
+    is a record, not enforced). Storage only grows: a smaller size is refused, and so is
+    bare metal (a node's data partition spans its disk already)."""
+    with Client.from_home() as c, api_errors():
+        _finish(c, c.db.resize(name, size_gb), wait, output)
+
+
+@db_app.command("autogrow")
+def db_autogrow(
+    name: str,
+    max_gb: Annotated[
+        int | None,
+        typer.Option("--max-gb", help="Grow up to this size in GB (above the current one)."),
+    ] = None,
+    off: Annotated[bool, typer.Option("--off", help="Turn auto-growth off.")] = False,
+    output: Format = OutputOpt,
+) -> None:
+    """Auto-growth: once the data filesystem is over 80 % full, grow the storage by half (at
+    least 1 GB), up to --max-gb, as `onep db resize` does. It acts where a volume's size is
+    what the guest gets (VMs); a container's volume is not size-limited, so it never fills."""
+    if (max_gb is not None) == off:
+        raise typer.BadParameter("give --max-gb N, or --off")
+    with Client.from_home() as c, api_errors():
+        _show(c.db.set_autogrow(name, None if off else max_gb), output)
 
 
 @db_app.command("credentials")

@@ -5,7 +5,7 @@ A driver *is* capable of something by implementing the matching mixin from
 served at ``GET /v1/compute-types`` is derived from the classes, never written by hand, and
 every capability advertised is one the platform calls: exec, snapshot, resize and forced
 reboot through the instance API, boot device and virtual media through the bare-metal
-deploy.
+deploy, storage growth through ``onep db resize``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class Capability(enum.StrEnum):
     FORCED_REBOOT = "forced_reboot"
     BOOT_DEVICE = "boot_device"
     VIRTUAL_MEDIA = "virtual_media"
+    GROW_STORAGE = "grow_storage"
 
 
 CAPABILITY_HELP: dict[Capability, str] = {
@@ -31,4 +32,5 @@ CAPABILITY_HELP: dict[Capability, str] = {
     Capability.FORCED_REBOOT: "reset the machine without asking the guest (reboot --force)",
     Capability.BOOT_DEVICE: "choose the device the machine boots from",
     Capability.VIRTUAL_MEDIA: "attach an ISO image as a virtual CD",
+    Capability.GROW_STORAGE: "grow a data volume while the instance runs (never shrink it)",
 }

@@ -14,7 +14,7 @@ from oneplatform import quotas
 from oneplatform.compute import operations as ops
 from oneplatform.compute.capabilities import Capability
 from oneplatform.compute.catalog import flavor_by_name, require_capability
-from oneplatform.compute.drivers.base import SupportsExec, VolumeSpec
+from oneplatform.compute.drivers.base import SupportsExec, SupportsGrowStorage, VolumeSpec
 from oneplatform.compute.hosts import driver_of
 from oneplatform.compute.images import image_for_create
 from oneplatform.compute.scheduler import fits_in_place, select_host
@@ -340,6 +340,49 @@ def missing_volumes(store: Store, settings: Settings, instance_id: str) -> list[
         driver = driver_of(session, settings, _placed_host(session, instance))
         volumes = [VolumeSpec(**v) for v in instance.volumes or ()]
     return driver.missing_volumes(instance_id, volumes)
+
+
+def volume_growth_gb(session: Session, instance: Instance, name: str, size_gb: int) -> int:
+    """How much more disk growing volume ``name`` to ``size_gb`` takes on the instance's
+    host (0 when it is that size already); refused with ``409 capability_not_supported``
+    where the compute type cannot grow storage, ``409 no_room_on_host`` where its host has
+    not that much room left."""
+    require_capability(instance.compute_type, Capability.GROW_STORAGE)
+    current = [int(v["size_gb"]) for v in instance.volumes or () if v["name"] == name]
+    if not current:
+        raise NotFound(f"instance {instance.name!r} has no volume {name!r}")
+    more = max(0, size_gb - current[0])
+    host = _placed_host(session, instance)
+    if more > host.disk_gb - host.used_disk_gb:
+        raise Conflict(
+            f"host {host.name} of instance {instance.name!r} has "
+            f"{host.disk_gb - host.used_disk_gb} GB of disk left, {more} GB more are needed",
+            code="no_room_on_host",
+        )
+    return more
+
+
+def grow_volume(
+    store: Store, settings: Settings, instance_id: str, name: str, size_gb: int
+) -> None:
+    """Grow the instance's volume ``name`` to ``size_gb`` through its driver. The new size is
+    recorded (and counted against its host's disk) first, so that a repair recreates it at
+    that size and no other placement takes the room; a failed driver call is completed by
+    a retry. Idempotent; never shrinks."""
+    with store.session() as session:
+        instance = session.get_one(Instance, instance_id)
+        more = volume_growth_gb(session, instance, name, size_gb)
+        if more:
+            instance.disk_gb += more
+            instance.volumes = [
+                {**v, "size_gb": size_gb} if v["name"] == name else v
+                for v in instance.volumes or ()
+            ]
+        driver = cast(
+            SupportsGrowStorage, driver_of(session, settings, _placed_host(session, instance))
+        )
+        volumes = [VolumeSpec(**v) for v in instance.volumes or ()]
+    driver.grow_volume(instance_id, volumes, name, size_gb)
 
 
 def _placed_host(session: Session, instance: Instance) -> Host:

@@ -14,6 +14,8 @@ from oneplatform.guest.signing import sign_request
 DEFAULT_TIMEOUT = 10.0
 RESTART_TIMEOUT = 150.0  # the agent itself gives up after 120 s
 
+STATS = ("connections", "transactions", "size_bytes", "cache_hits", "cache_misses")
+
 
 @dataclass(frozen=True)
 class AgentHealth:
@@ -114,7 +116,13 @@ class AgentClient:
 
     def stats(self) -> dict[str, int]:
         """The engine's figures: connections, transactions, size_bytes, cache hits/misses."""
-        return {k: int(v) for k, v in self._call("GET", "/v1/stats").items()}
+        answer = self._call("GET", "/v1/stats")
+        try:
+            return {k: int(answer[k]) for k in STATS if k in answer}
+        except (TypeError, ValueError) as exc:
+            raise BackendError(
+                f"the agent's statistics are not numbers: {exc}", code="agent_bad_answer"
+            ) from None
 
     def replication(self) -> dict[str, Any]:
         """This member's role, WAL positions and (a primary's) streaming replicas."""
@@ -146,6 +154,16 @@ class AgentClient:
         answer (once stopped) says whether it had shut down cleanly and where."""
         body = json.dumps({"upstream": upstream, "rewind": rewind}).encode()
         return self._call("POST", "/v1/replication/demote", body, timeout=RESTART_TIMEOUT)
+
+    def storage(self) -> dict[str, Any]:
+        """The data filesystem's ``total_bytes``, ``used_bytes`` and ``free_bytes``."""
+        return self._call("GET", "/v1/storage")
+
+    def grow_storage(self, size_bytes: int, timeout: float = 660.0) -> dict[str, Any]:
+        """Grow the data filesystem into its disk, grown to ``size_bytes`` underneath; the
+        answer says whether there was one of its own to grow (``grown``) and its usage."""
+        body = json.dumps({"size_bytes": int(size_bytes)}).encode()
+        return self._call("POST", "/v1/storage/grow", body, timeout=timeout)
 
     def _health(self, data: dict[str, Any]) -> AgentHealth:
         health = AgentHealth.from_dict(data)

@@ -25,6 +25,7 @@ from oneplatform.dbaas.agent_client import AgentClient
 from oneplatform.dbaas.endpoints import REPLICA, live_members
 from oneplatform.dbaas.reach import Reach, agent_client, reach
 from oneplatform.dbaas.states import DATABASES, DbStatus, Health, MemberStatus
+from oneplatform.dbaas.storage import autogrow, record_usage
 from oneplatform.errors import PlatformError
 from oneplatform.secrets import box_for
 from oneplatform.store.db import Store
@@ -49,6 +50,7 @@ class Probe:
     unreachable: bool = False  # the agent did not answer: its compute may be down
     archived_until: dt.datetime | None = None  # what its repository holds, when known
     stats: dict[str, Any] | None = None  # the engine's figures and replicas' lag, when read
+    storage: dict[str, Any] | None = None  # its data filesystem's usage, when reported
 
 
 def probe(store: Store, settings: Settings, db_id: str) -> Probe:
@@ -83,7 +85,9 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
         detail, archived = _archiving(r, detail)
     if health is Health.HEALTHY:
         stats = _engine_stats(store, settings, db_id, agent_client(r, timeout=3.0))
-    return Probe(db_id, health, detail, status, archived_until=archived, stats=stats)
+    storage = answer.raw.get("storage")
+    usage = storage if isinstance(storage, dict) else None
+    return Probe(db_id, health, detail, status, archived_until=archived, stats=stats, storage=usage)
 
 
 def _engine_stats(
@@ -171,6 +175,8 @@ def _record(store: Store, results: list[Probe]) -> None:
             db.health_checked_at = utcnow()
             if result.stats is not None:
                 db.engine_stats = {**result.stats, "at": db.health_checked_at.isoformat()}
+            if result.storage is not None:
+                record_usage(db, result.storage)
             until = result.archived_until
             if until is not None and (db.archived_until is None or db.archived_until < until):
                 db.archived_until = until
@@ -181,6 +187,8 @@ def _record(store: Store, results: list[Probe]) -> None:
                     DbStatus.ERROR,
                     f"its compute instance failed: {result.compute_message}",
                 )
+            elif result.storage is not None:
+                autogrow(session, db)  # a storage growth when due and on
 
 
 def _repair_unreachable(store: Store, settings: Settings, results: list[Probe]) -> None:

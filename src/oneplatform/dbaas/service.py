@@ -53,6 +53,7 @@ from oneplatform.schemas.databases import (
     DbInstanceCreate,
     DbInstanceOut,
     DbMemberOut,
+    DbStorageOut,
     DbUserCreate,
     DbUserCreated,
     DbUserOut,
@@ -133,6 +134,8 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         flavor=flavor.name,
         compute_type=flavor.compute_type,
         size_gb=db.size_gb,
+        storage=_storage_out(db),
+        autogrow_max_gb=db.autogrow_max_gb,
         endpoint=endpoint,
         read_only_endpoint=read_only,
         members=members,
@@ -143,6 +146,18 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         restart_required=db.restart_required,
         created_at=db.created_at,
         updated_at=db.updated_at,
+    )
+
+
+def _storage_out(db: DbInstance) -> DbStorageOut | None:
+    """The data filesystem's usage its guest agent last reported, if it did."""
+    if db.storage_checked_at is None or db.storage_total_bytes is None:
+        return None
+    return DbStorageOut(
+        total_bytes=db.storage_total_bytes,
+        used_bytes=db.storage_used_bytes or 0,
+        free_bytes=db.storage_free_bytes or 0,
+        checked_at=db.storage_checked_at,
     )
 
 

@@ -12,7 +12,7 @@ class DbStatus(enum.StrEnum):
     ACTIVE = "ACTIVE"
     RESTARTING = "RESTARTING"
     SWITCHOVER = "SWITCHOVER"  # another member becomes the primary
-    RESIZE = "RESIZE"  # a move to another flavor (of any compute type)
+    RESIZE = "RESIZE"  # a move to another flavor (of any compute type), or storage growth
     FAILOVER = "FAILOVER"  # its primary does not answer: fenced, a replica promoted
     DELETING = "DELETING"
     DELETED = "DELETED"

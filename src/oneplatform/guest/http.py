@@ -11,8 +11,11 @@ with the warm bundle's secret; once applied, only the owner's secret is accepted
 makes them the group's: kept on the data disk, applied live where the engine can, the
 answer names what waits for a restart).
 ``GET /v1/logs?tail=N&after=K`` (the engine's own output: its last N lines, or those after
-line K). ``GET /v1/stats`` (the engine's connections, transactions, size and cache reads,
-for the platform's metrics). Replication: ``GET /v1/replication`` (role, WAL positions,
+line K). ``GET /v1/storage`` (the data filesystem's size, use and room, in bytes) and ``POST
+/v1/storage/grow`` (``{"size_bytes"}``: grow the data filesystem into its grown disk once the
+kernel sees the disk at that size; see :mod:`.storage`).
+``GET /v1/stats`` (the engine's connections, transactions, size and cache reads, for the
+platform's metrics). Replication: ``GET /v1/replication`` (role, WAL positions,
 replicas), ``POST /v1/replication/role`` (``{"user", "password"}``: the replication role,
 on a primary), ``POST /v1/replication/prepare`` (``{"seconds"}``: a standby's promotion
 comes within them), ``POST /v1/replication/promote`` and ``POST /v1/replication/demote``
@@ -41,6 +44,7 @@ from .contract import DEFAULT_DATASTORE, DEFAULT_VERSION
 from .engines.base import EngineError, NotSupported
 from .sealing import SealError, unseal
 from .signing import AuthError, RequestVerifier
+from .storage import DataStorage, StorageError
 from .supervisor import ENGINE_RUNNING, Supervisor
 
 AGENT_VERSION = "1"
@@ -69,8 +73,10 @@ class Agent:
         warm: Bundle | None = None,
         claimed_path: Path | None = None,
         adopted_path: Path | None = None,
+        storage: DataStorage | None = None,
     ) -> None:
         self.bundle = bundle
+        self.storage = storage
         self.supervisor = supervisor
         self.problem = problem or "no config bundle"
         self.datastore = bundle.datastore if bundle else datastore
@@ -154,6 +160,8 @@ class Agent:
             return self.detach(body)
         if route.startswith("/v1/replication"):
             return self.replication(method, route, body)
+        if route.startswith("/v1/storage"):
+            return self.data_storage(method, route, body)
         if route == "/v1/archive":
             if method != "POST":
                 return 405, error_body("method_not_allowed", "use POST")
@@ -185,6 +193,26 @@ class Agent:
             return 501, error_body("not_supported", str(exc))
         except (EngineError, ValueError) as exc:
             return 503, error_body("stats_failed", str(exc))
+
+    def data_storage(self, method: str, route: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``GET /v1/storage``: usage; ``POST /v1/storage/grow``: grow the filesystem."""
+        if self.storage is None:
+            return 404, error_body("not_found", "this agent does not manage storage")
+        if route == "/v1/storage" and method == "GET":
+            return 200, self.storage.usage()
+        if route != "/v1/storage/grow" or method != "POST":
+            return 404, error_body("not_found", f"no such endpoint: {method} {route}")
+        try:
+            data = json.loads(body or b"{}")
+            size = int(data["size_bytes"]) if isinstance(data, dict) else -1
+        except (ValueError, TypeError, KeyError) as exc:
+            return 400, error_body("bad_request", f"size_bytes is a number: {exc}")
+        if size < 1:
+            return 400, error_body("bad_request", "size_bytes is a positive number")
+        try:
+            return 200, self.storage.grow(size)
+        except StorageError as exc:
+            return 409 if exc.code == "device_not_grown" else 500, error_body(exc.code, str(exc))
 
     def replication(self, method: str, route: str, body: bytes) -> tuple[int, dict[str, Any]]:
         engine = self.supervisor.engine
@@ -407,7 +435,17 @@ class Agent:
             "restarts": restarts,
             "agent_version": AGENT_VERSION,
             "warm": bool(self.bundle and self.bundle.warm),
+            "storage": self._usage(),
         }
+
+    def _usage(self) -> dict[str, int] | None:
+        """The data filesystem's usage, or None where it cannot be read."""
+        if self.storage is None:
+            return None
+        try:
+            return self.storage.usage()
+        except OSError:
+            return None
 
 
 def _write_private(path: Path, data: bytes) -> None:

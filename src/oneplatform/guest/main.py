@@ -40,6 +40,7 @@ from .engines.base import Engine
 from .http import AGENT_VERSION, Agent, AgentHTTPServer
 from .machine import Machine, poweroff_on_exit, shut_down_machine, watch_power_button
 from .processes import ChildProcesses
+from .storage import DataStorage
 from .supervisor import Supervisor
 
 USAGE = f"""\
@@ -92,6 +93,7 @@ def build(
         warm=warm,
         claimed_path=claimed_path,
         adopted_path=adopted_path,
+        storage=DataStorage(children),
     )
     return agent, children
 

@@ -11,6 +11,8 @@ from oneplatform.schemas.base import CatalogName, Request, ResourceName, Respons
 from oneplatform.schemas.compute import CapabilityOut
 from oneplatform.schemas.operations import OperationOut
 
+MAX_SIZE_GB = 1024  # a data volume's largest size
+
 DbObjectName = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$"),
@@ -55,7 +57,7 @@ class DbInstanceCreate(Request):
         description="The engine's version; by default a restore's source's, else the newest.",
     )
     flavor: CatalogName
-    size_gb: int = Field(default=1, ge=1, le=1024, description="Data volume size.")
+    size_gb: int = Field(default=1, ge=1, le=MAX_SIZE_GB, description="Data volume size.")
     databases: list[DbObjectName] = Field(default=[], max_length=64)
     users: list[DbUserSpec] = Field(default=[], max_length=64)
     restore: str | None = Field(
@@ -167,6 +169,31 @@ class MoveRequest(Request):
     )
 
 
+class StorageResize(Request):
+    size_gb: int = Field(
+        ge=1,
+        le=MAX_SIZE_GB,
+        description="The data volume's new size in GB: larger than the current one (storage "
+        "only grows).",
+    )
+
+
+class StorageAutogrow(Request):
+    max_gb: int | None = Field(
+        ge=2,
+        le=MAX_SIZE_GB,
+        description="Grow the storage by half when it is over 80 % full, up to this size in GB "
+        "(above the current size); null turns auto-growth off.",
+    )
+
+
+class DbStorageOut(Response):
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int = Field(description="What the engine may still write.")
+    checked_at: dt.datetime = Field(description="When the guest agent reported it.")
+
+
 class DbInstanceOut(Response):
     id: str
     name: str
@@ -183,6 +210,17 @@ class DbInstanceOut(Response):
     flavor: str
     compute_type: str
     size_gb: int
+    storage: DbStorageOut | None = Field(
+        default=None,
+        description="The data filesystem as the guest agent last reported it (on a "
+        "container: the host storage its volume is a directory of, since a container "
+        "volume's size is recorded, not enforced).",
+    )
+    autogrow_max_gb: int | None = Field(
+        default=None,
+        description="Auto-growth: the storage grows by half when over 80 % full, up to this "
+        "size (null: off).",
+    )
     endpoint: DbEndpoint | None = Field(
         default=None,
         description="The stable read-write endpoint: it leads to whatever member is the primary.",

@@ -34,6 +34,8 @@ from oneplatform.schemas.databases import (
     ReplicaAccepted,
     ReplicaCreate,
     ReplicaDetach,
+    StorageAutogrow,
+    StorageResize,
     SwitchoverRequest,
 )
 
@@ -167,6 +169,16 @@ class DbInstances:
     def move(self, ident: str, flavor: str, timeout_seconds: float = 60.0) -> DbInstanceAccepted:
         body = MoveRequest.model_construct(flavor=flavor, timeout_seconds=timeout_seconds)
         return self.c.send("POST", f"{BASE}/{ident}/move", DbInstanceAccepted, body)
+
+    def resize(self, ident: str, size_gb: int) -> DbInstanceAccepted:
+        """Grow the data volume of every member to ``size_gb`` (storage only grows)."""
+        body = StorageResize.model_construct(size_gb=size_gb)
+        return self.c.send("POST", f"{BASE}/{ident}/resize", DbInstanceAccepted, body)
+
+    def set_autogrow(self, ident: str, max_gb: int | None) -> DbInstanceOut:
+        """Auto-growth up to ``max_gb`` (None: off)."""
+        body = StorageAutogrow.model_construct(max_gb=max_gb)
+        return self.c.send("PUT", f"{BASE}/{ident}/autogrow", DbInstanceOut, body)
 
     def delete(self, ident: str) -> DbInstanceAccepted:
         return self.c.send("DELETE", f"{BASE}/{ident}", DbInstanceAccepted)

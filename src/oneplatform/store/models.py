@@ -338,6 +338,14 @@ class DbInstance(Timestamps, Base):
         ForeignKey("configuration_groups.id"), default=None, index=True
     )
     restart_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Its data filesystem as the guest agent last reported it (health checks, storage
+    # growth); None until it did.
+    storage_total_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage_used_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage_free_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage_checked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Auto-growth: grow by half when over 80 % full, up to this size; None: off.
+    autogrow_max_gb: Mapped[int | None] = mapped_column(Integer, default=None)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
 from oneplatform.api.errors import declared
-from oneplatform.dbaas import events, replicas, service
+from oneplatform.dbaas import events, replicas, service, storage
 from oneplatform.dbaas.events import MAX_EVENTS, MAX_LOG_LINES
 from oneplatform.schemas.databases import (
     Credentials,
@@ -27,6 +27,8 @@ from oneplatform.schemas.databases import (
     ReplicaAccepted,
     ReplicaCreate,
     ReplicaDetach,
+    StorageAutogrow,
+    StorageResize,
     SwitchoverRequest,
 )
 
@@ -128,6 +130,24 @@ def move(
     switchover to it, the former primary retired. Same id, name, endpoint, users, backups."""
     op = replicas.move(platform.store, platform.settings, caller, ident, body)
     return DbInstanceAccepted(operation=op, instance=service.get_db(platform.store, caller, ident))
+
+
+@router.post("/{ident}/resize", response_model=DbInstanceAccepted, status_code=ACCEPTED)
+def resize_storage(
+    ident: str, body: StorageResize, platform: PlatformDep, caller: CallerDep
+) -> DbInstanceAccepted:
+    """Grow the storage (every member's data volume, then its filesystem), online where the
+    compute type allows; storage only grows."""
+    return storage.resize_storage(platform.store, platform.settings, caller, ident, body)
+
+
+@router.put("/{ident}/autogrow", response_model=DbInstanceOut)
+def set_autogrow(
+    ident: str, body: StorageAutogrow, platform: PlatformDep, caller: CallerDep
+) -> DbInstanceOut:
+    """Auto-growth: grow the storage by half when over 80 % full, up to ``max_gb`` (null:
+    off). It acts where a volume's size is what the guest gets (VMs)."""
+    return storage.set_autogrow(platform.store, platform.settings, caller, ident, body)
 
 
 @router.get("/{ident}/credentials", response_model=Credentials)

@@ -247,6 +247,21 @@ class SupportsVirtualMedia(abc.ABC):
         """Detach what is attached; silent when nothing is."""
 
 
+class SupportsGrowStorage(abc.ABC):
+    # Whether a volume's size is what the guest gets (False: a record, the guest may use
+    # more); auto-growth acts only where it is.
+    VOLUME_SIZE_ENFORCED: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def grow_volume(
+        self, instance_id: str, volumes: Sequence[VolumeSpec], name: str, size_gb: int
+    ) -> None:
+        """Grow the storage of volume ``name`` (one of the instance's ``volumes``) to
+        ``size_gb`` while the instance runs (or is stopped). Idempotent: storage at that size
+        or larger is left as it is; never shrinks. What the guest must do to use the new
+        room (grow its filesystem) is the guest agent's part."""
+
+
 CAPABILITY_MIXINS: dict[Capability, type[abc.ABC]] = {
     Capability.EXEC: SupportsExec,
     Capability.SNAPSHOT: SupportsSnapshot,
@@ -255,4 +270,5 @@ CAPABILITY_MIXINS: dict[Capability, type[abc.ABC]] = {
     Capability.FORCED_REBOOT: SupportsForcedReboot,
     Capability.BOOT_DEVICE: SupportsBootDevice,
     Capability.VIRTUAL_MEDIA: SupportsVirtualMedia,
+    Capability.GROW_STORAGE: SupportsGrowStorage,
 }

@@ -50,6 +50,7 @@ from oneplatform.compute.drivers.base import (
     InstanceSpec,
     PortMapping,
     SupportsExec,
+    SupportsGrowStorage,
     VolumeSpec,
 )
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
@@ -178,7 +179,7 @@ def run_argv(
     return [*args, spec.image.ref, *spec.image.command]
 
 
-class PodmanDriver(ComputeDriver, SupportsExec):
+class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
     """Containers on a Podman host (local, or remote through ``podman --url``).
 
     Stateless: every method asks podman. Settings read from ``host.settings``: ``runtime``
@@ -186,6 +187,7 @@ class PodmanDriver(ComputeDriver, SupportsExec):
     """
 
     compute_type: ClassVar[ComputeType] = ComputeType.CONTAINER
+    VOLUME_SIZE_ENFORCED: ClassVar[bool] = False  # see create(): the size is a record
     UNSUPPORTED: ClassVar[Mapping[Capability, str]] = {
         Capability.SNAPSHOT: (
             "a container has no disks of its own to snapshot: its state is the image plus "
@@ -393,7 +395,8 @@ class PodmanDriver(ComputeDriver, SupportsExec):
 
         Volume sizes are not enforced: Podman's ``local`` volume driver has no quota on a
         plain directory store, so ``size_gb`` is only recorded as the ``oneplatform.size_gb``
-        label and a volume can grow until the host's disk is full.
+        label (the size at creation; a later growth is recorded by the platform only) and a
+        volume can grow until the host's disk is full.
         """
         existing = self._one(spec.instance_id)
         if existing is not None:
@@ -564,6 +567,31 @@ class PodmanDriver(ComputeDriver, SupportsExec):
                 f"{LABEL_INSTANCE}={instance_id}; remove it or rename it",
                 host=self.host.name,
                 instance_id=instance_id,
+            )
+
+    def grow_volume(
+        self, instance_id: str, volumes: Sequence[VolumeSpec], name: str, size_gb: int
+    ) -> None:
+        """A volume's size is a record, not a limit (see :meth:`create`): the volume is a
+        directory of the host's storage and the container may already use all of that
+        storage's free room. Growing it only checks that the volume is still there and the
+        instance's; the platform records the new size. Returns at once, online."""
+        if name not in {v.name for v in volumes}:
+            raise BackendError(f"instance has no volume {name!r}", host=self.host.name)
+        volume = volume_name(instance_id, name)
+        look = ["volume", "inspect", volume, "--format", "json"]
+        proc = self._podman(look, check=False)
+        if proc.returncode != 0:
+            if "no such volume" in (proc.stderr or "").lower():
+                raise BackendNotFound(
+                    f"volume {volume} is gone from host {self.host.name}", host=self.host.name
+                )
+            raise self._translate("podman volume inspect", look, proc)
+        found = json.loads(proc.stdout or "[]") or [{}]
+        if (found[0].get("Labels") or {}).get(LABEL_INSTANCE) != instance_id:
+            raise BackendError(
+                f"volume {volume} is not labelled {LABEL_INSTANCE}={instance_id}",
+                host=self.host.name,
             )
 
     def _secret_exists(self, name: str) -> bool:

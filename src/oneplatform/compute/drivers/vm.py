@@ -68,6 +68,7 @@ from oneplatform.compute.drivers.base import (
     ImageArtifact,
     InstanceSpec,
     SupportsForcedReboot,
+    SupportsGrowStorage,
     SupportsResize,
     SupportsSnapshot,
     VolumeSpec,
@@ -93,6 +94,7 @@ from oneplatform.compute.drivers.vm_domain import (
     console_text,
     data_serial,
     data_volume_name,
+    disk_with_serial,
     domain_name,
     has_size,
     instance_id_of,
@@ -140,7 +142,9 @@ def forget_domain_types() -> None:
         _DOMAIN_TYPES.clear()
 
 
-class LibvirtDriver(ComputeDriver, SupportsSnapshot, SupportsResize, SupportsForcedReboot):
+class LibvirtDriver(
+    ComputeDriver, SupportsSnapshot, SupportsResize, SupportsForcedReboot, SupportsGrowStorage
+):
     """Virtual machines on a libvirt/QEMU host (local or ``qemu+ssh://``).
 
     Stateless apart from a lazily opened connection. Settings read from ``host.settings``:
@@ -702,3 +706,48 @@ class LibvirtDriver(ComputeDriver, SupportsSnapshot, SupportsResize, SupportsFor
         with self._lv.call("redefine domain", domain=domain_name(instance_id)):
             dom = self._lv.conn().defineXML(resized(root, vcpus, ram_mb))
         self._start_domain(dom)
+
+    def grow_volume(
+        self, instance_id: str, volumes: Sequence[VolumeSpec], name: str, size_gb: int
+    ) -> None:
+        """Grow the data disk of volume ``name`` to ``size_gb`` GiB, online.
+
+        A running domain: libvirt's block resize, which has QEMU grow the disk image and
+        tell the guest through virtio-blk at once (the guest agent then grows the
+        filesystem). A stopped one: the top layer's storage volume (the guest sees the new
+        size at its next boot). Returns in about a second. Idempotent: a disk at that size
+        or larger is left as it is, never shrunk.
+        """
+        names = [v.name for v in volumes]
+        if name not in names:
+            raise BackendError(f"instance has no volume {name!r}", host=self.host.name)
+        serial = data_serial(names.index(name))
+        dom = self._require(instance_id)
+        with self._lv.call("read domain XML"):
+            root = ET.fromstring(dom.XMLDesc(0))
+            active = dom.isActive()
+        disk = disk_with_serial(root, serial)
+        if disk is None:
+            raise BackendNotFound(
+                f"domain {domain_name(instance_id)} has no disk with serial {serial}",
+                host=self.host.name,
+            )
+        target, source = disk
+        size = size_gb * 1024**3
+        lv = libvirt_module()
+        if active:
+            with self._lv.call("read block info", domain=domain_name(instance_id), disk=target):
+                capacity = int(dom.blockInfo(target, 0)[0])
+            if capacity < size:
+                flags = lv.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+                with self._lv.call("resize block device", domain=domain_name(instance_id)):
+                    dom.blockResize(target, size, flags)
+            return
+        self._lv.refresh()  # a snapshot's overlay was made outside the pool's API
+        conn = self._lv.conn()
+        with self._lv.call("look up volume", path=source):
+            vol = conn.storageVolLookupByPath(source)
+            capacity = int(vol.info()[1])
+        if capacity < size:
+            with self._lv.call("resize volume", path=source):
+                vol.resize(size, 0)

@@ -256,6 +256,18 @@ def _add_disk(devices: ET.Element, disk: DiskAttachment, target: str, slot: int)
     el[-1].set("function", "0x0")
 
 
+def disk_with_serial(domain: ET.Element, serial: str) -> tuple[str, str] | None:
+    """(target device, source file) of the domain's disk with ``serial``, or None. The source
+    is the disk's top layer (a snapshot's overlay once there is one)."""
+    for disk in domain.iterfind("./devices/disk"):
+        if disk.findtext("serial") != serial:
+            continue
+        target, source = disk.find("target"), disk.find("source")
+        if target is not None and source is not None:
+            return target.get("dev", ""), source.get("file", "")
+    return None
+
+
 def instance_uuid(instance_id: str) -> uuid.UUID:
     """The domain UUID of an instance: fixed, so a repeated define updates the same domain."""
     return uuid.uuid5(uuid.NAMESPACE_URL, f"{XML_NS}#{instance_id}")
