@@ -59,19 +59,19 @@ def test_mariadb_takes_a_group_live_and_its_read_only_variables_at_the_restart(
     assert proc.returncode != 0 and "config_parameter_owned" in proc.stderr, proc.stderr
     group = plat.json(
         "db", "config", "create", "mtuned", "--datastore", "mariadb", "--version", "10.11",
-        "--set", "max_connections=200", "--set", "table_open_cache_instances=4",
+        "--set", "max_connections=200", "--set", "back_log=123",
         "--set", "long_query_time=0.5",
     )  # fmt: skip
     assert group["values"]["max_connections"] == "200"
-    before = variable("table_open_cache_instances")
+    before = variable("back_log")
     attached = plat.json("db", "config", "attach", "mcfg", "mtuned")
     assert attached["restart_required"] is True
     assert variable("max_connections") == "200"  # SET GLOBAL
     assert variable("long_query_time") == "0.500000"
-    assert variable("table_open_cache_instances") == before  # read-only: at the restart
+    assert variable("back_log") == before  # read-only: at the restart
     plat.run("db", "restart", "mcfg", "--wait")
     assert plat.json("db", "show", "mcfg")["restart_required"] is False
-    assert variable("table_open_cache_instances") == "4"
+    assert variable("back_log") == "123"
     assert variable("max_connections") == "200"  # the option file kept it
     detached = plat.json("db", "config", "detach", "mcfg")
     assert detached["configuration"] is None
