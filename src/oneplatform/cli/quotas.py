@@ -76,7 +76,8 @@ def quota_set(
     """Set PROJECT's limits (admin): database instances, vCPUs and RAM (MiB) of all its
     instances (replicas too), storage in GB (flavor disks plus data volumes), kept backups.
     A limit not given keeps its value; `unlimited` lifts it. Creates, replicas, moves,
-    restores and backups over a limit are refused (403 quota_exceeded)."""
+    restores, resizes, storage growth and backups over a limit are refused (403
+    quota_exceeded)."""
     given = {
         "databases": databases,
         "vcpus": vcpus,
