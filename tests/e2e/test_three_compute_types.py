@@ -615,6 +615,7 @@ def _wait_op(lab: Platform, op_id: str, timeout: float = 900) -> None:
     assert op["status"] == "SUCCEEDED", op
 
 
+@pytest.mark.timeout(1200)  # two restores onto a node and a VM, a kill, then two deletes
 def test_restores_killed_mid_deploy_resume(lab: Platform) -> None:
     """The deleted bare-metal database's backup outlives it: it is restored onto bare metal,
     a second backup onto the other node and the third onto a VM, at once; the platform is
