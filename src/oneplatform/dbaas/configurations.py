@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 from oneplatform.config import Settings
 from oneplatform.dbaas.datastores import get_datastore, get_version
 from oneplatform.dbaas.endpoints import live_members
-from oneplatform.dbaas.lookup import find_db
+from oneplatform.dbaas.lookup import find_db, require_active
 from oneplatform.dbaas.parameters import Catalog, catalog, validate
 from oneplatform.dbaas.reach import agent_client, reach
-from oneplatform.dbaas.states import DbStatus, MemberStatus
+from oneplatform.dbaas.states import MemberStatus
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from oneplatform.iam import Caller
 from oneplatform.schemas.configurations import (
@@ -211,7 +211,7 @@ def update_group(
             del merged[key]
         targets = [db.id for db in _attached(session, group.id)]
         for db_id in targets:
-            _require_active(session.get_one(DbInstance, db_id))
+            require_active(session.get_one(DbInstance, db_id))
         group_id, message = group.id, f"configuration group {group.name} updated"
     for db_id in targets:
         _apply(store, settings, db_id, merged, group_id, message)
@@ -254,7 +254,7 @@ def attach(
         db = find_db(session, caller, db_ident)
         group = find_group(session, caller, group_ident)
         _check_match(group, db.datastore, db.version, f"database instance {db.name!r}")
-        _require_active(db)
+        require_active(db)
         db_id, group_id, values = db.id, group.id, dict(group.values)
     _apply(store, settings, db_id, values, group_id, f"configuration group {group_ident} attached")
 
@@ -269,18 +269,9 @@ def detach(store: Store, settings: Settings, caller: Caller, db_ident: str) -> N
                 f"database instance {db.name!r} has no configuration group",
                 code="configuration_not_attached",
             )
-        _require_active(db)
+        require_active(db)
         db_id = db.id
     _apply(store, settings, db_id, {}, None, "configuration group detached")
-
-
-def _require_active(db: DbInstance) -> None:
-    if db.status != DbStatus.ACTIVE.value:
-        raise Conflict(
-            f"database instance {db.name!r} is {db.status}, not ACTIVE",
-            code="invalid_state",
-            status=db.status,
-        )
 
 
 def _apply(

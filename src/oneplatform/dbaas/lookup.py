@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from oneplatform.errors import NotFound
+from oneplatform.dbaas.states import DbStatus
+from oneplatform.errors import Conflict, NotFound
 from oneplatform.iam import Caller
 from oneplatform.store.models import DbInstance
 
@@ -37,3 +38,13 @@ def find_db_any(session: Session, caller: Caller, ident: str) -> DbInstance:
     if rows is None:
         raise NotFound(f"database instance {ident!r} not found", code="db_instance_not_found")
     return rows
+
+
+def require_active(db: DbInstance) -> None:
+    """Refuse (409 invalid_state) unless the database instance is ACTIVE."""
+    if db.status != DbStatus.ACTIVE.value:
+        raise Conflict(
+            f"database instance {db.name!r} is {db.status}, not ACTIVE",
+            code="invalid_state",
+            status=db.status,
+        )

@@ -32,7 +32,7 @@ from oneplatform.dbaas.endpoints import (
     member_out,
     sync_proxy,
 )
-from oneplatform.dbaas.lookup import find_db, find_db_any
+from oneplatform.dbaas.lookup import find_db, find_db_any, require_active
 from oneplatform.dbaas.reach import DATA_PATH, DATA_VOLUME, Reach, make_bundle, reach
 from oneplatform.dbaas.states import DATABASES, MEMBERS, DbStatus, Health, MemberStatus
 from oneplatform.errors import AlreadyExists, BackendError, Conflict, InvalidInput, NotFound
@@ -572,7 +572,7 @@ def reset_admin_password(
     new = generate_password()
     with store.session() as session:
         db = find_db(session, caller, ident)
-        _require_active(db)
+        require_active(db)
         db.admin_password_pending_enc = box.encrypt(new)
         r = reach(session, db, box)
     r.datastore.set_admin_password(r.engine, new)
@@ -583,15 +583,6 @@ def reset_admin_password(
 
 
 # -- databases, users, grants ---------------------------------------------------------------------
-def _require_active(db: DbInstance) -> None:
-    if db.status != DbStatus.ACTIVE.value:
-        raise Conflict(
-            f"database instance {db.name!r} is {db.status}, not ACTIVE",
-            code="invalid_state",
-            status=db.status,
-        )
-
-
 def _reach_active(
     store: Store, settings: Settings, caller: Caller, ident: str, *needs: Feature
 ) -> Reach:
@@ -600,7 +591,7 @@ def _reach_active(
     with store.session() as session:
         db = find_db(session, caller, ident)
         get_datastore(db.datastore).require(db.version, *needs)
-        _require_active(db)
+        require_active(db)
         return _reach_reconciled(session, db, box)
 
 
