@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How often schedules and retention are looked at."
     )
     health_interval_seconds: float = Field(default=10.0, gt=0)
+    engine_stats_interval_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often the health checker reads a database's engine figures and its "
+        "replicas' lag for /metrics (each reading runs queries in the guest).",
+    )
     failover_grace_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -67,6 +67,7 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
         if status is InstanceStatus.ERROR:
             return Probe(db_id, Health.FAILED, f"compute: {message}", status, message)
         has_repository = bool(db.repo_bucket)
+        stats_due = _stats_due(db.engine_stats, settings.engine_stats_interval_seconds)
         try:
             r = reach(session, db, box_for(settings))
         except PlatformError as err:
@@ -83,11 +84,22 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
     detail, archived, stats = answer.detail[:500], None, None
     if health is Health.HEALTHY and has_repository:
         detail, archived = _archiving(r, detail)
-    if health is Health.HEALTHY:
+    if health is Health.HEALTHY and stats_due:
         stats = _engine_stats(store, settings, db_id, agent_client(r, timeout=3.0))
     storage = answer.raw.get("storage")
     usage = storage if isinstance(storage, dict) else None
     return Probe(db_id, health, detail, status, archived_until=archived, stats=stats, storage=usage)
+
+
+def _stats_due(last: dict[str, Any] | None, interval: float) -> bool:
+    """Whether the engine's figures are older than ``interval`` (or were never read)."""
+    try:
+        at = dt.datetime.fromisoformat(str((last or {})["at"]))
+    except (KeyError, ValueError):
+        return True
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return (dt.datetime.now(dt.UTC) - at).total_seconds() >= interval
 
 
 def _engine_stats(

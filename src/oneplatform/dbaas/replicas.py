@@ -104,6 +104,7 @@ PREPARE_MARGIN_S = 30.0
 ARCHIVE_WAIT_S = 30.0
 # How long a switchover waits for a member's engine that is starting (after the previous one).
 ENGINE_WAIT_S = 120.0
+AGENT_WAIT_S = 60.0  # how long a silent agent is asked again before a switch gives up
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -789,6 +790,8 @@ def _replication(ctx: StepContext, client: AgentClient, who: str, code: str) -> 
         if err.details.get("agent_code") == "engine_not_ready":
             deadline(ctx, f"{who}'s engine start", ENGINE_WAIT_S)
             raise NotYet(f"{who}'s engine is starting", retry_after=1.0) from None
+        if ctx.elapsed() < AGENT_WAIT_S:  # a busy guest (a base backup under TCG) is slow
+            raise NotYet(f"{who} does not answer yet: {err.message}", retry_after=2.0) from None
         raise PlatformError(
             f"{who} does not answer ({err.message}); nothing was changed", code=code
         ) from None
