@@ -140,6 +140,17 @@ class Platform:
     def json(self, *args: str, timeout: float = 600, **env: str) -> Any:
         return json.loads(self.run(*args, "-o", "json", timeout=timeout, **env).stdout)
 
+    def guest_storage(self, database: str, timeout: float = 120) -> dict[str, Any]:
+        """The data filesystem as the guest agent reports it (the health checker's or the
+        last growth's report), once there is one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            storage = self.json("db", "show", database)["storage"]
+            if storage is not None:
+                return dict(storage)
+            assert time.monotonic() < deadline, "the agent never reported its storage"
+            time.sleep(2)
+
     def engine_metrics(
         self, database: str, want: str = "onep_db_connections", timeout: float = 120
     ) -> dict[str, float]:

@@ -171,6 +171,99 @@ def test_restart_keeps_data_and_reports_health(platform: Platform, pgdb: dict[st
     assert logged.count("database system is ready to accept connections") >= 2, logged[-3000:]
 
 
+# -- configuration groups: every value read back with SHOW over the endpoint -------------------
+GROUP = "pgtuned"
+
+
+def _show(platform: Platform, db: dict[str, Any], setting: str) -> str:
+    """``SHOW setting`` through the database's endpoint, as its admin."""
+    creds = platform.json("db", "credentials", db["name"])
+    with _connect(db["endpoint"], creds["username"], creds["password"], "postgres") as c:
+        row = c.execute(f"SHOW {setting}").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _refused(platform: Platform, *args: str) -> str:
+    """What the CLI says when the platform refuses ``args`` (it must exit non-zero)."""
+    proc = platform.run(*args, check=False)
+    assert proc.returncode != 0, proc.stdout
+    return proc.stderr + proc.stdout
+
+
+def test_a_group_is_checked_against_the_engines_catalog(platform: Platform) -> None:
+    for bad, code in (
+        ("no_such_parameter=1", "config_parameter_unknown"),
+        ("port=6543", "config_parameter_owned"),
+        ("max_connections=0", "config_value_out_of_range"),
+        ("max_connections=many", "config_value_invalid"),
+        ("work_mem=8XB", "config_value_invalid"),
+    ):
+        said = _refused(
+            platform, "db", "config", "create", "bad", "--datastore", "postgresql",
+            "--version", "15", "--set", bad,
+        )  # fmt: skip
+        assert code in said, said
+    assert platform.json("db", "config", "list") == []  # nothing half-made
+    group = platform.json(
+        "db", "config", "create", GROUP, "--datastore", "postgresql", "--version", "15",
+        "--set", "max_connections=200", "--set", "work_mem=8MB",
+        "--description", "more connections",
+    )  # fmt: skip
+    assert (group["datastore"], group["version"]) == ("postgresql", "15")
+    assert group["values"] == {"max_connections": "200", "work_mem": "8MB"}
+    assert group["instances"] == []
+    params = {p["name"]: p for p in platform.json("db", "config", "parameters")}
+    assert params["max_connections"]["restart_required"] is True
+    assert params["work_mem"]["restart_required"] is False
+    assert "port" not in params  # the platform's own
+
+
+def test_attach_applies_live_what_it_can_and_restart_applies_the_rest(
+    platform: Platform, pgdb: dict[str, Any]
+) -> None:
+    before = _show(platform, pgdb, "max_connections")
+    assert before != "200" and _show(platform, pgdb, "work_mem") != "8MB"
+
+    attached = platform.json("db", "config", "attach", "pgc", GROUP)
+    assert attached["configuration"] == GROUP and attached["restart_required"] is True
+    assert _show(platform, pgdb, "work_mem") == "8MB"  # a reload applies it
+    assert _show(platform, pgdb, "max_connections") == before  # the postmaster's: not yet
+    shown = platform.json("db", "show", "pgc")
+    assert (shown["configuration"], shown["restart_required"]) == (GROUP, True)
+    group = platform.json("db", "config", "show", GROUP)
+    assert [(i["name"], i["restart_required"]) for i in group["instances"]] == [("pgc", True)]
+    said = _refused(platform, "db", "config", "delete", GROUP)
+    assert "configuration_in_use" in said, said
+
+    platform.run("db", "restart", "pgc", "--wait")
+    shown = platform.json("db", "show", "pgc")
+    assert (shown["status"], shown["restart_required"]) == ("ACTIVE", False)
+    assert _show(platform, pgdb, "max_connections") == "200"
+    assert _show(platform, pgdb, "work_mem") == "8MB"  # kept across the restart
+
+
+def test_an_update_reaches_the_databases_using_the_group(
+    platform: Platform, pgdb: dict[str, Any]
+) -> None:
+    group = platform.json("db", "config", "update", GROUP, "--set", "work_mem=16MB")
+    assert group["values"] == {"max_connections": "200", "work_mem": "16MB"}
+    assert _show(platform, pgdb, "work_mem") == "16MB"
+    assert platform.json("db", "show", "pgc")["restart_required"] is False
+
+
+def test_detach_goes_back_to_the_platforms_settings(
+    platform: Platform, pgdb: dict[str, Any]
+) -> None:
+    detached = platform.json("db", "config", "detach", "pgc")
+    assert detached["configuration"] is None and detached["restart_required"] is True
+    assert _show(platform, pgdb, "work_mem") == "4MB"  # container.small's, at once
+    platform.run("db", "restart", "pgc", "--wait")
+    assert _show(platform, pgdb, "max_connections") != "200"
+    platform.run("db", "config", "delete", GROUP)
+    assert platform.json("db", "config", "list") == []
+
+
 def test_storage_grows_with_the_data_kept_and_never_shrinks(
     platform: Platform, pgdb: dict[str, Any]
 ) -> None:
@@ -281,11 +374,11 @@ def test_secrets_never_reach_logs_store_or_operations(
     assert db_id
 
 
-def test_delete_removes_data_and_compute(platform: Platform) -> None:
-    db = platform.json("db", "create", "gone", "--flavor", "container.small", "--wait")
+def test_delete_removes_data_and_compute(platform: Platform, pgdb: dict[str, Any]) -> None:
+    """Last: the module's database goes, with its container and its data volume."""
     inst_ids = {c["Labels"]["oneplatform.instance"] for c in _managed()}
-    platform.run("db", "delete", "gone", "--wait")
-    assert platform.run("db", "show", "gone", check=False).returncode == 1
+    platform.run("db", "delete", "pgc", "--wait")
+    assert platform.run("db", "show", "pgc", check=False).returncode == 1
     remaining = {c["Labels"]["oneplatform.instance"] for c in _managed()}
     volumes = subprocess.run(
         ["podman", "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True
@@ -295,7 +388,6 @@ def test_delete_removes_data_and_compute(platform: Platform) -> None:
     (instance_id,) = gone
     assert not [v for v in volumes if instance_id in v]
     assert podman_containers(instance_id) == []
-    assert db["status"] == "ACTIVE"
 
 
 def _managed() -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """MariaDB and Redis as a service end to end: `onep db` against the real Podman, libvirt and
 the real MariaDB 10.11 and Redis 7.0 images, each used with its engine's own client; a
-MariaDB backup restores onto a VM, a Redis snapshot too; each gets a replica through the
-replication hub, and a switchover and a move under a writer keep every acknowledged write.
+MariaDB backup restores onto a VM (whose disk then grows online), a Redis snapshot too; each
+takes a configuration group; each gets a replica through the replication hub, and a
+switchover and a move under a writer keep every acknowledged write.
 One platform for both (their images build at its start, side by side). Both on bare metal:
 test_three_compute_types (the lab's)."""
 
@@ -20,6 +21,7 @@ from tests.e2e.writer import MariaDbWriter, RedisWriter, Writer, under_writer
 
 pytestmark = pytest.mark.e2e
 ALICE_PW = "Alice-maria-7f2"
+GIB = 1024**3
 IMAGES = "mariadb-10.11,redis-7.0"
 
 
@@ -119,8 +121,58 @@ def test_a_backup_chain_restores_onto_a_vm_with_its_data_and_users(
         admin = plat.json("db", "credentials", "m1-vm")
         assert admin["password"] != plat.json("db", "credentials", "m1")["password"]
         assert mariadb(copy, "admin", admin["password"], "SELECT count(*) FROM t", "appdb") == "2"
+        _a_vm_grows_its_disk_and_filesystem_online(plat, copy)
     finally:
         plat.run("db", "delete", "m1-vm", "--wait", check=False, timeout=900)
+
+
+def _a_vm_grows_its_disk_and_filesystem_online(plat: Platform, copy: dict[str, Any]) -> None:
+    """libvirt grows the data disk under the running guest, the agent grows its ext4 with
+    resize2fs: the engine serves throughout, the rows written before are read after."""
+    before = plat.guest_storage("m1-vm")
+    size = int(copy["size_gb"])
+    grown = plat.json("db", "resize", "m1-vm", "--size-gb", str(size + 2), "--wait", timeout=900)
+    assert (grown["status"], grown["size_gb"], grown["health"]) == ("ACTIVE", size + 2, "HEALTHY")
+    after = grown["storage"]  # what the guest's statvfs sees now
+    assert after["total_bytes"] > before["total_bytes"] + 1.5 * GIB, (before, after)
+    assert after["free_bytes"] > before["free_bytes"] + GIB, (before, after)
+    assert mariadb(copy, "alice", ALICE_PW, "SELECT x FROM t ORDER BY x", "appdb") == "7\n8"
+    mariadb(copy, "alice", ALICE_PW, "INSERT INTO t VALUES (10)", "appdb")
+    refused = plat.run("db", "resize", "m1-vm", "--size-gb", str(size + 1), check=False)
+    assert refused.returncode == 1 and "storage_cannot_shrink" in refused.stderr, refused.stderr
+
+
+def test_mariadb_takes_a_group_live_and_its_read_only_variables_at_the_restart(
+    plat: Platform, mdb: dict[str, Any]
+) -> None:
+    def variable(name: str) -> str:
+        admin = plat.json("db", "credentials", "m1")["password"]
+        return mariadb(mdb, "admin", admin, f"SELECT @@GLOBAL.{name}")
+
+    proc = plat.run(
+        "db", "config", "create", "bad", "--datastore", "mariadb", "--set", "server_id=9",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "config_parameter_owned" in proc.stderr, proc.stderr
+    group = plat.json(
+        "db", "config", "create", "mtuned", "--datastore", "mariadb", "--version", "10.11",
+        "--set", "max_connections=200", "--set", "back_log=123",
+        "--set", "long_query_time=0.5",
+    )  # fmt: skip
+    assert group["values"]["max_connections"] == "200"
+    before = variable("back_log")
+    attached = plat.json("db", "config", "attach", "m1", "mtuned")
+    assert attached["restart_required"] is True
+    assert variable("max_connections") == "200"  # SET GLOBAL
+    assert variable("long_query_time") == "0.500000"
+    assert variable("back_log") == before  # read-only: at the restart
+    plat.run("db", "restart", "m1", "--wait")
+    assert plat.json("db", "show", "m1")["restart_required"] is False
+    assert variable("back_log") == "123"
+    assert variable("max_connections") == "200"  # the option file kept it
+    detached = plat.json("db", "config", "detach", "m1")
+    assert detached["configuration"] is None
+    assert variable("max_connections") != "200"
 
 
 def test_what_mariadb_cannot_do_yet_is_refused_with_the_reason(
@@ -193,6 +245,28 @@ def test_a_redis_database_serves_acl_users_with_redis_cli(
     follower.terminate()
     followed, _ = follower.communicate(timeout=30)
     assert "Background saving started" in followed, followed[-2000:]
+
+
+def test_redis_takes_a_group_live(plat: Platform, rdb: dict[str, Any]) -> None:
+    def info(section: str, key: str) -> str:
+        out = redis(rdb, "carol", CAROL_PW, "INFO", section)
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.startswith(key + ":"))  # fmt: skip
+
+    assert info("memory", "maxmemory_policy") == "noeviction"
+    plat.json(
+        "db", "config", "create", "rtuned", "--datastore", "redis", "--version", "7.0",
+        "--set", "maxmemory-policy=allkeys-lru", "--set", "hz=20", "--set", "maxmemory=100mb",
+    )  # fmt: skip
+    attached = plat.json("db", "config", "attach", "r1", "rtuned")
+    assert (attached["configuration"], attached["restart_required"]) == ("rtuned", False)
+    assert info("memory", "maxmemory_policy") == "allkeys-lru"  # CONFIG SET
+    assert info("memory", "maxmemory") == str(100 * 1024 * 1024)
+    assert info("server", "configured_hz") == "20"
+    plat.run("db", "restart", "r1", "--wait")
+    assert info("memory", "maxmemory_policy") == "allkeys-lru"  # redis.conf kept it
+    plat.json("db", "config", "detach", "r1")
+    assert info("memory", "maxmemory_policy") == "noeviction"  # the flavor's, at once
 
 
 def test_a_redis_snapshot_restores_onto_a_vm_with_its_users(

@@ -5,15 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from typing import Any
 
-import psycopg
 import pytest
 
 from tests.e2e.conftest import Platform
 
 pytestmark = pytest.mark.e2e
-GIB = 1024**3
 
 
 def _dumpxml(instance_id: str) -> str:
@@ -77,60 +74,3 @@ def test_plain_vm_instance_lifecycle(platform: Platform) -> None:
     finally:
         platform.run("instance", "delete", "vm1", "--wait", timeout=600, check=False)
     assert platform.json("instance", "list") == []
-
-
-def _psql(platform: Platform, db: dict[str, Any], sql: str) -> str:
-    creds = platform.json("db", "credentials", db["name"])
-    endpoint = db["endpoint"]
-    with psycopg.connect(
-        host=endpoint["host"],
-        port=endpoint["port"],
-        user=creds["username"],
-        password=creds["password"],
-        dbname="postgres",
-        connect_timeout=10,
-        autocommit=True,
-    ) as c:
-        row = c.execute(sql).fetchone() if sql.lstrip().upper().startswith("SELECT") else None
-        if row is None:
-            c.execute(sql)
-            return ""
-        return str(row[0])
-
-
-def _guest_storage(platform: Platform, name: str) -> dict[str, Any]:
-    """The data filesystem as the guest agent reports it (the health checker's or the
-    growth's last report), once there is one."""
-    deadline = time.monotonic() + 120
-    while True:
-        storage = platform.json("db", "show", name)["storage"]
-        if storage is not None:
-            return dict(storage)
-        assert time.monotonic() < deadline, "the agent never reported its storage"
-        time.sleep(2)
-
-
-def test_a_vm_database_grows_its_disk_and_filesystem_online(platform: Platform) -> None:
-    """libvirt grows the data disk under the running guest, the agent grows its ext4 with
-    resize2fs; the engine never stops and the table written before is read after."""
-    db = platform.json(
-        "db", "create", "pgvm", "--flavor", "vm.small", "--size-gb", "1", "--wait",
-        timeout=900,
-    )  # fmt: skip
-    try:
-        assert (db["status"], db["compute_type"], db["size_gb"]) == ("ACTIVE", "vm", 1)
-        _psql(platform, db, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x")
-        before = _guest_storage(platform, "pgvm")
-        assert before["total_bytes"] < GIB  # a 1 GiB disk's ext4
-        grown = platform.json("db", "resize", "pgvm", "--size-gb", "3", "--wait", timeout=900)
-        assert (grown["status"], grown["size_gb"], grown["health"]) == ("ACTIVE", 3, "HEALTHY")
-        after = grown["storage"]
-        assert after["total_bytes"] > 2.5 * GIB, after  # what the guest's statvfs sees now
-        assert after["free_bytes"] > before["free_bytes"] + GIB
-        assert _psql(platform, db, "SELECT sum(x) FROM t") == "500500"
-        _psql(platform, db, "INSERT INTO t VALUES (1001)")
-        assert _psql(platform, db, "SELECT count(*) FROM t") == "1001"
-        refused = platform.run("db", "resize", "pgvm", "--size-gb", "2", check=False)
-        assert refused.returncode == 1 and "storage_cannot_shrink" in refused.stderr
-    finally:
-        platform.run("db", "delete", "pgvm", "--wait", timeout=900, check=False)

@@ -1,7 +1,7 @@
 """Storage growth (``onep db resize``) through its real steps against the fakes: every member's
 volume grows, then its filesystem; refusals change nothing; a failure leaves the database
 serving. The real thing on containers and VMs: tests/e2e/test_db_cli.py and
-tests/e2e/test_vm_cli.py."""
+tests/e2e/test_engines.py (a MariaDB restored onto a VM)."""
 
 from __future__ import annotations
 
