@@ -261,6 +261,31 @@ def test_stop_start_reboot(
     wait_for_port(port)
 
 
+def test_start_when_the_last_run_left_its_address_allocated(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    """Podman 4.3 with CNI: a container whose last run's address is still allocated (its
+    exit clean-up not done yet) fails `podman start` with "duplicate allocation"; the
+    driver releases the address and starts it."""
+    instance_id, port, _ = running
+    podman_driver.stop(instance_id)
+    info = json.loads(podman_out("inspect", container_name(instance_id)).stdout)[0]
+    (network,) = info["NetworkSettings"]["Networks"]
+    config = json.loads(podman_out("network", "inspect", network).stdout)[0]
+    subnet = ipaddress.ip_network(config["subnets"][0]["subnet"])
+    stale = Path("/var/lib/cni/networks", network, str(subnet[-3]))  # far from the used ones
+    if not stale.parent.is_dir():
+        pytest.fail(f"this Podman does not keep CNI allocations in {stale.parent}")
+    stale.write_text(f"{info['Id']}\r\neth0")  # what host-local IPAM writes
+    try:
+        podman_driver.start(instance_id)
+        got = podman_driver.get(instance_id)
+        assert got is not None and got.power_state is PowerState.RUNNING
+        wait_for_port(port)
+    finally:
+        stale.unlink(missing_ok=True)
+
+
 def test_console_log_has_startup_output(
     podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
 ) -> None:

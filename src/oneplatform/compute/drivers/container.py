@@ -649,7 +649,15 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
         if state == "paused":
             self._podman(["unpause", cid])
         elif state != "running":
-            self._podman(["start", cid], timeout=RUN_TIMEOUT_S)
+            args = ["start", cid]
+            proc = self._podman(args, timeout=RUN_TIMEOUT_S, check=False)
+            if proc.returncode != 0 and "duplicate allocation" in (proc.stderr or ""):
+                # Podman 4.3 with CNI: the container's address from its last run was not
+                # released yet (its exit's clean-up runs on its own): release it, start again.
+                self._podman(["container", "cleanup", cid], check=False)
+                proc = self._podman(args, timeout=RUN_TIMEOUT_S, check=False)
+            if proc.returncode != 0:
+                raise self._translate(f"podman start {cid}", args, proc)
         else:
             return self._to_instance(row)
         return self._to_instance(self._require(instance_id))
