@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from oneplatform.schemas.users import UserCreate, UserCreated, UserOut
@@ -26,7 +26,7 @@ class Users:
         self, name: str, project: str, role: str = "member", password: str | None = None
     ) -> UserCreated:
         """A user of ``project``; without ``password`` one is generated and returned once."""
-        fields: dict[str, str | None] = {"name": name, "role": role, "password": password}
+        fields: dict[str, Any] = {"name": name, "role": role, "password": password}
         body = UserCreate.model_construct(**fields)
         path = f"/v1/projects/{quote(project, safe='')}/users"
         return self.c.send("POST", path, UserCreated, body)
