@@ -189,7 +189,8 @@ def password_login(
             raise Unauthorized(AUTH_FAILED, code="auth_failed")
         if HASHER.check_needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
-        return _issue(session, project, user.role, user, utcnow() + lifetime)
+        now = utcnow()
+        return _issue(session, project, user.role, user, now, now + lifetime)
 
 
 def token_login(store: Store, lifetime: dt.timedelta, token: str, scope: Scope) -> Issued:
@@ -205,18 +206,24 @@ def token_login(store: Store, lifetime: dt.timedelta, token: str, scope: Scope) 
         old = session.scalars(select(Token).where(Token.token_hash == iam.hash_token(token))).one()
         project = session.get_one(Project, old.project_id)
         user = session.get(User, old.user_id) if old.user_id else None
-        expires = utcnow() + lifetime
+        now = utcnow()
+        expires = now + lifetime
         if old.expires_at is not None:
             expires = min(expires, old.expires_at)
         # A token made without a user (`onep token create`) stands for its own user.
-        return _issue(session, project, old.role, user or old, expires)
+        return _issue(session, project, old.role, user or old, now, expires)
 
 
 def _issue(
-    session: Session, project: Project, role: str, who: User | Token, expires_at: dt.datetime
+    session: Session,
+    project: Project,
+    role: str,
+    who: User | Token,
+    now: dt.datetime,
+    expires_at: dt.datetime,
 ) -> Issued:
     """A platform token named after ``who``, tied to it when it is a user."""
-    token, now = iam.new_token(), utcnow()
+    token = iam.new_token()
     row = Token(
         created_at=now,
         project_id=project.id,
