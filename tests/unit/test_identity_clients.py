@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openstack
@@ -42,6 +43,12 @@ class Served:
     admin: str
     project_id: str
     password: str
+    home: Path
+
+    def onep(self, *argv: str, stdin: str | None = None) -> Any:
+        """Run the CLI (in this process) against the server, as the admin."""
+        env = {"ONEP_URL": self.url, "ONEP_TOKEN": self.admin, "ONEP_HOME": str(self.home)}
+        return CliRunner().invoke(cli, list(argv), env=env, input=stdin)
 
     @property
     def auth_url(self) -> str:
@@ -76,10 +83,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         auth = {"Authorization": f"Bearer {admin}"}
         made = httpx.post(f"{url}/v1/projects", json={"name": PROJECT}, headers=auth)
         project_id = made.json()["project"]["id"]
-        env = {"ONEP_URL": url, "ONEP_TOKEN": admin, "ONEP_HOME": str(home)}
-        run = CliRunner().invoke(
-            cli, ["user", "create", "alice", "--project", PROJECT, "-o", "json"], env=env
-        )
+        served = Served(url, admin, project_id, "", home)
+        run = served.onep("user", "create", "alice", "--project", PROJECT, "-o", "json")
         assert run.exit_code == 0, run.output
         created = json.loads(run.output)
         assert {k: created[k] for k in ("name", "project", "role")} == {
@@ -87,7 +92,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "project": PROJECT,
             "role": "member",
         }
-        yield Served(url, admin, project_id, created["password"])
+        served.password = created["password"]
+        yield served
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -194,3 +200,50 @@ def test_openstackclient_issues_a_token(served: Served, tmp_path: Path) -> None:
     assert token["project_id"] == served.project_id
     assert token["expires"]
     _works_on_the_api(served, token["id"])
+
+
+def test_the_cli_manages_users(served: Served) -> None:
+    """--password-stdin, list, delete, and the API's errors with their codes."""
+    made = served.onep(
+        "user",
+        "create",
+        "bob",
+        "-p",
+        PROJECT,
+        "--role",
+        "reader",
+        "--password-stdin",
+        "-o",
+        "json",
+        stdin="bobs-own-password\n",
+    )
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.output)["password"] is None  # given, so never printed
+
+    def bob() -> v3.Password:  # a new plugin each time: a plugin keeps its token
+        return v3.Password(
+            auth_url=served.auth_url,
+            username="bob",
+            password="bobs-own-password",
+            project_name=PROJECT,
+            user_domain_name="Default",
+            project_domain_name="Default",
+        )
+
+    assert ks_session.Session(auth=bob()).get_token()
+
+    again = served.onep("user", "create", "bob", "-p", PROJECT, "--password-stdin", stdin="x" * 9)
+    assert again.exit_code == 1 and "user_exists" in again.output
+    nowhere = served.onep("user", "create", "carol", "-p", "nope")
+    assert nowhere.exit_code == 1 and "project_not_found" in nowhere.output
+    empty = served.onep("user", "create", "carol", "-p", PROJECT, "--password-stdin", stdin="")
+    assert empty.exit_code == 2
+
+    listed = json.loads(served.onep("user", "list", "--project", PROJECT, "-o", "json").output)
+    assert [(u["name"], u["role"]) for u in listed] == [("alice", "member"), ("bob", "reader")]
+    gone = served.onep("user", "delete", "bob", "--project", PROJECT)
+    assert gone.exit_code == 0, gone.output
+    with pytest.raises(KeystoneUnauthorized):
+        ks_session.Session(auth=bob()).get_token()
+    missing = served.onep("user", "delete", "bob", "--project", PROJECT)
+    assert missing.exit_code == 1 and "user_not_found" in missing.output

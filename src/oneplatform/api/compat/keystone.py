@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from oneplatform import identity
 from oneplatform.api.compat import keystone_shapes as ks
-from oneplatform.api.deps import PlatformDep
+from oneplatform.api.deps import Platform, PlatformDep
 from oneplatform.errors import ClientError, PlatformError, Unauthorized
 from oneplatform.iam import ADMIN, MEMBER, READER
 from oneplatform.schemas.base import ErrorResponse
@@ -91,8 +91,8 @@ router = APIRouter(prefix=PREFIX, tags=["identity (Keystone v3)"], route_class=K
 
 
 def _base_url(request: Request) -> str:
-    platform = request.app.state.platform
-    configured: str | None = platform.settings.public_url
+    platform: Platform = request.app.state.platform
+    configured = platform.settings.public_url
     return (configured or str(request.base_url)).rstrip("/")
 
 
@@ -193,7 +193,7 @@ def _scope(scope: ks.Scope | str | None) -> identity.Scope:
 
 
 def _password(
-    platform: Any, ident: ks.Identity, scope: identity.Scope, lifetime: dt.timedelta
+    platform: Platform, ident: ks.Identity, scope: identity.Scope, lifetime: dt.timedelta
 ) -> identity.Issued:
     if ident.password is None:
         raise _bad("the password method needs identity.password.user")
