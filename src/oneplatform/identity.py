@@ -80,7 +80,9 @@ def _dummy_hash() -> str:
 # -- users (admin) ---------------------------------------------------------------------------
 def _tenant(session: Session, name: str) -> Project:
     """A project users may belong to: any but the platform's own (names starting "_")."""
-    project = session.scalars(select(Project).where(Project.name == name)).first()
+    project = None
+    if "\x00" not in name:  # PostgreSQL refuses NUL in text: no such project
+        project = session.scalars(select(Project).where(Project.name == name)).first()
     if project is None or project.name.startswith("_"):
         raise NotFound(f"project {name!r} not found", code="project_not_found")
     return project
@@ -140,9 +142,13 @@ def delete_user(store: Store, caller: Caller, project: str, name: str) -> None:
     caller.require_admin()
     with store.session() as session:
         proj = _tenant(session, project)
-        user = session.scalars(
-            select(User).where(User.project_id == proj.id, User.name == name)
-        ).first()
+        user = (
+            session.scalars(
+                select(User).where(User.project_id == proj.id, User.name == name)
+            ).first()
+            if "\x00" not in name
+            else None
+        )
         if user is None:
             raise NotFound(f"user {name!r} not found in project {project!r}", code="user_not_found")
         session.execute(

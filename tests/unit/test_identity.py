@@ -427,3 +427,25 @@ def _public_url(world: World) -> None:
     assert {e["url"] for e in database["endpoints"]} == {want}
     href = world.client.get("/identity").json()["versions"]["values"][0]["links"][0]["href"]
     assert href == "https://db.example.com:8443/onep/identity/v3/"
+
+
+def test_odd_input_is_refused_not_a_server_error(store: Store, tmp_path: Path) -> None:
+    """On both stores (PostgreSQL refuses NUL in text): NUL and overlong names are a 400 of
+    Keystone's, or a 404 of the users API, never a 500."""
+    admin = iam.ensure_admin(store, None)
+    auth = {"Authorization": f"Bearer {admin}"}
+    with TestClient(create_app(Platform(store, Settings(home=tmp_path)))) as client:
+        for body in (
+            by_name("a\x00b", "a-password", project="admin"),
+            by_name("alice", "a-password", project="adm\x00in"),
+            password_body({"id": "x\x00"}, "a-password", {"id": "y"}),
+            by_name("a" * 300, "a-password"),
+            token_body("onep_\x00"),
+        ):
+            keystone_error(client.post("/identity/v3/auth/tokens", json=body), 400)
+        listed = client.get("/v1/users", params={"project": "a\x00"}, headers=auth)
+        assert (listed.status_code, listed.json()["error"]["code"]) == (404, "project_not_found")
+        gone = client.delete("/v1/projects/admin/users/a%00b", headers=auth)
+        assert (gone.status_code, gone.json()["error"]["code"]) == (404, "user_not_found")
+        made = client.post("/v1/projects/adm%00in/users", json={"name": "x"}, headers=auth)
+        assert (made.status_code, made.json()["error"]["code"]) == (404, "project_not_found")

@@ -7,12 +7,16 @@ do not use must not refuse a sign-in. Keystone's timestamps are ``YYYY-MM-DDTHH:
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 DEFAULT_DOMAIN_ID = "default"
 DEFAULT_DOMAIN_NAME = "Default"
+
+
+# An id or a name as a client sends it: bounded, and without NUL (PostgreSQL refuses it).
+Ref = Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00]*$")]
 
 
 class _In(BaseModel):
@@ -20,8 +24,8 @@ class _In(BaseModel):
 
 
 class DomainRef(_In):
-    id: str | None = None
-    name: str | None = None
+    id: Ref | None = None
+    name: Ref | None = None
 
     @property
     def is_default(self) -> bool:
@@ -35,8 +39,8 @@ class DomainRef(_In):
 
 
 class PasswordUser(_In):
-    id: str | None = None
-    name: str | None = None
+    id: Ref | None = None
+    name: Ref | None = None
     domain: DomainRef | None = None
     password: str = Field(repr=False, max_length=4096)
 
@@ -46,7 +50,7 @@ class PasswordMethod(_In):
 
 
 class TokenMethod(_In):
-    id: str = Field(repr=False, max_length=4096)
+    id: str = Field(repr=False, max_length=4096, pattern=r"^[^\x00]*$")
 
 
 class Identity(_In):
@@ -56,8 +60,8 @@ class Identity(_In):
 
 
 class ProjectRef(_In):
-    id: str | None = None
-    name: str | None = None
+    id: Ref | None = None
+    name: Ref | None = None
     domain: DomainRef | None = None
 
 
