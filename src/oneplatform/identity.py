@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import threading
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -28,6 +29,8 @@ from oneplatform.store.db import Store
 from oneplatform.store.models import Project, Token, User, utcnow
 
 HASHER = PasswordHasher()  # Argon2id, 64 MiB, 3 passes, 4 lanes (RFC 9106, low memory)
+# At most this many hashes at once: sign-ins need no token, and each hash takes 64 MiB.
+HASHING = threading.BoundedSemaphore(4)
 GENERATED_PASSWORD_BYTES = 24  # 32 URL-safe characters, 192 bits
 AUTH_FAILED = "The request you have made requires authentication."
 
@@ -56,13 +59,15 @@ class Scope:
 
 # -- passwords -------------------------------------------------------------------------------
 def hash_password(password: str) -> str:
-    return HASHER.hash(password)
+    with HASHING:
+        return HASHER.hash(password)
 
 
 def password_matches(password_hash: str, password: str) -> bool:
     """Argon2's own verification (it compares the digests in constant time)."""
     try:
-        return HASHER.verify(password_hash, password)
+        with HASHING:
+            return HASHER.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -73,7 +78,7 @@ _DUMMY: list[str] = []
 def _dummy_hash() -> str:
     """A hash to verify against when there is no user, so both cost the same."""
     if not _DUMMY:
-        _DUMMY.append(HASHER.hash(secrets.token_urlsafe(16)))
+        _DUMMY.append(hash_password(secrets.token_urlsafe(16)))
     return _DUMMY[0]
 
 
