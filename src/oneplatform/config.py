@@ -171,6 +171,18 @@ class Settings(BaseSettings):
     repair_backoff_seconds: float = Field(
         default=2.0, gt=0, description="Wait after a failed repair attempt, doubled each time."
     )
+    identity_token_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=7 * 86400,
+        description="Lifetime of a token issued by the Keystone facade (/identity).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="The platform's base URL as clients reach it (http[s]://HOST[:PORT][/PATH]"
+        "), the Keystone catalog's endpoints start with it; unset: the URL a request came to.",
+    )
     failpoint: str | None = Field(
         default=None,
         description="Testing only: 'KIND:STEP' makes a worker hang after that step's work is "

@@ -942,7 +942,8 @@ def test_a_deploy_report_with_an_unknown_token_is_not_read(api: Api) -> None:
 
 
 # -- roles: every route with each role -----------------------------------------------------------
-# The least role each route needs ("reader": any token of the project). A route missing here
+# The least role each route needs ("reader": any token of the project; "public": no token at
+# all, the route checks what it is given itself). A route missing here
 # fails test_the_role_table_covers_every_route: a new route is classified when it is added.
 # Admin-only writes get a valid body: their check runs in the route, after the body's.
 FLAVOR_BODY = {"name": "f.x", "compute_type": "container", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}
@@ -1033,8 +1034,14 @@ ROLE_TABLE: dict[tuple[str, str], tuple[str, object]] = {
     ("GET", "/v1/datastores/{datastore}/versions/{version}/parameters"): ("reader", None),
     ("POST", "/v1/db/instances/{ident}/resize"): ("member", {"size_gb": 2}),
     ("PUT", "/v1/db/instances/{ident}/autogrow"): ("member", {"max_gb": 4}),
+    ("GET", "/v1/users"): ("admin", None),
+    ("POST", "/v1/projects/{project}/users"): ("admin", {"name": "u1"}),
+    ("DELETE", "/v1/projects/{project}/users/{name}"): ("admin", None),
+    ("GET", "/identity"): ("public", None),  # Keystone v3: credentials in the body
+    ("GET", "/identity/v3"): ("public", None),
+    ("POST", "/identity/v3/auth/tokens"): ("public", {}),
 }
-RANKS = {"reader": 0, "member": 1, "admin": 2}
+RANKS = {"public": -1, "reader": 0, "member": 1, "admin": 2}
 
 
 def _templates(api: Api) -> set[tuple[str, str]]:
@@ -1045,6 +1052,20 @@ def _templates(api: Api) -> set[tuple[str, str]]:
 def test_the_role_table_covers_every_route(api: Api) -> None:
     published = {r for r in _templates(api) if r[1] != "/healthz"}
     assert published == set(ROLE_TABLE)
+
+
+def test_public_routes_need_no_token_and_the_others_do(api: Api) -> None:
+    """Without a token a public route answers for itself (never 401/403); every other route
+    is refused 401 before its body is read, changing nothing."""
+    wrong: list[str] = []
+    before = api.counts()
+    for (method, template), (least, body) in ROLE_TABLE.items():
+        path = re.sub(r"\{[^}]+\}", "x", template)
+        got = api.client.request(method, path, json=body).status_code
+        if (least == "public") == (got == 401) or got == 403:
+            wrong.append(f"{method} {template} ({least}) without a token: {got}")
+    assert not wrong, "\n".join(wrong)
+    assert api.counts() == before
 
 
 @pytest.fixture

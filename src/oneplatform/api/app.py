@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from oneplatform import __version__
+from oneplatform.api.compat import keystone
 from oneplatform.api.deps import CallerDep, Platform
 from oneplatform.api.errors import declared
 from oneplatform.api.gate import Gate
@@ -29,6 +30,7 @@ from oneplatform.api.routes import (
     quotas,
     tokens,
     ui_tickets,
+    users,
     warm,
 )
 from oneplatform.errors import PlatformError
@@ -59,6 +61,7 @@ def create_app(platform: Platform) -> FastAPI:
         projects,
         quotas,
         tokens,
+        users,
         datastores,
         db_instances,
         backups,
@@ -70,6 +73,7 @@ def create_app(platform: Platform) -> FastAPI:
     ):
         app.include_router(module.router, prefix="/v1")
     app.include_router(db_instances.replica_router, prefix="/v1")
+    app.include_router(keystone.router)  # Keystone v3 at /identity (no platform token)
     mount_dashboard(app)  # the web dashboard at /ui
 
     @app.get("/healthz", tags=["health"])

@@ -20,6 +20,7 @@ from oneplatform.cli.output import (
     wait_with_progress,
 )
 from oneplatform.cli.quotas import quota_app
+from oneplatform.cli.users import user_app
 from oneplatform.cli.warm import warm_app
 from oneplatform.schemas.compute import ComputeType, FlavorCreate
 from oneplatform.schemas.instances import InstanceAccepted
@@ -50,6 +51,7 @@ for sub, name in (
     (op_app, "operation"),
     (project_app, "project"),
     (token_app, "token"),
+    (user_app, "user"),
     (quota_app, "quota"),
     (pool_app, "pool"),
     (host_app, "host"),

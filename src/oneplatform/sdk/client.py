@@ -56,6 +56,7 @@ from oneplatform.schemas.ui import UiTicketOut
 from oneplatform.schemas.warm import WarmPoolOut, WarmSet
 from oneplatform.sdk.configurations import Configurations
 from oneplatform.sdk.db import DbInstances
+from oneplatform.sdk.users import Users
 
 M = TypeVar("M", bound=BaseModel)
 FINAL = frozenset({"SUCCEEDED", "FAILED"})
@@ -104,6 +105,7 @@ class Client:
         self.nodes = Nodes(self)
         self.warm = Warm(self)
         self.tokens = Tokens(self)
+        self.users = Users(self)
         self.dashboard = Dashboard(self)
 
     @classmethod

@@ -115,6 +115,26 @@ class Token(Timestamps, Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The platform user a token was issued to (Keystone's password method); None: made
+    # with a token (`onep token create`, `onep up`, a project's first token).
+    user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None, index=True
+    )
+
+
+class User(Timestamps, Base):
+    """A platform user: a name in one project, a role (as tokens have) and a password kept
+    only as an Argon2id hash. It signs in through the Keystone facade and gets tokens."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(16))  # admin | member | reader
+    password_hash: Mapped[str] = mapped_column(String(255))
 
 
 class Pool(Timestamps, Base):

@@ -1,0 +1,1 @@
+"""OpenStack's APIs over the platform's own services: thin translations, no second logic."""
