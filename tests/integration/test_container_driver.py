@@ -286,6 +286,36 @@ def test_start_when_the_last_run_left_its_address_allocated(
         stale.unlink(missing_ok=True)
 
 
+def test_start_removes_a_stale_forwarding_of_its_ports(
+    podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
+) -> None:
+    """A forwarding of the container's host port that a dead container's CNI tear-down left
+    in front of its own (seen under load on this host) is removed at its next start: the
+    published port reaches the container again."""
+    instance_id, port, _ = running
+    podman_driver.stop(instance_id)
+    chain, dead = "CNI-DN-onep-test-stale", "0" * 64
+    nat = ["iptables", "-w", "10", "-t", "nat"]
+    subprocess.run([*nat, "-N", chain], check=True)
+    subprocess.run(
+        [*nat, "-A", chain, "-d", "127.0.0.1/32", "-p", "tcp", "--dport", str(port),
+         "-j", "DNAT", "--to-destination", "10.88.255.254:5432"],
+        check=True,
+    )  # fmt: skip
+    jump = ["-p", "tcp", "-m", "comment", "--comment", f'dnat name: "podman" id: "{dead}"',
+            "-m", "multiport", "--dports", str(port), "-j", chain]  # fmt: skip
+    subprocess.run([*nat, "-I", "CNI-HOSTPORT-DNAT", "1", *jump], check=True)
+    try:
+        podman_driver.start(instance_id)
+        wait_for_port(port)
+        rules = subprocess.run([*nat, "-S"], capture_output=True, text=True, check=True).stdout
+        assert dead not in rules and chain not in rules
+    finally:
+        subprocess.run([*nat, "-D", "CNI-HOSTPORT-DNAT", *jump], capture_output=True)
+        subprocess.run([*nat, "-F", chain], capture_output=True)
+        subprocess.run([*nat, "-X", chain], capture_output=True)
+
+
 def test_console_log_has_startup_output(
     podman_driver: PodmanDriver, running: tuple[str, int, BackendInstance]
 ) -> None:

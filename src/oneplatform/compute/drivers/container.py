@@ -35,7 +35,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +53,7 @@ from oneplatform.compute.drivers.base import (
     SupportsGrowStorage,
     VolumeSpec,
 )
+from oneplatform.compute.drivers.cni import drop_stale_forwards
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
 from oneplatform.schemas.compute import ComputeType, PowerState
 
@@ -423,6 +424,7 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
                 raise
         # `podman run -d` returns once the container's process started, printing its id: no
         # need to ask podman again (each call costs the engine's start some CPU).
+        self._drop_stale_forwards(started.stdout.strip(), spec.ports)
         return BackendInstance(
             instance_id=spec.instance_id,
             backend_id=started.stdout.strip(),
@@ -649,18 +651,30 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
         if state == "paused":
             self._podman(["unpause", cid])
         elif state != "running":
+            # Podman 4.3 with CNI: a container that died is cleaned up (its address released,
+            # its port forwarding rules removed) by a process of its own, which a start right
+            # after the death can overtake: the old rules then stay in front of the new ones
+            # and the published ports lead nowhere. So the clean-up is done first, here (a
+            # no-op when it was done); an address still held is released and the start tried
+            # again.
+            self._podman(["container", "cleanup", cid], check=False)
             args = ["start", cid]
             proc = self._podman(args, timeout=RUN_TIMEOUT_S, check=False)
             if proc.returncode != 0 and "duplicate allocation" in (proc.stderr or ""):
-                # Podman 4.3 with CNI: the container's address from its last run was not
-                # released yet (its exit's clean-up runs on its own): release it, start again.
                 self._podman(["container", "cleanup", cid], check=False)
                 proc = self._podman(args, timeout=RUN_TIMEOUT_S, check=False)
             if proc.returncode != 0:
                 raise self._translate(f"podman start {cid}", args, proc)
         else:
             return self._to_instance(row)
-        return self._to_instance(self._require(instance_id))
+        started = self._to_instance(self._require(instance_id))
+        self._drop_stale_forwards(cid, started.ports)
+        return started
+
+    def _drop_stale_forwards(self, cid: str, ports: Iterable[PortMapping]) -> None:
+        """See :mod:`oneplatform.compute.drivers.cni` (this host's firewall only)."""
+        if (self.host.uri or "").strip() in LOCAL_URIS:
+            drop_stale_forwards(cid, [p.host_port for p in ports])
 
     def stop(self, instance_id: str) -> None:
         """SIGTERM, then SIGKILL after 10 s; returns once stopped. Silent if already stopped.
