@@ -8,11 +8,16 @@ clients read first. What needs a running database is tests/e2e/test_trove_cli.py
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -238,7 +243,7 @@ def test_create_answers_200_build_and_is_readable_at_once(api: Api, trove) -> No
     assert made["volume"]["size"] == 1 and made["compute_type"] == "container"
     assert isinstance(made["flavor"]["id"], str) and made["region"] and "access" in made
     assert STAMP.match(made["created"]) and STAMP.match(made["updated"])
-    assert made["ip"] == ["127.0.0.1"] and made["fault"] is None
+    assert made["ip"] == ["127.0.0.1"] and "fault" not in made
     for ident in (made["id"], "pg1"):
         shown = api.client.get(f"{base}/instances/{ident}", headers=headers).json()["instance"]
         assert shown["id"] == made["id"] and shown["status"] == "BUILD"
@@ -518,3 +523,28 @@ def test_the_real_troveclient_reads_flavors_datastores_and_faults(api: Api, serv
     nobody = _troveclient(f"{served}/v1.0/{_pid(api, api.other)}", "onep_not-a-token")
     with pytest.raises(exceptions.Unauthorized):
         nobody.flavors.list()
+
+
+def test_the_openstack_cli_creates_shows_and_lists(api: Api, served: str) -> None:
+    """``openstack database instance create|show|list`` (no worker runs: it stays BUILD)."""
+    token = api.other["Authorization"].removeprefix("Bearer ")
+    endpoint = f"{served}/v1.0/{_pid(api, api.other)}"
+    cli = [str(Path(sys.executable).with_name("openstack")), "--os-auth-type", "admin_token",
+           "--os-token", token, "--os-endpoint", endpoint]  # fmt: skip
+
+    def openstack(*args: str) -> Any:
+        out = subprocess.run([*cli, *args, "-f", "json"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    made = openstack(
+        "database", "instance", "create", "pg1", "--flavor", "container.small", "--size", "1",
+        "--datastore", "postgresql", "--datastore-version", "15",
+        "--databases", "appdb", "--users", "alice:S3cret-pass-1",
+    )  # fmt: skip
+    assert made["name"] == "pg1" and made["status"] == "BUILD", made
+    shown = openstack("database", "instance", "show", "pg1")
+    assert shown["id"] == made["id"] and shown["datastore_version"] == "15"
+    assert [i["Name"] for i in openstack("database", "instance", "list")] == ["pg1"]
+    flavors = openstack("database", "flavor", "list")
+    assert "container.small" in {f["Name"] for f in flavors}

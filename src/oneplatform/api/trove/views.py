@@ -260,11 +260,12 @@ def instance(
         body["created"] = timestamp(db.created_at)
         body["updated"] = timestamp(db.updated_at)
         body["service_status_updated"] = timestamp(db.health_checked_at or db.updated_at)
-        body["fault"] = (
-            {"message": db.status_message, "created": timestamp(db.updated_at), "details": ""}
-            if db.status == "ERROR"
-            else None
-        )
+        if db.status == "ERROR":  # only then: the CLI reads fault["message"] when it is there
+            body["fault"] = {
+                "message": db.status_message,
+                "created": timestamp(db.updated_at),
+                "details": "",
+            }
         if db.configuration:
             body["configuration"] = {"id": db.configuration, "name": db.configuration}
     return body
