@@ -353,6 +353,30 @@ def test_databases_and_users_of_a_building_instance_are_a_conflict(api: Api, tro
     _fault(api.client.get(f"{base}/instances/nope/users", headers=headers), 404, "itemNotFound")
 
 
+def test_openstacksdk_user_and_database_shapes_are_read(api: Api, trove) -> None:
+    """openstacksdk's bodies get as far as the service (which refuses a BUILD instance with
+    409); a body of no known shape is a 400."""
+    base, headers = trove
+    inst = f"{base}/instances/{_instance(api, base, headers)['id']}"
+    sdk_user = {"users": {"name": "bob", "password": "Bob-pass-123", "databases": []}}
+    for path, body in (
+        (f"{inst}/users/bob", sdk_user),
+        (f"{inst}/users/bob", {"user": {"password": "Bob-pass-123"}}),
+        (f"{inst}/users", {"users": [{"name": "bob", "password": "Bob-pass-123"}]}),
+        (f"{inst}/databases", {"database": {"name": "reports"}}),
+        (f"{inst}/databases", {"databases": [{"name": "reports"}]}),
+    ):
+        got = api.client.post(path, json=body, headers=headers)
+        _fault(got, 409, "conflictingRequest", "invalid_state")
+    _fault(
+        api.client.post(f"{inst}/users/bob", json={"users": "bob"}, headers=headers),
+        400,
+        "badRequest",
+    )
+    no_password = {"users": [{"name": "bob"}]}
+    _fault(api.client.post(f"{inst}/users", json=no_password, headers=headers), 400, "badRequest")
+
+
 def test_user_path_segments() -> None:
     assert user_name("bob") == "bob"
     assert user_name("bob@%") == "bob"

@@ -130,9 +130,14 @@ def create_users(
 def create_named_user(
     instance_id: str, user: str, body: Json, platform: PlatformDep, caller: CallerDep
 ) -> Response:
-    """openstacksdk's create: the user's fields, wrapped in ``user`` or not."""
-    fields = body.get("user", body) if isinstance(body.get("user", body), dict) else {}
-    spec = build(TroveUser, **{"name": user_name(user), **fields})
+    """openstacksdk's create: the user's fields under ``users`` (a dict, not a list), under
+    ``user``, or bare; the name is the path's."""
+    fields: Any = body.get("users", body.get("user", body))
+    if isinstance(fields, list) and len(fields) == 1:
+        fields = fields[0]
+    if not isinstance(fields, dict):
+        raise InvalidInput("the body is the user's fields", code="invalid_input")
+    spec = build(TroveUser, **{**fields, "name": user_name(user)})
     _create_users(platform, caller, instance_id, [spec])
     return _accepted()
 
