@@ -377,6 +377,28 @@ def test_openstacksdk_user_and_database_shapes_are_read(api: Api, trove) -> None
     _fault(api.client.post(f"{inst}/users", json=no_password, headers=headers), 400, "badRequest")
 
 
+def test_replica_requests_are_checked_before_anything_is_made(api: Api, trove) -> None:
+    base, headers = trove
+    made = _instance(api, base, headers)
+    before = api.counts()
+    unknown = {"instance": {"name": "r1", "replica_of": "nope"}}
+    _fault(api.client.post(f"{base}/instances", json=unknown, headers=headers), 404, "itemNotFound")
+    with_users = {
+        "instance": {
+            "name": "r1",
+            "replica_of": made["id"],
+            "users": [{"name": "bob", "password": "Bob-pass-123"}],
+        }
+    }
+    _fault(
+        api.client.post(f"{base}/instances", json=with_users, headers=headers), 400, "badRequest"
+    )
+    detach = {"instance": {"replica_of": None}}
+    got = api.client.patch(f"{base}/instances/{made['id']}", json=detach, headers=headers)
+    _fault(got, 409, "conflictingRequest", "not_a_replica")
+    assert api.counts() == before
+
+
 def test_user_path_segments() -> None:
     assert user_name("bob") == "bob"
     assert user_name("bob@%") == "bob"
@@ -397,6 +419,7 @@ def test_user_path_segments() -> None:
         ("SWITCHOVER", False, False, "PROMOTE"),
         ("FAILOVER", False, False, "EJECT"),
         ("DELETING", False, False, "SHUTDOWN"),
+        ("DETACHING", False, False, "DETACH"),
         ("ERROR", False, False, "ERROR"),
         ("SOMETHING", False, False, "UNKNOWN"),
     ],

@@ -59,7 +59,7 @@ def _member_view(
         update={
             "id": m.name,
             "name": m.name,
-            "status": "ACTIVE" if m.state == "ACTIVE" else m.state,
+            "status": m.state,
             "status_message": m.status_message,
             "flavor": m.flavor,
             "compute_type": m.compute_type,

@@ -38,6 +38,7 @@ STATUS = {
     "DELETING": "SHUTDOWN",
     "DELETED": "SHUTDOWN",
     "ERROR": "ERROR",
+    "DETACHING": "DETACH",  # a replica's: becoming an instance of its own
 }
 IDLE = frozenset({"ACTIVE", "RESTART_REQUIRED", "BACKUP"})
 
