@@ -595,3 +595,49 @@ def test_the_openstack_cli_creates_shows_and_lists(api: Api, served: str) -> Non
     assert [i["Name"] for i in openstack("database", "instance", "list")] == ["pg1"]
     flavors = openstack("database", "flavor", "list")
     assert "container.small" in {f["Name"] for f in flavors}
+
+
+# -- on an ACTIVE instance (its status set as the worker would; no worker runs) ------------------
+def _activate(api: Api, ident: str) -> None:
+    from oneplatform.store.models import DbInstance
+
+    with api.store.session() as s:
+        db = s.get_one(DbInstance, ident)
+        db.status, db.health = "ACTIVE", "HEALTHY"
+
+
+def test_a_backup_is_202_and_the_instance_reads_backup(api: Api, trove) -> None:
+    base, headers = trove
+    made = _instance(api, base, headers)
+    _activate(api, made["id"])
+    shown = api.client.get(f"{base}/instances/pg1", headers=headers).json()["instance"]
+    assert (shown["status"], shown["operating_status"]) == ("ACTIVE", "HEALTHY")
+    body = {"backup": {"name": "b1", "instance": "pg1", "description": "first"}}
+    got = api.client.post(f"{base}/backups", json=body, headers=headers)
+    assert got.status_code == 202, got.text
+    backup = got.json()["backup"]
+    assert backup["name"] == "b1" and backup["instance_id"] == made["id"]
+    assert backup["status"] == "NEW" and STAMP.match(backup["created"])
+    assert backup["datastore"]["type"] == "postgresql" and backup["type"] == "full"
+    shown = api.client.get(f"{base}/instances/pg1", headers=headers).json()["instance"]
+    assert shown["status"] == "BACKUP"
+    for path in (f"{base}/backups", f"{base}/instances/pg1/backups"):
+        listed = api.client.get(path, headers=headers).json()["backups"]
+        assert [b["id"] for b in listed] == [backup["id"]]
+    by_instance = api.client.get(f"{base}/backups?instance_id={made['id']}", headers=headers)
+    assert [b["id"] for b in by_instance.json()["backups"]] == [backup["id"]]
+    for ident in (backup["id"], "b1"):
+        one = api.client.get(f"{base}/backups/{ident}", headers=headers).json()["backup"]
+        assert one["id"] == backup["id"]
+
+
+def test_a_value_waiting_for_a_restart_reads_restart_required(api: Api, trove) -> None:
+    from oneplatform.store.models import DbInstance
+
+    base, headers = trove
+    made = _instance(api, base, headers)
+    _activate(api, made["id"])
+    with api.store.session() as s:
+        s.get_one(DbInstance, made["id"]).restart_required = True
+    shown = api.client.get(f"{base}/instances/pg1", headers=headers).json()["instance"]
+    assert (shown["status"], shown["operating_status"]) == ("RESTART_REQUIRED", "HEALTHY")
