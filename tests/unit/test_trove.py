@@ -151,6 +151,12 @@ def test_every_refusal_is_a_trove_fault(api: Api, trove) -> None:
     assert "detail" not in api.client.post(f"{base}/instances", json={}, headers=headers).text
 
 
+def test_a_body_over_the_limit_is_over_limit(api: Api, trove) -> None:
+    base, headers = trove
+    got = api.client.post(f"{base}/instances", content=b"x" * (1024 * 1024 + 1), headers=headers)
+    _fault(got, 413, "overLimit", "body_too_large")
+
+
 def test_a_quota_refusal_is_over_limit(api: Api, trove) -> None:
     base, headers = trove
     quota = api.client.patch("/v1/projects/other/quota", json={"databases": 0}, headers=api.admin)

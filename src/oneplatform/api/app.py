@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -139,9 +140,7 @@ def create_app(platform: Platform) -> FastAPI:
         facade."""
         if faults.is_trove(request.url.path):
             return faults.respond(exc.status_code, str(exc.detail))
-        return JSONResponse(
-            status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers
-        )
+        return await http_exception_handler(request, exc)
 
     app.add_middleware(Gate, store=platform.store)
     app.add_middleware(MeasureRequests, metrics=metrics)  # outermost: refusals count too
