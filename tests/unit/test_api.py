@@ -1034,6 +1034,7 @@ ROLE_TABLE: dict[tuple[str, str], tuple[str, object]] = {
     ("POST", "/v1/db/instances/{ident}/resize"): ("member", {"size_gb": 2}),
     ("PUT", "/v1/db/instances/{ident}/autogrow"): ("member", {"max_gb": 4}),
     # the Trove facade (its project id: the caller's own; a foreign one is test_trove.py's)
+    ("GET", "/v1.0/{project_id}"): ("reader", None),
     ("GET", "/v1.0/{project_id}/flavors"): ("reader", None),
     ("GET", "/v1.0/{project_id}/flavors/{flavor_id}"): ("reader", None),
     ("GET", "/v1.0/{project_id}/datastores"): ("reader", None),

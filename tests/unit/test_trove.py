@@ -647,3 +647,31 @@ def test_a_value_waiting_for_a_restart_reads_restart_required(api: Api, trove) -
         s.get_one(DbInstance, made["id"]).restart_required = True
     shown = api.client.get(f"{base}/instances/pg1", headers=headers).json()["instance"]
     assert (shown["status"], shown["operating_status"]) == ("RESTART_REQUIRED", "HEALTHY")
+
+
+def test_openstacksdk_discovers_the_endpoint_and_drives_instances(api: Api, served: str) -> None:
+    """openstacksdk with the facade as its endpoint: version discovery, then its own request
+    shapes (``flavor`` for ``flavorRef``); no worker runs, so the instance stays BUILD."""
+    import openstack
+
+    endpoint = f"{served}/v1.0/{_pid(api, api.other)}"
+    token = api.other["Authorization"].removeprefix("Bearer ")
+    conn = openstack.connection.Connection(
+        auth_type="admin_token",
+        auth={"endpoint": endpoint, "token": token},
+        database_endpoint_override=endpoint,
+    )
+    assert "container.small" in [f.name for f in conn.database.flavors()]
+    assert conn.database.find_flavor("container.small").name == "container.small"
+    made = conn.database.create_instance(
+        name="sdk1",
+        flavor="container.small",
+        volume={"size": 1},
+        datastore={"type": "postgresql", "version": "15"},
+    )
+    assert made.status == "BUILD"
+    assert conn.database.get_instance(made.id).name == "sdk1"
+    assert conn.database.find_instance("sdk1").id == made.id
+    assert [i.name for i in conn.database.instances()] == ["sdk1"]
+    conn.database.delete_instance(made.id)
+    assert conn.database.get_instance(made.id).status == "SHUTDOWN"

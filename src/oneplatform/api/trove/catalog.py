@@ -20,6 +20,21 @@ router = APIRouter(
 Body = dict[str, Any]
 
 
+@router.get("")
+def version(request: Request, _caller: CallerDep) -> Body:
+    """Trove's version document at the endpoint itself: what keystoneauth's discovery reads
+    (openstacksdk with an endpoint override)."""
+    return {
+        "version": {
+            "id": "v1.0",
+            "status": "CURRENT",
+            "updated": "2012-08-01T00:00:00Z",
+            # the version's root: openstacksdk adds the project's id to it
+            "links": [{"rel": "self", "href": f"{str(request.base_url).rstrip('/')}/v1.0/"}],
+        }
+    }
+
+
 @router.get("/flavors")
 def list_flavors(request: Request, platform: PlatformDep, _caller: CallerDep) -> Body:
     """Every flavor; ``compute_type`` says which kind of compute it gives."""
