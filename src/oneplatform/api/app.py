@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oneplatform import __version__
+from oneplatform.api import faults
 from oneplatform.api.compat import keystone
 from oneplatform.api.deps import CallerDep, Platform
 from oneplatform.api.errors import declared
@@ -33,12 +36,20 @@ from oneplatform.api.routes import (
     users,
     warm,
 )
+from oneplatform.api.trove import backups as trove_backups
+from oneplatform.api.trove import catalog as trove_catalog
+from oneplatform.api.trove import configurations as trove_configurations
+from oneplatform.api.trove import instances as trove_instances
+from oneplatform.api.trove import objects as trove_objects
 from oneplatform.errors import PlatformError
 from oneplatform.ui import mount as mount_dashboard
 
 
-async def _platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
-    """A platform error as its JSON body and status (and the bearer challenge on 401)."""
+async def _platform_error(request: Request, exc: PlatformError) -> JSONResponse:
+    """A platform error as its JSON body and status (and the bearer challenge on 401); on
+    the Trove facade, as Trove's fault."""
+    if faults.is_trove(request.url.path):
+        return faults.from_error(exc)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse(status_code=exc.status, content={"error": exc.to_dict()}, headers=headers)
 
@@ -74,6 +85,15 @@ def create_app(platform: Platform) -> FastAPI:
         app.include_router(module.router, prefix="/v1")
     app.include_router(db_instances.replica_router, prefix="/v1")
     app.include_router(keystone.router)  # Keystone v3 at /identity (no platform token)
+    # the Trove v1.0 facade, under /v1.0/{project_id}
+    for trove in (
+        trove_catalog,
+        trove_instances,
+        trove_objects,
+        trove_backups,
+        trove_configurations,
+    ):
+        app.include_router(trove.router)
     mount_dashboard(app)  # the web dashboard at /ui
 
     @app.get("/healthz", tags=["health"])
@@ -99,12 +119,14 @@ def create_app(platform: Platform) -> FastAPI:
     app.add_exception_handler(PlatformError, _platform_error)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             {"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]}
             for e in exc.errors()
         ]
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        if faults.is_trove(request.url.path):
+            return faults.respond(400, f"invalid request: {summary}", "invalid_input")
         return JSONResponse(
             status_code=422,
             content={
@@ -115,6 +137,14 @@ def create_app(platform: Platform) -> FastAPI:
                 }
             },
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's own refusals (no such route, method not allowed); Trove's fault on the
+        facade."""
+        if faults.is_trove(request.url.path):
+            return faults.respond(exc.status_code, str(exc.detail))
+        return await http_exception_handler(request, exc)
 
     app.add_middleware(Gate, store=platform.store)
     app.add_middleware(MeasureRequests, metrics=metrics)  # outermost: refusals count too

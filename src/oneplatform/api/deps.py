@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from oneplatform.api.gate import CALLER_KEY
+from oneplatform.api.gate import CALLER_KEY, token_of
 from oneplatform.config import Settings
 from oneplatform.errors import Forbidden
 from oneplatform.iam import Caller, authenticate
@@ -44,7 +44,8 @@ def get_any_caller(
     still get a dashboard ticket)."""
     caller = request.scope.get("state", {}).get(CALLER_KEY)
     if not isinstance(caller, Caller):
-        caller = authenticate(platform.store, credentials.credentials if credentials else None)
+        token = credentials.credentials if credentials else token_of(dict(request.headers))
+        caller = authenticate(platform.store, token)
     return caller
 
 
