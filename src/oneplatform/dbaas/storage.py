@@ -3,15 +3,17 @@ auto-growth (``onep db autogrow NAME --max-gb N``).
 
 Every member's data volume grows (the primary's and each replica's: a replica must hold what
 its primary holds), through the compute layer, which asks each compute type's driver and
-refuses up front, with the driver's reason, where it cannot grow storage (bare metal). Then
-each member's guest agent grows its filesystem into the grown disk, online (a VM's ext4 with
-``resize2fs``; a container's volume has no filesystem of its own to grow). Storage only
-grows: a smaller or equal size is refused. Nothing here knows the compute type.
+refuses up front, with the driver's reason, where it cannot grow storage, and past the most
+a member's device holds (a node's disk: ``409 no_room_on_disk``). Then each member's guest
+agent grows its filesystem into the grown disk, online (a VM's ext4 with ``resize2fs``; a
+node's data partition first, then its ext4; a container's volume has no filesystem of its
+own to grow). Storage only grows: a smaller or equal size is refused. Nothing here knows the
+compute type.
 
 Auto-growth: once the guest agent reports the data filesystem over :data:`AUTOGROW_FULL` full
 (the health checker asks it every round), the storage grows by half (at least 1 GB), up to
 the database's cap, through the same operation. Only where a volume's size is what the
-guest gets (a VM's disk), not where it is a record (a container's volume is a directory of
+guest gets (a VM's disk, a node's data partition), not where it is a record (a container's volume is a directory of
 the host's storage: what the guest reports there is the host's).
 
 A growth that fails leaves the database ACTIVE (it serves on, at its former size, with the
@@ -106,7 +108,9 @@ def resize_storage(
     up front, with nothing changed: a size not larger than the current one (``409
     storage_cannot_shrink``, ``422 same_size``), a database that is not ACTIVE, a compute
     type that cannot grow storage (``409 capability_not_supported``, with the driver's
-    reason), a host without that much disk left (``409 no_room_on_host``)."""
+    reason), more than a member's device holds (``409 no_room_on_disk``: a node's disk,
+    shown as the database's ``max_size_gb``), a host without that much disk left (``409
+    no_room_on_host``)."""
     with store.session() as session:
         db = find_db(session, caller, ident)
         if req.size_gb < db.size_gb:
