@@ -39,7 +39,7 @@ from oneplatform.config import Settings
 from oneplatform.dbaas.endpoints import live_members
 from oneplatform.dbaas.lookup import find_db
 from oneplatform.dbaas.reach import DATA_VOLUME, agent_client, reach
-from oneplatform.dbaas.service import to_out_db
+from oneplatform.dbaas.service import storage_ceiling, to_out_db
 from oneplatform.dbaas.states import DATABASES, DbStatus, MemberStatus
 from oneplatform.errors import (
     BackendUnavailable,
@@ -154,8 +154,9 @@ def set_autogrow(
     store: Store, settings: Settings, caller: Caller, ident: str, req: StorageAutogrow
 ) -> DbInstanceOut:
     """Turn auto-growth on (up to ``req.max_gb``) or off (None). Refused where a member's
-    compute type cannot grow storage (``409 capability_not_supported``) and for a cap not
-    above the current size (``422 invalid_input``)."""
+    compute type cannot grow storage (``409 capability_not_supported``), for a cap not
+    above the current size (``422 invalid_input``) or above the most a member's device
+    holds (``409 no_room_on_disk``)."""
     with store.session() as session:
         db = find_db(session, caller, ident)
         if req.max_gb is not None:
@@ -165,9 +166,18 @@ def set_autogrow(
                     "auto-growth must be above it",
                     code="invalid_input",
                 )
-            for i in _instances(session, db):
+            ids = _instances(session, db)
+            for i in ids:
                 require_capability(
                     session.get_one(Instance, i).compute_type, Capability.GROW_STORAGE
+                )
+            most = storage_ceiling(session, ids)
+            if most is not None and req.max_gb > most:
+                raise Conflict(
+                    f"database instance {db.name!r} can grow to {most} GB at most (the end of "
+                    "a member's disk): the cap of auto-growth must not be above it",
+                    code="no_room_on_disk",
+                    max_size_gb=most,
                 )
         db.autogrow_max_gb = req.max_gb
         return to_out_db(session, db)
