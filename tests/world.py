@@ -161,9 +161,7 @@ class World:
                 asked = parse_key_values(manifest).get("data_mib")
                 sizes = {"data_mib": asked or str(fake.data_max_mib)}
                 sizes["data_max_mib"] = str(fake.data_max_mib)
-                report = DeployStatus(
-                    status="ok", stage="done", sha256=self.disk_sha, extra=sizes
-                )
+                report = DeployStatus(status="ok", stage="done", sha256=self.disk_sha, extra=sizes)
             assert media.record_status(self.store, self.settings, token, report.render().encode())
             fake.power = PowerState.STOPPED
 

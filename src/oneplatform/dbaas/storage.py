@@ -13,8 +13,8 @@ compute type.
 Auto-growth: once the guest agent reports the data filesystem over :data:`AUTOGROW_FULL` full
 (the health checker asks it every round), the storage grows by half (at least 1 GB), up to
 the database's cap, through the same operation. Only where a volume's size is what the
-guest gets (a VM's disk, a node's data partition), not where it is a record (a container's volume is a directory of
-the host's storage: what the guest reports there is the host's).
+guest gets (a VM's disk, a node's data partition), not where it is a record (a container's
+volume is a directory of the host's storage: what the guest reports there is the host's).
 
 A growth that fails leaves the database ACTIVE (it serves on, at its former size, with the
 reason in its status message); asking again completes it, since every step is idempotent.
