@@ -598,6 +598,8 @@ class FakeNode:
     on_media_boot: Callable[[FakeNode, str], None] | None = None
     on_disk_boot: Callable[[FakeNode], None] | None = None
     bundle: str | None = None  # what the ramdisk wrote to the config partition
+    manifest: str | None = None  # what the ramdisk was told to deploy
+    data_max_mib: int = 7 * 1024 + 300  # the room for data on its disk after the image
     services: list[Any] = field(default_factory=list)  # what the booted disk serves
 
     def shut_down(self) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from oneplatform.baremetal import media
 from oneplatform.baremetal import nodes as node_service
-from oneplatform.baremetal.deploy_agent import DeployStatus
+from oneplatform.baremetal.deploy_agent import DeployStatus, parse_key_values
 from oneplatform.compute import instances
 from oneplatform.config import Settings
 from oneplatform.dbaas import service as dbaas
@@ -151,13 +151,17 @@ class World:
             token = url.split("/v1/deploy/")[1].split("/")[0]
             manifest = media.render_manifest(self.store, self.settings, token)
             assert manifest is not None
+            fake.manifest = manifest
             if "mode=clean" in manifest:
                 report = DeployStatus(status="ok", stage="done", extra={"mode": "clean"})
             elif fail_at:
                 report = DeployStatus(status="error", stage=fail_at, message="disk vanished")
             else:
                 fake.bundle = media.bundle_text(self.store, self.settings, token)
-                report = DeployStatus(status="ok", stage="done", sha256=self.disk_sha)
+                asked = parse_key_values(manifest).get("data_mib")
+                sizes = {"data_mib": asked or str(fake.data_max_mib)}
+                sizes["data_max_mib"] = str(fake.data_max_mib)
+                report = DeployStatus(status="ok", stage="done", sha256=self.disk_sha, extra=sizes)
             assert media.record_status(self.store, self.settings, token, report.render().encode())
             fake.power = PowerState.STOPPED
 

@@ -290,6 +290,7 @@ SECTIONS = {
     "switch": "switchovers and moves: write gap (longest time without an acknowledged write)",
     "move": "moves: CLI call to done (a replica made, caught up, switched to, the former retired)",
     "create": "creates: CLI call to ACTIVE (side by side)",
+    "storage": "storage growth: CLI call to done (online, a client writing)",
 }
 
 

@@ -107,7 +107,7 @@ def _free_deploy_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     _require_lab()
-    reset_timings("healing", "warm", "create")
+    reset_timings("healing", "warm", "create", "storage")
     p = Platform(
         home=tmp_path_factory.mktemp("onep-lab"),
         port=free_port(),
@@ -213,9 +213,10 @@ def test_enrolled_nodes_become_available(lab: Platform) -> None:
     assert off["power_state"] == "stopped" and off["state"] == "available"
     types = {t["name"]: t for t in lab.json("compute-type", "list")}
     caps = {c["name"]: c for c in types["baremetal"]["capabilities"]}
-    for name in ("boot_device", "virtual_media", "forced_reboot"):
+    for name in ("boot_device", "virtual_media", "forced_reboot", "grow_storage"):
         assert caps[name]["supported"] is True
-    for name in ("snapshot", "resize", "exec", "grow_storage"):
+    assert "end" in caps["grow_storage"]["limit"]  # of the node's disk: the most it can be
+    for name in ("snapshot", "resize", "exec"):
         assert caps[name]["supported"] is False and caps[name]["reason"]
 
 
@@ -238,14 +239,53 @@ def test_the_readme_tour_runs_start_to_end(lab: Platform) -> None:
     assert len(active) == 1 and active[0]["power_state"] == "running"
 
 
-def test_storage_grows_where_the_compute_type_can(lab: Platform) -> None:
-    """A node's data partition spans its disk: refused with the reason, nothing changed; a
-    container grows with its data (a VM's online growth: tests/e2e/test_vm_cli.py)."""
-    refused = lab.run("db", "resize", "pgbm", "--size-gb", "2", check=False)
-    assert refused.returncode == 1 and "capability_not_supported" in refused.stderr
-    assert "spans the rest of its disk" in refused.stderr, refused.stderr
-    shown = lab.json("db", "show", "pgbm")
-    assert (shown["status"], shown["size_gb"]) == ("ACTIVE", 1)
+GIB = 1024**3
+GROW_SQL = "INSERT INTO grow SELECT g, md5(g::text) FROM generate_series({}, {}) g"
+GROW_SUM = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM grow"
+
+
+def test_storage_grows_on_a_node_online_and_on_a_container(lab: Platform) -> None:
+    """The tour's bare-metal database: its data partition was made 1 GB at deploy (the rest
+    of the node's disk left free, its end recorded as max_size_gb); it grows online to 2 GB
+    while a client writes through its endpoint — the partition and then its ext4, in the
+    guest — with its rows intact and every acknowledged write kept; the filesystem the
+    guest agent reports is bigger; more rows go in after. Past the disk and a shrink are
+    refused up front. A container grows with its data (a VM's: tests/e2e/test_vm_cli.py)."""
+    deadline = time.monotonic() + 120
+    while not (before := lab.json("db", "show", "pgbm"))["storage"]:  # the agent's figures
+        assert time.monotonic() < deadline, before
+        time.sleep(2)
+    most = before["max_size_gb"]
+    assert (before["status"], before["size_gb"]) == ("ACTIVE", 1) and 2 <= most < 8, before
+    assert before["storage"]["total_bytes"] <= GIB  # the partition's size, not the disk's
+    _psql(lab, "pgbm", "CREATE TABLE grow (id int PRIMARY KEY, v text)")
+    _psql(lab, "pgbm", GROW_SQL.format(1, 20000))
+    rows = _psql(lab, "pgbm", GROW_SUM)
+    engine_started = _psql(lab, "pgbm", "SELECT pg_postmaster_start_time()")
+    refused = lab.run("db", "resize", "pgbm", "--size-gb", str(most + 1), check=False)
+    assert refused.returncode == 1 and "no_room_on_disk" in refused.stderr, refused.stderr
+    assert lab.json("db", "show", "pgbm")["status"] == "ACTIVE"
+    writer = Writer.running(_alice_dsn(before["endpoint"]), 0.5)
+    started = time.monotonic()
+    try:
+        grown = lab.json("db", "resize", "pgbm", "--size-gb", "2", "--wait", timeout=900)
+        took = time.monotonic() - started
+        writer.wait_for_writes(3, time.monotonic())
+    finally:
+        writer.stop()
+    record_timing("storage", "grow 1 -> 2 GB online (bare metal)", took)
+    assert (grown["status"], grown["size_gb"], grown["max_size_gb"]) == ("ACTIVE", 2, most)
+    total = grown["storage"]["total_bytes"]  # as the guest agent reported it when grown
+    assert 1.5 * GIB < total <= 2 * GIB, grown["storage"]
+    assert total > before["storage"]["total_bytes"] + GIB // 2
+    assert writer.missing() == [] and writer.gap() < 10.0, (writer.gap(), writer.errors[-3:])
+    assert _psql(lab, "pgbm", "SELECT pg_postmaster_start_time()") == engine_started  # online
+    assert _psql(lab, "pgbm", GROW_SUM) == rows  # the rows intact
+    _psql(lab, "pgbm", GROW_SQL.format(20001, 40000))  # and more go in
+    assert _psql(lab, "pgbm", "SELECT count(*) FROM grow") == "40000"
+    assert _psql(lab, "pgbm", "SELECT x FROM t") == "42"
+    shrink = lab.run("db", "resize", "pgbm", "--size-gb", "1", check=False)
+    assert shrink.returncode == 1 and "storage_cannot_shrink" in shrink.stderr
     grown = lab.json("db", "resize", "pgc", "--size-gb", "2", "--wait")
     assert (grown["status"], grown["size_gb"]) == ("ACTIVE", 2)
     assert _psql(lab, "pgc", "SELECT x FROM t") == "42"

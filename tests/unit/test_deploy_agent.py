@@ -77,8 +77,11 @@ def manifest(**changes: object) -> DeployManifest:
 
 
 def test_manifest_round_trips_as_key_value_lines() -> None:
-    full = manifest(config_sha256="cd" * 32, target_disk="/dev/vda", hostname="node-1")
+    full = manifest(
+        config_sha256="cd" * 32, target_disk="/dev/vda", hostname="node-1", data_mib=2048
+    )
     text = full.render()
+    assert "data_mib=2048" in text.splitlines()
     assert text.splitlines()[0] == "version=2"
     assert f"image_size={700 * MiB}" in text.splitlines()
     assert DeployManifest.parse(text) == full
@@ -114,6 +117,8 @@ def test_manifest_parse_ignores_unknown_keys_and_rejects_bad_ones() -> None:
         {"config_url": f"{URL}/'quoted'"},
         {"target_disk": "/dev/../etc/passwd"},
         {"hostname": "-bad"},
+        {"data_mib": MIN_DATA_MIB - 1},
+        {"data_mib": MBR_MAX_SECTORS},
     ],
 )
 def test_manifest_rejects_what_the_agent_could_not_use(changes: dict[str, object]) -> None:
@@ -192,6 +197,28 @@ def test_data_partition_fills_the_disk_from_the_first_mib_after_the_image() -> N
     assert data_partition(695 * MiB, (695 + MIN_DATA_MIB) * ALIGN_SECTORS).sectors == (
         MIN_DATA_MIB * ALIGN_SECTORS
     )
+
+
+def test_a_data_partition_of_the_databases_size_leaves_the_rest_of_the_disk_free() -> None:
+    disk = 8 * 1024**3 // SECTOR
+    room = data_partition(695 * MiB, disk)
+    sized = data_partition(695 * MiB, disk, data_mib=1024)
+    assert (sized.start, sized.sectors) == (room.start, 1024 * ALIGN_SECTORS)
+    assert sized.end < room.end  # the room it grows into
+    assert data_partition(695 * MiB, disk, data_mib=room.sectors // ALIGN_SECTORS) == room
+    with pytest.raises(ValueError, match="needs 8000"):
+        data_partition(695 * MiB, disk, data_mib=8000)
+
+
+@pytest.mark.parametrize(
+    ("room", "data_mib", "expected"),
+    [(4096 * ALIGN_SECTORS, "", "4096"), (4096 * ALIGN_SECTORS, "1024", "1024"),
+     (4096 * ALIGN_SECTORS, "4096", "4096")],
+)  # fmt: skip
+def test_the_agents_data_size_matches_python(room: int, data_mib: str, expected: str) -> None:
+    out = _sh(f'data_sectors {room} "{data_mib}"').decode().split()
+    assert [int(value) for value in out] == [int(expected) * ALIGN_SECTORS]
+    assert _sh(f"data_sectors {room} 4097 || echo no room") == b"no room\n"
 
 
 def test_mbr_entries_and_table() -> None:

@@ -9,11 +9,12 @@ import pytest
 from sqlalchemy import func, select, update
 
 from oneplatform.compute.capabilities import Capability
+from oneplatform.compute.catalog import describe_compute_type
 from oneplatform.compute.drivers import driver_class
 from oneplatform.dbaas import health, replicas, storage
 from oneplatform.dbaas import service as dbaas
 from oneplatform.dbaas.states import DATABASES, DbStatus
-from oneplatform.errors import BackendError, CapabilityNotSupported, Conflict, InvalidInput
+from oneplatform.errors import BackendError, Conflict, InvalidInput
 from oneplatform.schemas.compute import ComputeType
 from oneplatform.schemas.databases import (
     DbInstanceCreate,
@@ -48,6 +49,14 @@ def _instances(world: World) -> list[Instance]:
     with world.store.session() as session:
         ids = session.scalars(select(DbMember.instance_id).where(DbMember.deleted_at.is_(None)))
         rows = [session.get_one(Instance, i) for i in ids]
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def _hosts(world: World) -> list[Host]:
+    with world.store.session() as session:
+        rows = list(session.scalars(select(Host)))
         for row in rows:
             session.expunge(row)
         return rows
@@ -115,18 +124,69 @@ def test_shrinking_or_the_same_size_is_refused_and_changes_nothing(
     assert out.status == "ACTIVE" and _operations(pg1) == ops
 
 
-def test_bare_metal_is_refused_up_front_with_the_drivers_reason(pg1: World) -> None:
-    reason = driver_class(ComputeType.BAREMETAL).unsupported_reason(Capability.GROW_STORAGE)
-    assert reason is not None and "spans the rest of its disk" in reason
-    assert driver_class(ComputeType.VM).unsupported_reason(Capability.GROW_STORAGE) is None
-    assert driver_class(ComputeType.CONTAINER).unsupported_reason(Capability.GROW_STORAGE) is None
-    with pg1.store.session() as session:  # as if pg1 ran on a node
-        session.execute(update(Instance).values(compute_type="baremetal"))
-    ops = _operations(pg1)
-    with pytest.raises(CapabilityNotSupported, match="spans the rest of its disk"):
-        _resize(pg1, 2)
-    assert dbaas.get_db(pg1.store, pg1.member, "pg1").status == "ACTIVE"
-    assert _operations(pg1) == ops and CLOUD.count("grow_volume") == 0
+@pytest.fixture
+def pgbm(world: World) -> World:
+    """pgbm: an ACTIVE PostgreSQL on a node (its deploy played by the fake ramdisk), 1 GB."""
+    enrolled = world.enroll("n1")
+    fake = CLOUD.nodes["n1"]
+    world.play_the_ramdisk(fake)
+    world.drive(enrolled)
+    world.serve_on_disk_boot(fake)
+    world.create_db("pgbm", "baremetal.small")
+    world.drive_all()
+    assert dbaas.get_db(world.store, world.member, "pgbm").status == "ACTIVE"
+    return world
+
+
+def test_a_nodes_data_partition_is_the_databases_size_and_records_the_disks_end(
+    pgbm: World,
+) -> None:
+    manifest = CLOUD.nodes["n1"].manifest
+    assert manifest is not None and "data_mib=1024" in manifest.splitlines()
+    (row,) = _instances(pgbm)
+    assert row.volumes[0]["size_gb"] == 1
+    assert row.volumes[0]["max_size_gb"] == 7  # 7468 MiB of room: whole GB
+    assert dbaas.get_db(pgbm.store, pgbm.member, "pgbm").max_size_gb == 7
+    described = describe_compute_type(driver_class(ComputeType.BAREMETAL))
+    caps = {c.name: c for c in described.capabilities}
+    grow = caps[Capability.GROW_STORAGE.value]
+    assert grow.supported and grow.reason is None
+    assert grow.limit is not None and "end" in grow.limit and "max_size_gb" in grow.limit
+
+
+def test_a_node_grows_online_up_to_the_end_of_its_disk(pgbm: World) -> None:
+    used = {h.id: h.used_disk_gb for h in _hosts(pgbm)}
+    op = pgbm.drive(_resize(pgbm, 7, "pgbm"))  # the whole rest of the disk
+    assert op.status == "SUCCEEDED", op.error_message
+    out = dbaas.get_db(pgbm.store, pgbm.member, "pgbm")
+    assert (out.status, out.size_gb, out.max_size_gb) == ("ACTIVE", 7, 7)
+    assert out.storage is not None and out.storage.total_bytes == 7 * GIB
+    (row,) = _instances(pgbm)
+    assert row.volumes[0] == {**row.volumes[0], "size_gb": 7, "max_size_gb": 7}
+    agent = CLOUD.nodes["n1"].services[1]  # the node's guest agent grew its partition
+    assert agent.calls.count("grow storage") == 1 and agent.size_bytes == 7 * GIB
+    # the node's disk is the instance's alone: counted, though the flavor's nominal disk
+    # and the volume are more than the inspected disk
+    assert sum(h.used_disk_gb for h in _hosts(pgbm)) == sum(used.values()) + 6
+
+
+def test_a_growth_past_the_nodes_disk_is_refused_up_front(pgbm: World) -> None:
+    ops = _operations(pgbm)
+    with pytest.raises(Conflict) as refused:
+        _resize(pgbm, 8, "pgbm")
+    assert refused.value.code == "no_room_on_disk" and "7 GB at most" in refused.value.message
+    with pytest.raises(Conflict) as too_high:  # auto-growth's cap too
+        storage.set_autogrow(
+            pgbm.store, pgbm.settings, pgbm.member, "pgbm", StorageAutogrow(max_gb=9)
+        )
+    assert too_high.value.code == "no_room_on_disk"
+    out = dbaas.get_db(pgbm.store, pgbm.member, "pgbm")
+    assert (out.status, out.size_gb) == ("ACTIVE", 1) and _operations(pgbm) == ops
+
+
+def test_every_compute_type_grows_storage() -> None:
+    for compute_type in ComputeType:
+        assert driver_class(compute_type).unsupported_reason(Capability.GROW_STORAGE) is None
 
 
 def test_a_host_without_the_room_refuses(pg1: World) -> None:
@@ -251,10 +311,6 @@ def test_autogrow_refusals(pg1: World) -> None:
     assert pg1.drive(_resize(pg1, 2)).status == "SUCCEEDED"
     with pytest.raises(InvalidInput, match="above it"):
         storage.set_autogrow(pg1.store, pg1.settings, pg1.member, "pg1", StorageAutogrow(max_gb=2))
-    with pg1.store.session() as session:  # as if pg1 ran on a node
-        session.execute(update(Instance).values(compute_type="baremetal"))
-    with pytest.raises(CapabilityNotSupported, match="spans the rest of its disk"):
-        storage.set_autogrow(pg1.store, pg1.settings, pg1.member, "pg1", StorageAutogrow(max_gb=4))
     off = storage.set_autogrow(
         pg1.store, pg1.settings, pg1.member, "pg1", StorageAutogrow(max_gb=None)
     )

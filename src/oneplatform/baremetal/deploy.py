@@ -2,15 +2,19 @@
 
 Deploy (the create of a bare-metal flavor): ``image`` (the whole-disk format of the image,
 the compute step every type shares) → ``prepare`` (node ``deploying``, a per-deploy token and
-ISO) → ``boot_ramdisk`` → ``write`` (the deploy agent writes and verifies the image, writes
-the config partition and reports) → ``boot_disk`` (eject, boot from disk, power on) →
-``wait_ports`` → ``finish`` (node ``active``, instance ``ACTIVE``).
+ISO) → ``boot_ramdisk`` → ``write`` (the deploy agent writes and verifies the image, adds the
+data partition — the instance's data volume's size, the rest of the disk left free — writes
+the config partition and reports; the most the data partition can grow to, the end of the
+disk, is recorded as the volume's ``max_size_gb``) → ``boot_disk`` (eject, boot from disk,
+power on) → ``wait_ports`` → ``finish`` (node ``active``, instance ``ACTIVE``).
 
 Delete: power off, the node's cleaning steps, then ``release`` (node ``available``, ports
 given back, instance ``DELETED``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -40,6 +44,22 @@ def step_boot_ramdisk(ctx: StepContext) -> None:
 
 def step_write(ctx: StepContext) -> None:
     ramdisk.wait(ctx, "deploy", timeout=ctx.settings.ready_timeout_seconds * 3)
+    with ctx.transaction() as session:
+        row, _ = ramdisk.current_token(ctx, session, "deploy")
+        record_data_ceiling(session.get_one(Instance, ctx.resource_id), dict(row.report or {}))
+
+
+def record_data_ceiling(instance: Instance, report: dict[str, Any]) -> None:
+    """The most the data volume (the instance's first: the data partition) can grow to, from
+    what the deploy agent reported (``data_max_mib``: to the end of the disk), in whole GB."""
+    try:
+        most = int(report["data_max_mib"]) // 1024
+    except (KeyError, TypeError, ValueError):
+        return  # an agent that did not say: bounded by the host's free disk only
+    volumes = [dict(v) for v in instance.volumes or ()]
+    if volumes:
+        volumes[0]["max_size_gb"] = most
+        instance.volumes = volumes
 
 
 def step_boot_disk(ctx: StepContext) -> None:

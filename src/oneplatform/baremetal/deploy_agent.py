@@ -24,7 +24,10 @@ Protocol (plain HTTP; the per-deploy token in the URL is all the auth the node h
 Only the mapped blocks are sent and written (cleaning left zeros everywhere else). The node
 then hashes the blocks it wrote from its page cache, which still holds them (no read-back
 from the disk), checks that against ``stream_sha256`` before it adds the data partition and
-the bundle, and reports it; the platform checks it again.
+the bundle, and reports it; the platform checks it again. The data partition is
+``data_mib`` MiB when the manifest gives it (the database's storage), else the rest of the
+disk; the final report says its size (``data_mib``) and the most it can grow to, the rest of
+the disk (``data_max_mib``), which the platform records as the storage's ceiling.
 
 then the node syncs and powers itself off (``poweroff -f``); the platform ejects the media,
 sets the boot device to disk and powers it on.
@@ -62,6 +65,7 @@ from oneplatform.images.wholedisk import (
 MANIFEST_VERSION = "2"
 MODE_DEPLOY = "deploy"
 MODE_CLEAN = "clean"
+MAX_DATA_MIB = MBR_MAX_SECTORS // (1024**2 // SECTOR)  # what an MBR entry can hold
 CMDLINE_KEY = "onep.deploy_url"
 CMDLINE_MAC = "onep.mac"  # the provisioning NIC (absent: the first NIC)
 CMDLINE_IP = "onep.ip"  # its address/prefix (absent: QEMU user networking's 10.0.2.15/24)
@@ -99,6 +103,7 @@ class DeployManifest:
     config_sha256: str | None = None
     target_disk: str | None = None  # e.g. /dev/vda; default: the first disk, not a CD
     hostname: str | None = None  # written beside the bundle on the config partition
+    data_mib: int | None = None  # the data partition's size; default: the rest of the disk
 
     def __post_init__(self) -> None:
         check_url(self.image_url, "image_url")
@@ -115,6 +120,8 @@ class DeployManifest:
             raise ProtocolError(f"target_disk {self.target_disk!r} is not a disk name")
         if self.hostname is not None and not _HOSTNAME.match(self.hostname):
             raise ProtocolError(f"hostname {self.hostname!r} is not a host name")
+        if self.data_mib is not None and not MIN_DATA_MIB <= self.data_mib <= MAX_DATA_MIB:
+            raise ProtocolError(f"data_mib {self.data_mib} is not {MIN_DATA_MIB}..{MAX_DATA_MIB}")
 
     def render(self) -> str:
         lines = [
@@ -130,6 +137,7 @@ class DeployManifest:
             "config_sha256": self.config_sha256,
             "target_disk": self.target_disk,
             "hostname": self.hostname,
+            "data_mib": self.data_mib,
         }
         lines += [f"{key}={value}" for key, value in optional.items() if value is not None]
         return "\n".join(lines) + "\n"
@@ -144,6 +152,7 @@ class DeployManifest:
             raise ProtocolError(f"a {fields['mode']} manifest is not a deploy manifest")
         try:
             size = int(fields["image_size"])
+            data_mib = fields.get("data_mib")
             return cls(
                 image_url=fields["image_url"],
                 image_sha256=fields["image_sha256"],
@@ -154,13 +163,14 @@ class DeployManifest:
                 config_sha256=fields.get("config_sha256"),
                 target_disk=fields.get("target_disk"),
                 hostname=fields.get("hostname"),
+                data_mib=None if data_mib is None else int(data_mib),
             )
         except KeyError as exc:
             raise ProtocolError(f"the manifest has no {exc.args[0]}") from None
         except ValueError as exc:
             if isinstance(exc, ProtocolError):
                 raise
-            raise ProtocolError(f"image_size {fields['image_size']!r} is not a number") from None
+            raise ProtocolError("image_size or data_mib is not a number") from None
 
 
 def render_clean_manifest(target_disk: str | None = None) -> str:
@@ -264,6 +274,14 @@ data_span() {
   limit=$2
   [ "$limit" -gt @MBR_MAX_SECTORS@ ] && limit=@MBR_MAX_SECTORS@
   echo "$start $(( limit / 2048 * 2048 - start ))"
+}
+
+data_sectors() {
+  # data_sectors ROOM DATA_MIB -> the data partition's sectors: DATA_MIB MiB, or (empty)
+  # all of ROOM; fails when DATA_MIB MiB do not fit in ROOM sectors.
+  [ -n "$2" ] || { echo "$1"; return 0; }
+  [ $(( $2 * 2048 )) -le "$1" ] || return 1
+  echo $(( $2 * 2048 ))
 }
 
 wipe_ends() {
@@ -518,7 +536,7 @@ progress started
 stage=manifest
 fetch "$deploy_url/manifest" /tmp/manifest "the manifest"
 version="" mode=@MODE_DEPLOY@ image_url="" image_sha256="" image_size="" image_map=""
-stream_sha256="" config_url="" config_sha256="" target_disk="" hostname=""
+stream_sha256="" config_url="" config_sha256="" target_disk="" hostname="" data_mib=""
 while IFS= read -r line || [ -n "$line" ]; do
   value="${line#*=}"
   case "$line" in
@@ -533,6 +551,7 @@ while IFS= read -r line || [ -n "$line" ]; do
     config_sha256=*) config_sha256="$value" ;;
     target_disk=*) target_disk="$value" ;;
     hostname=*) hostname="$value" ;;
+    data_mib=*) data_mib="$value" ;;
   esac
 done </tmp/manifest
 [ "$version" = @MANIFEST_VERSION@ ] || fail "manifest version '$version' is not supported"
@@ -546,6 +565,7 @@ case "$mode" in
     case "$stream_sha256" in *[!0-9a-f]* | "") fail "bad stream_sha256" ;; esac
     [ "${#stream_sha256}" -eq 64 ] || fail "bad stream_sha256"
     case "$image_map" in *[!0-9:,]* | "") fail "bad image_map" ;; esac
+    case "$data_mib" in *[!0-9]*) fail "bad data_mib" ;; esac
     ;;
   @MODE_CLEAN@) ;;
   *) fail "unknown mode '$mode'" ;;
@@ -588,10 +608,12 @@ if [ "$mode" = @MODE_CLEAN@ ]; then
   power_off
 fi
 set -- $(data_span "$image_size" "$disk_sectors")
-data_start=$1 data_sectors=$2
-data_end=$((data_start + data_sectors))
-[ "$data_sectors" -ge $((MIN_DATA_MIB * 2048)) ] \
+data_start=$1 data_room=$2
+[ "$data_room" -ge $((MIN_DATA_MIB * 2048)) ] \
   || fail "$disk ($disk_bytes bytes) has no room for the image and ${MIN_DATA_MIB} MiB of data"
+data_sectors="$(data_sectors "$data_room" "$data_mib")" \
+  || fail "$disk ($disk_bytes bytes) has room for $((data_room / 2048)) MiB of data" \
+    "after the image, not the $data_mib MiB asked for"
 say "target disk $disk: $disk_bytes bytes"
 
 # --- stream the image's mapped blocks onto the disk, then hash them from the page cache
@@ -610,7 +632,8 @@ verify_s="$(seconds_since "$mark")"
   || fail "the image stream has sha256 $got, the image is $stream_sha256"
 say "sha256 of the stream verified in $verify_s s"
 
-# --- the data partition: the rest of the disk, blank (the image's init makes its fs)
+# --- the data partition: the data volume's size (default: the rest of the disk), blank (the
+# image's init makes its fs); the rest of the disk stays free for it to grow into
 progress partitioning
 data_entry "$data_start" "$data_sectors" >/tmp/entry
 [ "$(wc -c </tmp/entry)" -eq 16 ] || fail "cannot make the partition entry"
@@ -640,7 +663,7 @@ stage=done
 say "deployed in $(seconds_since "$started") s"
 report status=ok stage=done mode=@MODE_DEPLOY@ "sha256=$got" "disk=$disk" "disk_bytes=$disk_bytes" \
   "image_size=$image_size" "written_mib=$(map_mib "$image_map")" "write_s=$write_s" \
-  "verify_s=$verify_s" \
+  "verify_s=$verify_s" "data_mib=$((data_sectors / 2048))" "data_max_mib=$((data_room / 2048))" \
   "deploy_s=$(seconds_since "$started")" || say "the final report was not delivered"
 power_off
 """
@@ -682,7 +705,7 @@ def agent_script() -> str:
 
 def agent_functions() -> str:
     """The script's pure helpers alone (partition_name, le32, one_line, data_span,
-    data_entry, wipe_ends)."""
+    data_sectors, data_entry, wipe_ends)."""
     return _render(_FUNCTIONS)
 
 

@@ -23,15 +23,21 @@ from oneplatform.compute.drivers.base import (
     PortMapping,
     SupportsBootDevice,
     SupportsForcedReboot,
+    SupportsGrowStorage,
     SupportsVirtualMedia,
     VolumeSpec,
 )
+from oneplatform.errors import NotFound
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.schemas.compute import ComputeType, PowerState
 
 
 class BaremetalDriver(
-    ComputeDriver, SupportsBootDevice, SupportsVirtualMedia, SupportsForcedReboot
+    ComputeDriver,
+    SupportsBootDevice,
+    SupportsVirtualMedia,
+    SupportsForcedReboot,
+    SupportsGrowStorage,
 ):
     compute_type: ClassVar[ComputeType] = ComputeType.BAREMETAL
     UNSUPPORTED: ClassVar[Mapping[Capability, str]] = {
@@ -42,9 +48,14 @@ class BaremetalDriver(
         Capability.RESIZE: "a machine's CPUs and RAM are its hardware: pick a flavor that "
         "fits another node instead",
         Capability.LIVE_MIGRATE: "processes on a physical machine cannot be moved while running",
-        Capability.GROW_STORAGE: "a node's data partition already spans the rest of its disk "
-        "(the deploy makes it so) and a physical disk cannot grow: move the database to a "
-        "flavor with a larger disk instead (onep db move)",
+    }
+    # What the deploy makes: a data partition of the data volume's size, the rest of the
+    # node's disk left free for it to grow into (a physical disk does not grow).
+    LIMITS: ClassVar[Mapping[Capability, str]] = {
+        Capability.GROW_STORAGE: "the data partition grows online into the free rest of the "
+        "node's disk, up to its end: the most, recorded at deploy, is the database's "
+        "max_size_gb; beyond it, move the database to a flavor with a larger disk (onep db "
+        "move)",
     }
 
     def bmc(self) -> Bmc:
@@ -144,6 +155,16 @@ class BaremetalDriver(
         return []
 
     # -- capabilities ----------------------------------------------------------------------
+    def grow_volume(
+        self, instance_id: str, volumes: Sequence[VolumeSpec], name: str, size_gb: int
+    ) -> None:
+        """Nothing for the BMC to do; returns at once. The data partition is in the MBR of
+        the node's own disk, which only the running node can change: its guest agent grows
+        the partition, then its filesystem, online (the operation's next step). The size
+        was checked against the most the disk holds (``max_size_gb``) before."""
+        if name not in {v.name for v in volumes}:
+            raise NotFound(f"instance {instance_id} has no volume {name!r}")
+
     def set_boot_device(self, instance_id: str, device: str, persistent: bool) -> None:
         self.bmc().set_boot_device(BootDevice(device), persistent=persistent)
 

@@ -57,6 +57,15 @@ def _image_of(session: Session, row: DeployToken) -> str | None:
     return session.get_one(Image, instance.image_id).name
 
 
+def data_mib(session: Session, row: DeployToken) -> int | None:
+    """The data partition's size: the instance's first volume (a database's data volume);
+    None (the rest of the disk) for an instance without volumes."""
+    if row.instance_id is None:
+        return None
+    volumes = session.get_one(Instance, row.instance_id).volumes or ()
+    return int(volumes[0]["size_gb"]) * 1024 if volumes else None
+
+
 def render_manifest(store: Store, settings: Settings, token: str) -> str | None:
     with store.session() as session:
         row = token_row(session, token)
@@ -67,6 +76,7 @@ def render_manifest(store: Store, settings: Settings, token: str) -> str | None:
             return agent.render_clean_manifest()
         image_name = _image_of(session, row)
         bundle = box_for(settings).decrypt(row.bundle_enc) if row.bundle_enc else "{}"
+        data = data_mib(session, row)
     assert image_name is not None
     disk = disk_image_if_built(load_recipe(image_name), settings.images_dir)
     if disk is None:
@@ -80,6 +90,7 @@ def render_manifest(store: Store, settings: Settings, token: str) -> str | None:
         stream_sha256=bmap.stream_sha256,
         config_url=f"{base}/config",
         config_sha256=sha256_text(bundle),
+        data_mib=data,
     ).render()
 
 

@@ -61,6 +61,7 @@ SHOW_COLUMNS = (
     "compute_type",
     "size_gb",
     "autogrow_max_gb",
+    "max_size_gb",
     "endpoint",
     "read_only_endpoint",
     "connection_uri",
@@ -474,9 +475,10 @@ def db_resize(
     output: Format = OutputOpt,
 ) -> None:
     """Grow the database's storage: every member's data volume, then its filesystem, online
-    where the compute type allows (a VM's disk and ext4 filesystem; a container's volume size
-    is a record, not enforced). Storage only grows: a smaller size is refused, and so is
-    bare metal (a node's data partition spans its disk already)."""
+    (a VM's disk and ext4 filesystem; a bare-metal node's data partition and its ext4, up to
+    the end of the node's disk: the database's max_size_gb; a container's volume size is a
+    record, not enforced). Storage only grows: a smaller size is refused, and so is one past
+    max_size_gb."""
     with Client.from_home() as c, api_errors():
         _finish(c, c.db.resize(name, size_gb), wait, output)
 
@@ -493,7 +495,8 @@ def db_autogrow(
 ) -> None:
     """Auto-growth: once the data filesystem is over 80 % full, grow the storage by half (at
     least 1 GB), up to --max-gb, as `onep db resize` does. It acts where a volume's size is
-    what the guest gets (VMs); a container's volume is not size-limited, so it never fills."""
+    what the guest gets (VMs, bare-metal nodes); a container's volume is not size-limited, so
+    it never fills."""
     if (max_gb is not None) == off:
         raise typer.BadParameter("give --max-gb N, or --off")
     with Client.from_home() as c, api_errors():

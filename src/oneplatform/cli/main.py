@@ -349,9 +349,8 @@ def compute_type_list(output: Format = OutputOpt) -> None:
             console.print(f"[bold]{ct.name.value}[/] ({ct.driver})")
             for cap in ct.capabilities:
                 mark = "[green]yes[/]" if cap.supported else "[red]no[/] "
-                console.print(
-                    f"  {mark} {cap.name:<15} {cap.reason or cap.description}", highlight=False
-                )
+                text = cap.reason or cap.description + (f" ({cap.limit})" if cap.limit else "")
+                console.print(f"  {mark} {cap.name:<15} {text}", highlight=False)
 
 
 @image_app.command("list")

@@ -47,6 +47,7 @@ def describe_compute_type(cls: type[ComputeDriver]) -> ComputeTypeOut:
                 supported=supported,
                 description=CAPABILITY_HELP[cap],
                 reason=cls.unsupported_reason(cap),
+                limit=cls.LIMITS.get(cap) if supported else None,
             )
             for cap, supported in cls.capabilities().items()
         ],

@@ -166,7 +166,7 @@ def place_instance(
         disk_gb=flavor.disk_gb + extra_disk,
         managed_by=managed_by,
         bundle_enc=bundle_enc,
-        volumes=[dataclasses.asdict(v) for v in volumes or ()],
+        volumes=[v.as_record() for v in volumes or ()],
     )
     INSTANCES.created(session, instance, f"placed on {host.name}")
     session.add(instance)
@@ -345,15 +345,28 @@ def missing_volumes(store: Store, settings: Settings, instance_id: str) -> list[
 def volume_growth_gb(session: Session, instance: Instance, name: str, size_gb: int) -> int:
     """How much more disk growing volume ``name`` to ``size_gb`` takes on the instance's
     host (0 when it is that size already); refused with ``409 capability_not_supported``
-    where the compute type cannot grow storage, ``409 no_room_on_host`` where its host has
-    not that much room left."""
+    where the compute type cannot grow storage, ``409 no_room_on_disk`` past the most its
+    device holds (a node's data partition, up to the end of the node's disk), ``409
+    no_room_on_host`` where its host has not that much room left. A node is one unit: its
+    disk is the instance's alone, so where the device's own bound is known it is the only
+    one."""
     require_capability(instance.compute_type, Capability.GROW_STORAGE)
-    current = [int(v["size_gb"]) for v in instance.volumes or () if v["name"] == name]
-    if not current:
+    found = [VolumeSpec(**v) for v in instance.volumes or () if v["name"] == name]
+    if not found:
         raise NotFound(f"instance {instance.name!r} has no volume {name!r}")
-    more = max(0, size_gb - current[0])
+    volume = found[0]
+    more = max(0, size_gb - volume.size_gb)
+    if volume.max_size_gb is not None and size_gb > volume.max_size_gb:
+        raise Conflict(
+            f"the {name} volume of instance {instance.name!r} can grow to "
+            f"{volume.max_size_gb} GB at most (the end of its {instance.compute_type} "
+            f"disk), not {size_gb} GB",
+            code="no_room_on_disk",
+            max_size_gb=volume.max_size_gb,
+        )
     host = _placed_host(session, instance)
-    if more > host.disk_gb - host.used_disk_gb:
+    whole = spec_for(instance.compute_type).whole_host and volume.max_size_gb is not None
+    if not whole and more > host.disk_gb - host.used_disk_gb:
         raise Conflict(
             f"host {host.name} of instance {instance.name!r} has "
             f"{host.disk_gb - host.used_disk_gb} GB of disk left, {more} GB more are needed",

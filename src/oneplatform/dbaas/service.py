@@ -102,6 +102,7 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
     datastore = get_datastore(db.datastore)
     endpoint = read_only = None
     members: list[DbMemberOut] = []
+    max_size_gb = None
     if db.status != DbStatus.DELETED.value:
         if db.endpoint_address and db.rw_port is not None and db.ro_port is not None:
             endpoint = DbEndpoint(host=db.endpoint_address, port=db.rw_port)
@@ -114,6 +115,8 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
             live_members(session, db.id), key=lambda m: (m.role != PRIMARY, m.created_at)
         )
         members = [member_out(session, db, m) for m in group]
+        ids = [m.instance_id for m in group] or ([db.instance_id] if db.instance_id else [])
+        max_size_gb = storage_ceiling(session, ids)
     uri = (
         datastore.connection_uri(endpoint.host, endpoint.port, db.admin_username)
         if endpoint
@@ -136,6 +139,7 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         size_gb=db.size_gb,
         storage=_storage_out(db),
         autogrow_max_gb=db.autogrow_max_gb,
+        max_size_gb=max_size_gb,
         endpoint=endpoint,
         read_only_endpoint=read_only,
         members=members,
@@ -147,6 +151,18 @@ def to_out_db(session: Session, db: DbInstance) -> DbInstanceOut:
         created_at=db.created_at,
         updated_at=db.updated_at,
     )
+
+
+def storage_ceiling(session: Session, instance_ids: list[str]) -> int | None:
+    """The most the data volumes of these instances can grow to: the smallest bound their
+    devices record (a node's disk); None when none records one."""
+    bounds = []
+    for instance_id in instance_ids:
+        row = session.get(Instance, instance_id)
+        for volume in (row.volumes or ()) if row is not None else ():
+            if volume["name"] == DATA_VOLUME and volume.get("max_size_gb") is not None:
+                bounds.append(int(volume["max_size_gb"]))
+    return min(bounds) if bounds else None
 
 
 def _storage_out(db: DbInstance) -> DbStorageOut | None:

@@ -3,16 +3,18 @@ auto-growth (``onep db autogrow NAME --max-gb N``).
 
 Every member's data volume grows (the primary's and each replica's: a replica must hold what
 its primary holds), through the compute layer, which asks each compute type's driver and
-refuses up front, with the driver's reason, where it cannot grow storage (bare metal). Then
-each member's guest agent grows its filesystem into the grown disk, online (a VM's ext4 with
-``resize2fs``; a container's volume has no filesystem of its own to grow). Storage only
-grows: a smaller or equal size is refused. Nothing here knows the compute type.
+refuses up front, with the driver's reason, where it cannot grow storage, and past the most
+a member's device holds (a node's disk: ``409 no_room_on_disk``). Then each member's guest
+agent grows its filesystem into the grown disk, online (a VM's ext4 with ``resize2fs``; a
+node's data partition first, then its ext4; a container's volume has no filesystem of its
+own to grow). Storage only grows: a smaller or equal size is refused. Nothing here knows the
+compute type.
 
 Auto-growth: once the guest agent reports the data filesystem over :data:`AUTOGROW_FULL` full
 (the health checker asks it every round), the storage grows by half (at least 1 GB), up to
 the database's cap, through the same operation. Only where a volume's size is what the
-guest gets (a VM's disk), not where it is a record (a container's volume is a directory of
-the host's storage: what the guest reports there is the host's).
+guest gets (a VM's disk, a node's data partition), not where it is a record (a container's
+volume is a directory of the host's storage: what the guest reports there is the host's).
 
 A growth that fails leaves the database ACTIVE (it serves on, at its former size, with the
 reason in its status message); asking again completes it, since every step is idempotent.
@@ -37,7 +39,7 @@ from oneplatform.config import Settings
 from oneplatform.dbaas.endpoints import live_members
 from oneplatform.dbaas.lookup import find_db
 from oneplatform.dbaas.reach import DATA_VOLUME, agent_client, reach
-from oneplatform.dbaas.service import to_out_db
+from oneplatform.dbaas.service import storage_ceiling, to_out_db
 from oneplatform.dbaas.states import DATABASES, DbStatus, MemberStatus
 from oneplatform.errors import (
     BackendUnavailable,
@@ -106,7 +108,9 @@ def resize_storage(
     up front, with nothing changed: a size not larger than the current one (``409
     storage_cannot_shrink``, ``422 same_size``), a database that is not ACTIVE, a compute
     type that cannot grow storage (``409 capability_not_supported``, with the driver's
-    reason), a host without that much disk left (``409 no_room_on_host``)."""
+    reason), more than a member's device holds (``409 no_room_on_disk``: a node's disk,
+    shown as the database's ``max_size_gb``), a host without that much disk left (``409
+    no_room_on_host``)."""
     with store.session() as session:
         db = find_db(session, caller, ident)
         if req.size_gb < db.size_gb:
@@ -150,8 +154,9 @@ def set_autogrow(
     store: Store, settings: Settings, caller: Caller, ident: str, req: StorageAutogrow
 ) -> DbInstanceOut:
     """Turn auto-growth on (up to ``req.max_gb``) or off (None). Refused where a member's
-    compute type cannot grow storage (``409 capability_not_supported``) and for a cap not
-    above the current size (``422 invalid_input``)."""
+    compute type cannot grow storage (``409 capability_not_supported``), for a cap not
+    above the current size (``422 invalid_input``) or above the most a member's device
+    holds (``409 no_room_on_disk``)."""
     with store.session() as session:
         db = find_db(session, caller, ident)
         if req.max_gb is not None:
@@ -161,9 +166,18 @@ def set_autogrow(
                     "auto-growth must be above it",
                     code="invalid_input",
                 )
-            for i in _instances(session, db):
+            ids = _instances(session, db)
+            for i in ids:
                 require_capability(
                     session.get_one(Instance, i).compute_type, Capability.GROW_STORAGE
+                )
+            most = storage_ceiling(session, ids)
+            if most is not None and req.max_gb > most:
+                raise Conflict(
+                    f"database instance {db.name!r} can grow to {most} GB at most (the end of "
+                    "a member's disk): the cap of auto-growth must not be above it",
+                    code="no_room_on_disk",
+                    max_size_gb=most,
                 )
         db.autogrow_max_gb = req.max_gb
         return to_out_db(session, db)

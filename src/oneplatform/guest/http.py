@@ -13,7 +13,8 @@ answer names what waits for a restart).
 ``GET /v1/logs?tail=N&after=K`` (the engine's own output: its last N lines, or those after
 line K). ``GET /v1/storage`` (the data filesystem's size, use and room, in bytes) and ``POST
 /v1/storage/grow`` (``{"size_bytes"}``: grow the data filesystem into its grown disk once the
-kernel sees the disk at that size; see :mod:`.storage`).
+kernel sees the disk at that size; a bare-metal node's data partition is grown to that size
+first; see :mod:`.storage`).
 ``GET /v1/stats`` (the engine's connections, transactions, size and cache reads, for the
 platform's metrics). Replication: ``GET /v1/replication`` (role, WAL positions,
 replicas), ``POST /v1/replication/role`` (``{"user", "password"}``: the replication role,
@@ -212,7 +213,8 @@ class Agent:
         try:
             return 200, self.storage.grow(size)
         except StorageError as exc:
-            return 409 if exc.code == "device_not_grown" else 500, error_body(exc.code, str(exc))
+            refused = exc.code in ("device_not_grown", "no_room_on_disk", "not_mbr")
+            return 409 if refused else 500, error_body(exc.code, str(exc))
 
     def replication(self, method: str, route: str, body: bytes) -> tuple[int, dict[str, Any]]:
         engine = self.supervisor.engine

@@ -16,10 +16,13 @@ Disk layout (MBR, 512-byte sectors, every partition aligned to 1 MiB)::
                        extlinux in /boot/extlinux                              } in the
     p2 after p1        vfat, label onep-config, CONFIG_PARTITION_MIB: empty    } image
                        in the image; the agent writes bundle.json (+ hostname)
-    p3 from the first  written by the agent: the rest of the disk (type 0x83), left
-       MiB at or after blank (its first and last MiB zeroed); the image's init makes it
-       image_size      ext4 labelled onep-data at first boot and mounts it at
-                       /var/lib/oneplatform
+    p3 from the first  written by the agent (type 0x83): the data volume's size when the
+       MiB at or after manifest gives one (data_mib), else the rest of the disk; left
+       image_size      blank (its first and last MiB zeroed); the image's init makes it
+                       ext4 labelled onep-data at first boot and mounts it at
+                       /var/lib/oneplatform. The rest of the disk stays free: the guest
+                       agent grows p3 into it online (guest/storage.py), up to the end of
+                       the disk, the most the data can grow to
 
 The deploy agent that writes the image and adds p3 is baremetal/deploy_agent.py; the
 deploy ramdisk and ISO that carry it are baremetal/deploy_iso.py.
@@ -220,19 +223,21 @@ def image_layout(root_bytes: int) -> tuple[Span, Span, int]:
     return root, config, config.end * SECTOR
 
 
-def data_partition(image_size: int, disk_sectors: int) -> Span:
-    """The data partition the agent adds: from the first MiB at or after the image to the
-    last whole MiB of the disk (or of what an MBR can address). Raises ValueError when
-    fewer than MIN_DATA_MIB remain."""
+def data_partition(image_size: int, disk_sectors: int, data_mib: int | None = None) -> Span:
+    """The data partition the agent adds: from the first MiB at or after the image, of
+    ``data_mib`` MiB, or (None) to the last whole MiB of the disk (or of what an MBR can
+    address): the most it can grow to. Raises ValueError when fewer than MIN_DATA_MIB, or
+    than ``data_mib``, remain."""
     start = align_up(-(-image_size // SECTOR))
     end = min(disk_sectors, MBR_MAX_SECTORS) // ALIGN_SECTORS * ALIGN_SECTORS
-    sectors = end - start
-    if sectors < MIN_DATA_MIB * ALIGN_SECTORS:
-        have = max(sectors, 0) * SECTOR // MiB
+    room = end - start
+    need = max(MIN_DATA_MIB, data_mib or 0)
+    if room < need * ALIGN_SECTORS:
+        have = max(room, 0) * SECTOR // MiB
         raise ValueError(
-            f"the disk has {have} MiB after the image; the data partition needs {MIN_DATA_MIB}"
+            f"the disk has {have} MiB after the image; the data partition needs {need}"
         )
-    return Span(start, sectors)
+    return Span(start, room if data_mib is None else data_mib * ALIGN_SECTORS)
 
 
 def mbr_entry(span: Span, part_type: int, *, active: bool = False) -> bytes:

@@ -35,6 +35,9 @@ class CapabilityOut(Response):
     supported: bool
     description: str
     reason: str | None = None
+    limit: str | None = Field(
+        default=None, description="How far a supported capability goes, where it is bounded."
+    )
 
 
 class ComputeTypeOut(Response):

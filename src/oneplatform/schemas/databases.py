@@ -221,6 +221,12 @@ class DbInstanceOut(Response):
         description="Auto-growth: the storage grows by half when over 80 % full, up to this "
         "size (null: off).",
     )
+    max_size_gb: int | None = Field(
+        default=None,
+        description="The most the storage can grow to where a member's device bounds it (on "
+        "bare metal: the end of the node's disk, recorded at deploy); null: bounded only by "
+        "the hosts' free disk.",
+    )
     endpoint: DbEndpoint | None = Field(
         default=None,
         description="The stable read-write endpoint: it leads to whatever member is the primary.",

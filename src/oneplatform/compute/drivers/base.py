@@ -8,6 +8,7 @@ Drivers never import the store: they get typed specs in and give typed records b
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,16 @@ class VolumeSpec:
     name: str
     size_gb: int
     guest_path: str
+    # The most it can grow to where its device bounds it (a node's data partition: the end
+    # of the node's disk, recorded at deploy); None: bounded by its host's free disk only.
+    max_size_gb: int | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """As the instance row keeps it (``max_size_gb`` only once known)."""
+        record = dataclasses.asdict(self)
+        if self.max_size_gb is None:
+            del record["max_size_gb"]
+        return record
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,8 @@ class ComputeDriver(abc.ABC):
     compute_type: ClassVar[ComputeType]
     # Why this compute type cannot do what its mixins do not provide.
     UNSUPPORTED: ClassVar[Mapping[Capability, str]] = {}
+    # How far a capability it has goes, where something bounds it.
+    LIMITS: ClassVar[Mapping[Capability, str]] = {}
 
     def __init__(self, host: HostRef) -> None:
         self.host = host  # no I/O here
