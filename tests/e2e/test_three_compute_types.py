@@ -250,7 +250,7 @@ def test_storage_grows_on_a_node_online_and_on_a_container(lab: Platform) -> Non
     while a client writes through its endpoint — the partition and then its ext4, in the
     guest — with its rows intact and every acknowledged write kept; the filesystem the
     guest agent reports is bigger; more rows go in after. Past the disk and a shrink are
-    refused up front. A container grows with its data (a VM's: tests/e2e/test_vm_cli.py)."""
+    refused up front. A container grows with its data (a VM's: tests/e2e/test_engines.py)."""
     deadline = time.monotonic() + 120
     while not (before := lab.json("db", "show", "pgbm"))["storage"]:  # the agent's figures
         assert time.monotonic() < deadline, before
