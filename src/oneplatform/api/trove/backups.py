@@ -3,14 +3,12 @@ the last one). Create answers 202 with the backup; delete 202."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Request, Response, status
+from fastapi import Request, Response
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.faults import declared
 from oneplatform.api.trove import views
 from oneplatform.api.trove.lookup import build
+from oneplatform.api.trove.routing import ACCEPTED, Json, trove_router
 from oneplatform.api.trove.schemas import BackupCreate
 from oneplatform.dbaas import backups, service
 from oneplatform.iam import Caller
@@ -19,11 +17,7 @@ from oneplatform.schemas.backups import BackupOut
 from oneplatform.schemas.databases import DbInstanceOut
 from oneplatform.store.db import Store
 
-router = APIRouter(
-    prefix="/v1.0/{project_id}", tags=["trove"], responses=declared(400, 401, 403, 404, 409, 413)
-)
-ACCEPTED = status.HTTP_202_ACCEPTED
-Json = dict[str, Any]
+router = trove_router()
 
 
 def _views(store: Store, caller: Caller, found: list[BackupOut]) -> list[Json]:

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.faults import declared
 from oneplatform.api.trove import views
+from oneplatform.api.trove.routing import trove_router
 from oneplatform.compute import catalog
 from oneplatform.dbaas import configurations, service
 from oneplatform.errors import NotFound
 
-router = APIRouter(
-    prefix="/v1.0/{project_id}", tags=["trove"], responses=declared(400, 401, 403, 404)
-)
+router = trove_router(codes=(400, 401, 403, 404))
 Body = dict[str, Any]
 
 

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import Request, Response
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.faults import declared
 from oneplatform.api.trove import views
 from oneplatform.api.trove.lookup import build
+from oneplatform.api.trove.routing import ACCEPTED, Json, trove_router
 from oneplatform.api.trove.schemas import ConfigurationChange, ConfigurationCreate
 from oneplatform.dbaas import configurations, service
 from oneplatform.errors import InvalidInput
 from oneplatform.schemas.configurations import ConfigurationCreate as PlatformCreate
 from oneplatform.schemas.configurations import ConfigurationUpdate
 
-router = APIRouter(
-    prefix="/v1.0/{project_id}/configurations",
-    tags=["trove"],
-    responses=declared(400, 401, 403, 404, 409, 413),
-)
-ACCEPTED = status.HTTP_202_ACCEPTED
-Json = dict[str, Any]
+router = trove_router("/configurations")
 
 
 def _value(value: Any) -> str:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Request, Response, status
+from fastapi import Body, Request, Response
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.faults import declared
 from oneplatform.api.trove import views
 from oneplatform.api.trove.lookup import Found, build, find, replicas_of
+from oneplatform.api.trove.routing import ACCEPTED, Json, accepted, trove_router
 from oneplatform.api.trove.schemas import InstanceCreate, InstanceSpec, InstanceUpdate
 from oneplatform.compute import catalog
 from oneplatform.config import Settings
@@ -32,18 +32,8 @@ from oneplatform.schemas.databases import (
 )
 from oneplatform.store.db import Store
 
-router = APIRouter(
-    prefix="/v1.0/{project_id}",
-    tags=["trove"],
-    responses=declared(400, 401, 403, 404, 409, 413),
-)
-ACCEPTED = status.HTTP_202_ACCEPTED
-Json = dict[str, Any]
+router = trove_router()
 BUSY_BACKUP = frozenset({"NEW", "BUILDING"})
-
-
-def _accepted() -> Response:
-    return Response(status_code=ACCEPTED)
 
 
 def _backing_up(store: Store, caller: Caller) -> set[str]:
@@ -234,7 +224,7 @@ def put_instance(
     found = _found(platform, caller, instance_id)
     _require_primary(found)
     _configure(platform.settings, platform.store, caller, found.db.id, body.instance.configuration)
-    return _accepted()
+    return accepted()
 
 
 @router.patch("/instances/{instance_id}", status_code=ACCEPTED)
@@ -258,7 +248,7 @@ def patch_instance(
     if "configuration" in given:
         _require_primary(found)
         _configure(platform.settings, platform.store, caller, found.db.id, change.configuration)
-    return _accepted()
+    return accepted()
 
 
 @router.delete("/instances/{instance_id}", status_code=ACCEPTED)
@@ -269,7 +259,7 @@ def delete_instance(instance_id: str, platform: PlatformDep, caller: CallerDep) 
         replicas.delete_replica(platform.store, caller, found.member.name)
     else:
         service.delete_db(platform.store, caller, found.db.id)
-    return _accepted()
+    return accepted()
 
 
 def _require_primary(found: Found) -> None:
@@ -318,7 +308,7 @@ def instance_action(
             )
     else:
         raise InvalidInput(f"action {action!r} is not supported", code="action_not_supported")
-    return _accepted()
+    return accepted()
 
 
 def _resize(platform: PlatformDep, caller: Caller, db_id: str, args: Any) -> None:

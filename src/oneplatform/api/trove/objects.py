@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import Request, Response
 
 from oneplatform.api.deps import CallerDep, PlatformDep
-from oneplatform.api.faults import declared
 from oneplatform.api.trove import views
 from oneplatform.api.trove.lookup import build
+from oneplatform.api.trove.routing import ACCEPTED, Json, accepted, trove_router
 from oneplatform.api.trove.schemas import (
     AccessGrant,
     DatabasesCreate,
@@ -25,18 +25,8 @@ from oneplatform.errors import InvalidInput, NotFound
 from oneplatform.iam import Caller
 from oneplatform.schemas.databases import DatabaseCreate, DbUserCreate, DbUserOut, PasswordChange
 
-router = APIRouter(
-    prefix="/v1.0/{project_id}/instances/{instance_id}",
-    tags=["trove"],
-    responses=declared(400, 401, 403, 404, 409, 413),
-)
-ACCEPTED = status.HTTP_202_ACCEPTED
-Json = dict[str, Any]
+router = trove_router("/instances/{instance_id}")
 ANY_HOST = "%"
-
-
-def _accepted() -> Response:
-    return Response(status_code=ACCEPTED)
 
 
 def user_name(segment: str) -> str:
@@ -78,7 +68,7 @@ def create_databases(
     names = [build(DatabaseCreate, name=d.name).name for d in wanted]
     for name in names:
         service.create_database(platform.store, platform.settings, caller, instance_id, name)
-    return _accepted()
+    return accepted()
 
 
 @router.delete("/databases/{name}", status_code=ACCEPTED)
@@ -86,7 +76,7 @@ def delete_database(
     instance_id: str, name: str, platform: PlatformDep, caller: CallerDep
 ) -> Response:
     service.delete_database(platform.store, platform.settings, caller, instance_id, name)
-    return _accepted()
+    return accepted()
 
 
 # -- users -------------------------------------------------------------------------------------
@@ -123,7 +113,7 @@ def create_users(
     """``{"users": [{"name", "password", "databases": [{"name"}]}]}``."""
     users = [*body.users, *([body.user] if body.user else [])]
     _create_users(platform, caller, instance_id, users)
-    return _accepted()
+    return accepted()
 
 
 @router.post("/users/{user}", status_code=ACCEPTED)
@@ -139,7 +129,7 @@ def create_named_user(
         raise InvalidInput("the body is the user's fields", code="invalid_input")
     spec = build(TroveUser, **{**fields, "name": user_name(user)})
     _create_users(platform, caller, instance_id, [spec])
-    return _accepted()
+    return accepted()
 
 
 @router.put("/users", status_code=ACCEPTED)
@@ -152,7 +142,7 @@ def change_passwords(
         service.set_user_password(
             platform.store, platform.settings, caller, instance_id, name, change.password
         )
-    return _accepted()
+    return accepted()
 
 
 def _find_user(platform: PlatformDep, caller: Caller, ident: str, user: str) -> DbUserOut:
@@ -181,13 +171,13 @@ def update_user(
     service.set_user_password(
         platform.store, platform.settings, caller, instance_id, current.name, req.password
     )
-    return _accepted()
+    return accepted()
 
 
 @router.delete("/users/{user}", status_code=ACCEPTED)
 def delete_user(instance_id: str, user: str, platform: PlatformDep, caller: CallerDep) -> Response:
     service.delete_user(platform.store, platform.settings, caller, instance_id, user_name(user))
-    return _accepted()
+    return accepted()
 
 
 # -- access ------------------------------------------------------------------------------------
@@ -204,7 +194,7 @@ def grant_access(
     name = user_name(user)
     for d in body.databases:
         service.grant(platform.store, platform.settings, caller, instance_id, name, d.name)
-    return _accepted()
+    return accepted()
 
 
 @router.delete("/users/{user}/databases/{database}", status_code=ACCEPTED)
@@ -214,4 +204,4 @@ def revoke_access(
     service.revoke(
         platform.store, platform.settings, caller, instance_id, user_name(user), database
     )
-    return _accepted()
+    return accepted()
