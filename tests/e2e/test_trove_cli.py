@@ -1,14 +1,16 @@
 """The Trove v1.0 facade end to end: the real ``openstack database …`` CLI
-(python-openstackclient + python-troveclient) against a running platform, one PostgreSQL
-database for the whole module, and a real ``psql`` login to what the CLI created.
-
-Identity is skipped (``--os-auth-type admin_token``: the platform's own project token and
-the facade's endpoint ``…/v1.0/{project_id}``), as COMPAT.md notes the clients allow.
+(python-openstackclient + python-troveclient) against a running platform, signed in through
+the Keystone v3 facade with a platform user's password and a ``clouds.yaml`` like the one
+docs/openstack.md shows (``openstack --os-cloud onep …``); one PostgreSQL database for the
+whole module, and a real ``psql`` login to what the CLI created. Skipping identity
+(``--os-auth-type admin_token`` with a platform token), as COMPAT.md notes the clients
+allow, works too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,14 +28,16 @@ ALICE_PW = "S3cret-pass-1"
 
 
 class OpenStack:
-    """The ``openstack`` CLI pointed at one project's facade."""
+    """The ``openstack`` CLI with one set of authentication options."""
 
-    def __init__(self, endpoint: str, token: str) -> None:
-        self.base = [OPENSTACK, "--os-auth-type", "admin_token", "--os-token", token,
-                     "--os-endpoint", endpoint]  # fmt: skip
+    def __init__(self, *auth: str, env: dict[str, str] | None = None) -> None:
+        self.base = [OPENSTACK, *auth]
+        self.env = env
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [*self.base, *args], capture_output=True, text=True, timeout=120, env=self.env
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"openstack {' '.join(args)}: {proc.stdout}\n{proc.stderr}")
         return proc
@@ -43,10 +47,28 @@ class OpenStack:
 
 
 @pytest.fixture(scope="module")
-def osc(platform: Platform) -> OpenStack:
-    created = platform.json("project", "create", "trove-e2e")
-    endpoint = f"http://127.0.0.1:{platform.port}/v1.0/{created['project']['id']}"
-    return OpenStack(endpoint, created["token"])
+def project(platform: Platform) -> dict[str, Any]:
+    return dict(platform.json("project", "create", "trove-e2e"))
+
+
+@pytest.fixture(scope="module")
+def osc(
+    platform: Platform, project: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> OpenStack:
+    """``openstack --os-cloud onep``: a user of the project, made with ``onep user create``,
+    signs in with its password through /identity."""
+    user = platform.json("user", "create", "ostack", "--project", "trove-e2e")
+    clouds = tmp_path_factory.mktemp("openstack") / "clouds.yaml"
+    clouds.write_text(
+        "clouds:\n  onep:\n    auth:\n"
+        f"      auth_url: http://127.0.0.1:{platform.port}/identity\n"
+        f'      username: ostack\n      password: "{user["password"]}"\n'
+        "      project_name: trove-e2e\n      user_domain_name: Default\n"
+        "      project_domain_name: Default\n"
+        "    identity_api_version: 3\n    region_name: RegionOne\n"
+    )
+    env = {"PATH": os.environ["PATH"], "HOME": str(clouds.parent)}
+    return OpenStack("--os-cloud", "onep", env={**env, "OS_CLIENT_CONFIG_FILE": str(clouds)})
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +93,14 @@ def pg1(osc: OpenStack) -> Iterator[dict[str, Any]]:
         raise AssertionError(f"pg1 did not become ACTIVE/HEALTHY: {shown}")
     yield shown
     osc.run("database", "instance", "delete", "pg1", check=False)
+
+
+def test_a_platform_token_skips_identity(platform: Platform, project: dict[str, Any]) -> None:
+    endpoint = f"http://127.0.0.1:{platform.port}/v1.0/{project['project']['id']}"
+    direct = OpenStack(
+        "--os-auth-type", "admin_token", "--os-token", project["token"], "--os-endpoint", endpoint
+    )
+    assert "container.small" in {f["Name"] for f in direct.json("database", "flavor", "list")}
 
 
 def test_the_catalog_through_the_cli(osc: OpenStack) -> None:
