@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -56,13 +57,21 @@ class Browser:
         return path
 
     def wait(self, what: str, until: Any, timeout: float = 600) -> Any:
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.5).until(
-            lambda _d: until(), message=what
-        )
+        # the live parts are replaced every 2 s: an element read as it goes is read again
+        return WebDriverWait(
+            self.driver, timeout, poll_frequency=0.5,
+            ignored_exceptions=(StaleElementReferenceException,),
+        ).until(lambda _d: until(), message=what)  # fmt: skip
 
     def text(self, css: str) -> str:
-        found = self.driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0].text.strip() if found else ""
+        """The first match's text, found again if the live refresh replaced it meanwhile."""
+        for _attempt in range(5):
+            try:
+                found = self.driver.find_elements(By.CSS_SELECTOR, css)
+                return found[0].text.strip() if found else ""
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"{css} kept being replaced")
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +145,14 @@ def test_log_in_create_watch_and_delete_a_database(
         ),
     )
     assert driver.execute_script("return window.noReload === true;"), "the page was reloaded"
-    steps = driver.find_elements(By.CSS_SELECTOR, "#database ol.steps li")
-    assert steps and all(s.get_attribute("class") == "step-done" for s in steps)
+    browser.wait(
+        "every step of the create shown done",
+        lambda: (
+            (steps := driver.find_elements(By.CSS_SELECTOR, "#database ol.steps li"))
+            and all(s.get_attribute("class") == "step-done" for s in steps)
+        ),
+        timeout=10,
+    )
     browser.shot("database")
 
     driver.get(f"http://127.0.0.1:{platform.port}/ui/databases")
