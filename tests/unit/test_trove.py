@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 import uvicorn
+from starlette.requests import Request
 
-from oneplatform.api.trove import views
+from oneplatform.api.trove import instances, views
+from oneplatform.api.trove.lookup import find
 from oneplatform.api.trove.objects import user_name
 from oneplatform.errors import NotFound
-from oneplatform.schemas.databases import DbInstanceOut
+from oneplatform.schemas.databases import DbInstanceOut, DbMemberOut
 from tests.unit.test_api import Api, api  # noqa: F401 (the fixture)
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
@@ -403,6 +405,78 @@ def test_replica_requests_are_checked_before_anything_is_made(api: Api, trove) -
     got = api.client.patch(f"{base}/instances/{made['id']}", json=detach, headers=headers)
     _fault(got, 409, "conflictingRequest", "not_a_replica")
     assert api.counts() == before
+
+
+def test_put_replica_of_empty_detaches_a_replica_and_keeps_the_configuration(
+    api: Api, trove
+) -> None:
+    """trove-tempest-plugin detaches with ``PUT {"instance": {"replica_of": ""}}``: on an
+    instance that is no replica that is 409 ``not_a_replica`` (not a configuration detach,
+    which a PUT without ``configuration`` otherwise is); PATCH takes ``""`` as null too."""
+    base, headers = trove
+    made = _instance(api, base, headers)
+    path = f"{base}/instances/{made['id']}"
+    before = api.counts()
+    for method in ("PUT", "PATCH"):
+        for value in ("", None):
+            body = {"instance": {"replica_of": value}}
+            got = api.client.request(method, path, json=body, headers=headers)
+            _fault(got, 409, "conflictingRequest", "not_a_replica")
+    assert api.counts() == before
+
+
+def _member(name: str, role: str) -> DbMemberOut:
+    return DbMemberOut.model_construct(
+        name=name, role=role, flavor="container.small", compute_type="container",
+        state="ACTIVE", status_message="", endpoint=None,
+    )  # fmt: skip
+
+
+def _group(*members: DbMemberOut) -> DbInstanceOut:
+    return DbInstanceOut.model_construct(
+        id="0f3a", name="pg1", status="ACTIVE", restart_required=False, health="HEALTHY",
+        flavor="container.small", datastore="postgresql", version="15", size_gb=1,
+        project_id="p", compute_type="container", storage=None, endpoint=None,
+        members=list(members), configuration=None,
+    )  # fmt: skip
+
+
+REQUEST = Request(
+    {"type": "http", "scheme": "http", "server": ("onep", 80), "path": "/", "root_path": "",
+     "headers": [], "query_string": b"", "path_params": {"project_id": "p"}}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("members", "source", "replica"),
+    [
+        # before a switchover: the database instance's id is its primary
+        ([("pg1", "primary"), ("pg1-r1", "replica")], ("0f3a", "pg1"), ("pg1-r1", "pg1-r1")),
+        # after promote_to_replica_source on pg1-r1: it is the source, and the id the
+        # client holds for pg1 names its replica (as Trove's ids do)
+        ([("pg1-r1", "primary"), ("pg1", "replica")], ("pg1-r1", "pg1-r1"), ("0f3a", "pg1")),
+        # after a resize to another flavor (a move): the new primary keeps the instance's id
+        ([("pg1-m1", "primary"), ("pg1-r1", "replica")], ("0f3a", "pg1"), ("pg1-r1", "pg1-r1")),
+    ],
+)
+def test_each_member_keeps_its_trove_id_through_a_switchover(
+    members: list[tuple[str, str]], source: tuple[str, str], replica: tuple[str, str]
+) -> None:
+    db = _group(*(_member(n, r) for n, r in members))
+    for ident in source:
+        found = find(ident, [db])
+        assert found.replica is None
+        shown = instances._view(REQUEST, found, [], set(), detail=False)
+        assert (shown["id"], shown["name"]) == source and "replica_of" not in shown
+        assert [(r["id"], r["name"]) for r in shown["replicas"]] == [replica]
+    for ident in replica:
+        found = find(ident, [db])
+        assert found.replica is not None
+        shown = instances._view(REQUEST, found, [], set(), detail=False)
+        assert (shown["id"], shown["name"]) == replica and "replicas" not in shown
+        assert (shown["replica_of"]["id"], shown["replica_of"]["name"]) == source
+    with pytest.raises(NotFound):
+        find("pg1-r2", [db])
 
 
 def test_user_path_segments() -> None:
