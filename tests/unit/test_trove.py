@@ -479,6 +479,16 @@ def test_each_member_keeps_its_trove_id_through_a_switchover(
         find("pg1-r2", [db])
 
 
+def test_a_replica_reads_promote_while_its_group_switches_over() -> None:
+    db = _group(_member("pg1", "primary"), _member("pg1-r1", "replica"))
+    switching = db.model_copy(update={"status": "SWITCHOVER"})
+    for ident in ("0f3a", "pg1-r1"):
+        shown = instances._view(REQUEST, find(ident, [switching]), [], set(), detail=False)
+        assert (shown["status"], shown["operating_status"]) == ("PROMOTE", "")
+    shown = instances._view(REQUEST, find("pg1-r1", [db]), [], set(), detail=False)
+    assert (shown["status"], shown["operating_status"]) == ("ACTIVE", "HEALTHY")
+
+
 def test_user_path_segments() -> None:
     assert user_name("bob") == "bob"
     assert user_name("bob@%") == "bob"
