@@ -361,6 +361,16 @@ def test_databases_and_users_of_a_building_instance_are_a_conflict(api: Api, tro
     _fault(api.client.get(f"{base}/instances/nope/users", headers=headers), 404, "itemNotFound")
 
 
+def test_a_password_change_names_only_the_password(api: Api, trove) -> None:
+    """trove-tempest-plugin's ``PUT …/users/{user} {"user": {"password": …}}`` (no name)
+    reaches the service (which refuses a BUILD instance: 409), not a 400."""
+    base, headers = trove
+    inst = f"{base}/instances/{_instance(api, base, headers)['id']}"
+    for body in ({"user": {"password": "new_password"}}, {"user": {"name": "alice"}}):
+        got = api.client.put(f"{inst}/users/alice", json=body, headers=headers)
+        _fault(got, 409, "conflictingRequest", "invalid_state")
+
+
 def test_openstacksdk_user_and_database_shapes_are_read(api: Api, trove) -> None:
     """openstacksdk's bodies get as far as the service (which refuses a BUILD instance with
     409); a body of no known shape is a 400."""
