@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Request, Response, status
 
 from oneplatform.api.deps import CallerDep, PlatformDep
 from oneplatform.api.trove import views
@@ -82,15 +82,17 @@ def create_configuration(
     return {"configuration": views.configuration(made, detail=True)}
 
 
-@router.patch("/{config_id}", status_code=ACCEPTED)
+@router.patch("/{config_id}", status_code=status.HTTP_200_OK)
 def patch_configuration(
     config_id: str, body: ConfigurationChange, platform: PlatformDep, caller: CallerDep
 ) -> Response:
-    """Merge ``values`` in (applied at once to the instances attached)."""
+    """Merge ``values`` in (applied at once to the instances attached): 200 with no body, as
+    Trove answers its ``edit`` (trove-tempest-plugin expects 200; PUT, Trove's ``update``,
+    is 202)."""
     change = body.configuration
     req = build(ConfigurationUpdate, values=_values(change.values), description=change.description)
     configurations.update_group(platform.store, platform.settings, caller, config_id, req)
-    return Response(status_code=ACCEPTED)
+    return Response(status_code=status.HTTP_200_OK)
 
 
 @router.put("/{config_id}", status_code=ACCEPTED)

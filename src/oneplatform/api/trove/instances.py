@@ -10,7 +10,7 @@ from fastapi import Body, Request, Response
 
 from oneplatform.api.deps import CallerDep, PlatformDep
 from oneplatform.api.trove import views
-from oneplatform.api.trove.lookup import Found, build, find, replicas_of
+from oneplatform.api.trove.lookup import Found, build, find, members, replicas_of, trove_id
 from oneplatform.api.trove.routing import ACCEPTED, Json, accepted, trove_router
 from oneplatform.api.trove.schemas import InstanceCreate, InstanceSpec, InstanceUpdate
 from oneplatform.compute import catalog
@@ -34,6 +34,7 @@ from oneplatform.store.db import Store
 
 router = trove_router()
 BUSY_BACKUP = frozenset({"NEW", "BUILDING"})
+GROUP_CHANGES = frozenset({"SWITCHOVER", "FAILOVER"})
 
 
 def _backing_up(store: Store, caller: Caller) -> set[str]:
@@ -44,12 +45,16 @@ def _backing_up(store: Store, caller: Caller) -> set[str]:
 def _member_view(
     request: Request, db: DbInstanceOut, m: DbMemberOut, flavors: list[FlavorOut], detail: bool
 ) -> Json:
-    """A replica as Trove shows one: an instance of its own whose ``replica_of`` is its source."""
+    """A replica as Trove shows one: an instance of its own whose ``replica_of`` is its source.
+    While its group switches over or fails over, it reads PROMOTE or EJECT as its source does
+    (the member itself stays ACTIVE): a client waiting for the promoted replica to be ACTIVE
+    waits for the switchover."""
+    state = db.status if db.status in GROUP_CHANGES and m.state == "ACTIVE" else m.state
     as_db = db.model_copy(
         update={
-            "id": m.name,
-            "name": m.name,
-            "status": m.state,
+            "id": views.member_id(db, m),
+            "name": views.member_name(db, m),
+            "status": state,
             "status_message": m.status_message,
             "flavor": m.flavor,
             "compute_type": m.compute_type,
@@ -59,10 +64,12 @@ def _member_view(
         }
     )
     body = views.instance(request, as_db, flavors, detail=detail)
+    primary = views.primary_of(db)
+    source = views.member_id(db, primary) if primary is not None else db.id
     body["replica_of"] = {
-        "id": db.id,
-        "name": db.name,
-        "links": views.links(request, "instances", db.id),
+        "id": source,
+        "name": views.member_name(db, primary) if primary is not None else db.name,
+        "links": views.links(request, "instances", source),
     }
     return body
 
@@ -70,8 +77,8 @@ def _member_view(
 def _view(
     request: Request, found: Found, flavors: list[FlavorOut], busy: set[str], detail: bool
 ) -> Json:
-    if found.member is not None:
-        return _member_view(request, found.db, found.member, flavors, detail)
+    if found.replica is not None:
+        return _member_view(request, found.db, found.replica, flavors, detail)
     return views.instance(request, found.db, flavors, detail=detail, backing_up=found.db.id in busy)
 
 
@@ -79,10 +86,8 @@ def _listing(request: Request, platform: PlatformDep, caller: Caller, detail: bo
     dbs = service.list_dbs(platform.store, caller)
     flavors = catalog.list_flavors(platform.store)
     busy = _backing_up(platform.store, caller)
-    found = [f for db in dbs for f in [Found(db), *(Found(db, m) for m in replicas_of(db))]]
-    chosen, more = views.page(
-        request, found, lambda f: f.member.name if f.member else f.db.id, "instances"
-    )
+    found = [f for db in dbs for f in members(db)]
+    chosen, more = views.page(request, found, trove_id, "instances")
     return views.listing(
         "instances", [_view(request, f, flavors, busy, detail) for f in chosen], more
     )
@@ -177,7 +182,7 @@ def _new_replicas(platform: PlatformDep, caller: Caller, spec: InstanceSpec) -> 
         )
     assert spec.replica_of is not None
     source = _found(platform, caller, spec.replica_of)
-    if source.member is not None:
+    if source.replica is not None:
         raise InvalidInput("the source of a replica must be a primary", code="invalid_input")
     made = []
     for n in range(spec.replica_count or 1):
@@ -220,11 +225,27 @@ def _configure(
 def put_instance(
     instance_id: str, body: InstanceUpdate, platform: PlatformDep, caller: CallerDep
 ) -> Response:
-    """Attach ``configuration``; without one, detach the instance's."""
+    """Attach ``configuration``; without one, detach the instance's. ``replica_of`` null or
+    ``""`` (trove-tempest-plugin's detach) on a replica makes it an instance of its own, and
+    leaves the configuration as it is."""
     found = _found(platform, caller, instance_id)
+    change = body.instance
+    if "replica_of" in change.model_fields_set and not change.replica_of:
+        _detach(platform, caller, found)
+        if "configuration" not in change.model_fields_set:
+            return accepted()
     _require_primary(found)
-    _configure(platform.settings, platform.store, caller, found.db.id, body.instance.configuration)
+    _configure(platform.settings, platform.store, caller, found.db.id, change.configuration)
     return accepted()
+
+
+def _detach(platform: PlatformDep, caller: Caller, found: Found) -> None:
+    if found.replica is None:
+        current = views.member_name(found.db, found.member) if found.member else found.db.name
+        raise Conflict(f"{current!r} is not a replica", code="not_a_replica")
+    service.detach_replica(
+        platform.store, platform.settings, caller, found.replica.name, ReplicaDetach()
+    )
 
 
 @router.patch("/instances/{instance_id}", status_code=ACCEPTED)
@@ -236,15 +257,11 @@ def patch_instance(
     found = _found(platform, caller, instance_id)
     change = body.instance
     given = change.model_fields_set
-    current = found.member.name if found.member else found.db.name
+    current = views.member_name(found.db, found.member) if found.member else found.db.name
     if change.name is not None and change.name != current:
         raise InvalidInput("an instance cannot be renamed here", code="rename_not_supported")
-    if "replica_of" in given and change.replica_of is None:
-        if found.member is None:
-            raise Conflict(f"{current!r} is not a replica", code="not_a_replica")
-        service.detach_replica(
-            platform.store, platform.settings, caller, found.member.name, ReplicaDetach()
-        )
+    if "replica_of" in given and not change.replica_of:
+        _detach(platform, caller, found)
     if "configuration" in given:
         _require_primary(found)
         _configure(platform.settings, platform.store, caller, found.db.id, change.configuration)
@@ -255,17 +272,17 @@ def patch_instance(
 def delete_instance(instance_id: str, platform: PlatformDep, caller: CallerDep) -> Response:
     """Delete (it reads SHUTDOWN until it is gone, then 404)."""
     found = _found(platform, caller, instance_id)
-    if found.member is not None:
-        replicas.delete_replica(platform.store, caller, found.member.name)
+    if found.replica is not None:
+        replicas.delete_replica(platform.store, caller, found.replica.name)
     else:
         service.delete_db(platform.store, caller, found.db.id)
     return accepted()
 
 
 def _require_primary(found: Found) -> None:
-    if found.member is not None:
+    if found.replica is not None:
         raise Conflict(
-            f"{found.member.name!r} is a replica: act on its source {found.db.name!r}",
+            f"{found.replica.name!r} is a replica: act on its source {found.db.name!r}",
             code="is_replica",
         )
 
@@ -294,9 +311,9 @@ def instance_action(
         _require_primary(found)
         _resize(platform, caller, found.db.id, args)
     elif action == "promote_to_replica_source":
-        if found.member is None:
-            raise Conflict(f"{found.db.name!r} is the replica source already", code="is_primary")
-        req = SwitchoverRequest(to=found.member.name)
+        if found.replica is None:
+            raise Conflict(f"{instance_id!r} is the replica source already", code="is_primary")
+        req = SwitchoverRequest(to=found.replica.name)
         replicas.switchover(store, settings, caller, found.db.id, req)
     elif action == "eject_replica_source":
         _require_primary(found)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from oneplatform.api.trove.views import member_id, member_name
 from oneplatform.errors import InvalidInput, NotFound
 from oneplatform.schemas.databases import DbInstanceOut, DbMemberOut
 
@@ -28,23 +29,40 @@ def build(model: type[M], **fields: Any) -> M:
 
 @dataclass(frozen=True)
 class Found:
-    """A Trove instance: a database instance, or (``member`` set) one of its replicas."""
+    """A Trove instance: a database instance (``member`` None, or its primary), or one of
+    its replicas."""
 
     db: DbInstanceOut
     member: DbMemberOut | None = None
+
+    @property
+    def replica(self) -> DbMemberOut | None:
+        """The member when it is a replica (None for the database instance's primary)."""
+        return self.member if self.member is not None and self.member.role != "primary" else None
 
 
 def replicas_of(db: DbInstanceOut) -> list[DbMemberOut]:
     return [m for m in db.members if m.role != "primary"]
 
 
+def members(db: DbInstanceOut) -> list[Found]:
+    """``db``'s Trove instances: one per member (the database instance itself while it has
+    none yet)."""
+    return [Found(db, m) for m in db.members] or [Found(db)]
+
+
+def trove_id(found: Found) -> str:
+    return member_id(found.db, found.member) if found.member is not None else found.db.id
+
+
 def find(ident: str, dbs: list[DbInstanceOut]) -> Found:
-    """``ident`` (an id or a name) among ``dbs`` (the caller's) and their replicas."""
+    """``ident`` (a Trove id or a name, see ``views.member_id``) among ``dbs`` (the caller's)
+    and their members: after a switchover the database instance's id names the former
+    primary, now a replica, and the promoted replica's name the primary."""
     for db in dbs:
-        if ident in (db.id, db.name):
-            return Found(db)
-    for db in dbs:
-        for m in replicas_of(db):
-            if ident == m.name:
-                return Found(db, m)
+        for found in members(db):
+            m = found.member
+            names = (db.id, db.name) if m is None else (member_id(db, m), member_name(db, m))
+            if ident in names:
+                return found
     raise NotFound(f"instance {ident!r} not found", code="db_instance_not_found")

@@ -77,8 +77,17 @@ class UsersCreate(Lenient):
     user: TroveUser | None = Field(default=None, description="openstacksdk's shape.")
 
 
+class UserAttributes(Lenient):
+    """Trove's ``update_attributes``: any of them (``{"user": {"password": …}}`` alone is
+    what trove-tempest-plugin sends)."""
+
+    name: str | None = None
+    password: str | None = None
+    host: str | None = None
+
+
 class UserChange(Lenient):
-    user: TroveUser
+    user: UserAttributes
 
 
 class PasswordsChange(Lenient):

@@ -18,7 +18,12 @@ from oneplatform.errors import InvalidInput, NotFound
 from oneplatform.schemas.backups import BackupOut
 from oneplatform.schemas.compute import FlavorOut
 from oneplatform.schemas.configurations import ConfigurationOut, ParameterOut
-from oneplatform.schemas.databases import DatastoreOut, DatastoreVersionOut, DbInstanceOut
+from oneplatform.schemas.databases import (
+    DatastoreOut,
+    DatastoreVersionOut,
+    DbInstanceOut,
+    DbMemberOut,
+)
 
 T = TypeVar("T")
 MAX_PAGE = 1000
@@ -212,6 +217,28 @@ def parameter(p: ParameterOut, ds: str, v: str) -> dict[str, Any]:
 
 
 # -- instances ---------------------------------------------------------------------------------
+def stands_for(db: DbInstanceOut, m: DbMemberOut) -> bool:
+    """Whether member ``m`` is the Trove instance that bears ``db``'s id and name: the member
+    named as the database instance (its first primary, a replica after a switchover), or
+    the primary when no member has that name (after a move, as Trove's resize keeps the id)."""
+    if m.name == db.name:
+        return True
+    return m.role == "primary" and all(x.name != db.name for x in db.members)
+
+
+def member_id(db: DbInstanceOut, m: DbMemberOut) -> str:
+    """A member's Trove id: ``db``'s id for the member that stands for it, else its name."""
+    return db.id if stands_for(db, m) else m.name
+
+
+def member_name(db: DbInstanceOut, m: DbMemberOut) -> str:
+    return db.name if stands_for(db, m) else m.name
+
+
+def primary_of(db: DbInstanceOut) -> DbMemberOut | None:
+    return next((m for m in db.members if m.role == "primary"), None)
+
+
 def status_word(db: DbInstanceOut, backing_up: bool = False) -> str:
     word = STATUS.get(db.status, "UNKNOWN")
     if word == "ACTIVE" and db.restart_required:
@@ -229,14 +256,19 @@ def instance(
     detail: bool = True,
     backing_up: bool = False,
 ) -> dict[str, Any]:
+    """``db`` as the Trove instance of its primary (a replica's own view is instances.py's):
+    after a switchover that is the promoted member, by its name (see ``member_id``)."""
     status = status_word(db, backing_up)
     flavor_id = next((f.id for f in flavors if f.name == db.flavor), db.flavor)
+    primary = primary_of(db)
+    ident = member_id(db, primary) if primary is not None else db.id
+    name = member_name(db, primary) if primary is not None else db.name
     body: dict[str, Any] = {
-        "id": db.id,
-        "name": db.name,
+        "id": ident,
+        "name": name,
         "status": status,
         "operating_status": db.health if status in IDLE else "",
-        "links": links(request, "instances", db.id),
+        "links": links(request, "instances", ident),
         "flavor": {"id": flavor_id, "links": links(request, "flavors", flavor_id)},
         "datastore": {"type": db.datastore, "version": db.version, "version_number": db.version},
         "region": REGION,
@@ -256,7 +288,14 @@ def instance(
         body["port"] = db.endpoint.port
     replicas = [m for m in db.members if m.role != "primary"]
     if replicas:
-        body["replicas"] = [{"id": m.name, "name": m.name} for m in replicas]
+        body["replicas"] = [
+            {
+                "id": member_id(db, m),
+                "name": member_name(db, m),
+                "links": links(request, "instances", member_id(db, m)),
+            }
+            for m in replicas
+        ]
     if detail:
         body["created"] = timestamp(db.created_at)
         body["updated"] = timestamp(db.updated_at)
