@@ -66,10 +66,10 @@ def create_configuration(
 ) -> Json:
     """Create (200) for ``datastore`` type and version (by name or id)."""
     spec = body.configuration
-    datastore = version = None
-    if spec.datastore is not None and spec.datastore.type:
-        ds = views.find_datastore(service.list_datastores(), spec.datastore.type)
-        datastore, version = ds.name, views.find_version(ds, spec.datastore.version).version
+    ref = spec.datastore
+    datastore, version = views.named_datastore(
+        service.list_datastores, ref.type if ref else None, ref.version if ref else None
+    )
     fields: Json = {
         "name": spec.name,
         "description": spec.description or "",

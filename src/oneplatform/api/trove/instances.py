@@ -152,10 +152,10 @@ def _new_db(platform: PlatformDep, caller: Caller, spec: InstanceSpec) -> DbInst
     flavor = _flavor_name(flavors, spec)
     if flavor is None:
         raise InvalidInput("a flavor is needed (flavorRef)", code="invalid_input")
-    datastore = version = None
-    if spec.datastore is not None and spec.datastore.type:
-        ds = views.find_datastore(service.list_datastores(), spec.datastore.type)
-        datastore, version = ds.name, views.find_version(ds, spec.datastore.version).version
+    ref = spec.datastore
+    datastore, version = views.named_datastore(
+        service.list_datastores, ref.type if ref else None, ref.version if ref else None
+    )
     fields: Json = {
         "name": spec.name,
         "datastore": datastore,

@@ -151,6 +151,17 @@ def find_version(ds: DatastoreOut, ident: str | None) -> DatastoreVersionOut:
     )
 
 
+def named_datastore(
+    stores: Callable[[], list[DatastoreOut]], kind: str | None, version: str | None
+) -> tuple[str | None, str | None]:
+    """The platform's datastore and version names for a request's ``datastore`` (type and
+    version by name or id; the default version when none is named), or (None, None)."""
+    if not kind:
+        return None, None
+    ds = find_datastore(stores(), kind)
+    return ds.name, find_version(ds, version).version
+
+
 def find_version_anywhere(stores: list[DatastoreOut], ident: str) -> tuple[DatastoreOut, Any]:
     for ds in stores:
         for v in ds.versions:
