@@ -47,6 +47,9 @@ class Caller:
     project_name: str
     role: str
     token_name: str
+    # The platform user a token was issued to (a sign-in at /identity, or a token made with
+    # one): the tokens it makes are tied to that user too, so deleting the user ends them.
+    user_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -76,7 +79,12 @@ def new_token() -> str:
 
 
 def _issue(
-    session: Session, project: Project, role: str, name: str, lifetime: dt.timedelta
+    session: Session,
+    project: Project,
+    role: str,
+    name: str,
+    lifetime: dt.timedelta,
+    user_id: str | None = None,
 ) -> tuple[Token, str]:
     token = new_token()
     row = Token(
@@ -85,6 +93,7 @@ def _issue(
         role=role,
         token_hash=hash_token(token),
         expires_at=utcnow() + lifetime,
+        user_id=user_id,
     )
     session.add(row)
     session.flush()
@@ -110,7 +119,7 @@ def authenticate(store: Store, token: str | None) -> Caller:
             raise Unauthorized(f"token {tok.name!r} has expired", code="token_expired")
         if tok.last_used_at is None or now - tok.last_used_at > LAST_USED_RESOLUTION:
             tok.last_used_at = now
-        return Caller(project.id, project.name, tok.role, tok.name)
+        return Caller(project.id, project.name, tok.role, tok.name, tok.user_id)
 
 
 # -- projects --------------------------------------------------------------------------------
@@ -160,7 +169,8 @@ def list_tokens(store: Store, caller: Caller) -> list[TokenOut]:
 
 
 def create_token(store: Store, caller: Caller, req: TokenCreate) -> TokenCreated:
-    """A new token of the caller's project, with at most the caller's role."""
+    """A new token of the caller's project, with at most the caller's role, tied to the
+    caller's user when the caller signed in as one (deleting the user revokes it too)."""
     if RANK[req.role] > RANK[caller.role]:
         raise Forbidden(
             f"a {caller.role} token cannot create a {req.role} token", code="role_too_high"
@@ -169,7 +179,9 @@ def create_token(store: Store, caller: Caller, req: TokenCreate) -> TokenCreated
         with store.session() as session:
             project = session.get_one(Project, caller.project_id)
             lifetime = dt.timedelta(seconds=req.expires_in_s)
-            row, token = _issue(session, project, req.role, req.name, lifetime)
+            row, token = _issue(
+                session, project, req.role, req.name, lifetime, user_id=caller.user_id
+            )
             return TokenCreated(**TokenOut.model_validate(row).model_dump(), token=token)
     except IntegrityError:
         raise AlreadyExists(f"a token named {req.name!r} exists", code="token_exists") from None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,10 @@ HASHER = PasswordHasher()  # Argon2id, 64 MiB, 3 passes, 4 lanes (RFC 9106, low 
 HASHING = threading.BoundedSemaphore(4)
 GENERATED_PASSWORD_BYTES = 24  # 32 URL-safe characters, 192 bits
 AUTH_FAILED = "The request you have made requires authentication."
+SIGN_IN_MARK = "-ks-"  # in the name of every token a sign-in issues
+# A sign-in's token row is deleted this long after it expired (until then `onep token list`
+# shows it, marked expired): clients sign in every hour, rows must not pile up.
+SIGN_IN_KEPT_AFTER_EXPIRY = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -233,12 +237,22 @@ def _issue(
     now: dt.datetime,
     expires_at: dt.datetime,
 ) -> Issued:
-    """A platform token named after ``who``, tied to it when it is a user."""
+    """A platform token named after ``who``, tied to it when it is a user. Sign-ins of the
+    project that expired over a day ago are deleted on the way."""
+    session.execute(
+        delete(Token)
+        .where(
+            Token.project_id == project.id,
+            Token.name.contains(SIGN_IN_MARK, autoescape=True),
+            Token.expires_at < now - SIGN_IN_KEPT_AFTER_EXPIRY,
+        )
+        .execution_options(synchronize_session=False)
+    )
     token = iam.new_token()
     row = Token(
         created_at=now,
         project_id=project.id,
-        name=f"{who.name[:40]}-ks-{secrets.token_hex(5)}",
+        name=f"{who.name[:40]}{SIGN_IN_MARK}{secrets.token_hex(5)}",
         role=role,
         token_hash=iam.hash_token(token),
         expires_at=expires_at,

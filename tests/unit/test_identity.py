@@ -414,6 +414,48 @@ def test_deleting_a_user_ends_its_tokens(world: World) -> None:
     keystone_error(world.sign_in(by_name("alice", alice["password"])), 401)
 
 
+def test_tokens_a_user_made_end_with_the_user(world: World) -> None:
+    alice = world.user("alice")
+    secret = world.sign_in(by_name("alice", alice["password"])).headers["X-Subject-Token"]
+    made = world.call("POST", "/v1/tokens", secret, json={"name": "alice-ci"})
+    assert made.status_code == 201, made.text
+    ci = made.json()["token"]
+    again = world.call("POST", "/v1/tokens", ci, json={"name": "alice-ci-2"}).json()["token"]
+    plain = world.call("POST", "/v1/tokens", world.other, json={"name": "b-ci"}).json()["token"]
+    assert world.call("DELETE", "/v1/projects/team-a/users/alice", world.admin).status_code == 204
+    for gone in (ci, again):
+        refused = world.call("GET", "/v1/whoami", gone)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (401, "token_revoked")
+    assert world.call("GET", "/v1/whoami", plain).status_code == 200  # no user: not touched
+
+
+def test_sign_ins_expired_over_a_day_ago_are_deleted(world: World) -> None:
+    alice = world.user("alice")
+    old = world.sign_in(by_name("alice", alice["password"])).headers["X-Subject-Token"]
+    recent = world.sign_in(by_name("alice", alice["password"])).headers["X-Subject-Token"]
+    kept = world.call("POST", "/v1/tokens", world.admin, json={"name": "x-ks-y"}).json()["token"]
+    now = dt.datetime.now(dt.UTC)
+    with world.store.session() as s:
+        for secret, ago in ((old, dt.timedelta(days=2)), (recent, dt.timedelta(hours=2))):
+            s.execute(
+                update(Token)
+                .where(Token.token_hash == iam.hash_token(secret))
+                .values(expires_at=now - ago)
+            )
+        s.execute(  # an expired token of another project, named like a sign-in
+            update(Token)
+            .where(Token.token_hash == iam.hash_token(kept))
+            .values(expires_at=now - dt.timedelta(days=3))
+        )
+    before = world.tokens()
+    assert world.sign_in(by_name("alice", alice["password"])).status_code == 201
+    with world.store.session() as s:
+        hashes = set(s.scalars(select(Token.token_hash)))
+    assert iam.hash_token(old) not in hashes
+    assert {iam.hash_token(recent), iam.hash_token(kept)} <= hashes
+    assert world.tokens() == before  # one deleted, one issued
+
+
 def test_the_catalog_uses_the_public_url_when_set(tmp_path: Path) -> None:
     with make_world(tmp_path, public_url="https://db.example.com:8443/onep") as world:
         _public_url(world)

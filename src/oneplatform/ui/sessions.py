@@ -137,7 +137,9 @@ def resume(store: Store, secret: str | None) -> LoggedIn:
         if row is None:
             raise Unauthorized("the session is over: log in again", code="session_invalid")
         ui, token, project = row
-        return LoggedIn(Caller(project.id, project.name, token.role, token.name), ui.csrf_token)
+        return LoggedIn(
+            Caller(project.id, project.name, token.role, token.name, token.user_id), ui.csrf_token
+        )
 
 
 def logout(store: Store, secret: str) -> None:
