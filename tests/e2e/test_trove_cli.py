@@ -611,6 +611,86 @@ def test_tempest_replication(trove: Trove, pg1: dict[str, Any]) -> None:
     assert [i["name"] for i in trove.get("instances")["instances"]] == ["pg1"]
 
 
+# -- resize flavor, resize volume, eject: the CLI ---------------------------------------------
+def _watch(trove: Trove, ident: str, words: set[str], until: Any, timeout: float = 600) -> set[str]:
+    """The Trove status words ``ident`` shows, read as fast as the API answers, until it is
+    ACTIVE/HEALTHY and ``until`` holds of it; any word outside ``words`` fails."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = trove.instance(ident)
+        assert shown is not None and shown["status"] in words | {"ACTIVE"}, shown
+        seen.add(shown["status"])
+        if shown["status"] == "ACTIVE" and shown["operating_status"] == "HEALTHY" and until(shown):
+            return seen
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.5)
+
+
+def _went_through(platform: Platform, token: str, status: str) -> list[dict[str, Any]]:
+    """The platform's own record of pg1 (``onep db events``): the changes into ``status``."""
+    events = platform.json("db", "events", "pg1", "--limit", "200", ONEP_TOKEN=token)
+    return [e for e in events if e["to_status"] == status != e["from_status"]]
+
+
+def test_resize_volume_resize_flavor_and_eject_through_the_cli(
+    platform: Platform, project: dict[str, Any], osc: OpenStack, trove: Trove,
+    pg1: dict[str, Any],
+) -> None:  # fmt: skip
+    """``openstack database instance resize volume pg1 2`` (storage growth: on a container
+    the size is recorded, Podman's volumes have no quota), ``resize flavor pg1
+    container.medium`` (a move: a replica on the new flavor, a switchover, the former
+    primary gone; the instance keeps its id) and ``eject pg1`` with a replica (a failover to
+    it: the primary fenced, the replica promoted, a new replica in place of the former
+    primary). Each reads RESIZE or EJECT in between (the platform's events record RESIZE
+    and FAILOVER), ends ACTIVE/HEALTHY, and psql reads the rows written before at the
+    instance's address."""
+    ident, token = pg1["id"], project["token"]
+    shown = trove.get(f"instances/{ident}")["instance"]
+    sql_ok(shown, "alice", ALICE_PW, "appdb",
+           "CREATE TABLE moved (id int); INSERT INTO moved VALUES (1), (2)")  # fmt: skip
+
+    osc.run("database", "instance", "resize", "volume", "pg1", "2")
+    _watch(trove, ident, {"RESIZE"}, lambda i: i["volume"]["size"] == 2)
+    assert _went_through(platform, token, "RESIZE")
+    grown = osc.json("database", "instance", "show", "pg1")
+    assert (grown["volume"], grown["flavor_name"]) == (2, "container.small"), grown
+    assert sql_ok(grown, "alice", ALICE_PW, "appdb", "SELECT count(*) FROM moved") == "2"
+    shrink = osc.run("database", "instance", "resize", "volume", "pg1", "1", check=False)
+    assert shrink.returncode != 0 and "storage only grows" in shrink.stderr, shrink.stderr
+
+    resizes = len(_went_through(platform, token, "RESIZE"))
+    osc.run("database", "instance", "resize", "flavor", "pg1", "container.medium")
+    seen = _watch(trove, ident, {"RESIZE"}, lambda i: i["flavor_name"] == "container.medium")
+    assert "RESIZE" in seen, seen  # a move builds a container: never over before a read
+    assert len(_went_through(platform, token, "RESIZE")) == resizes + 1
+    moved = osc.json("database", "instance", "show", "pg1")
+    assert (moved["id"], moved["compute_type"], moved["volume"]) == (ident, "container", 2)
+    assert [i["Name"] for i in osc.json("database", "instance", "list")] == ["pg1"]
+    sql_ok(moved, "alice", ALICE_PW, "appdb", "INSERT INTO moved VALUES (3)")
+
+    made = trove.call("POST", "instances", {"instance": {"name": "pg1-r2", "replica_of": ident}})
+    assert made["instance"]["replica_of"]["id"] == ident
+    replica = trove.wait_instance("pg1-r2", timeout=900)
+    assert replica is not None
+    _eventually(lambda: sql_ok(replica, "alice", ALICE_PW, "appdb",
+                               "SELECT count(*) FROM moved") == "3")  # fmt: skip
+    osc.run("database", "instance", "eject", "pg1")
+    seen = _watch(trove, ident, {"EJECT"}, lambda i: True)
+    assert seen <= {"EJECT", "ACTIVE"} and _went_through(platform, token, "FAILOVER"), seen
+    ejected = trove.get(f"instances/{ident}")["instance"]
+    # pg1-r2 is the primary now and bears pg1's id and name; a new replica takes the place
+    # of the fenced former primary
+    assert trove.instance("pg1-r2") is None and "replica_of" not in ejected
+    [new] = ejected["replicas"]
+    assert trove.wait_instance(new["id"], timeout=900) is not None
+    assert (ejected["hostname"], ejected["port"]) == (moved["hostname"], moved["port"])
+    assert sql_ok(ejected, "alice", ALICE_PW, "appdb", "SELECT count(*) FROM moved") == "3"
+    sql_ok(ejected, "alice", ALICE_PW, "appdb", "INSERT INTO moved VALUES (4)")  # writable
+    trove.call("DELETE", f"instances/{new['id']}", expect=202)
+    assert trove.wait_instance(new["id"], until="DELETED", timeout=300) is None
+
+
 def test_delete_ends_in_not_found(osc: OpenStack, pg1: dict[str, Any]) -> None:
     osc.run("database", "instance", "delete", "pg1")
     deadline = time.monotonic() + 300

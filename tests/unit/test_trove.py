@@ -499,6 +499,49 @@ def test_a_replica_reads_promote_while_its_group_switches_over() -> None:
     assert (shown["status"], shown["operating_status"]) == ("ACTIVE", "HEALTHY")
 
 
+def _state(m: DbMemberOut, state: str) -> DbMemberOut:
+    return m.model_copy(update={"state": state})
+
+
+@pytest.mark.parametrize(
+    ("status", "former_state"),
+    [
+        ("ACTIVE", "DELETING"),  # a move has ended; its former primary is being deleted
+        ("RESIZE", "DELETING"),  # retired, the move not yet finished
+        ("FAILOVER", "ERROR"),  # fenced by an eject, not yet discarded
+    ],
+)
+def test_a_retiring_former_primary_hands_the_id_to_the_new_one(
+    status: str, former_state: str
+) -> None:
+    """A move's or an eject's former primary (a replica named as the database instance, on
+    its way out) is no Trove instance: the instance's id and name read the new primary at
+    once (as Trove's resize and eject keep them), never SHUTDOWN or ERROR."""
+    former = _state(_member("pg1", "replica"), former_state)
+    db = _group(_member("pg1-m1", "primary"), former).model_copy(update={"status": status})
+    word = {"ACTIVE": "ACTIVE", "RESIZE": "RESIZE", "FAILOVER": "EJECT"}[status]
+    for ident in ("0f3a", "pg1"):
+        found = find(ident, [db])
+        assert found.member is not None and found.member.name == "pg1-m1"
+        shown = instances._view(REQUEST, found, [], set(), detail=False)
+        assert (shown["id"], shown["name"], shown["status"]) == ("0f3a", "pg1", word)
+        assert "replicas" not in shown and "replica_of" not in shown
+    with pytest.raises(NotFound):
+        find("pg1-m1", [db])
+    # a deleted database keeps its members as they are: its id reads SHUTDOWN
+    gone = db.model_copy(update={"status": "DELETING"})
+    assert find("0f3a", [gone]).member == former
+
+
+def test_a_replica_reads_resize_while_its_group_resizes() -> None:
+    """A move switches the group over: the member named as the database instance is then a
+    replica, and reads RESIZE (not ACTIVE) until the move ends."""
+    db = _group(_member("pg1-m1", "primary"), _member("pg1", "replica"))
+    moving = db.model_copy(update={"status": "RESIZE"})
+    shown = instances._view(REQUEST, find("0f3a", [moving]), [], set(), detail=False)
+    assert (shown["status"], shown["replica_of"]["name"]) == ("RESIZE", "pg1-m1")
+
+
 def test_user_path_segments() -> None:
     assert user_name("bob") == "bob"
     assert user_name("bob@%") == "bob"

@@ -34,7 +34,7 @@ from oneplatform.store.db import Store
 
 router = trove_router()
 BUSY_BACKUP = frozenset({"NEW", "BUILDING"})
-GROUP_CHANGES = frozenset({"SWITCHOVER", "FAILOVER"})
+GROUP_CHANGES = frozenset({"SWITCHOVER", "FAILOVER", "RESIZE"})
 
 
 def _backing_up(store: Store, caller: Caller) -> set[str]:
@@ -46,9 +46,9 @@ def _member_view(
     request: Request, db: DbInstanceOut, m: DbMemberOut, flavors: list[FlavorOut], detail: bool
 ) -> Json:
     """A replica as Trove shows one: an instance of its own whose ``replica_of`` is its source.
-    While its group switches over or fails over, it reads PROMOTE or EJECT as its source does
-    (the member itself stays ACTIVE): a client waiting for the promoted replica to be ACTIVE
-    waits for the switchover."""
+    While its group switches over, fails over or resizes (a move, storage growth), it reads
+    PROMOTE, EJECT or RESIZE as its source does (the member itself stays ACTIVE): a client
+    waiting for the promoted replica to be ACTIVE waits for the switchover."""
     state = db.status if db.status in GROUP_CHANGES and m.state == "ACTIVE" else m.state
     as_db = db.model_copy(
         update={
