@@ -9,14 +9,18 @@ allow, works too.
 On the same pg1: backups and a restore through the CLI, the same flows through
 openstacksdk, and trove-tempest-plugin's PostgreSQL scenarios (basic, backup, replication)
 as their request sequences (raw HTTP with a Keystone token, as the plugin's client sends
-them; the plugin itself needs Keystone admin, Swift and Neutron). Two more databases are
-made in all: pg2, restored from a backup, and a replica of pg1.
+them; the plugin itself needs Keystone admin, Swift and Neutron); then ``resize volume``,
+``resize flavor`` (a move), ``eject`` (a failover), root, logs, limits and quotas through
+the CLI. Besides pg1, the module makes pg2 and pg3 (restored from backups) and replicas of
+pg1 (the replication test's, a move's new primary, the eject's replica and its
+replacement).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -409,9 +413,9 @@ def test_backup_create_list_and_restore_through_the_cli(
     """``openstack database backup create|list`` (a full backup), the plugin's incremental
     backup (``incremental: 1``, ``parent_id``) with its rows (1, then 99), then
     ``openstack database instance create pg2 … --backup <incremental>``: pg2 reaches
-    ACTIVE/HEALTHY and holds both rows, not the one written after the backup; pg2 is then
-    deleted until 404. (The plugin restores its full backup too: one database more, left
-    out here; restores of full backups are tests/e2e/test_backups.py's.)"""
+    ACTIVE/HEALTHY and holds both rows, not the one written after the backup; beside it,
+    the plugin's restore of the full backup (pg3, its raw request) holds the first row only.
+    Both are then deleted until 404."""
     shown = trove.get(f"instances/{pg1['id']}")["instance"]
     sql_ok(shown, "alice", ALICE_PW, "appdb",
            "CREATE TABLE persons (id INT PRIMARY KEY NOT NULL, string VARCHAR(255)); "
@@ -452,13 +456,31 @@ def test_backup_create_list_and_restore_through_the_cli(
         "--backup", inc["id"],
     )  # fmt: skip
     assert made["name"] == "pg2" and made["status"] == "BUILD", made
+    # the plugin's restore of its full backup, as its request (built beside pg2)
+    body = {
+        "instance": {
+            "name": "pg3",
+            "flavorRef": "container.small",
+            "volume": {"size": 1},
+            "datastore": {"type": "postgresql", "version": done["datastore"]["version"]},
+            "restorePoint": {"backupRef": full["id"]},
+            "nics": [{"net-id": "private"}],
+        }
+    }
+    pg3 = trove.call("POST", "instances", body)["instance"]
+    assert pg3["status"] == "BUILD", pg3
     pg2 = wait_cli_active(osc, "pg2", timeout=900)
     rows = psql(pg2["ip"], pg2["port"], "alice", ALICE_PW, "appdb",
                 "SELECT id, string FROM persons ORDER BY id")  # fmt: skip
     assert rows.returncode == 0, rows.stderr
     assert rows.stdout.split("\n")[:-1] == ["1|Lingxian Kong", "99|OpenStack"]
+    restored = trove.wait_instance(pg3["id"], timeout=900)
+    assert restored is not None
+    assert sql_ok(restored, "alice", ALICE_PW, "appdb", "SELECT id FROM persons") == "1"
     osc.run("database", "instance", "delete", "pg2")
+    trove.call("DELETE", f"instances/{pg3['id']}", expect=202)
     assert trove.wait_instance(made["id"], until="DELETED", timeout=300) is None
+    assert trove.wait_instance(pg3["id"], until="DELETED", timeout=300) is None
     assert osc.run("database", "instance", "show", "pg2", check=False).returncode == 1
 
 
@@ -689,6 +711,40 @@ def test_resize_volume_resize_flavor_and_eject_through_the_cli(
     sql_ok(ejected, "alice", ALICE_PW, "appdb", "INSERT INTO moved VALUES (4)")  # writable
     trove.call("DELETE", f"instances/{new['id']}", expect=202)
     assert trove.wait_instance(new["id"], until="DELETED", timeout=300) is None
+
+
+def test_root_logs_limits_and_quotas_through_the_cli(
+    platform: Platform, project: dict[str, Any], osc: OpenStack, pg1: dict[str, Any]
+) -> None:
+    """``openstack database root enable|show|disable``: the database's admin user with a new
+    password, which psql logs in with (no superuser: the platform keeps that); ``log
+    list|show``: the engine's own log, read from the agent; ``limit list`` and ``quota show``:
+    the project's quotas, as ``onep quota`` sets them."""
+    shown = osc.json("database", "instance", "show", "pg1")
+    root = osc.json("database", "root", "enable", "pg1")
+    who = "SELECT current_user, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+    assert sql_ok(shown, root["name"], root["password"], "appdb", who) == f"{root['name']}|f|t"
+    again = osc.json("database", "root", "enable", "pg1", "--root-password", "Chosen-pass-9")
+    assert (again["name"], again["password"]) == (root["name"], "Chosen-pass-9")
+    assert refused(shown, root["name"], root["password"], "appdb")  # the former one is out
+    assert sql_ok(shown, root["name"], "Chosen-pass-9", "appdb", "SELECT 1") == "1"
+    assert osc.json("database", "root", "show", "pg1") == {"is_root_enabled": True}
+    off = osc.run("database", "root", "disable", "pg1", check=False)
+    assert off.returncode != 0 and "HTTP 501" in off.stderr, off.stderr
+
+    [log] = osc.json("database", "log", "list", "pg1")
+    assert (log["Name"], log["Type"], log["Status"]) == ("engine", "SYS", "Ready"), log
+    assert log["Pending"] > 0
+    assert osc.json("database", "log", "show", "pg1", "engine")["status"] == "Ready"
+
+    platform.run("quota", "set", PROJECT, "--databases", "3", "--backups", "20")
+    limits = osc.run("database", "limit", "list").stdout
+    assert re.search(r"\| max_instances +\| 3 +\|", limits), limits  # the absolute ones
+    quotas = {
+        q["Resource"]: q for q in osc.json("database", "quota", "show", project["project"]["id"])
+    }
+    assert (quotas["instances"]["Limit"], quotas["instances"]["In Use"]) == (3, 1), quotas
+    assert quotas["backups"]["Limit"] == 20 and quotas["volumes"]["Limit"] == -1
 
 
 def test_delete_ends_in_not_found(osc: OpenStack, pg1: dict[str, Any]) -> None:
