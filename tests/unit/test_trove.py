@@ -1027,3 +1027,18 @@ def test_the_real_troveclient_reads_limits_quotas_root_and_logs(api: Api, served
         trove.clusters.list()
     with pytest.raises(exceptions.HttpNotImplemented):
         trove.modules.list()
+
+
+def test_the_former_primary_named_as_the_database_cannot_be_detached() -> None:
+    """trove-tempest-plugin detaches the former primary after a promotion; here that server
+    bears the database instance's name and id, which the group keeps: a clear 409 before
+    anything is asked of the service."""
+    from oneplatform.errors import Conflict
+
+    db = _group(_member("pg1-r1", "primary"), _member("pg1", "replica"))
+    with pytest.raises(Conflict) as refused:
+        instances._detach(None, None, find("0f3a", [db]))  # type: ignore[arg-type]
+    assert refused.value.code == "detach_of_named_server"
+    with pytest.raises(Conflict) as primary:
+        instances._detach(None, None, find("pg1-r1", [db]))  # type: ignore[arg-type]
+    assert primary.value.code == "not_a_replica"

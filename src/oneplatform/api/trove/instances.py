@@ -240,9 +240,21 @@ def put_instance(
 
 
 def _detach(platform: PlatformDep, caller: Caller, found: Found) -> None:
+    """A replica becomes a database instance of its own, named as it is. The former primary
+    that bears the database instance's name and id (a replica after a switchover) cannot:
+    the group keeps that name and id, and Trove's detach would keep them on the detached
+    server (trove-tempest-plugin's last replication step)."""
     if found.replica is None:
         current = views.member_name(found.db, found.member) if found.member else found.db.name
         raise Conflict(f"{current!r} is not a replica", code="not_a_replica")
+    if found.replica.name == found.db.name:
+        raise Conflict(
+            f"{found.db.name!r} is the database instance's own first server, a replica since "
+            "a switchover: the database instance keeps its name and id, so it cannot be "
+            "detached; promote it back (promote_to_replica_source) and detach the other "
+            "replica instead",
+            code="detach_of_named_server",
+        )
     service.detach_replica(
         platform.store, platform.settings, caller, found.replica.name, ReplicaDetach()
     )
