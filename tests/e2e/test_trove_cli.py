@@ -556,11 +556,12 @@ def test_tempest_replication(trove: Trove, pg1: dict[str, Any]) -> None:
     """replication_test of the PostgreSQL class on pg1: ``replica_of`` makes a replica that
     reaches ACTIVE/HEALTHY, the source lists it in ``replicas`` and it names the source in
     ``replica_of``; rows and a new database replicate; ``promote_to_replica_source`` makes
-    it the source (pg1's id then reads as its replica) and writes on it replicate to pg1.
-    Then, unlike the plugin (which detaches the former primary), pg1 is promoted back and the
-    replica detached with the plugin's ``PUT {"replica_of": ""}``: pg1 stays the instance
-    the rest of the module uses. The replica ends as an instance of its own, which a psql
-    login reaches, and is deleted until 404."""
+    it the source (pg1's id then reads as its replica, as does the plugin's second replica)
+    and writes on it replicate to both. The plugin's detach of the former primary is
+    refused (409: pg1's name and id stay with its group); the second replica is deleted, pg1
+    promoted back and the first replica detached with the plugin's ``PUT {"replica_of":
+    ""}``: pg1 stays the instance the rest of the module uses. The replica ends as an
+    instance of its own, which a psql login reaches, and is deleted until 404."""
     source = pg1["id"]
     primary = trove.get(f"instances/{source}")["instance"]
     sql_ok(primary, "alice", ALICE_PW, "appdb",
@@ -602,15 +603,36 @@ def test_tempest_replication(trove: Trove, pg1: dict[str, Any]) -> None:
             replica, "alice", ALICE_PW, "appdb", listing
         )
 
-        # promote the replica: it is the source now, pg1's id its replica
+        # the plugin's second replica: both listed, the new database and the rows on it
+        body["instance"]["name"] = "pg1-replica-2"
+        r2id = trove.call("POST", "instances", body)["instance"]["id"]
+        replica2 = trove.wait_instance(r2id, timeout=900)
+        assert replica2 is not None and replica2["replica_of"]["id"] == source
+        listed = trove.get(f"instances/{source}")["instance"]["replicas"]
+        assert sorted(r["id"] for r in listed) == sorted([rid, r2id])
+        _eventually(lambda: _persons(replica2) == ["1|replication"])
+        assert "db_for_replication" in sql_ok(replica2, "alice", ALICE_PW, "appdb", listing)
+
+        # promote the replica: it is the source now, pg1's id and the second replica its
+        # replicas
         trove.call("POST", f"instances/{rid}/action", {"promote_to_replica_source": {}}, 202)
         promoted = trove.wait_instance(rid, until=lambda i: "replica_of" not in i)
         assert promoted is not None
-        assert [r["id"] for r in promoted["replicas"]] == [source]
+        assert sorted(r["id"] for r in promoted["replicas"]) == sorted([source, r2id])
         former = trove.wait_instance(source)
         assert former is not None and former["replica_of"]["id"] == rid
+        again = trove.wait_instance(r2id)
+        assert again is not None and again["replica_of"]["id"] == rid
         sql_ok(promoted, "alice", ALICE_PW, "appdb", "INSERT INTO repl VALUES (2, 'promote')")
         _eventually(lambda: _persons(former) == ["1|replication", "2|promote"])
+        _eventually(lambda: _persons(again) == ["1|replication", "2|promote"])
+        # the plugin then detaches the former primary: it bears the database instance's
+        # name and id, which stay with the group here (docs/trove.md)
+        refused = trove.call("PUT", f"instances/{source}", {"instance": {"replica_of": ""}}, 409)
+        assert refused["conflictingRequest"]["error_code"] == "detach_of_named_server"
+        # the plugin's clean-up deletes the second replica first
+        trove.call("DELETE", f"instances/{r2id}", expect=202)
+        assert trove.wait_instance(r2id, until="DELETED", timeout=300) is None
 
         # back: pg1 the source again, then the replica detached (the plugin's PUT)
         trove.call("POST", f"instances/{source}/action", {"promote_to_replica_source": {}}, 202)
