@@ -746,7 +746,7 @@ def test_root_logs_limits_and_quotas_through_the_cli(
     root = osc.json("database", "root", "enable", "pg1")
     who = "SELECT current_user, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user"
     assert sql_ok(shown, root["name"], root["password"], "appdb", who) == f"{root['name']}|f|t"
-    again = osc.json("database", "root", "enable", "pg1", "--root-password", "Chosen-pass-9")
+    again = osc.json("database", "root", "enable", "pg1", "--root_password", "Chosen-pass-9")
     assert (again["name"], again["password"]) == (root["name"], "Chosen-pass-9")
     assert refused(shown, root["name"], root["password"], "appdb")  # the former one is out
     assert sql_ok(shown, root["name"], "Chosen-pass-9", "appdb", "SELECT 1") == "1"
