@@ -9,14 +9,18 @@ allow, works too.
 On the same pg1: backups and a restore through the CLI, the same flows through
 openstacksdk, and trove-tempest-plugin's PostgreSQL scenarios (basic, backup, replication)
 as their request sequences (raw HTTP with a Keystone token, as the plugin's client sends
-them; the plugin itself needs Keystone admin, Swift and Neutron). Two more databases are
-made in all: pg2, restored from a backup, and a replica of pg1.
+them; the plugin itself needs Keystone admin, Swift and Neutron); then ``resize volume``,
+``resize flavor`` (a move), ``eject`` (a failover), root, logs, limits and quotas through
+the CLI. Besides pg1, the module makes pg2 and pg3 (restored from backups) and replicas of
+pg1 (the replication test's, a move's new primary, the eject's replica and its
+replacement).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -409,9 +413,9 @@ def test_backup_create_list_and_restore_through_the_cli(
     """``openstack database backup create|list`` (a full backup), the plugin's incremental
     backup (``incremental: 1``, ``parent_id``) with its rows (1, then 99), then
     ``openstack database instance create pg2 … --backup <incremental>``: pg2 reaches
-    ACTIVE/HEALTHY and holds both rows, not the one written after the backup; pg2 is then
-    deleted until 404. (The plugin restores its full backup too: one database more, left
-    out here; restores of full backups are tests/e2e/test_backups.py's.)"""
+    ACTIVE/HEALTHY and holds both rows, not the one written after the backup; beside it,
+    the plugin's restore of the full backup (pg3, its raw request) holds the first row only.
+    Both are then deleted until 404."""
     shown = trove.get(f"instances/{pg1['id']}")["instance"]
     sql_ok(shown, "alice", ALICE_PW, "appdb",
            "CREATE TABLE persons (id INT PRIMARY KEY NOT NULL, string VARCHAR(255)); "
@@ -452,13 +456,31 @@ def test_backup_create_list_and_restore_through_the_cli(
         "--backup", inc["id"],
     )  # fmt: skip
     assert made["name"] == "pg2" and made["status"] == "BUILD", made
+    # the plugin's restore of its full backup, as its request (built beside pg2)
+    body = {
+        "instance": {
+            "name": "pg3",
+            "flavorRef": "container.small",
+            "volume": {"size": 1},
+            "datastore": {"type": "postgresql", "version": done["datastore"]["version"]},
+            "restorePoint": {"backupRef": full["id"]},
+            "nics": [{"net-id": "private"}],
+        }
+    }
+    pg3 = trove.call("POST", "instances", body)["instance"]
+    assert pg3["status"] == "BUILD", pg3
     pg2 = wait_cli_active(osc, "pg2", timeout=900)
     rows = psql(pg2["ip"], pg2["port"], "alice", ALICE_PW, "appdb",
                 "SELECT id, string FROM persons ORDER BY id")  # fmt: skip
     assert rows.returncode == 0, rows.stderr
     assert rows.stdout.split("\n")[:-1] == ["1|Lingxian Kong", "99|OpenStack"]
+    restored = trove.wait_instance(pg3["id"], timeout=900)
+    assert restored is not None
+    assert sql_ok(restored, "alice", ALICE_PW, "appdb", "SELECT id FROM persons") == "1"
     osc.run("database", "instance", "delete", "pg2")
+    trove.call("DELETE", f"instances/{pg3['id']}", expect=202)
     assert trove.wait_instance(made["id"], until="DELETED", timeout=300) is None
+    assert trove.wait_instance(pg3["id"], until="DELETED", timeout=300) is None
     assert osc.run("database", "instance", "show", "pg2", check=False).returncode == 1
 
 
@@ -534,11 +556,12 @@ def test_tempest_replication(trove: Trove, pg1: dict[str, Any]) -> None:
     """replication_test of the PostgreSQL class on pg1: ``replica_of`` makes a replica that
     reaches ACTIVE/HEALTHY, the source lists it in ``replicas`` and it names the source in
     ``replica_of``; rows and a new database replicate; ``promote_to_replica_source`` makes
-    it the source (pg1's id then reads as its replica) and writes on it replicate to pg1.
-    Then, unlike the plugin (which detaches the former primary), pg1 is promoted back and the
-    replica detached with the plugin's ``PUT {"replica_of": ""}``: pg1 stays the instance
-    the rest of the module uses. The replica ends as an instance of its own, which a psql
-    login reaches, and is deleted until 404."""
+    it the source (pg1's id then reads as its replica, as does the plugin's second replica)
+    and writes on it replicate to both. The plugin's detach of the former primary is
+    refused (409: pg1's name and id stay with its group); the second replica is deleted, pg1
+    promoted back and the first replica detached with the plugin's ``PUT {"replica_of":
+    ""}``: pg1 stays the instance the rest of the module uses. The replica ends as an
+    instance of its own, which a psql login reaches, and is deleted until 404."""
     source = pg1["id"]
     primary = trove.get(f"instances/{source}")["instance"]
     sql_ok(primary, "alice", ALICE_PW, "appdb",
@@ -580,15 +603,36 @@ def test_tempest_replication(trove: Trove, pg1: dict[str, Any]) -> None:
             replica, "alice", ALICE_PW, "appdb", listing
         )
 
-        # promote the replica: it is the source now, pg1's id its replica
+        # the plugin's second replica: both listed, the new database and the rows on it
+        body["instance"]["name"] = "pg1-replica-2"
+        r2id = trove.call("POST", "instances", body)["instance"]["id"]
+        replica2 = trove.wait_instance(r2id, timeout=900)
+        assert replica2 is not None and replica2["replica_of"]["id"] == source
+        listed = trove.get(f"instances/{source}")["instance"]["replicas"]
+        assert sorted(r["id"] for r in listed) == sorted([rid, r2id])
+        _eventually(lambda: _persons(replica2) == ["1|replication"])
+        assert "db_for_replication" in sql_ok(replica2, "alice", ALICE_PW, "appdb", listing)
+
+        # promote the replica: it is the source now, pg1's id and the second replica its
+        # replicas
         trove.call("POST", f"instances/{rid}/action", {"promote_to_replica_source": {}}, 202)
         promoted = trove.wait_instance(rid, until=lambda i: "replica_of" not in i)
         assert promoted is not None
-        assert [r["id"] for r in promoted["replicas"]] == [source]
+        assert sorted(r["id"] for r in promoted["replicas"]) == sorted([source, r2id])
         former = trove.wait_instance(source)
         assert former is not None and former["replica_of"]["id"] == rid
+        again = trove.wait_instance(r2id)
+        assert again is not None and again["replica_of"]["id"] == rid
         sql_ok(promoted, "alice", ALICE_PW, "appdb", "INSERT INTO repl VALUES (2, 'promote')")
         _eventually(lambda: _persons(former) == ["1|replication", "2|promote"])
+        _eventually(lambda: _persons(again) == ["1|replication", "2|promote"])
+        # the plugin then detaches the former primary: it bears the database instance's
+        # name and id, which stay with the group here (docs/trove.md)
+        refused = trove.call("PUT", f"instances/{source}", {"instance": {"replica_of": ""}}, 409)
+        assert refused["conflictingRequest"]["error_code"] == "detach_of_named_server"
+        # the plugin's clean-up deletes the second replica first
+        trove.call("DELETE", f"instances/{r2id}", expect=202)
+        assert trove.wait_instance(r2id, until="DELETED", timeout=300) is None
 
         # back: pg1 the source again, then the replica detached (the plugin's PUT)
         trove.call("POST", f"instances/{source}/action", {"promote_to_replica_source": {}}, 202)
@@ -609,6 +653,120 @@ def test_tempest_replication(trove: Trove, pg1: dict[str, Any]) -> None:
     assert trove.wait_instance(rid, until="DELETED", timeout=300) is None
     trove.call("DELETE", f"instances/{source}/databases/db_for_replication", expect=202)
     assert [i["name"] for i in trove.get("instances")["instances"]] == ["pg1"]
+
+
+# -- resize flavor, resize volume, eject: the CLI ---------------------------------------------
+def _watch(trove: Trove, ident: str, words: set[str], until: Any, timeout: float = 600) -> set[str]:
+    """The Trove status words ``ident`` shows, read as fast as the API answers, until it is
+    ACTIVE/HEALTHY and ``until`` holds of it; any word outside ``words`` fails."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = trove.instance(ident)
+        assert shown is not None and shown["status"] in words | {"ACTIVE"}, shown
+        seen.add(shown["status"])
+        if shown["status"] == "ACTIVE" and shown["operating_status"] == "HEALTHY" and until(shown):
+            return seen
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.5)
+
+
+def _went_through(platform: Platform, token: str, status: str) -> list[dict[str, Any]]:
+    """The platform's own record of pg1 (``onep db events``): the changes into ``status``."""
+    events = platform.json("db", "events", "pg1", "--limit", "200", ONEP_TOKEN=token)
+    return [e for e in events if e["to_status"] == status != e["from_status"]]
+
+
+def test_resize_volume_resize_flavor_and_eject_through_the_cli(
+    platform: Platform, project: dict[str, Any], osc: OpenStack, trove: Trove,
+    pg1: dict[str, Any],
+) -> None:  # fmt: skip
+    """``openstack database instance resize volume pg1 2`` (storage growth: on a container
+    the size is recorded, Podman's volumes have no quota), ``resize flavor pg1
+    container.medium`` (a move: a replica on the new flavor, a switchover, the former
+    primary gone; the instance keeps its id) and ``eject pg1`` with a replica (a failover to
+    it: the primary fenced, the replica promoted, a new replica in place of the former
+    primary). Each reads RESIZE or EJECT in between (the platform's events record RESIZE
+    and FAILOVER), ends ACTIVE/HEALTHY, and psql reads the rows written before at the
+    instance's address."""
+    ident, token = pg1["id"], project["token"]
+    shown = trove.get(f"instances/{ident}")["instance"]
+    sql_ok(shown, "alice", ALICE_PW, "appdb",
+           "CREATE TABLE moved (id int); INSERT INTO moved VALUES (1), (2)")  # fmt: skip
+
+    osc.run("database", "instance", "resize", "volume", "pg1", "2")
+    _watch(trove, ident, {"RESIZE"}, lambda i: i["volume"]["size"] == 2)
+    assert _went_through(platform, token, "RESIZE")
+    grown = osc.json("database", "instance", "show", "pg1")
+    assert (grown["volume"], grown["flavor_name"]) == (2, "container.small"), grown
+    assert sql_ok(grown, "alice", ALICE_PW, "appdb", "SELECT count(*) FROM moved") == "2"
+    shrink = osc.run("database", "instance", "resize", "volume", "pg1", "1", check=False)
+    assert shrink.returncode != 0 and "storage only grows" in shrink.stderr, shrink.stderr
+
+    resizes = len(_went_through(platform, token, "RESIZE"))
+    osc.run("database", "instance", "resize", "flavor", "pg1", "container.medium")
+    seen = _watch(trove, ident, {"RESIZE"}, lambda i: i["flavor_name"] == "container.medium")
+    assert "RESIZE" in seen, seen  # a move builds a container: never over before a read
+    assert len(_went_through(platform, token, "RESIZE")) == resizes + 1
+    moved = osc.json("database", "instance", "show", "pg1")
+    assert (moved["id"], moved["compute_type"], moved["volume"]) == (ident, "container", 2)
+    assert [i["Name"] for i in osc.json("database", "instance", "list")] == ["pg1"]
+    sql_ok(moved, "alice", ALICE_PW, "appdb", "INSERT INTO moved VALUES (3)")
+
+    made = trove.call("POST", "instances", {"instance": {"name": "pg1-r2", "replica_of": ident}})
+    assert made["instance"]["replica_of"]["id"] == ident
+    replica = trove.wait_instance("pg1-r2", timeout=900)
+    assert replica is not None
+    _eventually(lambda: sql_ok(replica, "alice", ALICE_PW, "appdb",
+                               "SELECT count(*) FROM moved") == "3")  # fmt: skip
+    osc.run("database", "instance", "eject", "pg1")
+    seen = _watch(trove, ident, {"EJECT"}, lambda i: True)
+    assert seen <= {"EJECT", "ACTIVE"} and _went_through(platform, token, "FAILOVER"), seen
+    ejected = trove.get(f"instances/{ident}")["instance"]
+    # pg1-r2 is the primary now and bears pg1's id and name; a new replica takes the place
+    # of the fenced former primary
+    assert trove.instance("pg1-r2") is None and "replica_of" not in ejected
+    [new] = ejected["replicas"]
+    assert trove.wait_instance(new["id"], timeout=900) is not None
+    assert (ejected["hostname"], ejected["port"]) == (moved["hostname"], moved["port"])
+    assert sql_ok(ejected, "alice", ALICE_PW, "appdb", "SELECT count(*) FROM moved") == "3"
+    sql_ok(ejected, "alice", ALICE_PW, "appdb", "INSERT INTO moved VALUES (4)")  # writable
+    trove.call("DELETE", f"instances/{new['id']}", expect=202)
+    assert trove.wait_instance(new["id"], until="DELETED", timeout=300) is None
+
+
+def test_root_logs_limits_and_quotas_through_the_cli(
+    platform: Platform, project: dict[str, Any], osc: OpenStack, pg1: dict[str, Any]
+) -> None:
+    """``openstack database root enable|show|disable``: the database's admin user with a new
+    password, which psql logs in with (no superuser: the platform keeps that); ``log
+    list|show``: the engine's own log, read from the agent; ``limit list`` and ``quota show``:
+    the project's quotas, as ``onep quota`` sets them."""
+    shown = osc.json("database", "instance", "show", "pg1")
+    root = osc.json("database", "root", "enable", "pg1")
+    who = "SELECT current_user, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+    assert sql_ok(shown, root["name"], root["password"], "appdb", who) == f"{root['name']}|f|t"
+    again = osc.json("database", "root", "enable", "pg1", "--root_password", "Chosen-pass-9")
+    assert (again["name"], again["password"]) == (root["name"], "Chosen-pass-9")
+    assert refused(shown, root["name"], root["password"], "appdb")  # the former one is out
+    assert sql_ok(shown, root["name"], "Chosen-pass-9", "appdb", "SELECT 1") == "1"
+    assert osc.json("database", "root", "show", "pg1") == {"is_root_enabled": True}
+    off = osc.run("database", "root", "disable", "pg1", check=False)
+    assert off.returncode != 0 and "HTTP 501" in off.stderr, off.stderr
+
+    [log] = osc.json("database", "log", "list", "pg1")
+    assert (log["Name"], log["Type"], log["Status"]) == ("engine", "SYS", "Ready"), log
+    assert log["Pending"] > 0
+    assert osc.json("database", "log", "show", "pg1", "engine")["status"] == "Ready"
+
+    platform.run("quota", "set", PROJECT, "--databases", "3", "--backups", "20")
+    limits = osc.run("database", "limit", "list").stdout
+    assert re.search(r"\| max_instances +\| 3 +\|", limits), limits  # the absolute ones
+    quotas = {
+        q["Resource"]: q for q in osc.json("database", "quota", "show", project["project"]["id"])
+    }
+    assert (quotas["instances"]["Limit"], quotas["instances"]["In Use"]) == (3, 1), quotas
+    assert quotas["backups"]["Limit"] == 20 and quotas["volumes"]["Limit"] == -1
 
 
 def test_delete_ends_in_not_found(osc: OpenStack, pg1: dict[str, Any]) -> None:

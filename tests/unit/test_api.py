@@ -1106,6 +1106,33 @@ ROLE_TABLE: dict[tuple[str, str], tuple[str, object]] = {
     ("PUT", "/v1.0/{project_id}/configurations/{config_id}"): ("member", {}),
     ("DELETE", "/v1.0/{project_id}/configurations/{config_id}"): ("member", None),
     ("GET", "/v1.0/{project_id}/configurations/{config_id}/instances"): ("reader", None),
+    ("GET", "/v1.0/{project_id}/limits"): ("reader", None),
+    ("GET", "/v1.0/{project_id}/mgmt/quotas/{project}"): ("reader", None),
+    ("PUT", "/v1.0/{project_id}/mgmt/quotas/{project}"): ("admin", {"quotas": {"backups": 5}}),
+    ("POST", "/v1.0/{project_id}/instances/{instance_id}/root"): ("member", None),
+    ("GET", "/v1.0/{project_id}/instances/{instance_id}/root"): ("reader", None),
+    ("DELETE", "/v1.0/{project_id}/instances/{instance_id}/root"): ("member", None),
+    ("GET", "/v1.0/{project_id}/instances/{instance_id}/log"): ("reader", None),
+    ("POST", "/v1.0/{project_id}/instances/{instance_id}/log"): ("member", {"name": "engine"}),
+    # clusters and modules: 501 notImplemented for every role that reaches them
+    ("GET", "/v1.0/{project_id}/clusters"): ("reader", None),
+    ("POST", "/v1.0/{project_id}/clusters"): ("member", {}),
+    ("GET", "/v1.0/{project_id}/clusters/{cluster_id}"): ("reader", None),
+    ("POST", "/v1.0/{project_id}/clusters/{cluster_id}"): ("member", {}),
+    ("DELETE", "/v1.0/{project_id}/clusters/{cluster_id}"): ("member", None),
+    ("GET", "/v1.0/{project_id}/clusters/{cluster_id}/instances/{instance_id}"): ("reader", None),
+    ("GET", "/v1.0/{project_id}/modules"): ("reader", None),
+    ("POST", "/v1.0/{project_id}/modules"): ("member", {}),
+    ("GET", "/v1.0/{project_id}/modules/{module_id}"): ("reader", None),
+    ("PUT", "/v1.0/{project_id}/modules/{module_id}"): ("member", {}),
+    ("DELETE", "/v1.0/{project_id}/modules/{module_id}"): ("member", None),
+    ("GET", "/v1.0/{project_id}/modules/{module_id}/instances"): ("reader", None),
+    ("GET", "/v1.0/{project_id}/instances/{instance_id}/modules"): ("reader", None),
+    ("POST", "/v1.0/{project_id}/instances/{instance_id}/modules"): ("member", {}),
+    ("DELETE", "/v1.0/{project_id}/instances/{instance_id}/modules/{module_id}"): (
+        "member",
+        None,
+    ),
 }
 RANKS = {"public": -1, "reader": 0, "member": 1, "admin": 2}
 

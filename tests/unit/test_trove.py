@@ -499,6 +499,49 @@ def test_a_replica_reads_promote_while_its_group_switches_over() -> None:
     assert (shown["status"], shown["operating_status"]) == ("ACTIVE", "HEALTHY")
 
 
+def _state(m: DbMemberOut, state: str) -> DbMemberOut:
+    return m.model_copy(update={"state": state})
+
+
+@pytest.mark.parametrize(
+    ("status", "former_state"),
+    [
+        ("ACTIVE", "DELETING"),  # a move has ended; its former primary is being deleted
+        ("RESIZE", "DELETING"),  # retired, the move not yet finished
+        ("FAILOVER", "ERROR"),  # fenced by an eject, not yet discarded
+    ],
+)
+def test_a_retiring_former_primary_hands_the_id_to_the_new_one(
+    status: str, former_state: str
+) -> None:
+    """A move's or an eject's former primary (a replica named as the database instance, on
+    its way out) is no Trove instance: the instance's id and name read the new primary at
+    once (as Trove's resize and eject keep them), never SHUTDOWN or ERROR."""
+    former = _state(_member("pg1", "replica"), former_state)
+    db = _group(_member("pg1-m1", "primary"), former).model_copy(update={"status": status})
+    word = {"ACTIVE": "ACTIVE", "RESIZE": "RESIZE", "FAILOVER": "EJECT"}[status]
+    for ident in ("0f3a", "pg1"):
+        found = find(ident, [db])
+        assert found.member is not None and found.member.name == "pg1-m1"
+        shown = instances._view(REQUEST, found, [], set(), detail=False)
+        assert (shown["id"], shown["name"], shown["status"]) == ("0f3a", "pg1", word)
+        assert "replicas" not in shown and "replica_of" not in shown
+    with pytest.raises(NotFound):
+        find("pg1-m1", [db])
+    # a deleted database keeps its members as they are: its id reads SHUTDOWN
+    gone = db.model_copy(update={"status": "DELETING"})
+    assert find("0f3a", [gone]).member == former
+
+
+def test_a_replica_reads_resize_while_its_group_resizes() -> None:
+    """A move switches the group over: the member named as the database instance is then a
+    replica, and reads RESIZE (not ACTIVE) until the move ends."""
+    db = _group(_member("pg1-m1", "primary"), _member("pg1", "replica"))
+    moving = db.model_copy(update={"status": "RESIZE"})
+    shown = instances._view(REQUEST, find("0f3a", [moving]), [], set(), detail=False)
+    assert (shown["status"], shown["replica_of"]["name"]) == ("RESIZE", "pg1-m1")
+
+
 def test_user_path_segments() -> None:
     assert user_name("bob") == "bob"
     assert user_name("bob@%") == "bob"
@@ -810,3 +853,192 @@ def test_the_openstack_cli_and_openstacksdk_create_and_list_backups(api: Api, se
     got = conn.database.get("/backups")
     assert got.status_code == 200
     assert [b["name"] for b in got.json()["backups"]] == ["pg1-full"]
+
+
+# -- limits and quotas, root, logs, what has no mapping ------------------------------------------
+def _limits(api: Api, base: str, headers: dict[str, str]) -> dict[str, Any]:
+    got = api.client.get(f"{base}/limits", headers=headers)
+    assert got.status_code == 200, got.text
+    [absolute] = got.json()["limits"]
+    return dict(absolute)
+
+
+def test_limits_and_quotas_are_the_platforms_quotas(api: Api, trove) -> None:
+    base, headers = trove
+    pid, admin_base = _pid(api, api.other), f"/v1.0/{_pid(api, api.admin)}"
+    unlimited = {"verb": "ABSOLUTE", "max_instances": -1, "max_volumes": -1,
+                 "max_backups": -1, "max_ram": -1, "max_vcpus": -1}  # fmt: skip
+    assert _limits(api, base, headers) == unlimited
+    # an admin sets the project's quotas by id (or name), in Trove's names
+    body = {"quotas": {"instances": 1, "volumes": 30, "ram": None, "backups": -1}}
+    put = api.client.put(f"{admin_base}/mgmt/quotas/{pid}", json=body, headers=_token(api.admin))
+    assert put.status_code == 200, put.text
+    assert put.json() == {"quotas": {"instances": 1, "volumes": 30, "backups": -1}}
+    own = api.client.get("/v1/quota", headers=api.other).json()["quota"]
+    assert own["databases"]["limit"] == 1 and own["storage_gb"]["limit"] == 30
+    assert own["backups"]["limit"] is None and own["ram_mb"]["limit"] is None
+    assert _limits(api, base, headers) == {**unlimited, "max_instances": 1, "max_volumes": 30}
+
+    _instance(api, base, headers)
+    shown = api.client.get(f"{base}/mgmt/quotas/{pid}", headers=headers)
+    rows = {q["resource"]: q for q in shown.json()["quotas"]}
+    assert rows["instances"] == {"resource": "instances", "in_use": 1, "reserved": 0, "limit": 1}
+    assert rows["volumes"]["limit"] == 30 and rows["volumes"]["in_use"] >= 1
+    assert rows["ram"]["limit"] == -1 and rows["ram"]["in_use"] == 512
+    by_name = api.client.get(f"{base}/mgmt/quotas/other", headers=headers).json()
+    assert by_name == shown.json()
+    second = {"instance": {"name": "pg2", "flavorRef": "container.small", "datastore": PG}}
+    got = api.client.post(f"{base}/instances", json=second, headers=headers)
+    _fault(got, 413, "overLimit", "quota_exceeded")
+
+    before = api.counts()
+    member_put = api.client.put(f"{base}/mgmt/quotas/{pid}", json=body, headers=headers)
+    _fault(member_put, 403, "forbidden", "admin_required")
+    theirs = api.client.get(f"{base}/mgmt/quotas/{_pid(api, api.admin)}", headers=headers)
+    _fault(theirs, 404, "itemNotFound", "project_not_found")  # another project is not there
+    admin = _token(api.admin)
+    for bad in ({"quotas": {"cores": 1}}, {"quotas": {"instances": -2}}, {"quotas": {}}, {}):
+        got = api.client.put(f"{admin_base}/mgmt/quotas/{pid}", json=bad, headers=admin)
+        _fault(got, 400, "badRequest", "invalid_input")
+    assert api.counts() == before
+    assert api.client.get("/v1/quota", headers=api.other).json()["quota"]["databases"]["limit"] == 1
+
+
+def test_root_is_the_databases_admin_user(api: Api, trove, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``POST …/root`` sets the database admin user's password (given or generated) through
+    the service that ``onep db reset-password`` uses and answers the user; it always reads
+    enabled; disabling is 501. (The engine's side is tests/e2e/test_trove_cli.py's.)"""
+    from oneplatform.api.trove import root
+    from oneplatform.schemas.databases import Credentials
+
+    base, headers = trove
+    made = _instance(api, base, headers)
+    path = f"{base}/instances/{made['id']}/root"
+    # still building: the service's own refusal, nothing changed
+    _fault(api.client.post(path, headers=headers), 409, "conflictingRequest", "invalid_state")
+    asked: list[tuple[str, str | None]] = []
+
+    def reset(store, settings, caller, ident, password=None):  # type: ignore[no-untyped-def]
+        asked.append((ident, password))
+        return Credentials(username="pgadmin", password=password or "generated-pw-1")
+
+    monkeypatch.setattr(root.service, "reset_admin_password", reset)
+    got = api.client.post(path, headers=headers)
+    assert got.status_code == 200, got.text
+    assert got.json() == {"user": {"name": "pgadmin", "password": "generated-pw-1"}}
+    given = api.client.post(path, json={"password": "Chosen-pass-9"}, headers=headers)
+    assert given.json()["user"]["password"] == "Chosen-pass-9"
+    short = api.client.post(path, json={"password": "short"}, headers=headers)
+    _fault(short, 400, "badRequest", "invalid_input")
+    assert asked == [(made["id"], None), (made["id"], "Chosen-pass-9")]
+    shown = api.client.get(path, headers=headers)
+    assert shown.status_code == 200 and shown.json() == {"rootEnabled": True}
+    off = api.client.delete(path, headers=headers)
+    _fault(off, 501, "notImplemented", "root_disable_not_supported")
+    _fault(api.client.get(f"{base}/instances/nope/root", headers=headers), 404, "itemNotFound")
+
+
+def test_the_engine_log_is_trove_s_one_sys_log(api: Api, trove, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from oneplatform.api.trove import logs
+    from oneplatform.schemas.databases import DbLogOut
+
+    base, headers = trove
+    made = _instance(api, base, headers)
+    path = f"{base}/instances/{made['id']}/log"
+    listed = api.client.get(path, headers=headers)
+    assert listed.status_code == 200, listed.text
+    # no agent answers a building instance
+    assert listed.json() == {"logs": [{
+        "name": "engine", "type": "SYS", "status": "Unavailable", "published": 0, "pending": 0,
+        "container": None, "prefix": None, "metafile": None,
+    }]}  # fmt: skip
+    monkeypatch.setattr(
+        logs.events, "db_logs",
+        lambda *a, **k: DbLogOut(member="pg1", lines=["ready", "to accept"], next=3),
+    )  # fmt: skip
+    shown = api.client.post(path, json={"name": "engine"}, headers=headers)
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["log"]["status"], shown.json()["log"]["pending"]) == ("Ready", 16)
+    for action in ("enable", "disable"):
+        got = api.client.post(path, json={"name": "engine", action: 1}, headers=headers)
+        _fault(got, 400, "badRequest", "log_always_on")
+    for action in ("publish", "discard"):
+        got = api.client.post(path, json={"name": "engine", action: 1}, headers=headers)
+        _fault(got, 501, "notImplemented", "log_publish_not_supported")
+    got = api.client.post(path, json={"name": "general"}, headers=headers)
+    _fault(got, 404, "itemNotFound", "log_not_found")
+    _fault(api.client.post(path, json={}, headers=headers), 400, "badRequest", "invalid_input")
+
+
+@pytest.mark.parametrize(
+    ("method", "tail", "code"),
+    [
+        ("GET", "/clusters", "clusters_not_supported"),
+        ("POST", "/clusters", "clusters_not_supported"),
+        ("DELETE", "/clusters/c1", "clusters_not_supported"),
+        ("GET", "/modules", "modules_not_supported"),
+        ("PUT", "/modules/m1", "modules_not_supported"),
+        ("GET", "/instances/pg1/modules", "modules_not_supported"),
+    ],
+)
+def test_clusters_and_modules_are_not_implemented(
+    api: Api, trove, method: str, tail: str, code: str
+) -> None:
+    base, headers = trove
+    before = api.counts()
+    got = api.client.request(method, f"{base}{tail}", json={}, headers=headers)
+    assert "not supported" in _fault(got, 501, "notImplemented", code)["message"]
+    assert api.counts() == before
+
+
+def test_the_real_troveclient_reads_limits_quotas_root_and_logs(api: Api, served: str) -> None:
+    """troveclient's own managers (what ``openstack database limit list``, ``quota show|
+    update``, ``root show|enable|disable``, ``log list|show`` and ``cluster list`` call)."""
+    from troveclient import exceptions
+
+    pid = _pid(api, api.other)
+    token = api.other["Authorization"].removeprefix("Bearer ")
+    trove = _troveclient(f"{served}/v1.0/{pid}", token)
+    admin_token = api.admin["Authorization"].removeprefix("Bearer ")
+    admin = _troveclient(f"{served}/v1.0/{_pid(api, api.admin)}", admin_token)
+    assert admin.quota.update(pid, {"instances": 3}) == {"instances": 3}
+    [absolute] = trove.limits.list()
+    assert (absolute.verb, absolute.max_instances, absolute.max_backups) == ("ABSOLUTE", 3, -1)
+    quotas = {q.resource: q for q in trove.quota.show(pid)}
+    assert (quotas["instances"].limit, quotas["instances"].in_use) == (3, 0)
+    with pytest.raises(exceptions.Forbidden):
+        trove.quota.update(pid, {"instances": 9})
+
+    made = trove.instances.create(
+        "pg1", "container.small", volume={"size": 1}, datastore="postgresql",
+        datastore_version="15",
+    )  # fmt: skip
+    assert trove.root.is_root_enabled(made.id).rootEnabled is True
+    with pytest.raises(exceptions.Conflict):  # still building
+        trove.root.create_instance_root(made.id)
+    with pytest.raises(exceptions.HttpNotImplemented):
+        trove.root.delete(made.id)
+    [log] = trove.instances.log_list(made.id)
+    assert (log.name, log.type, log.status) == ("engine", "SYS", "Unavailable")
+    assert trove.instances.log_show(made.id, "engine").name == "engine"
+    with pytest.raises(exceptions.HttpNotImplemented):
+        trove.instances.log_action(made.id, "engine", publish=True)
+    with pytest.raises(exceptions.HttpNotImplemented):
+        trove.clusters.list()
+    with pytest.raises(exceptions.HttpNotImplemented):
+        trove.modules.list()
+
+
+def test_the_former_primary_named_as_the_database_cannot_be_detached() -> None:
+    """trove-tempest-plugin detaches the former primary after a promotion; here that server
+    bears the database instance's name and id, which the group keeps: a clear 409 before
+    anything is asked of the service."""
+    from oneplatform.errors import Conflict
+
+    db = _group(_member("pg1-r1", "primary"), _member("pg1", "replica"))
+    with pytest.raises(Conflict) as refused:
+        instances._detach(None, None, find("0f3a", [db]))  # type: ignore[arg-type]
+    assert refused.value.code == "detach_of_named_server"
+    with pytest.raises(Conflict) as primary:
+        instances._detach(None, None, find("pg1-r1", [db]))  # type: ignore[arg-type]
+    assert primary.value.code == "not_a_replica"

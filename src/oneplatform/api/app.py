@@ -40,7 +40,11 @@ from oneplatform.api.trove import backups as trove_backups
 from oneplatform.api.trove import catalog as trove_catalog
 from oneplatform.api.trove import configurations as trove_configurations
 from oneplatform.api.trove import instances as trove_instances
+from oneplatform.api.trove import logs as trove_logs
 from oneplatform.api.trove import objects as trove_objects
+from oneplatform.api.trove import quotas as trove_quotas
+from oneplatform.api.trove import root as trove_root
+from oneplatform.api.trove import unsupported as trove_unsupported
 from oneplatform.errors import PlatformError
 from oneplatform.ui import mount as mount_dashboard
 
@@ -92,6 +96,10 @@ def create_app(platform: Platform) -> FastAPI:
         trove_objects,
         trove_backups,
         trove_configurations,
+        trove_quotas,
+        trove_root,
+        trove_logs,
+        trove_unsupported,
     ):
         app.include_router(trove.router)
     mount_dashboard(app)  # the web dashboard at /ui

@@ -580,12 +580,13 @@ def credentials(store: Store, settings: Settings, caller: Caller, ident: str) ->
 
 
 def reset_admin_password(
-    store: Store, settings: Settings, caller: Caller, ident: str
+    store: Store, settings: Settings, caller: Caller, ident: str, password: str | None = None
 ) -> Credentials:
-    """New admin password, applied in two phases so that a crash never loses it: the new one
-    is stored as pending, applied to the engine, then made current."""
+    """New admin password (``password``, a checked ``Password``, or a generated one), applied
+    in two phases so that a crash never loses it: the new one is stored as pending, applied
+    to the engine, then made current."""
     box = box_for(settings)
-    new = generate_password()
+    new = password or generate_password()
     with store.session() as session:
         db = find_db(session, caller, ident)
         require_active(db)

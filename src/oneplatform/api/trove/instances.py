@@ -34,7 +34,7 @@ from oneplatform.store.db import Store
 
 router = trove_router()
 BUSY_BACKUP = frozenset({"NEW", "BUILDING"})
-GROUP_CHANGES = frozenset({"SWITCHOVER", "FAILOVER"})
+GROUP_CHANGES = frozenset({"SWITCHOVER", "FAILOVER", "RESIZE"})
 
 
 def _backing_up(store: Store, caller: Caller) -> set[str]:
@@ -46,9 +46,9 @@ def _member_view(
     request: Request, db: DbInstanceOut, m: DbMemberOut, flavors: list[FlavorOut], detail: bool
 ) -> Json:
     """A replica as Trove shows one: an instance of its own whose ``replica_of`` is its source.
-    While its group switches over or fails over, it reads PROMOTE or EJECT as its source does
-    (the member itself stays ACTIVE): a client waiting for the promoted replica to be ACTIVE
-    waits for the switchover."""
+    While its group switches over, fails over or resizes (a move, storage growth), it reads
+    PROMOTE, EJECT or RESIZE as its source does (the member itself stays ACTIVE): a client
+    waiting for the promoted replica to be ACTIVE waits for the switchover."""
     state = db.status if db.status in GROUP_CHANGES and m.state == "ACTIVE" else m.state
     as_db = db.model_copy(
         update={
@@ -240,9 +240,21 @@ def put_instance(
 
 
 def _detach(platform: PlatformDep, caller: Caller, found: Found) -> None:
+    """A replica becomes a database instance of its own, named as it is. The former primary
+    that bears the database instance's name and id (a replica after a switchover) cannot:
+    the group keeps that name and id, and Trove's detach would keep them on the detached
+    server (trove-tempest-plugin's last replication step)."""
     if found.replica is None:
         current = views.member_name(found.db, found.member) if found.member else found.db.name
         raise Conflict(f"{current!r} is not a replica", code="not_a_replica")
+    if found.replica.name == found.db.name:
+        raise Conflict(
+            f"{found.db.name!r} is the database instance's own first server, a replica since "
+            "a switchover: the database instance keeps its name and id, so it cannot be "
+            "detached; promote it back (promote_to_replica_source) and detach the other "
+            "replica instead",
+            code="detach_of_named_server",
+        )
     service.detach_replica(
         platform.store, platform.settings, caller, found.replica.name, ReplicaDetach()
     )

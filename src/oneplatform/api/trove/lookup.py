@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from oneplatform.api.trove.views import member_id, member_name
+from oneplatform.api.trove.views import member_id, member_name, shown
 from oneplatform.errors import InvalidInput, NotFound
 from oneplatform.schemas.databases import DbInstanceOut, DbMemberOut
 
@@ -42,13 +42,13 @@ class Found:
 
 
 def replicas_of(db: DbInstanceOut) -> list[DbMemberOut]:
-    return [m for m in db.members if m.role != "primary"]
+    return [m for m in shown(db) if m.role != "primary"]
 
 
 def members(db: DbInstanceOut) -> list[Found]:
     """``db``'s Trove instances: one per member (the database instance itself while it has
-    none yet)."""
-    return [Found(db, m) for m in db.members] or [Found(db)]
+    none yet; a move's former primary on its way out is none)."""
+    return [Found(db, m) for m in shown(db)] or [Found(db)]
 
 
 def trove_id(found: Found) -> str:

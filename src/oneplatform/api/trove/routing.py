@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from oneplatform.api.faults import declared
+from oneplatform.errors import PlatformError
 
 ACCEPTED = status.HTTP_202_ACCEPTED
 Json = dict[str, Any]
@@ -23,3 +24,12 @@ def trove_router(path: str = "", codes: tuple[int, ...] = WRITES) -> APIRouter:
 def accepted() -> Response:
     """Trove's answer to an action, an update or a delete: 202 with no body."""
     return Response(status_code=ACCEPTED)
+
+
+class NotSupported(PlatformError):
+    """A Trove feature the platform has no faithful mapping for: ``501 notImplemented``, the
+    status Trove itself answers for an operation a datastore, cluster or log does not support
+    (trove/common/wsgi.py maps DatastoreOperationNotSupported, ClusterDatastoreNotSupported,
+    LogsNotAvailable to HTTPNotImplemented), with a stable ``error_code``."""
+
+    status = 501

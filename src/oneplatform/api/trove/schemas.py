@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from oneplatform.schemas.databases import Password
+
 
 class Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -129,3 +131,9 @@ class ConfigurationValues(Lenient):
 
 class ConfigurationChange(Lenient):
     configuration: ConfigurationValues
+
+
+class RootEnable(Lenient):
+    """``POST /instances/{id}/root``'s optional body (troveclient's ``root_password``)."""
+
+    password: Password | None = None

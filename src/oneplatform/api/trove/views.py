@@ -228,13 +228,32 @@ def parameter(p: ParameterOut, ds: str, v: str) -> dict[str, Any]:
 
 
 # -- instances ---------------------------------------------------------------------------------
+RETIRING = frozenset({"DELETING", "DELETED"})
+
+
+def retired(db: DbInstanceOut, m: DbMemberOut) -> bool:
+    """A member that bore ``db``'s name and is on its way out while the database lives on: a
+    move's former primary, deleted by an operation of its own after the move ended, or a
+    failover's fenced primary (ERROR until the failover discards it). Trove shows neither:
+    its resize and its eject keep the instance's id on the server that serves."""
+    if m.name != db.name or db.status in RETIRING or m.role == "primary":
+        return False
+    return m.state in RETIRING or (db.status == "FAILOVER" and m.state == "ERROR")
+
+
+def shown(db: DbInstanceOut) -> list[DbMemberOut]:
+    """``db``'s members as Trove instances (without a retired one)."""
+    return [m for m in db.members if not retired(db, m)]
+
+
 def stands_for(db: DbInstanceOut, m: DbMemberOut) -> bool:
     """Whether member ``m`` is the Trove instance that bears ``db``'s id and name: the member
     named as the database instance (its first primary, a replica after a switchover), or
-    the primary when no member has that name (after a move, as Trove's resize keeps the id)."""
-    if m.name == db.name:
+    the primary when no member has that name (after a move, as Trove's resize keeps the id;
+    from the moment the move ends, while the former primary is still being deleted)."""
+    if m.name == db.name and not retired(db, m):
         return True
-    return m.role == "primary" and all(x.name != db.name for x in db.members)
+    return m.role == "primary" and all(x.name != db.name for x in shown(db))
 
 
 def member_id(db: DbInstanceOut, m: DbMemberOut) -> str:
@@ -297,7 +316,7 @@ def instance(
         body["addresses"] = [{"address": db.endpoint.host, "type": "private"}]
         body["hostname"] = db.endpoint.host
         body["port"] = db.endpoint.port
-    replicas = [m for m in db.members if m.role != "primary"]
+    replicas = [m for m in shown(db) if m.role != "primary"]
     if replicas:
         body["replicas"] = [
             {
