@@ -199,7 +199,7 @@ class Host(Timestamps, Base):
     # Bumped by every placement and resize on this host (a change counter for observers).
     generation: Mapped[int] = mapped_column(Integer, default=0)
     # Its pool's owner (a cluster's node), copied for the scheduler; None: every project's.
-    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), default=None)
+    project_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class Flavor(Timestamps, Base):

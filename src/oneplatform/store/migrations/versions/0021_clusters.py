@@ -18,7 +18,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    for table in ("pools", "hosts", "flavors"):
+    # hosts: a plain column (a batch copy of the table would drop its triggers and its
+    # expression index, migration 0010); its pool's owner, copied.
+    op.add_column("hosts", sa.Column("project_id", sa.String(32), nullable=True))
+    for table in ("pools", "flavors"):
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("project_id", sa.String(32), nullable=True))
             batch.create_foreign_key(
@@ -115,7 +118,8 @@ def downgrade() -> None:
     with op.batch_alter_table("flavors") as batch:
         batch.drop_constraint("fk_flavors_pool_id_pools", type_="foreignkey")
         batch.drop_column("pool_id")
-    for table in ("pools", "hosts", "flavors"):
+    op.drop_column("hosts", "project_id")
+    for table in ("pools", "flavors"):
         with op.batch_alter_table(table) as batch:
             batch.drop_constraint(f"fk_{table}_project_id_projects", type_="foreignkey")
             batch.drop_column("project_id")
