@@ -185,7 +185,9 @@ def create_cluster(
                 public_key=public_key,
                 key_enc=box_for(settings).encrypt(private),
             )
-            session.add_all([pool, flavor])
+            for row in (pool, flavor):  # in their order: no relationships tell the flush
+                session.add(row)
+                session.flush()
             CLUSTERS.created(session, cluster, f"{req.size} node(s) of {node_flavor.name}")
             session.add(cluster)
             session.flush()
@@ -194,11 +196,11 @@ def create_cluster(
             accepted = ClusterAccepted(
                 operation=to_out(op), cluster=to_out_cluster(session, cluster)
             )
-    except IntegrityError:
+    except IntegrityError as err:
         raise AlreadyExists(
             f"a cluster, pool, flavor or instance named after {req.name!r} already exists",
             code="cluster_exists",
-        ) from None
+        ) from err
     keys.write_identity(settings, cluster_id, private)
     return accepted
 
@@ -271,6 +273,7 @@ def add_nodes(
             )
         ).one()
         node = ClusterNode(
+            id=new_id(),
             cluster_id=cluster.id,
             instance_id=instance.id,
             name=name,
