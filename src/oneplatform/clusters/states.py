@@ -60,6 +60,7 @@ CLUSTER_NODES: StateMachine[NodeStatus] = StateMachine(
     },
     stable=frozenset({N.ACTIVE, N.ERROR, N.DELETED}),
     failed=N.ERROR,
+    deleting=N.DRAINING,
     deleted=N.DELETED,
     message_field=None,
     description="One node of a cluster: its VM is built, then it is a host of the cluster's "
