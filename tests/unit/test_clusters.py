@@ -11,6 +11,8 @@ from oneplatform.clusters.keys import new_private_key, public_key_of
 from oneplatform.compute import catalog
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from oneplatform.iam import MEMBER
+from oneplatform.images.builder import rootfs_path, vm_image_path
+from oneplatform.images.recipes import load_recipe
 from oneplatform.schemas.clusters import ClusterCreate, ClusterResize
 from oneplatform.store.models import (
     Cluster,
@@ -19,11 +21,12 @@ from oneplatform.store.models import (
     Host,
     Image,
     Instance,
+    Operation,
     Pool,
     PortAllocation,
     Project,
 )
-from tests.factories import caller_for, make_host, make_instance, make_project
+from tests.factories import caller_for, make_host, make_instance, make_project, make_ready_image
 from tests.world import World
 
 
@@ -217,3 +220,103 @@ def test_resize_grows_by_new_nodes_and_refuses_the_same_size(world: World) -> No
     assert grown.cluster.status == "RESIZE" and grown.cluster.size == 2
     assert [n.name for n in grown.cluster.nodes] == ["c1-0", "c1-1"]
     assert grown.cluster.nodes[1].status == "BUILD"
+
+
+# -- the operations, on fakes ------------------------------------------------------------------
+@pytest.fixture
+def fake_nodes(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+    """The podman-host image built (its formats planted) and the cluster pools' driver the
+    fake container driver (it answers any URI as a Podman host)."""
+    recipe = load_recipe(service.NODE_IMAGE)
+    cache = world.settings.images_dir
+    rootfs_path(recipe, cache).write_bytes(b"rootfs")
+    vm = vm_image_path(recipe, cache)
+    for path in (vm.disk, vm.kernel, vm.initrd):
+        path.write_bytes(b"vm")
+    with world.store.session() as session:
+        make_ready_image(session, service.NODE_IMAGE)
+    monkeypatch.setitem(service.NODE_POOL_SETTINGS, "driver", "fake")
+    return world
+
+
+def _hosts(world: World) -> dict[str, Host]:
+    with world.store.session() as session:
+        return {
+            h.name: h for h in session.scalars(select(Host).where(Host.project_id.is_not(None)))
+        }
+
+
+def test_create_resize_and_delete_drive_the_nodes_and_their_hosts(fake_nodes: World) -> None:
+    world = fake_nodes
+    req = ClusterCreate(name="c1", node_flavor="vm.small", size=1)
+    accepted = service.create_cluster(world.store, world.settings, world.member, req)
+    op = world.drive(accepted.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert [s["name"] for s in op.steps] == ["wait_nodes", "register", "finish"]
+    cluster = service.get_cluster(world.store, world.member, "c1")
+    assert cluster.status == "ACTIVE" and [n.status for n in cluster.nodes] == ["ACTIVE"]
+    host = _hosts(world)["c1-0"]
+    node = cluster.nodes[0]
+    assert host.uri == f"ssh://root@127.0.0.1:{node.ssh_port}/run/podman/podman.sock"
+    assert (host.port_range_start, host.port_range_end) == (
+        node.port_range_start,
+        node.port_range_end,
+    )
+    assert host.project_id == world.member.project_id and host.machine.startswith("cluster-")
+
+    grown = service.resize_cluster(
+        world.store, world.settings, world.member, "c1", ClusterResize(size=2)
+    )
+    op = world.drive(grown.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert set(_hosts(world)) == {"c1-0", "c1-1"}
+
+    shrunk = service.resize_cluster(
+        world.store, world.settings, world.member, "c1", ClusterResize(size=1)
+    )
+    assert [n.status for n in shrunk.cluster.nodes] == ["ACTIVE", "DRAINING"]
+    op = world.drive(shrunk.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert set(_hosts(world)) == {"c1-0"}  # nothing named c1-1's host: it is gone
+    assert [n.name for n in service.get_cluster(world.store, world.member, "c1").nodes] == ["c1-0"]
+
+    gone = service.delete_cluster(world.store, world.settings, world.member, "c1")
+    op = world.drive(gone.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert service.list_clusters(world.store, world.member) == []
+    assert "c1.small" not in {f.name for f in catalog.list_flavors(world.store, world.member)}
+    with world.store.session() as session:
+        assert session.scalars(select(Pool).where(Pool.name == "c1")).first() is None
+        statuses = {i.name: i.status for i in session.scalars(select(Instance))}
+    assert statuses == {"c1-0": "DELETED", "c1-1": "DELETED"}
+    assert not (world.settings.home / "clusters" / accepted.cluster.id).exists()
+    # the name is free again
+    again = service.create_cluster(world.store, world.settings, world.member, req)
+    assert again.cluster.pool == "c1" and again.cluster.flavor == "c1.small"
+
+
+def test_a_node_that_fails_fails_the_cluster_with_its_message(
+    fake_nodes: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = fake_nodes
+    req = ClusterCreate(name="c1", node_flavor="vm.small", size=1)
+    accepted = service.create_cluster(world.store, world.settings, world.member, req)
+    with world.store.session() as session:
+        node = session.scalars(select(ClusterNode)).one()
+        instance = session.get_one(Instance, node.instance_id)
+        instance.status, instance.status_message = "ERROR", "create: the disk is full"
+        session.execute(
+            Operation.__table__.update()
+            .where(Operation.resource_id == instance.id)
+            .values(status="FAILED")
+        )
+    op = world.drive(accepted.operation.id)
+    assert op.status == "FAILED" and op.error_code == "node_failed"
+    assert "the disk is full" in (op.error_message or "")
+    cluster = service.get_cluster(world.store, world.member, "c1")
+    assert cluster.status == "ERROR" and cluster.nodes[0].status == "ERROR"
+    # an ERROR cluster can be deleted
+    op = world.drive(
+        service.delete_cluster(world.store, world.settings, world.member, "c1").operation.id
+    )
+    assert op.status == "SUCCEEDED", op.error_message

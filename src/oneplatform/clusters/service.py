@@ -48,6 +48,9 @@ NODE_IMAGE = "podman-host"
 NODE_PORTS = 20
 # The cluster's flavor: what one database (or container) on a node takes.
 FLAVOR_VCPUS, FLAVOR_RAM_MB, FLAVOR_DISK_GB = 1, 512, 1
+# A node's containers publish on the node's own address, which the forwards lead to; its
+# containers.conf says runc (podman --url takes no --runtime).
+NODE_POOL_SETTINGS: dict[str, str] = {"runtime": "runc", "publish_address": "0.0.0.0"}
 LIVE_NODES = (NodeStatus.BUILD.value, NodeStatus.ACTIVE.value, NodeStatus.ERROR.value)
 
 
@@ -158,11 +161,7 @@ def create_cluster(
                 name=req.name,
                 compute_type=ComputeType.CONTAINER.value,
                 project_id=caller.project_id,
-                settings={
-                    "runtime": "runc",
-                    "identity_file": str(identity),
-                    "publish_address": "0.0.0.0",
-                },
+                settings={**NODE_POOL_SETTINGS, "identity_file": str(identity)},
             )
             flavor = Flavor(
                 id=new_id(),
