@@ -133,7 +133,8 @@ def test_delete_is_refused_while_a_database_lives_on_it(
     cplatform: Platform, cluster: dict[str, Any]
 ) -> None:
     out = cplatform.run("cluster", "delete", "c1", check=False)
-    assert out.returncode == 1 and "cluster_in_use" in out.stderr and "pgk" in out.stderr
+    assert out.returncode == 1 and "cluster_in_use" in out.stderr, out.stderr
+    assert "database pgk" in out.stderr, out.stderr
     assert cplatform.json("cluster", "show", "c1")["status"] == "ACTIVE"
 
 

@@ -180,7 +180,7 @@ def test_delete_and_drain_are_refused_while_something_lives_on_a_node(world: Wor
         make_instance(session, owner, flavor, image, session.get_one(Host, host_id), name="pgk")
     with pytest.raises(Conflict) as info:
         service.delete_cluster(world.store, world.settings, world.member, "c1")
-    assert info.value.code == "cluster_in_use" and "pgk" in info.value.message
+    assert info.value.code == "cluster_in_use" and "instance pgk" in info.value.message
     with world.store.session() as session:
         assert session.get_one(Cluster, cluster_id).status == "ACTIVE"
         assert session.get_one(Host, host_id).enabled

@@ -35,6 +35,8 @@ from oneplatform.store.db import Store
 from oneplatform.store.models import (
     Cluster,
     ClusterNode,
+    DbInstance,
+    DbMember,
     Flavor,
     Host,
     Instance,
@@ -347,21 +349,31 @@ def _refuse_if_used(
     host_ids = [n.host_id for n in nodes if n.host_id]
     if not host_ids:
         return
-    living = list(
-        session.scalars(
-            select(Instance.name).where(
-                Instance.host_id.in_(host_ids), Instance.deleted_at.is_(None)
-            )
+    living = sorted(
+        _resident_name(session, instance)
+        for instance in session.scalars(
+            select(Instance).where(Instance.host_id.in_(host_ids), Instance.deleted_at.is_(None))
         )
     )
     if living:
         raise Conflict(
-            f"cannot {action} cluster {cluster.name!r}: {', '.join(sorted(living))} still "
-            f"live(s) on its node(s) {', '.join(n.name for n in nodes if n.host_id)}; delete "
-            "or move them first",
+            f"cannot {action} cluster {cluster.name!r}: {', '.join(living)} still on "
+            f"its node(s) {', '.join(n.name for n in nodes if n.host_id)}; delete or move "
+            "them first",
             code="cluster_in_use",
-            instances=sorted(living),
+            residents=living,
         )
+
+
+def _resident_name(session: Session, instance: Instance) -> str:
+    """What the owner knows an instance on a node as: its database's name (a member's
+    compute is the database service's), else the instance's."""
+    db_name = session.scalars(
+        select(DbInstance.name)
+        .join(DbMember, DbMember.db_id == DbInstance.id)
+        .where(DbMember.instance_id == instance.id)
+    ).first()
+    return f"database {db_name}" if db_name else f"instance {instance.name}"
 
 
 def _require_state(cluster: Cluster, action: str, allowed: set[ClusterStatus]) -> None:
