@@ -9,11 +9,15 @@ from sqlalchemy import func, select
 from oneplatform.clusters import service
 from oneplatform.clusters.keys import new_private_key, public_key_of
 from oneplatform.compute import catalog
+from oneplatform.compute.drivers.base import HostRef, InstanceSpec, PortMapping
+from oneplatform.compute.drivers.container import PodmanDriver
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from oneplatform.iam import MEMBER
+from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import rootfs_path, vm_image_path
 from oneplatform.images.recipes import load_recipe
 from oneplatform.schemas.clusters import ClusterCreate, ClusterResize
+from oneplatform.schemas.compute import ComputeType
 from oneplatform.store.models import (
     Cluster,
     ClusterNode,
@@ -320,3 +324,35 @@ def test_a_node_that_fails_fails_the_cluster_with_its_message(
         service.delete_cluster(world.store, world.settings, world.member, "c1").operation.id
     )
     assert op.status == "SUCCEEDED", op.error_message
+
+
+def test_a_node_hosts_podman_calls_carry_its_key_and_publish_on_the_nodes_address() -> None:
+    """The container driver on a cluster node: ``podman --url … --identity KEY``, no
+    ``--runtime`` (a remote client has none), ports published on the node's own address."""
+    url = "ssh://root@127.0.0.1:30001/run/podman/podman.sock"
+    ref = HostRef(
+        id="h",
+        name="c1-0",
+        compute_type=ComputeType.CONTAINER,
+        uri=url,
+        settings={**service.NODE_POOL_SETTINGS, "identity_file": "/k/id_ed25519"},
+    )
+    driver = PodmanDriver(ref)
+    assert driver._base_cmd() == ["podman", "--url", url, "--identity", "/k/id_ed25519"]
+    spec = InstanceSpec(
+        instance_id="i1",
+        name="pg",
+        image=ImageArtifact(name="postgresql-15", ref="localhost/pg:1", rootfs=None),
+        vcpus=1,
+        ram_mb=512,
+        disk_gb=1,
+        ports=(PortMapping("postgresql", 5432, 30005),),
+    )
+    argv = driver._run_args(spec)
+    assert "--runtime" not in argv
+    assert argv[argv.index("-p") + 1] == "0.0.0.0:30005:5432/tcp"
+    local = PodmanDriver(
+        HostRef(id="l", name="l", compute_type=ComputeType.CONTAINER, uri="local://")
+    )
+    assert local._run_args(spec)[local._run_args(spec).index("--runtime") + 1] == "runc"
+    assert local._run_args(spec)[local._run_args(spec).index("-p") + 1].startswith("127.0.0.1:")
