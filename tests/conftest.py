@@ -101,6 +101,10 @@ LAB_TESTS = (
     "tests/integration/test_redfish.py",
 )
 
+# Modules that run on the lab's worker without its nodes, on the lab platform's ports (that
+# worker runs one module at a time): the clusters' TCG nodes balance the two workers.
+OWN_GROUPS = {"tests/e2e/test_clusters.py": "lab"}
+
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -108,7 +112,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
         if where.startswith(("tests/integration/", "tests/e2e/")):
-            group = "lab" if where in LAB_TESTS else "rest"
+            group = "lab" if where in LAB_TESTS else OWN_GROUPS.get(where, "rest")
             item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import oneplatform.baremetal.operations
 import oneplatform.baremetal.registration
+import oneplatform.clusters.operations
 import oneplatform.compute.builtin
 import oneplatform.compute.images
 import oneplatform.dbaas.backup_ops
@@ -20,6 +21,7 @@ import oneplatform.dbaas.operations
 import oneplatform.dbaas.replicas
 import oneplatform.dbaas.storage  # noqa: F401
 from oneplatform.baremetal.states import NODES
+from oneplatform.clusters.states import CLUSTER_NODES, CLUSTERS
 from oneplatform.compute.states import INSTANCES
 from oneplatform.dbaas.states import BACKUPS, DATABASES, MEMBERS
 from oneplatform.images.catalog import IMAGES
@@ -32,6 +34,8 @@ STATE_MACHINES: tuple[StateMachine[Any], ...] = (
     MEMBERS,
     BACKUPS,
     NODES,
+    CLUSTERS,
+    CLUSTER_NODES,
     IMAGES,
 )
 

@@ -291,6 +291,7 @@ SECTIONS = {
     "move": "moves: CLI call to done (a replica made, caught up, switched to, the former retired)",
     "create": "creates: CLI call to ACTIVE (side by side)",
     "storage": "storage growth: CLI call to done (online, a client writing)",
+    "cluster": "clusters: CLI call to ACTIVE (TCG nodes)",
 }
 
 

@@ -1008,6 +1008,12 @@ ROLE_TABLE: dict[tuple[str, str], tuple[str, object]] = {
     ("GET", "/v1/db/instances/{ident}/backup-schedule"): ("reader", None),
     ("PUT", "/v1/db/instances/{ident}/backup-schedule"): ("member", {}),
     ("DELETE", "/v1/db/instances/{ident}/backup-schedule"): ("member", None),
+    ("GET", "/v1/clusters"): ("reader", None),
+    ("POST", "/v1/clusters"): ("member", {"name": "c9", "node_flavor": "vm.small"}),
+    ("GET", "/v1/clusters/{ident}"): ("reader", None),
+    ("GET", "/v1/clusters/{ident}/connect"): ("member", None),
+    ("POST", "/v1/clusters/{ident}/resize"): ("member", {"size": 2}),
+    ("DELETE", "/v1/clusters/{ident}"): ("member", None),
     ("GET", "/v1/nodes"): ("admin", None),
     ("POST", "/v1/nodes"): (
         "admin",

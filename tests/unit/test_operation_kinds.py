@@ -742,6 +742,10 @@ def test_every_operation_kind_is_driven_by_this_module() -> None:
         "db.storage.grow",
         "backup.create",
         "backup.delete",
+        # driven in tests/unit/test_clusters.py
+        "cluster.create",
+        "cluster.resize",
+        "cluster.delete",
     }
     registered = {k.name for k in all_kinds() if not k.name.startswith("test.")}
     assert registered == driven

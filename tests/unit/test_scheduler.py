@@ -26,6 +26,7 @@ from oneplatform.store.models import (
     Instance,
     Operation,
     PortAllocation,
+    Project,
     utcnow,
 )
 from tests.factories import (
@@ -37,6 +38,11 @@ from tests.factories import (
     make_project,
     make_ready_image,
 )
+
+
+def _owned(host: Host, project: Project) -> None:
+    """``host`` becomes a host of a pool of ``project``'s own (a cluster's node)."""
+    host.project_id = project.id
 
 
 def _place(store: Store, flavor: Flavor) -> Host:
@@ -57,6 +63,7 @@ def _refused_by(store: Store, flavor: Flavor) -> str:
 # Each case: a host that fails exactly one filter for a 2-vCPU/2 GiB/20 GB flavor.
 FILTER_CASES: dict[str, Callable[[Session], None]] = {
     "compute_type": lambda s: make_host(s, make_pool(s, "vm")),
+    "pool": lambda s: _owned(make_host(s), make_project(s)),  # a cluster's node
     "enabled": lambda s: make_host(s, enabled=False),
     "vcpus": lambda s: make_host(s, vcpus=1, cpu_allocation_ratio=1.5),  # 1.5 < 2
     "ram": lambda s: make_host(s, ram_mb=1024, ram_allocation_ratio=1.5),  # 1536 < 2048
@@ -87,6 +94,23 @@ def test_each_filter_refuses_with_its_name(store: Store, name: str) -> None:
         FILTER_CASES[name](session)
         flavor = make_flavor(session, vcpus=2, ram_mb=2048, disk_gb=20, traits=["ssd", "nvme"])
     assert _refused_by(store, flavor) == name
+
+
+def test_a_projects_own_flavor_goes_to_its_pool_only(store: Store) -> None:
+    """A cluster's flavor places only on its pool's hosts; every other flavor never goes to
+    a host of a pool that belongs to a project, however roomy."""
+    with store.session() as session:
+        owner = make_project(session)
+        pool = make_pool(session)
+        pool.project_id = owner.id
+        node = make_host(session, pool, ram_mb=65536)
+        _owned(node, owner)
+        make_host(session, ram_mb=4096)
+        clustered = make_flavor(session)
+        clustered.project_id, clustered.pool_id = owner.id, pool.id
+        plain = make_flavor(session)
+    assert _place(store, clustered).id == node.id
+    assert _place(store, plain).id != node.id
 
 
 def test_no_hosts_at_all(store: Store) -> None:

@@ -77,7 +77,16 @@ def test_everything_can_be_deleted_and_only_through_deleting(machine: StateMachi
 
 
 def test_the_machines_cover_every_resource_with_a_status() -> None:
-    assert set(MACHINES) == {"instance", "db_instance", "db_member", "backup", "node", "image"}
+    assert set(MACHINES) == {
+        "instance",
+        "db_instance",
+        "db_member",
+        "backup",
+        "node",
+        "cluster",
+        "cluster_node",
+        "image",
+    }
 
 
 # -- edges the domain forbids ------------------------------------------------------------------

@@ -17,6 +17,7 @@ from oneplatform.api.gate import Gate
 from oneplatform.api.metrics import CONTENT_TYPE, MeasureRequests, Metrics
 from oneplatform.api.routes import (
     backups,
+    clusters,
     compute_types,
     configurations,
     datastores,
@@ -82,6 +83,7 @@ def create_app(platform: Platform) -> FastAPI:
         backups,
         configurations,
         nodes,
+        clusters,
         warm,
         deploy,
         ui_tickets,

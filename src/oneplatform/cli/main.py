@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from oneplatform.cli.clusters import cluster_app
 from oneplatform.cli.db import datastore_app, db_app
 from oneplatform.cli.nodes import node_app
 from oneplatform.cli.output import (
@@ -44,6 +45,7 @@ for sub, name in (
     (datastore_app, "datastore"),
     (instance_app, "instance"),
     (node_app, "node"),
+    (cluster_app, "cluster"),
     (warm_app, "warm"),
     (flavor_app, "flavor"),
     (image_app, "image"),

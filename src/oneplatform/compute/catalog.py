@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -207,14 +207,30 @@ def create_flavor(store: Store, caller: Caller, req: FlavorCreate) -> FlavorOut:
         raise AlreadyExists(f"flavor {req.name!r} already exists", code="flavor_exists") from None
 
 
-def list_flavors(store: Store) -> list[FlavorOut]:
+def list_flavors(store: Store, caller: Caller | None = None) -> list[FlavorOut]:
+    """Every project's flavors, and the caller's project's own (its clusters')."""
     with store.session() as session:
-        rows = session.scalars(select(Flavor).order_by(Flavor.compute_type, Flavor.vcpus))
+        rows = session.scalars(
+            select(Flavor)
+            .where(visible_to(caller.project_id if caller else None))
+            .order_by(Flavor.compute_type, Flavor.vcpus, Flavor.name)
+        )
         return [FlavorOut.model_validate(f) for f in rows]
 
 
-def flavor_by_name(session: Session, name: str) -> Flavor:
-    flavor = session.scalars(select(Flavor).where(Flavor.name == name)).first()
+def visible_to(project_id: str | None) -> ColumnElement[bool]:
+    """The flavors a project may use: every project's, and its own."""
+    if project_id is None:
+        return Flavor.project_id.is_(None)
+    return or_(Flavor.project_id.is_(None), Flavor.project_id == project_id)
+
+
+def flavor_by_name(session: Session, name: str, project_id: str | None = None) -> Flavor:
+    """The flavor named ``name`` that ``project_id`` may use (a project's own flavor is
+    not found for any other project, nor without one)."""
+    flavor = session.scalars(
+        select(Flavor).where(Flavor.name == name, visible_to(project_id))
+    ).first()
     if flavor is None:
         raise NotFound(f"flavor {name!r} not found", code="flavor_not_found")
     return flavor

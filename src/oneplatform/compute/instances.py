@@ -117,7 +117,7 @@ def create_instance(store: Store, caller: Caller, req: InstanceCreate) -> Instan
     """Validate, place and reserve in one transaction; any refusal leaves nothing behind."""
     try:
         with store.session() as session:
-            flavor = flavor_by_name(session, req.flavor)
+            flavor = flavor_by_name(session, req.flavor, caller.project_id)
             instance, op = place_instance(session, caller.project_id, req.name, flavor, req.image)
             return InstanceAccepted(
                 operation=to_out(op), instance=to_out_instance(session, instance)
@@ -254,7 +254,7 @@ def resize(store: Store, caller: Caller, ident: str, flavor_name: str) -> Instan
         instance = find_instance(session, caller, ident)
         require_capability(instance.compute_type, Capability.RESIZE)
         _require_state(instance, "resize", frozenset({S.ACTIVE, S.SHUTOFF}))
-        flavor = flavor_by_name(session, flavor_name)
+        flavor = flavor_by_name(session, flavor_name, caller.project_id)
         if flavor.compute_type != instance.compute_type:
             raise Conflict(
                 f"flavor {flavor.name!r} is for {flavor.compute_type}, not "

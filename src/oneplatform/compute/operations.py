@@ -180,13 +180,16 @@ def step_wait_ports(ctx: StepContext) -> None:
     """The instance is ready when every service port accepts TCP where it is published."""
     found = target(ctx)
     driver = found.require_driver()
+    served = [p for p in found.ports if not p.name.startswith(ports.FORWARD_ONLY_PREFIX)]
     settle = spec_for(driver.compute_type).port_settle_s
+    if driver.host.settings.get("publish_address"):
+        # published behind a forward (a cluster node's QEMU hostfwd), which accepts before
+        # anything listens: as a VM's forwarded port
+        settle = max(settle, spec_for("vm").port_settle_s)
     started = time.monotonic()
     checked = started
     while True:
-        closed = [
-            p for p in found.ports if not accepts(found.addresses[p.name], p.host_port, settle)
-        ]
+        closed = [p for p in served if not accepts(found.addresses[p.name], p.host_port, settle)]
         if not closed:
             return
         now = time.monotonic()

@@ -25,6 +25,9 @@ from oneplatform.store.models import Host, Instance, Pool, PortAllocation
 log = logging.getLogger(__name__)
 
 LOCAL = "local"
+# A port allocation whose name starts so is a forward with no service of the instance's own
+# behind it (a cluster node's block, for the containers it will run): nobody waits for it.
+FORWARD_ONLY_PREFIX = "fwd-"
 WILDCARDS = frozenset({"0.0.0.0", "::"})
 _LOOPBACK_NAMES = frozenset({"", "localhost", "127.0.0.1", "::1"})
 
@@ -70,6 +73,36 @@ def allocate_from_range(
                 code="no_free_port",
             )
         record(session, host, instance, name, int(guest_port), host.bind_address, port)
+
+
+def allocate_block(session: Session, host: Host, instance: Instance, count: int) -> range:
+    """``count`` consecutive free ports of ``host``'s range, each forwarded to the same port
+    of the guest (named ``fwd-<port>``): what a cluster node's containers publish on."""
+    used = taken(session, host.machine, host.bind_address)
+    used |= held_ports(session, host.machine, host.bind_address)
+    used |= published(session, host)
+    start = host.port_range_start
+    while start + count - 1 <= host.port_range_end:
+        block = range(start, start + count)
+        busy = [p for p in block if p in used or not _bindable(host, p)]
+        if not busy:
+            for port in block:
+                record(
+                    session,
+                    host,
+                    instance,
+                    f"{FORWARD_ONLY_PREFIX}{port}",
+                    port,
+                    host.bind_address,
+                    port,
+                )
+            return block
+        start = busy[-1] + 1
+    raise NoValidHost(
+        f"host {host.name!r} has no {count} consecutive free ports left in "
+        f"{host.port_range_start}-{host.port_range_end} on {host.bind_address}",
+        code="no_free_port",
+    )
 
 
 def published(session: Session, host: Host) -> set[int]:

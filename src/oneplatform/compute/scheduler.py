@@ -82,6 +82,12 @@ class Filter:
 # a unit test holds the two to the same answers.
 FILTERS: tuple[Filter, ...] = (
     Filter("compute_type", lambda h, f: h.pool.compute_type == f.compute_type),
+    # A project's own flavor (a cluster's) goes to its pool only; any other flavor never
+    # goes to a host that belongs to a project.
+    Filter(
+        "pool",
+        lambda h, f: h.host.pool_id == f.pool_id if f.pool_id else h.host.project_id is None,
+    ),
     Filter("enabled", lambda h, f: h.host.enabled),
     Filter("vcpus", lambda h, f: h.free_vcpus >= f.vcpus),
     Filter("ram", lambda h, f: h.free_ram_mb >= f.ram_mb),
@@ -139,10 +145,13 @@ def _fits(whole_host: bool) -> list[ColumnElement[bool]]:
 
 
 @functools.cache
-def _window_statement(whole_host: bool, limited: bool) -> Select[tuple[str, str, str, Any]]:
+def _window_statement(
+    whole_host: bool, limited: bool, pooled: bool
+) -> Select[tuple[str, str, str, Any]]:
+    owner = Host.pool_id == bindparam("pool_id") if pooled else Host.project_id.is_(None)
     query = (
         select(Host.id, Host.zone, Host.rack, Host.traits)
-        .where(Host.compute_type == bindparam("compute_type"), *_fits(whole_host))
+        .where(Host.compute_type == bindparam("compute_type"), owner, *_fits(whole_host))
         .order_by(FREE_RAM.desc(), FREE_VCPUS.desc(), Host.id)
     )
     return query.limit(bindparam("window", type_=Integer)) if limited else query
@@ -214,16 +223,14 @@ def _candidates(
     instances."""
     wanted = set(flavor.traits or ())
     whole_host = spec_for(flavor.compute_type).whole_host
-    query = _window_statement(whole_host, limited=not wanted)
+    query = _window_statement(whole_host, limited=not wanted, pooled=flavor.pool_id is not None)
+    params = {"compute_type": flavor.compute_type, "window": WINDOW}
+    if flavor.pool_id is not None:
+        params["pool_id"] = flavor.pool_id
     found = cast(
         list[tuple[str, str, str, list[str]]],
         # Core rows, not ORM ones: half the Python a placement spends is the ORM's.
-        session.connection()
-        .execute(
-            query,
-            _wants(flavor, extra_disk_gb) | {"compute_type": flavor.compute_type, "window": WINDOW},
-        )
-        .all(),
+        session.connection().execute(query, _wants(flavor, extra_disk_gb) | params).all(),
     )
     rows = [row for row in found if wanted <= set(row[3] or ())][:WINDOW]
     zones, racks = _spread_counts(session, spread_project) if spread_project and rows else ({}, {})

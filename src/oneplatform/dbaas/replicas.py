@@ -382,7 +382,11 @@ def _new_replica(
         _check_ready(session, db, action, Feature.REPLICAS)
         if name is not None and member_name_taken(session, db.project_id, name):
             raise AlreadyExists(f"a member named {name!r} already exists", code="replica_exists")
-        flavor_by_name(session, flavor_name or session.get_one(Flavor, db.flavor_id).name)
+        flavor_by_name(
+            session,
+            flavor_name or session.get_one(Flavor, db.flavor_id).name,
+            db.project_id,
+        )
         db_id = db.id
     _ensure_replication_role(store, settings, db_id)
     from_backup = _backup_seeds(store, settings, db_id)
@@ -391,7 +395,9 @@ def _new_replica(
             db = session.get_one(DbInstance, db_id)
             _check_ready(session, db, action)
             flavor = flavor_by_name(
-                session, flavor_name or session.get_one(Flavor, db.flavor_id).name
+                session,
+                flavor_name or session.get_one(Flavor, db.flavor_id).name,
+                db.project_id,
             )
             credit = None
             if credit_former:
@@ -435,7 +441,9 @@ def add_members(
     from_backup = len(have) < count and _backup_seeds(store, settings, db_id)
     with store.session() as session:
         db = session.get_one(DbInstance, db_id)
-        flavor = flavor_by_name(session, flavor_name or session.get_one(Flavor, db.flavor_id).name)
+        flavor = flavor_by_name(
+            session, flavor_name or session.get_one(Flavor, db.flavor_id).name, db.project_id
+        )
         have = [m for m in live_members(session, db_id) if m.role == REPLICA]
         for _ in range(count - len(have)):
             member = _place_member(
@@ -531,7 +539,7 @@ def move(
     with store.session() as session:
         db = find_db(session, caller, ident)
         get_datastore(db.datastore).require(db.version, Feature.MOVE)
-        flavor = flavor_by_name(session, req.flavor)
+        flavor = flavor_by_name(session, req.flavor, db.project_id)
         if flavor.id == db.flavor_id:
             raise InvalidInput(
                 f"database instance {db.name!r} is on flavor {flavor.name!r} already",

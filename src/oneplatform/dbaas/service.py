@@ -260,7 +260,9 @@ def _require_quota(session: Session, caller: Caller, req: DbInstanceCreate, flav
 
     need = quotas.Need(databases=1).plus(member(flavor))
     if req.replicas:
-        replica_flavor = flavor_by_name(session, req.replica_flavor or flavor.name)
+        replica_flavor = flavor_by_name(
+            session, req.replica_flavor or flavor.name, caller.project_id
+        )
         need = need.plus(member(replica_flavor).times(req.replicas))
     quotas.require(session, caller.project_id, need)
 
@@ -286,7 +288,7 @@ def create_db(
     try:
         with store.session() as session:
             _check_db_name_free(session, caller, req.name)
-            flavor = flavor_by_name(session, req.flavor)
+            flavor = flavor_by_name(session, req.flavor, caller.project_id)
             _require_quota(session, caller, req, flavor)
             db = DbInstance(
                 id=new_id(),
@@ -387,7 +389,8 @@ def create_db(
                     )
                 )
             if req.replicas:
-                flavor_by_name(session, req.replica_flavor or flavor.name)  # 404 now, not later
+                # 404 now, not later
+                flavor_by_name(session, req.replica_flavor or flavor.name, caller.project_id)
                 params = {
                     **(params or {}),
                     "replicas": req.replicas,

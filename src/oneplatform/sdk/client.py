@@ -54,6 +54,7 @@ from oneplatform.schemas.projects import (
 from oneplatform.schemas.quotas import QuotaOut
 from oneplatform.schemas.ui import UiTicketOut
 from oneplatform.schemas.warm import WarmPoolOut, WarmSet
+from oneplatform.sdk.clusters import Clusters
 from oneplatform.sdk.configurations import Configurations
 from oneplatform.sdk.db import DbInstances
 from oneplatform.sdk.users import Users
@@ -103,6 +104,7 @@ class Client:
         self.db = DbInstances(self)
         self.configurations = Configurations(self)
         self.nodes = Nodes(self)
+        self.clusters = Clusters(self)
         self.warm = Warm(self)
         self.tokens = Tokens(self)
         self.users = Users(self)

@@ -143,6 +143,8 @@ class Pool(Timestamps, Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     compute_type: Mapped[str] = mapped_column(String(16))
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The project a pool belongs to (a cluster's); None: the platform's, every project's.
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), default=None)
 
 
 def _pool_compute_type(context: Any) -> str:
@@ -196,6 +198,8 @@ class Host(Timestamps, Base):
     used_instances: Mapped[int] = mapped_column(Integer, default=0)
     # Bumped by every placement and resize on this host (a change counter for observers).
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # Its pool's owner (a cluster's node), copied for the scheduler; None: every project's.
+    project_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class Flavor(Timestamps, Base):
@@ -207,6 +211,10 @@ class Flavor(Timestamps, Base):
     ram_mb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
     traits: Mapped[list[Any]] = mapped_column(default=list)
+    # A project's own flavor (a cluster's), placed only on the hosts of ``pool_id``; None:
+    # every project's, placed only on hosts that are every project's.
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), default=None)
+    pool_id: Mapped[str | None] = mapped_column(ForeignKey("pools.id"), default=None)
 
 
 class Image(Timestamps, Base):
@@ -258,6 +266,55 @@ class Instance(Timestamps, Base):
     # The isolation group of its network when it is not its project's: a warm instance is
     # made alone in one of its own, and keeps it when it is claimed.
     network_group: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class Cluster(Timestamps, Base):
+    """A container pool of one project composed from the platform's own VMs (its nodes),
+    with a flavor of its own; the owner reaches each node's Podman over SSH."""
+
+    __tablename__ = "clusters"
+    __table_args__ = (
+        # Its pool and flavor are named after it, and their names are global.
+        Index(
+            "uq_clusters_name_live",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    node_flavor_id: Mapped[str] = mapped_column(ForeignKey("flavors.id"))
+    size: Mapped[int] = mapped_column(Integer)  # the nodes wanted
+    pool_id: Mapped[str | None] = mapped_column(ForeignKey("pools.id"), default=None)
+    flavor_id: Mapped[str | None] = mapped_column(ForeignKey("flavors.id"), default=None)
+    # The owner's SSH public key, authorized on every node beside the platform's own.
+    public_key: Mapped[str | None] = mapped_column(Text, default=None)
+    # The platform-made SSH private key of the cluster (OpenSSH format), encrypted.
+    key_enc: Mapped[str] = mapped_column(Text)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class ClusterNode(Timestamps, Base):
+    """One node of a cluster: a compute instance of the owner's project running Podman, and
+    (once it answers) a host of the cluster's pool."""
+
+    __tablename__ = "cluster_nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"), index=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), default=None)
+    name: Mapped[str] = mapped_column(String(63))
+    status: Mapped[str] = mapped_column(String(16))  # BUILD ACTIVE DRAINING DELETED ERROR
+    ssh_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Its block of forwarded ports (host port = guest port): its host's port range.
+    port_range_start: Mapped[int | None] = mapped_column(Integer, default=None)
+    port_range_end: Mapped[int | None] = mapped_column(Integer, default=None)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class WarmPool(Timestamps, Base):

@@ -11,8 +11,9 @@ router = APIRouter(tags=["flavors"], responses=declared(401, 403, 409, 413, 422)
 
 
 @router.get("/flavors", response_model=list[FlavorOut])
-def list_flavors(platform: PlatformDep, _caller: CallerDep) -> list[FlavorOut]:
-    return catalog.list_flavors(platform.store)
+def list_flavors(platform: PlatformDep, caller: CallerDep) -> list[FlavorOut]:
+    """Every project's flavors, and the caller's project's own (its clusters')."""
+    return catalog.list_flavors(platform.store, caller)
 
 
 @router.post("/flavors", response_model=FlavorOut, status_code=status.HTTP_201_CREATED)

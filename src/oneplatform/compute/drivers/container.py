@@ -151,7 +151,7 @@ GUARD_RULE = ("INPUT", "-s", str(GUEST_SUBNETS), "-j", GUARD_CHAIN)
 
 def run_argv(
     spec: InstanceSpec,
-    runtime: str,
+    runtime: str | None,
     bind_address: str,
     labels: Mapping[str, str],
     name: str | None = None,
@@ -161,7 +161,9 @@ def run_argv(
     args = ["run", "--detach", "--pull=never", "--name", name or container_name(spec.instance_id)]
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
-    args += ["--runtime", runtime, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+    if runtime:  # podman --url takes none: a remote host's own configuration says
+        args += ["--runtime", runtime]
+    args += ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     args += ["--cpus", str(spec.vcpus), "--memory", f"{spec.ram_mb}m", *CONFINEMENT]
     if spec.network is not None:
         args += ["--network", network_name(spec.network)]
@@ -184,7 +186,9 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
     """Containers on a Podman host (local, or remote through ``podman --url``).
 
     Stateless: every method asks podman. Settings read from ``host.settings``: ``runtime``
-    (OCI runtime, default ``runc``).
+    (OCI runtime, default ``runc``); ``identity_file`` (the SSH key of an ``ssh://`` host);
+    ``publish_address`` (where ports are published on the host, when the platform reaches
+    them at another address: ``bind_address``).
     """
 
     compute_type: ClassVar[ComputeType] = ComputeType.CONTAINER
@@ -221,7 +225,8 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
         uri = (self.host.uri or "").strip()
         if uri in LOCAL_URIS:
             return ["podman"]
-        return ["podman", "--url", uri]
+        identity = self.host.settings.get("identity_file")
+        return ["podman", "--url", uri, *(["--identity", str(identity)] if identity else [])]
 
     def _podman(
         self,
@@ -442,8 +447,13 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
             LABEL_MANAGED: "1",
             LABEL_PORTS: ports_label,
         }
-        runtime = str(self.host.settings.get("runtime", "runc"))
-        return run_argv(spec, runtime, self.host.bind_address, labels)
+        local = (self.host.uri or "").strip() in LOCAL_URIS
+        runtime = str(self.host.settings.get("runtime", "runc")) if local else None
+        # A host whose ports are reached through a forward (a cluster's node VM: QEMU's
+        # hostfwd to the guest's own address) publishes on that address, not on the one the
+        # platform reaches them at.
+        publish = str(self.host.settings.get("publish_address") or self.host.bind_address)
+        return run_argv(spec, runtime, publish, labels)
 
     def _check_spec(self, spec: InstanceSpec) -> None:
         """Refuse, before anything is made, what podman would refuse or misparse."""

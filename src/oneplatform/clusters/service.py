@@ -1,0 +1,386 @@
+"""Clusters: create, read, connect, resize, delete. Writes desired state plus an operation
+and returns; the steps are in :mod:`oneplatform.clusters.operations`."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from oneplatform.clusters import keys
+from oneplatform.clusters import operations as ops
+from oneplatform.clusters.operations import live_nodes
+from oneplatform.clusters.states import CLUSTER_NODES, CLUSTERS, ClusterStatus, NodeStatus
+from oneplatform.compute.catalog import flavor_by_name
+from oneplatform.compute.instances import place_instance
+from oneplatform.compute.ports import allocate_block
+from oneplatform.config import Settings
+from oneplatform.errors import AlreadyExists, Conflict, NotFound
+from oneplatform.iam import Caller
+from oneplatform.ops.engine import enqueue
+from oneplatform.ops.service import to_out
+from oneplatform.schemas.clusters import (
+    ClusterAccepted,
+    ClusterConnection,
+    ClusterCreate,
+    ClusterNodeOut,
+    ClusterOut,
+    ClusterResize,
+)
+from oneplatform.schemas.compute import ComputeType
+from oneplatform.secrets import box_for
+from oneplatform.store.db import Store
+from oneplatform.store.models import (
+    Cluster,
+    ClusterNode,
+    DbInstance,
+    DbMember,
+    Flavor,
+    Host,
+    Instance,
+    Pool,
+    PortAllocation,
+    new_id,
+)
+
+NODE_IMAGE = "podman-host"
+# Ports forwarded to each node for its containers (two per database: engine and agent).
+NODE_PORTS = 20
+# The cluster's flavor: what one database (or container) on a node takes.
+FLAVOR_VCPUS, FLAVOR_RAM_MB, FLAVOR_DISK_GB = 1, 512, 1
+# A node's containers publish on the node's own address, which the forwards lead to; its
+# containers.conf says runc (podman --url takes no --runtime).
+NODE_POOL_SETTINGS: dict[str, str] = {"runtime": "runc", "publish_address": "0.0.0.0"}
+LIVE_NODES = (NodeStatus.BUILD.value, NodeStatus.ACTIVE.value, NodeStatus.ERROR.value)
+
+
+# -- reading ---------------------------------------------------------------------------------
+def find_cluster(session: Session, caller: Caller, ident: str) -> Cluster:
+    """The caller's project's live cluster by id or name; 404 for any other project's."""
+    cluster = session.scalars(
+        select(Cluster).where(
+            Cluster.project_id == caller.project_id,
+            Cluster.deleted_at.is_(None),
+            (Cluster.id == ident) | (Cluster.name == ident),
+        )
+    ).first()
+    if cluster is None:
+        raise NotFound(f"cluster {ident!r} not found", code="cluster_not_found")
+    return cluster
+
+
+def to_out_cluster(session: Session, cluster: Cluster) -> ClusterOut:
+    pool = session.get(Pool, cluster.pool_id) if cluster.pool_id else None
+    flavor = session.get(Flavor, cluster.flavor_id) if cluster.flavor_id else None
+    nodes = []
+    for node in live_nodes(session, cluster.id):
+        host = session.get(Host, node.host_id) if node.host_id else None
+        nodes.append(
+            ClusterNodeOut(
+                name=node.name,
+                status=node.status,
+                instance_id=node.instance_id,
+                host=host.name if host else None,
+                ssh_port=node.ssh_port,
+                port_range_start=node.port_range_start,
+                port_range_end=node.port_range_end,
+            )
+        )
+    return ClusterOut(
+        id=cluster.id,
+        name=cluster.name,
+        status=cluster.status,
+        status_message=cluster.status_message,
+        node_flavor=session.get_one(Flavor, cluster.node_flavor_id).name,
+        size=cluster.size,
+        pool=pool.name if pool and cluster.deleted_at is None else None,
+        flavor=flavor.name if flavor and cluster.deleted_at is None else None,
+        nodes=nodes,
+        created_at=cluster.created_at,
+    )
+
+
+def list_clusters(store: Store, caller: Caller) -> list[ClusterOut]:
+    with store.session() as session:
+        rows = session.scalars(
+            select(Cluster)
+            .where(Cluster.project_id == caller.project_id, Cluster.deleted_at.is_(None))
+            .order_by(Cluster.created_at)
+        )
+        return [to_out_cluster(session, c) for c in rows]
+
+
+def get_cluster(store: Store, caller: Caller, ident: str) -> ClusterOut:
+    with store.session() as session:
+        return to_out_cluster(session, find_cluster(session, caller, ident))
+
+
+def connect(
+    store: Store, settings: Settings, caller: Caller, ident: str
+) -> list[ClusterConnection]:
+    """How the owner reaches each registered node's Podman: ``podman --url URL --identity
+    FILE``. The platform's key file is written on this machine when it is the one to use."""
+    caller.require_writer("connect to a cluster's nodes")
+    with store.session() as session:
+        cluster = find_cluster(session, caller, ident)
+        ready = [n for n in live_nodes(session, cluster.id) if n.host_id and n.ssh_port]
+        if not ready:
+            raise Conflict(
+                f"cluster {cluster.name!r} has no node ready yet ({cluster.status})",
+                code="invalid_state",
+                status=cluster.status,
+            )
+        identity = None
+        if not cluster.public_key:
+            private = box_for(settings).decrypt(cluster.key_enc)
+            identity = str(keys.write_identity(settings, cluster.id, private))
+        return [
+            ClusterConnection(
+                node=n.name, url=ops.node_url(int(n.ssh_port or 0)), identity_file=identity
+            )
+            for n in ready
+        ]
+
+
+# -- creating --------------------------------------------------------------------------------
+def create_cluster(
+    store: Store, settings: Settings, caller: Caller, req: ClusterCreate
+) -> ClusterAccepted:
+    """The cluster, its pool, its flavor and its nodes' instances in one transaction: any
+    refusal (a taken name, no VM host left, the quota) leaves nothing behind."""
+    public_key = keys.checked_public_key(req.public_key) if req.public_key else None
+    private = keys.new_private_key()
+    cluster_id = new_id()
+    identity = keys.identity_path(settings, cluster_id)
+    try:
+        with store.session() as session:
+            node_flavor = _node_flavor(session, caller, req.node_flavor)
+            _check_names_free(session, req.name)
+            pool = Pool(
+                id=new_id(),
+                name=req.name,
+                compute_type=ComputeType.CONTAINER.value,
+                project_id=caller.project_id,
+                settings={**NODE_POOL_SETTINGS, "identity_file": str(identity)},
+            )
+            flavor = Flavor(
+                id=new_id(),
+                name=flavor_name(req.name),
+                compute_type=ComputeType.CONTAINER.value,
+                vcpus=FLAVOR_VCPUS,
+                ram_mb=FLAVOR_RAM_MB,
+                disk_gb=FLAVOR_DISK_GB,
+                project_id=caller.project_id,
+                pool_id=pool.id,
+            )
+            cluster = Cluster(
+                id=cluster_id,
+                project_id=caller.project_id,
+                name=req.name,
+                node_flavor_id=node_flavor.id,
+                size=req.size,
+                pool_id=pool.id,
+                flavor_id=flavor.id,
+                public_key=public_key,
+                key_enc=box_for(settings).encrypt(private),
+            )
+            for row in (pool, flavor):  # in their order: no relationships tell the flush
+                session.add(row)
+                session.flush()
+            CLUSTERS.created(session, cluster, f"{req.size} node(s) of {node_flavor.name}")
+            session.add(cluster)
+            session.flush()
+            add_nodes(session, settings, cluster, private, req.size)
+            op = enqueue(session, ops.CLUSTER_CREATE, cluster.id, caller.project_id)
+            accepted = ClusterAccepted(
+                operation=to_out(op), cluster=to_out_cluster(session, cluster)
+            )
+    except IntegrityError as err:
+        raise AlreadyExists(
+            f"a cluster, pool, flavor or instance named after {req.name!r} already exists",
+            code="cluster_exists",
+        ) from err
+    keys.write_identity(settings, cluster_id, private)
+    return accepted
+
+
+def flavor_name(cluster_name: str) -> str:
+    return f"{cluster_name}.small"
+
+
+def _node_flavor(session: Session, caller: Caller, name: str) -> Flavor:
+    flavor = flavor_by_name(session, name, caller.project_id)
+    if flavor.compute_type != ComputeType.VM.value:
+        raise Conflict(
+            f"flavor {name!r} is for {flavor.compute_type}: a cluster's nodes are VMs "
+            "(bare-metal nodes are not supported yet)",
+            code="node_flavor_not_supported",
+            compute_type=flavor.compute_type,
+        )
+    return flavor
+
+
+def _check_names_free(session: Session, name: str) -> None:
+    taken = (
+        session.scalars(
+            select(Cluster.id).where(Cluster.name == name, Cluster.deleted_at.is_(None))
+        ).first()
+        or session.scalars(select(Pool.id).where(Pool.name == name)).first()
+        or session.scalars(select(Flavor.id).where(Flavor.name == flavor_name(name))).first()
+    )
+    if taken:
+        raise AlreadyExists(
+            f"the name {name!r} is taken (a cluster, or a pool or flavor {flavor_name(name)!r})",
+            code="cluster_exists",
+        )
+
+
+def add_nodes(
+    session: Session, settings: Settings, cluster: Cluster, private_key: str, count: int
+) -> list[ClusterNode]:
+    """Place ``count`` more node instances (each with its create operation), each with an
+    SSH port and a block of forwarded ports for its containers."""
+    flavor = session.get_one(Flavor, cluster.node_flavor_id)
+    authorized = [keys.public_key_of(private_key, f"onep-cluster-{cluster.name}")]
+    if cluster.public_key:
+        authorized.append(cluster.public_key)
+    used = {
+        n.name
+        for n in session.scalars(select(ClusterNode).where(ClusterNode.cluster_id == cluster.id))
+    }
+    made = []
+    index = 0
+    for _ in range(count):
+        while f"{cluster.name}-{index}" in used:
+            index += 1
+        name = f"{cluster.name}-{index}"
+        used.add(name)
+        bundle = json.dumps({"authorized_keys": authorized})
+        instance, _op = place_instance(
+            session,
+            cluster.project_id,
+            name,
+            flavor,
+            NODE_IMAGE,
+            bundle_enc=box_for(settings).encrypt(bundle),
+        )
+        host = session.get_one(Host, instance.host_id)
+        block = allocate_block(session, host, instance, NODE_PORTS)
+        ssh = session.scalars(
+            select(PortAllocation.host_port).where(
+                PortAllocation.instance_id == instance.id, PortAllocation.name == "ssh"
+            )
+        ).one()
+        node = ClusterNode(
+            id=new_id(),
+            cluster_id=cluster.id,
+            instance_id=instance.id,
+            name=name,
+            ssh_port=ssh,
+            port_range_start=block.start,
+            port_range_end=block.stop - 1,
+        )
+        CLUSTER_NODES.created(session, node, f"instance {instance.name}")
+        session.add(node)
+        made.append(node)
+    session.flush()
+    return made
+
+
+# -- resizing and deleting -------------------------------------------------------------------
+def resize_cluster(
+    store: Store, settings: Settings, caller: Caller, ident: str, req: ClusterResize
+) -> ClusterAccepted:
+    """Add nodes, or drain the newest ones (refused while something lives on them)."""
+    with store.session() as session:
+        cluster = find_cluster(session, caller, ident)
+        _require_state(cluster, "resize", {ClusterStatus.ACTIVE, ClusterStatus.ERROR})
+        nodes = [n for n in live_nodes(session, cluster.id) if n.status in LIVE_NODES]
+        if req.size == len(nodes):
+            raise Conflict(
+                f"cluster {cluster.name!r} has {len(nodes)} node(s) already",
+                code="nothing_to_do",
+            )
+        if req.size > len(nodes):
+            private = box_for(settings).decrypt(cluster.key_enc)
+            add_nodes(session, settings, cluster, private, req.size - len(nodes))
+            message = f"adding {req.size - len(nodes)} node(s)"
+        else:
+            leaving = nodes[req.size :]
+            _refuse_if_used(session, cluster, leaving, "drain")
+            drain(session, leaving)
+            message = f"draining {', '.join(n.name for n in leaving)}"
+        cluster.size = req.size
+        CLUSTERS.move(session, cluster, ClusterStatus.RESIZE, message)
+        op = enqueue(session, ops.CLUSTER_RESIZE, cluster.id, caller.project_id)
+        return ClusterAccepted(operation=to_out(op), cluster=to_out_cluster(session, cluster))
+
+
+def delete_cluster(store: Store, settings: Settings, caller: Caller, ident: str) -> ClusterAccepted:
+    """Refused while databases (or any instance) live on its nodes; else its nodes go, then
+    its hosts, flavor and pool."""
+    with store.session() as session:
+        cluster = find_cluster(session, caller, ident)
+        if CLUSTERS.state_of(cluster) is ClusterStatus.DELETING:
+            raise Conflict(
+                f"cluster {cluster.name!r} is already being deleted", code="invalid_state"
+            )
+        nodes = live_nodes(session, cluster.id)
+        _refuse_if_used(session, cluster, nodes, "delete")
+        drain(session, [n for n in nodes if n.status != NodeStatus.DRAINING.value])
+        CLUSTERS.move(session, cluster, ClusterStatus.DELETING, "delete requested")
+        op = enqueue(session, ops.CLUSTER_DELETE, cluster.id, caller.project_id)
+        return ClusterAccepted(operation=to_out(op), cluster=to_out_cluster(session, cluster))
+
+
+def drain(session: Session, nodes: list[ClusterNode]) -> None:
+    """Take the nodes off the scheduler at once (their hosts disabled) and mark them."""
+    for node in nodes:
+        if node.host_id:
+            session.get_one(Host, node.host_id).enabled = False
+        CLUSTER_NODES.move(session, node, NodeStatus.DRAINING)
+
+
+def _refuse_if_used(
+    session: Session, cluster: Cluster, nodes: list[ClusterNode], action: str
+) -> None:
+    host_ids = [n.host_id for n in nodes if n.host_id]
+    if not host_ids:
+        return
+    living = sorted(
+        _resident_name(session, instance)
+        for instance in session.scalars(
+            select(Instance).where(Instance.host_id.in_(host_ids), Instance.deleted_at.is_(None))
+        )
+    )
+    if living:
+        raise Conflict(
+            f"cannot {action} cluster {cluster.name!r}: {', '.join(living)} still on "
+            f"its node(s) {', '.join(n.name for n in nodes if n.host_id)}; delete or move "
+            "them first",
+            code="cluster_in_use",
+            residents=living,
+        )
+
+
+def _resident_name(session: Session, instance: Instance) -> str:
+    """What the owner knows an instance on a node as: its database's name (a member's
+    compute is the database service's), else the instance's."""
+    db_name = session.scalars(
+        select(DbInstance.name)
+        .join(DbMember, DbMember.db_id == DbInstance.id)
+        .where(DbMember.instance_id == instance.id)
+    ).first()
+    return f"database {db_name}" if db_name else f"instance {instance.name}"
+
+
+def _require_state(cluster: Cluster, action: str, allowed: set[ClusterStatus]) -> None:
+    current = CLUSTERS.state_of(cluster)
+    if current not in allowed:
+        raise Conflict(
+            f"cannot {action} cluster {cluster.name!r} while it is {current.value}",
+            code="invalid_state",
+            status=current.value,
+        )

@@ -1,0 +1,358 @@
+"""Clusters: what a request writes, who sees it, and every refusal with its code (the
+nodes' VMs and Podman over SSH are in tests/e2e/test_clusters.py)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from oneplatform.clusters import service
+from oneplatform.clusters.keys import new_private_key, public_key_of
+from oneplatform.compute import catalog
+from oneplatform.compute.drivers.base import HostRef, InstanceSpec, PortMapping
+from oneplatform.compute.drivers.container import PodmanDriver
+from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from oneplatform.iam import MEMBER
+from oneplatform.images.artifacts import ImageArtifact
+from oneplatform.images.builder import rootfs_path, vm_image_path
+from oneplatform.images.recipes import load_recipe
+from oneplatform.schemas.clusters import ClusterCreate, ClusterResize
+from oneplatform.schemas.compute import ComputeType
+from oneplatform.store.models import (
+    Cluster,
+    ClusterNode,
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Operation,
+    Pool,
+    PortAllocation,
+    Project,
+)
+from tests.factories import caller_for, make_host, make_instance, make_project, make_ready_image
+from tests.world import World
+
+
+def _create(world: World, name: str = "c1", **fields: object) -> str:
+    req = ClusterCreate.model_validate({"name": name, "node_flavor": "vm.small", **fields})
+    return service.create_cluster(world.store, world.settings, world.member, req).cluster.id
+
+
+def _counts(world: World) -> tuple[int, ...]:
+    with world.store.session() as session:
+        return tuple(
+            int(session.scalar(select(func.count()).select_from(model)) or 0)
+            for model in (Cluster, ClusterNode, Pool, Flavor, Instance, PortAllocation)
+        )
+
+
+def test_create_makes_the_owners_pool_flavor_and_nodes(world: World) -> None:
+    cluster_id = _create(world, size=2)
+    with world.store.session() as session:
+        cluster = session.get_one(Cluster, cluster_id)
+        assert cluster.status == "BUILD" and cluster.project_id == world.member.project_id
+        pool = session.get_one(Pool, cluster.pool_id)
+        flavor = session.get_one(Flavor, cluster.flavor_id)
+        assert (pool.name, pool.compute_type, pool.project_id) == (
+            "c1",
+            "container",
+            world.member.project_id,
+        )
+        assert pool.settings["identity_file"].endswith(f"{cluster_id}/id_ed25519")
+        assert (flavor.name, flavor.pool_id, flavor.project_id) == (
+            "c1.small",
+            pool.id,
+            world.member.project_id,
+        )
+        nodes = list(session.scalars(select(ClusterNode).order_by(ClusterNode.name)))
+        assert [n.name for n in nodes] == ["c1-0", "c1-1"]
+        for node in nodes:
+            instance = session.get_one(Instance, node.instance_id)
+            # an instance of the owner's project, on the podman-host image
+            assert instance.project_id == world.member.project_id
+            assert instance.managed_by is None
+            assert session.get_one(Image, instance.image_id).name == "podman-host"
+            ports = {
+                p.name: (p.guest_port, p.host_port)
+                for p in session.scalars(
+                    select(PortAllocation).where(PortAllocation.instance_id == instance.id)
+                )
+            }
+            assert ports["ssh"] == (22, node.ssh_port)
+            block = range(int(node.port_range_start or 0), int(node.port_range_end or 0) + 1)
+            assert len(block) == service.NODE_PORTS
+            for port in block:  # forwarded 1:1
+                assert ports[f"fwd-{port}"] == (port, port)
+    # the key file is the owner's machine's, 0600
+    path = world.settings.home / "clusters" / cluster_id / "id_ed25519"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_flavor_and_the_cluster_are_the_owners_only(world: World) -> None:
+    _create(world)
+    assert "c1.small" in {f.name for f in catalog.list_flavors(world.store, world.member)}
+    with world.store.session() as session:
+        outsider = caller_for(make_project(session), MEMBER)
+    assert "c1.small" not in {f.name for f in catalog.list_flavors(world.store, outsider)}
+    assert "c1.small" not in {f.name for f in catalog.list_flavors(world.store)}
+    with world.store.session() as session, pytest.raises(NotFound) as info:
+        catalog.flavor_by_name(session, "c1.small", outsider.project_id)
+    assert info.value.code == "flavor_not_found"
+    assert service.list_clusters(world.store, outsider) == []
+    for call in (
+        lambda: service.get_cluster(world.store, outsider, "c1"),
+        lambda: service.connect(world.store, world.settings, outsider, "c1"),
+        lambda: service.delete_cluster(world.store, world.settings, outsider, "c1"),
+        lambda: service.resize_cluster(
+            world.store, world.settings, outsider, "c1", ClusterResize(size=2)
+        ),
+    ):
+        with pytest.raises(NotFound) as info:
+            call()
+        assert info.value.code == "cluster_not_found"
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "code"),
+    [
+        ({"node_flavor": "container.small"}, Conflict, "node_flavor_not_supported"),
+        ({"node_flavor": "baremetal.small"}, Conflict, "node_flavor_not_supported"),
+        ({"node_flavor": "nope"}, NotFound, "flavor_not_found"),
+        ({"public_key": "ssh-rsa not-a-key"}, InvalidInput, "invalid_public_key"),
+        ({"name": "containers"}, AlreadyExists, "cluster_exists"),  # a pool's name
+    ],
+)
+def test_a_refused_create_leaves_nothing(
+    world: World, fields: dict[str, object], error: type[Exception], code: str
+) -> None:
+    before = _counts(world)
+    with pytest.raises(error) as info:
+        _create(world, **fields)
+    assert getattr(info.value, "code", None) == code
+    assert _counts(world) == before
+
+
+def test_a_name_is_taken_until_its_cluster_is_gone(world: World) -> None:
+    _create(world)
+    with pytest.raises(AlreadyExists) as info:
+        _create(world)
+    assert info.value.code == "cluster_exists"
+
+
+def test_the_owners_public_key_is_checked_and_then_no_key_file_is_handed_out(
+    world: World,
+) -> None:
+    key = public_key_of(new_private_key(), "owner@laptop")
+    cluster_id = _create(world, public_key=key)
+    with world.store.session() as session:
+        assert session.get_one(Cluster, cluster_id).public_key == key
+        node = session.scalars(select(ClusterNode)).one()
+        node.host_id = make_host(session).id  # as a registration leaves it
+    (conn,) = service.connect(world.store, world.settings, world.member, "c1")
+    assert conn.identity_file is None and conn.url.endswith("/run/podman/podman.sock")
+
+
+def test_connect_waits_for_a_registered_node(world: World) -> None:
+    _create(world)
+    with pytest.raises(Conflict) as info:
+        service.connect(world.store, world.settings, world.member, "c1")
+    assert info.value.code == "invalid_state"
+
+
+def _registered(world: World) -> tuple[str, str]:
+    """A cluster whose node is registered as a host of its pool: (cluster id, host id)."""
+    cluster_id = _create(world)
+    with world.store.session() as session:
+        cluster = session.get_one(Cluster, cluster_id)
+        cluster.status = "ACTIVE"
+        host = make_host(session, session.get_one(Pool, cluster.pool_id))
+        host.project_id = cluster.project_id
+        node = session.scalars(select(ClusterNode)).one()
+        node.host_id, node.status = host.id, "ACTIVE"
+        return cluster_id, host.id
+
+
+def test_delete_and_drain_are_refused_while_something_lives_on_a_node(world: World) -> None:
+    cluster_id, host_id = _registered(world)
+    with world.store.session() as session:
+        cluster = session.get_one(Cluster, cluster_id)
+        flavor = session.get_one(Flavor, cluster.flavor_id)
+        image = session.scalars(select(Image)).first()
+        assert image is not None
+        owner = session.get_one(Project, cluster.project_id)
+        make_instance(session, owner, flavor, image, session.get_one(Host, host_id), name="pgk")
+    with pytest.raises(Conflict) as info:
+        service.delete_cluster(world.store, world.settings, world.member, "c1")
+    assert info.value.code == "cluster_in_use" and "instance pgk" in info.value.message
+    with world.store.session() as session:
+        assert session.get_one(Cluster, cluster_id).status == "ACTIVE"
+        assert session.get_one(Host, host_id).enabled
+
+
+def test_delete_takes_the_nodes_off_the_scheduler_at_once(world: World) -> None:
+    _cluster_id, host_id = _registered(world)
+    accepted = service.delete_cluster(world.store, world.settings, world.member, "c1")
+    assert accepted.cluster.status == "DELETING" and accepted.operation.kind == "cluster.delete"
+    with world.store.session() as session:
+        assert not session.get_one(Host, host_id).enabled
+        assert session.scalars(select(ClusterNode)).one().status == "DRAINING"
+    with pytest.raises(Conflict) as info:
+        service.delete_cluster(world.store, world.settings, world.member, "c1")
+    assert info.value.code == "invalid_state"
+
+
+def test_resize_refusals(world: World) -> None:
+    _create(world)
+    with pytest.raises(Conflict) as info:  # still building
+        service.resize_cluster(
+            world.store, world.settings, world.member, "c1", ClusterResize(size=2)
+        )
+    assert info.value.code == "invalid_state"
+
+
+def test_resize_grows_by_new_nodes_and_refuses_the_same_size(world: World) -> None:
+    _registered(world)
+    with pytest.raises(Conflict) as info:
+        service.resize_cluster(
+            world.store, world.settings, world.member, "c1", ClusterResize(size=1)
+        )
+    assert info.value.code == "nothing_to_do"
+    grown = service.resize_cluster(
+        world.store, world.settings, world.member, "c1", ClusterResize(size=2)
+    )
+    assert grown.cluster.status == "RESIZE" and grown.cluster.size == 2
+    assert [n.name for n in grown.cluster.nodes] == ["c1-0", "c1-1"]
+    assert grown.cluster.nodes[1].status == "BUILD"
+
+
+# -- the operations, on fakes ------------------------------------------------------------------
+@pytest.fixture
+def fake_nodes(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+    """The podman-host image built (its formats planted) and the cluster pools' driver the
+    fake container driver (it answers any URI as a Podman host)."""
+    recipe = load_recipe(service.NODE_IMAGE)
+    cache = world.settings.images_dir
+    rootfs_path(recipe, cache).write_bytes(b"rootfs")
+    vm = vm_image_path(recipe, cache)
+    for path in (vm.disk, vm.kernel, vm.initrd):
+        path.write_bytes(b"vm")
+    with world.store.session() as session:
+        make_ready_image(session, service.NODE_IMAGE)
+    monkeypatch.setitem(service.NODE_POOL_SETTINGS, "driver", "fake")
+    return world
+
+
+def _hosts(world: World) -> dict[str, Host]:
+    with world.store.session() as session:
+        return {
+            h.name: h for h in session.scalars(select(Host).where(Host.project_id.is_not(None)))
+        }
+
+
+def test_create_resize_and_delete_drive_the_nodes_and_their_hosts(fake_nodes: World) -> None:
+    world = fake_nodes
+    req = ClusterCreate(name="c1", node_flavor="vm.small", size=1)
+    accepted = service.create_cluster(world.store, world.settings, world.member, req)
+    op = world.drive(accepted.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert [s["name"] for s in op.steps] == ["wait_nodes", "register", "finish"]
+    cluster = service.get_cluster(world.store, world.member, "c1")
+    assert cluster.status == "ACTIVE" and [n.status for n in cluster.nodes] == ["ACTIVE"]
+    host = _hosts(world)["c1-0"]
+    node = cluster.nodes[0]
+    assert host.uri == f"ssh://root@127.0.0.1:{node.ssh_port}/run/podman/podman.sock"
+    assert (host.port_range_start, host.port_range_end) == (
+        node.port_range_start,
+        node.port_range_end,
+    )
+    assert host.project_id == world.member.project_id and host.machine.startswith("cluster-")
+
+    grown = service.resize_cluster(
+        world.store, world.settings, world.member, "c1", ClusterResize(size=2)
+    )
+    op = world.drive(grown.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert set(_hosts(world)) == {"c1-0", "c1-1"}
+
+    shrunk = service.resize_cluster(
+        world.store, world.settings, world.member, "c1", ClusterResize(size=1)
+    )
+    assert [n.status for n in shrunk.cluster.nodes] == ["ACTIVE", "DRAINING"]
+    op = world.drive(shrunk.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert set(_hosts(world)) == {"c1-0"}  # nothing named c1-1's host: it is gone
+    assert [n.name for n in service.get_cluster(world.store, world.member, "c1").nodes] == ["c1-0"]
+
+    gone = service.delete_cluster(world.store, world.settings, world.member, "c1")
+    op = world.drive(gone.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert service.list_clusters(world.store, world.member) == []
+    assert "c1.small" not in {f.name for f in catalog.list_flavors(world.store, world.member)}
+    with world.store.session() as session:
+        assert session.scalars(select(Pool).where(Pool.name == "c1")).first() is None
+        statuses = {i.name: i.status for i in session.scalars(select(Instance))}
+    assert statuses == {"c1-0": "DELETED", "c1-1": "DELETED"}
+    assert not (world.settings.home / "clusters" / accepted.cluster.id).exists()
+    # the name is free again
+    again = service.create_cluster(world.store, world.settings, world.member, req)
+    assert again.cluster.pool == "c1" and again.cluster.flavor == "c1.small"
+
+
+def test_a_node_that_fails_fails_the_cluster_with_its_message(
+    fake_nodes: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = fake_nodes
+    req = ClusterCreate(name="c1", node_flavor="vm.small", size=1)
+    accepted = service.create_cluster(world.store, world.settings, world.member, req)
+    with world.store.session() as session:
+        node = session.scalars(select(ClusterNode)).one()
+        instance = session.get_one(Instance, node.instance_id)
+        instance.status, instance.status_message = "ERROR", "create: the disk is full"
+        session.execute(
+            Operation.__table__.update()
+            .where(Operation.resource_id == instance.id)
+            .values(status="FAILED")
+        )
+    op = world.drive(accepted.operation.id)
+    assert op.status == "FAILED" and op.error_code == "node_failed"
+    assert "the disk is full" in (op.error_message or "")
+    cluster = service.get_cluster(world.store, world.member, "c1")
+    assert cluster.status == "ERROR" and cluster.nodes[0].status == "ERROR"
+    # an ERROR cluster can be deleted
+    op = world.drive(
+        service.delete_cluster(world.store, world.settings, world.member, "c1").operation.id
+    )
+    assert op.status == "SUCCEEDED", op.error_message
+
+
+def test_a_node_hosts_podman_calls_carry_its_key_and_publish_on_the_nodes_address() -> None:
+    """The container driver on a cluster node: ``podman --url … --identity KEY``, no
+    ``--runtime`` (a remote client has none), ports published on the node's own address."""
+    url = "ssh://root@127.0.0.1:30001/run/podman/podman.sock"
+    ref = HostRef(
+        id="h",
+        name="c1-0",
+        compute_type=ComputeType.CONTAINER,
+        uri=url,
+        settings={**service.NODE_POOL_SETTINGS, "identity_file": "/k/id_ed25519"},
+    )
+    driver = PodmanDriver(ref)
+    assert driver._base_cmd() == ["podman", "--url", url, "--identity", "/k/id_ed25519"]
+    spec = InstanceSpec(
+        instance_id="i1",
+        name="pg",
+        image=ImageArtifact(name="postgresql-15", ref="localhost/pg:1", rootfs=None),
+        vcpus=1,
+        ram_mb=512,
+        disk_gb=1,
+        ports=(PortMapping("postgresql", 5432, 30005),),
+    )
+    argv = driver._run_args(spec)
+    assert "--runtime" not in argv
+    assert argv[argv.index("-p") + 1] == "0.0.0.0:30005:5432/tcp"
+    local = PodmanDriver(
+        HostRef(id="l", name="l", compute_type=ComputeType.CONTAINER, uri="local://")
+    )
+    assert local._run_args(spec)[local._run_args(spec).index("--runtime") + 1] == "runc"
+    assert local._run_args(spec)[local._run_args(spec).index("-p") + 1].startswith("127.0.0.1:")
