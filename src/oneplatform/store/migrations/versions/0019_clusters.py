@@ -1,7 +1,7 @@
 """clusters: container pools composed from the platform's own VMs, and pools, hosts and
 flavors that belong to one project
 
-Revision ID: 0021
+Revision ID: 0019
 Revises: 0018
 Create Date: 2026-11-28 00:40:00
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0021"
+revision = "0019"
 down_revision = "0018"
 branch_labels = None
 depends_on = None
