@@ -28,6 +28,7 @@ from oneplatform.api.trove.lookup import find
 from oneplatform.api.trove.objects import user_name
 from oneplatform.errors import NotFound
 from oneplatform.schemas.databases import DbInstanceOut, DbMemberOut
+from oneplatform.store.models import Flavor
 from tests.unit.test_api import Api, api  # noqa: F401 (the fixture)
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
@@ -194,6 +195,34 @@ def test_flavors_in_trove_shape_by_id_and_name(api: Api, trove) -> None:
         shown = api.client.get(f"{base}/flavors/{ident}", headers=headers)
         assert shown.json() == {"flavor": small}
     _fault(api.client.get(f"{base}/flavors/42", headers=headers), 404, "itemNotFound")
+
+
+def test_a_projects_own_flavor_is_listed_for_it_only(api: Api, trove) -> None:
+    base, headers = trove
+    with api.store.session() as s:  # as a cluster of project other makes it
+        s.add(
+            Flavor(
+                name="c1.small",
+                compute_type="container",
+                vcpus=1,
+                ram_mb=512,
+                disk_gb=1,
+                project_id=_pid(api, api.other),
+            )
+        )
+    names = {
+        f["name"] for f in api.client.get(f"{base}/flavors", headers=headers).json()["flavors"]
+    }
+    assert {"c1.small", "container.small"} <= names
+    assert api.client.get(f"{base}/flavors/c1.small", headers=headers).status_code == 200
+    admin_base = f"/v1.0/{_pid(api, api.admin)}"
+    theirs = api.client.get(f"{admin_base}/flavors", headers=_token(api.admin)).json()["flavors"]
+    assert "c1.small" not in {f["name"] for f in theirs}
+    _fault(
+        api.client.get(f"{admin_base}/flavors/c1.small", headers=_token(api.admin)),
+        404,
+        "itemNotFound",
+    )
 
 
 def test_datastores_and_versions_by_name_or_id(api: Api, trove) -> None:

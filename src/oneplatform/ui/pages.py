@@ -236,7 +236,7 @@ def databases(request: Request, who: Who, live: bool = False) -> Response:
         "databases",
         live=False,
         databases=dbs,
-        flavors=catalog.list_flavors(p.store),
+        flavors=catalog.list_flavors(p.store, who.caller),
         compute_types={ct.name.value: ct for ct in catalog.list_compute_types()},
         datastores=service.list_datastores(),
     )
@@ -291,7 +291,7 @@ def database(request: Request, who: Who, name: str, live: bool = False) -> Respo
         "operations": op_service.list_operations(p.store, who.caller, db.id, limit=20),
     }
     if not live:
-        ctx["flavors"] = catalog.list_flavors(p.store)
+        ctx["flavors"] = catalog.list_flavors(p.store, who.caller)
         ctx["backup_types"] = _backup_types(db.datastore, db.version)
     return _page(request, who, "database", live=live, **ctx)
 
@@ -401,5 +401,5 @@ def catalog_page(request: Request, who: Who) -> Response:
         live=False,
         compute_types=catalog.list_compute_types(),
         datastores=service.list_datastores(),
-        flavors=catalog.list_flavors(_platform(request).store),
+        flavors=catalog.list_flavors(_platform(request).store, who.caller),
     )

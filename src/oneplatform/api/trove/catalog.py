@@ -34,18 +34,17 @@ def version(request: Request, _caller: CallerDep) -> Body:
 
 
 @router.get("/flavors")
-def list_flavors(request: Request, platform: PlatformDep, _caller: CallerDep) -> Body:
-    """Every flavor; ``compute_type`` says which kind of compute it gives."""
-    flavors = catalog.list_flavors(platform.store)
+def list_flavors(request: Request, platform: PlatformDep, caller: CallerDep) -> Body:
+    """Every shared flavor and the caller's project's own (its clusters'); ``compute_type``
+    says which kind of compute it gives."""
+    flavors = catalog.list_flavors(platform.store, caller)
     return {"flavors": [views.flavor(request, f) for f in flavors]}
 
 
 @router.get("/flavors/{flavor_id}")
-def show_flavor(
-    flavor_id: str, request: Request, platform: PlatformDep, _caller: CallerDep
-) -> Body:
+def show_flavor(flavor_id: str, request: Request, platform: PlatformDep, caller: CallerDep) -> Body:
     """A flavor by id or name."""
-    found = views.find_flavor(catalog.list_flavors(platform.store), flavor_id)
+    found = views.find_flavor(catalog.list_flavors(platform.store, caller), flavor_id)
     return {"flavor": views.flavor(request, found)}
 
 
@@ -80,12 +79,12 @@ def show_version_by_id(version_id: str, request: Request, _caller: CallerDep) ->
 
 @router.get("/datastores/{datastore}/versions/{version}/flavors")
 def version_flavors(
-    datastore: str, version: str, request: Request, platform: PlatformDep, _caller: CallerDep
+    datastore: str, version: str, request: Request, platform: PlatformDep, caller: CallerDep
 ) -> Body:
     """Every flavor runs every datastore version (on its compute type)."""
     ds = views.find_datastore(service.list_datastores(), datastore)
     views.find_version(ds, version)
-    return list_flavors(request, platform, _caller)
+    return list_flavors(request, platform, caller)
 
 
 def _parameters(ds_name: str, version: str) -> list[Body]:

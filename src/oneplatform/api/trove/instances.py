@@ -84,7 +84,7 @@ def _view(
 
 def _listing(request: Request, platform: PlatformDep, caller: Caller, detail: bool) -> Json:
     dbs = service.list_dbs(platform.store, caller)
-    flavors = catalog.list_flavors(platform.store)
+    flavors = catalog.list_flavors(platform.store, caller)
     busy = _backing_up(platform.store, caller)
     found = [f for db in dbs for f in members(db)]
     chosen, more = views.page(request, found, trove_id, "instances")
@@ -114,7 +114,7 @@ def show_instance(
 ) -> Json:
     """An instance by id or name."""
     found = _found(platform, caller, instance_id)
-    flavors = catalog.list_flavors(platform.store)
+    flavors = catalog.list_flavors(platform.store, caller)
     busy = _backing_up(platform.store, caller)
     return {"instance": _view(request, found, flavors, busy, detail=True)}
 
@@ -148,7 +148,7 @@ def _users(spec: InstanceSpec) -> list[DbUserSpec]:
 
 
 def _new_db(platform: PlatformDep, caller: Caller, spec: InstanceSpec) -> DbInstanceOut:
-    flavors = catalog.list_flavors(platform.store)
+    flavors = catalog.list_flavors(platform.store, caller)
     flavor = _flavor_name(flavors, spec)
     if flavor is None:
         raise InvalidInput("a flavor is needed (flavorRef)", code="invalid_input")
@@ -203,7 +203,7 @@ def create_instance(
     """Create (200, status BUILD, readable at once): a database instance, or with
     ``replica_of`` replicas of one. ``restorePoint.backupRef`` restores a backup."""
     spec = body.instance
-    flavors = catalog.list_flavors(platform.store)
+    flavors = catalog.list_flavors(platform.store, caller)
     if spec.replica_of:
         found = _new_replicas(platform, caller, spec)
         return {"instance": _view(request, found, flavors, set(), detail=True)}
@@ -344,7 +344,9 @@ def _resize(platform: PlatformDep, caller: Caller, db_id: str, args: Any) -> Non
     if not isinstance(args, dict):
         raise InvalidInput("resize takes flavorRef or volume", code="invalid_input")
     if "flavorRef" in args:
-        flavor = views.find_flavor(catalog.list_flavors(platform.store), str(args["flavorRef"]))
+        flavor = views.find_flavor(
+            catalog.list_flavors(platform.store, caller), str(args["flavorRef"])
+        )
         req = build(MoveRequest, flavor=flavor.name)
         replicas.move(platform.store, platform.settings, caller, db_id, req)
     elif "volume" in args:
