@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from oneplatform.clusters import service
 from oneplatform.clusters.keys import new_private_key, public_key_of
-from oneplatform.compute import catalog
+from oneplatform.compute import catalog, instances
 from oneplatform.compute.drivers.base import HostRef, InstanceSpec, PortMapping
 from oneplatform.compute.drivers.container import PodmanDriver
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
@@ -87,6 +87,17 @@ def test_create_makes_the_owners_pool_flavor_and_nodes(world: World) -> None:
     # the key file is the owner's machine's, 0600
     path = world.settings.home / "clusters" / cluster_id / "id_ed25519"
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_node_is_not_deleted_as_a_plain_instance(world: World) -> None:
+    _create(world)
+    assert "c1-0" in {i.name for i in instances.list_instances(world.store, world.member)}
+    before = _counts(world)
+    with pytest.raises(Conflict) as info:
+        instances.delete_instance(world.store, world.member, "c1-0")
+    assert info.value.code == "instance_in_cluster"
+    assert "onep cluster resize c1" in str(info.value)
+    assert _counts(world) == before
 
 
 def test_the_flavor_and_the_cluster_are_the_owners_only(world: World) -> None:

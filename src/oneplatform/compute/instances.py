@@ -36,6 +36,8 @@ from oneplatform.schemas.instances import (
 )
 from oneplatform.store.db import Store
 from oneplatform.store.models import (
+    Cluster,
+    ClusterNode,
     Flavor,
     Host,
     Image,
@@ -294,6 +296,17 @@ def _require_state(instance: Instance, action: str, allowed: frozenset[InstanceS
 def delete_instance(store: Store, caller: Caller, ident: str) -> InstanceAccepted:
     with store.session() as session:
         instance = find_instance(session, caller, ident)
+        cluster = session.scalars(
+            select(Cluster.name)
+            .join(ClusterNode, ClusterNode.cluster_id == Cluster.id)
+            .where(ClusterNode.instance_id == instance.id, ClusterNode.deleted_at.is_(None))
+        ).first()
+        if cluster is not None:
+            raise Conflict(
+                f"instance {instance.name!r} is a node of cluster {cluster!r}: "
+                f"`onep cluster resize {cluster}` or `onep cluster delete {cluster}` removes it",
+                code="instance_in_cluster",
+            )
         op = request_delete(session, instance, caller.project_id)
         if op is None:
             raise Conflict(
