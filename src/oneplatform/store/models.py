@@ -176,6 +176,8 @@ class Host(Timestamps, Base):
     # one machine and address share that machine's ports.
     machine: Mapped[str] = mapped_column(String(255), default="local")
     bind_address: Mapped[str] = mapped_column(String(64), default="127.0.0.1")
+    # Its own driver settings (identity_file, host_key), merged over its pool's.
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     vcpus: Mapped[int] = mapped_column(Integer)
     ram_mb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)

@@ -46,6 +46,7 @@ from oneplatform.compute.drivers.base import (
     ComputeDriver,
     ExecResult,
     HostInventory,
+    HostRef,
     ImageArtifact,
     InstanceSpec,
     PortMapping,
@@ -54,6 +55,7 @@ from oneplatform.compute.drivers.base import (
     VolumeSpec,
 )
 from oneplatform.compute.drivers.cni import drop_stale_forwards
+from oneplatform.compute.drivers.ssh import identity_file, ssh_target, trust_home
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
 from oneplatform.schemas.compute import ComputeType, PowerState
 
@@ -151,7 +153,7 @@ GUARD_RULE = ("INPUT", "-s", str(GUEST_SUBNETS), "-j", GUARD_CHAIN)
 
 def run_argv(
     spec: InstanceSpec,
-    runtime: str,
+    runtime: str | None,
     bind_address: str,
     labels: Mapping[str, str],
     name: str | None = None,
@@ -161,7 +163,9 @@ def run_argv(
     args = ["run", "--detach", "--pull=never", "--name", name or container_name(spec.instance_id)]
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
-    args += ["--runtime", runtime, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+    if runtime:  # a remote client has no --runtime: the host's containers.conf chooses
+        args += ["--runtime", runtime]
+    args += ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     args += ["--cpus", str(spec.vcpus), "--memory", f"{spec.ram_mb}m", *CONFINEMENT]
     if spec.network is not None:
         args += ["--network", network_name(spec.network)]
@@ -184,7 +188,8 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
     """Containers on a Podman host (local, or remote through ``podman --url``).
 
     Stateless: every method asks podman. Settings read from ``host.settings``: ``runtime``
-    (OCI runtime, default ``runc``).
+    (OCI runtime, default ``runc``; a remote host runs its containers.conf's); for an ``ssh://`` host ``identity_file`` and
+    ``host_key`` (see :mod:`~oneplatform.compute.drivers.ssh`).
     """
 
     compute_type: ClassVar[ComputeType] = ComputeType.CONTAINER
@@ -215,13 +220,33 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
         ),
     }
 
+    def __init__(self, host: HostRef) -> None:
+        super().__init__(host)
+        self._ssh_home: Path | None = None  # looked up on the first podman call
+        self._ssh_checked = False
+
     # ------------------------------------------------------------------ podman calls
 
     def _base_cmd(self) -> list[str]:
         uri = (self.host.uri or "").strip()
         if uri in LOCAL_URIS:
             return ["podman"]
-        return ["podman", "--url", uri]
+        cmd = ["podman", "--url", uri]
+        key = identity_file(self.host.settings)
+        if key and ssh_target(uri) is not None:
+            cmd += ["--identity", key]
+        return cmd
+
+    def _env(self) -> dict[str, str] | None:
+        """Podman's environment: for an SSH host, HOME is the directory whose
+        ``.ssh/known_hosts`` holds only this host's trusted key (see
+        :mod:`~oneplatform.compute.drivers.ssh`); Podman's client reads no other."""
+        if not self._ssh_checked:
+            self._ssh_home = trust_home(self.host)
+            self._ssh_checked = True
+        if self._ssh_home is None:
+            return None
+        return {**os.environ, "HOME": str(self._ssh_home)}
 
     def _podman(
         self,
@@ -242,9 +267,11 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
         """
         cmd = [*self._base_cmd(), *args]
         what = f"podman {' '.join(args[:2])}"
+        env = self._env()
         try:
             raw = subprocess.run(
                 cmd,
+                env=env,
                 input=stdin,
                 stdin=None if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -283,7 +310,14 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
             "command": list(args),
             "exit_code": proc.returncode,
         }
-        if "unable to connect to podman" in low or "cannot connect to podman" in low:
+        if any(
+            sign in low
+            for sign in (
+                "unable to connect to podman",
+                "cannot connect to podman",
+                "failed to connect",  # over SSH: refused, no route, handshake, key mismatch
+            )
+        ):
             return BackendUnavailable(message, **details)
         if "no such container" in low:
             return BackendNotFound(message, **details)
@@ -442,7 +476,9 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
             LABEL_MANAGED: "1",
             LABEL_PORTS: ports_label,
         }
-        runtime = str(self.host.settings.get("runtime", "runc"))
+        runtime: str | None = str(self.host.settings.get("runtime", "runc"))
+        if (self.host.uri or "").strip() not in LOCAL_URIS:
+            runtime = None  # `podman --url` has no --runtime: the host's own default runs it
         return run_argv(spec, runtime, self.host.bind_address, labels)
 
     def _check_spec(self, spec: InstanceSpec) -> None:
