@@ -174,6 +174,8 @@ def _remove_storage(root: Path) -> None:
         subprocess.run(["podman", *storage, "secret", "rm", secret], capture_output=True)
     subprocess.run(["podman", *storage, "rmi", "--all", "--force"], capture_output=True)
     overlay = root / "storage" / "overlay"
-    if os.path.ismount(overlay):
+    for _ in range(10):  # each podman call above may have mounted it once more
+        if not os.path.ismount(overlay):
+            break
         subprocess.run(["umount", str(overlay)], capture_output=True, timeout=60)
     shutil.rmtree(root / "storage", ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -38,6 +39,7 @@ from tests.sshd import SshHost, ssh_host, sshd_missing
 
 pytestmark = pytest.mark.integration
 
+REMOTE_POOLS = Path("/var/lib/oneplatform")
 REMOTE_IMAGE_REF = "localhost/oneplatform-test/busybox-remote:1"
 BUNDLE = json.dumps({"instance": "remote", "secret": "s3cr\u00e9t"}).encode()
 
@@ -201,13 +203,12 @@ def test_podman_over_ssh_runs_a_container_on_the_remote_host(
 def test_libvirt_over_ssh_uploads_boots_and_deletes_a_vm(
     remote: SshHost,
     vm_test_image: ImageArtifact,
-    tmp_path_factory: pytest.TempPathFactory,
     new_vm_instance_id: Callable[[], str],
 ) -> None:
     from oneplatform.compute.drivers.vm import LibvirtDriver
 
-    pool_dir = tmp_path_factory.mktemp("remote-pool")
     pool = f"onep-remote-{uuid.uuid4().hex[:8]}"
+    pool_dir = REMOTE_POOLS / pool  # QEMU's user must reach it: not under the test's tmp dir
     driver = LibvirtDriver(
         ref(remote, ComputeType.VM, storage_pool=pool, storage_path=str(pool_dir))
     )
@@ -240,6 +241,7 @@ def test_libvirt_over_ssh_uploads_boots_and_deletes_a_vm(
         assert not any(p.name.startswith(f"onep-{instance_id}") for p in pool_dir.iterdir())
     finally:
         _drop_pool(pool)
+        shutil.rmtree(pool_dir, ignore_errors=True)
 
 
 def _drop_pool(name: str) -> None:

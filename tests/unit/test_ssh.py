@@ -80,13 +80,13 @@ def test_a_known_hosts_setting_is_read_instead(tmp_path: Path) -> None:
         trust_home(ref("ssh://root@db9/s.sock", known_hosts=str(source)))
 
 
-def test_libvirt_over_ssh_goes_through_libssh_with_the_key_and_the_trusted_file() -> None:
+def test_libvirt_over_ssh_goes_through_libssh2_with_the_key_and_the_trusted_file() -> None:
     uri = libvirt_uri(
         ref("qemu+ssh://root@127.0.0.2:2222/system", host_key=KEY, identity_file="/k/id")
     )
     parts = urlsplit(uri)
     assert (parts.scheme, parts.netloc, parts.path) == (
-        "qemu+libssh",
+        "qemu+libssh2",
         "root@127.0.0.2:2222",
         "/system",
     )

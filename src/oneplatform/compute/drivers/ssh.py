@@ -148,10 +148,12 @@ def trust_home(host: HostRef) -> Path | None:
 
 def libvirt_uri(host: HostRef) -> str:
     """The URI libvirt is opened with: ``host.uri``, or for ``qemu+ssh://`` the same host
-    through libvirt's own SSH client (``qemu+libssh://``) with the identity file and the
+    through libvirt's own SSH client (``qemu+libssh2://``) with the identity file and the
     trusted known_hosts. libvirt's ``ssh`` transport runs the ssh binary and ignores a
-    ``known_hosts`` parameter (libvirt 9.0: it read only ~/.ssh/known_hosts); ``libssh``
-    verifies against the given file and refuses an unknown or changed key."""
+    ``known_hosts`` parameter (libvirt 9.0: it read only ~/.ssh/known_hosts); ``libssh2``
+    verifies against the given file and refuses an unknown or changed key. (``libssh`` does
+    too, but through the Python binding, without an event loop, it hung on any reply of more
+    than a few kB, e.g. ``getCapabilities``.)"""
     home = trust_home(host)
     if home is None:
         return host.uri
@@ -165,4 +167,4 @@ def libvirt_uri(host: HostRef) -> str:
         query += [f"keyfile={quote(key, safe='/')}", "sshauth=privkey"]
     if parts.query:
         query.insert(0, parts.query)
-    return urlunsplit(("qemu+libssh", parts.netloc, parts.path, "&".join(query), ""))
+    return urlunsplit(("qemu+libssh2", parts.netloc, parts.path, "&".join(query), ""))
