@@ -188,8 +188,9 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
     """Containers on a Podman host (local, or remote through ``podman --url``).
 
     Stateless: every method asks podman. Settings read from ``host.settings``: ``runtime``
-    (OCI runtime, default ``runc``; a remote host runs its containers.conf's); for an ``ssh://`` host ``identity_file`` and
-    ``host_key`` (see :mod:`~oneplatform.compute.drivers.ssh`).
+    (OCI runtime, default ``runc``; a remote host runs its containers.conf's); for an
+    ``ssh://`` host ``identity_file`` and ``host_key`` (see
+    :mod:`~oneplatform.compute.drivers.ssh`).
     """
 
     compute_type: ClassVar[ComputeType] = ComputeType.CONTAINER
