@@ -17,10 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("hosts") as batch:
-        batch.add_column(sa.Column("settings", sa.JSON(), nullable=False, server_default="{}"))
+    op.add_column("hosts", sa.Column("settings", sa.JSON(), nullable=False, server_default="{}"))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("hosts") as batch:
-        batch.drop_column("settings")
+    # A plain ALTER TABLE (SQLite >= 3.35 has DROP COLUMN): a batch would copy the table,
+    # which the usage triggers on instances (0010) refer to.
+    op.drop_column("hosts", "settings")
