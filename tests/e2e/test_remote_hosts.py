@@ -41,12 +41,12 @@ def psql(endpoint: dict[str, Any], sql: str) -> str:
     return out.stdout.strip()
 
 
-def create_db(platform: Platform, name: str, flavor: str) -> dict[str, Any]:
+def create_db(platform: Platform, name: str, flavor: str, **env: str) -> dict[str, Any]:
     return dict(
         platform.json(
             "db", "create", name, "--datastore", "postgresql", "--version", "15",
             "--flavor", flavor, "--size-gb", "1", "--database", "appdb",
-            "--user", f"app:{PASSWORD}", "--wait",
+            "--user", f"app:{PASSWORD}", "--wait", **env,
         )
     )  # fmt: skip
 
@@ -54,6 +54,10 @@ def create_db(platform: Platform, name: str, flavor: str) -> dict[str, Any]:
 def test_a_database_on_the_local_host_and_one_on_a_host_over_ssh(
     platform: Platform, remote: SshHost
 ) -> None:
+    # The remote database is another project's: each project's guests have a Podman network
+    # of their own, and the two Podmans here share one kernel and one CNI directory (on two
+    # machines they would not), so neither may remove a network the other's guests use.
+    token = platform.json("project", "create", "far-away")["token"]
     try:
         local = create_db(platform, "here", "container.small")  # one host so far: the local
         unreachable = platform.run(
@@ -74,7 +78,7 @@ def test_a_database_on_the_local_host_and_one_on_a_host_over_ssh(
             "flavor", "create", "container.remote", "--compute-type", "container",
             "--vcpus", "1", "--ram-mb", "512", "--disk-gb", "2", "--trait", "remote",
         )  # fmt: skip
-        far = create_db(platform, "there", "container.remote")
+        far = create_db(platform, "there", "container.remote", ONEP_TOKEN=token)
         for db in (local, far):
             assert db["status"] == "ACTIVE"
             assert psql(db["endpoint"], "SELECT current_user") == "app"
@@ -92,8 +96,9 @@ def test_a_database_on_the_local_host_and_one_on_a_host_over_ssh(
         ).stdout.split()
         assert running[0] not in local_names
     finally:
-        for name in ("there", "here"):
-            platform.run("db", "delete", name, "--wait", check=False)
+        there = platform.run("db", "delete", "there", "--wait", check=False, ONEP_TOKEN=token)
+        here = platform.run("db", "delete", "here", "--wait", check=False)
+    assert there.returncode == 0 and here.returncode == 0, there.stderr + here.stderr
     assert remote.podman("ps", "-aq").stdout.split() == []
 
 
