@@ -234,7 +234,30 @@ ensure_mysql_user() {
   fi
 }
 
+install_sshd() {
+  # The remote-host tests run an sshd of their own in the foreground (tests/sshd.py, on
+  # 127.0.0.2): only the binary is needed. The package's own service must not start, so a
+  # policy-rc.d that refuses every start is in place while it installs (unless one is).
+  if installed openssh-server; then
+    log "openssh-server ok"
+    return 0
+  fi
+  local guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    guard=1
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 \
+    openssh-server >/dev/null
+  [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+  installed openssh-server || { log "ERROR: openssh-server did not install"; exit 1; }
+  log "openssh-server installed (its service not started)"
+}
+
 install_packages
+install_sshd
 ensure_mysql_user
 no_redis_service
 ensure_subids

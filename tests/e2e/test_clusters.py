@@ -5,10 +5,13 @@ through the CLI. One cluster of one node grown to two: a node is a TCG VM."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,12 +54,21 @@ def cluster(cplatform: Platform) -> dict[str, Any]:
 
 
 def _podman(conn: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["podman", "--url", conn["url"], "--identity", conn["identity_file"], *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """Podman's own CLI as the owner runs it, trusting only the host key `connect` gave
+    (Podman's client reads $HOME/.ssh/known_hosts)."""
+    home = Path(tempfile.mkdtemp(prefix="onep-owner-"))
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "known_hosts").write_text(conn["known_hosts"] + "\n")
+    try:
+        return subprocess.run(
+            ["podman", "--url", conn["url"], "--identity", conn["identity_file"], *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "HOME": str(home)},
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_create_registers_the_nodes_as_the_owners_pool(
@@ -79,6 +91,14 @@ def test_connect_gives_each_nodes_podman(cplatform: Platform, cluster: dict[str,
     assert conn["node"] == "c1-0" and conn["url"].startswith("ssh://root@127.0.0.1:")
     info = _podman(conn, "info", "--format", "{{.Host.CgroupsVersion}}")
     assert info.returncode == 0 and info.stdout.strip() == "v2", info.stderr
+    # the node's sshd presents the key the platform made for it, and that key only
+    port = conn["url"].split(":")[2].split("/")[0]
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-T", "20", "-p", port, "127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    presented = {tuple(line.split()[1:3]) for line in scanned.stdout.splitlines() if line.strip()}
+    assert presented == {tuple(conn["known_hosts"].split()[1:3])}, scanned.stdout
 
 
 def test_another_project_sees_neither_the_cluster_nor_its_flavor(

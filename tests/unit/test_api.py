@@ -915,6 +915,32 @@ def test_host_addresses_and_ranges_are_checked(api: Api, change: dict) -> None:
     assert api.counts() == before
 
 
+SSH_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJRXLLIC+Y7EnChRs4+Gu4qZPzTStB3W+wBm837mOIdU"
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"uri": "local://", "identity_file": "/etc/hostname"}, "invalid_input"),
+        ({"identity_file": "relative/key"}, "invalid_input"),
+        ({"identity_file": "/nonexistent/key"}, "identity_file_not_found"),
+        ({"host_key": "not a key"}, "invalid_input"),
+        ({}, "host_key_unknown"),  # no host_key, and no ~/.ssh/known_hosts names it
+        ({"host_key": SSH_HOST_KEY}, "host_unreachable"),  # nothing listens on port 1
+    ],
+)
+def test_a_remote_host_is_checked_and_probed_before_it_is_stored(
+    api: Api, change: dict, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _pool(api, "container")
+    before = api.counts()
+    uri = "ssh://root@127.0.0.1:1/run/podman/podman.sock"
+    body = {"name": "h9", "pool": "container-pool", "uri": uri, **change}
+    _error(api.client.post("/v1/hosts", json=body, headers=api.admin), 422, code)
+    assert api.counts() == before
+
+
 # -- the gate: bodies are bounded and never read before authentication ---------------------------
 def test_no_body_is_parsed_before_authentication(api: Api) -> None:
     response = api.client.post(

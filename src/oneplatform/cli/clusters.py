@@ -91,10 +91,10 @@ def cluster_show(name: str, output: Format = OutputOpt) -> None:
 
 @cluster_app.command("connect")
 def cluster_connect(name: str, output: Format = OutputOpt) -> None:
-    """Each node's Podman: run `podman --url URL --identity IDENTITY_FILE ps` (any Podman
-    command) against it."""
+    """Each node's Podman: add its KNOWN_HOSTS line to ~/.ssh/known_hosts, then run
+    `podman --url URL --identity IDENTITY_FILE ps` (any Podman command) against it."""
     with Client.from_home() as c, api_errors():
-        emit(c.clusters.connect(name), output, ("node", "url", "identity_file"))
+        emit(c.clusters.connect(name), output, ("node", "url", "identity_file", "known_hosts"))
 
 
 @cluster_app.command("resize")

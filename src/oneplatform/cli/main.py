@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -23,7 +24,7 @@ from oneplatform.cli.output import (
 from oneplatform.cli.quotas import quota_app
 from oneplatform.cli.users import user_app
 from oneplatform.cli.warm import warm_app
-from oneplatform.schemas.compute import ComputeType, FlavorCreate
+from oneplatform.schemas.compute import ComputeType, FlavorCreate, HostCreate
 from oneplatform.schemas.instances import InstanceAccepted
 from oneplatform.schemas.operations import Intent
 from oneplatform.sdk.client import Client, OperationFailed
@@ -484,6 +485,58 @@ def host_list(output: Format = OutputOpt, wide: bool = WideOpt) -> None:
             ("name", "pool", "uri", "vcpus", "used_vcpus", "ram_mb", "used_ram_mb", "disk_gb"),
             wide=wide,
         )
+
+
+@host_app.command("add")
+def host_add(
+    name: str,
+    pool: Annotated[str, typer.Option(help="The pool it joins (its compute type's).")],
+    uri: Annotated[
+        str,
+        typer.Option(
+            help="How it is reached: ssh://USER@HOST[:PORT]/run/podman/podman.sock (Podman) "
+            "or qemu+ssh://USER@HOST[:PORT]/system (libvirt)."
+        ),
+    ],
+    bind_address: Annotated[
+        str, typer.Option(help="The address its service ports are published on.")
+    ] = "127.0.0.1",
+    identity_file: Annotated[
+        str | None,
+        typer.Option(help="SSH private key (a path on the platform's machine) to log in with."),
+    ] = None,
+    host_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The host's SSH public key, e.g. the line of its ssh_host_ed25519_key.pub."
+        ),
+    ] = None,
+    host_key_file: Annotated[
+        Path | None, typer.Option(help="Read --host-key from this file (a .pub file).")
+    ] = None,
+    trait: Annotated[list[str] | None, typer.Option(help="A trait it offers.")] = None,
+    zone: Annotated[str, typer.Option(help="Its failure domain: zone")] = "",
+    rack: Annotated[str, typer.Option(help="Its failure domain: rack")] = "",
+    output: Format = OutputOpt,
+) -> None:
+    """Add a host: the platform reaches it (over SSH for a remote one) and reads its capacity
+    first; one that does not answer is not added."""
+    if host_key_file is not None:
+        host_key = host_key_file.read_text().strip()
+    with client() as c, api_errors():
+        fields: dict[str, Any] = {"bind_address": bind_address}  # the API judges it
+        body = HostCreate.model_construct(
+            name=name,
+            pool=pool,
+            uri=uri,
+            identity_file=str(Path(identity_file).absolute()) if identity_file else None,
+            host_key=host_key,
+            traits=trait or [],
+            zone=zone,
+            rack=rack,
+            **fields,
+        )
+        emit(c.hosts.create(body), output, ("name", "pool", "uri", "bind_address", "vcpus"))
 
 
 if __name__ == "__main__":  # pragma: no cover

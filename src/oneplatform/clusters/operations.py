@@ -8,6 +8,8 @@ SSH, delete drained nodes, and retire what a deleted cluster leaves.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -15,6 +17,7 @@ from oneplatform.clusters import keys
 from oneplatform.clusters.states import CLUSTER_NODES, CLUSTERS, ClusterStatus, NodeStatus
 from oneplatform.compute.drivers import driver_for
 from oneplatform.compute.drivers.base import HostInventory
+from oneplatform.compute.drivers.ssh import known_host_line, ssh_target
 from oneplatform.compute.hosts import host_ref
 from oneplatform.compute.instances import request_delete
 from oneplatform.compute.states import InstanceStatus
@@ -49,6 +52,18 @@ RETIRED_PREFIX = "retired-"
 def node_url(ssh_port: int) -> str:
     """The ``podman --url`` of a node whose sshd is forwarded to ``ssh_port`` here."""
     return f"ssh://root@127.0.0.1:{ssh_port}{PODMAN_SOCKET}"
+
+
+def node_host_settings(host_key: str) -> dict[str, Any]:
+    """A node host's own settings: the host key its sshd presents, the one trusted."""
+    return {"host_key": host_key} if host_key else {}
+
+
+def known_hosts_line(node: ClusterNode) -> str:
+    """``[127.0.0.1]:PORT TYPE KEY``: the node's host key as the owner's known_hosts takes it."""
+    target = ssh_target(node_url(int(node.ssh_port or 0)))
+    assert target is not None
+    return known_host_line(target, node.host_key).strip() if node.host_key else ""
 
 
 def live_nodes(session: Session, cluster_id: str) -> list[ClusterNode]:
@@ -110,7 +125,7 @@ def step_register(ctx: StepContext) -> None:
         check_not_superseded(ctx, CLUSTERS, cluster)
         pool = session.get_one(Pool, cluster.pool_id)
         waiting = [
-            (n.id, n.name, int(n.ssh_port or 0))
+            (n.id, n.name, int(n.ssh_port or 0), n.host_key)
             for n in live_nodes(session, cluster.id)
             if n.status == NodeStatus.BUILD.value and n.host_id is None
         ]
@@ -119,8 +134,14 @@ def step_register(ctx: StepContext) -> None:
             name=pool.name, compute_type=pool.compute_type, settings=dict(pool.settings)
         )
     keys.write_identity(ctx.settings, ctx.resource_id, private)
-    for node_id, name, ssh_port in waiting:
-        probe = Host(id="probe", name=name, uri=node_url(ssh_port), bind_address="127.0.0.1")
+    for node_id, name, ssh_port, host_key in waiting:
+        probe = Host(
+            id="probe",
+            name=name,
+            uri=node_url(ssh_port),
+            bind_address="127.0.0.1",
+            settings=node_host_settings(host_key),
+        )
         try:
             inventory = driver_for(host_ref(probe, probe_pool)).inventory()
         except BackendError as err:
@@ -153,6 +174,7 @@ def _add_host(ctx: StepContext, node_id: str, inventory: HostInventory) -> None:
             disk_gb=inventory.disk_gb,
             port_range_start=int(node.port_range_start or 0),
             port_range_end=int(node.port_range_end or 0),
+            settings=node_host_settings(node.host_key),
         )
         session.add(host)
         session.flush()

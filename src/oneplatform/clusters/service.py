@@ -138,7 +138,10 @@ def connect(
             identity = str(keys.write_identity(settings, cluster.id, private))
         return [
             ClusterConnection(
-                node=n.name, url=ops.node_url(int(n.ssh_port or 0)), identity_file=identity
+                node=n.name,
+                url=ops.node_url(int(n.ssh_port or 0)),
+                identity_file=identity,
+                known_hosts=ops.known_hosts_line(n),
             )
             for n in ready
         ]
@@ -257,7 +260,10 @@ def add_nodes(
             index += 1
         name = f"{cluster.name}-{index}"
         used.add(name)
-        bundle = json.dumps({"authorized_keys": authorized})
+        # The node's sshd presents this key, made here: the platform trusts it and no other
+        # (never the key a node would make at its first boot, unseen).
+        host_private = keys.new_private_key()
+        bundle = json.dumps({"authorized_keys": authorized, "host_key": host_private})
         instance, _op = place_instance(
             session,
             cluster.project_id,
@@ -281,6 +287,7 @@ def add_nodes(
             ssh_port=ssh,
             port_range_start=block.start,
             port_range_end=block.stop - 1,
+            host_key=keys.public_key_of(host_private, name),
         )
         CLUSTER_NODES.created(session, node, f"instance {instance.name}")
         session.add(node)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from oneplatform.compute.capabilities import CAPABILITY_HELP, Capability
 from oneplatform.compute.drivers import driver_class, driver_for
-from oneplatform.compute.drivers.base import ComputeDriver
+from oneplatform.compute.drivers.base import ComputeDriver, HostInventory, HostRef
+from oneplatform.compute.drivers.ssh import HostKeyUnknown, ssh_target
 from oneplatform.compute.hosts import host_ref
 from oneplatform.compute.ports import machine_of
 from oneplatform.compute.scheduler import host_states
 from oneplatform.compute.types import ComputeTypeSpec, registered, spec_for
 from oneplatform.errors import (
     AlreadyExists,
+    BackendError,
     CapabilityNotSupported,
     Conflict,
     InvalidInput,
@@ -124,9 +128,12 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
         _check_uri(spec_for(pool.compute_type), req.uri)
         if session.scalars(select(Host).where(Host.name == req.name)).first():
             raise AlreadyExists(f"host {req.name!r} already exists", code="host_exists")
-        probe = Host(id="probe", name=req.name, uri=req.uri, bind_address=bind_address)
+        own = _own_settings(req)
+        probe = Host(
+            id="probe", name=req.name, uri=req.uri, bind_address=bind_address, settings=own
+        )
         ref = host_ref(probe, pool)
-    inventory = driver_for(ref).inventory()  # I/O outside any transaction
+    inventory = _probe(ref)  # I/O outside any transaction
     try:
         with store.session() as session:
             pool = _pool_by_name(session, req.pool)
@@ -144,12 +151,47 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
                 rack=req.rack,
                 port_range_start=req.port_range_start,
                 port_range_end=req.port_range_end,
+                settings=own,
             )
             session.add(host)
             session.flush()
             return _host_out(host, pool)
     except IntegrityError:
         raise AlreadyExists(f"host {req.name!r} already exists", code="host_exists") from None
+
+
+def _own_settings(req: HostCreate) -> dict[str, str]:
+    """The host's own driver settings: how it is reached over SSH, checked here first."""
+    own = {
+        key: value
+        for key, value in (("identity_file", req.identity_file), ("host_key", req.host_key))
+        if value
+    }
+    if own and ssh_target(req.uri) is None:
+        raise InvalidInput(
+            f"identity_file and host_key are for hosts reached over SSH (ssh://, qemu+ssh://), "
+            f"not {req.uri}",
+            code="invalid_input",
+        )
+    if req.identity_file and not os.access(req.identity_file, os.R_OK):
+        raise InvalidInput(
+            f"identity file {req.identity_file} is not a file this platform can read",
+            code="identity_file_not_found",
+        )
+    return own
+
+
+def _probe(ref: HostRef) -> HostInventory:
+    """The host's inventory, asked of its driver; a host that does not answer is the
+    caller's error (a wrong address, key or socket path), and nothing is stored."""
+    try:
+        return driver_for(ref).inventory()
+    except BackendError as exc:
+        code = "host_key_unknown" if isinstance(exc, HostKeyUnknown) else "host_unreachable"
+        raise InvalidInput(
+            f"host {ref.name!r} did not answer at {ref.uri}, so it was not added: {exc.message}",
+            code=code,
+        ) from exc
 
 
 def _check_uri(spec: ComputeTypeSpec, uri: str) -> None:
@@ -170,6 +212,8 @@ def _host_out(host: Host, pool: Pool, used: tuple[int, int, int] = (0, 0, 0)) ->
         compute_type=pool.compute_type,
         uri=host.uri,
         bind_address=host.bind_address,
+        identity_file=(host.settings or {}).get("identity_file"),
+        host_key=(host.settings or {}).get("host_key"),
         vcpus=host.vcpus,
         ram_mb=host.ram_mb,
         disk_gb=host.disk_gb,

@@ -13,14 +13,18 @@ from oneplatform.store.models import Host, Pool
 
 
 def host_ref(host: Host, pool: Pool) -> HostRef:
-    """What the pool and host rows say: enough to probe a host that is not stored yet."""
+    """What the pool and host rows say: enough to probe a host that is not stored yet.
+
+    The settings are the pool's with the host's own over them (an SSH ``identity_file`` and
+    ``host_key`` are usually the host's; a cluster's pool may hold an ``identity_file`` for
+    all of its hosts)."""
     return HostRef(
         id=host.id,
         name=host.name,
         compute_type=ComputeType(pool.compute_type),
         uri=host.uri,
         bind_address=host.bind_address,
-        settings=dict(pool.settings or {}),
+        settings={**(pool.settings or {}), **(host.settings or {})},
     )
 
 

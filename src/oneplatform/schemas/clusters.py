@@ -67,6 +67,10 @@ class ClusterConnection(Response):
 
     node: str
     url: str
+    known_hosts: str = Field(
+        description="The node's SSH host key as a known_hosts line: the only key it presents "
+        "(the platform made it); add it to ~/.ssh/known_hosts before connecting."
+    )
     identity_file: str | None = Field(
         default=None,
         description="The private key to use: the one the platform made for the cluster, or "

@@ -143,6 +143,22 @@ class HostCreate(Request):
     rack: FailureDomain = ""
     port_range_start: int = Field(default=20000, ge=1024, le=65535)
     port_range_end: int = Field(default=29999, ge=1024, le=65535)
+    identity_file: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1024,
+        pattern=r"^/[^\x00\n]*$",
+        description="SSH private key to log in to an ssh:// or qemu+ssh:// host with: an "
+        "absolute path on the control plane's machines.",
+    )
+    host_key: str | None = Field(
+        default=None,
+        max_length=16384,
+        pattern=r"^(ssh-[a-z0-9-]+|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+) "
+        r"[A-Za-z0-9+/]+={0,3}( [^\n]*)?$",
+        description="The SSH host's public key (a line of /etc/ssh/ssh_host_*_key.pub), the "
+        "only key the platform trusts for it.",
+    )
 
     @model_validator(mode="after")
     def _range_is_not_empty(self) -> HostCreate:
@@ -158,6 +174,8 @@ class HostOut(Response):
     compute_type: str
     uri: str
     bind_address: str
+    identity_file: str | None = None
+    host_key: str | None = None
     vcpus: int
     ram_mb: int
     disk_gb: int

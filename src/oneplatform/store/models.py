@@ -178,6 +178,8 @@ class Host(Timestamps, Base):
     # one machine and address share that machine's ports.
     machine: Mapped[str] = mapped_column(String(255), default="local")
     bind_address: Mapped[str] = mapped_column(String(64), default="127.0.0.1")
+    # Its own driver settings (identity_file, host_key), merged over its pool's.
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     vcpus: Mapped[int] = mapped_column(Integer)
     ram_mb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
@@ -314,6 +316,9 @@ class ClusterNode(Timestamps, Base):
     # Its block of forwarded ports (host port = guest port): its host's port range.
     port_range_start: Mapped[int | None] = mapped_column(Integer, default=None)
     port_range_end: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The public half of the SSH host key the platform made for it (the private half reaches
+    # the node in its config bundle only): the one key trusted when reaching its sshd.
+    host_key: Mapped[str] = mapped_column(Text, default="")
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 

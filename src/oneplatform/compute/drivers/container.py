@@ -46,6 +46,7 @@ from oneplatform.compute.drivers.base import (
     ComputeDriver,
     ExecResult,
     HostInventory,
+    HostRef,
     ImageArtifact,
     InstanceSpec,
     PortMapping,
@@ -54,6 +55,7 @@ from oneplatform.compute.drivers.base import (
     VolumeSpec,
 )
 from oneplatform.compute.drivers.cni import drop_stale_forwards
+from oneplatform.compute.drivers.ssh import identity_file, ssh_target, trust_home
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
 from oneplatform.schemas.compute import ComputeType, PowerState
 
@@ -161,7 +163,7 @@ def run_argv(
     args = ["run", "--detach", "--pull=never", "--name", name or container_name(spec.instance_id)]
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
-    if runtime:  # podman --url takes none: a remote host's own configuration says
+    if runtime:  # a remote client has no --runtime: the host's containers.conf chooses
         args += ["--runtime", runtime]
     args += ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     args += ["--cpus", str(spec.vcpus), "--memory", f"{spec.ram_mb}m", *CONFINEMENT]
@@ -186,9 +188,10 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
     """Containers on a Podman host (local, or remote through ``podman --url``).
 
     Stateless: every method asks podman. Settings read from ``host.settings``: ``runtime``
-    (OCI runtime, default ``runc``); ``identity_file`` (the SSH key of an ``ssh://`` host);
-    ``publish_address`` (where ports are published on the host, when the platform reaches
-    them at another address: ``bind_address``).
+    (OCI runtime, default ``runc``; a remote host runs its containers.conf's); for an
+    ``ssh://`` host ``identity_file`` and ``host_key`` (see
+    :mod:`~oneplatform.compute.drivers.ssh`); ``publish_address`` (where ports are published
+    on the host, when the platform reaches them at another address: ``bind_address``).
     """
 
     compute_type: ClassVar[ComputeType] = ComputeType.CONTAINER
@@ -219,14 +222,33 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
         ),
     }
 
+    def __init__(self, host: HostRef) -> None:
+        super().__init__(host)
+        self._ssh_home: Path | None = None  # looked up on the first podman call
+        self._ssh_checked = False
+
     # ------------------------------------------------------------------ podman calls
 
     def _base_cmd(self) -> list[str]:
         uri = (self.host.uri or "").strip()
         if uri in LOCAL_URIS:
             return ["podman"]
-        identity = self.host.settings.get("identity_file")
-        return ["podman", "--url", uri, *(["--identity", str(identity)] if identity else [])]
+        cmd = ["podman", "--url", uri]
+        key = identity_file(self.host.settings)
+        if key and ssh_target(uri) is not None:
+            cmd += ["--identity", key]
+        return cmd
+
+    def _env(self) -> dict[str, str] | None:
+        """Podman's environment: for an SSH host, HOME is the directory whose
+        ``.ssh/known_hosts`` holds only this host's trusted key (see
+        :mod:`~oneplatform.compute.drivers.ssh`); Podman's client reads no other."""
+        if not self._ssh_checked:
+            self._ssh_home = trust_home(self.host)
+            self._ssh_checked = True
+        if self._ssh_home is None:
+            return None
+        return {**os.environ, "HOME": str(self._ssh_home)}
 
     def _podman(
         self,
@@ -247,9 +269,11 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
         """
         cmd = [*self._base_cmd(), *args]
         what = f"podman {' '.join(args[:2])}"
+        env = self._env()
         try:
             raw = subprocess.run(
                 cmd,
+                env=env,
                 input=stdin,
                 stdin=None if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -288,7 +312,14 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
             "command": list(args),
             "exit_code": proc.returncode,
         }
-        if "unable to connect to podman" in low or "cannot connect to podman" in low:
+        if any(
+            sign in low
+            for sign in (
+                "unable to connect to podman",
+                "cannot connect to podman",
+                "failed to connect",  # over SSH: refused, no route, handshake, key mismatch
+            )
+        ):
             return BackendUnavailable(message, **details)
         if "no such container" in low:
             return BackendNotFound(message, **details)

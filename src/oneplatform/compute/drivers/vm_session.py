@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from oneplatform.compute.drivers.base import HostRef
+from oneplatform.compute.drivers.ssh import libvirt_uri
 from oneplatform.compute.drivers.vm_domain import pool_xml, volume_xml
 from oneplatform.errors import BackendError, BackendNotFound, BackendUnavailable
 
@@ -105,9 +106,10 @@ class LibvirtSession:
             with contextlib.suppress(BackendError), self.call("check connection"):
                 if self._connection.isAlive():
                     return self._connection
+        uri = libvirt_uri(self.host)  # raises HostKeyUnknown for an untrusted SSH host
         try:
             with self.call("connect", uri=self.host.uri):
-                self._connection = libvirt_module().open(self.host.uri)
+                self._connection = libvirt_module().open(uri)
         except BackendError as exc:
             raise BackendUnavailable(exc.message, **exc.details) from exc
         self._pool_obj = None

@@ -102,6 +102,7 @@ def upgrade() -> None:
         sa.Column("ssh_port", sa.Integer(), nullable=True),
         sa.Column("port_range_start", sa.Integer(), nullable=True),
         sa.Column("port_range_end", sa.Integer(), nullable=True),
+        sa.Column("host_key", sa.Text(), nullable=False, server_default=""),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
