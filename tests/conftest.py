@@ -109,6 +109,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
         if where.startswith(("tests/integration/", "tests/e2e/")):
             group = "lab" if where in LAB_TESTS else "rest"
+            if where == "tests/e2e/test_scale_out.py":  # five processes of its own, own ports
+                group = "scale"
             item.add_marker(pytest.mark.xdist_group(group))
 
 
