@@ -113,9 +113,10 @@ def pg_store() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+def _query(url: str, sql: str, *args: Any, commit: bool = False) -> list[tuple[Any, ...]]:
     with psycopg.connect(_libpq(url)) as conn:
-        return list(conn.execute(sql, args).fetchall())
+        cur = conn.execute(sql, args)
+        return [] if commit else list(cur.fetchall())
 
 
 def _open_operations(url: str) -> int:
@@ -227,6 +228,9 @@ def test_many_processes_with_workers_killed(pg_store: str, tmp_path: Path) -> No
             p.start()
         clients = [_client(p, home) for p in ports]
         _wait_image(clients[0])
+        # Thirty 1-vCPU databases on a 2-core machine: more than the default CPU overcommit
+        # (4) lets the scheduler place; the operator's knob is the host row's ratio (no API).
+        _query(pg_store, "UPDATE hosts SET cpu_allocation_ratio = 20", commit=True)
         summary = _run_load(clients, chaos, pg_store)
         chaos.stop.set()
         chaos.thread.join(timeout=60)
