@@ -77,7 +77,8 @@ def up(
         typer.Option(
             "--api-only",
             help="Serve the API alone: no workers, no background loops, no host services "
-            "(run `onep worker` processes and one full `onep up` per machine beside it).",
+            "(`onep worker` runs those two; the host services come from at most one full "
+            "`onep up` per machine).",
         ),
     ] = False,
 ) -> None:
