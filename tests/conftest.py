@@ -103,7 +103,8 @@ LAB_TESTS = (
 
 # Modules that run on the lab's worker without its nodes, on the lab platform's ports (that
 # worker runs one module at a time): the clusters' TCG nodes balance the two workers.
-OWN_GROUPS = {"tests/e2e/test_clusters.py": "lab"}
+# The scale-out test runs five processes of its own on ports of its own: a group of its own.
+OWN_GROUPS = {"tests/e2e/test_clusters.py": "lab", "tests/e2e/test_scale_out.py": "scale"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups

@@ -28,6 +28,20 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=20.0, gt=0, description="Operation lease length.")
     worker_poll_seconds: float = Field(default=0.2, gt=0)
     workers: int = Field(default=2, ge=0, description="Worker threads inside `onep up`.")
+    loop_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="Lease length of the background loops (reconciler, health checker, "
+        "schedules, warm pools, failover watcher): each runs in one process at a time; a dead "
+        "holder's loops move to another process within about this long.",
+    )
+    proxy_sync_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the process that runs this machine's host services (the full "
+        "`onep up`) brings the endpoint proxy in line with the store, for changes other "
+        "processes made.",
+    )
     image_cache: Path | None = Field(
         default=None,
         description="Where built root filesystems are kept (shared by every home on the "

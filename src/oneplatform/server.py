@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import oneplatform.assembly  # noqa: F401  (registers compute types and operation kinds)
 from oneplatform import iam
@@ -27,22 +28,33 @@ from oneplatform.dbaas.warm import run_warm_keeper
 from oneplatform.hostsvc.objectstore import backup_store_service
 from oneplatform.hostsvc.proxy import proxy_service
 from oneplatform.ops.engine import Worker
+from oneplatform.ops.leases import LoopFn, LoopLeases
 from oneplatform.store.db import Store
 
 log = logging.getLogger(__name__)
 
 
-def prepare(settings: Settings) -> tuple[Store, str]:
-    """Create home, migrate the store, make the admin token. Returns the store and token."""
+def prepare(settings: Settings, admin_token: bool = True) -> tuple[Store, str | None]:
+    """Create home, migrate the store, make the admin token (``admin_token``) and the
+    embedded defaults, one process at a time (processes that start at once on one store
+    take turns). Returns the store and the admin token (None without ``admin_token``)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     store = Store(settings.store_url)
-    store.migrate()
+    with store.startup_lock():
+        store.migrate()
+        token = _admin_token(store, settings) if admin_token else None
+        for warning in ensure_defaults(store, settings):
+            log.warning("%s", warning)
+    return store, token
+
+
+def _admin_token(store: Store, settings: Settings) -> str:
     token_file = settings.admin_token_file
     existing = token_file.read_text().strip() if token_file.exists() else None
     token = iam.ensure_admin(store, existing) or existing
     assert token is not None
     _write_private(token_file, token + "\n")
-    return store, token
+    return token
 
 
 def write_cli_config(settings: Settings, url: str, token: str) -> None:
@@ -71,36 +83,58 @@ def start_workers(
     return threads
 
 
-def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str]], None]) -> None:
-    """Run API and workers in this process until interrupted."""
+LOOPS: dict[str, LoopFn] = {
+    "health": run_health_checker,
+    "reconciler": run_reconciler,
+    "warm-keeper": run_warm_keeper,
+    "backup-scheduler": run_backup_scheduler,
+    "failover-watcher": run_failover_watcher,
+}
+
+
+def start_loops(store: Store, settings: Settings, stop: threading.Event) -> LoopLeases:
+    """The background loops, each run while this process holds its lease (ops/leases.py):
+    once across every process on the store, never once per process."""
+    leases = LoopLeases(store, settings, LOOPS)
+    leases.start(stop)
+    return leases
+
+
+def run_proxy_sync(store: Store, settings: Settings, stop: threading.Event) -> None:
+    """Keep this machine's endpoint proxy in line with the store (changes made by processes
+    elsewhere, which cannot reach it); a no-op when nothing changed."""
+    while not stop.wait(settings.proxy_sync_seconds):
+        try:
+            sync_proxy(store, settings)
+        except Exception:  # the loop must outlive a broken store connection
+            log.exception("endpoint proxy sync failed")
+
+
+def run_up(
+    settings: Settings,
+    announce: Callable[[str, str, list[str], list[str]], None],
+    api_only: bool = False,
+) -> None:
+    """Run the API in this process until interrupted; with workers, the leased background
+    loops and this machine's host services (backup store, endpoint proxy, deploy listener)
+    unless ``api_only``."""
     import uvicorn
 
     store, token = prepare(settings)
+    assert token is not None
     url = f"http://{settings.host}:{settings.port}"
     write_cli_config(settings, url, token)
-    for warning in ensure_defaults(store, settings):
-        log.warning("%s", warning)
-    enrolling = enroll_lab_nodes(store, settings)
-    builds = ensure_images(store, settings)
+    with store.startup_lock():  # processes starting at once ask for each build once
+        enrolling = enroll_lab_nodes(store, settings)
+        builds = ensure_images(store, settings)
     stop = threading.Event()
-    start_workers(store, settings, settings.workers, stop)
-    for loop, name in (
-        (run_health_checker, "health"),
-        (run_reconciler, "reconciler"),
-        (run_warm_keeper, "warm-keeper"),
-        (run_backup_scheduler, "backup-scheduler"),
-        (run_failover_watcher, "failover-watcher"),
-    ):
-        threading.Thread(target=loop, args=(store, settings, stop), name=name, daemon=True).start()
-    backup_store = backup_store_service(settings)
-    backup_store.start()
-    ensure_endpoints(store, settings)
-    sync_proxy(store, settings)  # the proxy starts on the current configuration
-    proxy = proxy_service(settings)
-    proxy.start()
     platform = Platform(store, settings)
     app = create_app(platform)
-    start_deploy_listener(platform)
+    services: list[_Service] = []
+    if not api_only:
+        start_workers(store, settings, settings.workers, stop)
+        start_loops(store, settings, stop)
+        services = _start_host_services(store, settings, platform, stop)
     announce(url, str(settings.home), builds, enrolling)
     # uvicorn re-raises a SIGTERM it caught once it has shut down, with the handler it found:
     # Python's default would end the process before the clean-up below (the backup store
@@ -110,9 +144,31 @@ def run_up(settings: Settings, announce: Callable[[str, str, list[str], list[str
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         stop.set()
-        proxy.stop()
-        backup_store.stop()
+        for service in services:
+            service.stop()
         store.dispose()
+
+
+class _Service(Protocol):
+    def stop(self) -> None: ...
+
+
+def _start_host_services(
+    store: Store, settings: Settings, platform: Platform, stop: threading.Event
+) -> list[_Service]:
+    """This machine's host services: they bind fixed ports, so only the full `onep up` runs
+    them (one per machine), never `onep up --api-only` or `onep worker`."""
+    backup_store = backup_store_service(settings)
+    backup_store.start()
+    ensure_endpoints(store, settings)
+    sync_proxy(store, settings)  # the proxy starts on the current configuration
+    proxy = proxy_service(settings)
+    proxy.start()
+    threading.Thread(
+        target=run_proxy_sync, args=(store, settings, stop), name="proxy-sync", daemon=True
+    ).start()
+    start_deploy_listener(platform)
+    return [proxy, backup_store]
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -148,11 +204,20 @@ def start_deploy_listener(platform: Platform) -> threading.Thread | None:
 
 
 def run_worker(settings: Settings, count: int) -> None:
-    store, _ = prepare(settings)
+    """Workers and the leased background loops against the store, until SIGTERM or SIGINT;
+    no API and no host services. A worker's home needs no admin token (it makes none)."""
+    store, _ = prepare(settings, admin_token=False)
     stop = threading.Event()
     threads = start_workers(store, settings, count, stop)
+    leases = LoopLeases(store, settings, LOOPS)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        for t in threads:
-            t.join()
-    except KeyboardInterrupt:
+        leases.run(stop)  # until interrupted; gives the leases back on the way out
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
         stop.set()
+        leases.close()
+        for t in threads:
+            t.join(timeout=10)
+        store.dispose()

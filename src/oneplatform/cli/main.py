@@ -75,8 +75,18 @@ def client() -> Client:
 def up(
     port: Annotated[int | None, typer.Option(help="API port (default 8470).")] = None,
     host: Annotated[str | None, typer.Option(help="API address (default 127.0.0.1).")] = None,
+    api_only: Annotated[
+        bool,
+        typer.Option(
+            "--api-only",
+            help="Serve the API alone: no workers, no background loops, no host services "
+            "(`onep worker` runs those two; the host services come from at most one full "
+            "`onep up` per machine).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the API and workers in the foreground on the embedded defaults."""
+    """Run the API, workers, background loops and host services in the foreground (the
+    embedded defaults; ONEP_DATABASE_URL names a shared PostgreSQL store)."""
     from oneplatform.config import Settings
     from oneplatform.server import run_up
 
@@ -103,7 +113,7 @@ def up(
             )
             _follow_builds(url, home, builds)
 
-    run_up(settings, announce)
+    run_up(settings, announce, api_only=api_only)
 
 
 def _follow_builds(url: str, home: str, op_ids: list[str]) -> None:
@@ -139,7 +149,8 @@ def _follow_builds(url: str, home: str, op_ids: list[str]) -> None:
 
 @app.command()
 def worker(count: Annotated[int, typer.Option(help="Worker threads.")] = 2) -> None:
-    """Run extra workers against the same store (they claim operations with leases)."""
+    """Run workers and the background loops against the store (ONEP_DATABASE_URL), no API:
+    workers claim operations with leases; each loop runs in one process at a time."""
     from oneplatform.config import Settings
     from oneplatform.server import run_worker
 

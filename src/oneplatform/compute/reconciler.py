@@ -9,11 +9,12 @@ from the instance's spec on its own data volumes, retrying with backoff and givi
 an ERROR that says why. Instances an operation is driving, and those a user stopped, are
 left alone.
 
-The survey runs every ``reconcile_interval_seconds`` in every ``onep up``, at once when it
-starts (after a crash or a reboot every ACTIVE instance comes back without a user action),
-and for one instance when a health check cannot reach what runs on it. Asking for a repair
-is one transaction that checks the instance is still ACTIVE and has no open operation, so
-surveys in several processes never start two repairs.
+The survey runs every ``reconcile_interval_seconds`` in the process that holds the
+reconciler's lease (ops/leases.py), at once when it starts (after a crash or a reboot every
+ACTIVE instance comes back without a user action), and for one instance when a health
+check cannot reach what runs on it. Asking for a repair is one transaction that checks the
+instance is still ACTIVE and has no open operation, so surveys in several processes never
+start two repairs.
 """
 
 from __future__ import annotations

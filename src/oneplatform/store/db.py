@@ -9,14 +9,18 @@ LOCKED]``) do that work.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_lock key of the start-up of a process (migrations, the admin token, defaults):
+# processes starting at once on one store take turns. "onep" in ASCII.
+STARTUP_LOCK_KEY = 0x6F6E6570
 
 
 def make_engine(url: str) -> Engine:
@@ -69,6 +73,32 @@ class Store:
 
     def migrate(self) -> None:
         upgrade(self.engine)
+
+    @contextlib.contextmanager
+    def startup_lock(self) -> Iterator[None]:
+        """One process at a time through its start-up on this store: a PostgreSQL session
+        advisory lock held on a connection of its own (released if the process dies), or on
+        SQLite a lock file beside the database (every process of it is on this machine)."""
+        if self.postgres:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": STARTUP_LOCK_KEY})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": STARTUP_LOCK_KEY})
+                    conn.commit()
+            return
+        path = self.url.split("///", 1)[-1]
+        if not path or path == ":memory:":
+            yield
+            return
+        with open(path + ".startup-lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -635,3 +635,16 @@ class UiSession(Timestamps, Base):
     csrf_token: Mapped[str] = mapped_column(String(64), default="")
     expires_at: Mapped[dt.datetime] = mapped_column()
     used_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # exchanged / logged out
+
+
+class LoopLease(Base):
+    """Who runs a background loop (reconciler, health checker ...) across all processes:
+    one row per loop, taken and renewed by one conditional upsert (ops/leases.py).
+    ``generation`` grows by one each time the holder changes."""
+
+    __tablename__ = "loop_leases"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    acquired_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

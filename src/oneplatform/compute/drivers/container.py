@@ -437,7 +437,16 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
         """
         existing = self._one(spec.instance_id)
         if existing is not None:
-            return self._start_row(spec.instance_id, existing)
+            try:
+                return self._start_row(spec.instance_id, existing)
+            except BackendError as exc:
+                # A podman killed (with the worker that ran it) between the runtime's create
+                # and its own record leaves runc's state behind: that container never starts
+                # again ("container with given ID already exists"). It is an unfinished
+                # create's: remove it (its named volumes stay) and run it anew below.
+                if "container with given ID already exists" not in exc.message:
+                    raise
+                self._podman(["rm", "--force", "--time", "0", str(existing["Id"])], check=False)
         self._check_spec(spec)
         for volume in spec.volumes:
             self._ensure_volume(spec.instance_id, volume)

@@ -25,4 +25,10 @@ with engine.connect() as connection:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Processes that start at once on one store migrate one after the other: the
+            # lock lasts until this transaction (every migration in it) commits.
+            connection.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(1869505905)"
+            )  # not STARTUP_LOCK_KEY
         context.run_migrations()
