@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -32,7 +33,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def _libpq(url: str) -> str:
+def libpq_uri(url: str) -> str:
     """A SQLAlchemy URL (postgresql+psycopg://...) as a libpq URI for psycopg."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -43,26 +44,34 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """The URL of an empty database of ``backend``, just for this test."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
+@contextmanager
+def fresh_pg_database(prefix: str = "onep_t") -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database on the test PostgreSQL server, dropped
+    afterwards; skipped without the server (failed under CI=true)."""
     server = os.environ.get(PG_URL_ENV)
     if not server:
         reason = f"{PG_URL_ENV} is not set (scripts/test-postgres.sh start; make test sets it)"
         if in_ci():
             pytest.fail(f"CI=true and PostgreSQL is missing: {reason}")
         pytest.skip(reason)
-    name = f"onep_t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(_libpq(server), autocommit=True) as conn:
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(libpq_uri(server), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
-        with psycopg.connect(_libpq(server), autocommit=True) as conn:
+        with psycopg.connect(libpq_uri(server), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database of ``backend``, just for this test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from oneplatform.sdk.client import Client
+from tests.conftest import fresh_pg_database, libpq_uri
 from tests.e2e.conftest import ONEP, Platform, free_port, podman_containers
 from tests.podman import force_remove
 
@@ -90,30 +89,15 @@ class Proc:
             self.kill()
 
 
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="module")
 def pg_store() -> Iterator[str]:
     """A fresh database on the test PostgreSQL server, dropped afterwards."""
-    server = os.environ.get("ONEP_TEST_DATABASE_URL")
-    if not server:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true and ONEP_TEST_DATABASE_URL is not set")
-        pytest.skip("ONEP_TEST_DATABASE_URL is not set (scripts/test-postgres.sh start)")
-    name = f"onep_scale_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(server), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_libpq(server), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("onep_scale") as url:
+        yield url
 
 
 def _query(url: str, sql: str, *args: Any, commit: bool = False) -> list[tuple[Any, ...]]:
-    with psycopg.connect(_libpq(url)) as conn:
+    with psycopg.connect(libpq_uri(url)) as conn:
         cur = conn.execute(sql, args)
         return [] if commit else list(cur.fetchall())
 
