@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, func, inspect, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from oneplatform.store.db import Store, alembic_config
+from oneplatform.store.db import Store, alembic_config, make_engine, upgrade
 from oneplatform.store.models import Base, Event, Instance, Project, utcnow
 from tests.factories import make_flavor, make_instance, make_project, make_ready_image
 
@@ -138,3 +139,66 @@ def test_live_instance_names_are_unique_per_project(store: Store) -> None:
         ).all()
         assert len(rows) == 3
         assert sum(r.deleted_at is None for r in rows) == 1
+
+
+def _filler(column: Column[Any], n: int) -> object:
+    try:
+        kind = column.type.python_type
+    except NotImplementedError:  # JSON
+        kind = dict
+    if kind in (int, float):
+        return 1
+    if kind is bool:
+        return False
+    if kind is dt.datetime:
+        return utcnow()
+    if kind in (dict, list):
+        return {} if kind is dict else []
+    return f"x{n}"
+
+
+def _insert(conn: Connection, table: str, n: int, **given: object) -> None:
+    """A row of ``table`` as the store holds it at that revision: ``given``, and a value for
+    every other column that needs one."""
+    reflected = Table(table, MetaData(), autoload_with=conn)
+    row: dict[str, object] = dict(given)
+    for column in reflected.columns:
+        if column.name in row or column.nullable or column.server_default is not None:
+            continue
+        row[column.name] = _filler(column, n)
+    conn.execute(reflected.insert().values(**row))
+
+
+def test_a_store_in_use_migrates_to_head(store_url: str) -> None:
+    """The migrations since 0018 on a store with rows that others refer to (a pool with a
+    host, a flavor with an instance, a token with a dashboard session): on SQLite a batch
+    migration copies and drops such tables, which their foreign keys must survive."""
+    engine = make_engine(store_url)
+    try:
+        upgrade(engine, "0018")
+        with engine.begin() as conn:
+            _insert(conn, "projects", 1, id="p1", name="p1")
+            _insert(conn, "pools", 2, id="pool1", name="pool1", compute_type="container")
+            _insert(conn, "hosts", 3, id="h1", name="h1", pool_id="pool1", uri="local")
+            _insert(conn, "flavors", 4, id="f1", name="f1", compute_type="container")
+            _insert(conn, "images", 5, id="i1", name="i1")
+            _insert(
+                conn, "instances", 6, id="in1", name="in1", project_id="p1", flavor_id="f1",
+                image_id="i1", host_id="h1", deleted_at=None,
+            )  # fmt: skip
+            _insert(conn, "tokens", 7, id="t1", project_id="p1", name="t1")
+            _insert(conn, "ui_sessions", 8, id="u1", token_id="t1")
+        upgrade(engine, "head")
+        with engine.connect() as conn:
+            counted = [
+                conn.execute(select(func.count()).select_from(Table(t, MetaData()))).scalar()
+                for t in ("pools", "hosts", "flavors", "instances", "tokens", "ui_sessions")
+            ]
+            assert counted == [1] * 6
+            owner = conn.exec_driver_sql("SELECT project_id, pool_id FROM flavors").one()
+            assert tuple(owner) == (None, None)  # a shared flavor, as before
+        if engine.dialect.name == "sqlite":  # and the checks are on again afterwards
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
