@@ -17,7 +17,7 @@ from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import rootfs_path, vm_image_path
 from oneplatform.images.recipes import load_recipe
 from oneplatform.schemas.clusters import ClusterCreate, ClusterResize
-from oneplatform.schemas.compute import ComputeType
+from oneplatform.schemas.compute import ComputeType, HostCreate
 from oneplatform.store.models import (
     Cluster,
     ClusterNode,
@@ -98,6 +98,30 @@ def test_a_node_is_not_deleted_as_a_plain_instance(world: World) -> None:
     assert info.value.code == "instance_in_cluster"
     assert "onep cluster resize c1" in str(info.value)
     assert _counts(world) == before
+
+
+def test_an_admin_adds_no_host_to_a_clusters_pool(world: World) -> None:
+    _create(world)
+    before = _counts(world)
+    req = HostCreate(name="extra", pool="c1", uri="ssh://root@127.0.0.9/run/podman/podman.sock")
+    with pytest.raises(Conflict) as info:
+        catalog.register_host(world.store, world.admin, req)
+    assert info.value.code == "pool_of_a_cluster"
+    assert _counts(world) == before
+
+
+def test_a_shrink_takes_a_failed_node_before_a_healthy_one(world: World) -> None:
+    cluster_id = _create(world, size=2)
+    with world.store.session() as session:
+        nodes = list(session.scalars(select(ClusterNode).order_by(ClusterNode.name)))
+        hosts = [make_host(session) for _ in nodes]
+        for node, host, status in zip(nodes, hosts, ("ERROR", "ACTIVE"), strict=True):
+            node.status, node.host_id = status, (host.id if status == "ACTIVE" else None)
+        session.get_one(Cluster, cluster_id).status = "ERROR"
+    service.resize_cluster(world.store, world.settings, world.member, "c1", ClusterResize(size=1))
+    with world.store.session() as session:
+        states = {n.name: n.status for n in session.scalars(select(ClusterNode))}
+    assert states == {"c1-0": "DRAINING", "c1-1": "ACTIVE"}  # not the newest: the failed one
 
 
 def test_the_flavor_and_the_cluster_are_the_owners_only(world: World) -> None:

@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -170,6 +171,44 @@ def test_a_holder_that_cannot_renew_stops_its_loop_before_the_lease_ends(
     assert thread is not None
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_renewal_that_hangs_does_not_keep_the_loop_running(
+    store: Store, settings: Settings
+) -> None:
+    """A store that stops answering mid-renewal (a partition): the watchdog stops the loop
+    when its lease is no longer sure, while the renewal still waits."""
+    settings.loop_lease_seconds = 1.0
+    runs: list[tuple[str, str]] = []
+    a = _leases(store, settings, "a", runs)
+    stop, answered = threading.Event(), threading.Event()
+    real = a.store
+
+    class Hanging:
+        def session(self) -> Any:
+            answered.wait(30)  # until the test lets it go
+            return real.session()
+
+    runner = threading.Thread(target=a.run, args=(stop,), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not a.held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert a.held() == {"reconciler": 1}
+    a.store = Hanging()  # type: ignore[assignment]
+    time.sleep(1.5)  # past the 0.8 s the lease is sure for; the renewal still hangs
+    assert a.held() == {}
+    thread = a.loops[0].thread
+    assert thread is not None
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    runs.clear()
+    time.sleep(0.2)
+    assert runs == []
+    stop.set()
+    a.store = real
+    answered.set()
+    runner.join(timeout=10)
 
 
 def test_processes_starting_at_once_migrate_and_make_one_admin(

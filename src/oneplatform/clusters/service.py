@@ -300,7 +300,8 @@ def add_nodes(
 def resize_cluster(
     store: Store, settings: Settings, caller: Caller, ident: str, req: ClusterResize
 ) -> ClusterAccepted:
-    """Add nodes, or drain the newest ones (refused while something lives on them)."""
+    """Add nodes, or drain some: failed or never registered ones first, then the newest
+    (refused while something lives on them)."""
     with store.session() as session:
         cluster = find_cluster(session, caller, ident)
         _require_state(cluster, "resize", {ClusterStatus.ACTIVE, ClusterStatus.ERROR})
@@ -315,7 +316,7 @@ def resize_cluster(
             add_nodes(session, settings, cluster, private, req.size - len(nodes))
             message = f"adding {req.size - len(nodes)} node(s)"
         else:
-            leaving = nodes[req.size :]
+            leaving = _drain_order(nodes)[: len(nodes) - req.size]
             _refuse_if_used(session, cluster, leaving, "drain")
             drain(session, leaving)
             message = f"draining {', '.join(n.name for n in leaving)}"
@@ -342,6 +343,14 @@ def delete_cluster(store: Store, settings: Settings, caller: Caller, ident: str)
         return ClusterAccepted(operation=to_out(op), cluster=to_out_cluster(session, cluster))
 
 
+def _drain_order(nodes: list[ClusterNode]) -> list[ClusterNode]:
+    """Which nodes a shrink takes first: failed or never registered ones, then the
+    healthy ones, newest first (``nodes`` are in creation order)."""
+    healthy = [n for n in nodes if n.status == NodeStatus.ACTIVE.value and n.host_id]
+    broken = [n for n in nodes if n not in healthy]
+    return broken[::-1] + healthy[::-1]
+
+
 def drain(session: Session, nodes: list[ClusterNode]) -> None:
     """Take the nodes off the scheduler at once (their hosts disabled) and mark them."""
     for node in nodes:
@@ -356,6 +365,10 @@ def _refuse_if_used(
     host_ids = [n.host_id for n in nodes if n.host_id]
     if not host_ids:
         return
+    # The hosts' rows first (a placement claims its host's row, bumping its generation): a
+    # placement on them that is under way commits before this reads who lives there, and
+    # none starts until the drain, in this transaction, has disabled them.
+    session.execute(select(Host.id).where(Host.id.in_(host_ids)).with_for_update())
     living = sorted(
         _resident_name(session, instance)
         for instance in session.scalars(

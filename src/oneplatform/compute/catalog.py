@@ -125,6 +125,12 @@ def register_host(store: Store, caller: Caller, req: HostCreate) -> HostOut:
                 "enrolling nodes (onep node enroll), not as hosts",
                 code="hosts_are_enrolled",
             )
+        if pool.project_id is not None:
+            raise Conflict(
+                f"pool {pool.name!r} is a cluster's: its hosts are the cluster's nodes, added "
+                "and removed by `onep cluster resize`",
+                code="pool_of_a_cluster",
+            )
         _check_uri(spec_for(pool.compute_type), req.uri)
         if session.scalars(select(Host).where(Host.name == req.name)).first():
             raise AlreadyExists(f"host {req.name!r} already exists", code="host_exists")

@@ -113,15 +113,35 @@ class LoopLeases:
         self.holder = holder or holder_name()
         self.seconds = settings.loop_lease_seconds
         self.loops = [_Loop(name, fn) for name, fn in loops.items()]
+        self._lock = threading.Lock()  # a loop's generation and thread: renewals vs watchdog
 
     def run(self, stop: threading.Event) -> None:
-        """Renew and run until ``stop``; then stop the loops and give the leases back."""
+        """Renew and run until ``stop``; then stop the loops and give the leases back. A
+        watchdog beside it stops a loop when its lease is no longer sure, even while a
+        renewal hangs on a store that does not answer."""
+        watchdog = threading.Thread(
+            target=self._watch, args=(stop,), name="loop-lease-watchdog", daemon=True
+        )
+        watchdog.start()
         try:
             while not stop.is_set():
                 self.tick()
                 stop.wait(self.seconds / 3)
         finally:
             self.close()
+
+    def _watch(self, stop: threading.Event) -> None:
+        period = max(min(self.seconds / 20, 0.5), 0.01)
+        while not stop.wait(period):
+            self.expire()
+
+    def expire(self) -> None:
+        """Stop every loop whose lease this process is no longer sure to hold."""
+        now = time.monotonic()
+        with self._lock:
+            for loop in self.loops:
+                if loop.generation is not None and now >= loop.valid_until:
+                    self._follow(loop, None)
 
     def start(self, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name="loop-leases", daemon=True)
@@ -143,7 +163,10 @@ class LoopLeases:
                 # Sure until the lease's end as of the request, less a margin for clocks.
                 if generation is not None:
                     loop.valid_until = asked + self.seconds * 0.8
-            self._follow(loop, generation)
+            with self._lock:
+                if generation is not None and time.monotonic() >= loop.valid_until:
+                    generation = None  # the answer came too late to be sure of
+                self._follow(loop, generation)
 
     def _follow(self, loop: _Loop, generation: int | None) -> None:
         if generation is None:
