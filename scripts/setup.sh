@@ -248,10 +248,15 @@ install_sshd() {
     chmod 0755 /usr/sbin/policy-rc.d
     guard=1
   fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 \
-    openssh-server >/dev/null
+  # In a subshell: a failed install still takes the guard away (set -e ends the subshell).
+  local failed=""
+  (
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 \
+      openssh-server >/dev/null
+  ) || failed=1
   [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+  [ -z "$failed" ] || { log "ERROR: installing openssh-server failed"; exit 1; }
   installed openssh-server || { log "ERROR: openssh-server did not install"; exit 1; }
   log "openssh-server installed (its service not started)"
 }

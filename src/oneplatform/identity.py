@@ -33,7 +33,8 @@ HASHER = PasswordHasher()  # Argon2id, 64 MiB, 3 passes, 4 lanes (RFC 9106, low 
 HASHING = threading.BoundedSemaphore(4)
 GENERATED_PASSWORD_BYTES = 24  # 32 URL-safe characters, 192 bits
 AUTH_FAILED = "The request you have made requires authentication."
-SIGN_IN_MARK = "-ks-"  # in the name of every token a sign-in issues
+SIGN_IN_MARK = "-ks-"  # a sign-in's token is named USER-ks-<10 hex digits>
+SIGN_IN_SUFFIX_HEX = 10
 # A sign-in's token row is deleted this long after it expired (until then `onep token list`
 # shows it, marked expired): clients sign in every hour, rows must not pile up.
 SIGN_IN_KEPT_AFTER_EXPIRY = dt.timedelta(days=1)
@@ -243,7 +244,7 @@ def _issue(
         delete(Token)
         .where(
             Token.project_id == project.id,
-            Token.name.contains(SIGN_IN_MARK, autoescape=True),
+            Token.name.like(f"%{SIGN_IN_MARK}{'_' * SIGN_IN_SUFFIX_HEX}"),
             Token.expires_at < now - SIGN_IN_KEPT_AFTER_EXPIRY,
         )
         .execution_options(synchronize_session=False)
@@ -252,7 +253,7 @@ def _issue(
     row = Token(
         created_at=now,
         project_id=project.id,
-        name=f"{who.name[:40]}{SIGN_IN_MARK}{secrets.token_hex(5)}",
+        name=f"{who.name[:40]}{SIGN_IN_MARK}{secrets.token_hex(SIGN_IN_SUFFIX_HEX // 2)}",
         role=role,
         token_hash=iam.hash_token(token),
         expires_at=expires_at,

@@ -92,12 +92,11 @@ LOOPS: dict[str, LoopFn] = {
 }
 
 
-def start_loops(store: Store, settings: Settings, stop: threading.Event) -> LoopLeases:
+def start_loops(store: Store, settings: Settings, stop: threading.Event) -> threading.Thread:
     """The background loops, each run while this process holds its lease (ops/leases.py):
-    once across every process on the store, never once per process."""
-    leases = LoopLeases(store, settings, LOOPS)
-    leases.start(stop)
-    return leases
+    once across every process on the store, never once per process. The thread returned
+    ends, once ``stop`` is set, after it gave the leases back."""
+    return LoopLeases(store, settings, LOOPS).start(stop)
 
 
 def run_proxy_sync(store: Store, settings: Settings, stop: threading.Event) -> None:
@@ -131,9 +130,10 @@ def run_up(
     platform = Platform(store, settings)
     app = create_app(platform)
     services: list[_Service] = []
+    loops: threading.Thread | None = None
     if not api_only:
         start_workers(store, settings, settings.workers, stop)
-        start_loops(store, settings, stop)
+        loops = start_loops(store, settings, stop)
         services = _start_host_services(store, settings, platform, stop)
     announce(url, str(settings.home), builds, enrolling)
     # uvicorn re-raises a SIGTERM it caught once it has shut down, with the handler it found:
@@ -146,6 +146,8 @@ def run_up(
         stop.set()
         for service in services:
             service.stop()
+        if loops is not None:  # the leases given back, so another process takes them at once
+            loops.join(timeout=30)
         store.dispose()
 
 

@@ -14,6 +14,7 @@ from oneplatform.clusters import operations as ops
 from oneplatform.clusters.operations import live_nodes
 from oneplatform.clusters.states import CLUSTER_NODES, CLUSTERS, ClusterStatus, NodeStatus
 from oneplatform.compute.catalog import flavor_by_name
+from oneplatform.compute.drivers.ssh import ssh_target
 from oneplatform.compute.instances import place_instance
 from oneplatform.compute.ports import allocate_block
 from oneplatform.config import Settings
@@ -52,7 +53,7 @@ NODE_PORTS = 20
 FLAVOR_VCPUS, FLAVOR_RAM_MB, FLAVOR_DISK_GB = 1, 512, 1
 # A node's containers publish on the node's own address, which the forwards lead to; its
 # containers.conf says runc (podman --url takes no --runtime).
-NODE_POOL_SETTINGS: dict[str, str] = {"runtime": "runc", "publish_address": "0.0.0.0"}
+NODE_POOL_SETTINGS: dict[str, str] = {"publish_address": "0.0.0.0"}
 LIVE_NODES = (NodeStatus.BUILD.value, NodeStatus.ACTIVE.value, NodeStatus.ERROR.value)
 
 
@@ -273,6 +274,13 @@ def add_nodes(
             bundle_enc=box_for(settings).encrypt(bundle),
         )
         host = session.get_one(Host, instance.host_id)
+        if ssh_target(host.uri) is not None:
+            raise Conflict(
+                f"node {name} would run on host {host.name!r}, reached over SSH: cluster "
+                "nodes run on this machine's libvirt only (they are reached through its "
+                "127.0.0.1 forwards)",
+                code="node_host_remote",
+            )
         block = allocate_block(session, host, instance, NODE_PORTS)
         ssh = session.scalars(
             select(PortAllocation.host_port).where(

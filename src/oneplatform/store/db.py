@@ -31,7 +31,15 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _sqlite_single_writer(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # A store that does not answer is given up on after 10 s (a new connection), not after
+    # the kernel's TCP timeout: leases and operations then see an error, not a hang.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        connect_args={"connect_timeout": 10},
+    )
 
 
 def _sqlite_single_writer(engine: Engine) -> None:
