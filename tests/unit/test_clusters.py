@@ -3,6 +3,8 @@ nodes' VMs and Podman over SSH are in tests/e2e/test_clusters.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 
@@ -11,6 +13,7 @@ from oneplatform.clusters.keys import new_private_key, public_key_of
 from oneplatform.compute import catalog, instances
 from oneplatform.compute.drivers.base import HostRef, InstanceSpec, PortMapping
 from oneplatform.compute.drivers.container import PodmanDriver
+from oneplatform.compute.hosts import reach_host
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from oneplatform.iam import MEMBER
 from oneplatform.images.artifacts import ImageArtifact
@@ -18,6 +21,7 @@ from oneplatform.images.builder import rootfs_path, vm_image_path
 from oneplatform.images.recipes import load_recipe
 from oneplatform.schemas.clusters import ClusterCreate, ClusterResize
 from oneplatform.schemas.compute import ComputeType, HostCreate
+from oneplatform.secrets import box_for
 from oneplatform.store.models import (
     Cluster,
     ClusterNode,
@@ -59,7 +63,7 @@ def test_create_makes_the_owners_pool_flavor_and_nodes(world: World) -> None:
             "container",
             world.member.project_id,
         )
-        assert pool.settings["identity_file"].endswith(f"{cluster_id}/id_ed25519")
+        assert pool.settings["cluster_id"] == cluster_id  # its key: written where needed
         assert (flavor.name, flavor.pool_id, flavor.project_id) == (
             "c1.small",
             pool.id,
@@ -84,9 +88,25 @@ def test_create_makes_the_owners_pool_flavor_and_nodes(world: World) -> None:
             assert len(block) == service.NODE_PORTS
             for port in block:  # forwarded 1:1
                 assert ports[f"fwd-{port}"] == (port, port)
-    # the key file is the owner's machine's, 0600
-    path = world.settings.home / "clusters" / cluster_id / "id_ed25519"
-    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_any_machine_driving_a_node_gets_the_clusters_key(world: World, tmp_path: Path) -> None:
+    """A worker elsewhere (another ONEP_HOME) reaches a node host with the cluster's key,
+    written there (0600) when first needed."""
+    cluster_id = _create(world)
+    key = world.settings.secret_key or (world.settings.home / "secret.key").read_text().strip()
+    elsewhere = world.settings.model_copy(  # the same secrets key, as every machine has
+        update={"home": tmp_path / "other-machine", "secret_key": key}
+    )
+    with world.store.session() as session:
+        cluster = session.get_one(Cluster, cluster_id)
+        pool = session.get_one(Pool, cluster.pool_id)
+        host = make_host(session, pool, uri="ssh://root@127.0.0.1:2222/run/podman/podman.sock")
+        ref = reach_host(session, elsewhere, host)
+        private = box_for(world.settings).decrypt(cluster.key_enc)
+    path = elsewhere.home / "clusters" / cluster_id / "id_ed25519"
+    assert ref.settings["identity_file"] == str(path)
+    assert path.read_text() == private and path.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_node_is_not_deleted_as_a_plain_instance(world: World) -> None:

@@ -3,14 +3,11 @@ a 0600 file where a process needs it) and the one its owner may give."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from oneplatform.config import Settings
+from oneplatform.compute.identities import identity_path, remove_identity, write_identity
 from oneplatform.errors import InvalidInput
 
 
@@ -47,27 +44,11 @@ def checked_public_key(text: str) -> str:
     return line
 
 
-def identity_path(settings: Settings, cluster_id: str) -> Path:
-    """Where this machine keeps the cluster's private key for ``podman --identity``."""
-    return settings.home / "clusters" / cluster_id / "id_ed25519"
-
-
-def write_identity(settings: Settings, cluster_id: str, private_key: str) -> Path:
-    """Write the key file (0600) unless it holds that key already; returns its path."""
-    path = identity_path(settings, cluster_id)
-    if path.is_file() and path.read_text() == private_key:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(private_key)
-    tmp.replace(path)
-    return path
-
-
-def remove_identity(settings: Settings, cluster_id: str) -> None:
-    path = identity_path(settings, cluster_id)
-    path.unlink(missing_ok=True)
-    if path.parent.is_dir() and not any(path.parent.iterdir()):
-        path.parent.rmdir()
+__all__ = [
+    "checked_public_key",
+    "identity_path",
+    "new_private_key",
+    "public_key_of",
+    "remove_identity",
+    "write_identity",
+]

@@ -133,14 +133,14 @@ def step_register(ctx: StepContext) -> None:
         probe_pool = Pool(
             name=pool.name, compute_type=pool.compute_type, settings=dict(pool.settings)
         )
-    keys.write_identity(ctx.settings, ctx.resource_id, private)
+    identity = str(keys.write_identity(ctx.settings, ctx.resource_id, private))
     for node_id, name, ssh_port, host_key in waiting:
         probe = Host(
             id="probe",
             name=name,
             uri=node_url(ssh_port),
             bind_address="127.0.0.1",
-            settings=node_host_settings(host_key),
+            settings={"identity_file": identity, **node_host_settings(host_key)},
         )
         try:
             inventory = driver_for(host_ref(probe, probe_pool)).inventory()

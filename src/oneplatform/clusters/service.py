@@ -157,7 +157,6 @@ def create_cluster(
     public_key = keys.checked_public_key(req.public_key) if req.public_key else None
     private = keys.new_private_key()
     cluster_id = new_id()
-    identity = keys.identity_path(settings, cluster_id)
     try:
         with store.session() as session:
             node_flavor = _node_flavor(session, caller, req.node_flavor)
@@ -167,7 +166,8 @@ def create_cluster(
                 name=req.name,
                 compute_type=ComputeType.CONTAINER.value,
                 project_id=caller.project_id,
-                settings={**NODE_POOL_SETTINGS, "identity_file": str(identity)},
+                # its key is written on the machine that drives a node (compute/identities)
+                settings={**NODE_POOL_SETTINGS, "cluster_id": cluster_id},
             )
             flavor = Flavor(
                 id=new_id(),
@@ -206,7 +206,6 @@ def create_cluster(
             f"a cluster, pool, flavor or instance named after {req.name!r} already exists",
             code="cluster_exists",
         ) from err
-    keys.write_identity(settings, cluster_id, private)
     return accepted
 
 
