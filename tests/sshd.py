@@ -12,6 +12,7 @@ Podman.) libvirt is this machine's libvirtd, reached through ``qemu+ssh://`` the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -63,8 +64,14 @@ class SshHost:
         )
 
 
+def _runroot(root: Path) -> Path:
+    """Podman refuses a runroot longer than 50 characters (pytest's tmp dirs under xdist
+    are longer): a short one under /run, named after ``root``."""
+    return Path("/run") / f"onep-sshd-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}"
+
+
 def _storage_args(root: Path) -> list[str]:
-    return ["--root", str(root / "storage"), "--runroot", str(root / "run")]
+    return ["--root", str(root / "storage"), "--runroot", str(_runroot(root))]
 
 
 def _free_port(address: str) -> int:
@@ -179,3 +186,4 @@ def _remove_storage(root: Path) -> None:
             break
         subprocess.run(["umount", str(overlay)], capture_output=True, timeout=60)
     shutil.rmtree(root / "storage", ignore_errors=True)
+    shutil.rmtree(_runroot(root), ignore_errors=True)
