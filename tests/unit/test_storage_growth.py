@@ -5,6 +5,8 @@ tests/e2e/test_engines.py (a MariaDB restored onto a VM)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from sqlalchemy import func, select, update
 
@@ -329,3 +331,17 @@ def test_an_autogrowth_the_host_has_no_room_for_is_said_in_the_status_message(
     out = dbaas.get_db(vm1.store, vm1.member, "vm1")
     assert out.status == "ACTIVE" and "auto-growth refused" in out.status_message
     assert _grow_ops(vm1) == []
+
+
+def test_a_reading_older_than_the_one_kept_is_ignored() -> None:
+    """A health round that asked the agent before a growth finished answers after it: the
+    growth's figures stay (the lab saw the old size win, as the last write)."""
+    asked = dt.datetime(2026, 11, 28, 1, 46, 59, tzinfo=dt.UTC)
+    db = DbInstance(name="pgbm")
+    grown = {"total_bytes": 2 * GIB, "used_bytes": 1, "free_bytes": 2 * GIB - 1}
+    storage.record_usage(db, grown, at=asked + dt.timedelta(seconds=1))
+    old = {"total_bytes": GIB, "used_bytes": 1, "free_bytes": GIB - 1}
+    storage.record_usage(db, old, at=asked)
+    assert db.storage_total_bytes == 2 * GIB
+    storage.record_usage(db, old, at=asked + dt.timedelta(seconds=2))  # a newer reading wins
+    assert db.storage_total_bytes == GIB

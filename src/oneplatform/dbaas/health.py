@@ -51,6 +51,7 @@ class Probe:
     archived_until: dt.datetime | None = None  # what its repository holds, when known
     stats: dict[str, Any] | None = None  # the engine's figures and replicas' lag, when read
     storage: dict[str, Any] | None = None  # its data filesystem's usage, when reported
+    asked_at: dt.datetime | None = None  # when the agent was asked (what it said is as old)
 
 
 def probe(store: Store, settings: Settings, db_id: str) -> Probe:
@@ -72,6 +73,7 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
             r = reach(session, db, box_for(settings))
         except PlatformError as err:
             return Probe(db_id, Health.UNKNOWN, err.message, status)
+    asked_at = utcnow()
     try:
         answer = agent_client(r, timeout=3.0).health()
     except PlatformError as err:
@@ -88,7 +90,16 @@ def probe(store: Store, settings: Settings, db_id: str) -> Probe:
         stats = _engine_stats(store, settings, db_id, agent_client(r, timeout=3.0))
     storage = answer.raw.get("storage")
     usage = storage if isinstance(storage, dict) else None
-    return Probe(db_id, health, detail, status, archived_until=archived, stats=stats, storage=usage)
+    return Probe(
+        db_id,
+        health,
+        detail,
+        status,
+        archived_until=archived,
+        stats=stats,
+        storage=usage,
+        asked_at=asked_at,
+    )
 
 
 def _stats_due(last: dict[str, Any] | None, interval: float) -> bool:
@@ -188,7 +199,7 @@ def _record(store: Store, results: list[Probe]) -> None:
             if result.stats is not None:
                 db.engine_stats = {**result.stats, "at": db.health_checked_at.isoformat()}
             if result.storage is not None:
-                record_usage(db, result.storage)
+                record_usage(db, result.storage, at=result.asked_at)
             until = result.archived_until
             if until is not None and (db.archived_until is None or db.archived_until < until):
                 db.archived_until = until

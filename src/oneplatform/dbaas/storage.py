@@ -270,7 +270,11 @@ def step_filesystems(ctx: StepContext) -> None:
 
 
 def record_usage(db: DbInstance, usage: dict[str, Any], at: dt.datetime | None = None) -> None:
-    """Keep what a guest agent said of its data filesystem (ignoring what is not numbers)."""
+    """Keep what a guest agent said of its data filesystem at ``at`` (now by default),
+    ignoring what is not numbers and a reading older than the one kept (a health round
+    that asked before a growth answers after it)."""
+    if at is not None and db.storage_checked_at is not None and at <= db.storage_checked_at:
+        return
     try:
         total, used = int(usage["total_bytes"]), int(usage["used_bytes"])
         free = int(usage["free_bytes"])
