@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from oneplatform.baremetal.bmc import (
     Bmc,
+    BmcFactory,
     BootDevice,
     BootMode,
     BootSetting,
@@ -611,7 +612,15 @@ class FakeNode:
 class FakeBmc(Bmc):
     """A BMC whose node lives in :data:`CLOUD`; it refuses what real BMCs refuse."""
 
-    def __init__(self, address: str, username: str, password: str, system_id: str) -> None:
+    def __init__(
+        self,
+        address: str,
+        username: str,
+        password: str,
+        system_id: str,
+        verify_tls: bool | str = True,
+    ) -> None:
+        self.verify_tls = verify_tls  # what the platform asked of the BMC's certificate
         self.address = address
         self.system_id = system_id
         self.password = password
@@ -688,5 +697,5 @@ class FakeBmc(Bmc):
         self._node().media_url = None
 
 
-def fake_bmc_factory() -> Callable[[str, str, str, str], Bmc]:
+def fake_bmc_factory() -> BmcFactory:
     return FakeBmc

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     deploy_port: int = Field(
         default=8469, ge=1, le=65535, description="The deploy listener's port."
     )
+    bmc_ca_file: Path | None = Field(
+        default=None,
+        description="A CA bundle (PEM) that an https:// BMC's certificate must chain to; "
+        "unset: the system's CAs. A certificate that does not verify is refused.",
+    )
     bmc_media_host: str = Field(
         default="127.0.0.1", description="The address BMCs download virtual media from."
     )

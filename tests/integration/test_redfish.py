@@ -7,12 +7,23 @@ Only lab node 0 is ever powered on (TCG on two cores), and it is off again after
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+import re
+import socket
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from oneplatform.baremetal.bmc import (
     BmcAuthFailed,
@@ -25,7 +36,7 @@ from oneplatform.baremetal.bmc import (
 )
 from oneplatform.baremetal.redfish import RedfishBmc
 from oneplatform.errors import BackendUnavailable
-from tests.integration.conftest import BM_ISO_MARKER, find_free_port, virsh
+from tests.integration.conftest import BM_ISO_MARKER, BMLAB_DIR, find_free_port, virsh
 
 pytestmark = pytest.mark.integration
 
@@ -227,3 +238,118 @@ def test_wrong_credentials_are_a_clear_error(bm_node: dict[str, object]) -> None
     err = caught.value
     assert err.code == "bmc_auth_failed" and err.details["http_status"] == 401
     assert "refused the credentials of user 'admin'" in err.message
+
+
+# -- a BMC over HTTPS ---------------------------------------------------------------------------
+def _certificate_authority(where: Path, name: str) -> tuple[Path, Any, Any]:
+    """A CA of the test's own: (its PEM, its key, its certificate)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = where / f"{name}.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return pem, key, cert
+
+
+def _server_certificate(where: Path, ca_key: Any, ca_cert: Any) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by the CA: (cert PEM, key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_pem, key_pem = where / "bmc.pem", where / "bmc.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_pem.chmod(0o600)
+    return cert_pem, key_pem
+
+
+@pytest.fixture(scope="module")
+def https_bmc(
+    bmlab: list[dict[str, object]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path, Path]]:
+    """The lab's emulator once more, over HTTPS with a certificate of a CA of the test's own:
+    (its URL, that CA's PEM, another CA's PEM)."""
+    where = tmp_path_factory.mktemp("https-bmc")
+    ca, ca_key, ca_cert = _certificate_authority(where, "bmc-ca")
+    other, _, _ = _certificate_authority(where, "other-ca")
+    cert, key = _server_certificate(where, ca_key, ca_cert)
+    port = find_free_port()
+    lab_conf = (BMLAB_DIR / "emulator.conf").read_text()
+    conf = where / "emulator.conf"
+    conf.write_text(
+        re.sub(
+            r"(?m)^SUSHY_EMULATOR_LISTEN_PORT = .*$",
+            f"SUSHY_EMULATOR_LISTEN_PORT = {port}",
+            lab_conf,
+        )
+        + f"SUSHY_EMULATOR_SSL_CERT = '{cert}'\nSUSHY_EMULATOR_SSL_KEY = '{key}'\n"
+    )
+    emulator = Path(sys.executable).parent / "sushy-emulator"
+    log = where / "emulator.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(emulator), "--config", str(conf)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.3)
+        yield f"https://127.0.0.1:{port}", ca, other
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_an_https_bmc_is_reached_only_with_a_certificate_that_verifies(
+    bm_node: dict[str, object], https_bmc: tuple[str, Path, Path]
+) -> None:
+    url, ca, other = https_bmc
+    trusted = RedfishBmc(
+        url, str(bm_node["username"]), str(bm_node["password"]), str(bm_node["system_id"]),
+        verify_tls=str(ca),
+    )  # fmt: skip
+    assert trusted.power_state() is PowerState.OFF
+    for verify in (True, str(other)):  # the system's CAs; another CA
+        bmc = bmc_of(bm_node, address=url)
+        bmc.verify_tls = verify
+        with pytest.raises(BackendUnavailable) as caught:
+            bmc.power_state()
+        assert "certificate verify failed" in caught.value.message, caught.value.message

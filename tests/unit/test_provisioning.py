@@ -139,3 +139,19 @@ def test_the_cli_takes_mac_equals_address(capsys: pytest.CaptureFixture[str]) ->
         with pytest.raises(typer.Exit):
             _provisioning(bad)
         assert "--provisioning" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ca_file", [None, "/etc/oneplatform/bmc-ca.pem"])
+def test_a_bmcs_certificate_is_verified_against_the_ca_asked(
+    world: World, ca_file: str | None
+) -> None:
+    """ONEP_BMC_CA_FILE, else the system's CAs: never an unchecked https:// BMC."""
+    from pathlib import Path
+
+    from oneplatform.baremetal.reach import find_node, node_driver
+
+    world.settings.bmc_ca_file = Path(ca_file) if ca_file else None
+    world.enroll("n1", provide=False)
+    with world.store.session() as session:
+        bmc = node_driver(session, world.settings, find_node(session, "n1")).bmc()
+    assert bmc.verify_tls == (ca_file or True)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from oneplatform.errors import BackendError, InvalidInput
 from oneplatform.schemas.compute import PowerState
@@ -267,7 +267,19 @@ class Bmc(abc.ABC):
 
 
 # -- protocols -------------------------------------------------------------------------------
-BmcFactory = Callable[[str, str, str, str], Bmc]
+class BmcFactory(Protocol):
+    """``(address, username, password, system_id, verify_tls=…)`` → a BMC client."""
+
+    def __call__(
+        self,
+        address: str,
+        username: str,
+        password: str,
+        system_id: str,
+        verify_tls: bool | str = True,
+    ) -> Bmc: ...
+
+
 _PROTOCOLS: dict[str, Callable[[], BmcFactory]] = {}
 
 
@@ -281,8 +293,17 @@ def bmc_protocols() -> list[str]:
     return sorted(_PROTOCOLS)
 
 
-def open_bmc(protocol: str, address: str, username: str, password: str, system_id: str) -> Bmc:
-    """A BMC client for one node; no I/O until its first call."""
+def open_bmc(
+    protocol: str,
+    address: str,
+    username: str,
+    password: str,
+    system_id: str,
+    verify: bool | str = True,
+) -> Bmc:
+    """A BMC client for one node; no I/O until its first call. ``verify``: an https://
+    BMC's certificate is checked against the system's CAs (True) or the CA bundle at that
+    path (never False here: an unverified BMC is one anybody on the path may play)."""
     load = _PROTOCOLS.get(protocol)
     if load is None:
         raise InvalidInput(
@@ -290,4 +311,4 @@ def open_bmc(protocol: str, address: str, username: str, password: str, system_i
             f"{', '.join(bmc_protocols()) or 'none'})",
             code="bmc_protocol_not_supported",
         )
-    return load()(address, username, password, system_id)
+    return load()(address, username, password, system_id, verify_tls=verify)

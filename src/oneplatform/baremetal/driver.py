@@ -67,6 +67,7 @@ class BaremetalDriver(
             bmc["username"],
             bmc["password"],
             bmc["system_id"],
+            verify=bmc.get("verify", True),
         )
 
     def _ports(self) -> tuple[PortMapping, ...]:

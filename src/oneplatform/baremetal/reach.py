@@ -42,6 +42,8 @@ def node_host_settings(session: Session, settings: Settings, host: Host) -> dict
             "username": node.bmc_username,
             "password": password,
             "system_id": node.bmc_system_id,
+            # an https:// BMC's certificate is verified: against this CA, else the system's
+            "verify": str(settings.bmc_ca_file) if settings.bmc_ca_file else True,
         },
         "port_map": dict(node.port_map or {}),
     }

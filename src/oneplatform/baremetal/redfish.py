@@ -141,7 +141,7 @@ class RedfishBmc(Bmc):
         username: str,
         password: str,
         system_id: str,
-        verify_tls: bool = False,
+        verify_tls: bool | str = True,
     ) -> None:
         self.address = address.rstrip("/")
         self.username = username
