@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from oneplatform.baremetal import nodes
+from oneplatform.compute.catalog import BAREMETAL_POOL, CONTAINER_POOL, VM_POOL
 from oneplatform.compute.drivers import driver_class, driver_for
 from oneplatform.compute.hosts import host_ref
 from oneplatform.compute.images import request_build
@@ -43,11 +44,8 @@ FLAVORS = (
     DefaultFlavor("vm.medium", ComputeType.VM, 2, 2048, 10),
     DefaultFlavor("baremetal.small", ComputeType.BAREMETAL, 1, 1024, 4),
 )
-CONTAINER_POOL = "containers"
 LOCAL_PODMAN = "local-podman"
-VM_POOL = "vms"
 LOCAL_LIBVIRT = "local-libvirt"
-BAREMETAL_POOL = "baremetal"
 
 
 def ensure_defaults(store: Store, settings: Settings) -> list[str]:

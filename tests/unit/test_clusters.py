@@ -175,7 +175,8 @@ def test_the_flavor_and_the_cluster_are_the_owners_only(world: World) -> None:
         ({"node_flavor": "baremetal.small"}, Conflict, "node_flavor_not_supported"),
         ({"node_flavor": "nope"}, NotFound, "flavor_not_found"),
         ({"public_key": "ssh-rsa not-a-key"}, InvalidInput, "invalid_public_key"),
-        ({"name": "containers"}, AlreadyExists, "cluster_exists"),  # a pool's name
+        ({"name": "containers"}, InvalidInput, "cluster_name_reserved"),  # a built-in pool's
+        ({"name": "baremetal"}, InvalidInput, "cluster_name_reserved"),  # baremetal.small
     ],
 )
 def test_a_refused_create_leaves_nothing(

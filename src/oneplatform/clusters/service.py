@@ -13,12 +13,12 @@ from oneplatform.clusters import keys
 from oneplatform.clusters import operations as ops
 from oneplatform.clusters.operations import live_nodes
 from oneplatform.clusters.states import CLUSTER_NODES, CLUSTERS, ClusterStatus, NodeStatus
-from oneplatform.compute.catalog import flavor_by_name
+from oneplatform.compute.catalog import BUILTIN_POOLS, flavor_by_name
 from oneplatform.compute.drivers.ssh import ssh_target
 from oneplatform.compute.instances import place_instance
 from oneplatform.compute.ports import allocate_block
 from oneplatform.config import Settings
-from oneplatform.errors import AlreadyExists, Conflict, NotFound
+from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from oneplatform.iam import Caller
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.service import to_out
@@ -225,7 +225,20 @@ def _node_flavor(session: Session, caller: Caller, name: str) -> Flavor:
     return flavor
 
 
+def reserved_names() -> frozenset[str]:
+    """Names a cluster may not take, though nothing holds them yet: the compute types (their
+    built-in flavors are ``<type>.small`` …, made once their pool is ready) and the built-in
+    pools."""
+    return frozenset({ct.value for ct in ComputeType}) | BUILTIN_POOLS
+
+
 def _check_names_free(session: Session, name: str) -> None:
+    if name in reserved_names():
+        raise InvalidInput(
+            f"{name!r} is a name the platform keeps for its own pools and flavors: pick "
+            "another cluster name",
+            code="cluster_name_reserved",
+        )
     taken = (
         session.scalars(
             select(Cluster.id).where(Cluster.name == name, Cluster.deleted_at.is_(None))

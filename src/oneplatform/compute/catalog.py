@@ -58,6 +58,14 @@ def describe_compute_type(cls: type[ComputeDriver]) -> ComputeTypeOut:
     )
 
 
+# The pools `onep up` makes (bootstrap); their names, with the compute types' (the built-in
+# flavors are <type>.small …), are kept from clusters.
+CONTAINER_POOL = "containers"
+VM_POOL = "vms"
+BAREMETAL_POOL = "baremetal"
+BUILTIN_POOLS = frozenset({CONTAINER_POOL, VM_POOL, BAREMETAL_POOL})
+
+
 def list_compute_types() -> list[ComputeTypeOut]:
     """Every registered compute type whose default driver works in this build."""
     found = []
