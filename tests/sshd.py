@@ -13,7 +13,6 @@ Podman.) libvirt is this machine's libvirtd, reached through ``qemu+ssh://`` the
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
 import subprocess
@@ -167,6 +166,13 @@ def _podman_service(root: Path, sock: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _mounted(path: Path) -> bool:
+    """Whether ``path`` is a mount point (os.path.ismount misses Podman's bind mount of its
+    overlay directory onto itself: same device)."""
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    return any(line.split()[4] == str(path) for line in mounts)
+
+
 def _remove_storage(root: Path) -> None:
     """What the host's Podman holds, then its storage (its overlay mount first)."""
     storage = _storage_args(root)
@@ -182,7 +188,7 @@ def _remove_storage(root: Path) -> None:
     subprocess.run(["podman", *storage, "rmi", "--all", "--force"], capture_output=True)
     overlay = root / "storage" / "overlay"
     for _ in range(10):  # each podman call above may have mounted it once more
-        if not os.path.ismount(overlay):
+        if not _mounted(overlay):
             break
         subprocess.run(["umount", str(overlay)], capture_output=True, timeout=60)
     shutil.rmtree(root / "storage", ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets as _random
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,13 +49,17 @@ def box_for(settings: Settings) -> SecretBox:
 def _box_from_file(path: Path) -> SecretBox:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(Fernet.generate_key())
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)  # never replace a key another process just made
-        tmp.unlink()
+        # a temporary file of this caller's own: two threads or processes making the key at
+        # once each link theirs, the first wins, and neither removes the other's
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".secret.", suffix=".tmp")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(Fernet.generate_key())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # never replace a key another process just made
+        finally:
+            tmp.unlink()
     return SecretBox(path.read_bytes().strip())
 
 

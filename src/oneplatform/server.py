@@ -131,16 +131,16 @@ def run_up(
     app = create_app(platform)
     services: list[_Service] = []
     loops: threading.Thread | None = None
-    if not api_only:
-        start_workers(store, settings, settings.workers, stop)
-        loops = start_loops(store, settings, stop)
-        services = _start_host_services(store, settings, platform, stop)
-    announce(url, str(settings.home), builds, enrolling)
     # uvicorn re-raises a SIGTERM it caught once it has shut down, with the handler it found:
     # Python's default would end the process before the clean-up below (the backup store
     # would be left running); this one unwinds it.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
+    try:  # whatever fails from here on, the host services already started are stopped
+        if not api_only:
+            start_workers(store, settings, settings.workers, stop)
+            loops = start_loops(store, settings, stop)
+            _start_host_services(store, settings, platform, stop, services)
+        announce(url, str(settings.home), builds, enrolling)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         stop.set()
@@ -156,21 +156,27 @@ class _Service(Protocol):
 
 
 def _start_host_services(
-    store: Store, settings: Settings, platform: Platform, stop: threading.Event
-) -> list[_Service]:
+    store: Store,
+    settings: Settings,
+    platform: Platform,
+    stop: threading.Event,
+    started: list[_Service],
+) -> None:
     """This machine's host services: they bind fixed ports, so only the full `onep up` runs
-    them (one per machine), never `onep up --api-only` or `onep worker`."""
+    them (one per machine), never `onep up --api-only` or `onep worker`. Each is put in
+    ``started`` (first the last stopped) as soon as it runs, for the caller to stop."""
     backup_store = backup_store_service(settings)
+    started.insert(0, backup_store)
     backup_store.start()
     ensure_endpoints(store, settings)
     sync_proxy(store, settings)  # the proxy starts on the current configuration
     proxy = proxy_service(settings)
+    started.insert(0, proxy)
     proxy.start()
     threading.Thread(
         target=run_proxy_sync, args=(store, settings, stop), name="proxy-sync", daemon=True
     ).start()
     start_deploy_listener(platform)
-    return [proxy, backup_store]
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

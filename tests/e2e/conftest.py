@@ -253,9 +253,9 @@ def own_platform(
     """A platform of a module's own (``env``: ONEP_* settings of its own), every image READY;
     what its tests left is deleted when it stops."""
     p = Platform(home=tmp_path_factory.mktemp(name), port=free_port(), extra_env=env)
-    p.start()
-    p.wait_images_ready()
-    try:
+    try:  # a platform that failed to start leaves no host service behind for the next
+        p.start()
+        p.wait_images_ready()
         yield p
     finally:
         _cleanup_containers(p)

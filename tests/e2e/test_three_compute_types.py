@@ -119,8 +119,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "ONEP_RECONCILE_INTERVAL_SECONDS": "3",
         },
     )
-    p.start()
     try:
+        p.start()
         p.wait_images_ready()
         yield p
     finally:

@@ -346,7 +346,7 @@ def test_an_https_bmc_is_reached_only_with_a_certificate_that_verifies(
         url, str(bm_node["username"]), str(bm_node["password"]), str(bm_node["system_id"]),
         verify_tls=str(ca),
     )  # fmt: skip
-    assert trusted.power_state() is PowerState.OFF
+    assert trusted.power_state() is PowerState.STOPPED
     for verify in (True, str(other)):  # the system's CAs; another CA
         bmc = bmc_of(bm_node, address=url)
         bmc.verify_tls = verify
