@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -153,3 +154,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"CI=true forbids skipping: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Per xdist group, the seconds its tests took (setup, call and teardown): the groups run
+    side by side, so the longest is the run's length; balance them by it."""
+    spent: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            nodeid = getattr(report, "nodeid", "")
+            if "@" in nodeid and isinstance(getattr(report, "duration", None), float):
+                group = nodeid.rpartition("@")[2]
+                spent[group] = spent.get(group, 0.0) + report.duration
+    if spent:
+        line = ", ".join(f"{g} {s / 60:.1f} min" for g, s in sorted(spent.items()))
+        terminalreporter.write_line(f"time per test group: {line}")

@@ -162,7 +162,12 @@ def step_wait_running(ctx: StepContext) -> None:
             f"instance {found.name!r} stopped while starting "
             f"(backend state {backend.backend_state}); console:\n{tail}"
         )
-    deadline(ctx, "start")
+    limit = ctx.settings.ready_timeout_seconds
+    if driver.host.settings.get("publish_address"):
+        # a cluster's node: Podman inside a VM that may be emulated (TCG), where a first
+        # start of an engine's container is several times slower than on the platform's host
+        limit *= 3
+    deadline(ctx, "start", limit)
     raise NotYet(f"backend state {backend.backend_state}", retry_after=0.5)
 
 
