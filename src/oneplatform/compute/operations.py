@@ -92,6 +92,14 @@ def set_power(ctx: StepContext, power: PowerState) -> None:
 IMAGE_BUILD_WAIT_S = 3600.0
 
 
+def create_wait_limit(settings: Settings) -> float:
+    """How long a database waits for its compute instance's create: that operation bounds
+    each of its own steps (an image build, an import onto the host, the start, the ports),
+    so this is only a backstop past their sum, never a shorter limit of its own (a first
+    import onto an emulated cluster node takes minutes)."""
+    return IMAGE_BUILD_WAIT_S + 4 * settings.ready_timeout_seconds
+
+
 def step_image(ctx: StepContext) -> None:
     """Wait for the image to be built, make the format the compute type loads, and make sure
     the host has it."""
@@ -162,12 +170,7 @@ def step_wait_running(ctx: StepContext) -> None:
             f"instance {found.name!r} stopped while starting "
             f"(backend state {backend.backend_state}); console:\n{tail}"
         )
-    limit = ctx.settings.ready_timeout_seconds
-    if driver.host.settings.get("publish_address"):
-        # a cluster's node: Podman inside a VM that may be emulated (TCG), where a first
-        # start of an engine's container is several times slower than on the platform's host
-        limit *= 3
-    deadline(ctx, "start", limit)
+    deadline(ctx, "start")
     raise NotYet(f"backend state {backend.backend_state}", retry_after=0.5)
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from oneplatform.compute.instances import request_delete
-from oneplatform.compute.operations import INSTANCE_REPAIR
+from oneplatform.compute.operations import INSTANCE_REPAIR, create_wait_limit
 from oneplatform.compute.reconciler import RECOVERABLE, request_repair
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.dbaas import replicas
@@ -109,7 +109,7 @@ def step_compute(ctx: StepContext) -> None:
     if status is InstanceStatus.ACTIVE:
         return
     if status in (InstanceStatus.BUILD, InstanceStatus.STARTING, InstanceStatus.REBOOT):
-        deadline(ctx, "compute instance start")
+        deadline(ctx, "compute instance start", create_wait_limit(ctx.settings))
         raise NotYet("waiting for the compute instance to be ACTIVE", retry_after=0.2)
     raise PlatformError(f"the compute instance is {status}: {message}", code="compute_failed")
 

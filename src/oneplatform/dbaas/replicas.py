@@ -29,6 +29,7 @@ from oneplatform import quotas
 from oneplatform.compute.catalog import flavor_by_name
 from oneplatform.compute.drivers.base import VolumeSpec
 from oneplatform.compute.instances import place_instance, request_delete
+from oneplatform.compute.operations import create_wait_limit
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.config import Settings
 from oneplatform.dbaas import backups, configurations
@@ -590,7 +591,7 @@ def step_member_compute(ctx: StepContext) -> None:
     if status is InstanceStatus.ACTIVE:
         return
     if status in (InstanceStatus.BUILD, InstanceStatus.STARTING, InstanceStatus.REBOOT):
-        deadline(ctx, "compute instance start")
+        deadline(ctx, "compute instance start", create_wait_limit(ctx.settings))
         raise NotYet("waiting for the replica's compute instance", retry_after=0.5)
     raise PlatformError(f"the compute instance is {status}: {message}", code="compute_failed")
 
