@@ -51,6 +51,7 @@ from oneplatform.compute.drivers.base import (
     SupportsVirtualMedia,
     VolumeSpec,
 )
+from oneplatform.compute.ports import FORWARD_ONLY_PREFIX
 from oneplatform.dbaas.datastores.base import ConnInfo, Datastore, UserInfo
 from oneplatform.dbaas.datastores.postgresql import PostgreSQL
 from oneplatform.errors import AlreadyExists, BackendError, NotFound
@@ -148,6 +149,8 @@ def _listen(obj: FakeObject) -> None:
         return
     bundle = json.loads(obj.spec.config_bundle) if obj.spec.config_bundle else None
     for port in obj.spec.ports:
+        if port.name.startswith(FORWARD_ONLY_PREFIX):
+            continue  # a forward into the guest (a cluster node's): what runs there listens
         if bundle is not None and port.name == "agent":
             obj.agent = FakeAgent(port.host_port, bundle)
             continue
@@ -269,7 +272,12 @@ class FakeDriver(
 
     def published_ports(self) -> set[int]:
         with CLOUD.lock:
-            ports = {p.host_port for o in CLOUD.objects.values() for p in o.spec.ports}
+            ports = {
+                p.host_port
+                for o in CLOUD.objects.values()
+                if o.host_id == self.host.id
+                for p in o.spec.ports
+            }
             return ports | CLOUD.published
 
     def list_instances(self) -> list[BackendInstance]:

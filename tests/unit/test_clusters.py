@@ -14,7 +14,9 @@ from oneplatform.compute import catalog, instances
 from oneplatform.compute.drivers.base import HostRef, InstanceSpec, PortMapping
 from oneplatform.compute.drivers.container import PodmanDriver
 from oneplatform.compute.hosts import reach_host
-from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from oneplatform.dbaas import replicas
+from oneplatform.dbaas import service as dbaas
+from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound, NoValidHost
 from oneplatform.iam import MEMBER
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import rootfs_path, vm_image_path
@@ -25,6 +27,7 @@ from oneplatform.secrets import box_for
 from oneplatform.store.models import (
     Cluster,
     ClusterNode,
+    DbMember,
     Flavor,
     Host,
     Image,
@@ -353,6 +356,97 @@ def test_create_resize_and_delete_drive_the_nodes_and_their_hosts(fake_nodes: Wo
     # the name is free again
     again = service.create_cluster(world.store, world.settings, world.member, req)
     assert again.cluster.pool == "c1" and again.cluster.flavor == "c1.small"
+
+
+def _active_cluster(world: World, size: int) -> None:
+    req = ClusterCreate(name="c1", node_flavor="vm.small", size=size)
+    accepted = service.create_cluster(world.store, world.settings, world.member, req)
+    op = world.drive(accepted.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+
+
+def _node_of(world: World, member: str) -> str:
+    with world.store.session() as session:
+        instance = session.get_one(
+            Instance,
+            session.scalars(select(DbMember.instance_id).where(DbMember.name == member)).one(),
+        )
+        return session.get_one(Host, instance.host_id).name
+
+
+def test_a_shrink_moves_the_databases_off_the_drained_node_first(fake_nodes: World) -> None:
+    world = fake_nodes
+    _active_cluster(world, size=2)
+    world.create_db("pgk", flavor="c1.small")
+    world.drive_all()
+    where = _node_of(world, "pgk")
+    stays = ({"c1-0", "c1-1"} - {where}).pop()
+    before = dbaas.get_db(world.store, world.member, "pgk")
+
+    shrunk = service.resize_cluster(
+        world.store, world.settings, world.member, "c1", ClusterResize(size=1, remove=[where])
+    )
+    assert {n.name: n.status for n in shrunk.cluster.nodes} == {where: "DRAINING", stays: "ACTIVE"}
+    assert dbaas.get_db(world.store, world.member, "pgk").status == "RESIZE"
+    op = world.drive(shrunk.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    assert [s["name"] for s in op.steps][:4] == [
+        "wait_nodes",
+        "register",
+        "wait_moves",
+        "remove_nodes",
+    ]
+    world.drive_all()
+    after = dbaas.get_db(world.store, world.member, "pgk")
+    assert (after.id, after.status, after.endpoint) == (before.id, "ACTIVE", before.endpoint)
+    members = replicas.list_members(world.store, world.settings, world.member, "pgk")
+    assert [(m.name, m.role, m.state) for m in members] == [("pgk-r1", "primary", "ACTIVE")]
+    assert _node_of(world, "pgk-r1") == stays
+    # the drained node's host: gone from the pool (kept, disabled, for the records naming it)
+    hosts = _hosts(world)
+    assert {n for n in hosts if not n.startswith("retired-")} == {stays}
+    assert not any(h.enabled for n, h in hosts.items() if n != stays)
+    assert [n.name for n in service.get_cluster(world.store, world.member, "c1").nodes] == [stays]
+
+
+def test_a_shrink_the_others_cannot_hold_is_refused_with_nothing_changed(
+    fake_nodes: World,
+) -> None:
+    world = fake_nodes
+    _active_cluster(world, size=2)
+    world.create_db("pgk", flavor="c1.small")
+    world.drive_all()
+    where = _node_of(world, "pgk")
+    with world.store.session() as session:  # the node that stays is full
+        for host in session.scalars(select(Host).where(Host.name != where)):
+            if host.project_id is not None:
+                host.vcpus = 0
+    before = _counts(world)
+    with pytest.raises(NoValidHost) as info:
+        service.resize_cluster(
+            world.store, world.settings, world.member, "c1", ClusterResize(size=1, remove=[where])
+        )
+    assert info.value.code == "no_valid_host" and info.value.status == 409
+    assert _counts(world) == before
+    cluster = service.get_cluster(world.store, world.member, "c1")
+    assert cluster.status == "ACTIVE" and {n.status for n in cluster.nodes} == {"ACTIVE"}
+    assert all(h.enabled for h in _hosts(world).values())
+    assert dbaas.get_db(world.store, world.member, "pgk").status == "ACTIVE"
+
+
+def test_nodes_to_remove_must_fit_the_shrink(fake_nodes: World) -> None:
+    world = fake_nodes
+    _active_cluster(world, size=2)
+    for req, words in (
+        (ClusterResize(size=1, remove=["c1-7"]), "has no node c1-7"),
+        (ClusterResize(size=1, remove=["c1-0", "c1-1"]), "removes 1"),
+        (ClusterResize(size=3, remove=["c1-0"]), "only when the cluster shrinks"),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            service.resize_cluster(world.store, world.settings, world.member, "c1", req)
+        assert words in info.value.message and info.value.code == "invalid_input"
+    cluster = service.get_cluster(world.store, world.member, "c1")
+    assert cluster.status == "ACTIVE" and cluster.size == 2
 
 
 def test_a_node_that_fails_fails_the_cluster_with_its_message(

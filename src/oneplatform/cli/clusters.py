@@ -101,12 +101,22 @@ def cluster_connect(name: str, output: Format = OutputOpt) -> None:
 def cluster_resize(
     name: str,
     size: Annotated[int, typer.Option(help="How many nodes after the resize")],
+    remove: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--remove",
+            help="On a shrink, a node to drain (repeat it: as many as the shrink removes); "
+            "default: failed ones, then the newest.",
+        ),
+    ] = None,
     wait: WaitOpt = False,
     output: Format = OutputOpt,
 ) -> None:
-    """Add nodes, or drain the newest ones (refused while databases live on them)."""
+    """Add nodes, or drain some: the databases on a drained node move to the nodes that stay
+    first (a replica there, a switchover, the former goes); any other instance on it refuses
+    the shrink."""
     with Client.from_home() as c, api_errors():
-        _finish(c, c.clusters.resize(name, size), wait, output)
+        _finish(c, c.clusters.resize(name, size, remove=remove or []), wait, output)
 
 
 @cluster_app.command("delete")

@@ -23,7 +23,7 @@ from oneplatform.compute.instances import request_delete
 from oneplatform.compute.states import InstanceStatus
 from oneplatform.errors import BackendError, NotYet, PlatformError
 from oneplatform.ops.engine import StepContext
-from oneplatform.ops.kinds import Intent
+from oneplatform.ops.kinds import Intent, OperationStatus
 from oneplatform.ops.steps import (
     become,
     check_not_superseded,
@@ -39,6 +39,7 @@ from oneplatform.store.models import (
     Flavor,
     Host,
     Instance,
+    Operation,
     Pool,
     PortAllocation,
 )
@@ -183,6 +184,63 @@ def _add_host(ctx: StepContext, node_id: str, inventory: HostInventory) -> None:
 
 
 # -- draining and removing -----------------------------------------------------------------
+MOVES_WAIT_S = 3600.0  # each move bounds its own steps; a backstop past them
+
+
+def step_wait_moves(ctx: StepContext) -> None:
+    """Wait for the moves off the draining nodes (``moves``: their operations) and for every
+    instance there to be gone (a moved primary's former compute is deleted last)."""
+    with ctx.store.session() as session:
+        moves = [session.get_one(Operation, op_id) for op_id in ctx.params.get("moves", [])]
+        failed = [
+            f"{op.kind}: {op.error_message}"
+            for op in moves
+            if op.status == OperationStatus.FAILED.value
+        ]
+    if failed:
+        undo_drain(ctx)
+        raise PlatformError(
+            "moving off the drained node(s) failed: "
+            + "; ".join(failed)
+            + " (the databases not moved stay where they were; the nodes are back)",
+            code="move_failed",
+        )
+    with ctx.store.session() as session:
+        cluster = load_cluster(session, ctx)
+        moves = [session.get_one(Operation, op_id) for op_id in ctx.params.get("moves", [])]
+        host_ids = [
+            n.host_id
+            for n in live_nodes(session, cluster.id)
+            if n.status == NodeStatus.DRAINING.value and n.host_id
+        ]
+        left = session.scalars(
+            select(Instance.name).where(
+                Instance.host_id.in_(host_ids), Instance.deleted_at.is_(None)
+            )
+        ).all()
+        moving = [op for op in moves if op.status != OperationStatus.SUCCEEDED.value]
+    if moving or left:
+        deadline(ctx, "the moves off the drained node(s)", MOVES_WAIT_S)
+        raise NotYet(
+            f"waiting for {len(moving)} move(s) off the drained node(s)"
+            + (f"; still there: {', '.join(left)}" if left else ""),
+            retry_after=3.0,
+        )
+
+
+def undo_drain(ctx: StepContext) -> None:
+    """The draining nodes back in the pool (their hosts enabled, the cluster's size as
+    before): a move off them failed, so the shrink does not go on."""
+    with ctx.transaction() as session:
+        cluster = load_cluster(session, ctx)
+        for node in live_nodes(session, cluster.id):
+            if node.status != NodeStatus.DRAINING.value or not node.host_id:
+                continue
+            session.get_one(Host, node.host_id).enabled = True
+            CLUSTER_NODES.move(session, node, NodeStatus.ACTIVE)
+            cluster.size += 1
+
+
 def step_remove_nodes(ctx: StepContext) -> None:
     """Delete the instances of the draining nodes (each with its own operation)."""
     with ctx.transaction() as session:
@@ -272,11 +330,13 @@ CLUSTER_RESIZE = define(
     Intent.ACTION,
     ("wait_nodes", step_wait_nodes),
     ("register", step_register),
+    ("wait_moves", step_wait_moves),
     ("remove_nodes", step_remove_nodes),
     ("wait_removed", step_wait_removed),
     ("finish", become(CLUSTERS, load_cluster, ClusterStatus.ACTIVE)),
     on_failure=FAIL,
-    description="Build and register added nodes, or delete drained ones and their hosts.",
+    description="Build and register added nodes, or move the databases off drained ones, "
+    "then delete them and their hosts.",
 )
 CLUSTER_DELETE = define(
     "cluster.delete",

@@ -16,9 +16,13 @@ from oneplatform.clusters.states import CLUSTER_NODES, CLUSTERS, ClusterStatus, 
 from oneplatform.compute.catalog import BUILTIN_POOLS, flavor_by_name
 from oneplatform.compute.drivers.ssh import ssh_target
 from oneplatform.compute.instances import place_instance
+from oneplatform.compute.operations import host_routes
 from oneplatform.compute.ports import allocate_block
 from oneplatform.config import Settings
+from oneplatform.dbaas import replicas
+from oneplatform.dbaas.endpoints import PRIMARY
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from oneplatform.hostsvc.objectstore import GUEST_FORWARD_ADDRESS
 from oneplatform.iam import Caller
 from oneplatform.ops.engine import enqueue
 from oneplatform.ops.service import to_out
@@ -253,6 +257,18 @@ def _check_names_free(session: Session, name: str) -> None:
         )
 
 
+def node_host_services(settings: Settings) -> dict[str, object]:
+    """What a node forwards for its containers: the platform's host services (backup store,
+    replication hub), which containers reach at the service address as on the platform's
+    own host, on to the node's user-network forward of each (a VM's guestfwd)."""
+    routes = host_routes(settings)
+    return {
+        "address": settings.service_address,
+        "forward": GUEST_FORWARD_ADDRESS,
+        "ports": sorted({r.port for r in routes}),
+    }
+
+
 def add_nodes(
     session: Session, settings: Settings, cluster: Cluster, private_key: str, count: int
 ) -> list[ClusterNode]:
@@ -276,7 +292,13 @@ def add_nodes(
         # The node's sshd presents this key, made here: the platform trusts it and no other
         # (never the key a node would make at its first boot, unseen).
         host_private = keys.new_private_key()
-        bundle = json.dumps({"authorized_keys": authorized, "host_key": host_private})
+        bundle = json.dumps(
+            {
+                "authorized_keys": authorized,
+                "host_key": host_private,
+                "host_services": node_host_services(settings),
+            }
+        )
         instance, _op = place_instance(
             session,
             cluster.project_id,
@@ -320,30 +342,121 @@ def add_nodes(
 def resize_cluster(
     store: Store, settings: Settings, caller: Caller, ident: str, req: ClusterResize
 ) -> ClusterAccepted:
-    """Add nodes, or drain some: failed or never registered ones first, then the newest
-    (refused while something lives on them)."""
+    """Add nodes, or drain some: those ``req.remove`` names, else failed or never registered
+    ones first, then the newest. The databases on a drained node move to the nodes that
+    stay first (the resize waits for them); any other instance there refuses the resize."""
+    with store.session() as session:
+        cluster = find_cluster(session, caller, ident)
+        leaving = _leaving(session, cluster, req)
+        members = _residents(session, cluster, leaving)
+        db_ids = sorted({m.db_id for m in members})
+    # the moves' preparation asks the databases' agents: outside the transaction below
+    seeds = replicas.prepare_moves(store, settings, db_ids) if db_ids else {}
     with store.session() as session:
         cluster = find_cluster(session, caller, ident)
         _require_state(cluster, "resize", {ClusterStatus.ACTIVE, ClusterStatus.ERROR})
         nodes = [n for n in live_nodes(session, cluster.id) if n.status in LIVE_NODES]
-        if req.size == len(nodes):
-            raise Conflict(
-                f"cluster {cluster.name!r} has {len(nodes)} node(s) already",
-                code="nothing_to_do",
-            )
+        moves: list[str] = []
         if req.size > len(nodes):
             private = box_for(settings).decrypt(cluster.key_enc)
             add_nodes(session, settings, cluster, private, req.size - len(nodes))
             message = f"adding {req.size - len(nodes)} node(s)"
         else:
-            leaving = _drain_order(nodes)[: len(nodes) - req.size]
-            _refuse_if_used(session, cluster, leaving, "drain")
+            leaving = _leaving(session, cluster, req)
+            # the hosts' rows first (see _refuse_if_used), then off the scheduler, so the
+            # members placed below land on the nodes that stay
+            _lock_hosts(session, leaving)
             drain(session, leaving)
-            message = f"draining {', '.join(n.name for n in leaving)}"
+            session.flush()
+            names = ", ".join(n.name for n in leaving)
+            for member in _residents(session, cluster, leaving):
+                if member.db_id not in seeds:  # came while the moves were prepared
+                    raise Conflict(
+                        f"a database came onto node(s) {names} while the resize was asked: "
+                        "ask again",
+                        code="cluster_busy",
+                    )
+                reason = f"moving off node(s) {names} (cluster {cluster.name} shrinks)"
+                op = replicas.move_off(session, settings, member, seeds[member.db_id], reason)
+                moves.append(op.id)
+            message = f"draining {names}" + (f", {len(moves)} move(s) first" if moves else "")
         cluster.size = req.size
         CLUSTERS.move(session, cluster, ClusterStatus.RESIZE, message)
-        op = enqueue(session, ops.CLUSTER_RESIZE, cluster.id, caller.project_id)
+        op = enqueue(session, ops.CLUSTER_RESIZE, cluster.id, caller.project_id, {"moves": moves})
         return ClusterAccepted(operation=to_out(op), cluster=to_out_cluster(session, cluster))
+
+
+def _leaving(session: Session, cluster: Cluster, req: ClusterResize) -> list[ClusterNode]:
+    """The nodes a shrink drains ([] for a growth); refuses a resize that changes nothing
+    and names of nodes to remove that do not fit it."""
+    _require_state(cluster, "resize", {ClusterStatus.ACTIVE, ClusterStatus.ERROR})
+    nodes = [n for n in live_nodes(session, cluster.id) if n.status in LIVE_NODES]
+    if req.size == len(nodes):
+        raise Conflict(
+            f"cluster {cluster.name!r} has {len(nodes)} node(s) already",
+            code="nothing_to_do",
+        )
+    if req.size > len(nodes):
+        if req.remove:
+            raise InvalidInput(
+                "nodes to remove are named only when the cluster shrinks", code="invalid_input"
+            )
+        return []
+    count = len(nodes) - req.size
+    if not req.remove:
+        return _drain_order(nodes)[:count]
+    by_name = {n.name: n for n in nodes}
+    unknown = sorted(set(req.remove) - set(by_name))
+    if unknown:
+        raise InvalidInput(
+            f"cluster {cluster.name!r} has no node {', '.join(unknown)} (its nodes: "
+            f"{', '.join(by_name)})",
+            code="invalid_input",
+        )
+    if len(set(req.remove)) != count:
+        raise InvalidInput(
+            f"going from {len(nodes)} to {req.size} node(s) removes {count}: name "
+            f"{count} node(s), not {len(set(req.remove))}",
+            code="invalid_input",
+        )
+    return [by_name[name] for name in dict.fromkeys(req.remove)]
+
+
+def _residents(session: Session, cluster: Cluster, nodes: list[ClusterNode]) -> list[DbMember]:
+    """The database members living on ``nodes``, replicas first (a replica's replacement
+    needs its database ACTIVE, which a primary's move is not); any other instance there
+    refuses (409 cluster_in_use: it cannot move)."""
+    host_ids = [n.host_id for n in nodes if n.host_id]
+    if not host_ids:
+        return []
+    instances = session.scalars(
+        select(Instance).where(Instance.host_id.in_(host_ids), Instance.deleted_at.is_(None))
+    ).all()
+    members = {
+        m.instance_id: m
+        for m in session.scalars(
+            select(DbMember).where(
+                DbMember.instance_id.in_([i.id for i in instances]),
+                DbMember.deleted_at.is_(None),
+            )
+        )
+    }
+    others = sorted(i.name for i in instances if i.id not in members)
+    if others:
+        raise Conflict(
+            f"cannot drain node(s) {', '.join(n.name for n in nodes if n.host_id)} of cluster "
+            f"{cluster.name!r}: instance(s) {', '.join(others)} live there and cannot move; "
+            "delete them first",
+            code="cluster_in_use",
+            residents=others,
+        )
+    return sorted(members.values(), key=lambda m: (m.role == PRIMARY, m.name))
+
+
+def _lock_hosts(session: Session, nodes: list[ClusterNode]) -> None:
+    host_ids = [n.host_id for n in nodes if n.host_id]
+    if host_ids:
+        session.execute(select(Host.id).where(Host.id.in_(host_ids)).with_for_update())
 
 
 def delete_cluster(store: Store, settings: Settings, caller: Caller, ident: str) -> ClusterAccepted:
@@ -388,7 +501,7 @@ def _refuse_if_used(
     # The hosts' rows first (a placement claims its host's row, bumping its generation): a
     # placement on them that is under way commits before this reads who lives there, and
     # none starts until the drain, in this transaction, has disabled them.
-    session.execute(select(Host.id).where(Host.id.in_(host_ids)).with_for_update())
+    _lock_hosts(session, nodes)
     living = sorted(
         _resident_name(session, instance)
         for instance in session.scalars(

@@ -55,7 +55,7 @@ CLUSTER_NODES: StateMachine[NodeStatus] = StateMachine(
         N.BUILD: frozenset({N.ACTIVE, N.ERROR, N.DRAINING}),
         N.ACTIVE: frozenset({N.DRAINING}),
         N.ERROR: frozenset({N.DRAINING}),
-        N.DRAINING: frozenset({N.DELETED, N.ERROR}),
+        N.DRAINING: frozenset({N.DELETED, N.ERROR, N.ACTIVE}),  # ACTIVE: a drain undone
         N.DELETED: frozenset(),
     },
     stable=frozenset({N.ACTIVE, N.ERROR, N.DELETED}),

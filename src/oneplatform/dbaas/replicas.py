@@ -84,6 +84,7 @@ from oneplatform.store.models import (
     Event,
     Flavor,
     Instance,
+    Operation,
     new_id,
 )
 
@@ -561,6 +562,56 @@ def move(
             {"target": member_id, "former": former.id, "timeout": req.timeout_seconds},
         )
         return to_out(op)
+
+
+MOVE_SWITCHOVER_TIMEOUT_S = float(MoveRequest.model_fields["timeout_seconds"].default)
+
+
+# -- members leaving a host (a cluster's drained node) ----------------------------------------
+def prepare_moves(store: Store, settings: Settings, db_ids: list[str]) -> dict[str, bool]:
+    """Before members of these databases leave their hosts (:func:`move_off`): each
+    database's replication role made on its primary; {db id: whether its new members are
+    seeded from its latest backup}."""
+    seeds = {}
+    for db_id in db_ids:
+        _ensure_replication_role(store, settings, db_id)
+        seeds[db_id] = _backup_seeds(store, settings, db_id)
+    return seeds
+
+
+def move_off(
+    session: Session, settings: Settings, member: DbMember, from_backup: bool, reason: str
+) -> Operation:
+    """``member`` leaves its host for another of its flavor, in the caller's transaction
+    (which has taken that host off the scheduler): a primary moves as :func:`move` does (a
+    replica placed elsewhere, a switchover to it, then the former primary goes), a replica
+    is replaced (a new one placed elsewhere, this one deleted). The operation to wait for."""
+    db = session.get_one(DbInstance, member.db_id)
+    leaving = session.get_one(Instance, member.instance_id)
+    flavor = session.get_one(Flavor, leaving.flavor_id)
+    action = f"move {member.name} of"
+    _check_ready(session, db, action, Feature.REPLICAS, Feature.MOVE)
+    placed = _place_member(
+        session,
+        settings,
+        db,
+        flavor,
+        _next_name(session, db),
+        from_backup,
+        compute_credit(leaving),
+    )
+    if member.role == PRIMARY:
+        DATABASES.move(session, db, DbStatus.RESIZE, reason)
+        return enqueue(
+            session,
+            DB_MOVE,
+            db.id,
+            db.project_id,
+            {"target": placed.id, "former": member.id, "timeout": MOVE_SWITCHOVER_TIMEOUT_S},
+        )
+    enqueue(session, DB_REPLICA_CREATE, placed.id, db.project_id)
+    MEMBERS.move(session, member, MemberStatus.DELETING, reason)
+    return enqueue(session, DB_REPLICA_DELETE, member.id, db.project_id)
 
 
 def _primary_member(session: Session, db: DbInstance) -> DbMember:

@@ -32,6 +32,12 @@ class ClusterCreate(Request):
 
 class ClusterResize(Request):
     size: int = Field(ge=1, le=MAX_NODES, description="How many nodes the cluster has after.")
+    remove: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_NODES,
+        description="On a shrink, the nodes to drain (as many as it removes); default: "
+        "failed or unregistered ones first, then the newest. Databases there move first.",
+    )
 
 
 class ClusterNodeOut(Response):

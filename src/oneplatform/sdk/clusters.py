@@ -38,8 +38,12 @@ class Clusters:
     def connect(self, ident: str) -> builtins.list[ClusterConnection]:
         return self.c.get_list(f"/v1/clusters/{ident}/connect", ClusterConnection)
 
-    def resize(self, ident: str, size: int) -> ClusterAccepted:
-        body = ClusterResize.model_construct(size=size)
+    def resize(
+        self, ident: str, size: int, remove: builtins.list[str] | None = None
+    ) -> ClusterAccepted:
+        """Grow or shrink to ``size`` nodes; on a shrink, ``remove`` names the nodes to
+        drain (their databases move first)."""
+        body = ClusterResize.model_construct(size=size, remove=list(remove or []))
         return self.c.send("POST", f"/v1/clusters/{ident}/resize", ClusterAccepted, body)
 
     def delete(self, ident: str) -> ClusterAccepted:
