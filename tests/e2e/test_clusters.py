@@ -169,6 +169,42 @@ def test_resize_adds_a_node(cplatform: Platform, cluster: dict[str, Any]) -> Non
     assert _podman(conns[1], "ps").returncode == 0
 
 
+def _psql(endpoint: dict[str, Any], sql: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["psql", "-h", endpoint["host"], "-p", str(endpoint["port"]), "-U", "alice",
+         "-d", "appdb", "-tAc", sql],
+        env={"PGPASSWORD": "S3cret-pass", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_shrink_moves_the_database_to_the_node_that_stays(
+    cplatform: Platform, cluster: dict[str, Any]
+) -> None:
+    before = cplatform.json("db", "show", "pgk")
+    wrote = _psql(before["endpoint"], "CREATE TABLE kept AS SELECT 42 AS answer")
+    assert wrote.returncode == 0, wrote.stderr
+    started = time.monotonic()
+    shrunk = cplatform.json(
+        "cluster", "resize", "c1", "--size", "1", "--remove", "c1-0", "--wait", timeout=3600
+    )
+    record_timing(
+        "cluster",
+        "shrink c1 to 1 node, pgk moved off c1-0: CLI call to ACTIVE",
+        time.monotonic() - started,
+    )
+    assert shrunk["status"] == "ACTIVE" and [n["name"] for n in shrunk["nodes"]] == ["c1-1"]
+    after = cplatform.json("db", "show", "pgk")
+    assert after["status"] == "ACTIVE" and after["endpoint"] == before["endpoint"]
+    read = _psql(after["endpoint"], "SELECT answer FROM kept")
+    assert read.returncode == 0 and read.stdout.strip() == "42", read.stderr
+    (conn,) = cplatform.json("cluster", "connect", "c1")
+    listed = _podman(conn, "ps", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    labels = [c.get("Labels") or {} for c in json.loads(listed.stdout)]
+    assert any(label.get("oneplatform.managed") == "1" for label in labels), listed.stdout
+
+
 def test_delete_removes_the_nodes_and_frees_the_name(
     cplatform: Platform, cluster: dict[str, Any]
 ) -> None:
