@@ -163,8 +163,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for reports in terminalreporter.stats.values():
         for report in reports:
             nodeid = getattr(report, "nodeid", "")
-            if "@" in nodeid and isinstance(getattr(report, "duration", None), float):
-                group = nodeid.rpartition("@")[2]
+            group = nodeid.rpartition("@")[2] if "@" in nodeid else ""
+            # xdist's suffix is a bare name ("…@lab"); an "@" inside parameters is not one
+            if group.isidentifier() and isinstance(getattr(report, "duration", None), float):
                 spent[group] = spent.get(group, 0.0) + report.duration
     if spent:
         line = ", ".join(f"{g} {s / 60:.1f} min" for g, s in sorted(spent.items()))

@@ -172,12 +172,24 @@ def step_agent(ctx: StepContext) -> None:
             raise NotYet(f"waiting for the guest agent: {err.message}", 0.5) from None
         if health.ready:
             return
+        restoring = bool(ctx.params.get("restore_source"))
         if health.engine == "failed":
-            raise PlatformError(
-                f"the engine failed to start: {health.detail}", code="engine_failed"
-            )
+            if not restoring:
+                raise PlatformError(
+                    f"the engine failed to start: {health.detail}", code="engine_failed"
+                )
+            # A restore's recovery may stop short (the WAL up to its target still on its way
+            # to the repository): the agent starts it again; within the ready timeout of
+            # the step's start, else it fails with what the engine last said.
+            limit = ctx.settings.ready_timeout_seconds
+            if ctx.elapsed() > limit:
+                raise PlatformError(
+                    f"the restored engine failed to start (tried for {limit:.0f}s): "
+                    f"{health.detail}",
+                    code="engine_failed",
+                )
+            raise NotYet(f"engine failed, the agent starts it again: {health.detail}", 2.0)
         if time.monotonic() - started >= AGENT_WINDOW_S:
-            restoring = bool(ctx.params.get("restore_source"))
             deadline(ctx, "engine start", RESTORE_READY_S if restoring else None)
             raise NotYet(f"engine {health.engine}: {health.detail}", 0.5)
         time.sleep(AGENT_POLL_S)

@@ -104,7 +104,12 @@ def become(machine: StateMachine[Any], load: RowLoader, state: Any, message: str
 
     def step(ctx: StepContext) -> None:
         with ctx.transaction() as session:
-            machine.move(session, load(session, ctx), state, message)
+            row = load(session, ctx)
+            # a delete that came since the last step owns the state now: stop, as any step
+            # that checks would (not a failure of the resource's)
+            if state is not machine.deleted:
+                check_not_superseded(ctx, machine, row)
+            machine.move(session, row, state, message)
 
     return step
 

@@ -459,9 +459,21 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
                 started = self._podman(args, timeout=RUN_TIMEOUT_S)
                 break
             except BackendError as exc:
-                # A concurrent create made it first (the name is unique): use that one.
                 if "already in use" in exc.message:
-                    return self._start_row(spec.instance_id, self._require(spec.instance_id))
+                    # A concurrent create made it first (the name is unique): use that one.
+                    found = self._one(spec.instance_id)
+                    if found is not None:
+                        return self._start_row(spec.instance_id, found)
+                    # Else a podman killed half-way (with the worker that ran it) left the
+                    # name to a container only in the storage, which `ps` does not list:
+                    # remove it and run once more.
+                    if attempt == 1:
+                        self._podman(
+                            ["rm", "--force", "--time", "0", container_name(spec.instance_id)],
+                            check=False,
+                        )
+                        continue
+                    raise
                 # The group's last other instance was deleted in between, with its network.
                 if attempt == 1 and "network not found" in exc.message.lower():
                     _KNOWN_NETWORKS.discard((self.host.uri, network_name(spec.network or "")))
