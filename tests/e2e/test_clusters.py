@@ -1,6 +1,7 @@
 """Clusters end to end: a container pool composed from the platform's own VMs (TCG here),
 serving a PostgreSQL database, reached with Podman's own CLI, grown by a resize, driven
-through the CLI. One cluster of one node grown to two: a node is a TCG VM."""
+through the CLI. One cluster of one node grown to two, then shrunk back by draining the
+first (its database moves to the other through the replication hub): a node is a TCG VM."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from tests.e2e.conftest import LAB_PORTS, Platform, own_platform, record_timing,
 pytestmark = pytest.mark.e2e
 
 # A platform of its own on the lab worker's ports (tests/conftest.py: OWN_GROUPS), without
-# repositories for new databases (a node's containers do not reach the host's services
-# yet, see docs/clusters.md).
+# repositories for new databases (TCG time; the node's forward of the host services is shown
+# by the move, through the replication hub).
 CLUSTER_ENV = {**LAB_PORTS, "ONEP_IMAGES": "postgresql-15,podman-host", "ONEP_BACKUPS": "false"}
 
 
