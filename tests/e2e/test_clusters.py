@@ -121,6 +121,25 @@ def test_another_project_sees_neither_the_cluster_nor_its_flavor(
     assert out.returncode == 1 and "flavor_not_found" in out.stderr, out.stderr
 
 
+def _psql(endpoint: dict[str, Any], sql: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["psql", "-h", endpoint["host"], "-p", str(endpoint["port"]), "-U", "alice",
+         "-d", "appdb", "-tAc", sql],
+        env={"PGPASSWORD": "S3cret-pass", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def _assert_lists_the_platforms_container(cplatform: Platform) -> None:
+    """`podman --url` of the cluster's one node, as `connect` gives it, lists a container
+    the platform runs there."""
+    (conn,) = cplatform.json("cluster", "connect", "c1")
+    listed = _podman(conn, "ps", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    labels = [c.get("Labels") or {} for c in json.loads(listed.stdout)]
+    assert any(label.get("oneplatform.managed") == "1" for label in labels), listed.stdout
+
+
 def test_a_database_on_the_cluster_serves_psql_and_its_container_is_listed(
     cplatform: Platform, cluster: dict[str, Any]
 ) -> None:
@@ -136,18 +155,9 @@ def test_a_database_on_the_cluster_serves_psql_and_its_container_is_listed(
     )
     assert db["status"] == "ACTIVE" and db["flavor"] == "c1.small"
     endpoint = db["endpoint"]
-    out = subprocess.run(
-        ["psql", "-h", endpoint["host"], "-p", str(endpoint["port"]), "-U", "alice",
-         "-d", "appdb", "-tAc", "SELECT current_user"],
-        env={"PGPASSWORD": "S3cret-pass", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    out = _psql(endpoint, "SELECT current_user")
     assert out.returncode == 0 and out.stdout.strip() == "alice", out.stderr
-    (conn,) = cplatform.json("cluster", "connect", "c1")
-    listed = _podman(conn, "ps", "--format", "json")
-    assert listed.returncode == 0, listed.stderr
-    labels = [c.get("Labels") or {} for c in json.loads(listed.stdout)]
-    assert any(label.get("oneplatform.managed") == "1" for label in labels), listed.stdout
+    _assert_lists_the_platforms_container(cplatform)
 
 
 def test_delete_is_refused_while_a_database_lives_on_it(
@@ -170,15 +180,6 @@ def test_resize_adds_a_node(cplatform: Platform, cluster: dict[str, Any]) -> Non
     assert _podman(conns[1], "ps").returncode == 0
 
 
-def _psql(endpoint: dict[str, Any], sql: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["psql", "-h", endpoint["host"], "-p", str(endpoint["port"]), "-U", "alice",
-         "-d", "appdb", "-tAc", sql],
-        env={"PGPASSWORD": "S3cret-pass", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
 def test_a_shrink_moves_the_database_to_the_node_that_stays(
     cplatform: Platform, cluster: dict[str, Any]
 ) -> None:
@@ -199,11 +200,7 @@ def test_a_shrink_moves_the_database_to_the_node_that_stays(
     assert after["status"] == "ACTIVE" and after["endpoint"] == before["endpoint"]
     read = _psql(after["endpoint"], "SELECT answer FROM kept")
     assert read.returncode == 0 and read.stdout.strip() == "42", read.stderr
-    (conn,) = cplatform.json("cluster", "connect", "c1")
-    listed = _podman(conn, "ps", "--format", "json")
-    assert listed.returncode == 0, listed.stderr
-    labels = [c.get("Labels") or {} for c in json.loads(listed.stdout)]
-    assert any(label.get("oneplatform.managed") == "1" for label in labels), listed.stdout
+    _assert_lists_the_platforms_container(cplatform)
 
 
 def test_delete_removes_the_nodes_and_frees_the_name(
