@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import subprocess
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -405,3 +409,117 @@ def test_vm_export_needs_root(
     _rootfs_tar(recipe, cache, tmp_path)
     with pytest.raises(ImageBuildError, match="needs root"):
         build_vm_image(recipe, cache)
+
+
+# -- preloaded images (a cluster node's VM form carries the PostgreSQL image) --------------
+def _write_recipe(directory: Path, name: str, extra: str = "") -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / f"{name}.toml").write_text(
+        f'description = "{name}"\npackages = ["procps"]\ncommand = ["/bin/{name}"]\n{extra}'
+    )
+
+
+def test_preload_names_recipes_and_their_content_is_in_the_hash(tmp_path: Path) -> None:
+    recipes_dir = tmp_path / "recipes"
+    _write_recipe(recipes_dir, "db")
+    _write_recipe(recipes_dir, "node", 'preload = ["db"]\n')
+    node = load_recipe("node", recipes_dir)
+    assert node.preload == ("db",)
+    assert [r.name for r in node.preloaded()] == ["db"]
+    before = node.content_hash()
+    (recipes_dir / "db.toml").write_text(
+        'description = "db"\npackages = ["procps", "less"]\ncommand = ["/bin/db"]\n'
+    )
+    assert load_recipe("node", recipes_dir).content_hash() != before  # a new db: a new node
+
+
+def test_a_preload_must_be_a_recipe_that_preloads_nothing(tmp_path: Path) -> None:
+    recipes_dir = tmp_path / "recipes"
+    _write_recipe(recipes_dir, "node", 'preload = ["nope"]\n')
+    with pytest.raises(ImageBuildError, match="preload 'nope'"):
+        load_recipe("node", recipes_dir).content_hash()
+    _write_recipe(recipes_dir, "inner", 'preload = ["node"]\n')
+    _write_recipe(recipes_dir, "outer", 'preload = ["inner"]\n')
+    with pytest.raises(ImageBuildError, match="preloads images itself"):
+        load_recipe("outer", recipes_dir).preloaded()
+
+
+def test_the_podman_host_recipe_preloads_postgresql() -> None:
+    assert [r.name for r in load_recipe("podman-host").preloaded()] == ["postgresql-15"]
+
+
+def _podman(store: Path, runroot: str, *args: str) -> subprocess.CompletedProcess[str]:
+    podman = shutil.which("podman")
+    if podman is None:
+        pytest.fail("podman is not installed (scripts/setup.sh installs it)")
+    base = [podman, "--root", str(store), "--runroot", runroot]
+    base += ["--storage-driver", "overlay", "--events-backend", "none"]
+    return subprocess.run([*base, *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def short_runroot() -> Iterator[str]:
+    """A run root for Podman: it wants a short path (its sockets')."""
+    path = tempfile.mkdtemp(prefix="onep-t-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_preloaded_images_are_an_image_store_the_guests_podman_reads(
+    tmp_path: Path, short_runroot: str
+) -> None:
+    """Real Podman both ways: the builder imports the image into the tree; a Podman with
+    an empty store of its own and that tree's store as an additional one sees the image
+    with its command and environment."""
+    if os.geteuid() != 0:
+        pytest.fail("the image builder runs as root (it keeps the rootfs' owners)")
+    recipe = _recipe(tmp_path)
+    cache = tmp_path / "cache"
+    _rootfs_tar(recipe, cache, tmp_path, kernel=False)
+    image = artifact_for(recipe, cache)
+    root = tmp_path / "root"
+    lines: list[str] = []
+    podman = shutil.which("podman") or "podman"
+    store = builder.preload_images(root, [image], {"podman": podman}, lines.append)
+    assert store == root / "usr/lib/oneplatform/images"
+    assert f"preloading {image.ref}" in lines
+    assert not (store / "libpod").exists()  # the build's own Podman state stays out
+    conf = (root / "etc/containers/storage.conf").read_text()
+    assert f'additionalimagestores = ["{builder.PRELOAD_STORE}"]' in conf
+    guest = tmp_path / "guest"
+    exists = _podman(guest, short_runroot, "image", "exists", image.ref)
+    assert exists.returncode == 1  # not without the store
+    extra = f"additionalimagestore={store}"
+    found = _podman(guest, short_runroot, "--storage-opt", extra, "image", "inspect", image.ref)
+    assert found.returncode == 0, found.stderr
+    config = json.loads(found.stdout)[0]["Config"]
+    assert config["Cmd"] == list(recipe.command)
+    assert "LANG=C.UTF-8" in config["Env"]
+    assert not list(guest.glob("overlay-layers/*.tar-split.gz"))  # nothing copied
+
+
+def test_a_vm_image_with_a_preload_carries_the_store(
+    tmp_path: Path, vm_tools: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipes_dir = tmp_path / "recipes"
+    _write_recipe(recipes_dir, "db")
+    _write_recipe(recipes_dir, "node", 'preload = ["db"]\n')
+    node, db = load_recipe("node", recipes_dir), load_recipe("db", recipes_dir)
+    cache = tmp_path / "cache"
+    _rootfs_tar(node, cache, tmp_path)
+    tree = tmp_path / "db-tree"
+    tree.mkdir()
+    (tree / "hello").write_text("hi")
+    with tarfile.open(rootfs_path(db, cache), "w") as tar:
+        tar.add(tree, arcname=".")
+    seen: list[tuple[Path, list[str]]] = []
+
+    def preload(root: Path, images: Any, tools: Any, say: Any) -> Path:
+        seen.append((root, [image.ref for image in images]))
+        assert tools["podman"].endswith("podman")
+        return root
+
+    monkeypatch.setattr(builder, "preload_images", preload)
+    build_vm_image(node, cache)
+    assert [refs for _, refs in seen] == [[artifact_for(db, cache).ref]]
+    assert vm_image_if_built(node, cache) is not None

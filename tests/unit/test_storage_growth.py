@@ -252,7 +252,12 @@ def vm1(world: World) -> World:
 
 def _grow_ops(world: World) -> list[Operation]:
     with world.store.session() as session:
-        rows = list(session.scalars(select(Operation).where(Operation.kind == "db.storage.grow")))
+        query = (
+            select(Operation)
+            .where(Operation.kind == "db.storage.grow")
+            .order_by(Operation.created_at, Operation.id)
+        )
+        rows = list(session.scalars(query))
         for row in rows:
             session.expunge(row)
         return rows

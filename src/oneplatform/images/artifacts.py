@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,3 +28,13 @@ class ImageArtifact:
     command: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     vm: VmImage | None = None  # set once the VM format has been exported
+
+    def import_changes(self) -> list[str]:
+        """``podman import`` arguments that give the imported image its command and
+        environment (a rootfs tarball carries neither)."""
+        args: list[str] = []
+        if self.command:
+            args += ["--change", f"CMD {json.dumps(list(self.command))}"]
+        for key, value in self.env.items():
+            args += ["--change", f"ENV {key}={value}"]
+        return args

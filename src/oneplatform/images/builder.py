@@ -168,24 +168,53 @@ def build_vm_image(recipe: Recipe, cache_dir: Path, progress: Progress | None = 
     if _vm_files_exist(vm):
         return vm
     tarball = build_rootfs(recipe, cache_dir, progress)
+    preload = [_built(other, cache_dir, progress) for other in recipe.preloaded()]
     with _lock(cache_dir / f".{tarball.stem}.vm.lock"):
         if _vm_files_exist(vm):  # another process finished it while we waited
             return vm
         tools = _vm_tools()
+        if preload:
+            tools |= find_tools(("podman",), "a VM image with preloaded images")
         _remove_stale_vm_parts(tarball)
         # The unpacked tree, the raw filesystem and the qcow2 are each about the tar's size.
-        _require_free(cache_dir, 3 * tarball.stat().st_size + VM_DISK_SLACK, "for a VM image")
+        size = tarball.stat().st_size + sum(_rootfs_size(image) for image in preload)
+        _require_free(cache_dir, 3 * size + VM_DISK_SLACK, "for a VM image")
         work = Path(
             tempfile.mkdtemp(prefix=f".{tarball.stem}.", suffix=VM_WORK_SUFFIX, dir=cache_dir)
         )
         try:
-            _export_vm(tarball, work, vm, tools, _say(progress))
+            _export_vm(tarball, work, vm, tools, _say(progress), preload)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return vm
 
 
+def _built(recipe: Recipe, cache_dir: Path, progress: Progress | None) -> ImageArtifact:
+    build_rootfs(recipe, cache_dir, progress)
+    return artifact_for(recipe, cache_dir)
+
+
+def _rootfs_size(image: ImageArtifact) -> int:
+    return image.rootfs.stat().st_size if image.rootfs is not None else 0
+
+
 VM_WORK_SUFFIX = ".vm-build"
+# Where a VM image keeps the images of its recipe's ``preload`` (a read-only Podman image
+# store its Podman is told about), and the storage configuration that tells it.
+PRELOAD_STORE = "/usr/lib/oneplatform/images"
+STORAGE_CONF = "/etc/containers/storage.conf"
+_STORAGE_CONF_TEXT = f"""\
+# Written by the OnePlatform image builder: images preloaded at build time.
+[storage]
+driver = "overlay"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+
+[storage.options]
+additionalimagestores = ["{PRELOAD_STORE}"]
+"""
+# What a build's Podman leaves in the store beside the images and their layers.
+_PODMAN_RUN_STATE = ("libpod", "tmp", "mounts", "volumes", "defaultNetworkBackend")
 VM_TOOLS = ("tar", "mkfs.ext4", "qemu-img")
 # The sbin directories, for a caller whose PATH lacks them (mkfs.ext4 lives there).
 _SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
@@ -225,11 +254,18 @@ def _say(progress: Progress | None) -> Progress:
 
 
 def _export_vm(
-    tarball: Path, work: Path, vm: VmImage, tools: dict[str, str], say: Progress
+    tarball: Path,
+    work: Path,
+    vm: VmImage,
+    tools: dict[str, str],
+    say: Progress,
+    preload: Sequence[ImageArtifact] = (),
 ) -> None:
     started = time.monotonic()
     root = unpack_rootfs(tarball, work / "root", tools, say)
     kernel, initrd = find_kernel(root, tarball.name)
+    if preload:
+        preload_images(root, preload, tools, say)
     kernel_part = work / "vmlinuz"
     initrd_part = work / "initrd"
     shutil.copyfile(kernel, kernel_part)
@@ -275,6 +311,43 @@ def _export_vm(
         f"{vm.disk.name}: {vm.disk.stat().st_size / MiB:.0f} MiB qcow2, built in "
         f"{time.monotonic() - started:.1f} s"
     )
+
+
+def preload_images(
+    root: Path, images: Sequence[ImageArtifact], tools: dict[str, str], say: Progress
+) -> Path:
+    """Import ``images`` (their rootfs tarballs, with command and environment) into a Podman
+    image store at PRELOAD_STORE inside ``root`` and make it an additional, read-only image
+    store of that tree's Podman (STORAGE_CONF): ``podman image exists`` there finds them at
+    once and containers run on their layers, with no import on the guest. Made with this
+    machine's Podman (``tools["podman"]``), overlay driver, the layout the guest's Podman
+    reads; only the images and layers are kept. Returns the store's path."""
+    store = root / PRELOAD_STORE.lstrip("/")
+    store.mkdir(parents=True)
+    # Podman wants a short run root (its sockets' paths); the build's own, removed after.
+    runroot = tempfile.mkdtemp(prefix="onep-preload-")
+    base = [tools["podman"], "--root", str(store), "--runroot", runroot]
+    base += ["--storage-driver", "overlay", "--events-backend", "none"]
+    try:
+        for image in images:
+            if image.rootfs is None or not image.rootfs.is_file():
+                raise ImageBuildError(f"cannot preload {image.ref}: its rootfs is missing")
+            say(f"preloading {image.ref}")
+            argv = [*base, "import", *image.import_changes(), str(image.rootfs), image.ref]
+            _run_tool(argv, say)
+    finally:
+        shutil.rmtree(runroot, ignore_errors=True)
+    for name in _PODMAN_RUN_STATE:
+        path = store / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    conf = root / STORAGE_CONF.lstrip("/")
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(_STORAGE_CONF_TEXT)
+    conf.chmod(0o644)
+    return store
 
 
 def unpack_rootfs(tarball: Path, root: Path, tools: dict[str, str], say: Progress) -> Path:

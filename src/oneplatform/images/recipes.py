@@ -53,6 +53,7 @@ _TOML_KEYS = frozenset(
         "ports",
         "customize",
         "path_excludes",
+        "preload",
     }
 )
 
@@ -146,6 +147,11 @@ class Recipe:
     customize: tuple[str, ...] = ()
     # Extra dpkg path-exclude globs: files of installed packages the image does not need.
     path_excludes: tuple[str, ...] = ()
+    # Other recipes whose images the VM form carries, imported at build time into a
+    # read-only Podman image store (a cluster node: no import over SSH into a TCG guest).
+    preload: tuple[str, ...] = ()
+    # Where the recipe was read (its ``preload`` names are looked up there); not hashed.
+    directory: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for attr in ("files", "env", "ports"):
@@ -182,6 +188,7 @@ class Recipe:
             "ports": dict(sorted(self.ports.items())),
             "customize": list(self.customize),
             "path_excludes": list(self.path_excludes),
+            "preload": list(self.preload),
         }
 
     def local_files(self, directory: Path) -> dict[str, Path]:
@@ -206,7 +213,27 @@ class Recipe:
                 ) from exc
             digest.update(f"\nfile {guest_path} {len(data)}\n".encode())
             digest.update(data)
+        for recipe in self.preloaded():  # a new version of one is a new image here too
+            digest.update(f"\npreload {recipe.name} {recipe.content_hash()}\n".encode())
         return digest.hexdigest()
+
+    def preloaded(self) -> list[Recipe]:
+        """The recipes named by ``preload``, from the same directory as this one's.
+
+        Raises :class:`ImageBuildError` for an unknown name or one that preloads in turn.
+        """
+        out: list[Recipe] = []
+        for name in self.preload:
+            try:
+                recipe = load_recipe(name, self.directory)
+            except NotFound as exc:
+                raise ImageBuildError(f"recipe {self.name}: preload {name!r}: {exc}") from exc
+            if recipe.preload:
+                raise ImageBuildError(
+                    f"recipe {self.name}: preload {name!r} preloads images itself"
+                )
+            out.append(recipe)
+        return out
 
 
 def list_recipes(recipes_dir: Path | None = None) -> list[str]:
@@ -249,7 +276,7 @@ def _recipe_from_toml(name: str, data: dict[str, Any], directory: Path) -> Recip
     for key in ("suite", "mirror", "security_mirror"):
         if key in data:
             optional[key] = str(data[key])
-    for key in ("extra_suites", "components", "customize", "path_excludes"):
+    for key in ("extra_suites", "components", "customize", "path_excludes", "preload"):
         if key in data:
             optional[key] = tuple(str(v) for v in data[key])
     return Recipe(
@@ -260,6 +287,7 @@ def _recipe_from_toml(name: str, data: dict[str, Any], directory: Path) -> Recip
         files=files,
         env={str(k): str(v) for k, v in data.get("env", {}).items()},
         ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
+        directory=directory,
         **optional,
     )
 

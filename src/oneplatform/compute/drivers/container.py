@@ -411,12 +411,7 @@ class PodmanDriver(ComputeDriver, SupportsExec, SupportsGrowStorage):
                 host=self.host.name,
                 image=image.ref,
             )
-        args = ["import"]
-        if image.command:
-            args += ["--change", f"CMD {json.dumps(list(image.command))}"]
-        for key, value in image.env.items():
-            args += ["--change", f"ENV {key}={value}"]
-        args += [str(image.rootfs), image.ref]
+        args = ["import", *image.import_changes(), str(image.rootfs), image.ref]
         self._podman(args, timeout=IMPORT_TIMEOUT_S)
 
     def create(self, spec: InstanceSpec) -> BackendInstance:
