@@ -8,7 +8,9 @@ a missing database fails the test: CI never skips.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,19 +47,27 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@contextmanager
-def fresh_pg_database(prefix: str = "onep_t") -> Iterator[str]:
-    """The SQLAlchemy URL of a new, empty database on the test PostgreSQL server, dropped
-    afterwards; skipped without the server (failed under CI=true)."""
+def _pg_server() -> str:
+    """The test PostgreSQL server's URL; skipped without it (failed under CI=true)."""
     server = os.environ.get(PG_URL_ENV)
     if not server:
         reason = f"{PG_URL_ENV} is not set (scripts/test-postgres.sh start; make test sets it)"
         if in_ci():
             pytest.fail(f"CI=true and PostgreSQL is missing: {reason}")
         pytest.skip(reason)
+    return server
+
+
+@contextmanager
+def fresh_pg_database(prefix: str = "onep_t", template: str | None = None) -> Iterator[str]:
+    """The SQLAlchemy URL of a new database on the test PostgreSQL server (empty, or a copy
+    of the database ``template``), dropped afterwards; skipped without the server (failed
+    under CI=true)."""
+    server = _pg_server()
     name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(libpq_uri(server), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     try:
         yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -75,15 +85,62 @@ def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    """A Store migrated to head with Alembic (``Store.migrate``), on SQLite and PostgreSQL."""
-    s = Store(store_url)
-    s.migrate()
+@pytest.fixture(scope="session")
+def migrated_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Per backend, a store this test process migrated to head once (``Store.migrate``), made
+    when first wanted: each test's ``store`` is a copy of it (a file copy; a PostgreSQL
+    ``CREATE DATABASE … TEMPLATE``), not a migration of its own (a third of a second each)."""
+    made: dict[str, str] = {}
+    yield made
+    if "postgres" in made:
+        with psycopg.connect(libpq_uri(_pg_server()), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{made["postgres"]}" WITH (FORCE)')
+
+
+def _migrated(backend: str, made: dict[str, str], factory: pytest.TempPathFactory) -> str:
+    """The migrated store of ``backend``: its file (SQLite) or database name (PostgreSQL)."""
+    if backend in made:
+        return made[backend]
+    if backend == "sqlite":
+        path = factory.mktemp("migrated-store") / "store.db"
+        url, made[backend] = f"sqlite:///{path}", str(path)
+    else:
+        server = _pg_server()
+        name = f"onep_tpl_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(libpq_uri(server), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(server).set(database=name).render_as_string(hide_password=False)
+        made[backend] = name
+    s = Store(url)
     try:
-        yield s
+        s.migrate()
     finally:
-        s.dispose()
+        s.dispose()  # a template has no session open when it is copied
+    return made[backend]
+
+
+@pytest.fixture
+def store(
+    backend: str,
+    tmp_path: Path,
+    migrated_stores: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Store]:
+    """A Store migrated to head with Alembic, on SQLite and PostgreSQL: a copy of the
+    process's ``migrated_stores`` one, this test's own."""
+    migrated = _migrated(backend, migrated_stores, tmp_path_factory)
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            target = tmp_path / "store.db"
+            shutil.copyfile(migrated, target)  # closed cleanly: no WAL beside it
+            url = f"sqlite:///{target}"
+        else:
+            url = stack.enter_context(fresh_pg_database(template=migrated))
+        s = Store(url)
+        try:
+            yield s
+        finally:
+            s.dispose()
 
 
 @pytest.fixture

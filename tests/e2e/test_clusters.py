@@ -150,7 +150,7 @@ def test_a_database_on_the_cluster_serves_psql_and_its_container_is_listed(
     )  # fmt: skip
     record_timing(
         "cluster",
-        "postgresql on c1.small (first: image import over SSH)",
+        "postgresql on c1.small (first; its image preloaded on the node)",
         time.monotonic() - started,
     )
     assert db["status"] == "ACTIVE" and db["flavor"] == "c1.small"
