@@ -169,9 +169,14 @@ LAB_TESTS = (
 )
 
 # Modules that run on the lab's worker without its nodes, on the lab platform's ports (that
-# worker runs one module at a time): the clusters' TCG nodes balance the two workers.
-# The scale-out test runs five processes of its own on ports of its own: a group of its own.
-OWN_GROUPS = {"tests/e2e/test_clusters.py": "lab", "tests/e2e/test_scale_out.py": "scale"}
+# worker runs one module at a time): they balance the two workers (the clusters' TCG nodes,
+# the backup faults' waits). The scale-out test runs five processes of its own on ports of
+# its own: a group of its own.
+OWN_GROUPS = {
+    "tests/e2e/test_clusters.py": "lab",
+    "tests/e2e/test_backup_faults.py": "lab",
+    "tests/e2e/test_scale_out.py": "scale",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups

@@ -14,20 +14,20 @@ import pytest
 
 from oneplatform.config import Settings
 from oneplatform.hostsvc.objectstore import StoreAdmin
-from tests.e2e.conftest import Platform, own_platform
+from tests.e2e.conftest import LAB_PORTS, Platform, own_platform
 from tests.e2e.test_db_cli import _connect
 
 pytestmark = pytest.mark.e2e
 
 STORE_PORT = "8336"  # its own store: the lab's platform uses 8333, the others' 8339
+# On the lab's worker (tests/conftest.py OWN_GROUPS): the lab's port ranges, its own store.
+PORTS = {**LAB_PORTS, "ONEP_STORE_PORT": STORE_PORT, "ONEP_REPLICATION_PORT": "8332"}
 ALICE = "Alice-pw-123"
 
 
 @pytest.fixture(scope="module")
 def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with own_platform(
-        tmp_path_factory, "onep-faults", ONEP_STORE_PORT=STORE_PORT, ONEP_REPLICATION_PORT="8332"
-    ) as p:
+    with own_platform(tmp_path_factory, "onep-faults", **PORTS) as p:
         yield p
 
 
