@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from oneplatform.clusters import service
 from oneplatform.clusters.keys import new_private_key, public_key_of
@@ -18,6 +18,7 @@ from oneplatform.dbaas import replicas
 from oneplatform.dbaas import service as dbaas
 from oneplatform.errors import AlreadyExists, Conflict, InvalidInput, NotFound, NoValidHost
 from oneplatform.iam import MEMBER
+from oneplatform.images import wholedisk
 from oneplatform.images.artifacts import ImageArtifact
 from oneplatform.images.builder import rootfs_path, vm_image_path
 from oneplatform.images.recipes import load_recipe
@@ -32,13 +33,15 @@ from oneplatform.store.models import (
     Host,
     Image,
     Instance,
+    Node,
     Operation,
     Pool,
     PortAllocation,
     Project,
 )
 from tests.factories import caller_for, make_host, make_instance, make_project, make_ready_image
-from tests.world import World
+from tests.fakes import CLOUD, FakeNode
+from tests.world import World, _listen
 
 
 def _create(world: World, name: str = "c1", **fields: object) -> str:
@@ -175,7 +178,7 @@ def test_the_flavor_and_the_cluster_are_the_owners_only(world: World) -> None:
     ("fields", "error", "code"),
     [
         ({"node_flavor": "container.small"}, Conflict, "node_flavor_not_supported"),
-        ({"node_flavor": "baremetal.small"}, Conflict, "node_flavor_not_supported"),
+        ({"node_flavor": "baremetal.small"}, NoValidHost, "no_valid_host"),  # no node
         ({"node_flavor": "nope"}, NotFound, "flavor_not_found"),
         ({"public_key": "ssh-rsa not-a-key"}, InvalidInput, "invalid_public_key"),
         ({"name": "containers"}, InvalidInput, "cluster_name_reserved"),  # a built-in pool's
@@ -506,3 +509,120 @@ def test_a_node_hosts_podman_calls_carry_its_key_and_publish_on_the_nodes_addres
     )
     assert local._run_args(spec)[local._run_args(spec).index("--runtime") + 1] == "runc"
     assert local._run_args(spec)[local._run_args(spec).index("-p") + 1].startswith("127.0.0.1:")
+
+
+# -- bare-metal nodes ----------------------------------------------------------------------------
+def _bm_node(
+    world: World, *, ssh: bool = True, block: bool = True, address: str = "127.0.0.1"
+) -> FakeNode:
+    """Node n1 enrolled and available, its port map the lab's: guest 22 forwarded to a port
+    of ``address``, and a block of NODE_PORTS guest ports forwarded 1:1."""
+    enrolled = world.enroll("n1")
+    fake = CLOUD.nodes["n1"]
+    world.play_the_ramdisk(fake)
+    assert world.drive(enrolled).status == "SUCCEEDED"
+    port_map = dict(world.node("n1").port_map)
+    if ssh:
+        port_map["22"] = {"host": address, "port": world.port_base + 92}
+    if block:
+        for port in _bm_block(world):
+            port_map[str(port)] = {"host": address, "port": port}
+    with world.store.session() as session:
+        session.execute(update(Node).where(Node.name == "n1").values(port_map=port_map))
+    return fake
+
+
+def _bm_block(world: World) -> range:
+    return range(world.port_base + 60, world.port_base + 60 + service.NODE_PORTS)
+
+
+def test_a_bare_metal_node_is_reached_through_its_port_map(world: World) -> None:
+    _bm_node(world)
+    cluster_id = _create(world, node_flavor="baremetal.small")
+    with world.store.session() as session:
+        node = session.scalars(
+            select(ClusterNode).where(ClusterNode.cluster_id == cluster_id)
+        ).one()
+        instance = session.get_one(Instance, node.instance_id)
+        assert instance.compute_type == "baremetal"
+        assert node.ssh_port == world.port_base + 92  # the node's forward of its sshd
+        assert (node.port_range_start, node.port_range_end) == (
+            _bm_block(world).start,
+            _bm_block(world).stop - 1,
+        )
+        rows = session.scalars(
+            select(PortAllocation).where(PortAllocation.instance_id == instance.id)
+        )
+        ports = {p.name: (p.guest_port, p.host_port, p.machine) for p in rows}
+    assert world.node("n1").instance_id == instance.id  # the node is taken
+    assert ports["ssh"] == (22, world.port_base + 92, "local")
+    for port in _bm_block(world):  # the network's 1:1 forwards, recorded as the node's
+        assert ports[f"fwd-{port}"] == (port, port, "local")
+    out = service.get_cluster(world.store, world.member, "c1")
+    assert out.node_flavor == "baremetal.small" and out.nodes[0].ssh_port == world.port_base + 92
+
+
+@pytest.mark.parametrize(
+    ("node", "code"),
+    [
+        ({"ssh": False}, "no_free_port"),  # no forward of guest port 22
+        ({"block": False}, "no_port_block"),  # no block of 1:1 forwards for containers
+        ({"address": "10.20.30.40"}, "node_host_remote"),  # reached on another machine
+    ],
+)
+def test_a_bare_metal_node_it_cannot_reach_is_refused_and_leaves_nothing(
+    world: World, node: dict[str, object], code: str
+) -> None:
+    _bm_node(world, **node)  # type: ignore[arg-type]
+    before = _counts(world)
+    with pytest.raises((NoValidHost, Conflict)) as info:
+        _create(world, node_flavor="baremetal.small")
+    assert getattr(info.value, "code", None) == code
+    assert getattr(info.value, "status", 409) == 409
+    assert _counts(world) == before
+    assert world.node("n1").instance_id is None  # the node is not taken
+
+
+def test_a_bare_metal_cluster_deploys_registers_and_cleans_its_node(fake_nodes: World) -> None:
+    world = fake_nodes
+    fake = _bm_node(world)
+    # the podman-host image's whole-disk format, as a build would have made it
+    disk = wholedisk.disk_image_path(load_recipe(service.NODE_IMAGE), world.settings.images_dir)
+    planted = wholedisk.disk_image_path(load_recipe("postgresql-15"), world.settings.images_dir)
+    disk.write_bytes(planted.read_bytes())
+    sha = planted.with_name(f"{planted.name}.sha256").read_text().split()[0]
+    disk.with_name(f"{disk.name}.sha256").write_text(f"{sha}  {disk.name}\n")
+
+    def sshd_boots(node: FakeNode) -> None:  # the deployed disk's sshd, behind port 22's forward
+        node.services = [_listen(world.port_base + 92)]
+
+    fake.on_disk_boot = sshd_boots
+    req = ClusterCreate(name="c1", node_flavor="baremetal.small", size=1)
+    accepted = service.create_cluster(world.store, world.settings, world.member, req)
+    world.drive_all()
+    op = world.drive(accepted.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    cluster = service.get_cluster(world.store, world.member, "c1")
+    assert cluster.status == "ACTIVE" and [n.status for n in cluster.nodes] == ["ACTIVE"]
+    assert world.node("n1").state == "active"
+    assert fake.bundle is not None and "host_key" in fake.bundle  # the node's sshd key
+    host = _hosts(world)["c1-0"]
+    assert host.uri == f"ssh://root@127.0.0.1:{world.port_base + 92}/run/podman/podman.sock"
+    assert (host.bind_address, host.port_range_start, host.port_range_end) == (
+        "127.0.0.1",
+        _bm_block(world).start,
+        _bm_block(world).stop - 1,
+    )
+    [conn] = service.connect(world.store, world.settings, world.member, "c1")
+    assert conn.url == host.uri and conn.known_hosts.startswith(
+        f"[127.0.0.1]:{world.port_base + 92} "
+    )
+
+    fake.shut_down()
+    gone = service.delete_cluster(world.store, world.settings, world.member, "c1")
+    world.drive_all()
+    op = world.drive(gone.operation.id)
+    assert op.status == "SUCCEEDED", op.error_message
+    node = world.node("n1")
+    assert (node.state, node.instance_id) == ("available", None)  # cleaned for the next tenant
+    assert service.list_clusters(world.store, world.member) == []

@@ -72,6 +72,39 @@ def ports_from_port_map(
         )
 
 
+def block_from_port_map(session: Session, host: Host, instance: Instance, count: int) -> range:
+    """``count`` consecutive guest ports that the node's network forwards 1:1 (guest port P
+    reached at port P of its target address): a node's forwards are its network's, so a
+    cluster node's containers can only publish on those (recorded as ``fwd-<port>``)."""
+    port_map = node_of_host(session, host.id).port_map or {}
+    same = {
+        int(guest): str(target["host"])
+        for guest, target in port_map.items()
+        if int(target["port"]) == int(guest)
+    }
+    for start in sorted(same):
+        block = range(start, start + count)
+        if all(p in same and same[p] == same[start] for p in block):
+            address = same[start]
+            for port in block:
+                ports.record(
+                    session,
+                    host,
+                    instance,
+                    f"{ports.FORWARD_ONLY_PREFIX}{port}",
+                    port,
+                    address,
+                    port,
+                    machine=ports.machine_of_address(address),
+                )
+            return block
+    raise NoValidHost(
+        f"node {host.name!r} forwards no {count} consecutive guest ports 1:1 (guest port P "
+        "at port P of one address): its port map cannot carry a cluster node's containers",
+        code="no_port_block",
+    )
+
+
 def node_port_targets(session: Session) -> list[tuple[str, str, int]]:
     """Every enrolled node's port-map targets: held for the node whether it runs or not."""
     held: list[tuple[str, str, int]] = []
@@ -99,6 +132,7 @@ BAREMETAL = register_compute_type(
         create=BAREMETAL_CREATE,
         delete=BAREMETAL_DELETE,
         allocate_ports=ports_from_port_map,
+        allocate_block=block_from_port_map,
         whole_host=True,
         claim=claim_node,
         host_settings=node_host_settings,

@@ -14,10 +14,10 @@ from oneplatform.clusters import operations as ops
 from oneplatform.clusters.operations import live_nodes
 from oneplatform.clusters.states import CLUSTER_NODES, CLUSTERS, ClusterStatus, NodeStatus
 from oneplatform.compute.catalog import BUILTIN_POOLS, flavor_by_name
-from oneplatform.compute.drivers.ssh import ssh_target
 from oneplatform.compute.instances import place_instance
 from oneplatform.compute.operations import host_routes
-from oneplatform.compute.ports import allocate_block
+from oneplatform.compute.ports import LOCAL
+from oneplatform.compute.types import BlockFn, spec_for
 from oneplatform.config import Settings
 from oneplatform.dbaas import replicas
 from oneplatform.dbaas.endpoints import PRIMARY
@@ -218,15 +218,21 @@ def flavor_name(cluster_name: str) -> str:
 
 
 def _node_flavor(session: Session, caller: Caller, name: str) -> Flavor:
+    """A flavor of a compute type whose instances can be nodes: one that reaches a block of
+    an instance's ports 1:1 (VMs: forwards of their own; bare metal: the node's network's)."""
     flavor = flavor_by_name(session, name, caller.project_id)
-    if flavor.compute_type != ComputeType.VM.value:
+    if _block_of(flavor.compute_type) is None:
         raise Conflict(
-            f"flavor {name!r} is for {flavor.compute_type}: a cluster's nodes are VMs "
-            "(bare-metal nodes are not supported yet)",
+            f"flavor {name!r} is for {flavor.compute_type}: a cluster's nodes are VMs or "
+            "bare-metal nodes",
             code="node_flavor_not_supported",
             compute_type=flavor.compute_type,
         )
     return flavor
+
+
+def _block_of(compute_type: str) -> BlockFn | None:
+    return spec_for(compute_type).allocate_block
 
 
 def reserved_names() -> frozenset[str]:
@@ -308,19 +314,10 @@ def add_nodes(
             bundle_enc=box_for(settings).encrypt(bundle),
         )
         host = session.get_one(Host, instance.host_id)
-        if ssh_target(host.uri) is not None:
-            raise Conflict(
-                f"node {name} would run on host {host.name!r}, reached over SSH: cluster "
-                "nodes run on this machine's libvirt only (they are reached through its "
-                "127.0.0.1 forwards)",
-                code="node_host_remote",
-            )
-        block = allocate_block(session, host, instance, NODE_PORTS)
-        ssh = session.scalars(
-            select(PortAllocation.host_port).where(
-                PortAllocation.instance_id == instance.id, PortAllocation.name == "ssh"
-            )
-        ).one()
+        allocate = _block_of(flavor.compute_type)
+        assert allocate is not None  # _node_flavor refused the others
+        block = allocate(session, host, instance, NODE_PORTS)
+        ssh = _reached_here(session, host, instance)
         node = ClusterNode(
             id=new_id(),
             cluster_id=cluster.id,
@@ -336,6 +333,25 @@ def add_nodes(
         made.append(node)
     session.flush()
     return made
+
+
+def _reached_here(session: Session, host: Host, instance: Instance) -> int:
+    """The port of this machine the node's sshd is reached at; every port of a node must be
+    on this machine (a VM host's forwards, a bare-metal node's port map to 127.0.0.1): the
+    platform and the owner reach a node at 127.0.0.1."""
+    rows = list(
+        session.scalars(select(PortAllocation).where(PortAllocation.instance_id == instance.id))
+    )
+    elsewhere = sorted({r.machine for r in rows if r.machine != LOCAL})
+    if elsewhere:
+        raise Conflict(
+            f"node {instance.name} would run on host {host.name!r}, whose ports are on "
+            f"{', '.join(elsewhere)}: cluster nodes are reached through this machine's "
+            "127.0.0.1 only (a local libvirt's forwards, a bare-metal node's port map to "
+            "127.0.0.1)",
+            code="node_host_remote",
+        )
+    return next(r.host_port for r in rows if r.name == "ssh")
 
 
 # -- resizing and deleting -------------------------------------------------------------------

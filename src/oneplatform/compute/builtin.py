@@ -8,7 +8,7 @@ of an image (made from the same root filesystem on first need).
 from __future__ import annotations
 
 from oneplatform.compute.operations import INSTANCE_CREATE, INSTANCE_DELETE
-from oneplatform.compute.ports import allocate_from_range
+from oneplatform.compute.ports import allocate_block, allocate_from_range
 from oneplatform.compute.types import ComputeTypeSpec, register_compute_type
 from oneplatform.config import Settings
 from oneplatform.images.artifacts import ImageArtifact
@@ -45,6 +45,7 @@ VM = register_compute_type(
         create=INSTANCE_CREATE,
         delete=INSTANCE_DELETE,
         allocate_ports=allocate_from_range,
+        allocate_block=allocate_block,  # the VM's own forwards, made by its driver
         prepare_image=with_vm_format,
         host_schemes=frozenset({"qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix", "test"}),
         description="libvirt/QEMU virtual machines (KVM where the host has it, TCG otherwise).",

@@ -13,6 +13,9 @@ What a description says:
 - ``claim``: what placing an instance takes beyond the capacity the scheduler sums (a node
   is taken off the scheduler until it is cleaned);
 - ``allocate_ports``: how the instance's service ports are reached from outside;
+- ``allocate_block``: a block of ports each reached at the same port of the instance (what a
+  cluster node's containers publish on: a VM's forwards made for it, a node's network's 1:1
+  forwards); None when its instances cannot be cluster nodes;
 - ``host_settings``: what the driver needs about a host beyond its pool's settings (a
   node's BMC and port map, decrypted for the call at hand);
 - ``prepare_image``: the image format its driver loads, made on demand (qcow2, whole disk);
@@ -46,6 +49,7 @@ from oneplatform.store.models import Host, Instance
 
 ClaimFn = Callable[[Session, Host, Instance], None]
 PortsFn = Callable[[Session, Host, Instance, Mapping[str, int]], None]
+BlockFn = Callable[[Session, Host, Instance, int], range]
 HostSettingsFn = Callable[[Session, Settings, Host], Mapping[str, Any]]
 HeldPortsFn = Callable[[Session], list[tuple[str, str, int]]]
 PrepareImageFn = Callable[[Settings, ImageArtifact, Progress], ImageArtifact]
@@ -74,6 +78,7 @@ class ComputeTypeSpec:
     create: OperationKind
     delete: OperationKind
     allocate_ports: PortsFn
+    allocate_block: BlockFn | None = None
     whole_host: bool = False
     claim: ClaimFn = _no_claim
     host_settings: HostSettingsFn = _no_host_settings
