@@ -14,7 +14,10 @@
 # as boot mode Legacy), boot order cdrom then hd, a blank 8 GiB qcow2 disk
 # onep-bm-I-disk.qcow2 in the libvirt pool `default` (virtio), an IDE CD-ROM for virtual media,
 # one virtio NIC at PCI 0x10 on QEMU user networking with host forwards
-# 127.0.0.1:(PORT_BASE+10*I+K) -> the K-th of GUEST_PORTS (5432, 8471, 3306, 6379) and restrict=on
+# 127.0.0.1:(PORT_BASE+10*I+K) -> the K-th of GUEST_PORTS (5432, 8471, 3306, 6379, 22: sshd of a
+# cluster node), 127.0.0.1:P -> guest port P for the CLUSTER_PORTS ports from
+# CLUSTER_PORT_BASE+CLUSTER_PORTS*I (1:1: what a cluster node's containers publish on, as a VM
+# node's forwards; the platform's clusters NODE_PORTS) and restrict=on
 # (the node reaches nothing through it but the backup store: 10.0.2.100:8333 is forwarded to
 # the store on the host's service address), a second virtio NIC (MAC 52:54:00:6f:71:I) on the
 # provisioning bridge, and its serial console logged to $STATE_DIR/onep-bm-I.console.log
@@ -43,8 +46,8 @@
 # nodes.json (0600).
 #
 # Settings (environment): ONEP_BMLAB_NODES (the N of `up`), ONEP_BMLAB_PORT (8000),
-# ONEP_BMLAB_PORT_BASE (23000), ONEP_BMLAB_DIR (/var/lib/oneplatform/bmlab; the tests read
-# nodes.json there too).
+# ONEP_BMLAB_PORT_BASE (23000), ONEP_BMLAB_CLUSTER_PORT_BASE (23100), ONEP_BMLAB_DIR
+# (/var/lib/oneplatform/bmlab; the tests read nodes.json there too).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -106,12 +109,20 @@ node_mac() { printf '52:54:00:6f:70:%02x' "$1"; }
 prov_mac() { printf '52:54:00:6f:71:%02x' "$1"; }
 # The guest ports a node forwards, in order: node I's K-th at PORT_BASE + 10*I + K (PostgreSQL,
 # the guest agent, MariaDB, Redis). nodes.json lists them; enrolment takes them as the port map.
-GUEST_PORTS=(5432 8471 3306 6379)
+GUEST_PORTS=(5432 8471 3306 6379 22)
 host_port() { echo $((PORT_BASE + 10 * $1 + $2)); }
+# Node I's block of ports forwarded 1:1 for a cluster node's containers (clusters NODE_PORTS).
+CLUSTER_PORT_BASE="${ONEP_BMLAB_CLUSTER_PORT_BASE:-23100}"
+CLUSTER_PORTS=20
+cluster_port() { echo $((CLUSTER_PORT_BASE + CLUSTER_PORTS * $1 + $2)); }
 hostfwds() {
-  local k out=""
+  local k p out=""
   for k in "${!GUEST_PORTS[@]}"; do
     out+="hostfwd=tcp:127.0.0.1:$(host_port "$1" "$k")-:${GUEST_PORTS[$k]},"
+  done
+  for k in $(seq 0 $((CLUSTER_PORTS - 1))); do
+    p="$(cluster_port "$1" "$k")"
+    out+="hostfwd=tcp:127.0.0.1:$p-:$p,"
   done
   echo "$out"
 }
@@ -344,9 +355,9 @@ write_nodes_json() {
   for i in $(seq 0 $((NODES - 1))); do uuids+=("$(node_uuid "$i")"); done
   tmp="$(mktemp "$STATE_DIR/.nodes.XXXXXX")"
   python3 - "$tmp" "$BMC_URL" "$BMC_USER" "$PWFILE" "$PORT_BASE" "$STATE_DIR" "$NAME_PREFIX" \
-    "$PROV_GATEWAY" "${GUEST_PORTS[*]}" "${uuids[@]}" <<'EOF'
+    "$PROV_GATEWAY" "${GUEST_PORTS[*]}" "$CLUSTER_PORT_BASE" "$CLUSTER_PORTS" "${uuids[@]}" <<'EOF'
 import json, sys
-out, url, user, pwfile, base, state, prefix, gateway, guest_ports, *uuids = sys.argv[1:]
+out, url, user, pwfile, base, state, prefix, gateway, guest_ports, cbase, cports, *uuids = sys.argv[1:]
 password = open(pwfile).read().strip()
 nodes = []
 for i, uuid in enumerate(uuids):
@@ -359,7 +370,10 @@ for i, uuid in enumerate(uuids):
         "username": user,
         "password": password,
         "mac": "52:54:00:6f:70:%02x" % i,
-        "ports": {g: int(base) + 10 * i + k for k, g in enumerate(guest_ports.split())},
+        "ports": {
+            **{g: int(base) + 10 * i + k for k, g in enumerate(guest_ports.split())},
+            **{str(p): p for p in range(int(cbase) + int(cports) * i, int(cbase) + int(cports) * (i + 1))},
+        },
         "console_log": f"{state}/{name}.console.log",
         "disk_volume": f"{prefix}{i}-disk.qcow2",
         "provisioning": {"mac": "52:54:00:6f:71:%02x" % i, "address": f"10.95.0.{10 + i}/24"},

@@ -31,7 +31,8 @@ WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Wait until the work
 def _finish(c: Client, accepted: ClusterAccepted, wait: bool, fmt: Format) -> None:
     if wait:
         try:
-            # A first create builds the podman-host image and boots VMs (TCG: minutes).
+            # A first create builds the podman-host image and boots VMs or deploys nodes
+            # (TCG: minutes).
             wait_with_progress(c, accepted.operation, quiet=False, timeout=3600.0)
         except OperationFailed as failed:
             raise fail(
@@ -47,7 +48,9 @@ def _finish(c: Client, accepted: ClusterAccepted, wait: bool, fmt: Format) -> No
 @cluster_app.command("create")
 def cluster_create(
     name: str,
-    node_flavor: Annotated[str, typer.Option(help="The flavor of each node (a VM flavor)")],
+    node_flavor: Annotated[
+        str, typer.Option(help="The flavor of each node (vm.small, baremetal.small)")
+    ],
     size: Annotated[int, typer.Option(help="How many nodes")] = 1,
     public_key: Annotated[
         Path | None,

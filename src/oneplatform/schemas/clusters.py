@@ -19,7 +19,8 @@ class ClusterCreate(Request):
         "(`<name>.small`): unique on the platform.",
     )
     node_flavor: CatalogName = Field(
-        description="The flavor of each node: a VM flavor that runs Podman (vm.small)."
+        description="The flavor of each node, which runs Podman: a VM or bare-metal flavor "
+        "(vm.small, baremetal.small)."
     )
     size: int = Field(default=1, ge=1, le=MAX_NODES, description="How many nodes.")
     public_key: str | None = Field(
