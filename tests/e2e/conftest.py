@@ -292,6 +292,7 @@ SECTIONS = {
     "create": "creates: CLI call to ACTIVE (side by side)",
     "storage": "storage growth: CLI call to done (online, a client writing)",
     "cluster": "clusters: CLI call to ACTIVE (TCG nodes)",
+    "bmcluster": "bare-metal clusters: CLI call to done (TCG lab node)",
 }
 
 
