@@ -626,3 +626,17 @@ def test_a_bare_metal_cluster_deploys_registers_and_cleans_its_node(fake_nodes: 
     node = world.node("n1")
     assert (node.state, node.instance_id) == ("available", None)  # cleaned for the next tenant
     assert service.list_clusters(world.store, world.member) == []
+
+
+def test_a_vm_host_on_another_machine_is_refused_and_leaves_nothing(world: World) -> None:
+    with world.store.session() as session:
+        session.execute(
+            update(Host)
+            .where(Host.name == "vm-host")
+            .values(uri="qemu+ssh://root@db7/system", machine="db7")
+        )
+    before = _counts(world)
+    with pytest.raises(Conflict) as info:
+        _create(world)
+    assert info.value.code == "node_host_remote" and "db7" in str(info.value)
+    assert _counts(world) == before

@@ -316,8 +316,9 @@ def add_nodes(
         host = session.get_one(Host, instance.host_id)
         allocate = _block_of(flavor.compute_type)
         assert allocate is not None  # _node_flavor refused the others
+        ssh = _reached_here(session, host, instance)  # its sshd: placed with the instance
         block = allocate(session, host, instance, NODE_PORTS)
-        ssh = _reached_here(session, host, instance)
+        _reached_here(session, host, instance)  # and the block for its containers
         node = ClusterNode(
             id=new_id(),
             cluster_id=cluster.id,
