@@ -46,7 +46,7 @@
 # nodes.json (0600).
 #
 # Settings (environment): ONEP_BMLAB_NODES (the N of `up`), ONEP_BMLAB_PORT (8000),
-# ONEP_BMLAB_PORT_BASE (23000), ONEP_BMLAB_CLUSTER_PORT_BASE (23100), ONEP_BMLAB_DIR
+# ONEP_BMLAB_PORT_BASE (23000), ONEP_BMLAB_CLUSTER_PORT_BASE (32100), ONEP_BMLAB_DIR
 # (/var/lib/oneplatform/bmlab; the tests read nodes.json there too).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -112,7 +112,7 @@ prov_mac() { printf '52:54:00:6f:71:%02x' "$1"; }
 GUEST_PORTS=(5432 8471 3306 6379 22)
 host_port() { echo $((PORT_BASE + 10 * $1 + $2)); }
 # Node I's block of ports forwarded 1:1 for a cluster node's containers (clusters NODE_PORTS).
-CLUSTER_PORT_BASE="${ONEP_BMLAB_CLUSTER_PORT_BASE:-23100}"
+CLUSTER_PORT_BASE="${ONEP_BMLAB_CLUSTER_PORT_BASE:-32100}"
 CLUSTER_PORTS=20
 cluster_port() { echo $((CLUSTER_PORT_BASE + CLUSTER_PORTS * $1 + $2)); }
 hostfwds() {
