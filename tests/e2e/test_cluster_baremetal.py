@@ -28,7 +28,7 @@ def bmplatform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     _require_lab()
     ports = [n.get("ports", {}) for n in json.loads(LAB.read_text())["nodes"]]
     if not all("22" in p for p in ports):
-        pytest.fail(f"the lab ({LAB}) forwards no sshd: run scripts/bmlab.sh up from this branch")
+        pytest.fail(f"the lab ({LAB}) forwards no sshd: run scripts/bmlab.sh up")
     reset_timings("bmcluster")
     p = Platform(
         home=tmp_path_factory.mktemp("onep-bmcluster"),
@@ -38,7 +38,7 @@ def bmplatform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "ONEP_BMLAB_FILE": str(LAB),
             "ONEP_DEPLOY_PORT": str(_free_deploy_port()),
             "ONEP_IMAGES": "postgresql-15,podman-host",
-            "ONEP_BACKUPS": "false",  # a node's containers do not reach the host services
+            "ONEP_BACKUPS": "false",  # TCG time (as in test_clusters)
         },
     )
     try:
